@@ -1,0 +1,61 @@
+"""Per-example state shared by stateful estimators and update rules.
+
+Rows are indexed by *global* example id so an attack may pass any subset of examples
+(finished ones drop out) and state follows each example. Grows lazily; resettable by mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class PerExampleState:
+    def __init__(self) -> None:
+        self.tensors: dict[str, Tensor] = {}
+        self.fills: dict[str, float | bool] = {}
+
+    @property
+    def size(self) -> int:
+        return max((len(t) for t in self.tensors.values()), default=0)
+
+    def get(self, name: str, idx: Tensor, shape: tuple[int, ...], *, dtype: torch.dtype,
+            device: torch.device, fill: float | bool = 0.0) -> Tensor:
+        """Rows ``idx`` of ``name`` (allocated with ``fill`` on first use or growth)."""
+        need = int(idx.max()) + 1 if idx.numel() else 0
+        t = self.tensors.get(name)
+        if t is None or tuple(t.shape[1:]) != tuple(shape):
+            t = torch.full((need, *shape), fill, dtype=dtype, device=device)
+            self.fills[name] = fill
+        elif len(t) < need:
+            pad = torch.full((need - len(t), *shape), fill, dtype=t.dtype, device=t.device)
+            t = torch.cat([t, pad])
+        self.tensors[name] = t
+        return t[idx.to(t.device)]
+
+    def set(self, name: str, idx: Tensor, value: Tensor) -> None:
+        t = self.tensors[name]
+        t[idx.to(t.device)] = value.to(t.dtype)
+
+    def reset(self, mask: Tensor | None = None) -> None:
+        """Reset all rows (``mask=None``), rows where a bool ``mask`` is True, or listed ids."""
+        if mask is None:
+            self.tensors.clear()
+            return
+        for name, t in self.tensors.items():
+            if mask.dtype == torch.bool:
+                m = mask.to(t.device)[: len(t)]
+                t[: len(m)][m] = self.fills[name]
+            else:
+                ids = mask.to(t.device)
+                t[ids[ids < len(t)]] = self.fills[name]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tensors": {k: v.clone() for k, v in self.tensors.items()},
+                "fills": dict(self.fills)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tensors = {k: v.clone() for k, v in state["tensors"].items()}
+        self.fills = dict(state["fills"])

@@ -1,0 +1,210 @@
+"""The query-counting black box: the only code in zoattack that calls a model.
+
+Counting rule: one query = one input scored by the model, charged to the example that
+input belongs to. Every call is checked against the per-example budget *before* the model
+runs, so a refused call costs nothing and an example can never exceed its budget.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from zoattack.errors import InvalidInputError, InvalidScoresError, QueryBudgetExceeded
+
+Output = Literal["logits", "probs", "labels", "scores"]
+COUNTING_RULE = "one query = one input scored by the model, charged to its example; retries and chunks do not add queries"
+
+
+class BlackBox:
+    """Wraps a model (or any callable scoring a batch) behind a query ledger.
+
+    Args:
+        model: an ``nn.Module`` or a callable mapping a batch ``(M, *input_shape)`` to scores
+            ``(M, ...)``. Modules are put in eval mode and always run under ``no_grad``.
+        output: what callers receive: ``"logits"`` (the model's raw 2-D scores),
+            ``"probs"`` (softmax of them), ``"labels"`` (top-1 class, ``int64``), or
+            ``"scores"`` (raw output of any shape, e.g. one value per input for a test function).
+        max_batch: largest batch handed to the model in one call; bigger calls are chunked.
+        budget: queries allowed per example (None: unlimited).
+        input_shape: expected per-input shape; checked on every call when given.
+        bounds: inputs must lie in ``[lo, hi]`` (None disables the check, e.g. for test functions).
+        device: where inputs are sent; defaults to the module's parameter device, else CPU.
+        dtype: dtype inputs are cast to; defaults to the module's parameter dtype, else unchanged.
+
+    Shapes:
+        ``query(x, owner)``: ``x`` is ``(M, *input_shape)``, ``owner`` is ``(M,)`` example ids.
+        ``__call__(x, idx)``: ``x`` is ``(N, K, *input_shape)``, returns ``(N, K, ...)``.
+    """
+
+    counting_rule = COUNTING_RULE
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[Tensor], Tensor],
+        *,
+        output: Output = "logits",
+        max_batch: int = 1024,
+        budget: int | None = None,
+        input_shape: Sequence[int] | None = None,
+        bounds: tuple[float, float] | None = (0.0, 1.0),
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if output not in ("logits", "probs", "labels", "scores"):
+            raise ValueError(f"output must be logits, probs, labels or scores, got {output!r}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if budget is not None and budget < 1:
+            raise ValueError(f"budget must be >= 1 query per example, got {budget}")
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"bounds must satisfy lo < hi, got {bounds}")
+        self._model = model
+        self.output = output
+        self.max_batch = int(max_batch)
+        self.budget = budget
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.bounds = bounds
+        param = None
+        if isinstance(model, nn.Module):
+            if model.training:
+                warnings.warn("BlackBox: model was in training mode; switched to eval()",
+                              stacklevel=2)
+            model.eval()
+            param = next(iter(model.parameters()), None)
+        self.device = torch.device(device) if device is not None else (
+            param.device if param is not None else torch.device("cpu"))
+        self.dtype = dtype if dtype is not None else (param.dtype if param is not None else None)
+        self._counts = torch.zeros(0, dtype=torch.int64)
+
+    # ----------------------------------------------------------------- ledger
+    @property
+    def queries(self) -> Tensor:
+        """Queries used so far per example (a copy, ``int64``)."""
+        return self._counts.clone()
+
+    @property
+    def total_queries(self) -> int:
+        return int(self._counts.sum())
+
+    def queries_of(self, idx: Tensor) -> Tensor:
+        self._grow(int(idx.max()) + 1 if idx.numel() else 0)
+        return self._counts[idx.cpu()]
+
+    def remaining(self, idx: Tensor) -> Tensor:
+        """Queries each example in ``idx`` may still spend (a large number when unlimited)."""
+        used = self.queries_of(idx)
+        if self.budget is None:
+            return torch.full_like(used, 2**62)
+        return self.budget - used
+
+    def reset_counts(self, mask: Tensor | None = None) -> None:
+        if mask is None:
+            self._counts.zero_()
+        else:
+            self._counts[mask.cpu()[: len(self._counts)]] = 0
+
+    def load_counts(self, counts: Tensor) -> None:
+        """Restore a ledger saved from :attr:`queries` (resuming a run)."""
+        self._counts = counts.detach().to("cpu", torch.int64).clone()
+
+    def _grow(self, size: int) -> None:
+        if size > len(self._counts):
+            pad = torch.zeros(size - len(self._counts), dtype=torch.int64)
+            self._counts = torch.cat([self._counts, pad])
+
+    # ---------------------------------------------------------------- queries
+    def __call__(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
+        """Score a grid of candidates ``(N, K, *shape)`` for examples ``idx`` (default 0..N-1)."""
+        if x.dim() < 2:
+            raise InvalidInputError(f"expected candidates shaped (N, K, ...), got {tuple(x.shape)}")
+        n, k = x.shape[:2]
+        if idx is None:
+            idx = torch.arange(n, device=x.device)
+        owner = idx.reshape(n, 1).expand(n, k).reshape(-1)
+        out = self.query(x.reshape(n * k, *x.shape[2:]), owner)
+        return out.reshape(n, k, *out.shape[1:])
+
+    def query(self, x: Tensor, owner: Tensor | None = None) -> Tensor:
+        """Score inputs ``x`` ``(M, *shape)``; input ``i`` is charged to example ``owner[i]``."""
+        m = x.shape[0]
+        if owner is None:
+            owner = torch.arange(m)
+        owner = owner.reshape(-1).to("cpu", torch.int64)
+        if owner.numel() != m:
+            raise InvalidInputError(f"owner has {owner.numel()} entries for {m} inputs")
+        self._validate(x)
+        if m == 0:
+            return self._empty_output(x)
+        self._grow(int(owner.max()) + 1)
+        if owner.min() < 0:
+            raise InvalidInputError("example ids in owner must be >= 0")
+        if self.budget is not None:
+            ids, cnt = torch.unique(owner, return_counts=True)
+            after = self._counts[ids] + cnt
+            over = after > self.budget
+            if bool(over.any()):
+                raise QueryBudgetExceeded(ids[over].tolist(), self.budget, after[over].tolist())
+        outs = []
+        with torch.no_grad():
+            for start in range(0, m, self.max_batch):
+                chunk = x[start : start + self.max_batch].to(self.device)
+                if self.dtype is not None:
+                    chunk = chunk.to(self.dtype)
+                raw = self._model(chunk)
+                if not isinstance(raw, Tensor):
+                    raw = torch.as_tensor(raw)
+                self._check_scores(raw, chunk.shape[0])
+                # Charged only once the chunk is scored: a failing model does not eat budget.
+                self._counts.index_add_(0, owner[start : start + self.max_batch],
+                                        torch.ones(chunk.shape[0], dtype=torch.int64))
+                outs.append(raw)
+        return self._convert(torch.cat(outs))
+
+    def _validate(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise InvalidInputError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise InvalidInputError(f"inputs must be floating point, got {x.dtype}")
+        if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
+            raise InvalidInputError(
+                f"inputs have per-example shape {tuple(x.shape[1:])}, the model expects "
+                f"{self.input_shape}")
+        if x.numel() and not bool(torch.isfinite(x).all()):
+            raise InvalidInputError("inputs contain NaN or inf")
+        if self.bounds is not None and x.numel():
+            lo, hi = self.bounds
+            tol = 1e-6 * (hi - lo)
+            if float(x.min()) < lo - tol or float(x.max()) > hi + tol:
+                raise InvalidInputError(
+                    f"inputs must lie in [{lo}, {hi}], got range [{float(x.min()):.4g}, "
+                    f"{float(x.max()):.4g}]")
+
+    def _check_scores(self, raw: Tensor, m: int) -> None:
+        if raw.shape[:1] != (m,):
+            raise InvalidScoresError(
+                f"model returned shape {tuple(raw.shape)} for a batch of {m} inputs")
+        if self.output in ("logits", "probs", "labels") and raw.dim() != 2:
+            raise InvalidScoresError(
+                f"a classifier must return (batch, classes) scores, got {tuple(raw.shape)}")
+        if raw.is_floating_point() and not bool(torch.isfinite(raw).all()):
+            bad = (~torch.isfinite(raw.reshape(m, -1))).any(dim=1).nonzero().flatten()
+            raise InvalidScoresError(
+                f"model returned NaN/inf scores for {len(bad)} of {m} inputs "
+                f"(batch rows {bad[:5].tolist()}); check the model or its input range")
+
+    def _convert(self, raw: Tensor) -> Tensor:
+        if self.output == "probs":
+            return torch.softmax(raw.float(), dim=-1)
+        if self.output == "labels":
+            return raw.argmax(dim=-1)
+        return raw
+
+    def _empty_output(self, x: Tensor) -> Tensor:
+        if self.output == "labels":
+            return torch.zeros(0, dtype=torch.int64, device=self.device)
+        return torch.zeros(0, device=self.device, dtype=x.dtype)

@@ -1,0 +1,1 @@
+"""Thin Typer commands over library calls; `zoattack --help` lists them."""

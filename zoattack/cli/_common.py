@@ -1,0 +1,70 @@
+"""Shared CLI plumbing: consoles, the error contract, generator/device set-up."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import torch
+import typer
+from rich.console import Console
+
+from zoattack.errors import ZOAttackError
+
+out = Console()  # results
+err = Console(stderr=True)  # progress, diagnostics
+
+EXIT_BAD_INPUT = 2
+_verbose = {"on": False}
+
+T = TypeVar("T")
+
+
+def set_verbose(flag: bool) -> None:
+    _verbose["on"] = flag
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one clear line to stderr and return the exit to raise (code 2)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix into one line and exit 2; --verbose adds the traceback.
+
+    ValueError covers invalid hyperparameters (constructors raise it naming the argument).
+    """
+    try:
+        yield
+    except (ZOAttackError, ValueError, FileNotFoundError) as exc:
+        if _verbose["on"]:
+            traceback.print_exc(file=sys.stderr)
+        msg = str(exc) if not isinstance(exc, FileNotFoundError) else f"file not found: {exc}"
+        raise fail(msg) from None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def guarded(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator form of :func:`user_errors` for command functions."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> T:
+        with user_errors():
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,48 @@
+"""`zoattack list KIND`: registry contents as a Rich table (or Markdown)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from zoattack.cli._common import fail, out
+from zoattack.registry import Registry
+
+
+def _registries() -> dict[str, Registry[Any]]:
+    from zoattack.estimators import ESTIMATORS
+    from zoattack.functions import FUNCTIONS
+    from zoattack.optim import OPTIMIZERS
+
+    return {"estimators": ESTIMATORS, "optimizers": OPTIMIZERS, "functions": FUNCTIONS}
+
+
+def _flags(flags: dict[str, Any]) -> str:
+    return ", ".join(k if v is True else f"{k}={v}" for k, v in flags.items() if v is not False)
+
+
+def list_command(
+    kind: Annotated[str, typer.Argument(help="What to list: estimators, optimizers, functions.")],
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
+) -> None:
+    """List registered names with their descriptions."""
+    regs = _registries()
+    key = kind.lower().rstrip("s") + "s"
+    if key not in regs:
+        raise fail(f"cannot list '{kind}'; choose one of: {', '.join(regs)}")
+    reg = regs[key]
+    rows = [(e.name, ", ".join(e.aliases), e.description, _flags(e.flags)) for e in reg]
+    if markdown:
+        out.print("| name | aliases | description | flags |\n|---|---|---|---|", highlight=False)
+        for r in rows:
+            out.print("| " + " | ".join(f"`{r[0]}`" if i == 0 else r[i] for i in range(4)) + " |",
+                      highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"zoattack {key}")
+    for col in ("name", "aliases", "description", "flags"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    out.print(table)

@@ -1,0 +1,49 @@
+"""The root `zoattack` command. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from zoattack import __version__
+from zoattack.cli import list_cmd, optimize
+from zoattack.cli._common import out, set_verbose
+
+app = typer.Typer(
+    name="zoattack",
+    help="Zeroth-order (query-only) adversarial attacks and black-box defense.",
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"zoattack {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                          help="Show tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Zeroth-order (query-only) adversarial attacks and black-box defense."""
+    set_verbose(verbose)
+
+
+app.command("list")(list_cmd.list_command)
+app.command("optimize")(optimize.optimize_command)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Run an update rule on N problems under a per-example query budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from zoattack.objective import Objective
+from zoattack.optim.base import ZORule
+
+
+@dataclass
+class MinimizeResult:
+    """Outcome of :func:`minimize`.
+
+    Attributes:
+        x: final points ``(N, *shape)``.
+        loss: best-known loss per example at ``x`` ``(N,)`` (the last scored value).
+        queries: queries spent per example ``(N,)`` (the black box's count).
+        steps: steps taken per example ``(N,)``.
+        history: ``(queries, loss)`` pairs per example, one per step (for loss-vs-queries curves).
+        stop_reason: per example, ``"budget"``, ``"steps"`` or ``"target"``.
+    """
+
+    x: Tensor
+    loss: Tensor
+    queries: Tensor
+    steps: Tensor
+    history: list[list[tuple[int, float]]] = field(default_factory=list)
+    stop_reason: list[str] = field(default_factory=list)
+
+
+def minimize(objective: Objective, x0: Tensor, rule: ZORule, *, generator: torch.Generator,
+             budget: int, max_steps: int | None = None, target: float | None = None,
+             project: Callable[[Tensor], Tensor] | None = None,
+             callback: Callable[[int, Tensor, Tensor], None] | None = None) -> MinimizeResult:
+    """Minimise ``objective`` from ``x0`` ``(N, *shape)`` with ``rule`` until each example's
+    queries would exceed ``budget`` (a step is only started if its worst-case cost fits),
+    ``max_steps`` pass, or its loss reaches ``target``.
+
+    Examples that stop drop out of the batch and spend nothing more.
+    ``callback(step, queries, loss)`` is called after every step (for progress bars).
+    """
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    n = x0.shape[0]
+    dim = x0[0].numel()
+    x = x0.clone()
+    idx_all = torch.arange(n, device=x.device)
+    ledger = objective.blackbox
+    start_q = ledger.queries_of(idx_all.cpu()).clone()
+    fx = torch.full((n,), float("nan"), dtype=torch.float64, device=x.device)
+    best = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)
+    steps = torch.zeros(n, dtype=torch.int64)
+    active = torch.ones(n, dtype=torch.bool)
+    reasons = [""] * n
+    history: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+    cost = rule.max_queries_per_step(dim)
+    t = 0
+    while bool(active.any()):
+        spent = ledger.queries_of(idx_all.cpu()) - start_q
+        out_of_budget = active & (spent + cost > budget)
+        for i in out_of_budget.nonzero().flatten().tolist():
+            reasons[i] = "budget"
+        active &= ~out_of_budget
+        if max_steps is not None and t >= max_steps:
+            for i in active.nonzero().flatten().tolist():
+                reasons[i] = "steps"
+            break
+        if not bool(active.any()):
+            break
+        ids = active.nonzero().flatten().to(x.device)
+        res = rule.step(objective, x[ids], generator=generator, idx=ids, fx=fx[ids])
+        x_next = project(res.x_next) if project is not None else res.x_next
+        moved = (x_next != res.x_next).flatten(1).any(dim=1)
+        x[ids] = x_next
+        if res.loss is not None:
+            best[ids] = res.loss.double()
+        # A known f(x_next) is only valid if projection left the point unchanged.
+        fx[ids] = torch.where(moved, torch.full_like(res.fx_next, float("nan")), res.fx_next)
+        steps[ids.cpu()] += 1
+        t += 1
+        spent = ledger.queries_of(idx_all.cpu()) - start_q
+        for j, i in enumerate(ids.tolist()):
+            if res.loss is not None:
+                history[i].append((int(spent[i]), float(res.loss[j])))
+        if target is not None and res.loss is not None:
+            hit = (res.loss <= target).cpu()
+            for i in ids.cpu()[hit].tolist():
+                reasons[i] = "target"
+                active[i] = False
+        if callback is not None:
+            callback(t, spent, best)
+    spent = ledger.queries_of(idx_all.cpu()) - start_q
+    return MinimizeResult(x=x, loss=best, queries=spent, steps=steps, history=history,
+                          stop_reason=reasons)

@@ -1,0 +1,163 @@
+"""Batched zeroth-order update rules.
+
+A rule pairs a gradient estimator with an update; both work on N independent problems at
+once and keep per-example state (indexed by global example id) created lazily.
+``step(objective, x, generator=...)`` returns a :class:`StepResult`; the caller owns
+projection and stopping. Each rule file also exposes a pure update kernel.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from zoattack._state import PerExampleState
+from zoattack.estimators import create_estimator
+from zoattack.estimators.base import GradientEstimator
+from zoattack.objective import Objective
+
+LR_DECAYS = ("constant", "sqrt")
+
+
+@dataclass
+class StepResult:
+    """One step for N examples.
+
+    Attributes:
+        x_next: proposed next points ``(N, *shape)`` (not projected).
+        loss: ``f(x)`` at the points the step started from ``(N,)``, or None if not scored.
+        queries: queries spent per example in this step ``(N,)``.
+        grad: the gradient estimate used ``(N, *shape)``.
+        fx_next: ``f(x_next)`` where the step already knows it (line search), NaN elsewhere.
+    """
+
+    x_next: Tensor
+    loss: Tensor | None
+    queries: Tensor
+    grad: Tensor
+    fx_next: Tensor
+
+
+def check_lr(lr: float | Tensor) -> float | Tensor:
+    if isinstance(lr, Tensor):
+        if not bool(torch.isfinite(lr).all()) or bool((lr <= 0).any()):
+            raise ValueError("lr must be finite and > 0 everywhere")
+        return lr
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr}")
+    return float(lr)
+
+
+def check_betas(betas: tuple[float, float]) -> tuple[float, float]:
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas}")
+    for i, b in enumerate(betas):
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"betas[{i}] must be in [0, 1), got {b}")
+    return float(betas[0]), float(betas[1])
+
+
+def check_eps(eps: float) -> float:
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    return float(eps)
+
+
+class ZORule(abc.ABC):
+    """Base class of update rules.
+
+    Args:
+        lr: step size (a float, or a tensor broadcastable to one example's shape, which the
+            torch.optim face uses for per-group learning rates).
+        estimator: a registered estimator name or an instance; default: the paper's pairing.
+        num_samples, mu, difference: forwarded to the estimator when it is built by name
+            (None keeps the estimator's default).
+        estimator_kwargs: further estimator options.
+        lr_decay: ``"constant"`` or ``"sqrt"`` (``lr/sqrt(t)``, as in ZO-AdaMM's code).
+    """
+
+    name: ClassVar[str] = ""
+    default_estimator: ClassVar[str] = "gaussian"
+
+    def __init__(self, *, lr: float | Tensor, estimator: str | GradientEstimator | None = None,
+                 num_samples: int | None = None, mu: float | None = None,
+                 difference: str | None = None, estimator_kwargs: dict[str, Any] | None = None,
+                 lr_decay: str = "constant") -> None:
+        self.lr = check_lr(lr)
+        if lr_decay not in LR_DECAYS:
+            raise ValueError(f"lr_decay must be 'constant' or 'sqrt', got {lr_decay!r}")
+        self.lr_decay = lr_decay
+        if isinstance(estimator, GradientEstimator):
+            if num_samples is not None or mu is not None or estimator_kwargs:
+                raise ValueError("pass num_samples/mu/estimator_kwargs only with an estimator name")
+            self.estimator = estimator
+        else:
+            name = estimator or self.default_estimator
+            given = {"num_samples": num_samples, "mu": mu, "difference": difference}
+            kwargs = {**self._estimator_defaults(name),
+                      **{k: v for k, v in given.items() if v is not None},
+                      **(estimator_kwargs or {})}
+            self.estimator = create_estimator(name, **kwargs)
+        self.state = PerExampleState()
+
+    def _estimator_defaults(self, name: str) -> dict[str, Any]:
+        """Rule-specific estimator options (e.g. LIZO's reuse radius tied to lr)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lr={self.lr!r}, estimator={self.estimator!r})"
+
+    def max_queries_per_step(self, dim: int) -> int:
+        """Upper bound on queries one step spends per example (f(x) not supplied)."""
+        return self.estimator.queries_per_call(dim)
+
+    def step(self, objective: Objective, x: Tensor, *, generator: torch.Generator,
+             idx: Tensor | None = None, fx: Tensor | None = None) -> StepResult:
+        """Estimate at ``x`` ``(N, *shape)`` and propose ``x_next``; see :class:`StepResult`."""
+        n = x.shape[0]
+        if idx is None:
+            idx = torch.arange(n, device=x.device)
+        est = self.estimator.estimate(objective, x, generator=generator, idx=idx, fx=fx)
+        steps = self.state.get("step", idx, (), dtype=torch.int64, device=x.device) + 1
+        self.state.set("step", idx, steps)
+        lr = self._lr(steps, x)
+        x_next, extra, fx_next = self._update(objective, x, est.grad, est.loss, idx, steps, lr)
+        if fx_next is None:
+            fx_next = torch.full((n,), float("nan"), dtype=torch.float64, device=x.device)
+        return StepResult(x_next=x_next.to(x.dtype), loss=est.loss, queries=est.queries + extra,
+                          grad=est.grad, fx_next=fx_next)
+
+    def _lr(self, steps: Tensor, x: Tensor) -> Tensor:
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        factor = torch.ones_like(steps, dtype=x.dtype) if self.lr_decay == "constant" else \
+            steps.to(x.dtype).rsqrt()
+        lr = self.lr if not isinstance(self.lr, Tensor) else self.lr.to(x.device, x.dtype)
+        return factor.view(shape) * lr
+
+    @abc.abstractmethod
+    def _update(self, objective: Objective, x: Tensor, grad: Tensor, loss: Tensor | None,
+                idx: Tensor, steps: Tensor, lr: Tensor
+                ) -> tuple[Tensor, Tensor | int, Tensor | None]:
+        """Return ``(x_next, extra_queries, fx_next)``; state lives in ``self.state``."""
+
+    # ------------------------------------------------------------------ state
+    def reset(self, mask: Tensor | None = None) -> None:
+        """Forget state for all examples, or where a bool ``mask`` (global ids) is True."""
+        self.state.reset(mask)
+        self.estimator.reset(mask)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rule": self.state.state_dict(), "estimator": self.estimator.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state.load_state_dict(state["rule"])
+        self.estimator.load_state_dict(state["estimator"])
+
+    def _moment(self, name: str, idx: Tensor, x: Tensor, fill: float = 0.0) -> Tensor:
+        return self.state.get(name, idx, tuple(x.shape[1:]), dtype=x.dtype, device=x.device,
+                              fill=fill)

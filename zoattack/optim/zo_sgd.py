@@ -1,0 +1,49 @@
+"""ZO-SGD: plain descent on a zeroth-order gradient estimate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from zoattack.objective import Objective
+from zoattack.optim.base import ZORule
+from zoattack.optim.registry import OPTIMIZERS
+from zoattack.optim.torch_face import ZOOptimizer, _estimator_args
+
+
+def zo_sgd_update(x: Tensor, grad: Tensor, lr: Tensor | float) -> Tensor:
+    """``x - lr * g``."""
+    return x - lr * grad
+
+
+@OPTIMIZERS.register("zo_sgd", description="ZO-SGD: x <- x - lr * g (Ghadimi & Lan 2013)",
+                     aliases=("sgd", "zosgd"), flags={"adaptive": False, "sign": False})
+class ZOSGDRule(ZORule):
+    """ZO-SGD (Ghadimi & Lan, SIAM J. Optim. 2013; Nesterov & Spokoiny 2017).
+
+    Update: ``x_{t+1} = x_t - lr_t g_t``; ``lr_t = lr`` or ``lr/sqrt(t)``.
+    Not scale-invariant: learning rates do not transfer between estimators (sphere RGE
+    carries a factor d, Gaussian does not, LIZO's estimate is about n/d of the gradient).
+
+    Defaults: ``lr`` required, estimator ``gaussian`` (K=10, mu=1e-3), ``lr_decay="constant"``.
+    Shapes: ``x`` ``(N, *shape)``; no per-example state besides the step counter.
+    Queries per step and example: the estimator's (``K+1`` by default).
+    """
+
+    name = "zo_sgd"
+    default_estimator = "gaussian"
+
+    def _update(self, objective: Objective, x: Tensor, grad: Tensor, loss: Tensor | None,
+                idx: Tensor, steps: Tensor, lr: Tensor) -> tuple[Tensor, int, None]:
+        return zo_sgd_update(x, grad, lr), 0, None
+
+
+class ZO_SGD(ZOOptimizer):  # noqa: N801 - named like the papers' code
+    """torch.optim face of :class:`ZOSGDRule`: ``ZO_SGD(params, lr, n_samples=10, mu=1e-3)``."""
+
+    rule_name = "zo_sgd"
+
+    def __init__(self, params: Any, lr: float = 1e-3, n_samples: int = 10, mu: float = 1e-3,
+                 **kwargs: Any) -> None:
+        super().__init__(params, {"lr": lr}, **_estimator_args(kwargs, n_samples, mu))
