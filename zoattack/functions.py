@@ -6,14 +6,13 @@ Each maps a batch of points ``(M, d)`` to values ``(M,)``; all are batched tenso
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from zoattack.registry import Registry
+from zoattack.registry import Entry, Registry
 
 
 @dataclass(frozen=True)
@@ -56,14 +55,15 @@ def _start_rosenbrock(d: int, gen: torch.Generator, dtype: torch.dtype) -> Tenso
         d, generator=gen, device=gen.device, dtype=dtype)
 
 
-for _name, _fn, _start, _desc in (
-    ("quadratic", _quadratic, _start_quadratic,
-     "0.5/d sum a_i x_i^2, a log-spaced in [1, 100]; start N(0, I); minimum 0 at 0"),
-    ("rosenbrock", _rosenbrock, _start_rosenbrock,
-     "chained Rosenbrock averaged over d-1 terms; start 0.1 N(0, I); minimum 0 at 1"),
-):
-    FUNCTIONS.add(__import__("zoattack.registry", fromlist=["Entry"]).Entry(
-        _name, (lambda f=_fn, s=_start, n=_name: TestFunction(n, f, s, 0.0)), _desc))
+def _register(name: str, fn: Callable[[Tensor], Tensor],
+              start: Callable[[int, torch.Generator, torch.dtype], Tensor], desc: str) -> None:
+    FUNCTIONS.add(Entry(name, lambda: TestFunction(name, fn, start, 0.0), desc))
+
+
+_register("quadratic", _quadratic, _start_quadratic,
+          "0.5/d sum a_i x_i^2, a log-spaced in [1, 100]; start N(0, I); minimum 0 at 0")
+_register("rosenbrock", _rosenbrock, _start_rosenbrock,
+          "chained Rosenbrock averaged over d-1 terms; start 0.1 N(0, I); minimum 0 at 1")
 
 
 def get_function(name: str) -> TestFunction:
@@ -76,4 +76,4 @@ def starts(fn: TestFunction, n: int, d: int, generator: torch.Generator,
     return torch.stack([fn.start(d, generator, dtype) for _ in range(n)])
 
 
-__all__ = ["FUNCTIONS", "TestFunction", "get_function", "starts", "math"]
+__all__ = ["FUNCTIONS", "TestFunction", "get_function", "starts"]
