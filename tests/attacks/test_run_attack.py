@@ -1,0 +1,158 @@
+"""The attack loop: threat model, budgets, early stopping, determinism, query honesty."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from zoattack import BlackBox, create_optimizer, make_generator
+from zoattack.attacks import run_attack
+from zoattack.norms import distance
+from zoattack.optim import OPTIMIZERS
+
+
+@pytest.fixture(scope="module")
+def victim():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target)
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    for p in model.parameters():  # deterministic init without the global RNG
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[:1200]), y[:1200]).backward()
+        opt.step()
+    model.eval()
+    return model, x[1200:1240], y[1200:1240]
+
+
+def attack(victim, rule="zo_signsgd", *, budget=200, norm="linf", eps=0.2, seed=0, lr=0.1,
+           estimator=None, subspace="full", target=None, samples=None):
+    model, x, y = victim
+    bb = BlackBox(model, output="logits", budget=budget)
+    r = create_optimizer(rule, lr=lr, estimator=estimator, num_samples=samples)
+    res = run_attack(bb, x, y, r, generator=make_generator(seed), norm=norm, eps=eps,
+                     budget=budget, subspace=subspace, target=target)
+    return res, bb
+
+
+def test_attack_fools_most_images_and_stays_in_threat_model(victim):
+    res, bb = attack(victim, budget=400)
+    _, x, y = victim
+    assert res.clean_correct.float().mean() > 0.8
+    assert res.success[res.clean_correct].float().mean() > 0.6
+    assert bool((distance(res.x_adv, x, "linf") <= 0.2 + 1e-6).all())
+    assert bool((res.x_adv >= 0).all() and (res.x_adv <= 1).all())
+    # success really means misclassified at the returned point
+    with torch.no_grad():
+        pred = victim[0](res.x_adv).argmax(1)
+    assert bool((pred[res.success] != y[res.success]).all())
+    assert bool((res.final_pred[res.success] == pred[res.success]).all())
+    # the ledger is the black box's, and stop reasons explain every image
+    assert torch.equal(res.queries, bb.queries[: len(y)])
+    assert set(res.stop_reason) <= {"success", "budget", "misclassified", "steps"}
+    for i, reason in enumerate(res.stop_reason):
+        assert (reason == "success") == bool(res.success[i])
+
+
+def test_misclassified_images_cost_one_query_and_are_skipped(victim):
+    model, x, y = victim
+    wrong = y.clone()
+    wrong[:3] = (y[:3] + 1) % 10  # the model is right about y, so wrong about these labels
+    res, _ = attack((model, x, wrong))
+    skipped = ~res.clean_correct
+    assert bool(skipped[:3].all())
+    assert bool((res.queries[skipped] == 1).all())
+    assert all(res.stop_reason[i] == "misclassified" for i in skipped.nonzero().flatten().tolist())
+    assert not bool(res.success[skipped].any())
+
+
+def test_finished_images_stop_consuming_queries(victim):
+    small, _ = attack(victim, budget=100)
+    large, _ = attack(victim, budget=400)
+    done = small.success
+    assert bool(done.any())
+    # same seed: images that succeeded early spend exactly the same queries with a bigger budget
+    assert torch.equal(small.queries[done], large.queries[done])
+    assert bool((large.queries[done] < 100).all() | (large.queries[done] <= 100).all())
+
+
+def test_same_seed_identical_different_seed_differs(victim):
+    a, _ = attack(victim, "lizo", lr=0.05, seed=1)
+    b, _ = attack(victim, "lizo", lr=0.05, seed=1)
+    c, _ = attack(victim, "lizo", lr=0.05, seed=2)
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.queries, b.queries)
+    assert not torch.equal(a.x_adv, c.x_adv)
+
+
+def test_l2_threat_model(victim):
+    res, _ = attack(victim, "zo_sgd", norm="l2", eps=1.5, lr=0.5, estimator="gaussian")
+    _, x, _ = victim
+    assert bool((distance(res.x_adv, x, "l2") <= 1.5 * (1 + 1e-5)).all())
+    assert res.success.any()
+
+
+def test_targeted_attack_reaches_target(victim):
+    _, x, y = victim
+    target = (y + 1) % 10
+    res, _ = attack(victim, budget=600, target=target)
+    with torch.no_grad():
+        pred = victim[0](res.x_adv).argmax(1)
+    assert res.success.any()
+    assert bool((pred[res.success] == target[res.success]).all())
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rule=st.sampled_from(OPTIMIZERS.names()),
+       estimator=st.sampled_from([None, "gaussian", "sphere", "rademacher", "dap"]),
+       norm=st.sampled_from(["linf", "l2"]), budget=st.integers(2, 120),
+       subspace=st.sampled_from(["full", "tile:4"]), samples=st.integers(2, 6))
+def test_queries_never_exceed_budget(victim, rule, estimator, norm, budget, subspace, samples):
+    eps = 0.1 if norm == "linf" else 1.0
+    res, bb = attack(victim, rule, budget=budget, norm=norm, eps=eps, lr=0.05,
+                     estimator=estimator, subspace=subspace, samples=samples)
+    assert int(res.queries.max()) <= budget
+    assert int(bb.queries.max()) <= budget
+    _, x, _ = victim
+    tol = 1e-5
+    assert bool((distance(res.x_adv, x, norm) <= eps * (1 + tol)).all())
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"norm": "l3"}, "norm must be"),
+    ({"eps": -0.1}, "eps must be"),
+    ({"eps": 1.5}, "whole [0,1]"),
+    ({"budget": 1}, "budget must be"),
+    ({"subspace": "tile:99"}, "tile size"),
+    ({"subspace": "wavelet"}, "subspace must be"),
+])
+def test_bad_settings_raise_clear_errors(victim, kwargs, needle):
+    model, x, y = victim
+    args = {"norm": "linf", "eps": 0.1, "budget": 100, "subspace": "full", **kwargs}
+    with pytest.raises(ValueError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        run_attack(BlackBox(model), x, y, create_optimizer("zo_sgd", lr=0.1),
+                   generator=make_generator(0), **args)
+
+
+def test_labels_only_black_box_is_refused(victim):
+    model, x, y = victim
+    with pytest.raises(ValueError, match="logits or probs"):
+        run_attack(BlackBox(model, output="labels"), x, y, create_optimizer("zo_sgd", lr=0.1),
+                   generator=make_generator(0), norm="linf", eps=0.1, budget=50)
+
+
+def test_probability_black_box_works(victim):
+    model, x, y = victim
+    res = run_attack(BlackBox(model, output="probs", budget=200), x, y,
+                     create_optimizer("zo_signsgd", lr=0.1), generator=make_generator(0),
+                     norm="linf", eps=0.2, budget=200)
+    assert res.success.any()

@@ -1,0 +1,178 @@
+"""The query-limited attack loop shared by every ZO update rule.
+
+Counting rule: every scored input counts (the clean check, every probe, every iterate
+check). An image succeeds at the first scored point that fools the model, probes included:
+that point was queried, so it is a legitimate adversarial example inside the threat model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from zoattack.blackbox import BlackBox
+from zoattack.losses import attack_loss, is_adversarial
+from zoattack.norms import check_norm, distance, inside, to_image
+from zoattack.optim.base import ZORule
+from zoattack.subspace import Subspace
+
+
+class AttackObjective:
+    """Losses of perturbation variables for N images, recording any adversarial it scores.
+
+    Points ``(M, *var_shape)`` owned by images ``owner`` are expanded by the subspace,
+    projected onto the ball, clipped to [0, 1] and scored by the black box.
+    """
+
+    def __init__(self, blackbox: BlackBox, x0: Tensor, label: Tensor, *, norm: str, eps: float,
+                 subspace: Subspace, loss: str = "margin", target: Tensor | None = None) -> None:
+        if blackbox.output not in ("logits", "probs"):
+            raise ValueError("score-based attacks need a black box returning logits or probs, "
+                             f"not {blackbox.output}")
+        self.blackbox = blackbox
+        self.x0, self.label, self.target = x0, label, target
+        self.norm, self.eps, self.subspace, self.loss = norm, eps, subspace, loss
+        n = x0.shape[0]
+        self.found = torch.zeros(n, dtype=torch.bool, device=x0.device)
+        self.x_adv = x0.clone()
+        self.adv_pred = label.clone()
+
+    def images(self, v: Tensor, owner: Tensor) -> Tensor:
+        return to_image(self.x0[owner], self.subspace.expand(v), self.norm, self.eps)
+
+    def score(self, v: Tensor, owner: Tensor) -> tuple[Tensor, Tensor]:
+        """``(losses (M,), predictions (M,))``; records the first adversarial per image."""
+        owner = owner.to(self.x0.device)
+        x = self.images(v, owner)
+        scores = self.blackbox.query(x, owner).to(self.x0.device)
+        if self.blackbox.output == "probs":
+            scores = scores.clamp_min(1e-30).log()
+        target = self.target[owner] if self.target is not None else None
+        loss = attack_loss(scores, self.label[owner], kind=self.loss, target=target)
+        pred = scores.argmax(dim=1)
+        adv = is_adversarial(pred, self.label[owner], target)
+        rows = adv.nonzero().flatten()
+        rows = rows[~self.found[owner[rows]]]
+        if rows.numel():
+            # Keep the first adversarial row per image (lowest position in this batch).
+            imgs = owner[rows]
+            first = torch.full((len(self.found),), len(owner), dtype=torch.long, device=rows.device)
+            first.scatter_reduce_(0, imgs, rows, reduce="amin")
+            rows = rows[first[imgs] == rows]
+            imgs = owner[rows]
+            self.found[imgs] = True
+            self.x_adv[imgs] = x[rows]
+            self.adv_pred[imgs] = pred[rows]
+        return loss, pred
+
+    def __call__(self, points: Tensor, owner: Tensor) -> Tensor:
+        return self.score(points, owner)[0]
+
+
+@dataclass
+class AttackResult:
+    """Per-image outcome (N images). ``queries`` follow the black box's counting rule."""
+
+    x_adv: Tensor
+    label: Tensor
+    clean_pred: Tensor
+    final_pred: Tensor
+    success: Tensor
+    queries: Tensor
+    stop_reason: list[str]
+    linf: Tensor
+    l2: Tensor
+    clean_correct: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+
+
+def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
+               generator: torch.Generator, norm: str, eps: float, budget: int,
+               loss: str = "margin", target: Tensor | None = None, subspace: str = "full",
+               max_steps: int | None = None,
+               callback: Callable[[int, AttackResult | None, Tensor], None] | None = None
+               ) -> AttackResult:
+    """Attack images ``x0`` ``(N, C, H, W)`` in [0, 1] with labels ``(N,)`` as one batch.
+
+    Each image may spend ``budget`` queries (checked before each step against the rule's
+    worst-case cost plus the iterate check). Images the model misclassifies at the start are
+    skipped (``stop_reason="misclassified"``); finished images spend nothing more.
+    """
+    norm = check_norm(norm, eps)
+    if budget < 2:
+        raise ValueError(f"budget must be >= 2 queries per image, got {budget}")
+    if x0.dim() != 4:
+        raise ValueError(f"images must be shaped (N, C, H, W), got {tuple(x0.shape)}")
+    if float(x0.min()) < 0 or float(x0.max()) > 1:
+        raise ValueError("images must lie in [0, 1]; normalisation belongs inside the model")
+    n = x0.shape[0]
+    dev = x0.device
+    space = Subspace(subspace, tuple(x0.shape[1:]))
+    obj = AttackObjective(blackbox, x0, label, norm=norm, eps=eps, subspace=space, loss=loss,
+                          target=target)
+    idx = torch.arange(n, device=dev)
+    start_q = blackbox.queries_of(idx.cpu()).clone()
+
+    zeros = torch.zeros(n, *space.var_shape, device=dev, dtype=x0.dtype)
+    fx, clean_pred = obj.score(zeros, idx)            # the clean check: 1 query per image
+    clean_correct = ~obj.found                       # fooled already at the clean point
+    obj.found[:] = False
+    fx = fx.double()
+    reasons = ["misclassified" if not bool(c) else "" for c in clean_correct.tolist()]
+    v = zeros.clone()
+    active = clean_correct.clone()
+    last_pred = clean_pred.clone()
+    cost = rule.max_queries_per_step(space.dim) + 1
+    step = 0
+    while bool(active.any()):
+        spent = (blackbox.queries_of(idx.cpu()) - start_q).to(dev)
+        broke = active & (spent + cost > budget)
+        for i in broke.nonzero().flatten().tolist():
+            reasons[i] = "budget"
+        active &= ~broke
+        if max_steps is not None and step >= max_steps:
+            for i in active.nonzero().flatten().tolist():
+                reasons[i] = "steps"
+            break
+        if not bool(active.any()):
+            break
+        ids = active.nonzero().flatten()
+        res = rule.step(obj, v[ids], generator=generator, idx=ids, fx=fx[ids])
+        done = obj.found[ids]
+        # Keep the variable inside the ball (in variable space; expansion preserves Linf).
+        v_next = res.x_next
+        if norm == "linf":
+            v_next = v_next.clamp(-eps, eps)
+        else:
+            size = space.expand(v_next).flatten(1).norm(dim=1).clamp_min(1e-12)
+            v_next = v_next * (eps / size).clamp(max=1.0).view(-1, *[1] * (v_next.dim() - 1))
+        v[ids] = v_next
+        live = ids[~done]
+        if live.numel():
+            f_new, p_new = obj.score(v[live], live)   # the iterate check: 1 query per image
+            fx[live] = f_new.double()
+            last_pred[live] = p_new
+        for i in obj.found[ids].nonzero().flatten().tolist():
+            reasons[int(ids[i])] = "success"
+        active &= ~obj.found
+        step += 1
+        if callback is not None:
+            callback(step, None, (blackbox.queries_of(idx.cpu()) - start_q))
+
+    final_x = torch.where(obj.found.view(-1, 1, 1, 1), obj.x_adv,
+                          obj.images(v, idx))
+    final_pred = torch.where(obj.found, obj.adv_pred, last_pred)
+    ok = inside(final_x, x0, norm, eps)
+    if not bool(ok.all()):
+        bad = (~ok).nonzero().flatten().tolist()
+        raise AssertionError(f"internal error: images {bad[:5]} left the threat model")
+    queries = blackbox.queries_of(idx.cpu()) - start_q
+    if budget is not None and bool((queries > budget).any()):
+        raise AssertionError("internal error: an image exceeded its query budget")
+    return AttackResult(
+        x_adv=final_x, label=label, clean_pred=clean_pred, final_pred=final_pred,
+        success=obj.found & clean_correct, queries=queries, stop_reason=reasons,
+        linf=distance(final_x, x0, "linf"), l2=distance(final_x, x0, "l2"),
+        clean_correct=clean_correct)

@@ -1,0 +1,48 @@
+"""Threat models: projection onto the eps-ball around the clean input, and distances."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+NORMS = ("linf", "l2")
+
+
+def check_norm(norm: str, eps: float) -> str:
+    key = norm.lower()
+    if key not in NORMS:
+        raise ValueError(f"norm must be linf or l2, got {norm!r}")
+    if not (eps > 0 and eps == eps and eps != float("inf")):
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+    if key == "linf" and eps >= 1:
+        raise ValueError(f"Linf eps={eps} covers the whole [0,1] image range; use eps < 1")
+    return key
+
+
+def project(delta: Tensor, norm: str, eps: float) -> Tensor:
+    """Project perturbations ``(N, ...)`` onto the ``norm`` ball of radius ``eps``."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    flat = delta.flatten(1)
+    scale = (eps / flat.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+    return (flat * scale.unsqueeze(1)).view_as(delta)
+
+
+def distance(x: Tensor, x0: Tensor, norm: str) -> Tensor:
+    diff = (x - x0).flatten(1).double()
+    return diff.abs().max(dim=1).values if norm == "linf" else diff.norm(dim=1)
+
+
+def inside(x: Tensor, x0: Tensor, norm: str, eps: float, tol: float = 1e-5) -> Tensor:
+    """Per example: within the ball (with float tolerance) and within [0, 1]."""
+    in_box = (x >= 0).flatten(1).all(1) & (x <= 1).flatten(1).all(1)
+    return in_box & (distance(x, x0, norm) <= eps * (1 + tol) + tol * 1e-3)
+
+
+def to_image(x0: Tensor, delta: Tensor, norm: str, eps: float) -> Tensor:
+    """The queried point: ``clip(x0 + P(delta), 0, 1)``. Clipping after projection keeps it
+    in the ball for both norms (each coordinate only moves toward ``x0``)."""
+    return (x0 + project(delta, norm, eps)).clamp(0.0, 1.0)
+
+
+__all__ = ["NORMS", "check_norm", "distance", "inside", "project", "to_image"]
