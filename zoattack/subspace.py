@@ -2,13 +2,26 @@
 
 ``tile:K`` searches a ``(C, K, K)`` variable upsampled by nearest neighbour (each variable
 coordinate moves a block of pixels), the dimension-reduction idea ZO-AE-DS and tiling
-attacks rely on; ``full`` searches pixels directly.
+attacks rely on; ``dct:K`` searches the lowest ``K x K`` frequencies of an orthonormal 2-D
+DCT-II per channel (Guo et al. 2019's low-frequency attacks); ``full`` searches pixels.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
+
+
+def dct_matrix(n: int, k: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """First ``k`` rows of the orthonormal DCT-II matrix of size ``n`` -> ``(k, n)``."""
+    i = torch.arange(n, dtype=torch.float64)
+    f = torch.arange(k, dtype=torch.float64).unsqueeze(1)
+    m = torch.cos(math.pi * (2 * i + 1) * f / (2 * n)) * math.sqrt(2.0 / n)
+    m[0] /= math.sqrt(2.0)
+    return m.to(dtype)
 
 
 class Subspace:
@@ -22,16 +35,19 @@ class Subspace:
         self.image_shape = tuple(image_shape)
         if spec == "full":
             self.var_shape: tuple[int, ...] = tuple(image_shape)
-        elif spec.startswith("tile:"):
+        elif spec.startswith(("tile:", "dct:")):
+            kind, _, size = spec.partition(":")
             try:
-                k = int(spec.split(":", 1)[1])
+                k = int(size)
             except ValueError:
-                raise ValueError(f"subspace must be 'full' or 'tile:K', got {spec!r}") from None
+                raise ValueError(f"subspace must be full, tile:K or dct:K, got {spec!r}") from None
             if not 1 <= k <= min(h, w):
-                raise ValueError(f"tile size K must be in [1, {min(h, w)}], got {k}")
+                raise ValueError(f"{kind} size K must be in [1, {min(h, w)}], got {k}")
             self.var_shape = (c, k, k)
+            if kind == "dct":
+                self._rows, self._cols = dct_matrix(h, k), dct_matrix(w, k)
         else:
-            raise ValueError(f"subspace must be 'full' or 'tile:K', got {spec!r}")
+            raise ValueError(f"subspace must be full, tile:K or dct:K, got {spec!r}")
 
     @property
     def dim(self) -> int:
@@ -41,6 +57,26 @@ class Subspace:
         return n
 
     def expand(self, v: Tensor) -> Tensor:
+        """``(N, *var_shape)`` -> ``(N, C, H, W)``. Linear; tile expansion preserves Linf,
+        DCT expansion (orthonormal rows) preserves L2."""
         if self.spec == "full":
             return v
+        if self.spec.startswith("dct:"):
+            rows = self._rows.to(v.device, v.dtype)
+            cols = self._cols.to(v.device, v.dtype)
+            return torch.einsum("kh,nckl,lw->nchw", rows, v, cols)
         return F.interpolate(v, size=self.image_shape[1:], mode="nearest")
+
+    def project(self, v: Tensor, norm: str, eps: float) -> Tensor:
+        """Keep the variable's expansion inside the ``norm`` ball of radius ``eps``.
+
+        Exact for Linf on full/tile (a clamp: each variable coordinate is a block of pixels)
+        and for L2 (a rescale of the expansion); for Linf on ``dct`` the variable is rescaled
+        until its expansion fits, a feasible point rather than the Euclidean projection.
+        """
+        if norm == "linf" and not self.spec.startswith("dct:"):
+            return v.clamp(-eps, eps)
+        delta = self.expand(v).flatten(1)
+        size = delta.abs().max(dim=1).values if norm == "linf" else delta.norm(dim=1)
+        scale = (eps / size.clamp_min(1e-12)).clamp(max=1.0)
+        return v * scale.view(-1, *[1] * (v.dim() - 1))

@@ -115,7 +115,7 @@ def test_targeted_attack_reaches_target(victim):
 @given(rule=st.sampled_from(OPTIMIZERS.names()),
        estimator=st.sampled_from([None, "gaussian", "sphere", "rademacher", "dap"]),
        norm=st.sampled_from(["linf", "l2"]), budget=st.integers(2, 120),
-       subspace=st.sampled_from(["full", "tile:4"]), samples=st.integers(2, 6))
+       subspace=st.sampled_from(["full", "tile:4", "dct:5"]), samples=st.integers(2, 6))
 def test_queries_never_exceed_budget(victim, rule, estimator, norm, budget, subspace, samples):
     eps = 0.1 if norm == "linf" else 1.0
     res, bb = attack(victim, rule, budget=budget, norm=norm, eps=eps, lr=0.05,
@@ -134,6 +134,7 @@ def test_queries_never_exceed_budget(victim, rule, estimator, norm, budget, subs
     ({"budget": 1}, "budget must be"),
     ({"subspace": "tile:99"}, "tile size"),
     ({"subspace": "wavelet"}, "subspace must be"),
+    ({"subspace": "dct:0"}, "dct size"),
 ])
 def test_bad_settings_raise_clear_errors(victim, kwargs, needle):
     model, x, y = victim
@@ -156,3 +157,31 @@ def test_probability_black_box_works(victim):
                      create_optimizer("zo_signsgd", lr=0.1), generator=make_generator(0),
                      norm="linf", eps=0.2, budget=200)
     assert res.success.any()
+
+
+def test_dct_basis_is_orthonormal_and_expansion_preserves_l2():
+    from zoattack.subspace import Subspace, dct_matrix
+
+    m = dct_matrix(8, 8, dtype=torch.float64)
+    assert torch.allclose(m @ m.T, torch.eye(8, dtype=torch.float64), atol=1e-12)
+    space = Subspace("dct:3", (1, 8, 8))
+    v = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(space.expand(v).flatten(1).norm(dim=1), v.flatten(1).norm(dim=1),
+                          atol=1e-5)
+    # the lowest frequency is a constant image
+    e0 = torch.zeros(1, 1, 3, 3)
+    e0[0, 0, 0, 0] = 1.0
+    img = space.expand(e0)
+    assert torch.allclose(img, torch.full_like(img, 1 / 8), atol=1e-6)
+
+
+@pytest.mark.parametrize("spec,norm,eps", [("dct:4", "linf", 0.1), ("dct:4", "l2", 0.5),
+                                           ("tile:2", "l2", 0.5), ("full", "linf", 0.1)])
+def test_subspace_projection_keeps_expansion_in_ball(spec, norm, eps):
+    from zoattack.subspace import Subspace
+
+    space = Subspace(spec, (1, 8, 8))
+    v = 3 * torch.randn(5, *space.var_shape, generator=torch.Generator().manual_seed(1))
+    d = space.expand(space.project(v, norm, eps)).flatten(1)
+    size = d.abs().max(dim=1).values if norm == "linf" else d.norm(dim=1)
+    assert bool((size <= eps * (1 + 1e-5)).all())

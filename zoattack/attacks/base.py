@@ -39,6 +39,7 @@ class AttackObjective:
         self.found = torch.zeros(n, dtype=torch.bool, device=x0.device)
         self.x_adv = x0.clone()
         self.adv_pred = label.clone()
+        self._recent: tuple[Tensor, Tensor, Tensor] = (label[:0], x0.new_zeros(0).double(), label[:0])
 
     def images(self, v: Tensor, owner: Tensor) -> Tensor:
         return to_image(self.x0[owner], self.subspace.expand(v), self.norm, self.eps)
@@ -53,6 +54,7 @@ class AttackObjective:
         target = self.target[owner] if self.target is not None else None
         loss = attack_loss(scores, self.label[owner], kind=self.loss, target=target)
         pred = scores.argmax(dim=1)
+        self._recent = (owner, loss, pred)
         adv = is_adversarial(pred, self.label[owner], target)
         rows = adv.nonzero().flatten()
         rows = rows[~self.found[owner[rows]]]
@@ -71,6 +73,14 @@ class AttackObjective:
     def __call__(self, points: Tensor, owner: Tensor) -> Tensor:
         return self.score(points, owner)[0]
 
+    def recent_pred(self, ids: Tensor, loss: Tensor, fallback: Tensor) -> Tensor:
+        """Prediction at the point of the latest call whose loss equals ``loss`` (per image
+        in ``ids``); ``fallback`` where no such row exists (the point was scored earlier)."""
+        owner, losses, preds = self._recent
+        match = (owner.unsqueeze(0) == ids.unsqueeze(1)) & (losses.unsqueeze(0) == loss.unsqueeze(1))
+        hit = match.any(dim=1)
+        return torch.where(hit, preds[match.int().argmax(dim=1)], fallback)
+
 
 @dataclass
 class AttackResult:
@@ -88,9 +98,30 @@ class AttackResult:
     clean_correct: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
 
 
+def resolve_target(target: Tensor | str | int | None, clean_scores: Tensor, label: Tensor,
+                   generator: torch.Generator) -> Tensor | None:
+    """``None`` (untargeted), a tensor, a class index, ``"random"`` (uniform over the other
+    classes, from ``generator``) or ``"least-likely"`` (lowest clean score)."""
+    if target is None or isinstance(target, Tensor):
+        return target
+    n, classes = clean_scores.shape
+    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+        t = int(target)
+        if not 0 <= t < classes:
+            raise ValueError(f"target class must be in [0, {classes - 1}], got {t}")
+        return torch.full_like(label, t)
+    if target == "random":
+        shift = torch.randint(1, classes, (n,), generator=generator, device=generator.device)
+        return (label + shift.to(label.device)) % classes
+    if target in ("least-likely", "least_likely"):
+        return clean_scores.argmin(dim=1)
+    raise ValueError(f"target must be random, least-likely or a class index, got {target!r}")
+
+
 def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
                generator: torch.Generator, norm: str, eps: float, budget: int,
-               loss: str = "margin", target: Tensor | None = None, subspace: str = "full",
+               loss: str = "margin", target: Tensor | str | int | None = None,
+               subspace: str = "full",
                max_steps: int | None = None,
                callback: Callable[[int, AttackResult | None, Tensor], None] | None = None
                ) -> AttackResult:
@@ -98,7 +129,8 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
 
     Each image may spend ``budget`` queries (checked before each step against the rule's
     worst-case cost plus the iterate check). Images the model misclassifies at the start are
-    skipped (``stop_reason="misclassified"``); finished images spend nothing more.
+    skipped (``stop_reason="misclassified"``; for targeted attacks also images already of
+    the target class); finished images spend nothing more.
     """
     norm = check_norm(norm, eps)
     if budget < 2:
@@ -111,15 +143,21 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
     dev = x0.device
     space = Subspace(subspace, tuple(x0.shape[1:]))
     obj = AttackObjective(blackbox, x0, label, norm=norm, eps=eps, subspace=space, loss=loss,
-                          target=target)
+                          target=None)
     idx = torch.arange(n, device=dev)
     start_q = blackbox.queries_of(idx.cpu()).clone()
 
     zeros = torch.zeros(n, *space.var_shape, device=dev, dtype=x0.dtype)
-    fx, clean_pred = obj.score(zeros, idx)            # the clean check: 1 query per image
-    clean_correct = ~obj.found                       # fooled already at the clean point
-    obj.found[:] = False
-    fx = fx.double()
+    # The clean check (1 query per image) also resolves data-dependent targets.
+    clean_scores = blackbox.query(x0, idx).to(dev)
+    if blackbox.output == "probs":
+        clean_scores = clean_scores.clamp_min(1e-30).log()
+    clean_pred = clean_scores.argmax(dim=1)
+    obj.target = resolve_target(target, clean_scores, label, generator)
+    fx = attack_loss(clean_scores, label, kind=loss, target=obj.target)
+    clean_correct = clean_pred == label
+    if obj.target is not None:
+        clean_correct &= obj.target != label
     reasons = ["misclassified" if not bool(c) else "" for c in clean_correct.tolist()]
     v = zeros.clone()
     active = clean_correct.clone()
@@ -142,14 +180,17 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
         res = rule.step(obj, v[ids], generator=generator, idx=ids, fx=fx[ids])
         done = obj.found[ids]
         # Keep the variable inside the ball (in variable space; expansion preserves Linf).
-        v_next = res.x_next
-        if norm == "linf":
-            v_next = v_next.clamp(-eps, eps)
-        else:
-            size = space.expand(v_next).flatten(1).norm(dim=1).clamp_min(1e-12)
-            v_next = v_next * (eps / size).clamp(max=1.0).view(-1, *[1] * (v_next.dim() - 1))
+        v_next = space.project(res.x_next, norm, eps)
         v[ids] = v_next
-        live = ids[~done]
+        # Rules that scored their own next point (greedy search, line search) hand back its
+        # loss; projection must have left that point alone for the value to stand.
+        moved = (v_next != res.x_next).flatten(1).any(dim=1)
+        known = torch.isfinite(res.fx_next) & ~moved & ~done
+        if bool(known.any()):
+            fx[ids[known]] = res.fx_next[known]
+            last_pred[ids[known]] = obj.recent_pred(ids[known], res.fx_next[known],
+                                                    last_pred[ids[known]])
+        live = ids[~done & ~known]
         if live.numel():
             f_new, p_new = obj.score(v[live], live)   # the iterate check: 1 query per image
             fx[live] = f_new.double()

@@ -1,0 +1,255 @@
+"""`zoattack run`: a query-limited black-box attack on a real model, with an honest ledger."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from zoattack import __version__
+from zoattack.attacks import run_attack
+from zoattack.attacks.report import summarize, write_outputs
+from zoattack.blackbox import BlackBox
+from zoattack.cli._common import err, guarded, out, resolve_device
+from zoattack.norms import check_norm
+from zoattack.optim import OPTIMIZERS, create_optimizer
+from zoattack.optim.base import ZORule
+from zoattack.seeding import make_generator, seed_everything
+
+P_MODEL, P_THREAT, P_OPT, P_OUT = "Model and data", "Threat model", "Optimizer", "Output"
+DEFAULT_EPS = {"linf": 0.1, "l2": 1.5}
+
+
+def default_lr(rule: str, norm: str, eps: float) -> float:
+    """Provisional step sizes: sign and adaptive rules move each coordinate by about ``lr``,
+    so a Linf step of eps/4 reaches the surface in a few steps without bouncing between
+    opposite vertices; gradient-following rules get eps/2. Provisional, from a small grid
+    on a digits victim; benchmarks/attack.py is to tune them per victim. Search rules
+    (registry flag ``search``: sign, square) take ``lr`` as their radius: eps."""
+    if OPTIMIZERS.get(rule).flags.get("search"):
+        return eps
+    if norm == "linf":
+        return {"zo_signsgd": eps / 4, "zo_adamm": eps / 4, "radazo": eps / 4}.get(rule, eps / 2)
+    return {"zo_signsgd": eps / 20, "zo_adamm": eps / 20, "radazo": eps / 20}.get(rule, eps / 2)
+
+
+def _check_search_options(rule: str, norms: tuple[str, ...], norm: str, subspace: str, *,
+                          estimator: str | None, samples: int | None, mu: float | None) -> None:
+    """Search rules (sign, square) estimate no gradient and search the full image."""
+    for option, value in (("--estimator", estimator), ("--samples", samples), ("--mu", mu)):
+        if value is not None:
+            raise ValueError(f"the {rule} rule uses no gradient estimator; drop {option}")
+    if norms and norm not in norms:
+        raise ValueError(f"the {rule} rule supports --norm {' or '.join(norms)}, got {norm}")
+    if subspace != "full":
+        raise ValueError(f"the {rule} rule searches the full image; --subspace must be full, "
+                         f"got {subspace!r}")
+
+
+@guarded
+def run_command(
+    model: Annotated[str, typer.Option(help="Zoo name (resnet20, small_cnn) or "
+                                       "torchvision:/timm:/robustbench:NAME.",
+                                       rich_help_panel=P_MODEL)] = "small_cnn",
+    dataset: Annotated[str, typer.Option(help="Data set (see `zoattack list datasets`).",
+                                         rich_help_panel=P_MODEL)] = "fashion-mnist",
+    data_dir: Annotated[str | None, typer.Option(help="Root of the data set files.",
+                                                 rich_help_panel=P_MODEL)] = None,
+    weights: Annotated[str | None, typer.Option(help="Checkpoint file for the model.",
+                                                rich_help_panel=P_MODEL)] = None,
+    model_dir: Annotated[str | None, typer.Option(help="Folder with pretrained files.",
+                                                  rich_help_panel=P_MODEL)] = None,
+    threat_model: Annotated[str | None, typer.Option(help="robustbench threat model.",
+                                                     rich_help_panel=P_MODEL)] = None,
+    images: Annotated[int, typer.Option(help="Attack the first N test images.",
+                                        rich_help_panel=P_MODEL)] = 100,
+    norm: Annotated[str, typer.Option(help="linf or l2.", rich_help_panel=P_THREAT)] = "linf",
+    eps: Annotated[float | None, typer.Option(help="Radius (default 0.1 linf, 1.5 l2).",
+                                              rich_help_panel=P_THREAT)] = None,
+    target: Annotated[str | None, typer.Option(help="random, least-likely or a class index "
+                                               "(default: untargeted).",
+                                               rich_help_panel=P_THREAT)] = None,
+    loss: Annotated[str, typer.Option(help="margin or ce.", rich_help_panel=P_THREAT)] = "margin",
+    budget: Annotated[int, typer.Option(help="Queries per image (all scored inputs count).",
+                                        rich_help_panel=P_THREAT)] = 1000,
+    optimizer: Annotated[str, typer.Option(help="Update rule (see `zoattack list optimizers`).",
+                                           rich_help_panel=P_OPT)] = "zo_signsgd",
+    estimator: Annotated[str | None, typer.Option(help="Gradient estimator (default: the "
+                                                  "rule's pairing).", rich_help_panel=P_OPT)] = None,
+    samples: Annotated[int | None, typer.Option("--samples", help="Directions K per step.",
+                                                rich_help_panel=P_OPT)] = None,
+    lr: Annotated[float | None, typer.Option(help="Step size (default by rule and norm).",
+                                             rich_help_panel=P_OPT)] = None,
+    mu: Annotated[float | None, typer.Option(help="Finite-difference radius.",
+                                             rich_help_panel=P_OPT)] = None,
+    subspace: Annotated[str, typer.Option(help="full, tile:K (a CxKxK variable upsampled) or "
+                                          "dct:K (lowest KxK DCT frequencies).",
+                                          rich_help_panel=P_OPT)] = "full",
+    universal: Annotated[bool, typer.Option("--universal", help="One perturbation for all "
+                                            "images (each evaluation costs 1 query per image).",
+                                            rich_help_panel=P_THREAT)] = False,
+    seed: Annotated[int, typer.Option(help="Seed; same seed on CPU gives identical results.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    max_batch: Annotated[int, typer.Option(help="Largest batch sent to the model.")] = 4096,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.",
+                                          rich_help_panel=P_OUT)] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write per_image.csv and "
+                                                 "summary.json here.", rich_help_panel=P_OUT)] = None,
+    save_images: Annotated[bool, typer.Option("--save-images", help="With --out: a PNG grid "
+                                              "(original/adversarial/perturbation) and a "
+                                              "success-vs-queries curve.",
+                                              rich_help_panel=P_OUT)] = False,
+) -> None:
+    """Attack a model you may only query; report success rate and per-image queries."""
+    from zoattack.data import load_dataset
+    from zoattack.models import create_model
+
+    norm = norm.lower()
+    eps = DEFAULT_EPS.get(norm, 0.0) if eps is None else eps
+    norm = check_norm(norm, eps)
+    if images < 1:
+        raise ValueError(f"--images must be >= 1, got {images}")
+    if budget < 2:
+        raise ValueError(f"--budget must be >= 2 queries per image, got {budget}")
+    if save_images and out_dir is None:
+        raise ValueError("--save-images needs --out DIR to write the PNG files into")
+    entry = OPTIMIZERS.get(optimizer)
+    rule_name = entry.name
+    search = bool(entry.flags.get("search"))
+    if search:
+        _check_search_options(rule_name, entry.flags.get("norms", ()), norm, subspace,
+                              estimator=estimator, samples=samples, mu=mu)
+    dev = resolve_device(device)
+    seed_everything(seed)  # third-party code only; zoattack draws from `gen`
+    gen = make_generator(seed, dev)
+    data = load_dataset(dataset, split="test", data_dir=data_dir, limit=images)
+    net = create_model(model, dataset=data, weights=weights, model_dir=model_dir,
+                       pretrained=weights is None and ":" not in model, device=dev,
+                       threat_model=threat_model)
+    rule_lr = lr if lr is not None else default_lr(rule_name, norm, eps)
+    if search:  # estimator-free: the radius, the norm and the budget drive their schedules
+        rule = create_optimizer(rule_name, lr=rule_lr, norm=norm, budget=budget)
+    else:
+        rule = create_optimizer(rule_name, lr=rule_lr, estimator=estimator, num_samples=samples,
+                                mu=mu)
+    label = rule_name if rule.estimator is None else f"{rule_name}+{rule.estimator.name}"
+    blackbox = BlackBox(net, output="logits", budget=budget, max_batch=max_batch,
+                        input_shape=data.image_shape)
+    x, y = data.images.to(dev), data.labels.to(dev)
+    settings = {
+        "model": model, "dataset": dataset, "images": len(y), "norm": norm, "eps": eps,
+        "target": target, "loss": loss, "budget": budget, "optimizer": rule_name,
+        "estimator": rule.estimator.name if rule.estimator is not None else None,
+        "samples": rule.estimator.num_samples if rule.estimator is not None else None,
+        "mu": rule.estimator.mu if rule.estimator is not None else None,
+        "lr": float(rule.lr) if not isinstance(rule.lr, torch.Tensor) else None,
+        "subspace": subspace, "universal": universal, "seed": seed, "device": str(dev),
+        "zoattack": __version__, "torch": torch.__version__, "data_source": data.source,
+    }
+    if universal:
+        _run_universal(blackbox, x, y, rule, gen, norm, eps, budget, loss, target, subspace,
+                       settings, as_json, out_dir, len(data.classes))
+        return
+    t0 = time.perf_counter()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.fields[done]}/{task.fields[n]} done"),
+                  TextColumn("{task.completed:,.0f} queries"), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task(label, total=budget * len(y),
+                                 done=0, n=len(y))
+
+        def show(step: int, _: object, queries: torch.Tensor) -> None:
+            progress.update(task, completed=int(queries.sum()))
+
+        result = run_attack(blackbox, x, y, rule, generator=gen, norm=norm, eps=eps,
+                            budget=budget, loss=loss, target=target, subspace=subspace,
+                            callback=show)
+    wall = time.perf_counter() - t0
+    summary = summarize(result, wall_seconds=wall, total_queries=blackbox.total_queries)
+    if out_dir is not None:
+        write_outputs(out_dir, result, summary, settings)
+        if save_images:
+            from zoattack.attacks.plots import save_image_grid, save_success_curve
+
+            save_image_grid(out_dir / "examples.png", x, result, classes=data.classes)
+            save_success_curve(out_dir / "success_vs_queries.png", result, budget,
+                               label=f"{rule_name}")
+    if as_json:
+        typer.echo(json.dumps({"settings": settings, "summary": summary}))
+        return
+    table = Table(title=f"{label} vs {model} on {dataset}: "
+                        f"{norm} eps={eps:g}, budget {budget:,}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+
+    def fmt(v: object) -> str:
+        return "-" if v is None else (f"{v:,.4g}" if isinstance(v, float) else f"{v:,}")
+
+    for key in ("initially_correct", "successes", "success_rate", "mean_queries_success",
+                "median_queries_success", "mean_queries_all", "median_linf_success",
+                "median_l2_success", "wall_seconds", "scored_inputs_per_second"):
+        table.add_row(key.replace("_", " "), fmt(summary[key]))
+    out.print(table)
+    out.print(f"[dim]counting rule: {summary['counting_rule']}[/]")
+    if out_dir is not None:
+        extra = ", examples.png, success_vs_queries.png" if save_images else ""
+        out.print(f"wrote {out_dir}/per_image.csv, summary.json{extra}")
+
+
+def _run_universal(blackbox: BlackBox, x: torch.Tensor, y: torch.Tensor, rule: ZORule,
+                   gen: torch.Generator, norm: str, eps: float, budget: int, loss: str,
+                   target: str | None, subspace: str, settings: dict[str, object],
+                   as_json: bool, out_dir: Path | None, classes: int) -> None:
+    from zoattack.attacks.universal import run_universal
+
+    # One target class for the whole set: a universal perturbation has one goal.
+    tgt = None
+    if target is not None:
+        if target == "random":
+            cls = int(torch.randint(0, classes, (1,), generator=gen, device=gen.device))
+        elif target.isdigit() and int(target) < classes:
+            cls = int(target)
+        else:
+            raise ValueError("--universal takes --target random or a class index "
+                             f"in [0, {classes - 1}], got {target!r}")
+        tgt = torch.full_like(y, cls)
+    t0 = time.perf_counter()
+    res = run_universal(blackbox, x, y, rule, generator=gen, norm=norm, eps=eps, budget=budget,
+                        loss=loss, target=tgt, subspace=subspace)
+    wall = time.perf_counter() - t0
+    summary = {
+        "images": len(y), "initially_correct": int(res.clean_correct.sum()),
+        "fooled": int(res.fooled.sum()), "fooling_rate": round(res.fooling_rate or 0.0, 4),
+        "evaluations": res.evaluations, "queries_per_image": int(res.queries.max()),
+        "linf": round(res.linf, 6), "l2": round(res.l2, 6), "wall_seconds": round(wall, 3),
+        "scored_inputs": blackbox.total_queries,
+        "counting_rule": "one query = one input scored; one evaluation of the universal "
+                         "perturbation scores every attacked image once",
+    }
+    if out_dir is not None:
+        import json as _json
+
+        from safetensors.torch import save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"delta": res.delta.detach().cpu().contiguous()}, str(out_dir / "delta.safetensors"))
+        (out_dir / "summary.json").write_text(_json.dumps({"settings": settings,
+                                                           "summary": summary}, indent=2))
+    if as_json:
+        typer.echo(json.dumps({"settings": settings, "summary": summary}))
+        return
+    table = Table(title=f"universal {settings['optimizer']} on {settings['model']}: "
+                        f"{norm} eps={eps:g}, budget {budget:,} per image")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, val in summary.items():
+        if key != "counting_rule":
+            table.add_row(key.replace("_", " "), f"{val:,}" if isinstance(val, int) else str(val))
+    out.print(table)
+    out.print(f"[dim]counting rule: {summary['counting_rule']}[/]")
