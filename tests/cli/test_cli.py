@@ -66,7 +66,11 @@ def _optimize_json(*extra: str) -> dict:
     return json.loads(res.stdout)
 
 
-@pytest.mark.parametrize("rule", OPTIMIZERS.names())
+GRADIENT_RULES = [e.name for e in OPTIMIZERS if not e.flags.get("search")]
+SEARCH_RULES = [e.name for e in OPTIMIZERS if e.flags.get("search")]
+
+
+@pytest.mark.parametrize("rule", GRADIENT_RULES)
 def test_optimize_json_respects_budget_and_lowers_loss(rule):
     summary = _optimize_json("--optimizer", rule)
     assert summary["optimizer"] == rule
@@ -74,6 +78,13 @@ def test_optimize_json_respects_budget_and_lowers_loss(rule):
     assert all(q > 0 for q in summary["queries"])
     assert all(f < i for f, i in zip(summary["final_loss"], summary["initial_loss"]))
     assert "one query" in summary["counting_rule"]
+
+
+@pytest.mark.parametrize("rule", SEARCH_RULES)
+def test_optimize_refuses_search_rules(rule):
+    res = invoke("optimize", "--dim", "10", "--budget", "50", "--optimizer", rule)
+    assert res.exit_code == 2
+    assert "search rule" in res.stderr
 
 
 def test_optimize_same_seed_identical_different_seed_differs():

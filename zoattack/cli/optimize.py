@@ -61,7 +61,12 @@ def optimize_command(
         raise ValueError(f"--budget must be >= 1, got {budget}")
     dev = resolve_device(device)
     fn = get_function(function)
-    rule_name = OPTIMIZERS.get(optimizer).name
+    entry = OPTIMIZERS.get(optimizer)
+    rule_name = entry.name
+    if entry.flags.get("search"):
+        gradient_rules = [e.name for e in OPTIMIZERS if not e.flags.get("search")]
+        raise ValueError(f"{rule_name} is a search rule for attacks inside an eps-ball; "
+                         f"`zoattack optimize` takes {', '.join(gradient_rules)}")
     rule = create_optimizer(rule_name, lr=lr if lr is not None else DEFAULT_LR.get(rule_name, 1e-3),
                             estimator=estimator, num_samples=samples, mu=mu)
     gen = make_generator(seed, dev)
