@@ -44,8 +44,9 @@ class CoordinateEstimator(GradientEstimator):
 
     def __init__(self, *, num_samples: int | None = None, mu: float = 5e-3,
                  difference: str = "forward") -> None:
-        super().__init__(num_samples=num_samples or 1, mu=mu, difference=difference)
-        self.subset = num_samples
+        super().__init__(num_samples=1 if num_samples is None else num_samples, mu=mu,
+                         difference=difference)
+        self.subset = None if num_samples is None else self.num_samples
 
     def _coords(self, d: int) -> int:
         return d if self.subset is None or self.subset >= d else self.subset

@@ -52,10 +52,13 @@ class DAPEstimator(GradientEstimator):
         super().__init__(num_samples=num_samples, mu=mu, difference=difference)
         if num_samples < 2:
             raise ValueError(f"num_samples must be >= 2 for dap (pilot + aligned), got {num_samples}")
-        b1 = num_samples // 2 if pilot_samples is None else int(pilot_samples)
-        if not 1 <= b1 < num_samples:
+        num_samples = self.num_samples  # validated integer
+        b1 = num_samples // 2 if pilot_samples is None else pilot_samples
+        if int(b1) != b1 or not 1 <= b1 < num_samples:
             raise ValueError(
-                f"pilot_samples must be in [1, num_samples-1] = [1, {num_samples - 1}], got {b1}")
+                f"pilot_samples must be an integer in [1, num_samples-1] = "
+                f"[1, {num_samples - 1}], got {b1}")
+        b1 = int(b1)
         if direction not in ("sphere", "gaussian"):
             raise ValueError(f"direction must be 'sphere' or 'gaussian', got {direction!r}")
         if combine not in COMBINES:

@@ -129,6 +129,8 @@ class LIZO(ZOOptimizer):
 
     rule_name = "lizo"
     rule_keys = ("strict_lr",)
+    arg_names = {"num_samples": "num_sample_per_step", "mu": "sample_norm",
+                 "orthogonal": "orthogonal_sample", "line_search": "line_search_fn"}
 
     def __init__(self, params: Any, lr: float = 1e-3, num_sample_per_step: int = 8,
                  reuse_distance_bound: float | None = None, max_reuse_rate: float = 0.5,
@@ -141,9 +143,6 @@ class LIZO(ZOOptimizer):
                       "orthogonal": orthogonal_sample, "line_search": line_search_fn}
         super().__init__(params, {"lr": lr, "strict_lr": strict_lr},
                          **_estimator_args(kwargs, num_sample_per_step, sample_norm))
-        # Validate eagerly (the rule itself is built lazily on the parameters' device).
-        LIZORule(lr=lr, **self._lizo, num_samples=num_sample_per_step, mu=sample_norm,
-                 estimator=self._estimator)
 
     def _rule_extra(self, group: dict[str, Any]) -> dict[str, Any]:
         return dict(self._lizo)

@@ -9,6 +9,7 @@ it must not cache inputs (parameters are perturbed in place between calls).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -38,6 +39,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     rule_name: ClassVar[str] = ""
     # Constructor arguments of the rule that come from the first param group.
     rule_keys: ClassVar[tuple[str, ...]] = ()
+    # Rule/estimator argument names -> this face's constructor names, for error messages.
+    arg_names: ClassVar[dict[str, str]] = {"num_samples": "n_samples"}
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]],
                  defaults: dict[str, Any], *, estimator: str | None = None,
@@ -57,6 +60,15 @@ class ZOOptimizer(torch.optim.Optimizer):
         self._blackbox = BlackBox(self._score, output="scores", bounds=None, budget=max_queries,
                                   max_batch=1 << 30)
         self._objective = FunctionObjective(self._blackbox)
+        # Check every rule and estimator option now rather than at the first step; the rule
+        # that steps is still built lazily.
+        try:
+            self._build_rule(self._lr_vector(parameters_to_vector(self._params()).detach()))
+        except ValueError as exc:  # speak in this constructor's argument names
+            msg = str(exc)
+            for inner, outer in self.arg_names.items():
+                msg = re.sub(rf"\b{inner}\b", outer, msg)
+            raise ValueError(msg) from None
 
     # The README of R-AdaZO calls this before every step; directions are drawn fresh from
     # the optimizer's generator each step, so there is nothing to reset.

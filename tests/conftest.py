@@ -1,0 +1,142 @@
+"""Shared helpers for the ZO-core tests: smooth functions with known gradients (float64),
+a wrapper that records every batch the black box hands to the function, and objectives.
+
+Helpers are exposed as session-scoped fixtures (so hypothesis tests can use them too).
+Every random draw in a helper comes from its own ``torch.Generator``; nothing here touches
+torch's global RNG.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor
+
+from zoattack import BlackBox, FunctionObjective
+
+F64 = torch.float64
+
+
+class Linear:
+    """``f(x) = c^T x + 1``: every finite difference is exact, so LIZO is exactly a projection."""
+
+    def __init__(self, d: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.d = d
+        self.c = torch.randn(d, generator=g, dtype=F64)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x.to(F64) @ self.c + 1.0
+
+    def grad(self, x: Tensor) -> Tensor:
+        return self.c.expand(x.shape[0], self.d).clone()
+
+
+class Quadratic:
+    """``f(x) = 0.5 x^T A x + b^T x`` with a dense SPD ``A`` (eigenvalues in [1, cond]).
+
+    Its Gaussian- (or any symmetric-) smoothed gradient equals the true gradient ``A x + b``,
+    and central differences along any direction are exact up to rounding.
+    """
+
+    def __init__(self, d: int, seed: int = 0, cond: float = 10.0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))
+        eig = torch.logspace(0, math.log10(cond), d, dtype=F64)
+        a = q @ torch.diag(eig) @ q.T
+        self.d = d
+        self.A = (a + a.T) / 2
+        self.b = torch.randn(d, generator=g, dtype=F64)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = x.to(F64)
+        return 0.5 * ((x @ self.A) * x).sum(-1) + x @ self.b
+
+    def grad(self, x: Tensor) -> Tensor:
+        return x.to(F64) @ self.A + self.b
+
+
+class TanhMLP:
+    """A fixed 2-layer tanh network ``R^d -> R`` in float64; gradient by autograd."""
+
+    def __init__(self, d: int, hidden: int = 16, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.d = d
+        self.w1 = torch.randn(hidden, d, generator=g, dtype=F64) / math.sqrt(d)
+        self.b1 = torch.randn(hidden, generator=g, dtype=F64) * 0.1
+        self.w2 = torch.randn(hidden, generator=g, dtype=F64) / math.sqrt(hidden)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.tanh(x.to(F64) @ self.w1.T + self.b1) @ self.w2
+
+    def grad(self, x: Tensor) -> Tensor:
+        with torch.enable_grad():
+            xx = x.detach().to(F64).clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(self(xx).sum(), xx)
+        return g
+
+
+class Recorder:
+    """Wraps a batched function; keeps a copy of every batch the black box passes in."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        self.fn = fn
+        self.batches: list[Tensor] = []
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.batches.append(x.detach().clone())
+        return self.fn(x)
+
+    @property
+    def calls(self) -> int:
+        return len(self.batches)
+
+    def points(self, since: int = 0) -> Tensor:
+        """All points seen from call ``since`` on, concatenated ``(M, *shape)``."""
+        return torch.cat(self.batches[since:]) if len(self.batches) > since else torch.zeros(0)
+
+
+def objective_for(fn: Callable[[Tensor], Tensor], **kwargs) -> tuple[FunctionObjective, BlackBox]:
+    """A scores black box (no bounds) around ``fn`` and the objective over it."""
+    kwargs.setdefault("bounds", None)
+    bb = BlackBox(fn, output="scores", **kwargs)
+    return FunctionObjective(bb), bb
+
+
+def points(d: int, n: int = 1, seed: int = 1, scale: float = 0.5, dtype=F64) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(n, d, generator=g, dtype=F64)).to(dtype)
+
+
+def cosine(a: Tensor, b: Tensor) -> Tensor:
+    a, b = a.flatten(1).to(F64), b.flatten(1).to(F64)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+class Helpers:
+    Linear = Linear
+    Quadratic = Quadratic
+    TanhMLP = TanhMLP
+    Recorder = Recorder
+    objective_for = staticmethod(objective_for)
+    points = staticmethod(points)
+    cosine = staticmethod(cosine)
+
+
+@pytest.fixture(scope="session")
+def zo() -> type[Helpers]:
+    """The helper namespace: ``zo.Quadratic(d)``, ``zo.objective_for(fn)``, ``zo.Recorder`` ..."""
+    return Helpers
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run on one intra-op thread: these tensors are tiny, and on a busy 2-core machine
+    thread hand-offs cost far more than the arithmetic. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
