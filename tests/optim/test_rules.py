@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from zoattack import make_generator, minimize
+from zoattack import BlackBox, FunctionObjective, make_generator, minimize
 from zoattack.estimators import ESTIMATORS, create_estimator
 from zoattack.functions import get_function, starts
 from zoattack.optim import OPTIMIZERS, create_optimizer
@@ -62,7 +62,12 @@ def test_zo_sgd_kernel():
 
 def test_zo_signsgd_kernel():
     x, g = torch.tensor([[1.0, -2.0, 3.0]]), torch.tensor([[0.5, -4.0, 0.0]])
-    torch.testing.assert_close(zo_signsgd_update(x, g, 0.1), torch.tensor([[0.9, -1.9, 3.0]]))
+    torch.testing.assert_close(zo_signsgd_update(x, g, 0.1)[0], torch.tensor([[0.9, -1.9, 3.0]]))
+    # with momentum the sign is taken of the running average, not of the newest estimate
+    m_old = torch.tensor([[-5.0, -5.0, 0.0]])
+    x_next, m = zo_signsgd_update(x, g, 0.1, m_old, momentum=0.9)
+    torch.testing.assert_close(m, 0.9 * m_old + 0.1 * g)
+    torch.testing.assert_close(x_next, x - 0.1 * m.sign())
 
 
 def test_zo_adamm_kernel_by_hand():
@@ -428,3 +433,17 @@ def test_armijo_never_increases_the_loss_and_its_queries_are_counted(zo, name):
             break
         x = res.x_next
     assert uphill
+
+
+def test_signsgd_momentum_is_validated_and_kept_per_example():
+    with pytest.raises(ValueError, match="momentum"):
+        create_optimizer("zo_signsgd", lr=0.1, momentum=1.0)
+    rule = create_optimizer("zo_signsgd", lr=0.1, momentum=0.9)
+    f = lambda x: (x ** 2).sum(-1)  # noqa: E731
+    obj = FunctionObjective(BlackBox(f, output="scores", bounds=None))
+    x = torch.ones(3, 5)
+    rule.step(obj, x, generator=make_generator(0))
+    assert rule.state.tensors["m"].shape == (3, 5)
+    rule.reset(torch.tensor([True, False, False]))
+    assert bool((rule.state.tensors["m"][0] == 0).all())
+    assert bool((rule.state.tensors["m"][1] != 0).any())

@@ -12,9 +12,12 @@ from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.torch_face import ZOOptimizer, _estimator_args
 
 
-def zo_signsgd_update(x: Tensor, grad: Tensor, lr: Tensor | float) -> Tensor:
-    """``x - lr * sign(g)`` (coordinate-wise; not ZO-Bench's sign of the scalar difference)."""
-    return x - lr * grad.sign()
+def zo_signsgd_update(x: Tensor, grad: Tensor, lr: Tensor | float,
+                      m: Tensor | None = None, momentum: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``m = b m + (1-b) g``; ``x - lr * sign(m)`` -> ``(x_next, m)`` (coordinate-wise; not
+    ZO-Bench's sign of the scalar difference). ``momentum=0`` is the textbook rule."""
+    m = grad if m is None or momentum == 0 else momentum * m + (1 - momentum) * grad
+    return x - lr * m.sign(), m
 
 
 @OPTIMIZERS.register("zo_signsgd", description="ZO-signSGD: x <- x - lr * sign(g) (Liu et al. 2019)",
@@ -22,11 +25,14 @@ def zo_signsgd_update(x: Tensor, grad: Tensor, lr: Tensor | float) -> Tensor:
 class ZOSignSGDRule(ZORule):
     """ZO-signSGD (Liu, Chen, Chen & Hero, ICLR 2019).
 
-    Update: ``x_{t+1} = x_t - lr_t sign(g_t)``, coordinate-wise, ``g_t`` the sphere RGE.
-    Invariant to the estimator's scale, so ``lr`` is a per-coordinate move.
+    Update: ``x_{t+1} = x_t - lr_t sign(m_t)``, ``m_t = b m_{t-1} + (1-b) g_t``, coordinate-
+    wise, ``g_t`` the sphere RGE; ``momentum=b=0`` is the paper's rule. A long memory
+    (``b ~ 0.9``) averages ~19 noisy estimates before the sign is taken, which BOOSTING.md
+    measured as the main lift for vertex-sized Linf steps. Invariant to the estimator's
+    scale, so ``lr`` is a per-coordinate move.
 
-    Defaults: ``lr`` required, estimator ``sphere`` (K=10, mu=1e-3), ``lr_decay="constant"``
-    (the ZO-AdaMM code uses ``"sqrt"``).
+    Defaults: ``lr`` required, ``momentum=0``, estimator ``sphere`` (K=10, mu=1e-3),
+    ``lr_decay="constant"`` (the ZO-AdaMM code uses ``"sqrt"``).
     Shapes: ``x`` ``(N, *shape)``.
     Queries per step and example: the estimator's (``K+1`` by default).
     """
@@ -34,16 +40,29 @@ class ZOSignSGDRule(ZORule):
     name = "zo_signsgd"
     default_estimator = "sphere"
 
+    def __init__(self, *, lr: float | Tensor, momentum: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(lr=lr, **kwargs)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = float(momentum)
+
     def _update(self, objective: Objective, x: Tensor, grad: Tensor, loss: Tensor | None,
                 idx: Tensor, steps: Tensor, lr: Tensor) -> tuple[Tensor, int, None]:
-        return zo_signsgd_update(x, grad, lr), 0, None
+        if self.momentum == 0:
+            return zo_signsgd_update(x, grad, lr)[0], 0, None
+        x_next, m = zo_signsgd_update(x, grad, lr, self._moment("m", idx, x), self.momentum)
+        self.state.set("m", idx, m)
+        return x_next, 0, None
 
 
 class ZO_SignSGD(ZOOptimizer):  # noqa: N801 - named like the papers' code
-    """torch.optim face of :class:`ZOSignSGDRule`: ``ZO_SignSGD(params, lr, n_samples=10, mu=1e-3)``."""
+    """torch.optim face of :class:`ZOSignSGDRule`:
+    ``ZO_SignSGD(params, lr, n_samples=10, mu=1e-3, momentum=0.0)``."""
 
     rule_name = "zo_signsgd"
+    rule_keys = ("momentum",)
 
     def __init__(self, params: Any, lr: float = 1e-3, n_samples: int = 10, mu: float = 1e-3,
-                 **kwargs: Any) -> None:
-        super().__init__(params, {"lr": lr}, **_estimator_args(kwargs, n_samples, mu))
+                 momentum: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum},
+                         **_estimator_args(kwargs, n_samples, mu))
