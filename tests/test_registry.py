@@ -88,3 +88,10 @@ def test_registry_refuses_duplicates_and_applies_defaults():
     with pytest.raises(ValueError, match="already registered"):
         reg.register("b", description="x", aliases=("a",))(dict)
     assert reg.names("a*") == ["a"] and reg.names("z*") == []
+
+
+def test_foreign_option_is_a_value_error_naming_it():
+    from zoattack.optim import create_optimizer
+
+    with pytest.raises(ValueError, match="does not take option 'momentum'"):
+        create_optimizer("radazo", lr=0.1, momentum=0.9)

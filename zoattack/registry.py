@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -82,7 +83,15 @@ class Registry(Generic[T]):
         options never override library defaults."""
         entry = self.get(name)
         merged = {**entry.defaults, **{k: v for k, v in kwargs.items() if v is not None}}
-        return entry.factory(**merged)
+        try:
+            return entry.factory(**merged)
+        except TypeError as exc:
+            # A misspelt or foreign option is the user's error, not a crash.
+            match = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            if match is None:
+                raise
+            raise ValueError(f"{self.kind} '{entry.name}' does not take option "
+                             f"'{match.group(1)}'") from None
 
     def names(self, pattern: str | None = None, **flags: Any) -> list[str]:
         out = []

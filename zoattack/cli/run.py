@@ -39,9 +39,11 @@ def default_lr(rule: str, norm: str, eps: float) -> float:
     return {"zo_signsgd": eps / 20, "zo_adamm": eps / 20, "radazo": eps / 20}.get(rule, eps / 2)
 
 
-def _check_search_options(rule: str, norms: tuple[str, ...], norm: str, subspace: str, *,
-                          estimator: str | None, samples: int | None, mu: float | None) -> None:
-    """Search rules (sign, square) estimate no gradient and search the full image."""
+def _check_search_options(rule: str, norms: tuple[str, ...], norm: str, eps: float,
+                          subspace: str, *, lr: float | None, estimator: str | None,
+                          samples: int | None, mu: float | None) -> None:
+    """Search rules (sign, square) estimate no gradient, search the full image, and take
+    ``lr`` as their radius (default eps; a larger one would only be projected back)."""
     for option, value in (("--estimator", estimator), ("--samples", samples), ("--mu", mu)):
         if value is not None:
             raise ValueError(f"the {rule} rule uses no gradient estimator; drop {option}")
@@ -50,6 +52,9 @@ def _check_search_options(rule: str, norms: tuple[str, ...], norm: str, subspace
     if subspace != "full":
         raise ValueError(f"the {rule} rule searches the full image; --subspace must be full, "
                          f"got {subspace!r}")
+    if lr is not None and lr > eps:
+        raise ValueError(f"--lr is the {rule} rule's search radius and must be <= eps "
+                         f"({eps:g}), got {lr:g}")
 
 
 @guarded
@@ -123,8 +128,8 @@ def run_command(
     rule_name = entry.name
     search = bool(entry.flags.get("search"))
     if search:
-        _check_search_options(rule_name, entry.flags.get("norms", ()), norm, subspace,
-                              estimator=estimator, samples=samples, mu=mu)
+        _check_search_options(rule_name, entry.flags.get("norms", ()), norm, eps, subspace,
+                              lr=lr, estimator=estimator, samples=samples, mu=mu)
     dev = resolve_device(device)
     seed_everything(seed)  # third-party code only; zoattack draws from `gen`
     gen = make_generator(seed, dev)
