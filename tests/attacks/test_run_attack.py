@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -39,7 +39,9 @@ def attack(victim, rule="zo_signsgd", *, budget=200, norm="linf", eps=0.2, seed=
            estimator=None, subspace="full", target=None, samples=None):
     model, x, y = victim
     bb = BlackBox(model, output="logits", budget=budget)
-    r = create_optimizer(rule, lr=lr, estimator=estimator, num_samples=samples)
+    # Search rules (flag "search") take their norm and the budget instead of an estimator.
+    extra = {"norm": norm, "budget": budget} if OPTIMIZERS.get(rule).flags.get("search") else {}
+    r = create_optimizer(rule, lr=lr, estimator=estimator, num_samples=samples, **extra)
     res = run_attack(bb, x, y, r, generator=make_generator(seed), norm=norm, eps=eps,
                      budget=budget, subspace=subspace, target=target)
     return res, bb
@@ -115,8 +117,12 @@ def test_targeted_attack_reaches_target(victim):
 @given(rule=st.sampled_from(OPTIMIZERS.names()),
        estimator=st.sampled_from([None, "gaussian", "sphere", "rademacher", "dap"]),
        norm=st.sampled_from(["linf", "l2"]), budget=st.integers(2, 120),
-       subspace=st.sampled_from(["full", "tile:4", "dct:5"]), samples=st.integers(2, 6))
+       subspace=st.sampled_from(["full", "tile:4", "dct:5", "tile:2>tile:4>full"]), samples=st.integers(2, 6))
 def test_queries_never_exceed_budget(victim, rule, estimator, norm, budget, subspace, samples):
+    flags = OPTIMIZERS.get(rule).flags
+    if flags.get("search"):  # estimator-free rules: no estimator options, only their norms
+        assume(norm in flags.get("norms", ()))
+        estimator = samples = None
     eps = 0.1 if norm == "linf" else 1.0
     res, bb = attack(victim, rule, budget=budget, norm=norm, eps=eps, lr=0.05,
                      estimator=estimator, subspace=subspace, samples=samples)
@@ -135,6 +141,9 @@ def test_queries_never_exceed_budget(victim, rule, estimator, norm, budget, subs
     ({"subspace": "tile:99"}, "tile size"),
     ({"subspace": "wavelet"}, "subspace must be"),
     ({"subspace": "dct:0"}, "dct size"),
+    ({"subspace": "tile:2@50>full@9"}, "last stage"),
+    ({"subspace": "tile:2@50>tile:4@20>full"}, "must not decrease"),
+    ({"subspace": "tile:2>>full"}, "empty stage"),
 ])
 def test_bad_settings_raise_clear_errors(victim, kwargs, needle):
     model, x, y = victim
@@ -185,3 +194,28 @@ def test_subspace_projection_keeps_expansion_in_ball(spec, norm, eps):
     d = space.expand(space.project(v, norm, eps)).flatten(1)
     size = d.abs().max(dim=1).values if norm == "linf" else d.norm(dim=1)
     assert bool((size <= eps * (1 + 1e-5)).all())
+
+
+def test_subspace_schedule_switch_points_and_restriction():
+    from zoattack.subspace import Subspace, SubspaceSchedule
+
+    sched = SubspaceSchedule("tile:2>tile:4>full", (1, 8, 8), budget=1000)
+    assert sched.switch_at == [150, 400]
+    assert [sched.stage(q) for q in (0, 149, 150, 399, 400, 999)] == [0, 0, 1, 1, 2, 2]
+    assert SubspaceSchedule("tile:2@10>full", (1, 8, 8), budget=1000).switch_at == [10]
+    # refining a coarse perturbation is exact
+    coarse, fine = Subspace("tile:2", (1, 8, 8)), Subspace("tile:4", (1, 8, 8))
+    v = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    delta = coarse.expand(v)
+    assert torch.allclose(fine.expand(fine.restrict(delta)), delta)
+    # unequal blocks (7 does not divide 8) still average each block
+    odd = Subspace("tile:3", (1, 8, 8))
+    w = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(odd.restrict(odd.expand(w)), w, atol=1e-6)
+
+
+def test_coarse_to_fine_attack_runs_and_refines(victim):
+    res, bb = attack(victim, "zo_signsgd", budget=300, subspace="tile:2@40>tile:4@100>full",
+                     lr=0.05)
+    assert int(res.queries.max()) <= 300
+    assert res.success.any()

@@ -17,7 +17,7 @@ from zoattack.blackbox import BlackBox
 from zoattack.losses import attack_loss, is_adversarial
 from zoattack.norms import check_norm, distance, inside, to_image
 from zoattack.optim.base import ZORule
-from zoattack.subspace import Subspace
+from zoattack.subspace import Subspace, SubspaceSchedule
 
 
 class AttackObjective:
@@ -141,7 +141,8 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
         raise ValueError("images must lie in [0, 1]; normalisation belongs inside the model")
     n = x0.shape[0]
     dev = x0.device
-    space = Subspace(subspace, tuple(x0.shape[1:]))
+    schedule = SubspaceSchedule(subspace, tuple(x0.shape[1:]), budget)
+    space = schedule.spaces[0]
     obj = AttackObjective(blackbox, x0, label, norm=norm, eps=eps, subspace=space, loss=loss,
                           target=None)
     idx = torch.arange(n, device=dev)
@@ -176,6 +177,19 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
             break
         if not bool(active.any()):
             break
+        stage = schedule.stage(int(spent[active].max()))
+        if schedule.spaces[stage] is not space:
+            # Refine: re-express every current perturbation in the new subspace, restart the
+            # rule's memory (its shapes change), and re-score iterates that moved.
+            new = schedule.spaces[stage]
+            v_new = new.project(new.restrict(space.expand(v)), norm, eps)
+            changed = (new.expand(v_new) != space.expand(v)).flatten(1).any(dim=1)
+            fx[changed] = float("nan")
+            space, v = new, v_new
+            obj.subspace = space
+            rule.reset()
+            cost = rule.max_queries_per_step(space.dim) + 1
+            continue
         ids = active.nonzero().flatten()
         res = rule.step(obj, v[ids], generator=generator, idx=ids, fx=fx[ids])
         done = obj.found[ids]
