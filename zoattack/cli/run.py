@@ -93,11 +93,14 @@ def run_command(
                                              rich_help_panel=P_OPT)] = None,
     mu: Annotated[float | None, typer.Option(help="Finite-difference radius.",
                                              rich_help_panel=P_OPT)] = None,
+    difference: Annotated[str | None, typer.Option(help="forward (K+1 queries) or central "
+                                                   "(2K, antithetic) differences.",
+                                                   rich_help_panel=P_OPT)] = None,
     momentum: Annotated[float | None, typer.Option(help="zo_signsgd: running average of the "
                                                    "estimates before the sign (e.g. 0.9).",
                                                    rich_help_panel=P_OPT)] = None,
     subspace: Annotated[str, typer.Option(help="full, tile:K (a CxKxK variable upsampled) or "
-                                          "dct:K (lowest KxK DCT frequencies).",
+                                          "dct:K (lowest KxK DCT frequencies); A>B>C refines coarse-to-fine, e.g. tile:7>tile:14>full.",
                                           rich_help_panel=P_OPT)] = "full",
     universal: Annotated[bool, typer.Option("--universal", help="One perturbation for all "
                                             "images (each evaluation costs 1 query per image).",
@@ -145,7 +148,7 @@ def run_command(
         rule = create_optimizer(rule_name, lr=rule_lr, norm=norm, budget=budget)
     else:
         rule = create_optimizer(rule_name, lr=rule_lr, estimator=estimator, num_samples=samples,
-                                mu=mu, momentum=momentum)
+                                mu=mu, difference=difference, momentum=momentum)
     label = rule_name if rule.estimator is None else f"{rule_name}+{rule.estimator.name}"
     blackbox = BlackBox(net, output="logits", budget=budget, max_batch=max_batch,
                         input_shape=data.image_shape)
