@@ -12,11 +12,14 @@ from zoattack.registry import Registry
 
 
 def _registries() -> dict[str, Registry[Any]]:
+    from zoattack.data import DATASETS
     from zoattack.estimators import ESTIMATORS
     from zoattack.functions import FUNCTIONS
+    from zoattack.models import MODELS
     from zoattack.optim import OPTIMIZERS
 
-    return {"estimators": ESTIMATORS, "optimizers": OPTIMIZERS, "functions": FUNCTIONS}
+    return {"estimators": ESTIMATORS, "optimizers": OPTIMIZERS, "functions": FUNCTIONS,
+            "models": MODELS, "datasets": DATASETS}
 
 
 def _flags(flags: dict[str, Any]) -> str:
@@ -24,7 +27,8 @@ def _flags(flags: dict[str, Any]) -> str:
 
 
 def list_command(
-    kind: Annotated[str, typer.Argument(help="What to list: estimators, optimizers, functions.")],
+    kind: Annotated[str, typer.Argument(
+        help="What to list: estimators, optimizers, functions, models, datasets.")],
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
 ) -> None:
     """List registered names with their descriptions."""

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from zoattack import __version__
-from zoattack.cli import list_cmd, optimize
+from zoattack.cli import list_cmd, optimize, run, train
 from zoattack.cli._common import out, set_verbose
 
 app = typer.Typer(
@@ -37,8 +37,10 @@ def root(
     set_verbose(verbose)
 
 
+app.command("run")(run.run_command)
 app.command("list")(list_cmd.list_command)
 app.command("optimize")(optimize.optimize_command)
+app.command("train")(train.train_command)
 
 
 def main() -> None:

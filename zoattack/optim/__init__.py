@@ -2,15 +2,16 @@
 
 ``zoattack.optim.LIZO`` / ``R_AdaZO`` / ``ZO_SGD`` / ``ZO_SignSGD`` / ``ZO_AdaMM`` subclass
 ``torch.optim.Optimizer`` and take ``step(closure)``, so the ReLIZO and R-AdaZO README
-snippets run unchanged.
+snippets run unchanged. ``sign`` (SignHunter) and ``square`` (Square Attack) are
+estimator-free search rules (:class:`SearchRule`, registry flag ``search``) for attacks.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from zoattack.optim import lizo, radazo, zo_adamm, zo_sgd, zo_signsgd  # noqa: F401
-from zoattack.optim.base import StepResult, ZORule
+from zoattack.optim import lizo, radazo, sign, square, zo_adamm, zo_sgd, zo_signsgd  # noqa: F401
+from zoattack.optim.base import SearchRule, StepResult, ZORule
 from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.lizo import LIZO
 from zoattack.optim.radazo import R_AdaZO
@@ -29,5 +30,5 @@ def list_optimizers(pattern: str | None = None, **flags: Any) -> list[str]:
     return OPTIMIZERS.names(pattern, **flags)
 
 
-__all__ = ["LIZO", "OPTIMIZERS", "R_AdaZO", "StepResult", "ZORule", "ZOOptimizer", "ZO_AdaMM",
-           "ZO_SGD", "ZO_SignSGD", "create_optimizer", "list_optimizers"]
+__all__ = ["LIZO", "OPTIMIZERS", "R_AdaZO", "SearchRule", "StepResult", "ZORule", "ZOOptimizer",
+           "ZO_AdaMM", "ZO_SGD", "ZO_SignSGD", "create_optimizer", "list_optimizers"]

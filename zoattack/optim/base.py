@@ -22,6 +22,7 @@ from zoattack.estimators.base import GradientEstimator
 from zoattack.objective import Objective
 
 LR_DECAYS = ("constant", "sqrt")
+SEARCH_NORMS = ("linf", "l2")
 
 
 @dataclass
@@ -83,6 +84,7 @@ class ZORule(abc.ABC):
 
     name: ClassVar[str] = ""
     default_estimator: ClassVar[str] = "gaussian"
+    estimator: GradientEstimator | None  # None only for SearchRule subclasses
 
     def __init__(self, *, lr: float | Tensor, estimator: str | GradientEstimator | None = None,
                  num_samples: int | None = None, mu: float | None = None,
@@ -114,6 +116,8 @@ class ZORule(abc.ABC):
 
     def max_queries_per_step(self, dim: int) -> int:
         """Upper bound on queries one step spends per example (f(x) not supplied)."""
+        if self.estimator is None:  # search rules (SearchRule) override this
+            return 1
         return self.estimator.queries_per_call(dim)
 
     def step(self, objective: Objective, x: Tensor, *, generator: torch.Generator,
@@ -149,15 +153,144 @@ class ZORule(abc.ABC):
     def reset(self, mask: Tensor | None = None) -> None:
         """Forget state for all examples, or where a bool ``mask`` (global ids) is True."""
         self.state.reset(mask)
-        self.estimator.reset(mask)
+        if self.estimator is not None:
+            self.estimator.reset(mask)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rule": self.state.state_dict(), "estimator": self.estimator.state_dict()}
+        est = self.estimator.state_dict() if self.estimator is not None else {}
+        return {"rule": self.state.state_dict(), "estimator": est}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state.load_state_dict(state["rule"])
-        self.estimator.load_state_dict(state["estimator"])
+        if self.estimator is not None:
+            self.estimator.load_state_dict(state["estimator"])
 
     def _moment(self, name: str, idx: Tensor, x: Tensor, fill: float = 0.0) -> Tensor:
         return self.state.get(name, idx, tuple(x.shape[1:]), dtype=x.dtype, device=x.device,
                               fill=fill)
+
+
+class SearchRule(ZORule):
+    """Base of estimator-free search rules (SignHunter, Square): one candidate per step.
+
+    The variable ``x`` is a perturbation (the attack loop's ``v``): the rules search the ball
+    of radius ``lr`` around the origin. Each step proposes one candidate per example, scores
+    all of them in one batched objective call, and keeps the candidate only if its loss is
+    strictly below the best known loss (greedy acceptance). The first step of an example
+    (its ``step`` counter is 1, also after :meth:`reset`) proposes the rule's start point and
+    accepts it unconditionally: from ``x = 0`` the rule's own start (a vertex, stripes,
+    bumps); from a nonzero ``x`` (a reset in mid-run, e.g. at a subspace switch) a warm start
+    that keeps ``x``'s signs (Linf) or direction (L2). ``fx_next`` is always the best known
+    loss, so an attack loop need not re-query the iterate.
+
+    Args:
+        lr: the radius of the ball searched (the attack's eps; the CLI passes ``lr=eps``).
+        norm: ``"linf"`` or ``"l2"`` (subclasses list theirs in ``supported_norms``).
+        budget: queries per example, for budget-relative schedules (None: the schedule's
+            own reference length).
+        estimator, num_samples, mu, difference, estimator_kwargs: must stay None (accepted
+            only to raise a clear error: these rules use no gradient estimator).
+        lr_decay: only ``"constant"``; the radius never changes.
+
+    Per-example state (global ids, lazily created, resettable by mask): ``step`` and ``best``
+    (the best loss, float64), plus the subclass's own. ``fx`` passed to :meth:`step` is the
+    loss at ``x`` when known (the attack loop always knows it); NaN or None falls back to the
+    cached ``best``.
+    Queries per step and example: exactly 1.
+    """
+
+    supported_norms: ClassVar[tuple[str, ...]] = SEARCH_NORMS
+
+    def __init__(self, *, lr: float, norm: str = "linf", budget: int | None = None,
+                 estimator: str | GradientEstimator | None = None,
+                 num_samples: int | None = None, mu: float | None = None,
+                 difference: str | None = None, estimator_kwargs: dict[str, Any] | None = None,
+                 lr_decay: str = "constant") -> None:
+        given = {"estimator": estimator, "num_samples": num_samples, "mu": mu,
+                 "difference": difference, "estimator_kwargs": estimator_kwargs}
+        for arg, value in given.items():
+            if value is not None:
+                raise ValueError(f"the {self.name} rule uses no gradient estimator; "
+                                 f"do not pass {arg}")
+        if isinstance(lr, Tensor) or isinstance(lr, bool):
+            raise ValueError(f"lr (the search radius) must be a number, got {type(lr).__name__}")
+        self.lr = float(check_lr(lr))
+        if lr_decay != "constant":
+            raise ValueError(f"lr_decay must be 'constant' for the {self.name} rule "
+                             f"(its radius is fixed), got {lr_decay!r}")
+        self.lr_decay = lr_decay
+        key = norm.lower() if isinstance(norm, str) else norm
+        if key not in self.supported_norms:
+            raise ValueError(f"norm must be one of {', '.join(self.supported_norms)} for the "
+                             f"{self.name} rule, got {norm!r}")
+        self.norm = key
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                                   or budget < 1):
+            raise ValueError(f"budget must be None or an integer >= 1, got {budget!r}")
+        self.budget = budget
+        self.estimator = None
+        self.state = PerExampleState()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lr={self.lr!r}, norm={self.norm!r}, budget={self.budget!r})"
+
+    def max_queries_per_step(self, dim: int) -> int:
+        return 1
+
+    def check_shape(self, x: Tensor) -> None:
+        """Raise ValueError if the rule cannot search variables shaped like ``x``."""
+
+    def step(self, objective: Objective, x: Tensor, *, generator: torch.Generator,
+             idx: Tensor | None = None, fx: Tensor | None = None) -> StepResult:
+        """Propose, score (1 query per example) and greedily accept; see the class doc."""
+        self.check_shape(x)
+        n = x.shape[0]
+        if idx is None:
+            idx = torch.arange(n, device=x.device)
+        if n == 0:
+            empty = torch.zeros(0, dtype=torch.float64, device=x.device)
+            return StepResult(x_next=x.clone(), loss=empty, queries=torch.zeros(
+                0, dtype=torch.int64, device=x.device), grad=torch.zeros_like(x), fx_next=empty)
+        steps = self.state.get("step", idx, (), dtype=torch.int64, device=x.device) + 1
+        self.state.set("step", idx, steps)
+        first = steps == 1
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        best = self.state.get("best", idx, (), dtype=torch.float64, device=x.device,
+                              fill=float("nan"))
+        known = (fx.to(x.device, torch.float64) if fx is not None
+                 else torch.full((n,), float("nan"), dtype=torch.float64, device=x.device))
+        current = torch.where(torch.isfinite(known), known, best)
+        cand = self._propose(objective, x, first, steps, idx, generator).to(x.dtype)
+        loss = objective(cand, idx).to(x.device, torch.float64).reshape(n)
+        accept = first | (loss < current)
+        x_next = torch.where(accept.view(shape), cand, x)
+        fx_next = torch.where(accept, loss, current)
+        self.state.set("best", idx, fx_next)
+        self._commit(x, idx, first, accept)
+        return StepResult(x_next=x_next, loss=current, queries=torch.ones(
+            n, dtype=torch.int64, device=x.device), grad=self._grad(x_next),
+            fx_next=fx_next)
+
+    @abc.abstractmethod
+    def _propose(self, objective: Objective, x: Tensor, first: Tensor, steps: Tensor,
+                 idx: Tensor, generator: torch.Generator) -> Tensor:
+        """Candidates ``(N, *shape)``: the start point where ``first``, else one move."""
+
+    def _commit(self, x: Tensor, idx: Tensor, first: Tensor, accept: Tensor) -> None:
+        """Advance the rule's schedule state after a step (default: nothing)."""
+
+    def _grad(self, x_next: Tensor) -> Tensor:
+        """What StepResult.grad reports; search rules estimate no gradient (zeros)."""
+        return torch.zeros_like(x_next)
+
+    def _update(self, objective: Objective, x: Tensor, grad: Tensor, loss: Tensor | None,
+                idx: Tensor, steps: Tensor, lr: Tensor
+                ) -> tuple[Tensor, Tensor | int, Tensor | None]:
+        raise RuntimeError("search rules implement step() directly")  # pragma: no cover
+
+
+def draw_signs(shape: tuple[int, ...], generator: torch.Generator, device: torch.device,
+               dtype: torch.dtype) -> Tensor:
+    """Independent uniform ±1 of ``shape`` drawn from ``generator`` (never the global RNG)."""
+    bits = torch.randint(0, 2, shape, generator=generator, device=generator.device)
+    return (bits * 2 - 1).to(device=device, dtype=dtype)

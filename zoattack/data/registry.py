@@ -1,0 +1,150 @@
+"""The data-set registry and the in-memory form every loader returns.
+
+Attacks need a fixed, small, fully materialised batch of images in pixel space, not a streaming
+pipeline, so every loader returns one :class:`ImageDataset` holding float32 images in [0, 1]
+shaped ``(N, C, H, W)`` and int64 labels. "First N" (``limit``) is the only subset rule, so the
+same command selects the same images on every machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from zoattack.registry import Entry, Registry
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class ImageDataset:
+    """A materialised labelled image set.
+
+    Attributes:
+        images: ``(N, C, H, W)`` float32 in [0, 1].
+        labels: ``(N,)`` int64 class indices into ``classes``.
+        classes: class names, index = label.
+        name: registry name of the data set.
+        split: ``"train"`` or ``"test"``.
+        source: where the data was read from (a path, or "bundled ..."), for model cards and logs.
+    """
+
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+    name: str
+    split: str
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must be ({self.images.shape[0]},), got "
+                             f"{tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def head(self, n: int) -> ImageDataset:
+        """The first ``n`` examples (all of them when ``n >= len(self)``)."""
+        return ImageDataset(self.images[:n], self.labels[:n], self.classes, self.name,
+                            self.split, self.source)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model needs to know about a data set before any file is read.
+
+    ``channels``, ``size`` and ``num_classes`` are None where they depend on the files
+    (``imagefolder``); ``mean``/``std`` are the per-channel training-set statistics that zoo
+    models fold into their first layer.
+    """
+
+    name: str
+    description: str
+    loader: Callable[..., ImageDataset]
+    channels: int | None
+    size: tuple[int, int] | None
+    num_classes: int | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    classes: tuple[str, ...] = ()
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, **kwargs: Any) -> ImageDataset:
+        return self.loader(**kwargs)
+
+
+DATASETS: Registry[ImageDataset] = Registry("dataset")
+
+
+def register_dataset(spec: DatasetSpec, *, aliases: tuple[str, ...] = (),
+                     flags: dict[str, Any] | None = None) -> DatasetSpec:
+    shape = (f"{spec.channels}x{spec.size[0]}x{spec.size[1]}"
+             if spec.channels is not None and spec.size is not None else "from files")
+    base = {"shape": shape, "classes": spec.num_classes or "from files"}
+    DATASETS.add(Entry(spec.name, spec, spec.description, {**base, **(flags or {})}, aliases))
+    return spec
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` registered as ``name`` (aliases and ``-``/``_`` accepted)."""
+    factory = DATASETS.get(name).factory
+    assert isinstance(factory, DatasetSpec)
+    return factory
+
+
+def load_dataset(name: str, *, split: str = "test", data_dir: str | None = None,
+                 limit: int | None = None, **options: Any) -> ImageDataset:
+    """Load ``split`` of data set ``name`` as float32 images in [0, 1] and int64 labels.
+
+    Args:
+        name: a registered name (see :func:`list_datasets`), e.g. ``"fashion-mnist"``.
+        split: ``"train"`` or ``"test"``.
+        data_dir: the root to read from; each loader documents its layout. None uses the
+            loader's default (``$ZOATTACK_DATA_DIR`` or ``./data``, or a system/bundled copy).
+        limit: keep only the first ``limit`` examples (deterministic; no shuffling).
+        options: loader-specific extras (``imagefolder`` takes ``size``).
+
+    Raises:
+        UnknownNameError: ``name`` is not registered (the message lists close matches).
+        MissingFileError: the files are not there; the message names the expected path and
+            how to get the files.
+        ValueError: bad ``split`` or ``limit``.
+    """
+    spec = dataset_spec(name)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 image, got {limit}")
+    ds = spec.loader(split=split, data_dir=data_dir, limit=limit, **options)
+    if ds.images.dtype != torch.float32 or ds.labels.dtype != torch.int64:  # loader contract
+        raise AssertionError(f"loader for {name} returned {ds.images.dtype}/{ds.labels.dtype}")
+    return ds
+
+
+def list_datasets(pattern: str | None = None, **flags: Any) -> list[str]:
+    return DATASETS.names(pattern, **flags)
+
+
+def to_float_images(array: Any, scale: float = 255.0) -> Tensor:
+    """uint8 ``(N, H, W)`` or ``(N, C, H, W)`` array -> float32 ``(N, C, H, W)`` in [0, 1]."""
+    t = torch.as_tensor(array)
+    if t.ndim == 3:
+        t = t.unsqueeze(1)
+    return t.to(torch.float32).div_(scale).clamp_(0.0, 1.0).contiguous()

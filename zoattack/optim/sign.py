@@ -1,0 +1,168 @@
+"""SignHunter-style sign-bit search at the vertices of the Linf ball."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from zoattack.objective import Objective
+from zoattack.optim.base import SearchRule, draw_signs
+from zoattack.optim.registry import OPTIMIZERS
+
+STARTS = ("ones", "stripes")
+BLOCK_ORDERS = ("column", "row", "random")
+
+
+def column_major_order(shape: tuple[int, ...]) -> Tensor:
+    """Flat (C-H-W) indices of one example's coordinates listed in column-major order.
+
+    For a ``(C, H, W)`` variable the coordinates are ordered by (channel, column, row), so
+    contiguous chunks are vertical bands, then column segments. Other shapes keep the flat
+    order.
+    """
+    d = 1
+    for s in shape:
+        d *= s
+    flat = torch.arange(d)
+    if len(shape) != 3:
+        return flat
+    c, h, w = shape
+    return flat.view(c, h, w).transpose(1, 2).reshape(-1)
+
+
+def block_bounds(level: Tensor, chunk: Tensor, d: int) -> tuple[Tensor, Tensor]:
+    """``[start, end)`` of chunk ``chunk`` at level ``level`` (``2**level`` chunks of
+    ``ceil(d / 2**level)`` coordinates; the last chunks may be short or empty)."""
+    parts = torch.ones_like(level) << level
+    length = (d + parts - 1) // parts
+    start = (chunk * length).clamp(max=d)
+    return start, (start + length).clamp(max=d)
+
+
+def finest_level(d: int) -> int:
+    """``ceil(log2 d)``: the level whose chunks are single coordinates."""
+    return max(d - 1, 0).bit_length()
+
+
+@OPTIMIZERS.register("sign", description="SignHunter: greedy block sign flips at the Linf vertex "
+                     "(Al-Dujaili & O'Reilly 2020)", aliases=("signhunter",),
+                     flags={"adaptive": False, "sign": False, "search": True, "norms": ("linf",)})
+class SignRule(SearchRule):
+    """SignHunter (Al-Dujaili & O'Reilly, "Sign bits are all you need for black-box attacks",
+    ICLR 2020), batched, with column-major blocks by default.
+
+    Under Linf the best first-order step is ``eps * sign(grad)``, so the search runs over sign
+    vectors ``s`` in {-1, +1}^d at the vertex ``x = lr * s`` (``x`` is the perturbation):
+
+    - step 1: ``s`` = all ones (``start="ones"``) or vertical stripes (``"stripes"``: one random
+      sign per column of each channel; i.i.d. signs for non-``(C, H, W)`` variables); the vertex
+      is scored and accepted unconditionally. A nonzero ``x`` at step 1 (a reset in mid-run)
+      warm-starts at ``s = sign(x)``, the start pattern filling its zeros;
+    - then, at level ``h`` the d coordinates (in ``block_order``) are split into ``2**h``
+      contiguous chunks of ``ceil(d / 2**h)``; each step flips one chunk's signs - a forward
+      finite difference of radius ``2 lr`` along a block-sign direction, measured against the
+      cached best loss - and keeps the flip only if the loss strictly decreases;
+    - after the last chunk of a level comes level ``h + 1``; after single coordinates
+      (``h = ceil(log2 d)``) the search restarts at ``h = 0`` from the current ``s``.
+
+    Block orders: ``"column"`` (default; (channel, column, row) order for ``(N, C, H, W)``
+    variables, flat order otherwise), ``"row"`` (flat C-H-W order, as in the reference code),
+    ``"random"`` (a fixed random permutation per example, drawn at its first step).
+
+    Defaults: ``start="ones"``, ``block_order="column"``; ``lr`` is the Linf radius eps; Linf
+    only (``norm="l2"`` raises). ``budget`` is accepted for a uniform interface and unused.
+    Shapes: ``x`` ``(N, *shape)``.
+    Queries per step and example: exactly 1 (the start point is the first step's query).
+    ``StepResult.grad`` reports ``-s``: the current estimate of ``sign(grad f)``.
+    """
+
+    name = "sign"
+    supported_norms = ("linf",)
+
+    def __init__(self, *, lr: float, norm: str = "linf", budget: int | None = None,
+                 start: str = "ones", block_order: str = "column", **kwargs: Any) -> None:
+        super().__init__(lr=lr, norm=norm, budget=budget, **kwargs)
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
+        if block_order not in BLOCK_ORDERS:
+            raise ValueError(f"block_order must be one of {', '.join(BLOCK_ORDERS)}, "
+                             f"got {block_order!r}")
+        self.start = start
+        self.block_order = block_order
+
+    def __repr__(self) -> str:
+        return (f"SignRule(lr={self.lr!r}, start={self.start!r}, "
+                f"block_order={self.block_order!r})")
+
+    # -------------------------------------------------------------------- helpers
+    def _order(self, x: Tensor, idx: Tensor, first: Tensor, generator: torch.Generator) -> Tensor:
+        """Coordinate order ``(N, d)`` (or ``(d,)`` when shared by all examples)."""
+        shape = tuple(x.shape[1:])
+        if self.block_order == "column":
+            return column_major_order(shape).to(x.device)
+        d = x[0].numel()
+        if self.block_order == "row":
+            return torch.arange(d, device=x.device)
+        perm = self.state.get("perm", idx, (d,), dtype=torch.int64, device=x.device)
+        m = int(first.sum())
+        if m:
+            keys = torch.rand(m, d, generator=generator, device=generator.device)
+            perm[first] = keys.argsort(dim=1).to(x.device)
+            self.state.set("perm", idx, perm)
+        return perm
+
+    def _start_signs(self, x: Tensor, m: int, generator: torch.Generator) -> Tensor:
+        shape = tuple(x.shape[1:])
+        if self.start == "ones":
+            return torch.ones(m, *shape, dtype=x.dtype, device=x.device)
+        if len(shape) == 3:
+            c, h, w = shape
+            return draw_signs((m, c, 1, w), generator, x.device, x.dtype).expand(m, c, h, w)
+        return draw_signs((m, *shape), generator, x.device, x.dtype)
+
+    def _levels(self, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        level = self.state.get("level", idx, (), dtype=torch.int64, device=x.device)
+        chunk = self.state.get("chunk", idx, (), dtype=torch.int64, device=x.device)
+        return level, chunk
+
+    # ----------------------------------------------------------------- the search
+    def _propose(self, objective: Objective, x: Tensor, first: Tensor, steps: Tensor,
+                 idx: Tensor, generator: torch.Generator) -> Tensor:
+        n, d = x.shape[0], x[0].numel()
+        order = self._order(x, idx, first, generator)
+        signs = torch.where(x < 0, -1.0, 1.0).to(x.dtype).reshape(n, d)
+        level, chunk = self._levels(x, idx)
+        lo, hi = block_bounds(level, chunk, d)
+        pos = torch.arange(d, device=x.device)
+        in_chunk = (pos >= lo.unsqueeze(1)) & (pos < hi.unsqueeze(1))  # in block order
+        flip = torch.zeros_like(in_chunk)
+        if order.dim() == 1:
+            flip[:, order] = in_chunk
+        else:
+            flip.scatter_(1, order, in_chunk)
+        cand = torch.where(flip, -signs, signs)
+        m = int(first.sum())
+        if m:
+            init = self._start_signs(x, m, generator).reshape(m, d)
+            warm = x[first].reshape(m, d).sign()
+            cand[first] = torch.where(warm != 0, warm, init)
+        return self.lr * cand.view_as(x)
+
+    def _commit(self, x: Tensor, idx: Tensor, first: Tensor, accept: Tensor) -> None:
+        d = x[0].numel()
+        level, chunk = self._levels(x, idx)
+        _, end = block_bounds(level, chunk, d)
+        parts = torch.ones_like(level) << level
+        nxt = chunk + 1
+        up = (nxt >= parts) | (end >= d)
+        new_level = torch.where(up, level + 1, level)
+        new_level = torch.where(new_level > finest_level(d), torch.zeros_like(level), new_level)
+        new_chunk = torch.where(up, torch.zeros_like(chunk), nxt)
+        # The first step scores the start point and leaves the schedule at (level 0, chunk 0).
+        self.state.set("level", idx, torch.where(first, level, new_level))
+        self.state.set("chunk", idx, torch.where(first, chunk, new_chunk))
+
+    def _grad(self, x_next: Tensor) -> Tensor:
+        return torch.where(x_next < 0, 1.0, -1.0).to(x_next.dtype)
