@@ -18,8 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/zoattack optimize --function rosenbrock --dim 1000 --optimizer lizo --budget 3000 --seeds 3
-	$(VENV)/bin/zoattack optimize --function rosenbrock --dim 1000 --optimizer zo_sgd --budget 3000 --seeds 3
+	$(VENV)/bin/zoattack run --images 100 --budget 1000 --out runs/demo --save-images
 
 test: $(STAMP)
 	$(PY) -m pytest -q

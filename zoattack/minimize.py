@@ -18,7 +18,8 @@ class MinimizeResult:
 
     Attributes:
         x: final points ``(N, *shape)``.
-        loss: best-known loss per example at ``x`` ``(N,)`` (the last scored value).
+        loss: per example, the last loss the rule scored ``(N,)``: ``f`` at the point the
+            final step started from (``x`` itself is not re-scored, which would cost a query).
         queries: queries spent per example ``(N,)`` (the black box's count).
         steps: steps taken per example ``(N,)``.
         history: ``(queries, loss)`` pairs per example, one per step (for loss-vs-queries curves).
@@ -53,7 +54,7 @@ def minimize(objective: Objective, x0: Tensor, rule: ZORule, *, generator: torch
     ledger = objective.blackbox
     start_q = ledger.queries_of(idx_all.cpu()).clone()
     fx = torch.full((n,), float("nan"), dtype=torch.float64, device=x.device)
-    best = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)
+    last = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)
     steps = torch.zeros(n, dtype=torch.int64)
     active = torch.ones(n, dtype=torch.bool)
     reasons = [""] * n
@@ -78,7 +79,7 @@ def minimize(objective: Objective, x0: Tensor, rule: ZORule, *, generator: torch
         moved = (x_next != res.x_next).flatten(1).any(dim=1)
         x[ids] = x_next
         if res.loss is not None:
-            best[ids] = res.loss.double()
+            last[ids] = res.loss.double()
         # A known f(x_next) is only valid if projection left the point unchanged.
         fx[ids] = torch.where(moved, torch.full_like(res.fx_next, float("nan")), res.fx_next)
         steps[ids.cpu()] += 1
@@ -93,7 +94,7 @@ def minimize(objective: Objective, x0: Tensor, rule: ZORule, *, generator: torch
                 reasons[i] = "target"
                 active[i] = False
         if callback is not None:
-            callback(t, spent, best)
+            callback(t, spent, last)
     spent = ledger.queries_of(idx_all.cpu()) - start_q
-    return MinimizeResult(x=x, loss=best, queries=spent, steps=steps, history=history,
+    return MinimizeResult(x=x, loss=last, queries=spent, steps=steps, history=history,
                           stop_reason=reasons)

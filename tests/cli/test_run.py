@@ -61,7 +61,7 @@ def test_l2_targeted_and_universal_modes_run():
                  "zo_sgd", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["settings"]["target"] == "random"
-    res = invoke("--universal", "--subspace", "tile:7", "--json")
+    res = invoke("--universal", "--optimizer", "zo_signsgd", "--subspace", "tile:7", "--json")
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)["summary"]
     assert s["queries_per_image"] <= 60
@@ -78,7 +78,8 @@ def test_l2_targeted_and_universal_modes_run():
     (("--images", "0"), "--images must be"),
     (("--weights", "/nonexistent/w.safetensors"), "/nonexistent/w.safetensors"),
     (("--dataset", "cifar10", "--data-dir", "/nonexistent"), "/nonexistent"),
-    (("--subspace", "tile:99"), "tile size"),
+    (("--optimizer", "zo_sgd", "--subspace", "tile:99"), "tile size"),
+    (("--subspace", "tile:7"), "sign rule searches the full image"),
     (("--save-images",), "--save-images needs --out"),
     (("--target", "banana"), "target must be"),
     (("--optimizer", "radazo", "--momentum", "0.9"), "does not take option 'momentum'"),

@@ -163,7 +163,9 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
     v = zeros.clone()
     active = clean_correct.clone()
     last_pred = clean_pred.clone()
-    cost = rule.max_queries_per_step(space.dim) + 1
+    # Search rules return the loss of their next point, so they need no iterate check.
+    check = 0 if rule.estimator is None else 1
+    cost = rule.max_queries_per_step(space.dim) + check
     step = 0
     while bool(active.any()):
         spent = (blackbox.queries_of(idx.cpu()) - start_q).to(dev)
@@ -188,7 +190,7 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
             space, v = new, v_new
             obj.subspace = space
             rule.reset()
-            cost = rule.max_queries_per_step(space.dim) + 1
+            cost = rule.max_queries_per_step(space.dim) + check
             continue
         ids = active.nonzero().flatten()
         res = rule.step(obj, v[ids], generator=generator, idx=ids, fx=fx[ids])
@@ -205,6 +207,9 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
             last_pred[ids[known]] = obj.recent_pred(ids[known], res.fx_next[known],
                                                     last_pred[ids[known]])
         live = ids[~done & ~known]
+        # An iterate check the budget cannot pay for is skipped: the image stops next round.
+        used = blackbox.queries_of(live.cpu()) - start_q[live.cpu()]
+        live = live[(used < budget).to(live.device)]
         if live.numel():
             f_new, p_new = obj.score(v[live], live)   # the iterate check: 1 query per image
             fx[live] = f_new.double()
