@@ -79,7 +79,7 @@ from zoattack.cli.run import default_lr
 from zoattack.data import load_dataset
 from zoattack.models import create_model
 from zoattack.models.weights import weights_dir, weights_filename
-from zoattack.optim import OPTIMIZERS, create_optimizer
+from zoattack.optim import create_optimizer
 from zoattack.seeding import make_generator
 
 GRADIENT_RULES = ("zo_sgd", "zo_signsgd", "zo_adamm", "radazo", "lizo")

@@ -140,3 +140,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def digits_victim():
+    """A small MLP trained on scikit-learn digits (deterministic, no global RNG), and 40 held-
+    out images ``(40, 1, 8, 8)`` with labels: the shared victim of the attack tests."""
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target)
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    for p in model.parameters():
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[:1200]), y[:1200]).backward()
+        opt.step()
+    model.eval()
+    return model, x[1200:1240], y[1200:1240]

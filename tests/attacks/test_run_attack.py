@@ -6,7 +6,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 from zoattack import BlackBox, create_optimizer, make_generator
 from zoattack.attacks import run_attack
@@ -15,24 +14,8 @@ from zoattack.optim import OPTIMIZERS
 
 
 @pytest.fixture(scope="module")
-def victim():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(d.target)
-    gen = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    for p in model.parameters():  # deterministic init without the global RNG
-        with torch.no_grad():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[:1200]), y[:1200]).backward()
-        opt.step()
-    model.eval()
-    return model, x[1200:1240], y[1200:1240]
+def victim(digits_victim):
+    return digits_victim
 
 
 def attack(victim, rule="zo_signsgd", *, budget=200, norm="linf", eps=0.2, seed=0, lr=0.1,

@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 from zoattack import BlackBox, FunctionObjective, create_optimizer, make_generator
@@ -491,24 +490,8 @@ def test_cli_defaults_and_refusals():
 
 # ------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def victim():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(d.target)
-    gen = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    for p in model.parameters():  # deterministic init without the global RNG
-        with torch.no_grad():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[:1200]), y[:1200]).backward()
-        opt.step()
-    model.eval()
-    return model, x[1200:1240], y[1200:1240]
+def victim(digits_victim):
+    return digits_victim
 
 
 class CountingRule:
