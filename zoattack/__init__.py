@@ -8,7 +8,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from zoattack.attacks import AttackResult, run_attack
+from zoattack.attacks.universal import run_universal
 from zoattack.blackbox import BlackBox
+from zoattack.data import load_dataset
 from zoattack.errors import (
     InvalidScoresError,
     QueryBudgetExceeded,
@@ -17,11 +20,13 @@ from zoattack.errors import (
 )
 from zoattack.estimators import ESTIMATORS, create_estimator, list_estimators
 from zoattack.minimize import MinimizeResult, minimize
+from zoattack.models import create_model
 from zoattack.objective import FunctionObjective, Objective
 from zoattack.optim import OPTIMIZERS, create_optimizer, list_optimizers
 from zoattack.seeding import make_generator
 
 __all__ = [
+    "AttackResult",
     "BlackBox",
     "ESTIMATORS",
     "FunctionObjective",
@@ -34,9 +39,13 @@ __all__ = [
     "ZOAttackError",
     "__version__",
     "create_estimator",
+    "create_model",
     "create_optimizer",
     "list_estimators",
     "list_optimizers",
+    "load_dataset",
     "make_generator",
     "minimize",
+    "run_attack",
+    "run_universal",
 ]
