@@ -68,7 +68,7 @@ def test_finished_images_stop_consuming_queries(victim):
     assert bool(done.any())
     # same seed: images that succeeded early spend exactly the same queries with a bigger budget
     assert torch.equal(small.queries[done], large.queries[done])
-    assert bool((large.queries[done] < 100).all() | (large.queries[done] <= 100).all())
+    assert bool((large.queries[done] <= 100).all())  # they finished within the small budget
 
 
 def test_same_seed_identical_different_seed_differs(victim):

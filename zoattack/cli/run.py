@@ -211,23 +211,12 @@ def run_command(
             save_image_grid(out_dir / "examples.png", x, result, classes=data.classes)
             save_success_curve(out_dir / "success_vs_queries.png", result, budget,
                                label=f"{rule_name}")
-    if as_json:
-        typer.echo(json.dumps({"settings": settings, "summary": summary}))
+    title = f"{label} vs {model} on {dataset}: {norm} eps={eps:g}, budget {budget:,}"
+    if _report(title, settings, summary, as_json, keys=(
+            "initially_correct", "successes", "success_rate", "mean_queries_success",
+            "median_queries_success", "mean_queries_all", "median_linf_success",
+            "median_l2_success", "wall_seconds", "scored_inputs_per_second")):
         return
-    table = Table(title=f"{label} vs {model} on {dataset}: "
-                        f"{norm} eps={eps:g}, budget {budget:,}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-
-    def fmt(v: object) -> str:
-        return "-" if v is None else (f"{v:,.4g}" if isinstance(v, float) else f"{v:,}")
-
-    for key in ("initially_correct", "successes", "success_rate", "mean_queries_success",
-                "median_queries_success", "mean_queries_all", "median_linf_success",
-                "median_l2_success", "wall_seconds", "scored_inputs_per_second"):
-        table.add_row(key.replace("_", " "), fmt(summary[key]))
-    out.print(table)
-    out.print(f"[dim]counting rule: {summary['counting_rule']}[/]")
     if out_dir is not None:
         extra = ", examples.png, success_vs_queries.png" if save_images else ""
         out.print(f"wrote {out_dir}/per_image.csv, summary.json{extra}")
@@ -264,23 +253,32 @@ def _run_universal(blackbox: BlackBox, x: torch.Tensor, y: torch.Tensor, rule: Z
                          "perturbation scores every attacked image once",
     }
     if out_dir is not None:
-        import json as _json
-
         from safetensors.torch import save_file
 
         out_dir.mkdir(parents=True, exist_ok=True)
         save_file({"delta": res.delta.detach().cpu().contiguous()}, str(out_dir / "delta.safetensors"))
-        (out_dir / "summary.json").write_text(_json.dumps({"settings": settings,
+        (out_dir / "summary.json").write_text(json.dumps({"settings": settings,
                                                            "summary": summary}, indent=2))
+    title = (f"universal {settings['optimizer']} on {settings['model']}: {norm} eps={eps:g}, "
+             f"budget {budget:,} per image")
+    _report(title, settings, summary, as_json,
+            keys=tuple(k for k in summary if k != "counting_rule"))
+
+
+def _report(title: str, settings: dict[str, object], summary: dict[str, object], as_json: bool,
+            keys: tuple[str, ...]) -> bool:
+    """Print the summary as JSON (returns True) or as a Rich table plus the counting rule."""
     if as_json:
         typer.echo(json.dumps({"settings": settings, "summary": summary}))
-        return
-    table = Table(title=f"universal {settings['optimizer']} on {settings['model']}: "
-                        f"{norm} eps={eps:g}, budget {budget:,} per image")
+        return True
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, val in summary.items():
-        if key != "counting_rule":
-            table.add_row(key.replace("_", " "), f"{val:,}" if isinstance(val, int) else str(val))
+    for key in keys:
+        val = summary[key]
+        text = "-" if val is None else (f"{val:,.4g}" if isinstance(val, float) else f"{val:,}"
+                                        if isinstance(val, int) else str(val))
+        table.add_row(key.replace("_", " "), text)
     out.print(table)
     out.print(f"[dim]counting rule: {summary['counting_rule']}[/]")
+    return False
