@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from zoattack.blackbox import BlackBox
+from zoattack.errors import QueryBudgetExceeded, ZOAttackError
 from zoattack.losses import attack_loss, is_adversarial
 from zoattack.norms import check_norm, distance, inside, to_image
 from zoattack.optim.base import ZORule
@@ -98,6 +99,24 @@ class AttackResult:
     clean_correct: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
 
 
+@dataclass
+class PartialResult:
+    """The state of an attack that stopped early: ``finished`` marks images whose outcome
+    was final (success, budget, misclassified) when it stopped."""
+
+    result: AttackResult
+    finished: Tensor
+
+
+class AttackInterrupted(ZOAttackError):
+    """The model failed (or the user interrupted) mid-attack; ``partial`` holds what was
+    finished (None when the clean check itself did not complete). The cause is chained."""
+
+    def __init__(self, message: str, partial: PartialResult | None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
 def resolve_target(target: Tensor | str | int | None, clean_scores: Tensor, label: Tensor,
                    generator: torch.Generator) -> Tensor | None:
     """``None`` (untargeted), a tensor, a class index, ``"random"`` (uniform over the other
@@ -150,7 +169,12 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
 
     zeros = torch.zeros(n, *space.var_shape, device=dev, dtype=x0.dtype)
     # The clean check (1 query per image) also resolves data-dependent targets.
-    clean_scores = blackbox.query(x0, idx).to(dev)
+    try:
+        clean_scores = blackbox.query(x0, idx).to(dev)
+    except QueryBudgetExceeded:
+        raise
+    except (ZOAttackError, KeyboardInterrupt) as exc:
+        raise AttackInterrupted(f"the clean check failed: {exc}", None) from exc
     if blackbox.output == "probs":
         clean_scores = clean_scores.clamp_min(1e-30).log()
     clean_pred = clean_scores.argmax(dim=1)
@@ -165,6 +189,35 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
     last_pred = clean_pred.clone()
     # Search rules return the loss of their next point, so they need no iterate check.
     check = 0 if rule.estimator is None else 1
+    box = {"v": v}  # the loop swaps in a new variable when the subspace refines
+    try:
+        _loop(blackbox, rule, obj, schedule, generator, norm, eps, budget, max_steps, callback,
+              idx, start_q, box, fx, active, last_pred, reasons, space, check)
+    except QueryBudgetExceeded:
+        raise
+    except (ZOAttackError, KeyboardInterrupt) as exc:
+        # A probe that fooled the model before the failure is a success like any other;
+        # images still running when the model failed are the only unfinished ones.
+        for i in (obj.found & clean_correct).nonzero().flatten().tolist():
+            reasons[i] = "success"
+        finished = torch.tensor([r != "" for r in reasons], dtype=torch.bool)
+        partial = _result(blackbox, obj, x0, label, box["v"], idx, start_q, clean_pred,
+                          last_pred, clean_correct, reasons, norm, eps, budget)
+        raise AttackInterrupted(str(exc) or type(exc).__name__,
+                                PartialResult(partial, finished)) from exc
+    return _result(blackbox, obj, x0, label, box["v"], idx, start_q, clean_pred, last_pred,
+                   clean_correct, reasons, norm, eps, budget)
+
+
+def _loop(blackbox: BlackBox, rule: ZORule, obj: AttackObjective, schedule: SubspaceSchedule,
+          generator: torch.Generator, norm: str, eps: float, budget: int, max_steps: int | None,
+          callback: Callable[[int, AttackResult | None, Tensor], None] | None, idx: Tensor,
+          start_q: Tensor, box: dict[str, Tensor], fx: Tensor, active: Tensor,
+          last_pred: Tensor, reasons: list[str], space: Subspace, check: int) -> None:
+    """The step loop; updates ``box["v"]``, ``fx``, ``active``, ``last_pred`` and ``reasons``
+    in place, so a caller still sees the state reached when a model call fails."""
+    v = box["v"]
+    dev = v.device
     cost = rule.max_queries_per_step(space.dim) + check
     step = 0
     while bool(active.any()):
@@ -188,6 +241,7 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
             changed = (new.expand(v_new) != space.expand(v)).flatten(1).any(dim=1)
             fx[changed] = float("nan")
             space, v = new, v_new
+            box["v"] = v
             obj.subspace = space
             rule.reset()
             cost = rule.max_queries_per_step(space.dim) + check
@@ -221,6 +275,11 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
         if callback is not None:
             callback(step, None, (blackbox.queries_of(idx.cpu()) - start_q))
 
+
+def _result(blackbox: BlackBox, obj: AttackObjective, x0: Tensor, label: Tensor, v: Tensor,
+            idx: Tensor, start_q: Tensor, clean_pred: Tensor, last_pred: Tensor,
+            clean_correct: Tensor, reasons: list[str], norm: str, eps: float,
+            budget: int) -> AttackResult:
     final_x = torch.where(obj.found.view(-1, 1, 1, 1), obj.x_adv,
                           obj.images(v, idx))
     final_pred = torch.where(obj.found, obj.adv_pred, last_pred)

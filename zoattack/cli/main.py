@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from zoattack import __version__
-from zoattack.cli import list_cmd, optimize, run, train
+from zoattack.cli import batch, defend, list_cmd, optimize, report, run, serve, train
 from zoattack.cli._common import out, set_verbose
 
 app = typer.Typer(
@@ -41,6 +41,10 @@ app.command("run")(run.run_command)
 app.command("list")(list_cmd.list_command)
 app.command("optimize")(optimize.optimize_command)
 app.command("train")(train.train_command)
+app.add_typer(defend.app, name="defend")
+app.command("serve")(serve.serve_command)
+app.command("batch")(batch.batch_command)
+app.command("report")(report.report_command)
 
 
 def main() -> None:

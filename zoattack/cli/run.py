@@ -12,63 +12,30 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from zoattack import __version__
-from zoattack.attacks import run_attack
-from zoattack.attacks.report import summarize, write_outputs
+from zoattack.attacks.job import (
+    DEFAULT_CHUNK,
+    DEFAULT_EPS,
+    DEFAULT_OPTIMIZER,
+    TUNED,
+    AttackSpec,
+    JobInterrupted,
+    default_lr,
+    merge_results,
+    prepare,
+    run_job,
+    summarize_rows,
+)
+from zoattack.attacks.results import RunFolder
+from zoattack.attacks.job import PreparedJob
 from zoattack.blackbox import BlackBox
-from zoattack.cli._common import err, guarded, out, resolve_device
-from zoattack.norms import check_norm
-from zoattack.optim import OPTIMIZERS, create_optimizer
+from zoattack.cli._common import err, guarded, out
 from zoattack.optim.base import ZORule
 from zoattack.seeding import make_generator, seed_everything
 
 P_MODEL, P_THREAT, P_OPT, P_OUT = "Model and data", "Threat model", "Optimizer", "Output"
-DEFAULT_EPS = {"linf": 0.1, "l2": 1.5}
-
-
-# Per (rule, norm): the choices benchmarks/attack.py tuned on the bundled small_cnn
-# (Fashion-MNIST, Linf eps 0.1 / L2 eps 1.5, 1,000 queries, 20 held-out images); lr is a
-# fraction of eps so it scales with the radius. Explicit options override each field.
-TUNED: dict[tuple[str, str], dict[str, object]] = {
-    ("zo_sgd", "linf"): {"lr": 0.25, "subspace": "tile:7", "estimator": "sphere"},
-    ("zo_signsgd", "linf"): {"lr": 0.25, "subspace": "tile:7", "momentum": 0.9},
-    ("zo_adamm", "linf"): {"lr": 0.125, "subspace": "tile:7"},
-    ("radazo", "linf"): {"lr": 0.125, "subspace": "tile:7", "estimator": "gaussian"},
-    ("lizo", "linf"): {"lr": 0.5, "subspace": "tile:14"},
-    ("zo_sgd", "l2"): {"lr": 0.5, "subspace": "tile:7"},
-    ("zo_signsgd", "l2"): {"lr": 0.025, "subspace": "dct:14"},
-    ("zo_adamm", "l2"): {"lr": 0.025, "subspace": "dct:14", "estimator": "gaussian"},
-    ("radazo", "l2"): {"lr": 0.025, "subspace": "dct:14"},
-    ("lizo", "l2"): {"lr": 0.25, "subspace": "dct:14"},
-}
-# The best attack per norm in the same benchmark (sign: Linf only).
-DEFAULT_OPTIMIZER = {"linf": "sign", "l2": "square"}
-
-
-def default_lr(rule: str, norm: str, eps: float) -> float:
-    """Search rules (registry flag ``search``: sign, square) take ``lr`` as their radius, eps;
-    gradient rules the benchmark-tuned fraction of eps (eps/2 for untuned pairs)."""
-    if OPTIMIZERS.get(rule).flags.get("search"):
-        return eps
-    return float(TUNED.get((rule, norm), {}).get("lr", 0.5)) * eps  # type: ignore[arg-type]
-
-
-def _check_search_options(rule: str, norms: tuple[str, ...], norm: str, eps: float,
-                          subspace: str, *, lr: float | None, estimator: str | None,
-                          samples: int | None, mu: float | None) -> None:
-    """Search rules (sign, square) estimate no gradient, search the full image, and take
-    ``lr`` as their radius (default eps; a larger one would only be projected back)."""
-    for option, value in (("--estimator", estimator), ("--samples", samples), ("--mu", mu)):
-        if value is not None:
-            raise ValueError(f"the {rule} rule uses no gradient estimator; drop {option}")
-    if norms and norm not in norms:
-        raise ValueError(f"the {rule} rule supports --norm {' or '.join(norms)}, got {norm}")
-    if subspace != "full":
-        raise ValueError(f"the {rule} rule searches the full image; --subspace must be full, "
-                         f"got {subspace!r}")
-    if lr is not None and lr > eps:
-        raise ValueError(f"--lr is the {rule} rule's search radius and must be <= eps "
-                         f"({eps:g}), got {lr:g}")
+EXIT_INTERRUPTED = 3
+# Re-exported: the defaults live with the job, where batches and the CLI share them.
+__all__ = ["DEFAULT_EPS", "DEFAULT_OPTIMIZER", "TUNED", "default_lr", "run_command"]
 
 
 @guarded
@@ -123,6 +90,11 @@ def run_command(
     seed: Annotated[int, typer.Option(help="Seed; same seed on CPU gives identical results.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     max_batch: Annotated[int, typer.Option(help="Largest batch sent to the model.")] = 4096,
+    chunk_size: Annotated[int, typer.Option(help="Images attacked together; also the unit "
+                                            "--resume redoes (seeded per chunk).")] = DEFAULT_CHUNK,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out: keep "
+                                         "its finished images, attack the rest.",
+                                         rich_help_panel=P_OUT)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.",
                                           rich_help_panel=P_OUT)] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write per_image.csv and "
@@ -133,101 +105,86 @@ def run_command(
                                               rich_help_panel=P_OUT)] = False,
 ) -> None:
     """Attack a model you may only query; report success rate and per-image queries."""
-    from zoattack.data import load_dataset
-    from zoattack.models import create_model
-
-    norm = norm.lower()
-    eps = DEFAULT_EPS.get(norm, 0.0) if eps is None else eps
-    norm = check_norm(norm, eps)
-    if images < 1:
-        raise ValueError(f"--images must be >= 1, got {images}")
-    if budget < 2:
-        raise ValueError(f"--budget must be >= 2 queries per image, got {budget}")
     if save_images and out_dir is None:
         raise ValueError("--save-images needs --out DIR to write the PNG files into")
-    entry = OPTIMIZERS.get(optimizer or DEFAULT_OPTIMIZER[norm])
-    rule_name = entry.name
-    search = bool(entry.flags.get("search"))
-    tuned = {} if search else TUNED.get((rule_name, norm), {})
-    subspace = subspace or str(tuned.get("subspace", "full"))
-    estimator = estimator or tuned.get("estimator")  # type: ignore[assignment]
-    if momentum is None and estimator == tuned.get("estimator"):
-        momentum = tuned.get("momentum")  # type: ignore[assignment]
-    if search:
-        _check_search_options(rule_name, entry.flags.get("norms", ()), norm, eps, subspace,
-                              lr=lr, estimator=estimator, samples=samples, mu=mu)
-    dev = resolve_device(device)
-    seed_everything(seed)  # third-party code only; zoattack draws from `gen`
-    gen = make_generator(seed, dev)
-    data = load_dataset(dataset, split="test", data_dir=data_dir, limit=images)
-    net = create_model(model, dataset=data, weights=weights, model_dir=model_dir,
-                       pretrained=weights is None and ":" not in model, device=dev,
-                       threat_model=threat_model)
-    rule_lr = lr if lr is not None else default_lr(rule_name, norm, eps)
-    if search:  # estimator-free: the radius, the norm and the budget drive their schedules
-        rule = create_optimizer(rule_name, lr=rule_lr, norm=norm, budget=budget)
-    else:
-        rule = create_optimizer(rule_name, lr=rule_lr, estimator=estimator, num_samples=samples,
-                                mu=mu, difference=difference, momentum=momentum)
-    label = rule_name if rule.estimator is None else f"{rule_name}+{rule.estimator.name}"
-    blackbox = BlackBox(net, output="logits", budget=budget, max_batch=max_batch,
-                        input_shape=data.image_shape)
-    x, y = data.images.to(dev), data.labels.to(dev)
-    settings = {
-        "model": model, "dataset": dataset, "images": len(y), "norm": norm, "eps": eps,
-        "target": target, "loss": loss, "budget": budget, "optimizer": rule_name,
-        "estimator": rule.estimator.name if rule.estimator is not None else None,
-        "samples": rule.estimator.num_samples if rule.estimator is not None else None,
-        "mu": rule.estimator.mu if rule.estimator is not None else None,
-        "lr": float(rule.lr) if not isinstance(rule.lr, torch.Tensor) else None,
-        "subspace": subspace, "universal": universal, "seed": seed, "device": str(dev),
-        "zoattack": __version__, "torch": torch.__version__, "data_source": data.source,
-    }
+    if resume and out_dir is None:
+        raise ValueError("--resume needs --out DIR, the folder of the run to continue")
+    if resume and universal:
+        raise ValueError("--resume continues per-image attacks; a --universal run has one "
+                         "perturbation and restarts from scratch")
+    spec = AttackSpec(
+        model=model, dataset=dataset, data_dir=data_dir, weights=weights, model_dir=model_dir,
+        threat_model=threat_model, images=images, norm=norm, eps=eps, target=target, loss=loss,
+        budget=budget, optimizer=optimizer, estimator=estimator, samples=samples, lr=lr, mu=mu,
+        difference=difference, momentum=momentum, subspace=subspace, seed=seed, device=device,
+        max_batch=max_batch, chunk_size=chunk_size).resolved()
+    folder = RunFolder(out_dir) if out_dir is not None else None
+    if folder is not None and not universal:
+        folder.check_start(spec, resume=resume)  # before loading anything: fail fast
+    seed_everything(seed)  # third-party code only; zoattack draws from per-chunk generators
+    job = prepare(spec)
+    settings = job.settings()
     if universal:
-        _run_universal(blackbox, x, y, rule, gen, norm, eps, budget, loss, target, subspace,
-                       settings, as_json, out_dir, len(data.classes))
+        _run_universal(job, settings, as_json, out_dir)
         return
+    done_rows = folder.start(settings, resume=resume) if folder is not None else []
+    done = {int(r["index"]) for r in done_rows}
+    todo = sum(1 for i in range(len(job.labels)) if i not in done)
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.fields[done]}/{task.fields[n]} done"),
                   TextColumn("{task.completed:,.0f} queries"), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
-        task = progress.add_task(label, total=budget * len(y),
-                                 done=0, n=len(y))
-
-        def show(step: int, _: object, queries: torch.Tensor) -> None:
-            progress.update(task, completed=int(queries.sum()))
-
-        result = run_attack(blackbox, x, y, rule, generator=gen, norm=norm, eps=eps,
-                            budget=budget, loss=loss, target=target, subspace=subspace,
-                            callback=show)
+        task = progress.add_task(job.label, total=spec.budget * todo)
+        try:
+            outcome = run_job(job, done=done,
+                              on_rows=folder.append if folder is not None else None,
+                              progress=lambda q: progress.update(task, completed=q))
+        except JobInterrupted as exc:
+            where = (f"; {len(done) + len(exc.rows)} finished images are in "
+                     f"{folder.csv_path}, rerun with --resume to continue"
+                     if folder is not None else "")
+            err.print(f"[bold red]error:[/] {exc}{where}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     wall = time.perf_counter() - t0
-    summary = summarize(result, wall_seconds=wall, total_queries=blackbox.total_queries)
-    if out_dir is not None:
-        write_outputs(out_dir, result, summary, settings)
-        if save_images:
+    rows = sorted([*done_rows, *outcome.rows], key=lambda r: int(r["index"]))
+    summary = summarize_rows(rows, wall_seconds=wall, scored_inputs=outcome.scored_inputs)
+    if resume:
+        summary["resumed_with_images"] = len(done)
+    if folder is not None:
+        folder.finish(rows, summary, settings)
+        if save_images and outcome.chunks:
             from zoattack.attacks.plots import save_image_grid, save_success_curve
 
-            save_image_grid(out_dir / "examples.png", x, result, classes=data.classes)
-            save_success_curve(out_dir / "success_vs_queries.png", result, budget,
-                               label=f"{rule_name}")
-    title = f"{label} vs {model} on {dataset}: {norm} eps={eps:g}, budget {budget:,}"
+            merged = merge_results([c.result for c in outcome.chunks])
+            xs = torch.cat([job.images[c.start:c.start + len(c.result.label)]
+                            for c in outcome.chunks])
+            save_image_grid(folder.path / "examples.png", xs, merged, classes=job.classes)
+            save_success_curve(folder.path / "success_vs_queries.png", merged, spec.budget,
+                               label=str(spec.optimizer))
+    title = (f"{job.label} vs {spec.model} on {spec.dataset}: {spec.norm} eps={spec.eps:g}, "
+             f"budget {spec.budget:,}")
     if _report(title, settings, summary, as_json, keys=(
             "initially_correct", "successes", "success_rate", "mean_queries_success",
             "median_queries_success", "mean_queries_all", "median_linf_success",
             "median_l2_success", "wall_seconds", "scored_inputs_per_second")):
         return
-    if out_dir is not None:
+    if folder is not None:
         extra = ", examples.png, success_vs_queries.png" if save_images else ""
-        out.print(f"wrote {out_dir}/per_image.csv, summary.json{extra}")
+        out.print(f"wrote {folder.path}/per_image.csv, summary.json{extra}")
 
 
-def _run_universal(blackbox: BlackBox, x: torch.Tensor, y: torch.Tensor, rule: ZORule,
-                   gen: torch.Generator, norm: str, eps: float, budget: int, loss: str,
-                   target: str | None, subspace: str, settings: dict[str, object],
-                   as_json: bool, out_dir: Path | None, classes: int) -> None:
+def _run_universal(job: PreparedJob, settings: dict[str, object], as_json: bool,
+                   out_dir: Path | None) -> None:
     from zoattack.attacks.universal import run_universal
 
+    spec = job.spec
+    assert spec.eps is not None and spec.subspace is not None
+    gen = make_generator(spec.seed, job.device)
+    x, y = job.images.to(job.device), job.labels.to(job.device)
+    blackbox = BlackBox(job.model, output="logits", budget=spec.budget,
+                        max_batch=spec.max_batch, input_shape=tuple(x.shape[1:]))
+    rule: ZORule = spec.make_rule()
+    norm, eps, budget, classes, target = spec.norm, spec.eps, spec.budget, len(job.classes), spec.target
     # One target class for the whole set: a universal perturbation has one goal.
     tgt = None
     if target is not None:
@@ -241,7 +198,7 @@ def _run_universal(blackbox: BlackBox, x: torch.Tensor, y: torch.Tensor, rule: Z
         tgt = torch.full_like(y, cls)
     t0 = time.perf_counter()
     res = run_universal(blackbox, x, y, rule, generator=gen, norm=norm, eps=eps, budget=budget,
-                        loss=loss, target=tgt, subspace=subspace)
+                        loss=spec.loss, target=tgt, subspace=spec.subspace)
     wall = time.perf_counter() - t0
     summary = {
         "images": len(y), "initially_correct": int(res.clean_correct.sum()),

@@ -62,6 +62,28 @@ MODELS.add(Entry("robustbench", adapters.robustbench_model,
                  {"adapter": True, "requires": "robustbench"}))
 
 
+def _remote_model(url: str, **kwargs: Any) -> nn.Module:
+    from zoattack.remote.client import remote_model
+
+    return remote_model(url, **kwargs)
+
+
+def _defended_model(path: str, **kwargs: Any) -> nn.Module:
+    from zoattack.defense.model import defended_model
+
+    return defended_model(path, **kwargs)
+
+
+MODELS.add(Entry("remote", _remote_model,
+                 "remote:http://HOST:PORT, a model served by `zoattack serve` (or a compatible "
+                 "score API), queried over HTTP with retries; counts match the server's",
+                 {"adapter": True, "remote": True}))
+MODELS.add(Entry("defended", _defended_model,
+                 "defended:PATH, a ZO-AE-DS defense written by `zoattack defend train` in front "
+                 "of its black box (plain or smoothed classifier)",
+                 {"adapter": True, "defended": True}))
+
+
 def list_models(pattern: str | None = None, **flags: Any) -> list[str]:
     """Registered names; adapters are listed by prefix (use them as ``prefix:NAME``)."""
     return MODELS.names(pattern, **flags)
@@ -192,8 +214,13 @@ def create_model(name: str, *, dataset: str | ImageDataset | None = None,
         if not sep or not arch:
             raise ValueError(f"{entry.name} is an adapter: use {entry.name}:NAME, e.g. "
                              + {"torchvision": "torchvision:resnet18", "timm": "timm:resnet18",
-                                "robustbench": "robustbench:Standard"}[entry.name])
-        if entry.name == "robustbench":
+                                "robustbench": "robustbench:Standard",
+                                "remote": "remote:http://127.0.0.1:8000",
+                                "defended": "defended:runs/defense"}[entry.name])
+        if entry.name in ("remote", "defended"):
+            # Their own files/servers say what they are; the data set only cross-checks shapes.
+            model = entry.factory(arch, dataset=dataset, device=dev, **kwargs)
+        elif entry.name == "robustbench":
             model = adapters.robustbench_model(
                 arch, dataset=ds_name or "cifar10", threat_model=threat_model or "Linf",
                 weights=weights, model_dir=model_dir, download=download)

@@ -1,0 +1,436 @@
+"""One attack job: the settings of `zoattack run`, resolved, prepared and executed in chunks.
+
+The CLI (`zoattack run`), plan batches (`zoattack batch`) and remote executors all run attacks
+through here, so defaults, validation, seeding and the per-image rows are the same everywhere.
+
+Resumability: a job's images are split into fixed chunks (``chunk_size`` images, attacked as one
+batch). Each chunk gets its own generator derived from ``(seed, chunk index)``, its own rule and
+its own ledger, so a chunk's results depend only on the settings and its images. A run that
+stopped part-way re-attacks only chunks with unfinished images and keeps only the rows it did not
+have: the final rows equal those of an uninterrupted run, nothing lost and nothing duplicated.
+Chunks are also the unit a distributed executor ships to a worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from zoattack.attacks.base import AttackInterrupted, AttackResult, run_attack
+from zoattack.blackbox import COUNTING_RULE, BlackBox
+from zoattack.errors import ZOAttackError
+from zoattack.norms import check_norm
+from zoattack.optim import OPTIMIZERS, create_optimizer
+from zoattack.optim.base import ZORule
+
+DEFAULT_EPS = {"linf": 0.1, "l2": 1.5}
+DEFAULT_CHUNK = 500
+
+# Per (rule, norm): the choices benchmarks/attack.py tuned on the bundled small_cnn
+# (Fashion-MNIST, Linf eps 0.1 / L2 eps 1.5, 1,000 queries, 20 held-out images); lr is a
+# fraction of eps so it scales with the radius. Explicit options override each field.
+TUNED: dict[tuple[str, str], dict[str, object]] = {
+    ("zo_sgd", "linf"): {"lr": 0.25, "subspace": "tile:7", "estimator": "sphere"},
+    ("zo_signsgd", "linf"): {"lr": 0.25, "subspace": "tile:7", "momentum": 0.9},
+    ("zo_adamm", "linf"): {"lr": 0.125, "subspace": "tile:7"},
+    ("radazo", "linf"): {"lr": 0.125, "subspace": "tile:7", "estimator": "gaussian"},
+    ("lizo", "linf"): {"lr": 0.5, "subspace": "tile:14"},
+    ("zo_sgd", "l2"): {"lr": 0.5, "subspace": "tile:7"},
+    ("zo_signsgd", "l2"): {"lr": 0.025, "subspace": "dct:14"},
+    ("zo_adamm", "l2"): {"lr": 0.025, "subspace": "dct:14", "estimator": "gaussian"},
+    ("radazo", "l2"): {"lr": 0.025, "subspace": "dct:14"},
+    ("lizo", "l2"): {"lr": 0.25, "subspace": "dct:14"},
+}
+# The best attack per norm in the same benchmark (sign: Linf only).
+DEFAULT_OPTIMIZER = {"linf": "sign", "l2": "square"}
+
+CSV_FIELDS = ("index", "label", "initial_prediction", "final_prediction", "success", "queries",
+              "linf", "l2", "stop_reason")
+ROW_COUNTING_RULE = (COUNTING_RULE + "; the clean check and every iterate check count; "
+                     "success is over initially-correct images")
+
+
+class JobInterrupted(ZOAttackError):
+    """The model stopped answering (or the user interrupted) part-way through a job.
+
+    Every image finished before that has been handed to ``on_rows``; ``rows`` lists them.
+    """
+
+    def __init__(self, message: str, rows: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
+def default_lr(rule: str, norm: str, eps: float) -> float:
+    """Search rules (registry flag ``search``: sign, square) take ``lr`` as their radius, eps;
+    gradient rules the benchmark-tuned fraction of eps (eps/2 for untuned pairs)."""
+    if OPTIMIZERS.get(rule).flags.get("search"):
+        return eps
+    return float(TUNED.get((rule, norm), {}).get("lr", 0.5)) * eps  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """Every setting of one attack, named as `zoattack run`'s options (``-`` → ``_``).
+
+    ``None`` means "the default for this rule and norm"; :meth:`resolved` fills them in.
+    """
+
+    model: str = "small_cnn"
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    weights: str | None = None
+    model_dir: str | None = None
+    threat_model: str | None = None
+    images: int = 100
+    norm: str = "linf"
+    eps: float | None = None
+    target: str | None = None
+    loss: str = "margin"
+    budget: int = 1000
+    optimizer: str | None = None
+    estimator: str | None = None
+    samples: int | None = None
+    lr: float | None = None
+    mu: float | None = None
+    difference: str | None = None
+    momentum: float | None = None
+    subspace: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    max_batch: int = 4096
+    chunk_size: int = DEFAULT_CHUNK
+
+    @classmethod
+    def field_types(cls) -> dict[str, Any]:
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> AttackSpec:
+        """Build from option names (``-`` or ``_``); unknown names are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        clean = {k.replace("-", "_"): v for k, v in values.items()}
+        bad = sorted(k for k in clean if k not in known)
+        if bad:
+            import difflib
+
+            hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(
+                k, known, n=1)) else k for k in bad]
+            raise ValueError(f"unknown attack setting {', '.join(hints)}; settings are the "
+                             "options of `zoattack run`")
+        return cls(**clean)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def resolved(self) -> AttackSpec:
+        """Validate every field and fill the defaults (eps, rule, subspace, estimator, lr)."""
+        norm = self.norm.lower()
+        eps = DEFAULT_EPS.get(norm, 0.0) if self.eps is None else float(self.eps)
+        norm = check_norm(norm, eps)
+        if self.images < 1:
+            raise ValueError(f"--images must be >= 1, got {self.images}")
+        if self.budget < 2:
+            raise ValueError(f"--budget must be >= 2 queries per image, got {self.budget}")
+        if self.chunk_size < 1:
+            raise ValueError(f"--chunk-size must be >= 1, got {self.chunk_size}")
+        if self.max_batch < 1:
+            raise ValueError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if self.loss not in ("margin", "ce"):
+            raise ValueError(f"--loss must be margin or ce, got {self.loss!r}")
+        entry = OPTIMIZERS.get(self.optimizer or DEFAULT_OPTIMIZER[norm])
+        rule = entry.name
+        search = bool(entry.flags.get("search"))
+        tuned = {} if search else TUNED.get((rule, norm), {})
+        subspace = self.subspace or str(tuned.get("subspace", "full"))
+        estimator = self.estimator or tuned.get("estimator")
+        momentum = self.momentum
+        if momentum is None and estimator == tuned.get("estimator"):
+            momentum = tuned.get("momentum")  # type: ignore[assignment]
+        if search:
+            _check_search_options(rule, entry.flags.get("norms", ()), norm, eps, subspace,
+                                  lr=self.lr, estimator=self.estimator, samples=self.samples,
+                                  mu=self.mu)
+        lr = self.lr if self.lr is not None else default_lr(rule, norm, eps)
+        spec = dataclasses.replace(self, norm=norm, eps=eps, optimizer=rule, subspace=subspace,
+                                   estimator=estimator, momentum=momentum, lr=float(lr))  # type: ignore[arg-type]
+        spec.make_rule()  # invalid hyperparameters fail here, before any model is built
+        return spec
+
+    def make_rule(self) -> ZORule:
+        """A fresh rule (no memory) for these resolved settings."""
+        assert self.optimizer is not None and self.lr is not None and self.eps is not None
+        if OPTIMIZERS.get(self.optimizer).flags.get("search"):
+            # Estimator-free: the radius, the norm and the budget drive their schedules.
+            return create_optimizer(self.optimizer, lr=self.lr, norm=self.norm, budget=self.budget)
+        return create_optimizer(self.optimizer, lr=self.lr, estimator=self.estimator,
+                                num_samples=self.samples, mu=self.mu, difference=self.difference,
+                                momentum=self.momentum)
+
+
+def _check_search_options(rule: str, norms: tuple[str, ...], norm: str, eps: float,
+                          subspace: str, *, lr: float | None, estimator: str | None,
+                          samples: int | None, mu: float | None) -> None:
+    """Search rules (sign, square) estimate no gradient, search the full image, and take
+    ``lr`` as their radius (default eps; a larger one would only be projected back)."""
+    for option, value in (("--estimator", estimator), ("--samples", samples), ("--mu", mu)):
+        if value is not None:
+            raise ValueError(f"the {rule} rule uses no gradient estimator; drop {option}")
+    if norms and norm not in norms:
+        raise ValueError(f"the {rule} rule supports --norm {' or '.join(norms)}, got {norm}")
+    if subspace != "full":
+        raise ValueError(f"the {rule} rule searches the full image; --subspace must be full, "
+                         f"got {subspace!r}")
+    if lr is not None and lr > eps:
+        raise ValueError(f"--lr is the {rule} rule's search radius and must be <= eps "
+                         f"({eps:g}), got {lr:g}")
+
+
+def chunk_bounds(images: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` image ranges of the job's chunks."""
+    return [(s, min(s + chunk_size, images)) for s in range(0, images, chunk_size)]
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """A well-mixed 63-bit seed for one chunk (independent streams for (seed, chunk) pairs)."""
+    state = np.random.SeedSequence([int(seed), int(chunk)]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+@dataclass
+class PreparedJob:
+    """A resolved spec with its data and model loaded (what every chunk needs)."""
+
+    spec: AttackSpec
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+    model: torch.nn.Module
+    device: torch.device
+    data_source: str = ""
+
+    @property
+    def label(self) -> str:
+        s = self.spec
+        return s.optimizer if s.estimator is None or _is_search(s) else f"{s.optimizer}+{s.estimator}"
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting (resolved), the seed, versions and the counting rule."""
+        from zoattack import __version__
+
+        s = self.spec
+        rule = s.make_rule()
+        est = rule.estimator
+        return {
+            **s.as_dict(), "images": len(self.labels),
+            "estimator": est.name if est is not None else None,
+            "samples": est.num_samples if est is not None else None,
+            "mu": est.mu if est is not None else None,
+            "difference": est.difference if est is not None else None,
+            "device": str(self.device), "zoattack": __version__, "torch": torch.__version__,
+            "data_source": self.data_source, "counting_rule": ROW_COUNTING_RULE,
+        }
+
+    def chunks(self) -> list[tuple[int, int]]:
+        return chunk_bounds(len(self.labels), self.spec.chunk_size)
+
+
+def _is_search(spec: AttackSpec) -> bool:
+    return bool(OPTIMIZERS.get(spec.optimizer or "sign").flags.get("search"))
+
+
+def prepare(spec: AttackSpec, *, model: torch.nn.Module | None = None) -> PreparedJob:
+    """Resolve ``spec``, load its data and build its model (or use ``model``)."""
+    from zoattack.cli._common import resolve_device
+    from zoattack.data import load_dataset
+    from zoattack.models import create_model
+
+    spec = spec.resolved()
+    dev = resolve_device(spec.device)
+    data = load_dataset(spec.dataset, split="test", data_dir=spec.data_dir, limit=spec.images)
+    if model is None:
+        model = create_model(spec.model, dataset=data, weights=spec.weights,
+                             model_dir=spec.model_dir,
+                             pretrained=spec.weights is None and ":" not in spec.model,
+                             device=dev, threat_model=spec.threat_model)
+    return PreparedJob(spec=spec, images=data.images, labels=data.labels,
+                       classes=list(data.classes), model=model, device=dev,
+                       data_source=str(getattr(data, "source", "")))
+
+
+def rows_of(result: AttackResult, offset: int, keep: Tensor | None = None) -> list[dict[str, Any]]:
+    """Per-image rows (dataset index = ``offset`` + position), optionally only where ``keep``."""
+    rows = []
+    for i in range(len(result.label)):
+        if keep is not None and not bool(keep[i]):
+            continue
+        rows.append({
+            "index": offset + i, "label": int(result.label[i]),
+            "initial_prediction": int(result.clean_pred[i]),
+            "final_prediction": int(result.final_pred[i]),
+            "success": int(result.success[i]), "queries": int(result.queries[i]),
+            "linf": round(float(result.linf[i]), 6), "l2": round(float(result.l2[i]), 6),
+            "stop_reason": result.stop_reason[i],
+        })
+    return rows
+
+
+@dataclass
+class ChunkOutcome:
+    chunk: int
+    start: int
+    rows: list[dict[str, Any]]
+    result: AttackResult
+    scored_inputs: int
+    seconds: float
+
+
+def run_chunk(job: PreparedJob, chunk: int, *,
+              progress: Callable[[int], None] | None = None) -> ChunkOutcome:
+    """Attack one chunk from scratch (deterministic given the settings and the chunk index).
+
+    Raises :class:`AttackInterrupted` (with the images it finished) when the model fails.
+    """
+    s = job.spec
+    start, stop = job.chunks()[chunk]
+    x = job.images[start:stop].to(job.device)
+    y = job.labels[start:stop].to(job.device)
+    from zoattack.seeding import make_generator
+
+    gen = make_generator(chunk_seed(s.seed, chunk), job.device)
+    blackbox = BlackBox(job.model, output="logits", budget=s.budget, max_batch=s.max_batch,
+                        input_shape=tuple(x.shape[1:]))
+    cb = None
+    if progress is not None:
+        def cb(step: int, _: object, queries: Tensor) -> None:
+            progress(int(queries.sum()))
+    t0 = time.perf_counter()
+    assert s.eps is not None and s.subspace is not None
+    result = run_attack(blackbox, x, y, s.make_rule(), generator=gen, norm=s.norm, eps=s.eps,
+                        budget=s.budget, loss=s.loss, target=s.target, subspace=s.subspace,
+                        callback=cb)
+    return ChunkOutcome(chunk=chunk, start=start, rows=rows_of(result, start), result=result,
+                        scored_inputs=blackbox.total_queries, seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class JobOutcome:
+    """What one call of :func:`run_job` did (rows are only the new ones)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    chunks: list[ChunkOutcome] = field(default_factory=list)
+    scored_inputs: int = 0
+    seconds: float = 0.0
+
+
+def run_job(job: PreparedJob, *, done: Collection[int] = (),
+            on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+            progress: Callable[[int], None] | None = None,
+            only_chunks: Collection[int] | None = None) -> JobOutcome:
+    """Attack every chunk holding an image not in ``done`` (dataset indices already recorded).
+
+    ``on_rows`` receives each chunk's new rows as soon as the chunk ends (write them
+    durably there). ``progress`` receives the job's scored inputs so far. On a model failure,
+    rows of images finished in the failing chunk are handed to ``on_rows`` and
+    :class:`JobInterrupted` is raised.
+    """
+    done_set = set(int(i) for i in done)
+    outcome = JobOutcome()
+    t0 = time.perf_counter()
+    for k, (start, stop) in enumerate(job.chunks()):
+        if only_chunks is not None and k not in only_chunks:
+            continue
+        if all(i in done_set for i in range(start, stop)):
+            continue
+        base = outcome.scored_inputs
+
+        def chunk_progress(q: int, base: int = base) -> None:
+            if progress is not None:
+                progress(base + q)
+
+        try:
+            res = run_chunk(job, k, progress=chunk_progress)
+        except (AttackInterrupted, KeyboardInterrupt) as exc:
+            rows: list[dict[str, Any]] = []
+            partial = getattr(exc, "partial", None)
+            if partial is not None:
+                rows = [r for r in rows_of(partial.result, start, partial.finished)
+                        if r["index"] not in done_set]
+            if rows and on_rows is not None:
+                on_rows(rows)
+            outcome.rows.extend(rows)
+            cause = exc.__cause__ if isinstance(exc, AttackInterrupted) else None
+            reason = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else str(
+                cause or exc)
+            raise JobInterrupted(
+                f"stopped at images {start}-{stop - 1}: {reason}",
+                outcome.rows) from (cause or exc)
+        new = [r for r in res.rows if r["index"] not in done_set]
+        if on_rows is not None and new:
+            on_rows(new)
+        done_set.update(r["index"] for r in new)
+        res.rows = new
+        outcome.rows.extend(new)
+        outcome.chunks.append(res)
+        outcome.scored_inputs += res.scored_inputs
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def summarize_rows(rows: list[Mapping[str, Any]], *, wall_seconds: float,
+                   scored_inputs: int) -> dict[str, Any]:
+    """Success rate over images the model got right at the start; query statistics over
+    successes and over all attacked images; median distortion over successes.
+
+    ``scored_inputs`` and ``wall_seconds`` describe the work done (for the rate); the rest is
+    computed from the rows, so a resumed run reports the whole job.
+    """
+    attacked = [r for r in rows if r["stop_reason"] != "misclassified"]
+    succ = [r for r in attacked if int(r["success"])]
+
+    def stat(vals: list[float], fn: str) -> float | None:
+        if not vals:
+            return None
+        t = torch.tensor(vals, dtype=torch.float64)
+        return round(float(getattr(t, fn)()), 3)
+
+    n_att = len(attacked)
+    return {
+        "images": len(rows),
+        "initially_correct": n_att,
+        "skipped_misclassified": len(rows) - n_att,
+        "successes": len(succ),
+        "success_rate": round(len(succ) / n_att, 4) if n_att else None,
+        "mean_queries_success": stat([float(r["queries"]) for r in succ], "mean"),
+        "median_queries_success": stat([float(r["queries"]) for r in succ], "median"),
+        "mean_queries_all": stat([float(r["queries"]) for r in attacked], "mean"),
+        "median_linf_success": stat([float(r["linf"]) for r in succ], "median"),
+        "median_l2_success": stat([float(r["l2"]) for r in succ], "median"),
+        "wall_seconds": round(wall_seconds, 3),
+        "scored_inputs": int(scored_inputs),
+        "scored_inputs_per_second": round(scored_inputs / max(wall_seconds, 1e-9), 1)
+        if scored_inputs else None,
+        "counting_rule": ROW_COUNTING_RULE,
+    }
+
+
+def merge_results(results: list[AttackResult]) -> AttackResult:
+    """Concatenate chunk results (in order) into one."""
+    cat = torch.cat
+    return AttackResult(
+        x_adv=cat([r.x_adv for r in results]), label=cat([r.label for r in results]),
+        clean_pred=cat([r.clean_pred for r in results]),
+        final_pred=cat([r.final_pred for r in results]),
+        success=cat([r.success for r in results]), queries=cat([r.queries for r in results]),
+        stop_reason=[s for r in results for s in r.stop_reason],
+        linf=cat([r.linf for r in results]), l2=cat([r.l2 for r in results]),
+        clean_correct=cat([r.clean_correct for r in results]))
