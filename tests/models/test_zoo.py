@@ -77,7 +77,8 @@ def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
 
 
 def test_registry_listing_and_errors():
-    assert list_models() == ["resnet20", "small_cnn", "torchvision", "timm", "robustbench"]
+    assert list_models() == ["resnet20", "small_cnn", "torchvision", "timm", "robustbench",
+                             "remote", "defended"]
     assert list_models(zoo=True) == ["resnet20", "small_cnn"]
     assert MODELS.get("resnet20").description
     with pytest.raises(UnknownNameError, match="did you mean resnet20"):

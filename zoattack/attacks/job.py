@@ -262,6 +262,7 @@ def prepare(spec: AttackSpec, *, model: torch.nn.Module | None = None) -> Prepar
                              model_dir=spec.model_dir,
                              pretrained=spec.weights is None and ":" not in spec.model,
                              device=dev, threat_model=spec.threat_model)
+    model.eval()
     return PreparedJob(spec=spec, images=data.images, labels=data.labels,
                        classes=list(data.classes), model=model, device=dev,
                        data_source=str(getattr(data, "source", "")))

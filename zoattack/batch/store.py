@@ -1,0 +1,267 @@
+"""The result store of `zoattack batch`: one SQLite file in the output folder.
+
+Tables:
+
+* ``jobs``: one line per job key (a hash of the resolved spec): the settings as JSON and as
+  columns, the versions, status (pending, running, finished, failed), timings, scored inputs.
+* ``rows``: one line per image per job, with exactly the fields of `zoattack run`'s
+  per_image.csv, ``UNIQUE(job, "index")``.
+* ``batches``: one line per `zoattack batch` invocation (plan text, executor, outcome).
+
+Crash safety: each chunk's rows and the job's counters go in one transaction, in WAL mode with
+``synchronous=FULL``, so a process killed at any instant leaves either the whole chunk or none
+of it. Rows are inserted with ``INSERT OR IGNORE``: a chunk delivered twice (a retried Ray task,
+a rerun after a crash) cannot duplicate an image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from zoattack.attacks.job import CSV_FIELDS, AttackSpec
+
+DB_NAME = "results.sqlite"
+SCHEMA_VERSION = 1
+# Columns copied out of the spec for SQL queries and reports (the JSON keeps everything).
+SPEC_COLUMNS: dict[str, str] = {
+    "model": "TEXT", "dataset": "TEXT", "norm": "TEXT", "eps": "REAL", "optimizer": "TEXT",
+    "estimator": "TEXT", "budget": "INTEGER", "images": "INTEGER", "seed": "INTEGER",
+    "target": "TEXT", "loss": "TEXT", "lr": "REAL", "subspace": "TEXT", "chunk_size": "INTEGER",
+}
+ROW_TYPES = {"index": "INTEGER", "label": "INTEGER", "initial_prediction": "INTEGER",
+             "final_prediction": "INTEGER", "success": "INTEGER", "queries": "INTEGER",
+             "linf": "REAL", "l2": "REAL", "stop_reason": "TEXT"}
+assert tuple(ROW_TYPES) == CSV_FIELDS  # the store's rows are run's CSV rows
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    key TEXT PRIMARY KEY,
+    position INTEGER,
+    label TEXT NOT NULL,
+    {", ".join(f"{k} {t}" for k, t in SPEC_COLUMNS.items())},
+    spec TEXT NOT NULL,
+    settings TEXT,
+    zoattack_version TEXT,
+    torch_version TEXT,
+    status TEXT NOT NULL DEFAULT 'pending',
+    error TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    seconds REAL NOT NULL DEFAULT 0,
+    scored_inputs INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS rows (
+    job TEXT NOT NULL REFERENCES jobs(key),
+    {", ".join(f'"{k}" {t} NOT NULL' for k, t in ROW_TYPES.items())},
+    UNIQUE (job, "index")
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    plan_path TEXT, plan_text TEXT, executor TEXT,
+    started_at REAL NOT NULL, finished_at REAL, status TEXT NOT NULL DEFAULT 'running'
+);
+"""
+_ROW_SQL = (f'INSERT OR IGNORE INTO rows (job, {", ".join(chr(34) + k + chr(34) for k in CSV_FIELDS)}) '
+            f'VALUES (?, {", ".join("?" for _ in CSV_FIELDS)})')
+
+
+def locate(results: str | Path) -> Path:
+    """The database of a results folder (or the .sqlite file itself); it must exist."""
+    p = Path(results).expanduser()
+    db = p / DB_NAME if p.is_dir() else p
+    if not db.is_file():
+        hint = f"no {DB_NAME} in {p}" if p.is_dir() else f"{p} does not exist"
+        raise ValueError(f"{hint}; pass the --out folder of `zoattack batch` (or its "
+                         f"{DB_NAME})")
+    return db
+
+
+class ResultStore:
+    """Jobs and per-image rows of batches, in ``folder/results.sqlite`` (or a given file)."""
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        p = Path(path).expanduser()
+        if p.suffix in (".sqlite", ".db") or p.is_file():
+            self.path = p
+        else:
+            self.path = p / DB_NAME
+        if not create:
+            self.path = locate(self.path)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: every transaction is an explicit BEGIN IMMEDIATE ... COMMIT.
+        self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        try:
+            if create:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed chunk survives power loss too, for one fsync per chunk.
+            self.conn.execute("PRAGMA synchronous=FULL")
+            if create:
+                self.conn.executescript(_SCHEMA)
+                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                                  (str(SCHEMA_VERSION),))
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise ValueError(f"{self.path} is not a zoattack result store ({exc}); point at "
+                             "the --out folder of `zoattack batch`") from None
+
+    def _check_schema(self) -> None:
+        names = {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"meta", "jobs", "rows"} <= names:
+            raise sqlite3.DatabaseError("no jobs/rows tables")
+        row = self.conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+        if row is None or int(row[0]) > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema {row and row[0]} is newer than this zoattack "
+                                        f"reads ({SCHEMA_VERSION})")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def register_jobs(self, jobs: Iterable[tuple[str, str, int, AttackSpec]]) -> None:
+        """Record (key, label, position, resolved spec) as pending unless already known."""
+        now = time.time()
+        cols = ["key", "position", "label", *SPEC_COLUMNS, "spec", "created_at"]
+        sql = (f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
+               "ON CONFLICT(key) DO UPDATE SET position=excluded.position")
+        with self.transaction() as c:
+            for key, label, position, spec in jobs:
+                d = spec.as_dict()
+                c.execute(sql, (key, position, label, *(d[k] for k in SPEC_COLUMNS),
+                                json.dumps(d, sort_keys=True), now))
+
+    def start_job(self, key: str, settings: Mapping[str, Any] | None = None) -> None:
+        """Mark running (unless finished); record the prepared job's settings and versions."""
+        with self.transaction() as c:
+            if settings is not None:
+                c.execute("UPDATE jobs SET settings=?, zoattack_version=?, torch_version=?, "
+                          "images=? WHERE key=?",
+                          (json.dumps(dict(settings), sort_keys=True, default=str),
+                           settings.get("zoattack"), settings.get("torch"),
+                           settings.get("images"), key))
+            c.execute("UPDATE jobs SET status='running', error=NULL, "
+                      "started_at=COALESCE(started_at, ?) WHERE key=? AND status!='finished'",
+                      (time.time(), key))
+            self._maybe_finish(c, key)
+
+    def add_rows(self, key: str, rows: list[Mapping[str, Any]], *, scored_inputs: int = 0,
+                 seconds: float = 0.0) -> int:
+        """One chunk's rows and work, in one transaction; returns the rows newly stored.
+
+        The job becomes ``finished`` in the same transaction once every image is stored.
+        """
+        with self.transaction() as c:
+            before = c.total_changes
+            c.executemany(_ROW_SQL, [(key, *(r[f] for f in CSV_FIELDS)) for r in rows])
+            added = c.total_changes - before
+            c.execute("UPDATE jobs SET scored_inputs=scored_inputs+?, seconds=seconds+? "
+                      "WHERE key=?", (int(scored_inputs), float(seconds), key))
+            self._maybe_finish(c, key)
+        return added
+
+    def _maybe_finish(self, c: sqlite3.Connection, key: str) -> None:
+        c.execute("UPDATE jobs SET status='finished', error=NULL, finished_at=? WHERE key=? "
+                  "AND status!='finished' AND settings IS NOT NULL AND images <= "
+                  "(SELECT COUNT(*) FROM rows WHERE job=?)", (time.time(), key, key))
+
+    def fail_job(self, key: str, error: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET status='failed', error=? WHERE key=? AND "
+                      "status!='finished'", (error, key))
+
+    def job(self, key: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM jobs WHERE key=?", (key,)).fetchone()
+        return dict(row) if row is not None else None
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute(
+            "SELECT * FROM jobs ORDER BY position, created_at, key")]
+
+    def done_indices(self, key: str) -> set[int]:
+        return {int(r[0]) for r in self.conn.execute(
+            'SELECT "index" FROM rows WHERE job=?', (key,))}
+
+    def row_counts(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in self.conn.execute(
+            "SELECT job, COUNT(*) FROM rows GROUP BY job")}
+
+    def rows(self, key: str | None = None) -> list[dict[str, Any]]:
+        """Rows in index order (of one job, or of all jobs with a ``job`` field)."""
+        cols = ", ".join(f'"{k}"' for k in CSV_FIELDS)
+        if key is not None:
+            cur = self.conn.execute(f'SELECT {cols} FROM rows WHERE job=? ORDER BY "index"',
+                                    (key,))
+            return [dict(r) for r in cur]
+        cur = self.conn.execute(f'SELECT job, {cols} FROM rows ORDER BY job, "index"')
+        return [dict(r) for r in cur]
+
+    # -- batches --------------------------------------------------------------------------
+
+    def begin_batch(self, plan_path: str, plan_text: str, executor: str) -> int:
+        with self.transaction() as c:
+            cur = c.execute("INSERT INTO batches (plan_path, plan_text, executor, started_at) "
+                            "VALUES (?, ?, ?, ?)", (plan_path, plan_text, executor, time.time()))
+            return int(cur.lastrowid or 0)
+
+    def end_batch(self, batch_id: int, status: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE batches SET finished_at=?, status=? WHERE id=?",
+                      (time.time(), status, batch_id))
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Refuse a second `zoattack batch` writing into the same store at the same time.
+
+        An OS file lock: it is released by the kernel when the holder dies, even by SIGKILL.
+        """
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fh = open(lock_path, "a+")
+        try:
+            try:
+                import fcntl
+            except ImportError:  # Windows: SQLite's own locking still keeps the rows sound
+                yield
+                return
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise ValueError(f"another `zoattack batch` ({holder}) is writing to "
+                                 f"{self.path}; wait for it or use another --out") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}")
+            fh.flush()
+            yield
+        finally:
+            fh.close()

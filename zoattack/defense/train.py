@@ -1,0 +1,422 @@
+"""Training a black-box defense: ZO-AE-DS and its baselines (FO-DS, FO-AE-DS, ZO-DS).
+
+Zhang, Yao, Jia, Yi, Hong, Chang, Liu. "How to Robustify Black-Box ML Models? A Zeroth-Order
+Optimization Perspective", ICLR 2022. Denoised smoothing: Salman et al., NeurIPS 2020.
+
+Stage 1 (AE methods only): pretrain encoder+decoder on clean images with MSE (white-box, no
+queries). Stage 2: train the denoiser (from scratch) and the encoder on the stability loss
+``CE(f(Dec(Enc(D(x+delta)))), argmax f(x))`` (+ optional ``mse_weight * ||D(x+delta) - x||^2``,
+the paper's Eq. 2 denoising term). ZO methods reach ``f`` only through the counting
+:class:`~zoattack.blackbox.BlackBox` and get d loss / d latent (or / d image for ZO-DS) from a
+gradient estimator via :func:`~zoattack.defense.bridge.zo_loss`; FO methods are the white-box
+reference and backpropagate through the model itself.
+
+Output folder: ``checkpoint.safetensors`` (everything needed to resume, rewritten after every
+epoch of either stage), ``defense.safetensors`` (denoiser/encoder/decoder weights) and
+``defense.json`` (config, black box, data, history, queries), both rewritten every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoattack.blackbox import BlackBox
+from zoattack.defense.autoencoder import Decoder, Encoder, make_autoencoder
+from zoattack.defense.bridge import PseudoLabelCE, check_scores_blackbox, zo_loss
+from zoattack.defense.denoiser import DnCNN, default_denoiser_config
+from zoattack.defense.io import load_state, save_state, state_dict_prefixed
+from zoattack.seeding import make_generator
+
+METHODS = ("fo-ds", "fo-ae-ds", "zo-ds", "zo-ae-ds")
+CHECKPOINT = "checkpoint.safetensors"
+WEIGHTS = "defense.safetensors"
+CARD = "defense.json"
+FORMAT = "zoattack-defense/1"
+# What may differ between an interrupted run and its --resume: only how far to go.
+_RESUMABLE = ("epochs",)
+
+
+@dataclass
+class DefenseConfig:
+    """Hyperparameters of one defense run (all JSON-able; recorded in ``defense.json``).
+
+    Defaults follow the authors' ZO runs where they fit a CPU: Adam lr 1e-3 (CGE; the authors
+    advise 1e-4 for RGE), weight decay 1e-5, mu 0.005, sigma 0.25, AE pretraining with Adam
+    lr 1e-3 / wd 1e-5. ``samples=None`` with ``coordinate`` is full CGE (d_z + 1 queries per
+    image and step with forward differences); ``lr_step`` decays lr x0.1 every so many epochs.
+    """
+
+    method: str = "zo-ae-ds"
+    sigma: float = 0.25
+    estimator: str = "coordinate"
+    samples: int | None = None
+    mu: float = 0.005
+    difference: str = "forward"
+    epochs: int = 10
+    ae_epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    lr_step: int | None = None
+    ae_lr: float = 1e-3
+    ae_weight_decay: float = 1e-5
+    mse_weight: float = 0.0
+    train_encoder: bool = True
+    latent: int | None = None
+    ae_arch: str | None = None
+    denoiser_depth: int | None = None
+    denoiser_width: int | None = None
+    seed: int = 0
+
+    def validate(self) -> DefenseConfig:
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not self.sigma > 0:
+            raise ValueError(f"--sigma must be > 0 (noise standard deviation in [0,1] pixel "
+                             f"units), got {self.sigma}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got "
+                                 f"{getattr(self, name)}")
+        if self.ae_epochs < 0:
+            raise ValueError(f"--ae-epochs must be >= 0, got {self.ae_epochs}")
+        for name in ("lr", "ae_lr", "mu"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got "
+                                 f"{getattr(self, name)}")
+        for name in ("weight_decay", "ae_weight_decay", "mse_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got "
+                                 f"{getattr(self, name)}")
+        if self.lr_step is not None and self.lr_step < 1:
+            raise ValueError(f"--lr-step must be >= 1 epoch, got {self.lr_step}")
+        if self.samples is not None and self.samples < 1:
+            raise ValueError(f"--samples must be >= 1, got {self.samples}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        return self
+
+    @property
+    def uses_ae(self) -> bool:
+        return self.method.endswith("ae-ds")
+
+    @property
+    def zeroth_order(self) -> bool:
+        return self.method.startswith("zo")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_defense(config: DefenseConfig, image_shape: tuple[int, int, int],
+                  generator: torch.Generator) -> tuple[DnCNN, Encoder | None, Decoder | None,
+                                                       dict[str, Any]]:
+    """Fresh denoiser (+ encoder/decoder for AE methods) and the architecture record."""
+    dcfg = default_denoiser_config(image_shape)
+    if config.denoiser_depth is not None:
+        dcfg["depth"] = config.denoiser_depth
+    if config.denoiser_width is not None:
+        dcfg["width"] = config.denoiser_width
+    denoiser = DnCNN(dcfg["channels"], depth=dcfg["depth"], width=dcfg["width"],
+                     generator=generator)
+    arch: dict[str, Any] = {"image_shape": list(image_shape), "denoiser": denoiser.config(),
+                            "autoencoder": None}
+    enc = dec = None
+    if config.uses_ae:
+        enc, dec, acfg = make_autoencoder(image_shape, latent=config.latent, arch=config.ae_arch,
+                                          generator=generator)
+        arch["autoencoder"] = acfg
+    return denoiser, enc, dec, arch
+
+
+class DefenseFront(nn.Module):
+    """The defender's white-box part: ``x -> clamp(Dec(Enc(D(x))), 0, 1)`` (AE) or
+    ``clamp(D(x), 0, 1)`` (DS). Its output is what the black box scores.
+
+    The clamp is ours, not the paper's: zoattack black boxes accept [0, 1] images only, and a
+    clamp is what any real image API would do to an out-of-range input anyway.
+    Shapes: ``(N, C, H, W) -> (N, C, H, W)``. No queries.
+    """
+
+    def __init__(self, denoiser: DnCNN, encoder: Encoder | None = None,
+                 decoder: Decoder | None = None) -> None:
+        super().__init__()
+        if (encoder is None) != (decoder is None):
+            raise ValueError("pass both encoder and decoder, or neither")
+        self.denoiser, self.encoder, self.decoder = denoiser, encoder, decoder
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = self.denoiser(x)
+        if self.encoder is not None and self.decoder is not None:
+            d = self.decoder(self.encoder(d))
+        return d.clamp(0.0, 1.0)
+
+
+def _batches(n: int, batch: int, generator: torch.Generator, device: torch.device) -> list[Tensor]:
+    perm = torch.randperm(n, generator=generator, device=device)
+    return list(perm.split(batch))
+
+
+def _scheduler(opt: torch.optim.Optimizer, config: DefenseConfig):  # type: ignore[no-untyped-def]
+    step = config.lr_step if config.lr_step is not None else 10**9
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=0.1)
+
+
+def _check_resume(saved: dict[str, Any], config: DefenseConfig, n: int) -> None:
+    now = config.as_dict()
+    diff = [k for k in now if k not in _RESUMABLE and saved["config"].get(k) != now[k]]
+    if diff:
+        k = diff[0]
+        raise ValueError(f"--resume with different settings: {k} was {saved['config'].get(k)!r}, "
+                         f"now {now[k]!r}; rerun with the original settings or a new --out")
+    if saved["train_images"] != n:
+        raise ValueError(f"--resume with different training data: {saved['train_images']} images "
+                         f"before, {n} now; use the same --train-images or a new --out")
+
+
+def train_defense(
+    config: DefenseConfig,
+    blackbox: BlackBox,
+    images: Tensor,
+    out_dir: str | Path,
+    *,
+    white_box: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    resume: bool = False,
+    record: dict[str, Any] | None = None,
+    on_step: Callable[[int, int, int, int, float, int], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train a defense for ``blackbox`` on clean ``images`` ``(N, C, H, W)`` in [0, 1].
+
+    Args:
+        config: the method and hyperparameters (validated here).
+        blackbox: the query-counting wrapper; must return scores. Pseudo-labels (1 query per
+            training image, once) and every ZO query go through it, charged to the training
+            image's index.
+        white_box: the model itself, only for ``fo-*`` (the first-order reference); its
+            forward passes are counted separately as ``whitebox_evaluations``.
+        out_dir: where checkpoint, weights and card go. ``resume=True`` continues from
+            ``out_dir/checkpoint.safetensors`` with nothing lost or redone (same settings;
+            only ``epochs`` may grow).
+        record: extra JSON facts for the card (black box name/weights, data source...).
+        on_step: ``(stage, epoch, step, steps, loss, queries_so_far)`` after every step.
+        on_epoch: the history row after every epoch (after the checkpoint is written).
+
+    Returns:
+        The card written to ``defense.json``.
+    """
+    config.validate()
+    check_scores_blackbox(blackbox)
+    if not config.zeroth_order and white_box is None:
+        raise ValueError(f"{config.method} is the first-order reference and needs white_box= "
+                         "(the model itself)")
+    dev = torch.device(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
+    image_shape = tuple(int(v) for v in images.shape[1:])
+    if blackbox.input_shape is not None and tuple(blackbox.input_shape) != image_shape:
+        raise ValueError(f"the black box takes {tuple(blackbox.input_shape)} images but the "
+                         f"training images are {image_shape}")
+    n = images.shape[0]
+    x_all = images.to(dev)
+    init_gen = make_generator(config.seed)  # weights: CPU, identical on every device
+    gen = make_generator(config.seed, dev)  # noise, shuffling, estimator directions
+    denoiser, enc, dec, arch = build_defense(config, image_shape, init_gen)  # type: ignore[arg-type]
+    if enc is not None and enc.latent >= int(images[0].numel()):
+        raise ValueError("latent must be smaller than the image")
+    for m in (denoiser, enc, dec):
+        if m is not None:
+            m.to(dev)
+    estimator = None
+    if config.zeroth_order:
+        from zoattack.estimators import create_estimator
+
+        estimator = create_estimator(config.estimator, num_samples=config.samples, mu=config.mu,
+                                     difference=config.difference)
+    ae_opt = (torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=config.ae_lr,
+                               weight_decay=config.ae_weight_decay)
+              if enc is not None and dec is not None else None)
+    params = list(denoiser.parameters())
+    if enc is not None and config.train_encoder:
+        params += list(enc.parameters())
+    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = _scheduler(opt, config)
+
+    stage, epoch = 1, 0
+    history: list[dict[str, Any]] = []
+    targets: Tensor | None = None
+    wb_evals = 0
+    ckpt = out / CHECKPOINT
+    if resume:
+        saved = load_state(ckpt)
+        _check_resume(saved, config, n)
+        denoiser.load_state_dict(saved["denoiser"])
+        if enc is not None and dec is not None:
+            enc.load_state_dict(saved["encoder"])
+            dec.load_state_dict(saved["decoder"])
+        if ae_opt is not None:
+            ae_opt.load_state_dict(saved["ae_optimizer"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"].to(gen.get_state().device))
+        blackbox.load_counts(saved["ledger"])
+        if estimator is not None:
+            estimator.load_state_dict(saved["estimator"])
+        stage, epoch = int(saved["stage"]), int(saved["epoch"])
+        history = list(saved["history"])
+        targets = saved["targets"].to(dev) if saved["targets"] is not None else None
+        wb_evals = int(saved["whitebox_evaluations"])
+    elif ckpt.exists():
+        raise ValueError(f"{out} already holds a defense checkpoint; pass --resume to continue "
+                         "it or choose a new --out")
+
+    def checkpoint(stage_: int, epoch_: int) -> None:
+        save_state(ckpt, {
+            "format": FORMAT, "config": config.as_dict(), "train_images": n,
+            "stage": stage_, "epoch": epoch_,
+            "denoiser": denoiser.state_dict(),
+            "encoder": enc.state_dict() if enc is not None else None,
+            "decoder": dec.state_dict() if dec is not None else None,
+            "ae_optimizer": ae_opt.state_dict() if ae_opt is not None else None,
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "generator": gen.get_state(), "ledger": blackbox.queries,
+            "estimator": estimator.state_dict() if estimator is not None else {},
+            "history": history, "targets": targets, "whitebox_evaluations": wb_evals,
+        })
+
+    # ---------------------------------------------------------------- stage 1: AE, white-box
+    if enc is not None and dec is not None and ae_opt is not None and stage == 1:
+        enc.train()
+        dec.train()
+        while epoch < config.ae_epochs:
+            t0 = time.perf_counter()
+            total, batches = 0.0, _batches(n, config.batch_size, gen, dev)
+            for step, b in enumerate(batches, 1):
+                x = x_all[b]
+                loss = F.mse_loss(dec(enc(x)), x)
+                ae_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                ae_opt.step()
+                total += float(loss) * len(b)
+                if on_step is not None:
+                    on_step(1, epoch + 1, step, len(batches), float(loss), blackbox.total_queries)
+            epoch += 1
+            history.append({"stage": 1, "epoch": epoch, "loss": total / n, "queries": 0,
+                            "seconds": round(time.perf_counter() - t0, 3)})
+            checkpoint(1, epoch)
+            if on_epoch is not None:
+                on_epoch(history[-1])
+    if stage == 1:
+        stage, epoch = 2, 0
+    if dec is not None:
+        dec.eval()
+        dec.requires_grad_(False)
+        if not config.train_encoder and enc is not None:
+            enc.requires_grad_(False)
+
+    # ---------------------------------------------------------------- stage 2: denoiser+encoder
+    all_idx = torch.arange(n, device=dev)
+    if targets is None:
+        # The black box's own top-1 on each clean image (1 query per image, once): without
+        # augmentation it never changes, so re-asking every epoch would only burn queries.
+        with torch.no_grad():
+            targets = torch.cat([blackbox.query(x_all[b], all_idx[b].cpu()).argmax(-1).to(dev)
+                                 for b in all_idx.split(1024)])
+    objective = None
+    if config.zeroth_order:
+        objective = PseudoLabelCE(blackbox, targets, post=dec if config.uses_ae else None)
+    front = DefenseFront(denoiser, enc, dec)
+    while epoch < config.epochs:
+        denoiser.train()
+        if enc is not None:
+            enc.train(config.train_encoder)
+        t0 = time.perf_counter()
+        q0 = blackbox.total_queries + wb_evals
+        total, batches = 0.0, _batches(n, config.batch_size, gen, dev)
+        for step, b in enumerate(batches, 1):
+            x = x_all[b]
+            noisy = x + config.sigma * torch.randn(x.shape, generator=gen, device=dev)
+            d = denoiser(noisy)
+            v = enc(d) if enc is not None else d.clamp(0.0, 1.0)
+            if objective is not None and estimator is not None:
+                per, _ = zo_loss(v, objective, estimator, generator=gen, idx=b)
+            else:
+                assert white_box is not None
+                img = dec(v).clamp(0.0, 1.0) if dec is not None else v
+                per = F.cross_entropy(white_box(img).float(), targets[b], reduction="none")
+                wb_evals += len(b)
+            loss = per.mean()
+            if config.mse_weight > 0:
+                loss = loss + config.mse_weight * F.mse_loss(d, x)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for p, g in zip(params, grads):
+                p.grad = g
+            opt.step()
+            total += float(per.detach().sum())
+            if on_step is not None:
+                on_step(2, epoch + 1, step, len(batches), float(per.detach().mean()),
+                        blackbox.total_queries + wb_evals)
+        sched.step()
+        epoch += 1
+        history.append({"stage": 2, "epoch": epoch, "loss": total / n,
+                        "queries": blackbox.total_queries + wb_evals - q0,
+                        "seconds": round(time.perf_counter() - t0, 3)})
+        checkpoint(2, epoch)
+        card = _write_outputs(out, config, arch, front, history, blackbox, wb_evals, n,
+                              record, done=epoch >= config.epochs)
+        if on_epoch is not None:
+            on_epoch(history[-1])
+    if not history or history[-1]["stage"] == 1 or not (out / CARD).exists():
+        card = _write_outputs(out, config, arch, front, history, blackbox, wb_evals, n, record,
+                              done=True)
+    else:
+        card = json.loads((out / CARD).read_text())
+    return card
+
+
+def _write_outputs(out: Path, config: DefenseConfig, arch: dict[str, Any], front: DefenseFront,
+                   history: list[dict[str, Any]], blackbox: BlackBox, wb_evals: int, n: int,
+                   record: dict[str, Any] | None, *, done: bool) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    state = state_dict_prefixed(denoiser=front.denoiser, encoder=front.encoder,
+                                decoder=front.decoder)
+    zo_steps = [h for h in history if h["stage"] == 2]
+    card: dict[str, Any] = {
+        "format": FORMAT,
+        "method": config.method,
+        "paper": "Zhang et al., How to Robustify Black-Box ML Models? A Zeroth-Order "
+                 "Optimization Perspective, ICLR 2022",
+        "config": config.as_dict(),
+        "architecture": arch,
+        **(record or {}),
+        "train_images": n,
+        "epochs_done": len(zo_steps),
+        "complete": done,
+        "queries": {
+            "train_blackbox": blackbox.total_queries,
+            "whitebox_evaluations": wb_evals,
+            "counting_rule": blackbox.counting_rule,
+        },
+        "history": history,
+        "train_seconds": round(sum(h["seconds"] for h in history), 1),
+        "weights_file": WEIGHTS,
+    }
+    tmp = out / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp), metadata={"zoattack_defense": json.dumps(card, sort_keys=True)})
+    tmp.replace(out / WEIGHTS)
+    (out / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    return card

@@ -1,0 +1,393 @@
+"""The HTTP score server behind `zoattack serve` (FastAPI), and a background runner for it.
+
+Protocol (version 1):
+
+* ``GET /health`` → ``{"status": "ok"}`` (never needs the token: it is for load balancers).
+* ``GET /info`` → what the model takes and returns: ``input_shape``, ``num_classes``, ``output``
+  (``logits``, ``probs`` or ``labels``), ``max_batch``, ``max_bytes``, accepted formats.
+* ``GET /stats`` → the server-side ledger: ``scored_inputs`` (each input scored once, however
+  often its request was retried), ``requests``, ``replayed``, ``rejected``.
+* ``POST /score`` with a batch ``(N, *input_shape)`` of floats in [0, 1], as any of
+
+  - ``application/x-npy`` (or ``application/octet-stream``): a ``.npy`` file, float16/32/64;
+  - ``application/json``: ``{"inputs": nested lists}`` or ``{"npy_b64": base64 of a .npy}``.
+
+  The reply is JSON ``{"output": ..., "n": N, "scores": nested lists}``, or a ``.npy`` when the
+  request says ``Accept: application/x-npy`` (float32 scores; int64 labels).
+
+Retries are safe: a request carrying an ``Idempotency-Key`` header that the server has already
+answered is answered again from a bounded cache and not scored (nor counted) a second time, so
+a client that retries after a lost reply keeps its count equal to the server's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import io
+import json
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+PROTOCOL = 1
+NPY = "application/x-npy"
+OUTPUTS = ("logits", "probs", "labels")
+DEFAULT_MAX_BATCH = 4096  # = `zoattack run --max-batch`: same batches, bit-identical scores
+DEFAULT_MAX_BYTES = 64 * 2**20
+# Pixel values may carry float rounding from the attacker's projection onto the box.
+RANGE_TOL = 1e-6
+
+
+class BadRequest(Exception):
+    """A request the server refuses, with the HTTP status and one line for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class ServerStats:
+    scored_inputs: int = 0
+    requests: int = 0
+    replayed: int = 0
+    rejected: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def as_dict(self) -> dict[str, int]:
+        with self.lock:
+            return {"scored_inputs": self.scored_inputs, "requests": self.requests,
+                    "replayed": self.replayed, "rejected": self.rejected}
+
+
+def decode_batch(body: bytes, content_type: str) -> np.ndarray:
+    """The request body as an array (no shape or range checks yet)."""
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype in (NPY, "application/octet-stream"):
+        return _load_npy(body, "the request body")
+    if ctype in ("application/json", ""):
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest(400, f"the body is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+        if not isinstance(payload, dict) or not ({"inputs", "npy_b64"} & payload.keys()):
+            raise BadRequest(400, 'JSON body must be {"inputs": [[...]]} (nested lists, batch '
+                             'first) or {"npy_b64": "<base64 of a .npy file>"}')
+        if "npy_b64" in payload:
+            try:
+                raw = base64.b64decode(payload["npy_b64"], validate=True)
+            except (binascii.Error, TypeError, ValueError):
+                raise BadRequest(400, "npy_b64 is not valid base64") from None
+            return _load_npy(raw, "npy_b64")
+        try:
+            arr = np.asarray(payload["inputs"], dtype=np.float64)
+        except (ValueError, TypeError):
+            raise BadRequest(422, "inputs must be a rectangular nested list of numbers "
+                             "(batch, *input_shape)") from None
+        return arr
+    raise BadRequest(415, f"unsupported Content-Type {ctype!r}; send application/json or "
+                     f"{NPY}")
+
+
+def _load_npy(raw: bytes, what: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BadRequest(400, f"{what} is not a readable .npy array ({exc})") from None
+
+
+def check_batch(arr: np.ndarray, input_shape: Sequence[int], max_batch: int) -> np.ndarray:
+    """Shape, dtype, size, finiteness and range checks; returns float32 inputs."""
+    shape = tuple(input_shape)
+    if arr.dtype.kind != "f":
+        raise BadRequest(422, f"inputs must be floating point (float16/32/64), got {arr.dtype}")
+    if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != shape:
+        want = "(N, " + ", ".join(map(str, shape)) + ")"
+        hint = "; wrap a single input in a batch of one" if tuple(arr.shape) == shape else ""
+        raise BadRequest(422, f"inputs must be shaped {want}, got {tuple(arr.shape)}{hint}")
+    if arr.shape[0] > max_batch:
+        raise BadRequest(413, f"batch of {arr.shape[0]} inputs exceeds this server's max batch "
+                         f"of {max_batch}; split it (GET /info says the limits)")
+    if arr.size and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr.reshape(arr.shape[0], -1))).any(axis=1).sum())
+        raise BadRequest(422, f"inputs contain NaN or inf ({bad} of {arr.shape[0]} inputs)")
+    if arr.size and (float(arr.min()) < -RANGE_TOL or float(arr.max()) > 1 + RANGE_TOL):
+        raise BadRequest(422, f"inputs must lie in [0, 1], got range [{float(arr.min()):.4g}, "
+                         f"{float(arr.max()):.4g}]; normalisation happens inside the model")
+    return arr.astype(np.float32, copy=False)
+
+
+def encode_npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+class Scorer:
+    """The model behind the endpoints: one forward at a time (the model's own intra-op threads
+    use the cores; concurrent forwards would only fight over them), counted once per input."""
+
+    def __init__(self, model: nn.Module, output: str, device: torch.device) -> None:
+        self.model = model.eval()
+        self.output = output
+        self.device = device
+        self.lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self.lock, torch.inference_mode():
+            raw = self.model(torch.from_numpy(x).to(self.device)).float()
+            if raw.dim() != 2 or raw.shape[0] != x.shape[0]:
+                raise BadRequest(500, f"the served model returned shape {tuple(raw.shape)} for "
+                                 f"{x.shape[0]} inputs; it must return (batch, classes)")
+            if self.output == "probs":
+                return torch.softmax(raw, dim=1).cpu().numpy()
+            if self.output == "labels":
+                return raw.argmax(dim=1).cpu().numpy().astype(np.int64)
+            return raw.cpu().numpy()
+
+
+def create_app(model: nn.Module, *, input_shape: Sequence[int], num_classes: int,
+               output: Literal["logits", "probs", "labels"] = "logits", token: str | None = None,
+               max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int = DEFAULT_MAX_BYTES,
+               device: str | torch.device = "cpu", name: str = "model",
+               dataset: str | None = None, replay_cache: int = 1024) -> Any:
+    """A FastAPI app scoring batches with ``model`` (images in [0, 1] → ``(N, classes)``).
+
+    ``app.state.stats`` is the server-side ledger (:class:`ServerStats`).
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be logits, probs or labels, got {output!r}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if max_bytes < 1024:
+        raise ValueError(f"max_bytes must be >= 1024, got {max_bytes}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    shape = tuple(int(s) for s in input_shape)
+    scorer = Scorer(model, output, torch.device(device))
+    stats = ServerStats()
+    # Idempotency-Key -> (body, media type, n) of answered requests, replayed to retries. The
+    # check, the forward and the store happen under one lock in the worker thread, so even a
+    # request whose client gave up (its handler may be cancelled) is cached before a retry looks.
+    replies: OrderedDict[str, tuple[bytes, str, int]] = OrderedDict()
+    replies_lock = threading.Lock()
+
+    app = FastAPI(title="zoattack score server",
+                  description="Scores batches of [0, 1] images with a zoattack model. Each "
+                              "scored input is counted once (see /stats); retried requests "
+                              "with the same Idempotency-Key are replayed, not re-scored.",
+                  version=str(PROTOCOL))
+    app.state.stats = stats
+    info = {"protocol": PROTOCOL, "model": name, "dataset": dataset, "input_shape": list(shape),
+            "num_classes": int(num_classes), "output": output, "max_batch": int(max_batch),
+            "max_bytes": int(max_bytes), "formats": ["application/json", NPY],
+            "auth": token is not None}
+
+    def refuse(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
+        with stats.lock:
+            stats.rejected += 1
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+    def authorized(request: Request) -> bool:
+        if token is None:
+            return True
+        got = request.headers.get("authorization", "")
+        return hmac.compare_digest(got.encode(), f"Bearer {token}".encode())
+
+    def unauthorized() -> Any:
+        return refuse(401, "missing or wrong bearer token; send 'Authorization: Bearer TOKEN' "
+                      "(the token `zoattack serve` was started with)",
+                      {"WWW-Authenticate": "Bearer"})
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    def get_info(request: Request) -> Any:
+        return info if authorized(request) else unauthorized()
+
+    @app.get("/stats")
+    def get_stats(request: Request) -> Any:
+        return stats.as_dict() if authorized(request) else unauthorized()
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise BadRequest(413, f"request body of {int(declared):,} bytes exceeds this "
+                             f"server's limit of {max_bytes:,}; send smaller batches")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise BadRequest(413, f"request body exceeds this server's limit of "
+                                 f"{max_bytes:,} bytes; send smaller batches")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def encode_scores(scores: np.ndarray, want_npy: bool) -> tuple[bytes, str, int]:
+        if want_npy:
+            return encode_npy(scores), NPY, len(scores)
+        body_out = json.dumps({"output": output, "n": len(scores), "scores": scores.tolist()})
+        return body_out.encode(), "application/json", len(scores)
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        if not len(x):
+            return np.zeros((0,) if output == "labels" else (0, num_classes),
+                            np.int64 if output == "labels" else np.float32)
+        scores = scorer(x)
+        if scores.ndim == 2 and scores.shape[1] != num_classes:
+            raise BadRequest(500, f"the served model returned {scores.shape[1]} classes, the "
+                             f"server announced {num_classes}")
+        with stats.lock:
+            stats.scored_inputs += len(x)
+        return scores
+
+    def handle(body: bytes, content_type: str, want_npy: bool,
+               key: str | None) -> tuple[tuple[bytes, str, int], bool]:
+        """(reply, replayed) for one request; runs in a worker thread."""
+        if key is None:
+            x = check_batch(decode_batch(body, content_type), shape, max_batch)
+            return encode_scores(forward(x), want_npy), False
+        with replies_lock:
+            if key in replies:
+                replies.move_to_end(key)
+                return replies[key], True
+        x = check_batch(decode_batch(body, content_type), shape, max_batch)
+        with replies_lock:
+            if key in replies:  # a racing attempt of the same request got there first
+                return replies[key], True
+            reply = encode_scores(forward(x), want_npy)
+            replies[key] = reply
+            while len(replies) > replay_cache:
+                replies.popitem(last=False)
+            return reply, False
+
+    @app.post("/score", summary="Score a batch of images",
+              description="Body: application/x-npy (a .npy batch) or JSON "
+                          '{"inputs": nested lists} / {"npy_b64": "..."}; values in [0, 1]. '
+                          "Optional header Idempotency-Key makes retries safe. Reply: JSON "
+                          "scores, or .npy with Accept: application/x-npy.")
+    async def score(request: Request) -> Any:
+        from starlette.concurrency import run_in_threadpool
+
+        with stats.lock:
+            stats.requests += 1
+        if not authorized(request):
+            return unauthorized()
+        try:
+            body = await read_body(request)
+            (data, media, n), replayed = await run_in_threadpool(
+                handle, body, request.headers.get("content-type", ""),
+                NPY in request.headers.get("accept", ""), request.headers.get("idempotency-key"))
+        except BadRequest as exc:
+            return refuse(exc.status, exc.message)
+        headers = {"X-Scored-Inputs": str(n)}
+        if replayed:
+            with stats.lock:
+                stats.replayed += 1
+            headers["X-Replayed"] = "1"
+        return Response(data, media_type=media, headers=headers)
+
+    return app
+
+
+def model_server_app(model_name: str = "small_cnn", dataset: str = "fashion-mnist", *,
+                     weights: str | None = None, model_dir: str | None = None,
+                     data_dir: str | None = None, images: int = 100,
+                     device: str | torch.device = "cpu", **app_kwargs: Any) -> Any:
+    """Build the model exactly as `zoattack run` does (same data set statistics, pretrained
+    weights when no ``weights`` is given) and wrap it in :func:`create_app`."""
+    from zoattack.data import load_dataset
+    from zoattack.models import create_model
+
+    if model_name.startswith("remote:"):
+        raise ValueError("serving a remote:URL model would only proxy another server; serve "
+                         "a local model (zoo name, torchvision:/timm:/robustbench:NAME)")
+    data = load_dataset(dataset, split="test", data_dir=data_dir, limit=images)
+    model = create_model(model_name, dataset=data, weights=weights, model_dir=model_dir,
+                         pretrained=weights is None and ":" not in model_name, device=device)
+    return create_app(model, input_shape=data.image_shape, num_classes=data.num_classes,
+                      device=device, name=model_name, dataset=data.name, **app_kwargs)
+
+
+def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening-ready TCP socket (port 0: a free one, with no race against other binders)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another "
+                         "--port or stop what is using it") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class BackgroundServer:
+    """Runs an ASGI app under uvicorn in a daemon thread (tests, benchmarks, notebooks).
+
+    Use as a context manager; ``url`` is ``http://HOST:PORT``. ``stop()`` waits for
+    in-flight requests for at most ``grace`` seconds, then drops them.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *,
+                 log_level: str = "critical", grace: float = 2.0) -> None:
+        import uvicorn
+
+        self.sock = bind_socket(host, port)
+        self.host, self.port = self.sock.getsockname()[:2]
+        config = uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False,
+                                timeout_graceful_shutdown=grace)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"zoattack-serve-{self.port}")
+        self.error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _run(self) -> None:
+        try:
+            self.server.run(sockets=[self.sock])
+        except BaseException as exc:  # reported by start()
+            self.error = exc
+
+    def start(self, timeout: float = 20.0) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if self.error is not None or not self.thread.is_alive():
+                raise RuntimeError(f"the server thread died: {self.error!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start within {timeout} s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        self.sock.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
