@@ -75,7 +75,7 @@ from zoattack import __version__ as ZO_VERSION
 from zoattack.attacks import run_attack
 from zoattack.attacks.report import summarize
 from zoattack.blackbox import BlackBox
-from zoattack.cli.run import default_lr
+from zoattack.attacks.job import TUNED, default_lr
 from zoattack.data import load_dataset
 from zoattack.models import create_model
 from zoattack.models.weights import weights_dir, weights_filename
@@ -212,6 +212,16 @@ class Config:
     momentum: float | None = None
     line_search: str | None = None
     source: str = "default"
+    mu: float | None = None
+    difference: str | None = None
+
+    @classmethod
+    def cli_default(cls, method: str, norm: str) -> Config:
+        """What `zoattack run` uses for this rule and norm (its TUNED table)."""
+        t = TUNED.get((method, norm), {})
+        return cls(subspace=str(t.get("subspace", "full")), estimator=t.get("estimator"),
+                   momentum=t.get("momentum"), mu=t.get("mu"), difference=t.get("difference"),
+                   source="zoattack run default")
 
     def label(self, method: str, norm: str, eps: float) -> str:
         if method in SEARCH_RULES:
@@ -223,12 +233,16 @@ class Config:
             parts.append(f"mom={self.momentum:g}")
         if self.line_search:
             parts.append(f"ls={self.line_search}")
+        if self.mu is not None:
+            parts.append(f"mu={self.mu:g}")
+        if self.difference:
+            parts.append(self.difference)
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"subspace": self.subspace, "lr_mult": self.lr_mult, "estimator": self.estimator,
                 "momentum": self.momentum, "line_search": self.line_search,
-                "source": self.source}
+                "mu": self.mu, "difference": self.difference, "source": self.source}
 
 
 def lr_of(method: str, norm: str, eps: float, cfg: Config) -> float:
@@ -243,6 +257,10 @@ def build_rule(method: str, norm: str, eps: float, budget: int, cfg: Config):
         kw["momentum"] = cfg.momentum
     if cfg.line_search is not None:
         kw["line_search"] = cfg.line_search
+    if cfg.mu is not None:
+        kw["mu"] = cfg.mu
+    if cfg.difference is not None:
+        kw["difference"] = cfg.difference
     return create_optimizer(method, **kw)
 
 
@@ -647,7 +665,8 @@ def tune(method: str, net, x, y, norm, eps, budget, seed, max_batch, level: str
 def config_from_dict(d: dict) -> Config:
     return Config(subspace=d.get("subspace", "full"), lr_mult=float(d.get("lr_mult", 1.0)),
                   estimator=d.get("estimator"), momentum=d.get("momentum"),
-                  line_search=d.get("line_search"), source=d.get("source", "file"))
+                  line_search=d.get("line_search"), source=d.get("source", "file"),
+                  mu=d.get("mu"), difference=d.get("difference"))
 
 
 # --------------------------------------------------------------------------- main
@@ -772,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
                     choices[m] = cfg.to_dict()
                     log(f"  -> {m}: {cfg.label(m, norm, eps)}")
                 else:
-                    choices[m] = Config().to_dict()
+                    choices[m] = Config.cli_default(m, norm).to_dict()
             if args.out is not None:  # the tuning choices are reusable right away (--configs)
                 write_outputs(args, rows, tuned, tune_trials, versions, t_start)
             for budget in args.budgets:

@@ -45,7 +45,7 @@ class Halfspace(nn.Module):
 
 
 def _smooth(sigma=0.25, batch=2000):
-    model = Halfspace()
+    model = Halfspace().eval()
     bb = BlackBox(model, output="labels", bounds=None, input_shape=SHAPE)
     return model, bb, Smooth(blackbox_classifier(bb), 2, sigma, batch)
 

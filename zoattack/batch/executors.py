@@ -7,7 +7,8 @@ alone owns the database whether chunks ran here or on a cluster.
 
 Chunks are seeded per (seed, chunk index) (see :mod:`zoattack.attacks.job`), so a chunk gives
 the same rows wherever and however often it runs: a Ray task retried after its worker died
-returns exactly the rows the lost attempt would have, and ``INSERT OR IGNORE`` keeps one copy.
+returns exactly the rows the lost attempt would have, and the store keeps one copy
+(``UNIQUE(job, "index")``).
 """
 
 from __future__ import annotations
@@ -66,12 +67,22 @@ class ChunkResult:
 class Reporter(Protocol):
     """Progress hooks (the CLI draws Rich bars; tests pass nothing)."""
 
+    def batch_started(self, works: list[Work]) -> None: ...
+
+    def rows_stored(self, job: PlanJob, count: int) -> None: ...
+
     def job_started(self, job: PlanJob, total: int, unit: str) -> None: ...
 
     def job_progress(self, job: PlanJob, completed: int) -> None: ...
 
 
-class _Quiet:
+class QuietReporter:
+    def batch_started(self, works: list[Work]) -> None:
+        pass
+
+    def rows_stored(self, job: PlanJob, count: int) -> None:
+        pass
+
     def job_started(self, job: PlanJob, total: int, unit: str) -> None:
         pass
 
@@ -120,7 +131,7 @@ class LocalExecutor:
 
     def execute(self, works: Iterable[Work], reporter: Reporter | None = None
                 ) -> Iterator[ChunkResult]:
-        reporter = reporter or _Quiet()
+        reporter = reporter or QuietReporter()
         for work in works:
             key, spec = work.job.key, work.job.spec
             try:
@@ -142,8 +153,8 @@ class LocalExecutor:
                 if all(i in done for i in range(a, b)):
                     continue
 
-                def progress(q: int, base: int = spent) -> None:
-                    reporter.job_progress(work.job, base + q)
+                def progress(q: int, base: int = spent, plan_job: PlanJob = work.job) -> None:
+                    reporter.job_progress(plan_job, base + q)
 
                 try:
                     out = run_job(job, done=done, only_chunks={k}, progress=progress)
@@ -192,6 +203,12 @@ def import_ray() -> Any:
         raise ZOAttackError(f"--executor ray needs Ray, which is not installed; {RAY_HINT}") \
             from None
     return ray
+
+
+def task_options(spec: AttackSpec, max_retries: int) -> dict[str, Any]:
+    """Ray resources of one chunk task: a CPU, plus a GPU when the job runs on CUDA."""
+    gpu = 1 if spec.device.startswith("cuda") else 0
+    return {"num_cpus": 1, "num_gpus": gpu, "max_retries": max_retries}
 
 
 class RayExecutor:
@@ -244,7 +261,7 @@ class RayExecutor:
 
     def execute(self, works: Iterable[Work], reporter: Reporter | None = None
                 ) -> Iterator[ChunkResult]:
-        reporter = reporter or _Quiet()
+        reporter = reporter or QuietReporter()
         ray = self.ray
         self._init()
         remote = ray.remote(self.chunk_fn)
@@ -256,7 +273,13 @@ class RayExecutor:
             for k in w.chunks():
                 a, b = bounds[k]
                 tasks.append((w, k, sorted(i for i in w.done if a <= i < b)))
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        resources = ray.cluster_resources()
+        if any(task_options(w.job.spec, 0)["num_gpus"] for w in works) and \
+                resources.get("GPU", 0) < 1:
+            # Ray would queue such tasks forever, waiting for a GPU node.
+            raise ZOAttackError("--device cuda asks Ray for a GPU per task, but the Ray cluster "
+                                "has no GPU; use --device cpu or a cluster with GPU nodes")
+        cpus = int(resources.get("CPU", 1))
         window = self.window or max(2, 2 * cpus)  # bounded, so Ctrl-C leaves little queued
         stored = {w.job.key: len(w.done) for w in works}
         started: set[str] = set()
@@ -269,9 +292,7 @@ class RayExecutor:
                     if item is None:
                         break
                     w, k, done = item
-                    gpu = 1 if w.job.spec.device.startswith("cuda") else 0
-                    ref = remote.options(num_cpus=1, num_gpus=gpu,
-                                         max_retries=self.max_retries).remote(
+                    ref = remote.options(**task_options(w.job.spec, self.max_retries)).remote(
                         w.job.key, w.job.spec.as_dict(), k, done)
                     pending[ref] = (w, k)
                 if not pending:

@@ -20,11 +20,12 @@ import hashlib
 import itertools
 import json
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from zoattack.attacks.job import AttackSpec
 from zoattack.errors import UnknownNameError, ZOAttackError
@@ -224,7 +225,7 @@ def check_names(spec: AttackSpec) -> None:
     from zoattack.data import dataset_spec
     from zoattack.models import MODELS
 
-    prefix, sep, rest = spec.model.partition(":")
+    prefix, sep, _ = spec.model.partition(":")
     entry = MODELS.get(prefix)
     if sep and not entry.flags.get("adapter"):
         raise ValueError(f"model '{spec.model}': {prefix} is a zoo model, not an adapter "

@@ -12,7 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from zoattack.batch.executors import LocalExecutor, RayExecutor, Reporter, Work
+from zoattack.batch.executors import (
+    LocalExecutor,
+    QuietReporter,
+    RayExecutor,
+    Reporter,
+    Work,
+)
 from zoattack.batch.plan import Plan, PlanJob
 from zoattack.batch.store import ResultStore
 
@@ -53,6 +59,8 @@ def run_batch(plan: Plan, store: ResultStore, executor: LocalExecutor | RayExecu
     store.register_jobs((j.key, j.label, j.position, j.spec) for j in plan.jobs)
     works, skipped = pending_work(plan, store)
     outcome = BatchOutcome(jobs=len(plan.jobs), skipped=skipped)
+    reporter = reporter or QuietReporter()
+    reporter.batch_started(works)
     by_key: dict[str, PlanJob] = {w.job.key: w.job for w in works}
     started: set[str] = set()
     batch_id = store.begin_batch(str(plan.path), plan.text, executor.name)
@@ -63,9 +71,11 @@ def run_batch(plan: Plan, store: ResultStore, executor: LocalExecutor | RayExecu
                 store.start_job(res.key, res.settings)
                 started.add(res.key)
             if res.rows or res.scored_inputs:
-                outcome.new_rows += store.add_rows(res.key, res.rows,
-                                                   scored_inputs=res.scored_inputs,
-                                                   seconds=res.seconds)
+                added = store.add_rows(res.key, res.rows, scored_inputs=res.scored_inputs,
+                                       seconds=res.seconds)
+                outcome.new_rows += added
+                if res.key in by_key:
+                    reporter.rows_stored(by_key[res.key], added)
             if res.error is not None and res.key not in outcome.failed:
                 store.fail_job(res.key, res.error)
                 outcome.failed[res.key] = res.error

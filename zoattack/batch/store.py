@@ -10,7 +10,7 @@ Tables:
 
 Crash safety: each chunk's rows and the job's counters go in one transaction, in WAL mode with
 ``synchronous=FULL``, so a process killed at any instant leaves either the whole chunk or none
-of it. Rows are inserted with ``INSERT OR IGNORE``: a chunk delivered twice (a retried Ray task,
+of it. Rows are inserted with ``ON CONFLICT (job, "index") DO NOTHING``: a chunk delivered twice (a retried Ray task,
 a rerun after a crash) cannot duplicate an image.
 """
 
@@ -70,8 +70,11 @@ CREATE TABLE IF NOT EXISTS batches (
     started_at REAL NOT NULL, finished_at REAL, status TEXT NOT NULL DEFAULT 'running'
 );
 """
-_ROW_SQL = (f'INSERT OR IGNORE INTO rows (job, {", ".join(chr(34) + k + chr(34) for k in CSV_FIELDS)}) '
-            f'VALUES (?, {", ".join("?" for _ in CSV_FIELDS)})')
+# ON CONFLICT DO NOTHING ignores only a repeated (job, index); INSERT OR IGNORE would also
+# silently drop a row that breaks NOT NULL, hiding a bug as a missing image.
+_ROW_SQL = (f'INSERT INTO rows (job, {", ".join(chr(34) + k + chr(34) for k in CSV_FIELDS)}) '
+            f'VALUES (?, {", ".join("?" for _ in CSV_FIELDS)}) '
+            'ON CONFLICT (job, "index") DO NOTHING')
 
 
 def locate(results: str | Path) -> Path:
@@ -90,13 +93,10 @@ class ResultStore:
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         p = Path(path).expanduser()
-        if p.suffix in (".sqlite", ".db") or p.is_file():
-            self.path = p
-        else:
-            self.path = p / DB_NAME
         if not create:
-            self.path = locate(self.path)
+            self.path = locate(p)
         else:
+            self.path = p if p.suffix in (".sqlite", ".db") or p.is_file() else p / DB_NAME
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: every transaction is an explicit BEGIN IMMEDIATE ... COMMIT.
         self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)

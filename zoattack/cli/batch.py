@@ -1,9 +1,187 @@
-"""`zoattack batch`: run a plan of attacks into a resumable store. Being built for issue 6."""
+"""`zoattack batch PLAN.toml`: run a plan of attacks into a resumable SQLite store."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
-def batch_command() -> None:
-    """Run a plan of attacks (not built yet)."""
-    raise NotImplementedError
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
+from zoattack.cli._common import err, guarded, out
+from zoattack.errors import ZOAttackError
+
+P_RUN, P_RAY = "Run", "Ray executor (--executor ray)"
+EXIT_INCOMPLETE = 3  # as `zoattack run`: some work failed; its finished images are stored
+EXIT_INTERRUPTED = 130
+
+
+T = TypeVar("T")
+
+
+def markup_safe(fn: Callable[..., T]) -> Callable[..., T]:
+    """Escape Rich markup in user errors before `guarded` prints them.
+
+    `guarded` prints messages as Rich markup, where plan words such as "[grid]" or
+    "zoattack[ray]" are tags and vanish. The original error stays chained for --verbose.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (ZOAttackError, ValueError, FileNotFoundError) as exc:
+            msg = str(exc) if not isinstance(exc, FileNotFoundError) or isinstance(
+                exc, ZOAttackError) else f"file not found: {exc}"
+            if escape(msg) == msg:
+                raise
+            raise ZOAttackError(escape(msg)) from exc
+
+    return wrapper
+
+
+class RichReporter:
+    """One bar for the whole batch (images stored) and one for the current job."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.overall = progress.add_task("batch", total=None)
+        self.current = progress.add_task("", total=None, visible=False)
+        self.jobs_total = 0
+        self.jobs_seen: set[str] = set()
+
+    def batch_started(self, works: list[Any]) -> None:
+        self.jobs_total = len(works)
+        self.progress.update(self.overall, total=sum(w.todo for w in works),
+                             description=f"batch: {self.jobs_total} jobs to run")
+
+    def job_started(self, job: Any, total: int, unit: str) -> None:
+        self.jobs_seen.add(job.key)
+        s = job.spec
+        what = (f"job {len(self.jobs_seen)}/{self.jobs_total} {job.label} {s.model} {s.norm} "
+                f"eps={s.eps:g} seed={s.seed}")
+        self.progress.update(self.current, description=what, total=total, completed=0,
+                             visible=True)
+        self.unit = unit
+
+    def job_progress(self, job: Any, completed: int) -> None:
+        self.progress.update(self.current, completed=completed)
+
+    def rows_stored(self, job: Any, count: int) -> None:
+        self.progress.advance(self.overall, count)
+
+
+def _job_listing(plan: Any, store_path: Path) -> Table:
+    from zoattack.batch.plan import varying_settings
+    from zoattack.batch.store import ResultStore
+
+    stored: dict[str, int] = {}
+    status: dict[str, str] = {}
+    if store_path.is_file():
+        with ResultStore(store_path, create=False) as store:
+            stored = store.row_counts()
+            status = {j["key"]: j["status"] for j in store.jobs()}
+    shown = varying_settings(plan.jobs) or ["model", "optimizer", "norm", "eps"]
+    shown = [k for k in shown if k != "optimizer"]
+    table = Table(title=f"{plan.name}: {len(plan.jobs)} jobs")
+    for col in ("#", "key", "optimizer", *shown, "from", "stored"):
+        table.add_column(col, justify="right" if col in ("#", "stored") else "left")
+    for job in plan.jobs:
+        s = job.spec
+        state = status.get(job.key)
+        done = stored.get(job.key, 0)
+        mark = ("finished" if state == "finished" else f"{done}/{s.images}" if state
+                else "new")
+        table.add_row(str(job.position + 1), job.key, job.label,
+                      *(str(getattr(s, k)) for k in shown), job.origin.rsplit("/", 1)[-1], mark)
+    return table
+
+
+@guarded
+@markup_safe
+def batch_command(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN.toml", help="The plan: [defaults], "
+                                              "[grid] and/or [[job]] tables with the options of "
+                                              "`zoattack run` (see examples/plan.toml).")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Results folder (holds "
+                                                 "results.sqlite); default: the plan's [batch] "
+                                                 "out, else runs/<plan name>.",
+                                                 rich_help_panel=P_RUN)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the plan and list its "
+                                          "jobs (and what is stored); run nothing.",
+                                          rich_help_panel=P_RUN)] = False,
+    executor: Annotated[str, typer.Option(help="local (this process) or ray.",
+                                          rich_help_panel=P_RUN)] = "local",
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda for every job "
+                                               "(overrides the plan); with ray, cuda asks for "
+                                               "a GPU per task.", rich_help_panel=P_RUN)] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. "
+                                                "ray://HOST:10001); default: start a local Ray.",
+                                                rich_help_panel=P_RAY)] = None,
+    workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all).",
+                                                rich_help_panel=P_RAY)] = None,
+    max_retries: Annotated[int, typer.Option(help="Retries of a task whose worker died.",
+                                             rich_help_panel=P_RAY)] = 3,
+) -> None:
+    """Run a plan of attacks into a resumable result store (rerun to continue)."""
+    from zoattack.batch.executors import EXECUTORS, make_executor
+    from zoattack.batch.plan import load_plan
+    from zoattack.batch.runner import run_batch
+    from zoattack.batch.store import DB_NAME, ResultStore
+
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor must be {' or '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "local" and (workers is not None or address is not None):
+        raise ValueError("--workers and --address are for --executor ray")
+    overrides = {"device": device} if device is not None else None
+    # Ray workers may have devices this machine lacks: only a local run checks them here.
+    plan = load_plan(plan_file, overrides=overrides, check_device=executor == "local")
+    folder = out_dir or plan.out or Path("runs") / plan.path.stem
+    db_path = folder / DB_NAME
+    if plan.duplicates:
+        err.print(f"[dim]{plan.duplicates} duplicate jobs (same settings) dropped[/]")
+    if dry_run:
+        out.print(_job_listing(plan, db_path))
+        out.print(f"would write to {db_path} with --executor {executor}")
+        return
+    runner_executor = make_executor(executor, address=address, workers=workers,
+                                    max_retries=max_retries)
+    store = ResultStore(folder)
+    try:
+        with store.exclusive():
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn())
+            with Progress(*columns, console=err, transient=True) as progress:
+                try:
+                    outcome = run_batch(plan, store, runner_executor,
+                                        reporter=RichReporter(progress))
+                except KeyboardInterrupt:
+                    progress.stop()
+                    err.print(f"[bold red]interrupted:[/] finished chunks are stored in "
+                              f"{escape(str(store.path))}; rerun the same command to continue",
+                              highlight=False, soft_wrap=True)
+                    raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        store.close()
+    _print_results(plan, store.path)
+    out.print(f"{outcome.jobs} jobs: {outcome.skipped} already finished, {outcome.finished} "
+              f"finished now, {len(outcome.failed)} failed; {outcome.new_rows:,} new rows in "
+              f"{outcome.seconds:.1f} s -> {store.path} (see `zoattack report {folder}`)")
+    if outcome.failed:
+        key, why = next(iter(outcome.failed.items()))
+        more = f" (and {len(outcome.failed) - 1} more)" if len(outcome.failed) > 1 else ""
+        err.print(f"[bold red]error:[/] job {key} failed: {escape(why)}{more}; its finished images are "
+                  "stored, rerun the same command to retry", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _print_results(plan: Any, db_path: Path) -> None:
+    from zoattack.batch.report import Results, job_table
+
+    keys = {j.key for j in plan.jobs}
+    lines = [s for s in Results(db_path).summaries() if s["key"] in keys]
+    out.print(job_table(lines, title=f"{plan.name}: results"))

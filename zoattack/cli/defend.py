@@ -45,10 +45,9 @@ def _load_train(dataset: str, data_dir: Path | None, limit: int | None):  # type
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = load_dataset(dataset, split="test", limit=limit or BUNDLED_TRAIN)
-        err.print(f"note: no {ds.name} training split offline; training on test images "
-                  f"0-{len(ds) - 1} ({ds.source}); `defend certify` then starts at image "
-                  f"{len(ds)}", highlight=False, soft_wrap=True)
-        return ds, {"dataset": ds.name, "split": "test", "source": ds.source, "start": 0,
+        note = (f"note: no {ds.name} training split offline; training on test images "
+                f"0-{len(ds) - 1} ({ds.source}); `defend certify` then starts at image {len(ds)}")
+        return ds, {"note": note, "dataset": ds.name, "split": "test", "source": ds.source, "start": 0,
                     "count": len(ds)}
 
 
@@ -108,12 +107,16 @@ def train_command(
 def _train(**kw: Any) -> None:
     from zoattack.blackbox import BlackBox
     from zoattack.defense.bridge import check_scores_blackbox
-    from zoattack.defense.train import DefenseConfig, train_defense
+    from zoattack.defense.train import DefenseConfig, build_defense, train_defense
     from zoattack.models import create_model
-    from zoattack.seeding import seed_everything
+    from zoattack.seeding import make_generator, seed_everything
 
     if kw["output"] not in ("logits", "probs", "labels"):
         raise ValueError(f"--output must be logits, probs or labels, got {kw['output']!r}")
+    if kw["output"] == "labels":
+        raise ValueError("training needs a black box that returns scores (logits or probs), "
+                         "--output labels gives top-1 labels only; labels are enough for "
+                         "`defend certify`, not for training")
     samples = kw["samples"]
     if samples is None and kw["estimator"] not in ("coordinate", "cge", "zoo"):
         samples = 20
@@ -139,6 +142,10 @@ def _train(**kw: Any) -> None:
         torch.set_num_threads(kw["threads"])
     seed_everything(config.seed)
     data, data_info = _load_train(kw["dataset"], kw["data_dir"], kw["train_images"])
+    build_defense(config, data.image_shape, make_generator(0))  # shape errors before any query
+    note = data_info.pop("note", None)
+    if note:
+        err.print(note, highlight=False, soft_wrap=True)
     name = kw["model"]
     weights = str(Path(kw["weights"]).expanduser().absolute()) if kw["weights"] else None
     net = create_model(name, dataset=data, weights=weights,

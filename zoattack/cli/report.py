@@ -1,8 +1,76 @@
-"""`zoattack report`: tables and plots from batch results. Being built for issue 6."""
+"""`zoattack report RESULTS`: tables, Markdown/CSV exports and PNG figures of batch results."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
 
-def report_command() -> None:
-    """Report on batch results (not built yet)."""
-    raise NotImplementedError
+import typer
+
+from zoattack.cli._common import guarded, out
+from zoattack.cli.batch import markup_safe
+
+P_EXPORT = "Exports"
+
+
+@guarded
+@markup_safe
+def report_command(
+    results: Annotated[Path, typer.Argument(metavar="RESULTS", help="A `zoattack batch` "
+                                            "results folder, or its results.sqlite.")],
+    markdown: Annotated[Path | None, typer.Option("--markdown", metavar="FILE",
+                                                  help="Write the tables as Markdown.",
+                                                  rich_help_panel=P_EXPORT)] = None,
+    csv_file: Annotated[Path | None, typer.Option("--csv", metavar="FILE",
+                                                  help="Write one CSV line per job (settings "
+                                                  "and metrics).", rich_help_panel=P_EXPORT)] = None,
+    rows_csv: Annotated[Path | None, typer.Option("--rows-csv", metavar="FILE",
+                                                  help="Write every per-image row, with its "
+                                                  "job's settings.", rich_help_panel=P_EXPORT)] = None,
+    plots: Annotated[Path | None, typer.Option("--plots", metavar="DIR", help="Folder for the "
+                                               "PNG figures (default: RESULTS/plots).",
+                                               rich_help_panel=P_EXPORT)] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Write no figures.",
+                                           rich_help_panel=P_EXPORT)] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the per-job summaries as "
+                                          "JSON instead of tables.")] = False,
+) -> None:
+    """Summarize batch results: success rate, queries and distortion per job and group."""
+    from zoattack.batch.report import (
+        Results,
+        group_table,
+        job_table,
+        save_query_histograms,
+        save_success_curves,
+        to_markdown,
+        write_csv,
+        write_rows_csv,
+    )
+
+    res = Results(results)
+    summaries = res.summaries()
+    groups = res.groups()
+    written: list[Path] = []
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(to_markdown(res))
+        written.append(markdown)
+    if csv_file is not None:
+        written.append(write_csv(csv_file, summaries))
+    if rows_csv is not None:
+        written.append(write_rows_csv(rows_csv, res))
+    if not no_plots:
+        folder = plots or res.path.parent / "plots"
+        written.append(save_success_curves(folder / "success_vs_queries.png", res))
+        written.append(save_query_histograms(folder / "query_histograms.png", res))
+    if as_json:
+        typer.echo(json.dumps({"jobs": summaries, "groups": groups}, default=str))
+        return
+    out.print(job_table(summaries, title=f"{res.path}: {len(summaries)} jobs"))
+    if any(g["jobs"] > 1 for g in groups):
+        out.print(group_table(groups))
+    out.print("[dim]success: over initially-correct images; q and dist: over successes; "
+              "one query = one input scored[/]")
+    for path in written:
+        out.print(f"wrote {path}")

@@ -11,6 +11,11 @@ the paper's Eq. 2 denoising term). ZO methods reach ``f`` only through the count
 gradient estimator via :func:`~zoattack.defense.bridge.zo_loss`; FO methods are the white-box
 reference and backpropagate through the model itself.
 
+Query cost: 1 query per training image once (its pseudo-label), then per image and step
+``1 + K`` for forward differences (``f(z)`` is the shared base; CGE: ``K = d_z``, RGE: ``K = q``)
+or ``1 + 2K`` for central ones; FO methods: 1 white-box forward/backward pass per image and
+step, counted separately. Shapes: images ``(N, C, H, W)`` in [0, 1], latent ``(N, d_z)``.
+
 Output folder: ``checkpoint.safetensors`` (everything needed to resume, rewritten after every
 epoch of either stage), ``defense.safetensors`` (denoiser/encoder/decoder weights) and
 ``defense.json`` (config, black box, data, history, queries), both rewritten every epoch.
@@ -310,9 +315,10 @@ def train_defense(
                 ae_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 ae_opt.step()
-                total += float(loss) * len(b)
+                total += float(loss.detach()) * len(b)
                 if on_step is not None:
-                    on_step(1, epoch + 1, step, len(batches), float(loss), blackbox.total_queries)
+                    on_step(1, epoch + 1, step, len(batches), float(loss.detach()),
+                            blackbox.total_queries)
             epoch += 1
             history.append({"stage": 1, "epoch": epoch, "loss": total / n, "queries": 0,
                             "seconds": round(time.perf_counter() - t0, 3)})

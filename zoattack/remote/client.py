@@ -175,6 +175,7 @@ class HTTPScoreModel(nn.Module):
         self._http = httpx.Client(headers=hdrs, timeout=self.timeout, verify=verify,
                                   limits=httpx.Limits(max_keepalive_connections=8,
                                                       max_connections=16))
+        self.eval()  # nothing to train; BlackBox expects eval mode
 
     # ------------------------------------------------------------- subclass API
     def encode(self, x: np.ndarray) -> dict[str, Any]:
@@ -328,10 +329,6 @@ class HTTPScoreModel(nn.Module):
     def extra_repr(self) -> str:
         return (f"url={self.url!r}, input_shape={self.input_shape}, classes={self.num_classes}, "
                 f"output={self.output}, max_batch={self.max_batch}")
-
-    def __getstate__(self) -> dict[str, Any]:
-        raise TypeError("a remote model holds an open connection and cannot be pickled; "
-                        "build it where it is used (create_model('remote:URL'))")
 
 
 class RemoteModel(HTTPScoreModel):
