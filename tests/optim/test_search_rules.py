@@ -347,7 +347,7 @@ def test_square_linf_moves_stay_inside_the_scheduled_window(budget, it, side):
 def test_square_l2_moves_mass_between_windows_and_keeps_the_norm():
     rec = Recorder(fn=lambda x: torch.zeros(x.shape[0], dtype=F64))
     obj, _ = objective(rec)
-    r = create_optimizer("square", lr=1.0, norm="l2", budget=1000)
+    r = create_optimizer("square", lr=1.0, norm="l2", budget=1000, p_init=0.1)
     run_steps(r, obj, torch.zeros(4, 1, 28, 28), 5)
     start = rec.batches[0]
     for cand in rec.batches[1:]:
