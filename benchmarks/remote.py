@@ -13,7 +13,7 @@ What it runs (every number comes from this run):
   and the whole ``/score`` request; what is left is the web framework (FastAPI routing,
   the hop to a worker thread, the client's own bookkeeping).
 
-Run: ``nice python benchmarks/remote.py`` (about a minute on 2 shared cores), ``--quick`` for a
+Run: ``nice python benchmarks/remote.py`` (about 2 minutes on 2 shared cores), ``--quick`` for a
 smaller attack, ``--json FILE`` to keep the figures. torch runs single-threaded (``--threads``)
 in this process and in the server: the batches are small and two OpenMP threads on a loaded
 2-core machine made runs 10-20x slower.
@@ -147,7 +147,7 @@ def main() -> None:
         best("remote, server process, JSON", lambda: remote_model(url, wire="json"))
         best("remote, server process, max_batch=1 (10 images, budget 100)",
              lambda: remote_model(url, max_batch=1))
-        reqs = [r for r in results if r[0] == "remote, server process, .npy"][0]
+        reqs = next(r for r in results if r[0] == "remote, server process, .npy")
         mean_batch = max(1, round(reqs[2] / max(1, reqs[3] or 1)))
         x = prepare(spec).images[:1].repeat(mean_batch, 1, 1, 1)
         victim = prepare(spec).model

@@ -83,6 +83,9 @@ def test_l2_targeted_and_universal_modes_run():
     (("--save-images",), "--save-images needs --out"),
     (("--target", "banana"), "target must be"),
     (("--optimizer", "radazo", "--momentum", "0.9"), "does not take option 'momentum'"),
+    (("--retries", "2"), "apply to --model remote:URL only"),
+    (("--model", "remote:http://127.0.0.1:9", "--timeout", "0.5", "--retries", "0"),
+     "127.0.0.1:9"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle):
     res = invoke(*args)

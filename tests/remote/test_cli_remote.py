@@ -69,7 +69,8 @@ def test_server_down_mid_run_then_resume(victim, app_for, serve, fast_client, tm
     assert "stopped at images" in lines[0] and "rerun with --resume" in lines[0]
     assert "HTTP 503" in lines[0]
     want = list(csv.DictReader(in_process_csv.splitlines()))
-    partial = list(csv.DictReader(open(f"{out}/per_image.csv")))
+    with open(f"{out}/per_image.csv") as fh:
+        partial = list(csv.DictReader(fh))
     assert 4 <= len(partial) < 12  # chunk 0 at least, never everything
     assert all(r == want[int(r["index"])] for r in partial)
 
@@ -77,7 +78,8 @@ def test_server_down_mid_run_then_resume(victim, app_for, serve, fast_client, tm
         res = run("--model", model, "--out", out, "--resume", "--json")
         assert res.exit_code == 0, res.output
         stats = server.server.config.app.state.stats.as_dict()
-    assert open(f"{out}/per_image.csv").read() == in_process_csv  # nothing lost or doubled
+    with open(f"{out}/per_image.csv") as fh:
+        assert fh.read() == in_process_csv  # nothing lost or doubled
     done = {r["index"] for r in partial}
     redone_chunks = {int(r["index"]) // 4 for r in want if r["index"] not in done}
     # The resumed run re-attacked only chunks with unfinished images.

@@ -189,3 +189,15 @@ def test_score_api_adapter_for_third_party_apis(victim, data, serve):
                        template={"model": "fmnist-v2"}, **FAST)
         with pytest.raises(RemoteScoresError, match="rows sum to 2"):
             api(data.images[:2])
+
+
+def test_float16_wire_is_close_and_bad_client_options(healthy, victim, data):
+    model = remote_model(healthy.url, wire_dtype="float16", **FAST)
+    with torch.no_grad():
+        want = victim(data.images[:4])
+    torch.testing.assert_close(model(data.images[:4]), want, atol=0.05, rtol=0)
+    for kw, needle in (({"wire": "xml"}, "wire must be npy or json"),
+                       ({"wire_dtype": "int8"}, "wire_dtype"), ({"retries": -1}, "retries"),
+                       ({"timeout": 0}, "timeout"), ({"max_batch": 0}, "max_batch")):
+        with pytest.raises(ValueError, match=needle):
+            remote_model(healthy.url, **kw)

@@ -128,3 +128,12 @@ def test_create_app_rejects_bad_settings(victim):
                        ({"num_classes": 1}, "num_classes")):
         with pytest.raises(ValueError, match=needle):
             create_app(victim, **{"input_shape": (1, 28, 28), "num_classes": 10, **kw})
+
+
+def test_replay_memory_is_bounded(victim, data, app_for, serve):
+    x = npy(data.images[:2].numpy())
+    with serve(app_for(victim, replay_cache=1)) as server, httpx.Client(base_url=server.url) as http:
+        for key in ("a", "b", "a"):  # "b" pushed "a" out: its late retry is scored again
+            http.post("/score", content=x, headers={"Content-Type": "application/x-npy",
+                                                     "Idempotency-Key": key})
+        assert http.get("/stats").json()["scored_inputs"] == 6

@@ -248,8 +248,12 @@ def _is_search(spec: AttackSpec) -> bool:
     return bool(OPTIMIZERS.get(spec.optimizer or "sign").flags.get("search"))
 
 
-def prepare(spec: AttackSpec, *, model: torch.nn.Module | None = None) -> PreparedJob:
-    """Resolve ``spec``, load its data and build its model (or use ``model``)."""
+def prepare(spec: AttackSpec, *, model: torch.nn.Module | None = None,
+            model_options: Mapping[str, Any] | None = None) -> PreparedJob:
+    """Resolve ``spec``, load its data and build its model (or use ``model``).
+
+    ``model_options`` go to the model factory and never into the recorded settings: they
+    change how a model is reached (a remote model's token, timeout, retries), not results."""
     from zoattack.cli._common import resolve_device
     from zoattack.data import load_dataset
     from zoattack.models import create_model
@@ -261,7 +265,8 @@ def prepare(spec: AttackSpec, *, model: torch.nn.Module | None = None) -> Prepar
         model = create_model(spec.model, dataset=data, weights=spec.weights,
                              model_dir=spec.model_dir,
                              pretrained=spec.weights is None and ":" not in spec.model,
-                             device=dev, threat_model=spec.threat_model)
+                             device=dev, threat_model=spec.threat_model,
+                             **(model_options or {}))
     model.eval()
     return PreparedJob(spec=spec, images=data.images, labels=data.labels,
                        classes=list(data.classes), model=model, device=dev,

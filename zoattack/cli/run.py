@@ -53,6 +53,16 @@ def run_command(
                                                   rich_help_panel=P_MODEL)] = None,
     threat_model: Annotated[str | None, typer.Option(help="robustbench threat model.",
                                                      rich_help_panel=P_MODEL)] = None,
+    token: Annotated[str | None, typer.Option(help="remote:URL: bearer token (default "
+                                              "$ZOATTACK_TOKEN).", rich_help_panel=P_MODEL,
+                                              show_default=False)] = None,
+    timeout: Annotated[float | None, typer.Option(help="remote:URL: seconds per request "
+                                                  "(default 30).", rich_help_panel=P_MODEL)] = None,
+    retries: Annotated[int | None, typer.Option(help="remote:URL: retries per request "
+                                                "(default 5).", rich_help_panel=P_MODEL)] = None,
+    max_rps: Annotated[float | None, typer.Option(help="remote:URL: at most this many "
+                                                  "requests per second.",
+                                                  rich_help_panel=P_MODEL)] = None,
     images: Annotated[int, typer.Option(help="Attack the first N test images.",
                                         rich_help_panel=P_MODEL)] = 100,
     norm: Annotated[str, typer.Option(help="linf or l2.", rich_help_panel=P_THREAT)] = "linf",
@@ -122,7 +132,11 @@ def run_command(
     if folder is not None and not universal:
         folder.check_start(spec, resume=resume)  # before loading anything: fail fast
     seed_everything(seed)  # third-party code only; zoattack draws from per-chunk generators
-    job = prepare(spec)
+    remote_opts = {k: v for k, v in {"token": token, "timeout": timeout, "retries": retries,
+                                     "max_rps": max_rps}.items() if v is not None}
+    if remote_opts and not spec.model.startswith("remote:"):
+        raise ValueError("--token/--timeout/--retries/--max-rps apply to --model remote:URL only")
+    job = prepare(spec, model_options=remote_opts)
     settings = job.settings()
     if universal:
         _run_universal(job, settings, as_json, out_dir)

@@ -90,6 +90,21 @@ class RateLimiter:
             time.sleep(at - now)
 
 
+def _transport_settings(timeout: float | None, retries: int | None,
+                        backoff: float | None) -> tuple[float, int, float]:
+    """Timeout, retries and first backoff: arguments, else environment, else defaults."""
+    t = float(timeout if timeout is not None else _env("ZOATTACK_REMOTE_TIMEOUT", float, 30.0))
+    r = int(retries if retries is not None else _env("ZOATTACK_REMOTE_RETRIES", int, 5))
+    b = float(backoff if backoff is not None else _env("ZOATTACK_REMOTE_BACKOFF", float, 0.25))
+    if not t > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {t}")
+    if r < 0:
+        raise ValueError(f"retries must be >= 0, got {r}")
+    if b < 0:
+        raise ValueError(f"backoff must be >= 0 seconds, got {b}")
+    return t, r, b
+
+
 def _check_url(url: str) -> str:
     import httpx
 
@@ -142,20 +157,9 @@ class HTTPScoreModel(nn.Module):
         if output not in ("logits", "probs", "labels"):
             raise ValueError(f"output must be logits, probs or labels, got {output!r}")
         self.output = output
-        self.timeout = float(timeout if timeout is not None else
-                             _env("ZOATTACK_REMOTE_TIMEOUT", float, 30.0))
-        self.retries = int(retries if retries is not None else
-                           _env("ZOATTACK_REMOTE_RETRIES", int, 5))
-        self.backoff = float(backoff if backoff is not None else
-                             _env("ZOATTACK_REMOTE_BACKOFF", float, 0.25))
+        self.timeout, self.retries, self.backoff = _transport_settings(timeout, retries, backoff)
         self.backoff_max = float(backoff_max)
         rps = max_rps if max_rps is not None else _env("ZOATTACK_REMOTE_MAX_RPS", float, None)
-        if not self.timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout}")
-        if self.retries < 0:
-            raise ValueError(f"retries must be >= 0, got {self.retries}")
-        if self.backoff < 0:
-            raise ValueError(f"backoff must be >= 0 seconds, got {self.backoff}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = int(max_batch)
@@ -196,7 +200,8 @@ class HTTPScoreModel(nn.Module):
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         step = self.batch_limit()
         parts = [self.score_batch(arr[i:i + step]) for i in range(0, len(arr), step)]
-        scores = np.concatenate(parts) if parts else np.zeros((0, self.num_classes), np.float32)
+        empty = (0,) if self.output == "labels" else (0, self.num_classes)
+        scores = np.concatenate(parts) if parts else np.zeros(empty, np.float32)
         if self.output == "labels":
             scores = np.eye(self.num_classes, dtype=np.float32)[scores.astype(np.int64)]
         return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)).to(self.device)
@@ -352,10 +357,9 @@ class RemoteModel(HTTPScoreModel):
             raise ValueError(f"wire_dtype must be float32 or float16, got {wire_dtype!r}")
         base = _check_url(url)
         tok = token if token is not None else (os.environ.get("ZOATTACK_TOKEN") or None)
-        info = _probe(base, tok, timeout if timeout is not None else
-                      _env("ZOATTACK_REMOTE_TIMEOUT", float, 30.0),
-                      min(2, retries if retries is not None else
-                          _env("ZOATTACK_REMOTE_RETRIES", int, 5)))
+        t, r, _ = _transport_settings(timeout, retries, backoff)
+        # A server that is not there at the start is a wrong address more often than a blip.
+        info = _probe(base, tok, t, min(2, r))
         limit = int(info["max_batch"])
         if max_batch is not None:
             if max_batch < 1:
@@ -426,7 +430,7 @@ def _probe(url: str, token: str | None, timeout: float, attempts: int) -> dict[s
                 health = http.get(f"{url}/health")
                 break
             except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last = f"{type(exc).__name__}: {exc}".rstrip(": ")
         else:
             raise RemoteError(f"cannot reach a score server at {url} ({last}); start one with "
                               "`zoattack serve` or fix the address in --model remote:URL")

@@ -161,10 +161,13 @@ def create_app(model: nn.Module, *, input_shape: Sequence[int], num_classes: int
                output: Literal["logits", "probs", "labels"] = "logits", token: str | None = None,
                max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int = DEFAULT_MAX_BYTES,
                device: str | torch.device = "cpu", name: str = "model",
-               dataset: str | None = None, replay_cache: int = 1024) -> Any:
+               dataset: str | None = None, replay_cache: int = 1024,
+               replay_bytes: int = 64 * 2**20) -> Any:
     """A FastAPI app scoring batches with ``model`` (images in [0, 1] → ``(N, classes)``).
 
-    ``app.state.stats`` is the server-side ledger (:class:`ServerStats`).
+    ``app.state.stats`` is the server-side ledger (:class:`ServerStats`); ``app.state.info``
+    what ``GET /info`` answers. The last ``replay_cache`` replies (at most ``replay_bytes``)
+    are kept for requests retried with the same ``Idempotency-Key``.
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
@@ -185,6 +188,7 @@ def create_app(model: nn.Module, *, input_shape: Sequence[int], num_classes: int
     # request whose client gave up (its handler may be cancelled) is cached before a retry looks.
     replies: OrderedDict[str, tuple[bytes, str, int]] = OrderedDict()
     replies_lock = threading.Lock()
+    held = [0]  # bytes in replies
 
     app = FastAPI(title="zoattack score server",
                   description="Scores batches of [0, 1] images with a zoattack model. Each "
@@ -274,8 +278,10 @@ def create_app(model: nn.Module, *, input_shape: Sequence[int], num_classes: int
                 return replies[key], True
             reply = encode_scores(forward(x), want_npy)
             replies[key] = reply
-            while len(replies) > replay_cache:
-                replies.popitem(last=False)
+            held[0] += len(reply[0])
+            # Retries come within seconds: a short memory, bounded in entries and bytes.
+            while len(replies) > replay_cache or (held[0] > replay_bytes and len(replies) > 1):
+                held[0] -= len(replies.popitem(last=False)[1][0])
             return reply, False
 
     @app.post("/score", summary="Score a batch of images",
