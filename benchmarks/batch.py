@@ -19,7 +19,8 @@ What it measures (every figure comes from this run):
   chunk (rows + the job's counters, WAL, synchronous=FULL), for chunks of 500 and of 50
   rows (target >= 10,000 rows/s), plus the rate of reading them back for a report.
 
-Usage: ``python benchmarks/batch.py [--workers 2] [--no-ray] [--quick]``.
+Usage: ``python benchmarks/batch.py [--workers 2] [--no-ray] [--quick] [--scale N]
+[--no-default-threads] [--no-store]``.
 """
 
 from __future__ import annotations
@@ -67,31 +68,35 @@ def _timed_batch(plan, folder: Path, executor) -> tuple[float, list[dict]]:
         return wall, store.rows()
 
 
-def bench_executors(tmp: Path, workers: int, use_ray: bool, quick: bool) -> list[tuple]:
+def bench_executors(tmp: Path, workers: int, use_ray: bool, quick: bool, scale: int,
+                    default_threads_run: bool) -> list[tuple]:
     import torch
 
     from zoattack.batch import LocalExecutor, RayExecutor, load_plan
 
     plan_path = tmp / "plan.toml"
-    plan_path.write_text(PLAN.format(images=20 if quick else 40, budget=150 if quick else 300))
+    plan_path.write_text(PLAN.format(images=(20 if quick else 40) * scale,
+                                     budget=150 if quick else 300))
     plan = load_plan(plan_path)
     chunks = sum(len(range(0, j.spec.images, j.spec.chunk_size)) for j in plan.jobs)
     print(f"plan: {len(plan.jobs)} jobs, {chunks} chunks, "
           f"{sum(j.spec.images for j in plan.jobs)} images", file=sys.stderr)
     results = []
     default_threads = torch.get_num_threads()
-    t_default, rows_default = _timed_batch(plan, tmp / "local-default", LocalExecutor())
-    results.append((f"local, {default_threads} torch threads", t_default, None))
     torch.set_num_threads(1)
     t_one, rows_ref = _timed_batch(plan, tmp / "local-1", LocalExecutor())
     torch.set_num_threads(default_threads)
-    # Different intra-op thread counts round convolutions differently, and a rounding
-    # difference can change an attack's path: count the rows it changed.
-    differ = sum(a != b for a, b in zip(rows_default, rows_ref))
-    print(f"rows differing between {default_threads} and 1 torch threads: {differ} of "
-          f"{len(rows_ref)}", file=sys.stderr)
     results.append(("local, 1 torch thread", t_one, None))
-    best_local = min(t_default, t_one)
+    best_local = t_one
+    if default_threads_run and default_threads != 1:
+        t_default, rows_default = _timed_batch(plan, tmp / "local-default", LocalExecutor())
+        results.append((f"local, {default_threads} torch threads", t_default, None))
+        best_local = min(t_default, t_one)
+        # Different intra-op thread counts round convolutions differently, and a rounding
+        # difference can change an attack's path: count the rows it changed.
+        differ = sum(a != b for a, b in zip(rows_default, rows_ref))
+        print(f"rows differing between {default_threads} and 1 torch threads: {differ} of "
+              f"{len(rows_ref)}", file=sys.stderr)
     if use_ray:
         try:
             import ray
@@ -158,6 +163,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-ray", action="store_true", help="measure the local executor only")
     ap.add_argument("--quick", action="store_true", help="a smaller plan and store")
+    ap.add_argument("--scale", type=int, default=1,
+                    help="multiply the images per job (amortizes Ray's worker start-up)")
+    ap.add_argument("--no-default-threads", action="store_true",
+                    help="skip the local run with torch's default thread count")
+    ap.add_argument("--no-store", action="store_true", help="skip the store measurement")
     args = ap.parse_args()
 
     from rich.console import Console
@@ -166,14 +176,16 @@ def main() -> None:
     console = Console()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        store = bench_store(tmp, args.quick)
+        store = [] if args.no_store else bench_store(tmp, args.quick)
         table = Table(title="result store (SQLite, WAL, synchronous=FULL)")
         for col in ("operation", "rows", "seconds", "rows/s", "vs 10,000 rows/s"):
             table.add_column(col, justify="left" if col == "operation" else "right")
         for name, rate, n, wall in store:
             table.add_row(name, f"{n:,}", f"{wall:.2f}", f"{rate:,.0f}", f"{rate / 1e4:.1f}x")
-        console.print(table)
-        execs = bench_executors(tmp, args.workers, not args.no_ray, args.quick)
+        if store:
+            console.print(table)
+        execs = bench_executors(tmp, args.workers, not args.no_ray, args.quick, args.scale,
+                                not args.no_default_threads)
         table = Table(title=f"fixed plan, wall time (cpu cores: {os.cpu_count()})")
         for col in ("executor", "seconds", "speed-up vs best local"):
             table.add_column(col, justify="left" if col == "executor" else "right")

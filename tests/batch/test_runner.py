@@ -88,7 +88,10 @@ def test_a_failing_job_keeps_its_rows_and_the_batch_goes_on(tmp_path, reference)
     victim = plan.jobs[2]
     executor = LocalExecutor()
     job = prepare(victim.spec)
-    job.model = _Dies(job.model, ok_calls=10).eval()  # dies in the second chunk (7 calls each)
+    counter = _Dies(job.model, ok_calls=10**9).eval()
+    job.model = counter
+    run_job(job, only_chunks={0})
+    job.model = _Dies(counter.inner, ok_calls=counter.calls + 1).eval()  # dies in chunk 1
     executor._cache.jobs[victim.key] = job
     with ResultStore(tmp_path) as store:
         outcome = run_batch(plan, store, executor)
@@ -148,4 +151,4 @@ def test_keyboard_interrupt_stores_the_finished_images(tmp_path, reference, monk
         first = plan.jobs[0].key
         assert store.rows(first) == ref[first][:4]
         status = store.conn.execute("SELECT status FROM batches").fetchone()[0]
-        assert status == "interrupted"
+        assert status == "interrupted" and store.job(first)["status"] == "running"

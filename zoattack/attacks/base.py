@@ -234,16 +234,18 @@ def _loop(blackbox: BlackBox, rule: ZORule, obj: AttackObjective, schedule: Subs
             break
         stage = schedule.stage(int(spent[active].max()))
         if schedule.spaces[stage] is not space:
-            # Refine: re-express every current perturbation in the new subspace, restart the
-            # rule's memory (its shapes change), and re-score iterates that moved.
+            # Refine: re-express every current perturbation and the rule's moments in the new
+            # subspace (long momentum is what makes these rules work; a restart from zero
+            # cost it at every switch), and re-score iterates that moved.
             new = schedule.spaces[stage]
             v_new = new.project(new.restrict(space.expand(v)), norm, eps)
             changed = (new.expand(v_new) != space.expand(v)).flatten(1).any(dim=1)
             fx[changed] = float("nan")
+            old = space
+            rule.carry_over(lambda t: new.restrict(old.expand(t)), tuple(old.var_shape))
             space, v = new, v_new
             box["v"] = v
             obj.subspace = space
-            rule.reset()
             cost = rule.max_queries_per_step(space.dim) + check
             continue
         ids = active.nonzero().flatten()

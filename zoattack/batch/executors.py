@@ -110,9 +110,10 @@ class _Prepared:
             job = prepare(spec, model=self.models.get(mk))
             self.models[mk] = job.model
             self.jobs[key] = job
-            for cache in (self.jobs, self.models):
-                while len(cache) > self.keep:
-                    cache.pop(next(iter(cache)))  # type: ignore[arg-type]
+            while len(self.jobs) > self.keep:  # oldest first (dicts keep insertion order)
+                self.jobs.pop(next(iter(self.jobs)))
+            while len(self.models) > self.keep:
+                self.models.pop(next(iter(self.models)))
         return job
 
 
@@ -159,8 +160,11 @@ class LocalExecutor:
                 try:
                     out = run_job(job, done=done, only_chunks={k}, progress=progress)
                 except JobInterrupted as exc:
-                    yield ChunkResult(key, k, rows=list(exc.rows), error=str(exc))
-                    if isinstance(exc.__cause__, KeyboardInterrupt):
+                    by_user = isinstance(exc.__cause__, KeyboardInterrupt)
+                    # Ctrl-C is no fault of the job: it stays "running", to be continued.
+                    yield ChunkResult(key, k, rows=list(exc.rows),
+                                      error=None if by_user else str(exc))
+                    if by_user:
                         raise KeyboardInterrupt from None
                     break
                 done.update(r["index"] for r in out.rows)
@@ -175,6 +179,25 @@ class LocalExecutor:
 _WORKER_CACHE = _Prepared()
 
 
+def _threads_as_assigned() -> None:
+    """Give torch as many intra-op threads as the task holds CPUs.
+
+    Ray exports OMP_NUM_THREADS for a task, but a worker that imported torch earlier keeps
+    the thread count it started with; the count changes float rounding (and so, rarely, an
+    attack's path), so it is set here for every task.
+    """
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # not inside a Ray worker: leave the process alone
+        return
+    if cpus:
+        import torch
+
+        torch.set_num_threads(max(1, int(cpus)))
+
+
 def execute_chunk(key: str, spec: dict[str, Any], chunk: int, done: list[int]
                   ) -> dict[str, Any]:
     """Run one chunk of one job (in a Ray worker); returns rows and the job's settings.
@@ -183,6 +206,7 @@ def execute_chunk(key: str, spec: dict[str, Any], chunk: int, done: list[int]
     A model failure is returned (with the rows finished before it), not raised: Ray would
     otherwise discard those rows.
     """
+    _threads_as_assigned()
     resolved = AttackSpec(**spec)
     job = _WORKER_CACHE.get(key, resolved)
     t0 = time.perf_counter()
@@ -248,7 +272,9 @@ class RayExecutor:
             kwargs["num_cpus"] = self.workers
         try:
             ray.init(**kwargs)
-        except ConnectionError as exc:
+        except Exception as exc:  # Ray raises several types for a cluster it cannot join
+            if self.address is None:
+                raise
             raise ZOAttackError(f"cannot reach the Ray cluster at {self.address}: "
                                 f"{_one_line(exc)}; check --address (ray://HOST:10001 or "
                                 "HOST:6379) or drop it to start a local Ray") from None
@@ -282,7 +308,7 @@ class RayExecutor:
         cpus = int(resources.get("CPU", 1))
         window = self.window or max(2, 2 * cpus)  # bounded, so Ctrl-C leaves little queued
         stored = {w.job.key: len(w.done) for w in works}
-        started: set[str] = set()
+        shown: str | None = None  # the job on the "current job" bar
         pending: dict[Any, tuple[Work, int]] = {}
         queue = iter(tasks)
         try:
@@ -301,8 +327,8 @@ class RayExecutor:
                 for ref in ready:
                     w, k = pending.pop(ref)
                     key = w.job.key
-                    if key not in started:
-                        started.add(key)
+                    if key != shown:  # tasks of several jobs finish interleaved
+                        shown = key
                         reporter.job_started(w.job, w.job.spec.images, "images")
                     try:
                         res = ray.get(ref)

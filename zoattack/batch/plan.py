@@ -301,7 +301,7 @@ def load_plan(path: str | Path, *, overrides: Mapping[str, Any] | None = None,
         fixed = {k: v for k, v in checked.items() if not isinstance(v, list)}
         origin = _where(path, lines.table("grid", g))
         for combo in itertools.product(*(checked[k] for k in keys)):
-            entries.append(({**defaults, **fixed, **dict(zip(keys, combo))}, origin))
+            entries.append(({**defaults, **fixed, **dict(zip(keys, combo, strict=True))}, origin))
     for j, job in enumerate(explicit):
         checked = _check_settings(job, lines, path, "job", j, lists=False)
         entries.append(({**defaults, **checked}, _where(path, lines.table("job", j))))

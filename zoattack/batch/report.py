@@ -59,7 +59,7 @@ class Results:
         model, optimizer and the other settings."""
         out = []
         for job in self.jobs:
-            rows = self.rows.get(job["key"], [])
+            rows: list[Mapping[str, Any]] = list(self.rows.get(job["key"], []))
             s = summarize_rows(rows, wall_seconds=job["seconds"] or 0.0,
                                scored_inputs=job["scored_inputs"] or 0)
             line = {k: job.get(k) for k in SETTING_KEYS}
@@ -78,9 +78,9 @@ class Results:
             pooled[tuple(job[k] for k in GROUP_KEYS)].append(job)
         out = []
         for values, jobs in pooled.items():
-            rows = [r for j in jobs for r in self.rows.get(j["key"], [])]
+            rows: list[Mapping[str, Any]] = [r for j in jobs for r in self.rows.get(j["key"], [])]
             s = summarize_rows(rows, wall_seconds=0.0, scored_inputs=0)
-            line = dict(zip(GROUP_KEYS, values))
+            line = dict(zip(GROUP_KEYS, values, strict=True))
             line.update({k: s[k] for k in ("initially_correct", "successes", "success_rate",
                                            "mean_queries_success", "median_queries_success")})
             line.update(jobs=len(jobs), seeds=len({j["seed"] for j in jobs}),
@@ -251,7 +251,7 @@ def save_success_curves(path: Path, results: Results) -> Path:
     """Success rate within q queries, one curve per optimizer, one panel per model and eps."""
     panels = _panels(results)
     plt, fig, axes = _grid(len(panels))
-    for ax, (pk, curves) in zip(axes, panels.items()):
+    for ax, (pk, curves) in zip(axes, panels.items(), strict=False):
         top = pk[-1]
         for label, rows in curves.items():
             attacked = [r for r in rows if r["stop_reason"] != "misclassified"]
@@ -278,7 +278,7 @@ def save_query_histograms(path: Path, results: Results, bins: int = 20) -> Path:
     """Queries spent on successful images, one outline per optimizer, one panel per model/eps."""
     panels = _panels(results)
     plt, fig, axes = _grid(len(panels))
-    for ax, (pk, curves) in zip(axes, panels.items()):
+    for ax, (pk, curves) in zip(axes, panels.items(), strict=False):
         top = pk[-1]
         edges = [top * i / bins for i in range(bins + 1)]
         for label, rows in curves.items():

@@ -10,8 +10,8 @@ Tables:
 
 Crash safety: each chunk's rows and the job's counters go in one transaction, in WAL mode with
 ``synchronous=FULL``, so a process killed at any instant leaves either the whole chunk or none
-of it. Rows are inserted with ``ON CONFLICT (job, "index") DO NOTHING``: a chunk delivered twice (a retried Ray task,
-a rerun after a crash) cannot duplicate an image.
+of it. Rows are inserted with ``ON CONFLICT (job, "index") DO NOTHING``: a chunk delivered
+twice (a retried Ray task, a rerun after a crash) cannot duplicate an image.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -173,7 +173,7 @@ class ResultStore:
                       (time.time(), key))
             self._maybe_finish(c, key)
 
-    def add_rows(self, key: str, rows: list[Mapping[str, Any]], *, scored_inputs: int = 0,
+    def add_rows(self, key: str, rows: Sequence[Mapping[str, Any]], *, scored_inputs: int = 0,
                  seconds: float = 0.0) -> int:
         """One chunk's rows and work, in one transaction; returns the rows newly stored.
 

@@ -11,6 +11,7 @@ from typing import TypeVar
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from zoattack.errors import ZOAttackError
 
@@ -29,7 +30,8 @@ def set_verbose(flag: bool) -> None:
 
 def fail(message: str) -> typer.Exit:
     """Print one clear line to stderr and return the exit to raise (code 2)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Messages quote user words such as "[grid]" or "zoattack[ray]": never markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_BAD_INPUT)
 
 

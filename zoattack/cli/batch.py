@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -20,30 +18,6 @@ EXIT_INCOMPLETE = 3  # as `zoattack run`: some work failed; its finished images 
 EXIT_INTERRUPTED = 130
 
 
-T = TypeVar("T")
-
-
-def markup_safe(fn: Callable[..., T]) -> Callable[..., T]:
-    """Escape Rich markup in user errors before `guarded` prints them.
-
-    `guarded` prints messages as Rich markup, where plan words such as "[grid]" or
-    "zoattack[ray]" are tags and vanish. The original error stays chained for --verbose.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args: object, **kwargs: object) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except (ZOAttackError, ValueError, FileNotFoundError) as exc:
-            msg = str(exc) if not isinstance(exc, FileNotFoundError) or isinstance(
-                exc, ZOAttackError) else f"file not found: {exc}"
-            if escape(msg) == msg:
-                raise
-            raise ZOAttackError(escape(msg)) from exc
-
-    return wrapper
-
-
 class RichReporter:
     """One bar for the whole batch (images stored) and one for the current job."""
 
@@ -52,21 +26,20 @@ class RichReporter:
         self.overall = progress.add_task("batch", total=None)
         self.current = progress.add_task("", total=None, visible=False)
         self.jobs_total = 0
-        self.jobs_seen: set[str] = set()
+        self.ordinal: dict[str, int] = {}
 
     def batch_started(self, works: list[Any]) -> None:
         self.jobs_total = len(works)
         self.progress.update(self.overall, total=sum(w.todo for w in works),
-                             description=f"batch: {self.jobs_total} jobs to run")
+                             description=f"batch: {self.jobs_total} jobs, images")
 
     def job_started(self, job: Any, total: int, unit: str) -> None:
-        self.jobs_seen.add(job.key)
+        n = self.ordinal.setdefault(job.key, len(self.ordinal) + 1)
         s = job.spec
-        what = (f"job {len(self.jobs_seen)}/{self.jobs_total} {job.label} {s.model} {s.norm} "
-                f"eps={s.eps:g} seed={s.seed}")
-        self.progress.update(self.current, description=what, total=total, completed=0,
-                             visible=True)
-        self.unit = unit
+        what = (f"job {n}/{self.jobs_total} {job.label} {s.model} {s.norm} eps={s.eps:g} "
+                f"seed={s.seed}, {unit}")
+        self.progress.update(self.current, description=escape(what), total=total,
+                             completed=0, visible=True)
 
     def job_progress(self, job: Any, completed: int) -> None:
         self.progress.update(self.current, completed=completed)
@@ -102,7 +75,6 @@ def _job_listing(plan: Any, store_path: Path) -> Table:
 
 
 @guarded
-@markup_safe
 def batch_command(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN.toml", help="The plan: [defaults], "
                                               "[grid] and/or [[job]] tables with the options of "
@@ -174,8 +146,9 @@ def batch_command(
     if outcome.failed:
         key, why = next(iter(outcome.failed.items()))
         more = f" (and {len(outcome.failed) - 1} more)" if len(outcome.failed) > 1 else ""
-        err.print(f"[bold red]error:[/] job {key} failed: {escape(why)}{more}; its finished images are "
-                  "stored, rerun the same command to retry", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] job {key} failed: {escape(why)}{more}; its finished "
+                  "images are stored, rerun the same command to retry", highlight=False,
+                  soft_wrap=True)
         raise typer.Exit(EXIT_INCOMPLETE)
 
 

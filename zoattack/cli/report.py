@@ -9,25 +9,23 @@ from typing import Annotated
 import typer
 
 from zoattack.cli._common import guarded, out
-from zoattack.cli.batch import markup_safe
 
 P_EXPORT = "Exports"
 
 
 @guarded
-@markup_safe
 def report_command(
     results: Annotated[Path, typer.Argument(metavar="RESULTS", help="A `zoattack batch` "
                                             "results folder, or its results.sqlite.")],
     markdown: Annotated[Path | None, typer.Option("--markdown", metavar="FILE",
                                                   help="Write the tables as Markdown.",
                                                   rich_help_panel=P_EXPORT)] = None,
-    csv_file: Annotated[Path | None, typer.Option("--csv", metavar="FILE",
-                                                  help="Write one CSV line per job (settings "
-                                                  "and metrics).", rich_help_panel=P_EXPORT)] = None,
-    rows_csv: Annotated[Path | None, typer.Option("--rows-csv", metavar="FILE",
-                                                  help="Write every per-image row, with its "
-                                                  "job's settings.", rich_help_panel=P_EXPORT)] = None,
+    csv_file: Annotated[Path | None, typer.Option(
+        "--csv", metavar="FILE", help="Write one CSV line per job (settings and metrics).",
+        rich_help_panel=P_EXPORT)] = None,
+    rows_csv: Annotated[Path | None, typer.Option(
+        "--rows-csv", metavar="FILE", help="Write every per-image row, with its job's "
+        "settings.", rich_help_panel=P_EXPORT)] = None,
     plots: Annotated[Path | None, typer.Option("--plots", metavar="DIR", help="Folder for the "
                                                "PNG figures (default: RESULTS/plots).",
                                                rich_help_panel=P_EXPORT)] = None,

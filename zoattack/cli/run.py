@@ -9,6 +9,7 @@ from typing import Annotated
 
 import torch
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -157,7 +158,8 @@ def run_command(
             where = (f"; {len(done) + len(exc.rows)} finished images are in "
                      f"{folder.csv_path}, rerun with --resume to continue"
                      if folder is not None else "")
-            err.print(f"[bold red]error:[/] {exc}{where}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc) + where)}", highlight=False,
+                      soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
     wall = time.perf_counter() - t0
     rows = sorted([*done_rows, *outcome.rows], key=lambda r: int(r["index"]))

@@ -8,6 +8,8 @@ projection and stopping. Each rule file also exposes a pure update kernel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import abc
 import math
 from dataclasses import dataclass
@@ -155,6 +157,20 @@ class ZORule(abc.ABC):
         self.state.reset(mask)
         if self.estimator is not None:
             self.estimator.reset(mask)
+
+    def carry_over(self, fn: Callable[[Tensor], Tensor], old_shape: tuple[int, ...]) -> None:
+        """Re-express per-example memory after a change of variable (a subspace refining).
+
+        Moments shaped like the old variable ``(M, *old_shape)`` go through ``fn`` (e.g. the
+        finer tiling of the same averages), so momentum survives the switch instead of
+        restarting from zero; step counters stay; estimator state (probes of the old space)
+        is dropped.
+        """
+        for name, t in list(self.state.tensors.items()):
+            if tuple(t.shape[1:]) == tuple(old_shape):
+                self.state.tensors[name] = fn(t)
+        if self.estimator is not None:
+            self.estimator.reset()
 
     def state_dict(self) -> dict[str, Any]:
         est = self.estimator.state_dict() if self.estimator is not None else {}
