@@ -6,7 +6,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import torch
 import typer
@@ -19,6 +19,15 @@ out = Console()  # results
 err = Console(stderr=True)  # progress, diagnostics
 
 EXIT_BAD_INPUT = 2
+P_MODEL = "Model and data"
+
+# Options every command that builds a victim shares (run, serve).
+DataDirOption = Annotated[str | None, typer.Option(help="Root of the data set files.",
+                                                   rich_help_panel=P_MODEL)]
+WeightsOption = Annotated[str | None, typer.Option(help="Checkpoint file for the model.",
+                                                   rich_help_panel=P_MODEL)]
+ModelDirOption = Annotated[str | None, typer.Option(help="Folder with pretrained files.",
+                                                    rich_help_panel=P_MODEL)]
 _verbose = {"on": False}
 
 T = TypeVar("T")

@@ -29,7 +29,14 @@ from zoattack.attacks.job import (
 from zoattack.attacks.results import RunFolder
 from zoattack.attacks.job import PreparedJob
 from zoattack.blackbox import BlackBox
-from zoattack.cli._common import err, guarded, out
+from zoattack.cli._common import (
+    DataDirOption,
+    ModelDirOption,
+    WeightsOption,
+    err,
+    guarded,
+    out,
+)
 from zoattack.optim.base import ZORule
 from zoattack.seeding import make_generator, seed_everything
 
@@ -46,12 +53,9 @@ def run_command(
                                        rich_help_panel=P_MODEL)] = "small_cnn",
     dataset: Annotated[str, typer.Option(help="Data set (see `zoattack list datasets`).",
                                          rich_help_panel=P_MODEL)] = "fashion-mnist",
-    data_dir: Annotated[str | None, typer.Option(help="Root of the data set files.",
-                                                 rich_help_panel=P_MODEL)] = None,
-    weights: Annotated[str | None, typer.Option(help="Checkpoint file for the model.",
-                                                rich_help_panel=P_MODEL)] = None,
-    model_dir: Annotated[str | None, typer.Option(help="Folder with pretrained files.",
-                                                  rich_help_panel=P_MODEL)] = None,
+    data_dir: DataDirOption = None,
+    weights: WeightsOption = None,
+    model_dir: ModelDirOption = None,
     threat_model: Annotated[str | None, typer.Option(help="robustbench threat model.",
                                                      rich_help_panel=P_MODEL)] = None,
     token: Annotated[str | None, typer.Option(help="remote:URL: bearer token (default "

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from zoattack.cli._common import err, guarded, resolve_device
+from zoattack.cli._common import (
+    DataDirOption,
+    ModelDirOption,
+    WeightsOption,
+    err,
+    guarded,
+    resolve_device,
+)
 
 P_MODEL, P_HTTP = "Model and data", "HTTP"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -22,12 +29,9 @@ def serve_command(
     dataset: Annotated[str, typer.Option(help="Data set the model is for (input shape, "
                                          "classes, statistics, shipped weights).",
                                          rich_help_panel=P_MODEL)] = "fashion-mnist",
-    data_dir: Annotated[str | None, typer.Option(help="Root of the data set files.",
-                                                 rich_help_panel=P_MODEL)] = None,
-    weights: Annotated[str | None, typer.Option(help="Checkpoint file for the model.",
-                                                rich_help_panel=P_MODEL)] = None,
-    model_dir: Annotated[str | None, typer.Option(help="Folder with pretrained files.",
-                                                  rich_help_panel=P_MODEL)] = None,
+    data_dir: DataDirOption = None,
+    weights: WeightsOption = None,
+    model_dir: ModelDirOption = None,
     output: Annotated[str, typer.Option(help="What clients get: logits, probs or labels.",
                                         rich_help_panel=P_MODEL)] = "logits",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.",
