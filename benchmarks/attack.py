@@ -75,7 +75,7 @@ from zoattack import __version__ as ZO_VERSION
 from zoattack.attacks import run_attack
 from zoattack.attacks.report import summarize
 from zoattack.blackbox import BlackBox
-from zoattack.attacks.job import TUNED, default_lr
+from zoattack.attacks.job import TUNED, default_lr, tuned_mu
 from zoattack.data import load_dataset
 from zoattack.models import create_model
 from zoattack.models.weights import weights_dir, weights_filename
@@ -216,12 +216,12 @@ class Config:
     difference: str | None = None
 
     @classmethod
-    def cli_default(cls, method: str, norm: str) -> Config:
+    def cli_default(cls, method: str, norm: str, eps: float) -> Config:
         """What `zoattack run` uses for this rule and norm (its TUNED table)."""
         t = TUNED.get((method, norm), {})
         return cls(subspace=str(t.get("subspace", "full")), estimator=t.get("estimator"),
-                   momentum=t.get("momentum"), mu=t.get("mu"), difference=t.get("difference"),
-                   source="zoattack run default")
+                   momentum=t.get("momentum"), mu=tuned_mu(method, norm, eps),
+                   difference=t.get("difference"), source="zoattack run default")
 
     def label(self, method: str, norm: str, eps: float) -> str:
         if method in SEARCH_RULES:
@@ -791,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
                     choices[m] = cfg.to_dict()
                     log(f"  -> {m}: {cfg.label(m, norm, eps)}")
                 else:
-                    choices[m] = Config.cli_default(m, norm).to_dict()
+                    choices[m] = Config.cli_default(m, norm, eps).to_dict()
             if args.out is not None:  # the tuning choices are reusable right away (--configs)
                 write_outputs(args, rows, tuned, tune_trials, versions, t_start)
             for budget in args.budgets:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 # Imported in a fixed order so registration (and `zoattack list`) order is stable.
-from zoattack.estimators import coordinate, dap, gaussian, lizo, rademacher, sphere  # noqa: F401
+from zoattack.estimators import (  # noqa: F401
+    block_sign,
+    coordinate,
+    dap,
+    gaussian,
+    lizo,
+    rademacher,
+    sphere,
+)
 from zoattack.estimators.base import Estimate, GradientEstimator
 from zoattack.estimators.registry import ESTIMATORS
 
