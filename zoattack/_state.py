@@ -16,6 +16,10 @@ class PerExampleState:
     def __init__(self) -> None:
         self.tensors: dict[str, Tensor] = {}
         self.fills: dict[str, float | bool] = {}
+        # A rule reads and writes several tensors with the same ``idx`` each step; its row
+        # count is remembered (keyed on the tensor and its in-place version) to spare a
+        # reduction and a sync per access.
+        self._need: tuple[Tensor, int, int] | None = None
 
     @property
     def size(self) -> int:
@@ -24,7 +28,7 @@ class PerExampleState:
     def get(self, name: str, idx: Tensor, shape: tuple[int, ...], *, dtype: torch.dtype,
             device: torch.device, fill: float | bool = 0.0) -> Tensor:
         """Rows ``idx`` of ``name`` (allocated with ``fill`` on first use or growth)."""
-        need = int(idx.max()) + 1 if idx.numel() else 0
+        need = self._rows_needed(idx)
         t = self.tensors.get(name)
         if t is None or tuple(t.shape[1:]) != tuple(shape):
             t = torch.full((need, *shape), fill, dtype=dtype, device=device)
@@ -34,6 +38,14 @@ class PerExampleState:
             t = torch.cat([t, pad])
         self.tensors[name] = t
         return t[idx.to(t.device)]
+
+    def _rows_needed(self, idx: Tensor) -> int:
+        memo = self._need
+        if memo is not None and memo[0] is idx and memo[1] == idx._version:
+            return memo[2]
+        need = int(idx.max()) + 1 if idx.numel() else 0
+        self._need = (idx, idx._version, need)
+        return need
 
     def set(self, name: str, idx: Tensor, value: Tensor) -> None:
         t = self.tensors[name]

@@ -7,6 +7,7 @@ runs, so a refused call costs nothing and an example can never exceed its budget
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -140,8 +141,9 @@ class BlackBox:
         self._validate(x)
         if m == 0:
             return self._empty_output(x)
-        self._grow(int(owner.max()) + 1)
-        if owner.min() < 0:
+        lo_id, hi_id = torch.aminmax(owner)
+        self._grow(int(hi_id) + 1)
+        if int(lo_id) < 0:
             raise InvalidInputError("example ids in owner must be >= 0")
         if self.budget is not None:
             ids, cnt = torch.unique(owner, return_counts=True)
@@ -152,7 +154,8 @@ class BlackBox:
         outs = []
         with torch.no_grad():
             for start in range(0, m, self.max_batch):
-                chunk = x[start : start + self.max_batch].to(self.device)
+                chunk = x if m <= self.max_batch else x[start : start + self.max_batch]
+                chunk = chunk.to(self.device)
                 if self.dtype is not None:
                     chunk = chunk.to(self.dtype)
                 raw = self._model(chunk)
@@ -174,15 +177,19 @@ class BlackBox:
             raise InvalidInputError(
                 f"inputs have per-example shape {tuple(x.shape[1:])}, the model expects "
                 f"{self.input_shape}")
-        if x.numel() and not bool(torch.isfinite(x).all()):
+        if not x.numel():
+            return
+        # One reduction serves both checks: min and max propagate NaN, and any inf is one
+        # of them, so both are finite exactly when every input is.
+        x_min, x_max = (float(v) for v in torch.aminmax(x))
+        if not (math.isfinite(x_min) and math.isfinite(x_max)):
             raise InvalidInputError("inputs contain NaN or inf")
-        if self.bounds is not None and x.numel():
+        if self.bounds is not None:
             lo, hi = self.bounds
             tol = 1e-6 * (hi - lo)
-            if float(x.min()) < lo - tol or float(x.max()) > hi + tol:
+            if x_min < lo - tol or x_max > hi + tol:
                 raise InvalidInputError(
-                    f"inputs must lie in [{lo}, {hi}], got range [{float(x.min()):.4g}, "
-                    f"{float(x.max()):.4g}]")
+                    f"inputs must lie in [{lo}, {hi}], got range [{x_min:.4g}, {x_max:.4g}]")
 
     def _check_scores(self, raw: Tensor, m: int) -> None:
         if raw.shape[:1] != (m,):
@@ -191,7 +198,8 @@ class BlackBox:
         if self.output in ("logits", "probs", "labels") and raw.dim() != 2:
             raise InvalidScoresError(
                 f"a classifier must return (batch, classes) scores, got {tuple(raw.shape)}")
-        if raw.is_floating_point() and not bool(torch.isfinite(raw).all()):
+        if raw.is_floating_point() and raw.numel() and not all(
+                math.isfinite(float(v)) for v in torch.aminmax(raw)):
             bad = (~torch.isfinite(raw.reshape(m, -1))).any(dim=1).nonzero().flatten()
             raise InvalidScoresError(
                 f"model returned NaN/inf scores for {len(bad)} of {m} inputs "

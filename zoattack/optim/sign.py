@@ -91,27 +91,40 @@ class SignRule(SearchRule):
                              f"got {block_order!r}")
         self.start = start
         self.block_order = block_order
+        self._rank_cache: dict[tuple[Any, ...], Tensor] = {}
+        self._pending: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def __repr__(self) -> str:
         return (f"SignRule(lr={self.lr!r}, start={self.start!r}, "
                 f"block_order={self.block_order!r})")
 
     # -------------------------------------------------------------------- helpers
-    def _order(self, x: Tensor, idx: Tensor, first: Tensor, generator: torch.Generator) -> Tensor:
-        """Coordinate order ``(N, d)`` (or ``(d,)`` when shared by all examples)."""
+    def _ranks(self, x: Tensor, idx: Tensor, first: Tensor, generator: torch.Generator) -> Tensor:
+        """Position of each flat coordinate in the block order: ``(N, d)``, or ``(d,)`` when
+        shared by all examples. Chunks are rank ranges, so a step's flip mask is two
+        comparisons rather than a scatter through the order."""
         shape = tuple(x.shape[1:])
-        if self.block_order == "column":
-            return column_major_order(shape).to(x.device)
         d = x[0].numel()
-        if self.block_order == "row":
-            return torch.arange(d, device=x.device)
-        perm = self.state.get("perm", idx, (d,), dtype=torch.int64, device=x.device)
-        m = int(first.sum())
-        if m:
-            keys = torch.rand(m, d, generator=generator, device=generator.device)
-            perm[first] = keys.argsort(dim=1).to(x.device)
-            self.state.set("perm", idx, perm)
-        return perm
+        if self.block_order == "random":
+            perm = self.state.get("perm", idx, (d,), dtype=torch.int64, device=x.device)
+            m = int(first.sum())
+            if m:
+                keys = torch.rand(m, d, generator=generator, device=generator.device)
+                perm[first] = keys.argsort(dim=1).to(x.device)
+                self.state.set("perm", idx, perm)
+            ranks = torch.empty_like(perm)
+            return ranks.scatter_(1, perm, torch.arange(d, device=x.device).expand_as(perm))
+        # Shared orders depend only on the shape; rebuilding them each step was a measurable
+        # share of a step's cost.
+        key = (self.block_order, shape, x.device)
+        cache = self._rank_cache
+        if key not in cache:
+            order = column_major_order(shape) if self.block_order == "column" else \
+                torch.arange(d)
+            ranks = torch.empty_like(order)
+            ranks[order] = torch.arange(d)
+            cache[key] = ranks.to(x.device)
+        return cache[key]
 
     def _start_signs(self, x: Tensor, m: int, generator: torch.Generator) -> Tensor:
         shape = tuple(x.shape[1:])
@@ -131,18 +144,15 @@ class SignRule(SearchRule):
     def _propose(self, objective: Objective, x: Tensor, first: Tensor, steps: Tensor,
                  idx: Tensor, generator: torch.Generator) -> Tensor:
         n, d = x.shape[0], x[0].numel()
-        order = self._order(x, idx, first, generator)
-        signs = torch.where(x < 0, -1.0, 1.0).to(x.dtype).reshape(n, d)
+        ranks = self._ranks(x, idx, first, generator)
         level, chunk = self._levels(x, idx)
         lo, hi = block_bounds(level, chunk, d)
-        pos = torch.arange(d, device=x.device)
-        in_chunk = (pos >= lo.unsqueeze(1)) & (pos < hi.unsqueeze(1))  # in block order
-        flip = torch.zeros_like(in_chunk)
-        if order.dim() == 1:
-            flip[:, order] = in_chunk
-        else:
-            flip.scatter_(1, order, in_chunk)
-        cand = torch.where(flip, -signs, signs)
+        # Kept for _commit, which SearchRule.step calls right after scoring these candidates.
+        self._pending = (idx, level, chunk, hi)
+        flip = (ranks >= lo.unsqueeze(1)) & (ranks < hi.unsqueeze(1))
+        # The flipped sign is -1 where exactly one of "x < 0" and "in the chunk" holds.
+        negative = flip != (x < 0).reshape(n, d)
+        cand = torch.where(negative, -1.0, 1.0).to(x.dtype)
         m = int(first.sum())
         if m:
             init = self._start_signs(x, m, generator).reshape(m, d)
@@ -152,8 +162,12 @@ class SignRule(SearchRule):
 
     def _commit(self, x: Tensor, idx: Tensor, first: Tensor, accept: Tensor) -> None:
         d = x[0].numel()
-        level, chunk = self._levels(x, idx)
-        _, end = block_bounds(level, chunk, d)
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] is idx:
+            _, level, chunk, end = pending
+        else:
+            level, chunk = self._levels(x, idx)
+            _, end = block_bounds(level, chunk, d)
         parts = torch.ones_like(level) << level
         nxt = chunk + 1
         up = (nxt >= parts) | (end >= d)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -64,10 +65,24 @@ def square_bump(s: int) -> Tensor:
     return out / out.norm()
 
 
+@functools.lru_cache(maxsize=16)
+def _positions(n: int, device: torch.device) -> Tensor:
+    """``arange(n)``, built once per size: every step compares window bounds against it.
+    Shared, so never modified."""
+    return torch.arange(n, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_bump(s: int, device: torch.device) -> Tensor:
+    """:func:`square_bump` built once per side (its Python loop dominated an L2 step).
+    Shared, so never modified."""
+    return square_bump(s).to(device)
+
+
 def _window_mask(top: Tensor, left: Tensor, side: Tensor, h: int, w: int) -> Tensor:
     """Bool masks ``(M, 1, h, w)`` of the windows ``[top, top+side) x [left, left+side)``."""
-    rows = torch.arange(h, device=top.device)
-    cols = torch.arange(w, device=top.device)
+    rows = _positions(h, top.device)
+    cols = _positions(w, top.device)
     r = (rows >= top.unsqueeze(1)) & (rows < (top + side).unsqueeze(1))
     c = (cols >= left.unsqueeze(1)) & (cols < (left + side).unsqueeze(1))
     return (r.unsqueeze(2) & c.unsqueeze(1)).unsqueeze(1)
@@ -194,6 +209,10 @@ class SquareRule(SearchRule):
                              f"H, W >= 2, got {tuple(x.shape)}")
 
     def _sides(self, steps: Tensor, h: int, w: int) -> Tensor:
+        lo, hi = (int(t) for t in torch.aminmax(steps))
+        if lo == hi:  # the usual case: examples attacked together share their step count
+            return torch.full_like(steps, window_side(
+                p_schedule(self.p_init, lo - 2, self.budget), h, w, self.norm))
         sides = torch.empty_like(steps)
         for t in steps.unique().tolist():
             p = p_schedule(self.p_init, int(t) - 2, self.budget)
@@ -202,19 +221,22 @@ class SquareRule(SearchRule):
 
     def _propose(self, objective: Objective, x: Tensor, first: Tensor, steps: Tensor,
                  idx: Tensor, generator: torch.Generator) -> Tensor:
-        cand = torch.empty_like(x)
         m = int(first.sum())
-        if m:
-            start = self._start_linf if self.norm == "linf" else self._start_l2
-            cand[first] = start(x[first], generator)
+        if not m:  # the usual step: every example moves, no gather and scatter needed
+            return self._move(objective, x, steps, idx, generator)
+        cand = torch.empty_like(x)
+        start = self._start_linf if self.norm == "linf" else self._start_l2
+        cand[first] = start(x[first], generator)
         rest = ~first
-        if bool(rest.any()):
-            if self.norm == "linf":
-                cand[rest] = self._move_linf(x[rest], steps[rest], generator)
-            else:
-                delta = applied_perturbation(objective, x[rest], idx[rest])
-                cand[rest] = self._move_l2(delta, steps[rest], generator)
+        if m < len(first):
+            cand[rest] = self._move(objective, x[rest], steps[rest], idx[rest], generator)
         return cand
+
+    def _move(self, objective: Objective, x: Tensor, steps: Tensor, idx: Tensor,
+              generator: torch.Generator) -> Tensor:
+        if self.norm == "linf":
+            return self._move_linf(x, steps, generator)
+        return self._move_l2(applied_perturbation(objective, x, idx), steps, generator)
 
     # ------------------------------------------------------------------------ Linf
     def _start_linf(self, x: Tensor, generator: torch.Generator) -> Tensor:
@@ -231,25 +253,37 @@ class SquareRule(SearchRule):
         signs = draw_signs((m, c, 1, 1), generator, delta.device, delta.dtype)
         cand = torch.where(mask, self.lr * signs, delta)
         if self.resample:
+            # Only rows whose window was unchanged are redrawn; the others keep their
+            # candidate, so the check is repeated on those rows alone.
+            rows = (cand == delta).flatten(1).all(dim=1).nonzero().flatten()
             for _ in range(RESAMPLE_TRIES):
-                same = (cand == delta).flatten(1).all(dim=1)
-                k = int(same.sum())
-                if not k:
+                if not rows.numel():
                     break
-                signs[same] = draw_signs((k, c, 1, 1), generator, delta.device, delta.dtype)
-                cand = torch.where(mask, self.lr * signs, delta)
-            same = (cand == delta).flatten(1).all(dim=1)
-            if bool(same.any()):  # the window holds lr * signs exactly; the negation differs
-                signs[same] = -signs[same]
-                cand = torch.where(mask, self.lr * signs, delta)
+                signs[rows] = draw_signs((rows.numel(), c, 1, 1), generator, delta.device,
+                                         delta.dtype)
+                same = self._fill_windows(cand, rows, mask, signs, delta)
+                rows = rows[same]
+            else:
+                if rows.numel():  # the window holds lr * signs exactly; the negation differs
+                    signs[rows] = -signs[rows]
+                    self._fill_windows(cand, rows, mask, signs, delta)
         return cand
+
+    def _fill_windows(self, cand: Tensor, rows: Tensor, mask: Tensor, signs: Tensor,
+                      delta: Tensor) -> Tensor:
+        """Refill the windows of ``cand[rows]`` with ``lr * signs``; True where a row still
+        equals ``delta``."""
+        base = delta[rows]
+        sub = torch.where(mask[rows], self.lr * signs[rows], base)
+        cand[rows] = sub
+        return (sub == base).flatten(1).all(dim=1)
 
     # -------------------------------------------------------------------------- L2
     def _start_l2(self, x: Tensor, generator: torch.Generator) -> Tensor:
         m, c, h, w = x.shape
         s = max(min(h, w) // 5, 1)
         top0, left0 = max((h - 5 * s) // 2, 0), max((w - 5 * s) // 2, 0)
-        bump = square_bump(s).to(x.device)
+        bump = _cached_bump(s, x.device)
         delta = torch.zeros(m, c, h, w, dtype=torch.float64, device=x.device)
         for i in range(h // s):
             for j in range(w // s):
@@ -279,9 +313,11 @@ class SquareRule(SearchRule):
         # The new bump placed in window 1 (one group per window side; transposed at random).
         flip = torch.rand(m, generator=generator, device=generator.device) > 0.5
         bump = torch.zeros(m, h, w, dtype=torch.float64, device=dev)
-        for s in side.unique().tolist():
-            rows = (side == s).nonzero().flatten()
-            base = square_bump(int(s)).to(dev)
+        lo, hi = (int(t) for t in torch.aminmax(side))
+        groups = [lo] if lo == hi else side.unique().tolist()
+        for s in groups:
+            rows = torch.arange(m, device=dev) if lo == hi else (side == s).nonzero().flatten()
+            base = _cached_bump(int(s), dev)
             tiles = torch.where(flip.to(dev)[rows].view(-1, 1, 1), base.T, base)
             ar = torch.arange(int(s), device=dev)
             r = (top1[rows].unsqueeze(1) + ar).unsqueeze(2)
