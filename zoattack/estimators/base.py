@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from zoattack._state import PerExampleState
 from zoattack.objective import Objective, evaluate_ragged
 
 DIFFERENCES = ("forward", "central")
@@ -135,14 +136,34 @@ class GradientEstimator(abc.ABC):
                   generator: torch.Generator, idx: Tensor, fx: Tensor) -> Estimate: ...
 
     # Stateless estimators keep nothing; stateful ones override these.
-    def reset(self, mask: Tensor | None = None) -> None:  # noqa: B027
+    def reset(self, mask: Tensor | None = None) -> None:
         """Forget per-example state (all, or where ``mask`` is True)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+class StatefulEstimator(GradientEstimator):
+    """An estimator with per-example memory (:class:`PerExampleState` rows keyed by global
+    example id): reset by mask, saved and restored with the rule that owns it."""
+
+    stateful = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.state = PerExampleState()
+
+    def reset(self, mask: Tensor | None = None) -> None:
+        self.state.reset(mask)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state.load_state_dict(state)
 
 
 def query_with_base(objective: Objective, x: Tensor, disp: Tensor, shape: torch.Size,

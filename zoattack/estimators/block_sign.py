@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from zoattack._state import PerExampleState
 from zoattack.estimators.base import (
     Estimate,
-    GradientEstimator,
+    StatefulEstimator,
     check_mu_resolvable,
     query_with_base,
 )
@@ -24,7 +21,7 @@ BLOCK_ORDERS = ("column", "row")
     "block_sign", description="forward differences along sign-flip directions of hierarchical "
     "blocks (SignHunter's view)", aliases=("signhunter_fd",),
     flags={"stateful": True, "random": True})
-class BlockSignEstimator(GradientEstimator):
+class BlockSignEstimator(StatefulEstimator):
     """Directional derivatives along block sign-flips, refined coarse to fine
     (after Al-Dujaili & O'Reilly, SignHunter, ICLR 2020).
 
@@ -55,7 +52,6 @@ class BlockSignEstimator(GradientEstimator):
     """
 
     name = "block_sign"
-    stateful = True
     supports_central = False
 
     def __init__(self, *, num_samples: int = 10, mu: float = 0.2, difference: str = "forward",
@@ -64,7 +60,6 @@ class BlockSignEstimator(GradientEstimator):
         if order not in BLOCK_ORDERS:
             raise ValueError(f"order must be 'column' or 'row', got {order!r}")
         self.order = order
-        self.state = PerExampleState()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_samples={self.num_samples}, mu={self.mu:g}, "
@@ -132,11 +127,3 @@ class BlockSignEstimator(GradientEstimator):
         self.state.set("pass", idx, now)
         return Estimate(grad=grad, loss=f0, queries=q)
 
-    def reset(self, mask: Tensor | None = None) -> None:
-        self.state.reset(mask)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.state.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state.load_state_dict(state)

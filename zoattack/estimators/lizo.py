@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from zoattack._state import PerExampleState
 from zoattack.estimators.base import (
     Estimate,
-    GradientEstimator,
+    StatefulEstimator,
     check_mu_resolvable,
     check_positive,
     query_with_base,
@@ -23,7 +21,7 @@ from zoattack.objective import Objective
 @ESTIMATORS.register(
     "lizo", description="ReLIZO linear interpolation; reuses past queries within a radius",
     aliases=("relizo",), flags={"stateful": True, "random": True})
-class LIZOEstimator(GradientEstimator):
+class LIZOEstimator(StatefulEstimator):
     """Sample-reusable linear-interpolation estimator (Wang et al., ReLIZO, NeurIPS 2024).
 
     With ``n`` probe displacements ``delta_i`` (unit rows ``U``, lengths ``r``) and
@@ -54,7 +52,6 @@ class LIZOEstimator(GradientEstimator):
     """
 
     name = "lizo"
-    stateful = True
     supports_central = False
 
     def __init__(self, *, num_samples: int = 8, mu: float = 1e-3, difference: str = "forward",
@@ -70,21 +67,11 @@ class LIZOEstimator(GradientEstimator):
         self.reuse_distance_bound = bound
         self.max_reuse_rate = float(max_reuse_rate)
         self.orthogonal = bool(orthogonal)
-        self.state = PerExampleState()
 
     def queries_per_call(self, dim: int) -> int:
         return min(self.num_samples, dim) + 1
 
     # ----------------------------------------------------------------- state
-    def reset(self, mask: Tensor | None = None) -> None:
-        self.state.reset(mask)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.state.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state.load_state_dict(state)
-
     def _load(self, idx: Tensor, n: int, d: int, x: Tensor) -> dict[str, Tensor]:
         kw = {"device": x.device}
         st = self.state
