@@ -17,12 +17,15 @@ from zoattack.remote.client import RemoteError, remote_model
 from zoattack.remote.faults import FaultInjector, FaultPlan
 
 SPEC = AttackSpec(images=12, budget=60, chunk_size=4, device="cpu", seed=3)
-# Every fault kind, each followed by a healthy slot so a retry gets through; one timeout per
-# 30 requests keeps the test fast (each costs the client's 0.25 s timeout).
-SCHEDULE = [None, "503", None, "slow", None, "malformed", None, "drop", None, "500",
-            None, None, None, "503", "drop", None, None, "malformed", None, None,
-            None, "timeout", None, None, None, None, None, None, None, None]
-CLIENT = {"retries": 3, "backoff": 0.01, "timeout": 0.25, "seed": 0}
+# Every fault kind, each followed by a healthy slot so a retry gets through. The client's
+# timeout is generous (a loaded CI machine can stall a healthy reply for a few hundred ms), so
+# the single "timeout" fault sits in the first cycle only: it costs one client timeout.
+_CYCLE = [None, "503", None, "slow", None, "malformed", None, "drop", None, "500",
+          None, None, None, "503", "drop", None, None, "malformed", None, None,
+          None, "timeout", None, None, None, None, None, None, None, None]
+SCHEDULE = _CYCLE + [None if f == "timeout" else f for f in _CYCLE] * 20
+CLIENT = {"retries": 3, "backoff": 0.01, "timeout": 2.0, "seed": 0}
+TIMEOUT_FAULT_S = 2.4  # longer than the client's timeout
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +43,18 @@ def test_faulty_server_gives_exactly_the_healthy_and_in_process_rows(
         victim, app_for, serve, in_process_rows):
     with serve(app_for(victim)) as server:
         healthy_model, healthy = _attack(server.url)
-        assert healthy_model.retried == 0
-    faulty_app = FaultInjector(app_for(victim), FaultPlan(SCHEDULE, timeout_s=0.6, slow_s=0.05))
+        assert healthy_model.retried == 0, list(healthy_model.retry_reasons)
+    faulty_app = FaultInjector(app_for(victim),
+                               FaultPlan(SCHEDULE, timeout_s=TIMEOUT_FAULT_S, slow_s=0.05))
     with serve(faulty_app) as server:
         model, faulty = _attack(server.url)
-        time.sleep(0.7)  # the last timed-out original may still be asleep in the server
+        # The timed-out original may still be asleep in the server; its count lands on waking.
+        deadline = time.monotonic() + TIMEOUT_FAULT_S
+        while model.server_stats()["scored_inputs"] != model.scored_inputs \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
         stats = model.server_stats()
+    assert len(faulty_app.log.injected) < len(SCHEDULE)  # the schedule never wrapped
     assert faulty.rows == healthy.rows == in_process_rows
     injected = faulty_app.log.counts()
     assert set(injected) == {"503", "500", "slow", "malformed", "drop", "timeout"}, injected

@@ -28,6 +28,7 @@ Defaults come from the keyword arguments, else the environment (``ZOATTACK_TOKEN
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import random
@@ -173,6 +174,8 @@ class HTTPScoreModel(nn.Module):
         self.scored_inputs = 0
         self.requests = 0
         self.retried = 0
+        # Why the most recent retries happened (newest last): what a user asks after a slow run.
+        self.retry_reasons: collections.deque[str] = collections.deque(maxlen=20)
         hdrs = dict(headers or {})
         if self.token:
             hdrs["Authorization"] = f"Bearer {self.token}"
@@ -225,6 +228,7 @@ class HTTPScoreModel(nn.Module):
             if attempt:
                 with self._lock:
                     self.retried += 1
+                    self.retry_reasons.append(last)
                 time.sleep(self._delay(attempt, retry_after))
                 retry_after = None
             if self.limiter is not None:
