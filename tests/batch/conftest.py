@@ -6,7 +6,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 TINY = """
 [defaults]
@@ -20,12 +19,8 @@ device = "cpu"
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batches on a shared 2-core machine: one intra-op thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Tiny batches on a shared 2-core machine: one intra-op thread (tests/conftest.py)."""
 
 
 def write_plan(folder: Path, body: str, *, name: str = "plan.toml", tiny: bool = True) -> Path:

@@ -7,7 +7,6 @@ import sqlite3
 import sys
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from zoattack.cli.main import app
@@ -31,11 +30,8 @@ seed = [0, 1]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Tiny batches on a shared 2-core machine: one intra-op thread (tests/conftest.py)."""
 
 
 def invoke(*args: str):

@@ -15,14 +15,9 @@ from zoattack.models import create_model
 from zoattack.remote.server import BackgroundServer, create_app
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny batches gain nothing from intra-op threads, and on a shared 2-core machine their
-    spin-waiting made an in-process attack 20x slower; restored after each module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread(one_thread):
+    """Tiny batches on a shared 2-core machine: one intra-op thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

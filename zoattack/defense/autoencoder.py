@@ -57,6 +57,15 @@ def _init(module: nn.Module, generator: torch.Generator) -> None:
                     m.bias.zero_()
 
 
+def _configure(net: nn.Module, image_shape: tuple[int, int, int], latent: int,
+               arch: str) -> tuple[int, int, int]:
+    """Check and record the shapes an encoder or decoder is built for."""
+    shape = tuple(int(v) for v in image_shape)
+    check_ae_shape(arch, shape, latent)  # type: ignore[arg-type]
+    net.image_shape, net.latent, net.arch = shape, int(latent), arch
+    return shape  # type: ignore[return-value]
+
+
 class Encoder(nn.Module):
     """Image -> latent.
 
@@ -72,10 +81,7 @@ class Encoder(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], latent: int, *, arch: str = "small",
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        image_shape = tuple(int(v) for v in image_shape)  # type: ignore[assignment]
-        check_ae_shape(arch, image_shape, latent)  # type: ignore[arg-type]
-        c, h, w = image_shape
-        self.image_shape, self.latent, self.arch = image_shape, int(latent), arch
+        c, h, w = _configure(self, image_shape, latent, arch)
         with torch.device("meta"):
             if arch == "cifar":
                 self.net = nn.Sequential(
@@ -106,10 +112,7 @@ class Decoder(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], latent: int, *, arch: str = "small",
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        image_shape = tuple(int(v) for v in image_shape)  # type: ignore[assignment]
-        check_ae_shape(arch, image_shape, latent)  # type: ignore[arg-type]
-        c, h, w = image_shape
-        self.image_shape, self.latent, self.arch = image_shape, int(latent), arch
+        c, h, w = _configure(self, image_shape, latent, arch)
         with torch.device("meta"):
             if arch == "cifar":
                 self.net = nn.Sequential(

@@ -238,7 +238,7 @@ def save_curve(path: str | Path, curves: dict[str, Sequence[dict[str, Any]]], si
 
     top = r_max if r_max is not None else max(
         [1.0] + [float(r["radius"]) for rows in curves.values() for r in rows])
-    grid = [i / 100 for i in range(int(math.ceil(top * 100)) + 1)]
+    grid = [i / 100 for i in range(math.ceil(top * 100) + 1)]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, rows in curves.items():
         acc = certified_accuracy(rows, grid)

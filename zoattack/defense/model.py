@@ -162,7 +162,7 @@ class SmoothedDefendedClassifier(nn.Module):
 
 
 def defended_model(path: str, *, dataset: Any = None,
-                   device: torch.device | str = torch.device("cpu"),
+                   device: torch.device | str = "cpu",
                    smooth: int | None = None, sigma: float | None = None, seed: int = 0,
                    batch: int = 1000, **kwargs: Any) -> nn.Module:
     """Build the defended classifier from a ``zoattack defend train`` folder.
