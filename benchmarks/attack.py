@@ -73,9 +73,9 @@ from torch import Tensor, nn
 
 from zoattack import __version__ as ZO_VERSION
 from zoattack.attacks import run_attack
+from zoattack.attacks.job import TUNED, default_lr, tuned_mu
 from zoattack.attacks.report import summarize
 from zoattack.blackbox import BlackBox
-from zoattack.attacks.job import TUNED, default_lr, tuned_mu
 from zoattack.data import load_dataset
 from zoattack.models import create_model
 from zoattack.models.weights import weights_dir, weights_filename
@@ -108,7 +108,7 @@ def inside_ball(x: Tensor, x0: Tensor, norm: str, eps: float) -> Tensor:
 def predict(net: nn.Module, x: Tensor, batch: int = 1024) -> Tensor:
     """Uncounted evaluation forward (image selection and verification only)."""
     with torch.inference_mode():
-        return torch.cat([net(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+        return torch.cat([net(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
 
 
 class Meter(nn.Module):
@@ -141,7 +141,7 @@ class AttributingMeter(Meter):
     def __init__(self, net: nn.Module, x0: Tensor, y: Tensor, norm: str, eps: float) -> None:
         super().__init__(net)
         self.x0 = x0.flatten(1).float()
-        self.sq = (self.x0 ** 2).sum(1)
+        self.sq = (self.x0**2).sum(1)
         self.x0_img, self.y, self.norm, self.eps = x0, y, norm, eps
         n = len(y)
         self.counts = torch.zeros(n, dtype=torch.long)
@@ -151,11 +151,12 @@ class AttributingMeter(Meter):
         out = super().forward(x)
         with torch.no_grad():
             flat = x.detach().flatten(1).float().cpu()
-            d2 = (flat ** 2).sum(1, keepdim=True) - 2 * flat @ self.x0.T + self.sq
+            d2 = (flat**2).sum(1, keepdim=True) - 2 * flat @ self.x0.T + self.sq
             owner = d2.argmin(1)
             pred = out.detach().argmax(1).cpu()
-            fooled = (pred != self.y[owner]) & inside_ball(x.detach().cpu(), self.x0_img[owner],
-                                                           self.norm, self.eps)
+            fooled = (pred != self.y[owner]) & inside_ball(
+                x.detach().cpu(), self.x0_img[owner], self.norm, self.eps
+            )
             before = self.counts.clone()
             self.counts.index_add_(0, owner, torch.ones_like(owner))
             for r in fooled.nonzero().flatten().tolist():
@@ -219,9 +220,14 @@ class Config:
     def cli_default(cls, method: str, norm: str, eps: float) -> Config:
         """What `zoattack run` uses for this rule and norm (its TUNED table)."""
         t = TUNED.get((method, norm), {})
-        return cls(subspace=str(t.get("subspace", "full")), estimator=t.get("estimator"),
-                   momentum=t.get("momentum"), mu=tuned_mu(method, norm, eps),
-                   difference=t.get("difference"), source="zoattack run default")
+        return cls(
+            subspace=str(t.get("subspace", "full")),
+            estimator=t.get("estimator"),
+            momentum=t.get("momentum"),
+            mu=tuned_mu(method, norm, eps),
+            difference=t.get("difference"),
+            source="zoattack run default",
+        )
 
     def label(self, method: str, norm: str, eps: float) -> str:
         if method in SEARCH_RULES:
@@ -240,9 +246,16 @@ class Config:
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"subspace": self.subspace, "lr_mult": self.lr_mult, "estimator": self.estimator,
-                "momentum": self.momentum, "line_search": self.line_search,
-                "mu": self.mu, "difference": self.difference, "source": self.source}
+        return {
+            "subspace": self.subspace,
+            "lr_mult": self.lr_mult,
+            "estimator": self.estimator,
+            "momentum": self.momentum,
+            "line_search": self.line_search,
+            "mu": self.mu,
+            "difference": self.difference,
+            "source": self.source,
+        }
 
 
 def lr_of(method: str, norm: str, eps: float, cfg: Config) -> float:
@@ -267,16 +280,24 @@ def build_rule(method: str, norm: str, eps: float, budget: int, cfg: Config):
 # --------------------------------------------------------------------------- runners
 @dataclass
 class Outcome:
-    success: Tensor            # (N,) bool, verified
-    queries: Tensor            # (N,) long, per-image queries under the common rule
+    success: Tensor  # (N,) bool, verified
+    queries: Tensor  # (N,) long, per-image queries under the common rule
     wall: float
     meter: Meter
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def verify(net: nn.Module, x_adv: Tensor, x: Tensor, y: Tensor, norm: str, eps: float,
-           queries: Tensor, budget: int) -> tuple[Tensor, int]:
+def verify(
+    net: nn.Module,
+    x_adv: Tensor,
+    x: Tensor,
+    y: Tensor,
+    norm: str,
+    eps: float,
+    queries: Tensor,
+    budget: int,
+) -> tuple[Tensor, int]:
     """Success = misclassified at the returned point, inside the ball and [0, 1], within
     budget. Returns the mask and the number of images whose point left the threat model."""
     ok_ball = inside_ball(x_adv, x, norm, eps)
@@ -284,45 +305,76 @@ def verify(net: nn.Module, x_adv: Tensor, x: Tensor, y: Tensor, norm: str, eps: 
     return fooled & ok_ball & (queries <= budget), int((~ok_ball).sum())
 
 
-def run_zoattack(method: str, net: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float,
-                 budget: int, cfg: Config, seed: int, max_batch: int) -> Outcome:
+def run_zoattack(
+    method: str,
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    norm: str,
+    eps: float,
+    budget: int,
+    cfg: Config,
+    seed: int,
+    max_batch: int,
+) -> Outcome:
     meter = Meter(net)
     rule = build_rule(method, norm, eps, budget, cfg)
-    bb = BlackBox(meter, output="logits", budget=budget, max_batch=max_batch,
-                  input_shape=tuple(x.shape[1:]))
+    bb = BlackBox(
+        meter, output="logits", budget=budget, max_batch=max_batch, input_shape=tuple(x.shape[1:])
+    )
     gen = make_generator(seed, x.device)
     subspace = "full" if method in SEARCH_RULES else cfg.subspace
     t0 = time.perf_counter()
-    res = run_attack(bb, x, y, rule, generator=gen, norm=norm, eps=eps, budget=budget,
-                     loss="margin", subspace=subspace)
+    res = run_attack(
+        bb,
+        x,
+        y,
+        rule,
+        generator=gen,
+        norm=norm,
+        eps=eps,
+        budget=budget,
+        loss="margin",
+        subspace=subspace,
+    )
     wall = time.perf_counter() - t0
     summary = summarize(res, wall_seconds=wall, total_queries=bb.total_queries)
     ok, left = verify(net, res.x_adv, x, y, norm, eps, res.queries, budget)
     notes = []
     if not torch.equal(ok, res.success):
-        notes.append(f"verification disagrees with run_attack on "
-                     f"{int((ok != res.success).sum())} images")
+        notes.append(
+            f"verification disagrees with run_attack on {int((ok != res.success).sum())} images"
+        )
     if left:
         notes.append(f"{left} returned points outside the ball")
     if bb.total_queries != meter.rows:
         notes.append(f"ledger {bb.total_queries} != rows scored {meter.rows}")
-    return Outcome(ok & res.success, res.queries, wall, meter, notes,
-                   {"zoattack_summary": summary})
+    return Outcome(ok & res.success, res.queries, wall, meter, notes, {"zoattack_summary": summary})
 
 
-def run_torchattacks_square(net: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float,
-                            budget: int, seed: int) -> Outcome:
+def run_torchattacks_square(
+    net: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, budget: int, seed: int
+) -> Outcome:
     import torchattacks
 
     meter = Meter(net)
-    atk = torchattacks.Square(meter, norm="Linf" if norm == "linf" else "L2", eps=eps,
-                              n_queries=budget - 2, n_restarts=1, p_init=0.8, loss="margin",
-                              resc_schedule=True, seed=seed, verbose=False)
+    atk = torchattacks.Square(
+        meter,
+        norm="Linf" if norm == "linf" else "L2",
+        eps=eps,
+        n_queries=budget - 2,
+        n_restarts=1,
+        p_init=0.8,
+        loss="margin",
+        resc_schedule=True,
+        seed=seed,
+        verbose=False,
+    )
     t0 = time.perf_counter()
     # What Square.perturb does for one restart, keeping the per-image counter it discards.
     atk.init_hyperparam(x)
     with torch.no_grad():
-        clean = meter(x).argmax(1)                    # the clean check perturb makes
+        clean = meter(x).argmax(1)  # the clean check perturb makes
     torch.random.manual_seed(seed)
     n_q, x_best = atk.attack_single_run(x, y)
     wall = time.perf_counter() - t0
@@ -335,21 +387,35 @@ def run_torchattacks_square(net: nn.Module, x: Tensor, y: Tensor, norm: str, eps
     ok, left = verify(net, x_best, x, y, norm, eps, queries, budget)
     if left:
         notes.append(f"{left} returned points outside the ball")
-    return Outcome(ok, queries, wall, meter, notes,
-                   {"query_source": "Square's attack_single_run counter + 1 clean check; "
-                                    f"n_queries={budget - 2}"})
+    return Outcome(
+        ok,
+        queries,
+        wall,
+        meter,
+        notes,
+        {
+            "query_source": "Square's attack_single_run counter + 1 clean check; "
+            f"n_queries={budget - 2}"
+        },
+    )
 
 
 def _art_classifier(module: nn.Module, x: Tensor):
     from art.estimators.classification import PyTorchClassifier
 
-    return PyTorchClassifier(model=module, loss=nn.CrossEntropyLoss(),
-                             input_shape=tuple(x.shape[1:]), nb_classes=10,
-                             clip_values=(0.0, 1.0), device_type="cpu")
+    return PyTorchClassifier(
+        model=module,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
 
 
-def run_art_square(net: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float,
-                   budget: int, seed: int) -> Outcome:
+def run_art_square(
+    net: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, budget: int, seed: int
+) -> Outcome:
     import numpy as np
     from art.attacks.evasion import SquareAttack
 
@@ -357,18 +423,37 @@ def run_art_square(net: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float,
     clf = _art_classifier(meter, x)
     # Per unfooled image: 1 (start check) + 2 (init) + 3 per iteration.
     max_iter = max(1, (budget - 3) // 3)
-    atk = SquareAttack(clf, norm=np.inf if norm == "linf" else 2, eps=eps, max_iter=max_iter,
-                       p_init=0.8, nb_restarts=1, batch_size=128, verbose=False)
+    atk = SquareAttack(
+        clf,
+        norm=np.inf if norm == "linf" else 2,
+        eps=eps,
+        max_iter=max_iter,
+        p_init=0.8,
+        nb_restarts=1,
+        batch_size=128,
+        verbose=False,
+    )
     np.random.seed(seed)
     t0 = time.perf_counter()
     adv = atk.generate(x.numpy(), y=np.eye(10, dtype=np.float32)[y.numpy()])
     wall = time.perf_counter() - t0
-    return _art_outcome(net, meter, torch.from_numpy(adv), x, y, norm, eps, budget, wall,
-                        f"AttributingMeter; max_iter={max_iter}")
+    return _art_outcome(
+        net,
+        meter,
+        torch.from_numpy(adv),
+        x,
+        y,
+        norm,
+        eps,
+        budget,
+        wall,
+        f"AttributingMeter; max_iter={max_iter}",
+    )
 
 
-def run_art_zoo(net: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, budget: int,
-                seed: int) -> Outcome:
+def run_art_zoo(
+    net: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, budget: int, seed: int
+) -> Outcome:
     import numpy as np
     from art.attacks.evasion import ZooAttack
 
@@ -376,21 +461,44 @@ def run_art_zoo(net: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, bud
     clf = _art_classifier(meter, x)
     nb_parallel = 128
     max_iter = max(1, (budget - 2) // (2 * nb_parallel + 1))
-    atk = ZooAttack(clf, confidence=0.0, targeted=False, learning_rate=1e-2, max_iter=max_iter,
-                    binary_search_steps=1, initial_const=1e-3, abort_early=True,
-                    use_resize=False, use_importance=False, nb_parallel=nb_parallel,
-                    batch_size=1, variable_h=1e-4, verbose=False)
+    atk = ZooAttack(
+        clf,
+        confidence=0.0,
+        targeted=False,
+        learning_rate=1e-2,
+        max_iter=max_iter,
+        binary_search_steps=1,
+        initial_const=1e-3,
+        abort_early=True,
+        use_resize=False,
+        use_importance=False,
+        nb_parallel=nb_parallel,
+        batch_size=1,
+        variable_h=1e-4,
+        verbose=False,
+    )
     np.random.seed(seed)
     t0 = time.perf_counter()
     adv = atk.generate(x.numpy(), y=np.eye(10, dtype=np.float32)[y.numpy()])
     wall = time.perf_counter() - t0
-    return _art_outcome(net, meter, torch.from_numpy(adv).float(), x, y, norm, eps, budget, wall,
-                        f"AttributingMeter; max_iter={max_iter}, nb_parallel={nb_parallel}, "
-                        "ART defaults otherwise (lr 1e-2, c 1e-3), use_resize/importance off")
+    return _art_outcome(
+        net,
+        meter,
+        torch.from_numpy(adv).float(),
+        x,
+        y,
+        norm,
+        eps,
+        budget,
+        wall,
+        f"AttributingMeter; max_iter={max_iter}, nb_parallel={nb_parallel}, "
+        "ART defaults otherwise (lr 1e-2, c 1e-3), use_resize/importance off",
+    )
 
 
-def _art_outcome(net, meter: AttributingMeter, adv: Tensor, x, y, norm, eps, budget, wall,
-                 source: str) -> Outcome:
+def _art_outcome(
+    net, meter: AttributingMeter, adv: Tensor, x, y, norm, eps, budget, wall, source: str
+) -> Outcome:
     first = meter.first_fool
     queries = torch.where(first > 0, first, meter.counts)
     ok, left = verify(net, adv, x, y, norm, eps, queries, budget)
@@ -399,29 +507,48 @@ def _art_outcome(net, meter: AttributingMeter, adv: Tensor, x, y, norm, eps, bud
         notes.append(f"{left} returned points outside the eps-ball (counted as failures)")
     over = int((meter.counts > budget).sum())
     if over:
-        notes.append(f"{over} images scored more than the budget in total "
-                     f"(max {int(meter.counts.max())}); only queries up to the first fooling "
-                     "point are charged to successes")
-    return Outcome(ok, queries, wall, meter, notes,
-                   {"query_source": source, "total_rows_per_image_max": int(meter.counts.max())})
+        notes.append(
+            f"{over} images scored more than the budget in total "
+            f"(max {int(meter.counts.max())}); only queries up to the first fooling "
+            "point are charged to successes"
+        )
+    return Outcome(
+        ok,
+        queries,
+        wall,
+        meter,
+        notes,
+        {"query_source": source, "total_rows_per_image_max": int(meter.counts.max())},
+    )
 
 
-PEER_RUNNERS = {"torchattacks_square": ("torchattacks", run_torchattacks_square),
-                "art_square": ("art", run_art_square),
-                "art_zoo": ("art", run_art_zoo)}
+PEER_RUNNERS = {
+    "torchattacks_square": ("torchattacks", run_torchattacks_square),
+    "art_square": ("art", run_art_square),
+    "art_zoo": ("art", run_art_zoo),
+}
 
 
 def installed(module: str) -> str | None:
     try:
         mod = __import__(module)
-    except Exception:  # noqa: BLE001 - any import failure means "skip this peer"
+    except Exception:
         return None
     return getattr(mod, "__version__", "?")
 
 
 # --------------------------------------------------------------------------- rows
-def make_row(victim: str, norm: str, eps: float, budget: int, method: str, kind: str,
-             config: str, out: Outcome, profile: RawProfile) -> dict:
+def make_row(
+    victim: str,
+    norm: str,
+    eps: float,
+    budget: int,
+    method: str,
+    kind: str,
+    config: str,
+    out: Outcome,
+    profile: RawProfile,
+) -> dict:
     n = len(out.success)
     s = int(out.success.sum())
     q = out.queries[out.success].double()
@@ -434,24 +561,46 @@ def make_row(victim: str, norm: str, eps: float, budget: int, method: str, kind:
     # ... and a bare re-run of the same sequence of batch sizes afterwards (contention-prone).
     bare = m.rows / max(profile.seconds_for(m.batches), 1e-12)
     return {
-        "victim": victim, "norm": norm, "eps": eps, "budget": budget, "method": method,
-        "kind": kind, "config": config, "status": "ok", "images": n, "successes": s,
+        "victim": victim,
+        "norm": norm,
+        "eps": eps,
+        "budget": budget,
+        "method": method,
+        "kind": kind,
+        "config": config,
+        "status": "ok",
+        "images": n,
+        "successes": s,
         "success_rate": s / n if n else None,
         "mean_queries": float(q.mean()) if s else None,
         "median_queries": float(q.median()) if s else None,
-        "wall_s": out.wall, "wall_per_success_s": out.wall / s if s else None,
-        "scored_inputs": m.rows, "model_calls": m.calls, "mean_batch": mean_batch,
-        "inputs_per_s": rate, "raw_inputs_per_s": raw, "rate_vs_raw": rate / raw,
-        "bare_inputs_per_s": bare, "rate_vs_bare": rate / bare,
+        "wall_s": out.wall,
+        "wall_per_success_s": out.wall / s if s else None,
+        "scored_inputs": m.rows,
+        "model_calls": m.calls,
+        "mean_batch": mean_batch,
+        "inputs_per_s": rate,
+        "raw_inputs_per_s": raw,
+        "rate_vs_raw": rate / raw,
+        "bare_inputs_per_s": bare,
+        "rate_vs_bare": rate / bare,
         "batch_max": max(m.batches, default=0),
-        "notes": "; ".join(out.notes), **{k: v for k, v in out.extra.items()
-                                         if not isinstance(v, dict)},
+        "notes": "; ".join(out.notes),
+        **{k: v for k, v in out.extra.items() if not isinstance(v, dict)},
     }
 
 
 def skipped_row(victim, norm, eps, budget, method, kind, why) -> dict:
-    return {"victim": victim, "norm": norm, "eps": eps, "budget": budget, "method": method,
-            "kind": kind, "config": "", "status": f"skipped: {why}"}
+    return {
+        "victim": victim,
+        "norm": norm,
+        "eps": eps,
+        "budget": budget,
+        "method": method,
+        "kind": kind,
+        "config": "",
+        "status": f"skipped: {why}",
+    }
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -481,24 +630,36 @@ def fmt(v: Any, spec: str = ".3g") -> str:
     return str(v)
 
 
-COLUMNS = [("method", "method", None), ("config", "config", None), ("n", "images", None),
-           ("succ%", "success_rate", "pct"), ("meanQ", "mean_queries", ".0f"),
-           ("medQ", "median_queries", ".0f"), ("wall s", "wall_s", ".1f"),
-           ("s/succ", "wall_per_success_s", ".3f"), ("in/s", "inputs_per_s", ".0f"),
-           ("raw/s@b", "raw", None), ("rate/raw", "rate_vs_raw", ".2f"),
-           ("dSucc pts", "d_success_pts", "+.0f"), ("medQ x", "median_q_ratio", ".2f"),
-           ("wall x", "wall_ratio", ".2f"), ("s/succ x", "wall_per_success_ratio", ".2f")]
+COLUMNS = [
+    ("method", "method", None),
+    ("config", "config", None),
+    ("n", "images", None),
+    ("succ%", "success_rate", "pct"),
+    ("meanQ", "mean_queries", ".0f"),
+    ("medQ", "median_queries", ".0f"),
+    ("wall s", "wall_s", ".1f"),
+    ("s/succ", "wall_per_success_s", ".3f"),
+    ("in/s", "inputs_per_s", ".0f"),
+    ("raw/s@b", "raw", None),
+    ("rate/raw", "rate_vs_raw", ".2f"),
+    ("dSucc pts", "d_success_pts", "+.0f"),
+    ("medQ x", "median_q_ratio", ".2f"),
+    ("wall x", "wall_ratio", ".2f"),
+    ("s/succ x", "wall_per_success_ratio", ".2f"),
+]
 
 
 def table(rows: list[dict]) -> str:
     lines = []
-    keys = sorted({(r["victim"], r["norm"], r["budget"]) for r in rows},
-                  key=lambda k: (k[0], k[1], k[2]))
+    keys = sorted(
+        {(r["victim"], r["norm"], r["budget"]) for r in rows}, key=lambda k: (k[0], k[1], k[2])
+    )
     for victim, norm, budget in keys:
         group = [r for r in rows if (r["victim"], r["norm"], r["budget"]) == (victim, norm, budget)]
         eps = group[0]["eps"]
-        lines.append(f"\n### {victim}  {norm} eps={eps:g}  budget {budget:,}  "
-                     f"(ratios vs {REFERENCE})")
+        lines.append(
+            f"\n### {victim}  {norm} eps={eps:g}  budget {budget:,}  (ratios vs {REFERENCE})"
+        )
         cells = [[c[0] for c in COLUMNS]]
         for r in group:
             if r["status"] != "ok":
@@ -533,8 +694,10 @@ def verdicts(rows: list[dict]) -> list[str]:
     keys = sorted({(r["victim"], r["norm"], r["budget"]) for r in ok})
 
     def get(k, method):
-        return next((r for r in ok if (r["victim"], r["norm"], r["budget"]) == k
-                     and r["method"] == method), None)
+        return next(
+            (r for r in ok if (r["victim"], r["norm"], r["budget"]) == k and r["method"] == method),
+            None,
+        )
 
     def better(a, b) -> bool:  # success first, then mean queries over successes
         if a["successes"] != b["successes"]:
@@ -544,62 +707,81 @@ def verdicts(rows: list[dict]) -> list[str]:
     for k in keys:
         tag = f"{k[0]} {k[1]} @{k[2]}"
         ref = get(k, REFERENCE)
-        zo = [r for r in ok if (r["victim"], r["norm"], r["budget"]) == k and r["kind"] == "zoattack"]
+        zo = [
+            r for r in ok if (r["victim"], r["norm"], r["budget"]) == k and r["kind"] == "zoattack"
+        ]
         if ref and zo:
             # PASS if any zoattack rule meets both conditions; otherwise show the best one.
-            qual = [r for r in zo if r["d_success_pts"] >= 2
-                    and (r.get("median_q_ratio") or math.inf) <= 0.5]
-            best = max(qual or zo,
-                       key=lambda r: (r["success_rate"], -(r["median_queries"] or math.inf)))
+            qual = [
+                r
+                for r in zo
+                if r["d_success_pts"] >= 2 and (r.get("median_q_ratio") or math.inf) <= 0.5
+            ]
+            best = max(
+                qual or zo, key=lambda r: (r["success_rate"], -(r["median_queries"] or math.inf))
+            )
             hit = bool(qual)
-            out.append(f"[{'PASS' if hit else 'FAIL'}] T1 best zoattack beats Square, {tag}: "
-                       f"{best['method']} {100 * best['success_rate']:.0f}% "
-                       f"({best['d_success_pts']:+.0f} pts, need >= +2), median "
-                       f"{fmt(best['median_queries'], '.0f')} vs "
-                       f"{fmt(ref['median_queries'], '.0f')} "
-                       f"(x{fmt(best.get('median_q_ratio'), '.2f')}, need <= 0.50)")
+            out.append(
+                f"[{'PASS' if hit else 'FAIL'}] T1 best zoattack beats Square, {tag}: "
+                f"{best['method']} {100 * best['success_rate']:.0f}% "
+                f"({best['d_success_pts']:+.0f} pts, need >= +2), median "
+                f"{fmt(best['median_queries'], '.0f')} vs "
+                f"{fmt(ref['median_queries'], '.0f')} "
+                f"(x{fmt(best.get('median_q_ratio'), '.2f')}, need <= 0.50)"
+            )
         if ref and k[2] == 1000:
             for m in ("lizo", "radazo"):
                 r = get(k, m)
                 if r:
                     hit = r["d_success_pts"] >= -5
-                    out.append(f"[{'PASS' if hit else 'FAIL'}] T2 {m} within 5 pts of Square "
-                               f"@1k, {tag}: {100 * r['success_rate']:.0f}% vs "
-                               f"{100 * ref['success_rate']:.0f}% ({r['d_success_pts']:+.0f})")
+                    out.append(
+                        f"[{'PASS' if hit else 'FAIL'}] T2 {m} within 5 pts of Square "
+                        f"@1k, {tag}: {100 * r['success_rate']:.0f}% vs "
+                        f"{100 * ref['success_rate']:.0f}% ({r['d_success_pts']:+.0f})"
+                    )
         r = get(k, "square")
         if ref and r:
             mq = r.get("median_q_ratio")
             hit = abs(r["d_success_pts"]) <= 2 and mq is not None and abs(mq - 1) <= 0.10
-            out.append(f"[{'PASS' if hit else 'FAIL'}] T3 zoattack square matches Square, {tag}: "
-                       f"{r['d_success_pts']:+.0f} pts, median x{fmt(mq, '.2f')}")
+            out.append(
+                f"[{'PASS' if hit else 'FAIL'}] T3 zoattack square matches Square, {tag}: "
+                f"{r['d_success_pts']:+.0f} pts, median x{fmt(mq, '.2f')}"
+            )
         for m in ("lizo", "radazo"):
             r = get(k, m)
             for base in ("zo_sgd", "zo_adamm"):
                 b = get(k, base)
                 if r and b:
-                    out.append(f"[{'PASS' if better(r, b) else 'FAIL'}] T4 {m} beats {base}, "
-                               f"{tag}: {100 * r['success_rate']:.0f}% / mean "
-                               f"{fmt(r['mean_queries'], '.0f')} vs "
-                               f"{100 * b['success_rate']:.0f}% / {fmt(b['mean_queries'], '.0f')}")
+                    out.append(
+                        f"[{'PASS' if better(r, b) else 'FAIL'}] T4 {m} beats {base}, "
+                        f"{tag}: {100 * r['success_rate']:.0f}% / mean "
+                        f"{fmt(r['mean_queries'], '.0f')} vs "
+                        f"{100 * b['success_rate']:.0f}% / {fmt(b['mean_queries'], '.0f')}"
+                    )
         for r in zo:
             hit = r["rate_vs_raw"] >= 0.9
-            out.append(f"[{'PASS' if hit else 'FAIL'}] T5 throughput {r['method']}, {tag}: "
-                       f"{r['inputs_per_s']:.0f}/s = {r['rate_vs_raw']:.2f} x raw "
-                       f"{r['raw_inputs_per_s']:.0f}/s, the victim's own rate on the same calls (mean batch "
-                       f"{r['mean_batch']:.0f}; bare re-run {r['bare_inputs_per_s']:.0f}/s)")
+            out.append(
+                f"[{'PASS' if hit else 'FAIL'}] T5 throughput {r['method']}, {tag}: "
+                f"{r['inputs_per_s']:.0f}/s = {r['rate_vs_raw']:.2f} x raw "
+                f"{r['raw_inputs_per_s']:.0f}/s, the victim's own rate on the same calls (mean batch "
+                f"{r['mean_batch']:.0f}; bare re-run {r['bare_inputs_per_s']:.0f}/s)"
+            )
         if ref and zo:
             for r in zo:
                 x = r.get("wall_per_success_ratio")
                 if x is not None:
-                    out.append(f"[{'PASS' if x <= 1 else 'FAIL'}] T6 wall/success "
-                               f"{r['method']}, {tag}: {r['wall_per_success_s']:.3f}s vs "
-                               f"{ref['wall_per_success_s']:.3f}s (x{x:.2f})")
+                    out.append(
+                        f"[{'PASS' if x <= 1 else 'FAIL'}] T6 wall/success "
+                        f"{r['method']}, {tag}: {r['wall_per_success_s']:.3f}s vs "
+                        f"{ref['wall_per_success_s']:.3f}s (x{x:.2f})"
+                    )
     return out
 
 
 # --------------------------------------------------------------------------- data / tuning
-def select_images(net: nn.Module, dataset: str, n_eval: int, n_tune: int
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+def select_images(
+    net: nn.Module, dataset: str, n_eval: int, n_tune: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     """First ``n_eval`` correctly classified test images, then the next ``n_tune``."""
     need, limit = n_eval + n_tune, max(64, int(1.3 * (n_eval + n_tune)))
     while True:
@@ -613,21 +795,34 @@ def select_images(net: nn.Module, dataset: str, n_eval: int, n_tune: int
     return ds.images[ev], ds.labels[ev], ds.images[tu], ds.labels[tu], last
 
 
-def tune(method: str, net, x, y, norm, eps, budget, seed, max_batch, level: str
-         ) -> tuple[Config, list[dict]]:
+def tune(
+    method: str, net, x, y, norm, eps, budget, seed, max_batch, level: str
+) -> tuple[Config, list[dict]]:
     """Pick a configuration on held-out images: (successes desc, mean queries over all asc)."""
     trials: list[dict] = []
 
     def score(cfg: Config) -> tuple:
         o = run_zoattack(method, net, x, y, norm, eps, budget, cfg, seed, max_batch)
         s = int(o.success.sum())
-        q_all = float(torch.where(o.success, o.queries, torch.full_like(o.queries, budget))
-                      .double().mean())
-        trials.append({"method": method, "norm": norm, **cfg.to_dict(),
-                       "config": cfg.label(method, norm, eps), "successes": s,
-                       "images": len(y), "mean_queries_all": q_all, "wall_s": o.wall})
-        log(f"    tune {method:10s} {cfg.label(method, norm, eps):40s} {s:3d}/{len(y)} "
-            f"meanQ(all) {q_all:6.0f}  {o.wall:5.1f}s")
+        q_all = float(
+            torch.where(o.success, o.queries, torch.full_like(o.queries, budget)).double().mean()
+        )
+        trials.append(
+            {
+                "method": method,
+                "norm": norm,
+                **cfg.to_dict(),
+                "config": cfg.label(method, norm, eps),
+                "successes": s,
+                "images": len(y),
+                "mean_queries_all": q_all,
+                "wall_s": o.wall,
+            }
+        )
+        log(
+            f"    tune {method:10s} {cfg.label(method, norm, eps):40s} {s:3d}/{len(y)} "
+            f"meanQ(all) {q_all:6.0f}  {o.wall:5.1f}s"
+        )
         return (s, -q_all)
 
     best, best_score = None, None
@@ -646,9 +841,7 @@ def tune(method: str, net, x, y, norm, eps, budget, seed, max_batch, level: str
             consider(Config(subspace=base.subspace, lr_mult=mult, source="tuned"))
     base = best
     extras: list[Config] = []
-    if method == "radazo":
-        extras = [Config(base.subspace, base.lr_mult, estimator="gaussian", source="tuned")]
-    elif method == "zo_adamm":
+    if method == "radazo" or method == "zo_adamm":
         extras = [Config(base.subspace, base.lr_mult, estimator="gaussian", source="tuned")]
     elif method == "zo_signsgd":
         extras = [Config(base.subspace, base.lr_mult, momentum=0.9, source="tuned")]
@@ -663,16 +856,23 @@ def tune(method: str, net, x, y, norm, eps, budget, seed, max_batch, level: str
 
 
 def config_from_dict(d: dict) -> Config:
-    return Config(subspace=d.get("subspace", "full"), lr_mult=float(d.get("lr_mult", 1.0)),
-                  estimator=d.get("estimator"), momentum=d.get("momentum"),
-                  line_search=d.get("line_search"), source=d.get("source", "file"),
-                  mu=d.get("mu"), difference=d.get("difference"))
+    return Config(
+        subspace=d.get("subspace", "full"),
+        lr_mult=float(d.get("lr_mult", 1.0)),
+        estimator=d.get("estimator"),
+        momentum=d.get("momentum"),
+        line_search=d.get("line_search"),
+        source=d.get("source", "file"),
+        mu=d.get("mu"),
+        difference=d.get("difference"),
+    )
 
 
 # --------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--victims", nargs="+", default=["small_cnn", "resnet20"])
     p.add_argument("--norms", nargs="+", default=["linf", "l2"], choices=["linf", "l2"])
     p.add_argument("--budgets", nargs="+", type=int, default=[1000, 10000])
@@ -682,30 +882,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eps-linf", type=float, default=0.1)
     p.add_argument("--eps-l2", type=float, default=1.5)
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--weights", nargs="*", default=[], metavar="NAME=FILE",
-                   help="victim weights other than the shipped ones")
-    p.add_argument("--tune", choices=["off", "subspace", "full"], default="full",
-                   help="gradient rules: subspace grid (+ lr x{0.5,2}) + alternatives, on "
-                        "held-out images")
+    p.add_argument(
+        "--weights",
+        nargs="*",
+        default=[],
+        metavar="NAME=FILE",
+        help="victim weights other than the shipped ones",
+    )
+    p.add_argument(
+        "--tune",
+        choices=["off", "subspace", "full"],
+        default="full",
+        help="gradient rules: subspace grid (+ lr x{0.5,2}) + alternatives, on held-out images",
+    )
     p.add_argument("--tune-images", type=int, default=20)
     p.add_argument("--tune-budget", type=int, default=1000)
-    p.add_argument("--tune-on", choices=["first", "each"], default="first",
-                   help="tune on the first victim only (reused for the others) or on each")
-    p.add_argument("--configs", type=Path, default=None,
-                   help="tuning.json of an earlier run: reuse its choices, skip tuning")
+    p.add_argument(
+        "--tune-on",
+        choices=["first", "each"],
+        default="first",
+        help="tune on the first victim only (reused for the others) or on each",
+    )
+    p.add_argument(
+        "--configs",
+        type=Path,
+        default=None,
+        help="tuning.json of an earlier run: reuse its choices, skip tuning",
+    )
     p.add_argument("--zoo-images", type=int, default=20)
     p.add_argument("--zoo-max-budget", type=int, default=1000)
     p.add_argument("--max-batch", type=int, default=4096)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write results.json/.csv here")
-    p.add_argument("--quick", action="store_true",
-                   help="small_cnn, linf, 1000, 30 images, sign/square/zo_signsgd + "
-                        "torchattacks Square, no tuning (< 2 minutes)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small_cnn, linf, 1000, 30 images, sign/square/zo_signsgd + "
+        "torchattacks Square, no tuning (< 2 minutes)",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.victims, a.norms, a.budgets, a.images = ["small_cnn"], ["linf"], [1000], 30
-        a.methods, a.peers, a.tune = ["sign", "square", "zo_signsgd"], ["torchattacks_square"], "off"
+        a.methods, a.peers, a.tune = (
+            ["sign", "square", "zo_signsgd"],
+            ["torchattacks_square"],
+            "off",
+        )
     return a
 
 
@@ -715,17 +938,25 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "zoattack": ZO_VERSION, "torchattacks": installed("torchattacks"),
-                "adversarial-robustness-toolbox": installed("art")}
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "zoattack": ZO_VERSION,
+        "torchattacks": installed("torchattacks"),
+        "adversarial-robustness-toolbox": installed("art"),
+    }
     log("command: " + " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv))
     log("versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items()))
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    log(f"device: cpu ({platform.processor() or platform.machine()}), os.cpu_count "
+    log(
+        f"device: cpu ({platform.processor() or platform.machine()}), os.cpu_count "
         f"{os.cpu_count()}, torch threads {torch.get_num_threads()}, load average "
-        f"{', '.join(f'{v:.1f}' for v in load) if load else '?'}")
-    log(f"grid: victims {args.victims} norms {args.norms} budgets {args.budgets} images "
-        f"{args.images} methods {args.methods} peers {args.peers} tune {args.tune} seed {args.seed}")
+        f"{', '.join(f'{v:.1f}' for v in load) if load else '?'}"
+    )
+    log(
+        f"grid: victims {args.victims} norms {args.norms} budgets {args.budgets} images "
+        f"{args.images} methods {args.methods} peers {args.peers} tune {args.tune} seed {args.seed}"
+    )
     weights = dict(w.split("=", 1) for w in args.weights)
     eps_of = {"linf": args.eps_linf, "l2": args.eps_l2}
     rows: list[dict] = []
@@ -740,24 +971,38 @@ def main(argv: list[str] | None = None) -> int:
         try:
             kw = {"weights": weights[victim]} if victim in weights else {"pretrained": True}
             net = create_model(victim, dataset=args.dataset, device="cpu", **kw)
-        except Exception as exc:  # noqa: BLE001 - a missing victim is a skipped row
+        except Exception as exc:
             log(f"\n== {victim}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0]})")
             for norm in args.norms:
                 for b in args.budgets:
-                    rows.append(skipped_row(victim, norm, eps_of[norm], b, "*", "victim",
-                                            f"victim not available ({type(exc).__name__})"))
+                    rows.append(
+                        skipped_row(
+                            victim,
+                            norm,
+                            eps_of[norm],
+                            b,
+                            "*",
+                            "victim",
+                            f"victim not available ({type(exc).__name__})",
+                        )
+                    )
             continue
-        wfile = Path(weights[victim]) if victim in weights else \
-            weights_dir() / weights_filename(victim, args.dataset)
+        wfile = (
+            Path(weights[victim])
+            if victim in weights
+            else weights_dir() / weights_filename(victim, args.dataset)
+        )
         sha = hashlib.sha256(wfile.read_bytes()).hexdigest() if wfile.is_file() else "?"
         victim_files[victim] = {"weights": str(wfile), "sha256": sha}
         log(f"\n== {victim}: weights {wfile} (sha256 {sha[:12]})")
         n_tune = args.tune_images if args.tune != "off" else 0
         x, y, xt, yt, span = select_images(net, args.dataset, args.images, n_tune)
         profile = RawProfile(net, tuple(x.shape[1:]))
-        log(f"   {len(y)} initially-correct images (first {span} test images), "
+        log(
+            f"   {len(y)} initially-correct images (first {span} test images), "
             f"{len(yt)} held-out tuning images; raw forward "
-            f"{profile.rate(64):.0f}/s at batch 64, {profile.rate(1024):.0f}/s at 1024")
+            f"{profile.rate(64):.0f}/s at batch 64, {profile.rate(1024):.0f}/s at 1024"
+        )
         for norm in args.norms:
             eps = eps_of[norm]
             # Attribution needs clean images further apart than 2 eps.
@@ -765,8 +1010,10 @@ def main(argv: list[str] | None = None) -> int:
             dmat = torch.cdist(flat, flat, p=math.inf if norm == "linf" else 2.0)
             dmat.fill_diagonal_(math.inf)
             if float(dmat.min()) <= 2 * eps:
-                log(f"  warning: two clean images within 2 eps ({float(dmat.min()):.3f}); ART's "
-                    "per-image attribution may be ambiguous")
+                log(
+                    f"  warning: two clean images within 2 eps ({float(dmat.min()):.3f}); ART's "
+                    "per-image attribution may be ambiguous"
+                )
             # ---- configurations for the gradient rules
             choices = tuned.setdefault(victim, {}).setdefault(norm, {})
             src_victim = args.victims[0] if args.tune_on == "first" else victim
@@ -775,16 +1022,33 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 reuse = tuned.get(src_victim, {}).get(norm, {}).get(m)
                 if reuse is None and args.tune_on == "first":  # e.g. --configs from another victim
-                    src_victim, reuse = next(((v2, c[norm][m]) for v2, c in tuned.items()
-                                              if v2 != victim and m in c.get(norm, {})),
-                                             (src_victim, None))
+                    src_victim, reuse = next(
+                        (
+                            (v2, c[norm][m])
+                            for v2, c in tuned.items()
+                            if v2 != victim and m in c.get(norm, {})
+                        ),
+                        (src_victim, None),
+                    )
                 if reuse is not None and src_victim != victim:
                     choices[m] = {**reuse, "source": f"tuned on {src_victim}"}
                 elif args.tune != "off" and len(yt):
-                    log(f"  tuning {m} ({norm}, {len(yt)} held-out images, budget "
-                        f"{args.tune_budget})")
-                    cfg, trials = tune(m, net, xt, yt, norm, eps, args.tune_budget, args.seed,
-                                       args.max_batch, args.tune)
+                    log(
+                        f"  tuning {m} ({norm}, {len(yt)} held-out images, budget "
+                        f"{args.tune_budget})"
+                    )
+                    cfg, trials = tune(
+                        m,
+                        net,
+                        xt,
+                        yt,
+                        norm,
+                        eps,
+                        args.tune_budget,
+                        args.seed,
+                        args.max_batch,
+                        args.tune,
+                    )
                     for t in trials:
                         t["victim"] = victim
                     tune_trials.extend(trials)
@@ -799,65 +1063,110 @@ def main(argv: list[str] | None = None) -> int:
                 group: list[dict] = []
                 for m in args.methods:
                     if m == "sign" and norm != "linf":
-                        group.append(skipped_row(victim, norm, eps, budget, m, "zoattack",
-                                                 "Linf only"))
+                        group.append(
+                            skipped_row(victim, norm, eps, budget, m, "zoattack", "Linf only")
+                        )
                         continue
                     cfg = config_from_dict(choices.get(m, {})) if m in GRADIENT_RULES else Config()
-                    o = run_zoattack(m, net, x, y, norm, eps, budget, cfg, args.seed,
-                                     args.max_batch)
-                    r = make_row(victim, norm, eps, budget, m, "zoattack",
-                                 cfg.label(m, norm, eps) + ("" if m in SEARCH_RULES else
-                                                            f" [{cfg.source}]"), o, profile)
+                    o = run_zoattack(
+                        m, net, x, y, norm, eps, budget, cfg, args.seed, args.max_batch
+                    )
+                    r = make_row(
+                        victim,
+                        norm,
+                        eps,
+                        budget,
+                        m,
+                        "zoattack",
+                        cfg.label(m, norm, eps) + ("" if m in SEARCH_RULES else f" [{cfg.source}]"),
+                        o,
+                        profile,
+                    )
                     group.append(r)
-                    log(f"  {m:20s} {r['successes']:3d}/{r['images']} median "
+                    log(
+                        f"  {m:20s} {r['successes']:3d}/{r['images']} median "
                         f"{fmt(r['median_queries'], '.0f'):>5s}  {r['wall_s']:6.1f}s  "
-                        f"{r['inputs_per_s']:6.0f} in/s  {r['notes']}")
+                        f"{r['inputs_per_s']:6.0f} in/s  {r['notes']}"
+                    )
                 for peer in args.peers:
                     module, runner = PEER_RUNNERS[peer]
-                    if versions["torchattacks" if module == "torchattacks"
-                                else "adversarial-robustness-toolbox"] is None:
-                        group.append(skipped_row(victim, norm, eps, budget, peer, "peer",
-                                                 f"{module} not installed"))
+                    if (
+                        versions[
+                            "torchattacks"
+                            if module == "torchattacks"
+                            else "adversarial-robustness-toolbox"
+                        ]
+                        is None
+                    ):
+                        group.append(
+                            skipped_row(
+                                victim, norm, eps, budget, peer, "peer", f"{module} not installed"
+                            )
+                        )
                         continue
                     xs, ys = x, y
                     if peer == "art_zoo":
                         if budget > args.zoo_max_budget:
-                            group.append(skipped_row(victim, norm, eps, budget, peer, "peer",
-                                                     f"budget > --zoo-max-budget "
-                                                     f"{args.zoo_max_budget} (too slow)"))
+                            group.append(
+                                skipped_row(
+                                    victim,
+                                    norm,
+                                    eps,
+                                    budget,
+                                    peer,
+                                    "peer",
+                                    f"budget > --zoo-max-budget {args.zoo_max_budget} (too slow)",
+                                )
+                            )
                             continue
                         xs, ys = x[: args.zoo_images], y[: args.zoo_images]
                     try:
                         o = runner(net, xs, ys, norm, eps, budget, args.seed)
-                    except Exception as exc:  # noqa: BLE001 - report, keep going
-                        group.append(skipped_row(victim, norm, eps, budget, peer, "peer",
-                                                 f"error {type(exc).__name__}: {exc}"[:200]))
+                    except Exception as exc:
+                        group.append(
+                            skipped_row(
+                                victim,
+                                norm,
+                                eps,
+                                budget,
+                                peer,
+                                "peer",
+                                f"error {type(exc).__name__}: {exc}"[:200],
+                            )
+                        )
                         log(f"  {peer}: error {exc!r}")
                         continue
-                    cfg_label = {"torchattacks_square": "p_init 0.8, margin, 1 restart",
-                                 "art_square": "p_init 0.8, 1 restart",
-                                 "art_zoo": f"first {len(ys)} images"}[peer]
-                    r = make_row(victim, norm, eps, budget, peer, "peer", cfg_label, o,
-                                 profile)
+                    cfg_label = {
+                        "torchattacks_square": "p_init 0.8, margin, 1 restart",
+                        "art_square": "p_init 0.8, 1 restart",
+                        "art_zoo": f"first {len(ys)} images",
+                    }[peer]
+                    r = make_row(victim, norm, eps, budget, peer, "peer", cfg_label, o, profile)
                     group.append(r)
-                    log(f"  {peer:20s} {r['successes']:3d}/{r['images']} median "
+                    log(
+                        f"  {peer:20s} {r['successes']:3d}/{r['images']} median "
                         f"{fmt(r['median_queries'], '.0f'):>5s}  {r['wall_s']:6.1f}s  "
-                        f"{r['inputs_per_s']:6.0f} in/s  {r['notes']}")
+                        f"{r['inputs_per_s']:6.0f} in/s  {r['notes']}"
+                    )
                 rows.extend(group)
                 if args.out is not None:  # partial results survive an interrupted run
                     write_outputs(args, rows, tuned, tune_trials, versions, t_start)
 
     add_ratios(rows)
-    log("\n## Results (success over initially-correct images; queries over successes; every "
-        "scored input counts, the clean check included)")
+    log(
+        "\n## Results (success over initially-correct images; queries over successes; every "
+        "scored input counts, the clean check included)"
+    )
     log(table(rows))
     if tuned:
         log("\n## Gradient-rule configurations (chosen on held-out images)")
         for victim, per_norm in tuned.items():
             for norm, per_m in per_norm.items():
                 for m, c in per_m.items():
-                    log(f"  {victim:10s} {norm:5s} {m:10s} {config_from_dict(c).label(m, norm, eps_of[norm])}"
-                        f"  [{c.get('source')}]")
+                    log(
+                        f"  {victim:10s} {norm:5s} {m:10s} {config_from_dict(c).label(m, norm, eps_of[norm])}"
+                        f"  [{c.get('source')}]"
+                    )
     v = verdicts(rows)
     if v:
         log("\n## Targets")
@@ -873,13 +1182,19 @@ def main(argv: list[str] | None = None) -> int:
 def write_outputs(args, rows, tuned, tune_trials, versions, t_start) -> list[Path]:
     args.out.mkdir(parents=True, exist_ok=True)
     add_ratios(rows)
-    meta = {"command": sys.argv, "versions": versions, "victims": VICTIM_FILES,
-            "threads": torch.get_num_threads(),
-            "device": "cpu", "seed": args.seed, "images": args.images,
-            "elapsed_s": time.perf_counter() - t_start,
-            "counting_rule": "every scored input counts (clean check included), charged to its "
-                             "image; success = misclassified at the returned point, inside the "
-                             "eps-ball and [0,1], queries <= budget; statistics over successes"}
+    meta = {
+        "command": sys.argv,
+        "versions": versions,
+        "victims": VICTIM_FILES,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "seed": args.seed,
+        "images": args.images,
+        "elapsed_s": time.perf_counter() - t_start,
+        "counting_rule": "every scored input counts (clean check included), charged to its "
+        "image; success = misclassified at the returned point, inside the "
+        "eps-ball and [0,1], queries <= budget; statistics over successes",
+    }
     jp = args.out / "results.json"
     jp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
     cp = args.out / "results.csv"

@@ -68,19 +68,24 @@ def _timed_batch(plan, folder: Path, executor) -> tuple[float, list[dict]]:
         return wall, store.rows()
 
 
-def bench_executors(tmp: Path, workers: int, use_ray: bool, quick: bool, scale: int,
-                    default_threads_run: bool) -> list[tuple]:
+def bench_executors(
+    tmp: Path, workers: int, use_ray: bool, quick: bool, scale: int, default_threads_run: bool
+) -> list[tuple]:
     import torch
 
     from zoattack.batch import LocalExecutor, RayExecutor, load_plan
 
     plan_path = tmp / "plan.toml"
-    plan_path.write_text(PLAN.format(images=(20 if quick else 40) * scale,
-                                     budget=150 if quick else 300))
+    plan_path.write_text(
+        PLAN.format(images=(20 if quick else 40) * scale, budget=150 if quick else 300)
+    )
     plan = load_plan(plan_path)
     chunks = sum(len(range(0, j.spec.images, j.spec.chunk_size)) for j in plan.jobs)
-    print(f"plan: {len(plan.jobs)} jobs, {chunks} chunks, "
-          f"{sum(j.spec.images for j in plan.jobs)} images", file=sys.stderr)
+    print(
+        f"plan: {len(plan.jobs)} jobs, {chunks} chunks, "
+        f"{sum(j.spec.images for j in plan.jobs)} images",
+        file=sys.stderr,
+    )
     results = []
     default_threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -95,28 +100,44 @@ def bench_executors(tmp: Path, workers: int, use_ray: bool, quick: bool, scale: 
         # Different intra-op thread counts round convolutions differently, and a rounding
         # difference can change an attack's path: count the rows it changed.
         differ = sum(a != b for a, b in zip(rows_default, rows_ref))
-        print(f"rows differing between {default_threads} and 1 torch threads: {differ} of "
-              f"{len(rows_ref)}", file=sys.stderr)
+        print(
+            f"rows differing between {default_threads} and 1 torch threads: {differ} of "
+            f"{len(rows_ref)}",
+            file=sys.stderr,
+        )
     if use_ray:
         try:
             import ray
         except ImportError:
-            print("ray is not installed (pip install 'zoattack[ray]'): Ray not measured",
-                  file=sys.stderr)
+            print(
+                "ray is not installed (pip install 'zoattack[ray]'): Ray not measured",
+                file=sys.stderr,
+            )
             return results
         t0 = time.perf_counter()
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
+        ray.init(
+            num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR"
+        )
         t_init = time.perf_counter() - t0
         try:
             t_ray, rows = _timed_batch(plan, tmp / "ray", RayExecutor())
         finally:
             ray.shutdown()
         assert rows == rows_ref, "Ray rows differ from the 1-thread local rows"
-        results.append((f"ray, {workers} workers (ray.init {t_init:.1f} s not included)",
-                        t_ray, best_local / t_ray))
-        results.append((f"ray, {workers} workers, ray.init included", t_ray + t_init,
-                        best_local / (t_ray + t_init)))
+        results.append(
+            (
+                f"ray, {workers} workers (ray.init {t_init:.1f} s not included)",
+                t_ray,
+                best_local / t_ray,
+            )
+        )
+        results.append(
+            (
+                f"ray, {workers} workers, ray.init included",
+                t_ray + t_init,
+                best_local / (t_ray + t_init),
+            )
+        )
     return results
 
 
@@ -139,10 +160,20 @@ def bench_store(tmp: Path, quick: bool) -> list[tuple]:
             t0 = time.perf_counter()
             for k in keys:
                 for start in range(0, per_job, chunk):
-                    rows = [dict(index=i, label=i % 10, initial_prediction=i % 10,
-                                 final_prediction=(i + 1) % 10, success=1, queries=i % 997 + 1,
-                                 linf=0.1, l2=1.2345, stop_reason="success")
-                            for i in range(start, start + chunk)]
+                    rows = [
+                        dict(
+                            index=i,
+                            label=i % 10,
+                            initial_prediction=i % 10,
+                            final_prediction=(i + 1) % 10,
+                            success=1,
+                            queries=i % 997 + 1,
+                            linf=0.1,
+                            l2=1.2345,
+                            stop_reason="success",
+                        )
+                        for i in range(start, start + chunk)
+                    ]
                     store.add_rows(k, rows, scored_inputs=chunk * 100, seconds=0.1)
             wall = time.perf_counter() - t0
             n = jobs * per_job
@@ -163,10 +194,17 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-ray", action="store_true", help="measure the local executor only")
     ap.add_argument("--quick", action="store_true", help="a smaller plan and store")
-    ap.add_argument("--scale", type=int, default=1,
-                    help="multiply the images per job (amortizes Ray's worker start-up)")
-    ap.add_argument("--no-default-threads", action="store_true",
-                    help="skip the local run with torch's default thread count")
+    ap.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        help="multiply the images per job (amortizes Ray's worker start-up)",
+    )
+    ap.add_argument(
+        "--no-default-threads",
+        action="store_true",
+        help="skip the local run with torch's default thread count",
+    )
     ap.add_argument("--no-store", action="store_true", help="skip the store measurement")
     args = ap.parse_args()
 
@@ -184,8 +222,9 @@ def main() -> None:
             table.add_row(name, f"{n:,}", f"{wall:.2f}", f"{rate:,.0f}", f"{rate / 1e4:.1f}x")
         if store:
             console.print(table)
-        execs = bench_executors(tmp, args.workers, not args.no_ray, args.quick, args.scale,
-                                not args.no_default_threads)
+        execs = bench_executors(
+            tmp, args.workers, not args.no_ray, args.quick, args.scale, not args.no_default_threads
+        )
         table = Table(title=f"fixed plan, wall time (cpu cores: {os.cpu_count()})")
         for col in ("executor", "seconds", "speed-up vs best local"):
             table.add_column(col, justify="left" if col == "executor" else "right")

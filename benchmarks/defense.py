@@ -97,17 +97,21 @@ def main() -> None:
     cert_idx = rest[::step][: a.cert_images]
     train_x = data.images[: a.train_images]
     model = create_model("small_cnn", dataset="fashion-mnist", pretrained=True)
-    print(f"black box: small_cnn (bundled); train images 0..{a.train_images - 1}; certify "
-          f"{len(cert_idx)} images {cert_idx[0]}..{cert_idx[-1]} step {step}; sigma {a.sigma}, "
-          f"N0 {a.n0}, N {a.n}, alpha {a.alpha}; epochs {a.epochs} (AE {a.ae_epochs}); "
-          f"{a.threads} thread(s)", flush=True)
+    print(
+        f"black box: small_cnn (bundled); train images 0..{a.train_images - 1}; certify "
+        f"{len(cert_idx)} images {cert_idx[0]}..{cert_idx[-1]} step {step}; sigma {a.sigma}, "
+        f"N0 {a.n0}, N {a.n}, alpha {a.alpha}; epochs {a.epochs} (AE {a.ae_epochs}); "
+        f"{a.threads} thread(s)",
+        flush=True,
+    )
 
     results = {}
     curves = {}
     for name in a.methods:
         d = a.out / name
-        cfg = DefenseConfig(**METHODS[name], sigma=a.sigma, epochs=a.epochs,
-                            ae_epochs=a.ae_epochs, seed=a.seed)
+        cfg = DefenseConfig(
+            **METHODS[name], sigma=a.sigma, epochs=a.epochs, ae_epochs=a.ae_epochs, seed=a.seed
+        )
         card_path = d / "defense.json"
         if card_path.is_file() and json.loads(card_path.read_text()).get("complete"):
             card = json.loads(card_path.read_text())
@@ -115,16 +119,38 @@ def main() -> None:
             bb = BlackBox(model, output="logits", input_shape=data.image_shape)
             t0 = time.perf_counter()
             card = train_defense(
-                cfg, bb, train_x, d, white_box=model, resume=(d / "checkpoint.safetensors").exists(),
-                record={"blackbox": {"model": "small_cnn", "dataset": "fashion-mnist",
-                                     "weights": None, "output": "logits", "num_classes": 10},
-                        "data": {"dataset": "fashion-mnist", "split": "test",
-                                 "source": data.source, "start": 0,
-                                 "count": a.train_images},
-                        "classes": data.classes},
-                on_epoch=lambda r, n=name: r["stage"] == 2 and print(
-                    f"  {n} epoch {r['epoch']}: loss {r['loss']:.4f}, {r['queries']:,} queries, "
-                    f"{r['seconds']:.0f} s", flush=True))
+                cfg,
+                bb,
+                train_x,
+                d,
+                white_box=model,
+                resume=(d / "checkpoint.safetensors").exists(),
+                record={
+                    "blackbox": {
+                        "model": "small_cnn",
+                        "dataset": "fashion-mnist",
+                        "weights": None,
+                        "output": "logits",
+                        "num_classes": 10,
+                    },
+                    "data": {
+                        "dataset": "fashion-mnist",
+                        "split": "test",
+                        "source": data.source,
+                        "start": 0,
+                        "count": a.train_images,
+                    },
+                    "classes": data.classes,
+                },
+                on_epoch=lambda r, n=name: (
+                    r["stage"] == 2
+                    and print(
+                        f"  {n} epoch {r['epoch']}: loss {r['loss']:.4f}, {r['queries']:,} queries, "
+                        f"{r['seconds']:.0f} s",
+                        flush=True,
+                    )
+                ),
+            )
             print(f"{name}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
         front, _ = load_front(d)
         cbb = BlackBox(model, output="labels", input_shape=data.image_shape, max_batch=1000)
@@ -132,46 +158,80 @@ def main() -> None:
         csv_path = d / f"certify-n{a.n}.csv"
         done = read_rows(csv_path) if csv_path.is_file() else []
         t0 = time.perf_counter()
-        rows = certify_images(smooth, data.images[cert_idx], data.labels[cert_idx], cert_idx,
-                              csv_path, n0=a.n0, n=a.n, alpha=a.alpha, seed=a.seed,
-                              blackbox=cbb, resume=bool(done))
+        rows = certify_images(
+            smooth,
+            data.images[cert_idx],
+            data.labels[cert_idx],
+            cert_idx,
+            csv_path,
+            n0=a.n0,
+            n=a.n,
+            alpha=a.alpha,
+            seed=a.seed,
+            blackbox=cbb,
+            resume=bool(done),
+        )
         rows = [r for r in rows if r["index"] in set(cert_idx)]
         summ = summarize(rows, RADII)
         curves[name] = rows
         train_s = card["train_seconds"]
         results[name] = {
-            "method": cfg.method, "estimator": cfg.estimator if cfg.zeroth_order else "backprop",
-            "samples": cfg.samples, "certified_accuracy": summ["certified_accuracy"],
-            "abstained": summ["abstained"], "train_queries_blackbox": card["queries"]
-            ["train_blackbox"], "train_whitebox_evaluations": card["queries"]
-            ["whitebox_evaluations"], "certify_queries": summ["queries"],
-            "train_seconds": train_s, "certify_seconds": summ["seconds"],
-            "images": len(rows)}
+            "method": cfg.method,
+            "estimator": cfg.estimator if cfg.zeroth_order else "backprop",
+            "samples": cfg.samples,
+            "certified_accuracy": summ["certified_accuracy"],
+            "abstained": summ["abstained"],
+            "train_queries_blackbox": card["queries"]["train_blackbox"],
+            "train_whitebox_evaluations": card["queries"]["whitebox_evaluations"],
+            "certify_queries": summ["queries"],
+            "train_seconds": train_s,
+            "certify_seconds": summ["seconds"],
+            "images": len(rows),
+        }
         ca = summ["certified_accuracy"]
-        print(f"{name}: CA " + " ".join(f"{100 * v:.1f}" for v in ca.values())
-              + f" ({time.perf_counter() - t0:.0f} s certifying)", flush=True)
-        (a.out / "results.json").write_text(json.dumps(
-            {"settings": vars(a) | {"out": str(a.out), "cert_indices": cert_idx},
-             "results": results}, indent=2) + "\n")
+        print(
+            f"{name}: CA "
+            + " ".join(f"{100 * v:.1f}" for v in ca.values())
+            + f" ({time.perf_counter() - t0:.0f} s certifying)",
+            flush=True,
+        )
+        (a.out / "results.json").write_text(
+            json.dumps(
+                {
+                    "settings": vars(a) | {"out": str(a.out), "cert_indices": cert_idx},
+                    "results": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
     save_curve(a.out / "certified_accuracy.png", curves, a.sigma)
     ref = results.get("fo-ds")
-    head = (f"{'method':<16}" + "".join(f"{'CA@' + str(r):>9}" for r in RADII)
-            + f"{'train q (bb)':>14}{'wb evals':>10}{'cert q':>11}{'train s':>9}{'cert s':>8}"
-            + (f"{'CA.25/fo-ds':>12}{'q/fo-ds':>9}" if ref else ""))
+    head = (
+        f"{'method':<16}"
+        + "".join(f"{'CA@' + str(r):>9}" for r in RADII)
+        + f"{'train q (bb)':>14}{'wb evals':>10}{'cert q':>11}{'train s':>9}{'cert s':>8}"
+        + (f"{'CA.25/fo-ds':>12}{'q/fo-ds':>9}" if ref else "")
+    )
     print("\n" + head)
     for name, r in results.items():
         ca = list(r["certified_accuracy"].values())
-        line = (f"{name:<16}" + "".join(f"{100 * v:>9.1f}" for v in ca)
-                + f"{r['train_queries_blackbox']:>14,}{r['train_whitebox_evaluations']:>10,}"
-                + f"{r['certify_queries']:>11,}{r['train_seconds']:>9.0f}"
-                + f"{r['certify_seconds']:>8.0f}")
+        line = (
+            f"{name:<16}"
+            + "".join(f"{100 * v:>9.1f}" for v in ca)
+            + f"{r['train_queries_blackbox']:>14,}{r['train_whitebox_evaluations']:>10,}"
+            + f"{r['certify_queries']:>11,}{r['train_seconds']:>9.0f}"
+            + f"{r['certify_seconds']:>8.0f}"
+        )
         if ref:
             base_ca = ref["certified_accuracy"]["0.25"]
             base_q = ref["train_queries_blackbox"] + ref["train_whitebox_evaluations"]
             mine_q = r["train_queries_blackbox"] + r["train_whitebox_evaluations"]
-            line += (f"{(r['certified_accuracy']['0.25'] / base_ca if base_ca else float('nan')):>12.2f}"
-                     f"{mine_q / base_q:>9.1f}")
+            line += (
+                f"{(r['certified_accuracy']['0.25'] / base_ca if base_ca else float('nan')):>12.2f}"
+                f"{mine_q / base_q:>9.1f}"
+            )
         print(line)
     zo_ds = results.get("zo-ds-rge20")
     for name in ("zo-ae-ds-cge", "zo-ae-ds-rge20"):
@@ -179,9 +239,11 @@ def main() -> None:
             v = 100 * results[name]["certified_accuracy"]["0.25"]
             f = 100 * ref["certified_accuracy"]["0.25"]
             z = 100 * zo_ds["certified_accuracy"]["0.25"]
-            print(f"targets for {name} at r=0.25: within 5 pts of fo-ds ({v:.1f} vs {f:.1f}: "
-                  f"{'met' if v >= f - 5 else 'NOT met'}); >= 15 pts above zo-ds ({v:.1f} vs "
-                  f"{z:.1f}: {'met' if v >= z + 15 else 'NOT met'})")
+            print(
+                f"targets for {name} at r=0.25: within 5 pts of fo-ds ({v:.1f} vs {f:.1f}: "
+                f"{'met' if v >= f - 5 else 'NOT met'}); >= 15 pts above zo-ds ({v:.1f} vs "
+                f"{z:.1f}: {'met' if v >= z + 15 else 'NOT met'})"
+            )
     print(f"wrote {a.out / 'results.json'} and {a.out / 'certified_accuracy.png'}")
 
 

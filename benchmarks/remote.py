@@ -52,9 +52,23 @@ def start_subprocess_server(threads: int) -> tuple[subprocess.Popen, str]:
     port = sock.getsockname()[1]
     sock.close()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen([sys.executable, "-m", "zoattack", "serve", "--port", str(port),
-                             "--device", "cpu", "--log-level", "error"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zoattack",
+            "serve",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--log-level",
+            "error",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -98,10 +112,12 @@ def breakdown(url: str, victim: torch.nn.Module, x: torch.Tensor, repeats: int) 
 
     model = remote_model(url)
     with httpx.Client() as http:
-        ms = {"model forward": timed(forward, repeats),
-              ".npy encode+decode": timed(codec, repeats),
-              "HTTP round trip (/health)": timed(lambda: http.get(f"{url}/health"), repeats),
-              "whole /score request": timed(lambda: model(x), repeats)}
+        ms = {
+            "model forward": timed(forward, repeats),
+            ".npy encode+decode": timed(codec, repeats),
+            "HTTP round trip (/health)": timed(lambda: http.get(f"{url}/health"), repeats),
+            "whole /score request": timed(lambda: model(x), repeats),
+        }
     model.close()
     ms = {k: v * 1000 for k, v in ms.items()}
     parts = ms["model forward"] + ms[".npy encode+decode"] + ms["HTTP round trip (/health)"]
@@ -122,8 +138,9 @@ def main() -> None:
         args.images, args.budget = 40, 200
     torch.set_num_threads(args.threads)
     spec = AttackSpec(images=args.images, budget=args.budget, device="cpu", seed=0)
-    small = AttackSpec(images=min(10, args.images), budget=min(100, args.budget),
-                       device="cpu", seed=0)
+    small = AttackSpec(
+        images=min(10, args.images), budget=min(100, args.budget), device="cpu", seed=0
+    )
 
     results: list[tuple[str, float, int, int | None]] = []  # name, seconds, inputs, requests
 
@@ -138,15 +155,20 @@ def main() -> None:
         print(f"  {name}: {n / secs:,.0f} inputs/s", file=sys.stderr)
         return rows
 
-    print(f"attack: sign (Linf 0.1), small_cnn on fashion-mnist, {spec.images} images, "
-          f"budget {spec.budget}, torch threads {args.threads}", file=sys.stderr)
+    print(
+        f"attack: sign (Linf 0.1), small_cnn on fashion-mnist, {spec.images} images, "
+        f"budget {spec.budget}, torch threads {args.threads}",
+        file=sys.stderr,
+    )
     local_rows = best("in-process")
     proc, url = start_subprocess_server(args.threads)
     try:
         remote_rows = best("remote, server process, .npy", lambda: remote_model(url))
         best("remote, server process, JSON", lambda: remote_model(url, wire="json"))
-        best("remote, server process, max_batch=1 (10 images, budget 100)",
-             lambda: remote_model(url, max_batch=1))
+        best(
+            "remote, server process, max_batch=1 (10 images, budget 100)",
+            lambda: remote_model(url, max_batch=1),
+        )
         reqs = next(r for r in results if r[0] == "remote, server process, .npy")
         mean_batch = max(1, round(reqs[2] / max(1, reqs[3] or 1)))
         x = prepare(spec).images[:1].repeat(mean_batch, 1, 1, 1)
@@ -172,11 +194,26 @@ def main() -> None:
         print(f"  {k:<32} {v:8.3f}{share}")
     if args.json_out:
         with open(args.json_out, "w") as fh:
-            json.dump({"settings": vars(args), "identical_rows": same, "breakdown_ms": parts,
-                       "mean_batch": mean_batch,
-                       "rates": {name: {"seconds": secs, "scored_inputs": n, "requests": reqs,
-                                        "inputs_per_second": n / secs, "ratio": n / secs / base}
-                                 for name, secs, n, reqs in results}}, fh, indent=2)
+            json.dump(
+                {
+                    "settings": vars(args),
+                    "identical_rows": same,
+                    "breakdown_ms": parts,
+                    "mean_batch": mean_batch,
+                    "rates": {
+                        name: {
+                            "seconds": secs,
+                            "scored_inputs": n,
+                            "requests": reqs,
+                            "inputs_per_second": n / secs,
+                            "ratio": n / secs / base,
+                        }
+                        for name, secs, n, reqs in results
+                    },
+                },
+                fh,
+                indent=2,
+            )
     if not same:
         raise SystemExit("remote rows differ from in-process rows")
 

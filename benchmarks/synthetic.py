@@ -87,15 +87,29 @@ BASELINE = ("zo_sgd", "gaussian")
 # estimators that make sense with it. LIZO estimates with sign/adaptive rules and the
 # full coordinate estimator are left out (see the module docstring).
 COMBOS: list[tuple[str, str]] = [
-    ("zo_sgd", "gaussian"), ("zo_sgd", "sphere"), ("zo_sgd", "dap"),
-    ("zo_sgd", "coordinate"), ("zo_sgd", "lizo"),
-    ("zo_signsgd", "sphere"), ("zo_signsgd", "gaussian"), ("zo_signsgd", "dap"),
-    ("zo_adamm", "sphere"), ("zo_adamm", "gaussian"), ("zo_adamm", "dap"),
-    ("radazo", "sphere"), ("radazo", "gaussian"), ("radazo", "dap"),
+    ("zo_sgd", "gaussian"),
+    ("zo_sgd", "sphere"),
+    ("zo_sgd", "dap"),
+    ("zo_sgd", "coordinate"),
+    ("zo_sgd", "lizo"),
+    ("zo_signsgd", "sphere"),
+    ("zo_signsgd", "gaussian"),
+    ("zo_signsgd", "dap"),
+    ("zo_adamm", "sphere"),
+    ("zo_adamm", "gaussian"),
+    ("zo_adamm", "dap"),
+    ("radazo", "sphere"),
+    ("radazo", "gaussian"),
+    ("radazo", "dap"),
     ("lizo", "lizo"),
 ]
-PAPER_DEFAULT = {"zo_sgd": "gaussian", "zo_signsgd": "sphere", "zo_adamm": "sphere",
-                 "radazo": "sphere", "lizo": "lizo"}
+PAPER_DEFAULT = {
+    "zo_sgd": "gaussian",
+    "zo_signsgd": "sphere",
+    "zo_adamm": "sphere",
+    "radazo": "sphere",
+    "lizo": "lizo",
+}
 
 # Centre of the lr grid at d=1000 with K=10 (grid: centre * 10^{-1, -1/2, 0, 1/2, 1}).
 # Unbiased estimates with SGD: stable up to about K/(L d), which is d-independent here
@@ -128,8 +142,7 @@ def radius_mu(est: str, mu: float, d: int) -> float:
 
 
 def make_rule(rule: str, est: str, lr: float, k: int, mu: float, d: int):
-    return create_optimizer(rule, lr=lr, estimator=est, num_samples=k,
-                            mu=radius_mu(est, mu, d))
+    return create_optimizer(rule, lr=lr, estimator=est, num_samples=k, mu=radius_mu(est, mu, d))
 
 
 def fmt(v: float | None, digits: int = 3) -> str:
@@ -216,8 +229,9 @@ def bare_eval_time(fn: Any, batch: int, d: int, dtype: torch.dtype, repeats: int
     return min(times) / batch
 
 
-def run_one(fn: Any, x0: torch.Tensor, rule: str, est: str, lr: float, args: argparse.Namespace,
-            seed: int) -> Run:
+def run_one(
+    fn: Any, x0: torch.Tensor, rule: str, est: str, lr: float, args: argparse.Namespace, seed: int
+) -> Run:
     n, d = x0.shape
     r = Run(fn.name, d, rule, est, lr, n, args.budget)
     r.f0 = [float(v) for v in fn(x0).double()]
@@ -243,8 +257,9 @@ def run_one(fn: Any, x0: torch.Tensor, rule: str, est: str, lr: float, args: arg
     return r
 
 
-def time_rules(runs: dict[tuple, Run], args: argparse.Namespace, dtype: torch.dtype,
-               log: Any) -> list[dict[str, Any]]:
+def time_rules(
+    runs: dict[tuple, Run], args: argparse.Namespace, dtype: torch.dtype, log: Any
+) -> list[dict[str, Any]]:
     """Table 3 data: each rule with its paper estimator (and the baseline), at its tuned lr,
     run ``--timing-repeats`` times on the evaluation batch with ``--timing-budget`` queries;
     the fastest repeat is kept (robust to other load), as is the bare evaluation."""
@@ -256,29 +271,53 @@ def time_rules(runs: dict[tuple, Run], args: argparse.Namespace, dtype: torch.dt
             x0 = starts(fn, args.seeds, d, make_generator(args.seed), dtype)
             for rule, est in args.combos:
                 run = runs.get((fname, d, rule, est))
-                if run is None or run.diverged or (
-                        PAPER_DEFAULT[rule] != est and (rule, est) != BASELINE
-                        and not args.all_timings):
+                if (
+                    run is None
+                    or run.diverged
+                    or (
+                        PAPER_DEFAULT[rule] != est
+                        and (rule, est) != BASELINE
+                        and not args.all_timings
+                    )
+                ):
                     continue
                 walls, queries = [], 0
                 for _ in range(args.timing_repeats):
                     bb = BlackBox(fn, output="scores", bounds=None)
                     rl = make_rule(rule, est, run.lr, args.samples, args.mu, d)
                     t = time.perf_counter()
-                    minimize(FunctionObjective(bb), x0, rl,
-                             generator=make_generator(args.seed + RUN_SEED_OFFSET), budget=budget)
+                    minimize(
+                        FunctionObjective(bb),
+                        x0,
+                        rl,
+                        generator=make_generator(args.seed + RUN_SEED_OFFSET),
+                        budget=budget,
+                    )
                     walls.append(time.perf_counter() - t)
                     queries = bb.total_queries
                 batch = args.seeds * rl.max_queries_per_step(d)
                 bare = bare_eval_time(fn, batch, d, dtype)
                 per_q = min(walls) / queries
-                rows.append({"function": fname, "dim": d, "rule": rule, "estimator": est,
-                             "batch": batch, "wall_s_min": min(walls), "wall_s_all": walls,
-                             "queries": queries, "us_per_query": per_q * 1e6,
-                             "bare_us_per_point": bare * 1e6, "overhead": per_q / bare,
-                             "eval_run_us_per_query": run.wall_s / max(1, sum(run.queries)) * 1e6})
-                log(f"  timing {fname} d={d} {label(rule, est):22s} {per_q * 1e6:.1f} us/query, "
-                    f"bare {bare * 1e6:.2f} us/point")
+                rows.append(
+                    {
+                        "function": fname,
+                        "dim": d,
+                        "rule": rule,
+                        "estimator": est,
+                        "batch": batch,
+                        "wall_s_min": min(walls),
+                        "wall_s_all": walls,
+                        "queries": queries,
+                        "us_per_query": per_q * 1e6,
+                        "bare_us_per_point": bare * 1e6,
+                        "overhead": per_q / bare,
+                        "eval_run_us_per_query": run.wall_s / max(1, sum(run.queries)) * 1e6,
+                    }
+                )
+                log(
+                    f"  timing {fname} d={d} {label(rule, est):22s} {per_q * 1e6:.1f} us/query, "
+                    f"bare {bare * 1e6:.2f} us/point"
+                )
     return rows
 
 
@@ -286,8 +325,17 @@ def lr_grid(centre: float, half_width: int) -> list[float]:
     return [centre * HALF_DECADE**i for i in range(-half_width, half_width + 1)]
 
 
-def tune_lr(fn: Any, x_tune: torch.Tensor, rule: str, est: str, centre: float, half_width: int,
-            extend: int, args: argparse.Namespace, log: Any) -> tuple[float, dict[float, float]]:
+def tune_lr(
+    fn: Any,
+    x_tune: torch.Tensor,
+    rule: str,
+    est: str,
+    centre: float,
+    half_width: int,
+    extend: int,
+    args: argparse.Namespace,
+    log: Any,
+) -> tuple[float, dict[float, float]]:
     """Best lr by mean final loss on the tuning starts (rows of ``x_tune``); extends the grid
     past an edge optimum (at most ``--max-extend`` times)."""
     scores: dict[float, float] = {}
@@ -297,8 +345,10 @@ def tune_lr(fn: Any, x_tune: torch.Tensor, rule: str, est: str, centre: float, h
         if key not in scores:
             run = run_one(fn, x_tune, rule, est, key, args, seed=args.tune_seed)
             scores[key] = statistics.fmean(run.final) if not run.diverged else float("inf")
-            log(f"    tune {label(rule, est):22s} lr={key:<10.4g} final={scores[key]:.5g}"
-                f"{' (diverged)' if run.diverged else ''} [{run.wall_s:.1f}s]")
+            log(
+                f"    tune {label(rule, est):22s} lr={key:<10.4g} final={scores[key]:.5g}"
+                f"{' (diverged)' if run.diverged else ''} [{run.wall_s:.1f}s]"
+            )
         return scores[key]
 
     grid = [float(f"{v:.6g}") for v in lr_grid(centre, half_width)]
@@ -351,8 +401,9 @@ def estimator_variance(args: argparse.Namespace, log: Any) -> list[dict[str, Any
                             bb = BlackBox(fn, output="scores", bounds=None)
                             if hasattr(e, "reset"):
                                 e.reset()
-                            gh = e.estimate(FunctionObjective(bb), x.expand(m, d).contiguous(),
-                                            generator=gen).grad.double()
+                            gh = e.estimate(
+                                FunctionObjective(bb), x.expand(m, d).contiguous(), generator=gen
+                            ).grad.double()
                             assert bb.total_queries == m * e.queries_per_call(d) == m * (k + 1)
                             err2.append(((gh - g) ** 2).sum(1) / gn2)
                             dot = gh @ g
@@ -363,20 +414,27 @@ def estimator_variance(args: argparse.Namespace, log: Any) -> list[dict[str, Any
                             done += m
                         err2_t, cos_t = torch.cat(err2), torch.cat(cos)
                         dots_t, n2_t = torch.cat(dots), torch.cat(norms2)
-                        per_point.append({
-                            "point": pname,
-                            "nmse": float(err2_t.mean()),
-                            "nmse_se": float(err2_t.std() / math.sqrt(len(err2_t))),
-                            "cos": float(cos_t.mean()),
-                            "cos_se": float(cos_t.std() / math.sqrt(len(cos_t))),
-                            # min_c E||c g_hat - g||^2 / ||g||^2: scale-free (LIZO is K/d-scaled)
-                            "nmse_rescaled": float(1 - dots_t.mean() ** 2 / n2_t.mean()),
-                            "bias_scale": float(dots_t.mean()),
-                        })
+                        per_point.append(
+                            {
+                                "point": pname,
+                                "nmse": float(err2_t.mean()),
+                                "nmse_se": float(err2_t.std() / math.sqrt(len(err2_t))),
+                                "cos": float(cos_t.mean()),
+                                "cos_se": float(cos_t.std() / math.sqrt(len(cos_t))),
+                                # min_c E||c g_hat - g||^2 / ||g||^2: scale-free (LIZO is K/d-scaled)
+                                "nmse_rescaled": float(1 - dots_t.mean() ** 2 / n2_t.mean()),
+                                "bias_scale": float(dots_t.mean()),
+                            }
+                        )
                     npts = len(per_point)
                     row = {
-                        "function": fname, "dim": d, "K": k, "estimator": est,
-                        "queries_per_draw": k + 1, "draws_per_point": draws, "points": npts,
+                        "function": fname,
+                        "dim": d,
+                        "K": k,
+                        "estimator": est,
+                        "queries_per_draw": k + 1,
+                        "draws_per_point": draws,
+                        "points": npts,
                         "nmse": statistics.fmean(p["nmse"] for p in per_point),
                         "nmse_se": math.sqrt(sum(p["nmse_se"] ** 2 for p in per_point)) / npts,
                         "cos": statistics.fmean(p["cos"] for p in per_point),
@@ -386,8 +444,10 @@ def estimator_variance(args: argparse.Namespace, log: Any) -> list[dict[str, Any
                         "per_point": per_point,
                     }
                     rows.append(row)
-                    log(f"  variance {fname} d={d} K={k} {est:10s} nmse={row['nmse']:.4g} "
-                        f"cos={row['cos']:.4f} [{time.perf_counter() - t0:.1f}s]")
+                    log(
+                        f"  variance {fname} d={d} K={k} {est:10s} nmse={row['nmse']:.4g} "
+                        f"cos={row['cos']:.4f} [{time.perf_counter() - t0:.1f}s]"
+                    )
     return rows
 
 
@@ -404,8 +464,10 @@ def analyse(runs: dict[tuple, Run], args: argparse.Namespace) -> dict[tuple, dic
                 continue
             if args.threshold == "auto" and not base.diverged:
                 # per seed: the loss the baseline has after half the budget on that seed
-                fracs = [(loss_at(h, f0, args.budget / 2) - fstar) / (f0 - fstar)
-                         for h, f0 in zip(base.history, base.f0)]
+                fracs = [
+                    (loss_at(h, f0, args.budget / 2) - fstar) / (f0 - fstar)
+                    for h, f0 in zip(base.history, base.f0)
+                ]
             else:
                 fracs = [0.5 if args.threshold == "auto" else float(args.threshold)] * base.seeds
             frac = statistics.fmean(fracs)
@@ -414,8 +476,11 @@ def analyse(runs: dict[tuple, Run], args: argparse.Namespace) -> dict[tuple, dic
                 if key[:2] != (fname, d):
                     continue
                 run.threshold = [fstar + fr * (f0 - fstar) for fr, f0 in zip(fracs, run.f0)]
-                run.q_thr = ([queries_to(h, t) for h, t in zip(run.history, run.threshold)]
-                             if not run.diverged else [None] * run.seeds)
+                run.q_thr = (
+                    [queries_to(h, t) for h, t in zip(run.history, run.threshold)]
+                    if not run.diverged
+                    else [None] * run.seeds
+                )
     return out
 
 
@@ -427,16 +492,20 @@ def summary(run: Run, base: Run | None) -> dict[str, Any]:
     bm = None
     if base is not None and base.q_thr and all(v is not None for v in base.q_thr):
         bm = statistics.fmean(base.q_thr)  # type: ignore[arg-type]
+
     def curve_mean(q: float) -> float:
         if not run.history:
             return float("nan")
         return statistics.fmean(loss_at(h, f0, q) for h, f0 in zip(run.history, run.f0))
 
     return {
-        "final_mean": fm, "final_std": fs,
-        "loss_q4": curve_mean(run.budget / 4), "loss_q2": curve_mean(run.budget / 2),
+        "final_mean": fm,
+        "final_std": fs,
+        "loss_q4": curve_mean(run.budget / 4),
+        "loss_q2": curve_mean(run.budget / 2),
         "ratio_final": safe_ratio(fm, mean_std(base.final)[0]) if base else None,
-        "q_thr_mean": qm, "q_thr_reached": reached,
+        "q_thr_mean": qm,
+        "q_thr_reached": reached,
         "ratio_q_thr": safe_ratio(qm, bm),
     }
 
@@ -465,45 +534,98 @@ def table1(con: Console, runs: dict[tuple, Run], info: dict[tuple, dict], args) 
             base = runs.get((fname, d) + BASELINE)
             frac = info[(fname, d)]["threshold_fraction"]
             f0m = statistics.fmean(base.f0) if base else float("nan")
-            how = ("per seed, the baseline's loss after Q/2 queries; mean gap fraction "
-                   f"{frac:.3f}" if args.threshold == "auto" else f"f* + {frac:.3f} (f0 - f*)")
-            t = Table(title=f"Table 1. {fname}, d={d:,}: budget Q={args.budget:,} queries/problem, "
-                            f"{args.seeds} seeds, K={args.samples}; mean initial loss {f0m:.4g}; "
-                            f"threshold: {how}",
-                      box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-            for col in ("rule", "estimator", "lr", "loss@Q/4", "loss@Q/2", "final loss",
-                        "vs base", "queries to thr", "vs base", "steps"):
+            how = (
+                f"per seed, the baseline's loss after Q/2 queries; mean gap fraction {frac:.3f}"
+                if args.threshold == "auto"
+                else f"f* + {frac:.3f} (f0 - f*)"
+            )
+            t = Table(
+                title=f"Table 1. {fname}, d={d:,}: budget Q={args.budget:,} queries/problem, "
+                f"{args.seeds} seeds, K={args.samples}; mean initial loss {f0m:.4g}; "
+                f"threshold: {how}",
+                box=box.SIMPLE_HEAD,
+                title_justify="left",
+                pad_edge=False,
+            )
+            for col in (
+                "rule",
+                "estimator",
+                "lr",
+                "loss@Q/4",
+                "loss@Q/2",
+                "final loss",
+                "vs base",
+                "queries to thr",
+                "vs base",
+                "steps",
+            ):
                 t.add_column(col, justify="left" if col in ("rule", "estimator") else "right")
             for rule, est in args.combos:
                 run = runs.get((fname, d, rule, est))
                 if run is None:
                     continue
                 s = summary(run, base)
-                qtxt = (f"{s['q_thr_mean']:,.0f}" if s["q_thr_mean"] is not None
-                        else f">{args.budget:,} ({s['q_thr_reached']}/{run.seeds})")
-                final = ("diverged" if run.diverged
-                         else f"{s['final_mean']:.4g} ± {s['final_std']:.2g}")
+                qtxt = (
+                    f"{s['q_thr_mean']:,.0f}"
+                    if s["q_thr_mean"] is not None
+                    else f">{args.budget:,} ({s['q_thr_reached']}/{run.seeds})"
+                )
+                final = (
+                    "diverged" if run.diverged else f"{s['final_mean']:.4g} ± {s['final_std']:.2g}"
+                )
                 mark = " *" if (rule, est) == BASELINE else ""
-                t.add_row(rule + mark, est + (" (paper)" if PAPER_DEFAULT[rule] == est else ""),
-                          f"{run.lr:.3g}", fmt(s["loss_q4"], 4), fmt(s["loss_q2"], 4), final,
-                          fmt_ratio(s["ratio_final"]), qtxt, fmt_ratio(s["ratio_q_thr"]),
-                          str(run.steps[0]) if run.steps else "-")
-                rows_out.append({"function": fname, "dim": d, "rule": rule, "estimator": est,
-                                 "lr": run.lr, **s, "threshold_fraction": frac})
+                t.add_row(
+                    rule + mark,
+                    est + (" (paper)" if PAPER_DEFAULT[rule] == est else ""),
+                    f"{run.lr:.3g}",
+                    fmt(s["loss_q4"], 4),
+                    fmt(s["loss_q2"], 4),
+                    final,
+                    fmt_ratio(s["ratio_final"]),
+                    qtxt,
+                    fmt_ratio(s["ratio_q_thr"]),
+                    str(run.steps[0]) if run.steps else "-",
+                )
+                rows_out.append(
+                    {
+                        "function": fname,
+                        "dim": d,
+                        "rule": rule,
+                        "estimator": est,
+                        "lr": run.lr,
+                        **s,
+                        "threshold_fraction": frac,
+                    }
+                )
             con.print(t)
-            con.print("  * baseline (ZO-SGD + Gaussian). 'vs base' = this / baseline (final: "
-                      "ratio of mean losses; queries: ratio of mean queries to threshold). "
-                      "'>Q (k/n)': only k of n seeds reached the threshold.\n")
+            con.print(
+                "  * baseline (ZO-SGD + Gaussian). 'vs base' = this / baseline (final: "
+                "ratio of mean losses; queries: ratio of mean queries to threshold). "
+                "'>Q (k/n)': only k of n seeds reached the threshold.\n"
+            )
     return rows_out
 
 
 def table2(con: Console, runs: dict[tuple, Run], var_rows: list[dict], args) -> dict[str, Any]:
     claims: dict[str, Any] = {"a": [], "b": [], "c": []}
     # (a) LIZO vs ZO-SGD
-    t = Table(title="Table 2a. Claim: LIZO reaches a loss with fewer queries than ZO-SGD",
-              box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-    for col in ("function", "d", "method", "final loss", "q to thr", "ratio vs zo_sgd+gauss",
-                "ratio vs best zo_sgd", "q to base final", "frac of Q"):
+    t = Table(
+        title="Table 2a. Claim: LIZO reaches a loss with fewer queries than ZO-SGD",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        pad_edge=False,
+    )
+    for col in (
+        "function",
+        "d",
+        "method",
+        "final loss",
+        "q to thr",
+        "ratio vs zo_sgd+gauss",
+        "ratio vs best zo_sgd",
+        "q to base final",
+        "frac of Q",
+    ):
         t.add_column(col, justify="right")
     for fname in args.functions:
         for d in args.dims:
@@ -511,8 +633,11 @@ def table2(con: Console, runs: dict[tuple, Run], var_rows: list[dict], args) -> 
             if base is None:
                 continue
             sgd = [runs[k] for k in runs if k[:3] == (fname, d, "zo_sgd") and k[3] != "lizo"]
-            best_sgd = min((r for r in sgd if not r.diverged),
-                           key=lambda r: statistics.fmean(r.final), default=None)
+            best_sgd = min(
+                (r for r in sgd if not r.diverged),
+                key=lambda r: statistics.fmean(r.final),
+                default=None,
+            )
             best_q = summary(best_sgd, base)["q_thr_mean"] if best_sgd else None
             for key in ((fname, d, "lizo", "lizo"), (fname, d, "zo_sgd", "lizo")):
                 run = runs.get(key)
@@ -521,30 +646,58 @@ def table2(con: Console, runs: dict[tuple, Run], var_rows: list[dict], args) -> 
                 s = summary(run, base)
                 qb, got = queries_to_level(run, base.final)
                 name = "lizo+lizo (reuse)" if key[2] == "lizo" else "zo_sgd+lizo (no reuse)"
-                entry = {"function": fname, "dim": d, "method": name, "final": s["final_mean"],
-                         "q_thr": s["q_thr_mean"], "ratio_vs_baseline": s["ratio_q_thr"],
-                         "best_zo_sgd": (label(best_sgd.rule, best_sgd.estimator)
-                                         if best_sgd else None),
-                         "ratio_vs_best_zo_sgd": safe_ratio(s["q_thr_mean"], best_q),
-                         "q_to_baseline_final": qb, "reached_baseline_final": got}
+                entry = {
+                    "function": fname,
+                    "dim": d,
+                    "method": name,
+                    "final": s["final_mean"],
+                    "q_thr": s["q_thr_mean"],
+                    "ratio_vs_baseline": s["ratio_q_thr"],
+                    "best_zo_sgd": (label(best_sgd.rule, best_sgd.estimator) if best_sgd else None),
+                    "ratio_vs_best_zo_sgd": safe_ratio(s["q_thr_mean"], best_q),
+                    "q_to_baseline_final": qb,
+                    "reached_baseline_final": got,
+                }
                 claims["a"].append(entry)
-                t.add_row(fname, f"{d:,}", name, fmt(s["final_mean"], 4),
-                          fmt(s["q_thr_mean"], 5), fmt_ratio(s["ratio_q_thr"]),
-                          f"{fmt_ratio(entry['ratio_vs_best_zo_sgd'])} ({entry['best_zo_sgd']})",
-                          f"{qb:,.0f}" if qb is not None else f"not reached ({got}/{run.seeds})",
-                          fmt_ratio(safe_ratio(qb, float(args.budget))))
+                t.add_row(
+                    fname,
+                    f"{d:,}",
+                    name,
+                    fmt(s["final_mean"], 4),
+                    fmt(s["q_thr_mean"], 5),
+                    fmt_ratio(s["ratio_q_thr"]),
+                    f"{fmt_ratio(entry['ratio_vs_best_zo_sgd'])} ({entry['best_zo_sgd']})",
+                    f"{qb:,.0f}" if qb is not None else f"not reached ({got}/{run.seeds})",
+                    fmt_ratio(safe_ratio(qb, float(args.budget))),
+                )
     con.print(t)
-    con.print("  q to thr: mean queries to the Table 1 threshold; ratio < 1 means LIZO needs "
-              "fewer. "
-              "'q to base final': queries LIZO needs to reach, per seed, the final loss of "
-              "ZO-SGD+Gaussian after the full budget Q ('frac of Q' < 1: fewer queries).\n")
+    con.print(
+        "  q to thr: mean queries to the Table 1 threshold; ratio < 1 means LIZO needs "
+        "fewer. "
+        "'q to base final': queries LIZO needs to reach, per seed, the final loss of "
+        "ZO-SGD+Gaussian after the full budget Q ('frac of Q' < 1: fewer queries).\n"
+    )
 
     # (b) R-AdaZO vs ZO-AdaMM
-    t = Table(title="Table 2b. Claim: R-AdaZO converges faster than ZO-AdaMM "
-                    "(same estimator, same budget, each with its own tuned lr)",
-              box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-    for col in ("function", "d", "estimator", "adamm final", "radazo final", "final ratio R/A",
-                "adamm q thr", "radazo q thr", "q thr ratio R/A", "R q to A final (frac Q)"):
+    t = Table(
+        title="Table 2b. Claim: R-AdaZO converges faster than ZO-AdaMM "
+        "(same estimator, same budget, each with its own tuned lr)",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        pad_edge=False,
+    )
+    for col in (
+        "function",
+        "d",
+        "estimator",
+        "adamm final",
+        "radazo final",
+        "final ratio R/A",
+        "adamm q thr",
+        "radazo q thr",
+        "q thr ratio R/A",
+        "R q to A final (frac Q)",
+    ):
         t.add_column(col, justify="right")
     for fname in args.functions:
         for d in args.dims:
@@ -555,123 +708,247 @@ def table2(con: Console, runs: dict[tuple, Run], var_rows: list[dict], args) -> 
                     continue
                 sa, sr = summary(a, base), summary(r, base)
                 qra, got = queries_to_level(r, a.final) if not a.diverged else (None, 0)
-                entry = {"function": fname, "dim": d, "estimator": est,
-                         "adamm_final": sa["final_mean"], "radazo_final": sr["final_mean"],
-                         "final_ratio": safe_ratio(sr["final_mean"], sa["final_mean"]),
-                         "adamm_q_thr": sa["q_thr_mean"], "radazo_q_thr": sr["q_thr_mean"],
-                         "q_thr_ratio": safe_ratio(sr["q_thr_mean"], sa["q_thr_mean"]),
-                         "radazo_q_to_adamm_final": qra, "reached": got,
-                         "adamm_lr": a.lr, "radazo_lr": r.lr}
+                entry = {
+                    "function": fname,
+                    "dim": d,
+                    "estimator": est,
+                    "adamm_final": sa["final_mean"],
+                    "radazo_final": sr["final_mean"],
+                    "final_ratio": safe_ratio(sr["final_mean"], sa["final_mean"]),
+                    "adamm_q_thr": sa["q_thr_mean"],
+                    "radazo_q_thr": sr["q_thr_mean"],
+                    "q_thr_ratio": safe_ratio(sr["q_thr_mean"], sa["q_thr_mean"]),
+                    "radazo_q_to_adamm_final": qra,
+                    "reached": got,
+                    "adamm_lr": a.lr,
+                    "radazo_lr": r.lr,
+                }
                 claims["b"].append(entry)
-                t.add_row(fname, f"{d:,}", est, fmt(sa["final_mean"], 4), fmt(sr["final_mean"], 4),
-                          fmt_ratio(entry["final_ratio"]), fmt(sa["q_thr_mean"], 5),
-                          fmt(sr["q_thr_mean"], 5), fmt_ratio(entry["q_thr_ratio"]),
-                          f"{qra:,.0f} ({qra / args.budget:.2f})" if qra is not None
-                          else f"not reached ({got}/{r.seeds})")
+                t.add_row(
+                    fname,
+                    f"{d:,}",
+                    est,
+                    fmt(sa["final_mean"], 4),
+                    fmt(sr["final_mean"], 4),
+                    fmt_ratio(entry["final_ratio"]),
+                    fmt(sa["q_thr_mean"], 5),
+                    fmt(sr["q_thr_mean"], 5),
+                    fmt_ratio(entry["q_thr_ratio"]),
+                    f"{qra:,.0f} ({qra / args.budget:.2f})"
+                    if qra is not None
+                    else f"not reached ({got}/{r.seeds})",
+                )
     con.print(t)
-    con.print("  R/A < 1 favours R-AdaZO. Last column: queries R-AdaZO needs to reach ZO-AdaMM's "
-              "final loss (per seed), and that as a fraction of Q.\n")
+    con.print(
+        "  R/A < 1 favours R-AdaZO. Last column: queries R-AdaZO needs to reach ZO-AdaMM's "
+        "final loss (per seed), and that as a fraction of Q.\n"
+    )
 
     # (c) estimator variance
     if var_rows:
-        t = Table(title="Table 2c. Claim: DAP has lower estimator variance than Gaussian "
-                        f"directions. float64, probe radius {args.var_mu:g}*sqrt(d) for all, "
-                        "K directions = K+1 "
-                        "queries each (DAP: K/2 pilot + K/2 aligned), start point + "
-                        f"{args.var_points} random N(0,I) points",
-                  box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-        for col in ("function", "d", "K", "estimator", "NMSE (as is)", "± se", "NMSE/gauss",
-                    "cos", "cos/gauss", "NMSE rescaled", "E<g^,g>/|g|^2"):
+        t = Table(
+            title="Table 2c. Claim: DAP has lower estimator variance than Gaussian "
+            f"directions. float64, probe radius {args.var_mu:g}*sqrt(d) for all, "
+            "K directions = K+1 "
+            "queries each (DAP: K/2 pilot + K/2 aligned), start point + "
+            f"{args.var_points} random N(0,I) points",
+            box=box.SIMPLE_HEAD,
+            title_justify="left",
+            pad_edge=False,
+        )
+        for col in (
+            "function",
+            "d",
+            "K",
+            "estimator",
+            "NMSE (as is)",
+            "± se",
+            "NMSE/gauss",
+            "cos",
+            "cos/gauss",
+            "NMSE rescaled",
+            "E<g^,g>/|g|^2",
+        ):
             t.add_column(col, justify="right")
         for r in var_rows:
-            g = next((x for x in var_rows if x["function"] == r["function"] and x["dim"] == r["dim"]
-                      and x["K"] == r["K"] and x["estimator"] == "gaussian"), None)
+            g = next(
+                (
+                    x
+                    for x in var_rows
+                    if x["function"] == r["function"]
+                    and x["dim"] == r["dim"]
+                    and x["K"] == r["K"]
+                    and x["estimator"] == "gaussian"
+                ),
+                None,
+            )
             rn = safe_ratio(r["nmse"], g["nmse"]) if g else None
             rc = safe_ratio(r["cos"], g["cos"]) if g else None
             r["nmse_ratio_vs_gaussian"], r["cos_ratio_vs_gaussian"] = rn, rc
             if r["estimator"] == "dap" and g:
                 se = rn * math.hypot(r["nmse_se"] / r["nmse"], g["nmse_se"] / g["nmse"])
-                claims["c"].append({"function": r["function"], "dim": r["dim"], "K": r["K"],
-                                    "nmse_ratio": rn, "nmse_ratio_se": se, "cos_ratio": rc,
-                                    "dap_cos": r["cos"], "gaussian_cos": g["cos"]})
-            t.add_row(r["function"], f"{r['dim']:,}", str(r["K"]), r["estimator"],
-                      f"{r['nmse']:.4g}", f"{r['nmse_se']:.2g}", fmt_ratio(rn) if rn else "-",
-                      f"{r['cos']:.4f}", f"{rc:.3f}" if rc else "-",
-                      f"{r['nmse_rescaled']:.4f}", f"{r['bias_scale']:.3g}")
+                claims["c"].append(
+                    {
+                        "function": r["function"],
+                        "dim": r["dim"],
+                        "K": r["K"],
+                        "nmse_ratio": rn,
+                        "nmse_ratio_se": se,
+                        "cos_ratio": rc,
+                        "dap_cos": r["cos"],
+                        "gaussian_cos": g["cos"],
+                    }
+                )
+            t.add_row(
+                r["function"],
+                f"{r['dim']:,}",
+                str(r["K"]),
+                r["estimator"],
+                f"{r['nmse']:.4g}",
+                f"{r['nmse_se']:.2g}",
+                fmt_ratio(rn) if rn else "-",
+                f"{r['cos']:.4f}",
+                f"{rc:.3f}" if rc else "-",
+                f"{r['nmse_rescaled']:.4f}",
+                f"{r['bias_scale']:.3g}",
+            )
         con.print(t)
-        con.print("  NMSE = E||g^ - grad||^2/||grad||^2 of the estimator output as is (all "
-                  "unbiased-"
-                  "scaled except lizo, whose E[g^] = (K/d) grad: see the last column); cos = mean "
-                  "cosine to the autograd gradient (scale-free); NMSE rescaled = min_c "
-                  "E||c g^ - grad||^2/||grad||^2 (scale-free). Theory for unbiased estimators: "
-                  "NMSE = (d+1)/K Gaussian, (d-1)/K sphere/Rademacher, d/K-1 coordinate "
-                  "(mu -> 0).\n")
+        con.print(
+            "  NMSE = E||g^ - grad||^2/||grad||^2 of the estimator output as is (all "
+            "unbiased-"
+            "scaled except lizo, whose E[g^] = (K/d) grad: see the last column); cos = mean "
+            "cosine to the autograd gradient (scale-free); NMSE rescaled = min_c "
+            "E||c g^ - grad||^2/||grad||^2 (scale-free). Theory for unbiased estimators: "
+            "NMSE = (d+1)/K Gaussian, (d-1)/K sphere/Rademacher, d/K-1 coordinate "
+            "(mu -> 0).\n"
+        )
     return claims
 
 
 def table3(con: Console, rows: list[dict], args) -> None:
-    t = Table(title="Table 3. Time per query: whole optimisation (wall / queries, fastest of "
-                    f"{args.timing_repeats} runs of {min(args.budget, args.timing_budget):,} "
-                    "queries "
-                    "per problem) vs a bare batched evaluation per point at the same batch size "
-                    "(seeds x queries per step; fastest of 50 calls)",
-              box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-    for col in ("function", "d", "rule", "estimator", "batch", "wall s", "queries",
-                "µs/query", "bare µs/point", "overhead x", "µs/query (eval run)"):
+    t = Table(
+        title="Table 3. Time per query: whole optimisation (wall / queries, fastest of "
+        f"{args.timing_repeats} runs of {min(args.budget, args.timing_budget):,} "
+        "queries "
+        "per problem) vs a bare batched evaluation per point at the same batch size "
+        "(seeds x queries per step; fastest of 50 calls)",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        pad_edge=False,
+    )
+    for col in (
+        "function",
+        "d",
+        "rule",
+        "estimator",
+        "batch",
+        "wall s",
+        "queries",
+        "µs/query",
+        "bare µs/point",
+        "overhead x",
+        "µs/query (eval run)",
+    ):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(r["function"], f"{r['dim']:,}", r["rule"], r["estimator"], str(r["batch"]),
-                  f"{r['wall_s_min']:.2f}", f"{r['queries']:,}", f"{r['us_per_query']:.1f}",
-                  f"{r['bare_us_per_point']:.2f}", f"{r['overhead']:.1f}",
-                  f"{r['eval_run_us_per_query']:.1f}")
+        t.add_row(
+            r["function"],
+            f"{r['dim']:,}",
+            r["rule"],
+            r["estimator"],
+            str(r["batch"]),
+            f"{r['wall_s_min']:.2f}",
+            f"{r['queries']:,}",
+            f"{r['us_per_query']:.1f}",
+            f"{r['bare_us_per_point']:.2f}",
+            f"{r['overhead']:.1f}",
+            f"{r['eval_run_us_per_query']:.1f}",
+        )
     con.print(t)
-    con.print("  overhead x = (wall time / queries) / (bare time per point): direction sampling, "
-              "estimator and update arithmetic, the ledger and minimize's bookkeeping, per query. "
-              "Last column: the same from the single Table 1 run (inflated by any other load on "
-              "the machine).\n")
+    con.print(
+        "  overhead x = (wall time / queries) / (bare time per point): direction sampling, "
+        "estimator and update arithmetic, the ledger and minimize's bookkeeping, per query. "
+        "Last column: the same from the single Table 1 run (inflated by any other load on "
+        "the machine).\n"
+    )
 
 
 # ------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dims", type=int, nargs="+", default=[1000, 10000])
     p.add_argument("--functions", nargs="+", default=["quadratic", "rosenbrock"])
     p.add_argument("--seeds", type=int, default=3, help="evaluation seeds (rows of one batch)")
     p.add_argument("--budget", type=int, default=5000, help="queries per problem")
     p.add_argument("--samples", type=int, default=10, help="directions K per step (all rules)")
-    p.add_argument("--mu", type=float, default=1e-3,
-                   help="per-coordinate probe scale; probe radius mu*sqrt(d) for every estimator")
+    p.add_argument(
+        "--mu",
+        type=float,
+        default=1e-3,
+        help="per-coordinate probe scale; probe radius mu*sqrt(d) for every estimator",
+    )
     p.add_argument("--rules", nargs="+", default=None, help="subset of rules (baseline always run)")
     p.add_argument("--estimators", nargs="+", default=None, help="subset of estimators")
-    p.add_argument("--threshold", default="auto",
-                   help="'auto' (baseline's gap fraction at Q/2) or a fraction tau in (0,1)")
+    p.add_argument(
+        "--threshold",
+        default="auto",
+        help="'auto' (baseline's gap fraction at Q/2) or a fraction tau in (0,1)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of start points and run generators")
     p.add_argument("--tune-seed", type=int, default=1000, help="seed of the lr-tuning start points")
-    p.add_argument("--tune-seeds", type=int, default=2,
-                   help="tuning start points (one batch); 1 above d=2000 where runs concentrate")
+    p.add_argument(
+        "--tune-seeds",
+        type=int,
+        default=2,
+        help="tuning start points (one batch); 1 above d=2000 where runs concentrate",
+    )
     p.add_argument("--max-extend", type=int, default=2, help="grid extensions past an edge optimum")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1; 0 keeps torch's default). Per-step "
-                        "tensors are small, and with 2 threads on a 2-core machine that has any "
-                        "other load, OpenMP synchronisation made runs 10-100x slower (measured)")
-    p.add_argument("--var-dims", type=int, nargs="+", default=None,
-                   help="dims of the variance study (default: 16, 100 and --dims up to 1000)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1; 0 keeps torch's default). Per-step "
+        "tensors are small, and with 2 threads on a 2-core machine that has any "
+        "other load, OpenMP synchronisation made runs 10-100x slower (measured)",
+    )
+    p.add_argument(
+        "--var-dims",
+        type=int,
+        nargs="+",
+        default=None,
+        help="dims of the variance study (default: 16, 100 and --dims up to 1000)",
+    )
     p.add_argument("--var-k", type=int, nargs="+", default=[10, 20])
     p.add_argument("--var-points", type=int, default=2, help="random points besides the start")
-    p.add_argument("--var-draws", type=int, default=2000,
-                   help="estimator draws per point (a quarter of this above d=1000)")
+    p.add_argument(
+        "--var-draws",
+        type=int,
+        default=2000,
+        help="estimator draws per point (a quarter of this above d=1000)",
+    )
     p.add_argument("--var-mu", type=float, default=1e-5)
     p.add_argument("--var-estimators", nargs="+", default=list(VAR_ESTIMATORS))
     p.add_argument("--no-variance", action="store_true", help="skip Table 2c")
     p.add_argument("--timing-repeats", type=int, default=3)
-    p.add_argument("--timing-budget", type=int, default=1100,
-                   help="queries per problem of each timing run (capped at --budget)")
-    p.add_argument("--all-timings", action="store_true",
-                   help="Table 3 for every (rule, estimator), not just paper pairings")
-    p.add_argument("--quick", action="store_true",
-                   help="d=1000 only, budget 1000, 2 seeds, small variance study (< 1 minute)")
+    p.add_argument(
+        "--timing-budget",
+        type=int,
+        default=1100,
+        help="queries per problem of each timing run (capped at --budget)",
+    )
+    p.add_argument(
+        "--all-timings",
+        action="store_true",
+        help="Table 3 for every (rule, estimator), not just paper pairings",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="d=1000 only, budget 1000, 2 seeds, small variance study (< 1 minute)",
+    )
     p.add_argument("--out", type=Path, default=None, help="directory for results.json and CSVs")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
@@ -691,14 +968,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         tau = float(args.threshold)
         if not 0 < tau < 1:
             p.error("--threshold must be 'auto' or a number in (0, 1)")
-    for flag, given, known in (("--rules", args.rules, {c[0] for c in COMBOS}),
-                               ("--estimators", args.estimators, {c[1] for c in COMBOS}),
-                               ("--var-estimators", args.var_estimators, set(VAR_ESTIMATORS))):
+    for flag, given, known in (
+        ("--rules", args.rules, {c[0] for c in COMBOS}),
+        ("--estimators", args.estimators, {c[1] for c in COMBOS}),
+        ("--var-estimators", args.var_estimators, set(VAR_ESTIMATORS)),
+    ):
         bad = sorted(set(given or ()) - known)
         if bad:
             p.error(f"{flag}: unknown {', '.join(bad)}; choose from {', '.join(sorted(known))}")
-    combos = [c for c in COMBOS if (args.rules is None or c[0] in args.rules)
-              and (args.estimators is None or c[1] in args.estimators)]
+    combos = [
+        c
+        for c in COMBOS
+        if (args.rules is None or c[0] in args.rules)
+        and (args.estimators is None or c[1] in args.estimators)
+    ]
     if BASELINE not in combos:
         combos.insert(0, BASELINE)
     args.combos = combos
@@ -718,16 +1001,21 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = shlex.join([sys.executable, *sys.argv])
     con.print(f"command: {cmd}")
-    con.print(f"zoattack {__version__}, torch {torch.__version__}, "
-              f"threads {torch.get_num_threads()}, "
-              f"dtype {args.dtype}, cpu count {os.cpu_count()}, load avg "
-              f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    con.print(f"dims {args.dims}, functions {args.functions}, seeds {args.seeds}, budget "
-              f"{args.budget:,}, K={args.samples}, probe radius {args.mu:g}*sqrt(d), "
-              f"threshold {args.threshold}; combos: "
-              + ", ".join(label(*c) for c in args.combos))
-    con.print("skipped: full coordinate estimator (d+1 queries per step; run as K random "
-              "coordinates instead), LIZO estimates with sign/adaptive rules.\n")
+    con.print(
+        f"zoattack {__version__}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, "
+        f"dtype {args.dtype}, cpu count {os.cpu_count()}, load avg "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
+    con.print(
+        f"dims {args.dims}, functions {args.functions}, seeds {args.seeds}, budget "
+        f"{args.budget:,}, K={args.samples}, probe radius {args.mu:g}*sqrt(d), "
+        f"threshold {args.threshold}; combos: " + ", ".join(label(*c) for c in args.combos)
+    )
+    con.print(
+        "skipped: full coordinate estimator (d+1 queries per step; run as K random "
+        "coordinates instead), LIZO estimates with sign/adaptive rules.\n"
+    )
     t_start = time.perf_counter()
 
     runs: dict[tuple, Run] = {}
@@ -758,8 +1046,10 @@ def main(argv: list[str] | None = None) -> int:
                 run = run_one(fn, x0, rule, est, lr, args, seed=args.seed)
                 runs[(fname, d, rule, est)] = run
                 fm = statistics.fmean(run.final) if not run.diverged else float("inf")
-                log(f"  eval {label(rule, est):22s} lr={lr:<10.4g} final={fm:.5g} "
-                    f"[{run.wall_s:.1f}s]{' DIVERGED ' + run.error if run.diverged else ''}")
+                log(
+                    f"  eval {label(rule, est):22s} lr={lr:<10.4g} final={fm:.5g} "
+                    f"[{run.wall_s:.1f}s]{' DIVERGED ' + run.error if run.diverged else ''}"
+                )
 
     info = analyse(runs, args)
     var_rows: list[dict[str, Any]] = []
@@ -767,44 +1057,89 @@ def main(argv: list[str] | None = None) -> int:
     try:  # a failure here must not lose the optimisation results above
         var_rows = [] if args.no_variance else estimator_variance(args, log)
         t3 = time_rules(runs, args, dtype, log)
-    except Exception:  # noqa: BLE001
+    except Exception:
         traceback.print_exc()
     con.print()
     t1 = table1(con, runs, info, args)
     claims = table2(con, runs, var_rows, args)
     table3(con, t3, args)
     total = time.perf_counter() - t_start
-    con.print(f"total wall time {total:.0f}s; load avg at end "
-              f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    con.print(
+        f"total wall time {total:.0f}s; load avg at end "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
 
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        meta = {"command": cmd, "zoattack": __version__, "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "wall_s": total,
-                **{k: v for k, v in vars(args).items() if k not in ("out",)}}
+        meta = {
+            "command": cmd,
+            "zoattack": __version__,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "wall_s": total,
+            **{k: v for k, v in vars(args).items() if k not in ("out",)},
+        }
         meta["combos"] = [list(c) for c in args.combos]
         payload = {
             "meta": meta,
             "thresholds": [{"function": k[0], "dim": k[1], **v} for k, v in info.items()],
-            "tuning": [{"function": k[0], "dim": k[1], "rule": k[2], "estimator": k[3],
-                        "scores": {str(lr): s for lr, s in v.items()}} for k, v in tuning.items()],
-            "table1": t1, "claims": claims, "variance": var_rows, "timing": t3,
+            "tuning": [
+                {
+                    "function": k[0],
+                    "dim": k[1],
+                    "rule": k[2],
+                    "estimator": k[3],
+                    "scores": {str(lr): s for lr, s in v.items()},
+                }
+                for k, v in tuning.items()
+            ],
+            "table1": t1,
+            "claims": claims,
+            "variance": var_rows,
+            "timing": t3,
             "runs": [asdict(r) for r in runs.values()],
         }
         (args.out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
         with open(args.out / "runs.csv", "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["function", "dim", "rule", "estimator", "lr", "seed", "f0", "final_loss",
-                        "queries", "steps", "threshold", "queries_to_threshold", "wall_s",
-                        "diverged"])
+            w.writerow(
+                [
+                    "function",
+                    "dim",
+                    "rule",
+                    "estimator",
+                    "lr",
+                    "seed",
+                    "f0",
+                    "final_loss",
+                    "queries",
+                    "steps",
+                    "threshold",
+                    "queries_to_threshold",
+                    "wall_s",
+                    "diverged",
+                ]
+            )
             for r in runs.values():
                 for i in range(r.seeds):
-                    w.writerow([r.function, r.dim, r.rule, r.estimator, r.lr, i,
-                                r.f0[i] if r.f0 else "", r.final[i],
-                                r.queries[i] if r.queries else "", r.steps[i] if r.steps else "",
-                                r.threshold[i] if r.threshold else "",
-                                r.q_thr[i] if r.q_thr and r.q_thr[i] is not None else "",
-                                f"{r.wall_s:.3f}", r.diverged])
+                    w.writerow(
+                        [
+                            r.function,
+                            r.dim,
+                            r.rule,
+                            r.estimator,
+                            r.lr,
+                            i,
+                            r.f0[i] if r.f0 else "",
+                            r.final[i],
+                            r.queries[i] if r.queries else "",
+                            r.steps[i] if r.steps else "",
+                            r.threshold[i] if r.threshold else "",
+                            r.q_thr[i] if r.q_thr and r.q_thr[i] is not None else "",
+                            f"{r.wall_s:.3f}",
+                            r.diverged,
+                        ]
+                    )
         with open(args.out / "curves.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["function", "dim", "rule", "estimator", "seed", "queries", "loss"])
@@ -819,8 +1154,10 @@ def main(argv: list[str] | None = None) -> int:
                 w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(var_rows)
-        con.print(f"wrote {args.out}/results.json, runs.csv, curves.csv"
-                  + (", variance.csv" if var_rows else ""))
+        con.print(
+            f"wrote {args.out}/results.json, runs.csv, curves.csv"
+            + (", variance.csv" if var_rows else "")
+        )
     return 0
 
 

@@ -107,8 +107,12 @@ def test_budget_is_per_example():
 
 # ------------------------------------------------------------------------------ chunking
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 40), max_batch=st.integers(1, 9), n_owners=st.integers(1, 5),
-       seed=st.integers(0, 2**16))
+@given(
+    m=st.integers(1, 40),
+    max_batch=st.integers(1, 9),
+    n_owners=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
 def test_chunking_and_ledger_property(m, max_batch, n_owners, seed):
     gen = torch.Generator().manual_seed(seed)
     fn = Counting()
@@ -155,8 +159,9 @@ def test_logits_probs_labels():
     x = torch.rand(7, 6, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         logits = model(x)
-    out = {kind: BlackBox(model, output=kind)(x.unsqueeze(0)) for kind in
-           ("logits", "probs", "labels")}
+    out = {
+        kind: BlackBox(model, output=kind)(x.unsqueeze(0)) for kind in ("logits", "probs", "labels")
+    }
     torch.testing.assert_close(out["logits"][0], logits)
     torch.testing.assert_close(out["probs"][0], torch.softmax(logits, -1))
     torch.testing.assert_close(out["probs"].sum(-1), torch.ones(1, 7))
@@ -180,12 +185,15 @@ def test_module_runs_without_grad_and_in_its_dtype():
 
 
 # -------------------------------------------------------------------------- bad inputs
-@pytest.mark.parametrize("x, needle", [
-    (torch.zeros(3, 5), "shape"),                       # wrong per-example shape
-    (torch.zeros(3, 6, dtype=torch.int64), "floating"),  # not floating point
-    (torch.full((3, 6), 1.5), r"\[0.0, 1.0\]"),          # out of bounds
-    (torch.full((3, 6), float("nan")), "NaN"),           # non-finite input
-])
+@pytest.mark.parametrize(
+    "x, needle",
+    [
+        (torch.zeros(3, 5), "shape"),  # wrong per-example shape
+        (torch.zeros(3, 6, dtype=torch.int64), "floating"),  # not floating point
+        (torch.full((3, 6), 1.5), r"\[0.0, 1.0\]"),  # out of bounds
+        (torch.full((3, 6), float("nan")), "NaN"),  # non-finite input
+    ],
+)
 def test_bad_inputs_are_rejected_before_scoring(x, needle):
     fn = Counting(lambda z: z.sum(1, keepdim=True).expand(-1, 2))
     bb = BlackBox(fn, output="logits", input_shape=(6,))
@@ -204,12 +212,15 @@ def test_bad_owner_and_grid_shapes():
         bb.query(torch.zeros(2, 2), torch.tensor([0, -1]))
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"output": "margin"}, "output"),
-    ({"max_batch": 0}, "max_batch"),
-    ({"budget": 0}, "budget"),
-    ({"bounds": (1.0, 0.0)}, "bounds"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"output": "margin"}, "output"),
+        ({"max_batch": 0}, "max_batch"),
+        ({"budget": 0}, "budget"),
+        ({"bounds": (1.0, 0.0)}, "bounds"),
+    ],
+)
 def test_bad_constructor_arguments(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         BlackBox(Counting(), **kwargs)

@@ -42,16 +42,23 @@ def test_budget_is_never_exceeded_and_is_used_up(zo, name, budget):
 def test_only_new_queries_count_against_the_budget(zo):
     fn, obj, bb, x0 = problem(zo, n=2)
     obj(torch.zeros(5, 10, dtype=F64), torch.tensor([0, 0, 0, 1, 1]))  # earlier spending
-    res = minimize(obj, x0, create_optimizer("zo_sgd", lr=0.01), generator=make_generator(0),
-                   budget=30)
+    res = minimize(
+        obj, x0, create_optimizer("zo_sgd", lr=0.01), generator=make_generator(0), budget=30
+    )
     assert torch.equal(bb.queries, res.queries + torch.tensor([3, 2]))
     assert bool((res.queries <= 30).all())
 
 
 def test_max_steps(zo):
     fn, obj, bb, x0 = problem(zo)
-    res = minimize(obj, x0, create_optimizer("zo_sgd", lr=0.01), generator=make_generator(0),
-                   budget=10**6, max_steps=4)
+    res = minimize(
+        obj,
+        x0,
+        create_optimizer("zo_sgd", lr=0.01),
+        generator=make_generator(0),
+        budget=10**6,
+        max_steps=4,
+    )
     assert res.steps.tolist() == [4, 4, 4]
     assert res.stop_reason == ["steps"] * 3
 
@@ -61,8 +68,15 @@ def test_target_stops_an_example_and_it_spends_nothing_more(zo):
     x0[1] = 1e-4  # already essentially at the minimum
     rule = create_optimizer("zo_sgd", lr=0.01)
     ticks = []
-    res = minimize(obj, x0, rule, generator=make_generator(0), budget=500, target=1e-6,
-                   callback=lambda t, spent, best: ticks.append((t, spent.clone())))
+    res = minimize(
+        obj,
+        x0,
+        rule,
+        generator=make_generator(0),
+        budget=500,
+        target=1e-6,
+        callback=lambda t, spent, best: ticks.append((t, spent.clone())),
+    )
     assert res.stop_reason == ["budget", "target"]
     assert res.steps[1].item() == 1
     assert res.queries[1].item() == rule.max_queries_per_step(10)
@@ -95,13 +109,16 @@ def test_reported_losses_are_true_losses_under_projection_and_line_search(zo):
 
 def test_same_seed_same_result(zo):
     fn, obj, _, x0 = problem(zo)
-    runs = [minimize(obj, x0, create_optimizer("zo_adamm", lr=0.01),
-                     generator=make_generator(s), budget=100).x for s in (4, 4, 5)]
+    runs = [
+        minimize(
+            obj, x0, create_optimizer("zo_adamm", lr=0.01), generator=make_generator(s), budget=100
+        ).x
+        for s in (4, 4, 5)
+    ]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
 
 def test_bad_budget(zo):
     fn, obj, _, x0 = problem(zo)
     with pytest.raises(ValueError, match="budget"):
-        minimize(obj, x0, create_optimizer("zo_sgd", lr=0.1), generator=make_generator(0),
-                 budget=0)
+        minimize(obj, x0, create_optimizer("zo_sgd", lr=0.1), generator=make_generator(0), budget=0)

@@ -26,13 +26,13 @@ from zoattack.optim import OPTIMIZERS, create_optimizer, list_optimizers
 from zoattack.seeding import make_generator
 
 __all__ = [
+    "ESTIMATORS",
+    "OPTIMIZERS",
     "AttackResult",
     "BlackBox",
-    "ESTIMATORS",
     "FunctionObjective",
     "InvalidScoresError",
     "MinimizeResult",
-    "OPTIMIZERS",
     "Objective",
     "QueryBudgetExceeded",
     "UnknownNameError",

@@ -25,8 +25,16 @@ class PerExampleState:
     def size(self) -> int:
         return max((len(t) for t in self.tensors.values()), default=0)
 
-    def get(self, name: str, idx: Tensor, shape: tuple[int, ...], *, dtype: torch.dtype,
-            device: torch.device, fill: float | bool = 0.0) -> Tensor:
+    def get(
+        self,
+        name: str,
+        idx: Tensor,
+        shape: tuple[int, ...],
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        fill: float | bool = 0.0,
+    ) -> Tensor:
         """Rows ``idx`` of ``name`` (allocated with ``fill`` on first use or growth)."""
         need = self._rows_needed(idx)
         t = self.tensors.get(name)
@@ -65,8 +73,10 @@ class PerExampleState:
                 t[ids[ids < len(t)]] = self.fills[name]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tensors": {k: v.clone() for k, v in self.tensors.items()},
-                "fills": dict(self.fills)}
+        return {
+            "tensors": {k: v.clone() for k, v in self.tensors.items()},
+            "fills": dict(self.fills),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tensors = {k: v.clone() for k, v in state["tensors"].items()}

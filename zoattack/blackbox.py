@@ -73,12 +73,16 @@ class BlackBox:
         param = None
         if isinstance(model, nn.Module):
             if model.training:
-                warnings.warn("BlackBox: model was in training mode; switched to eval()",
-                              stacklevel=2)
+                warnings.warn(
+                    "BlackBox: model was in training mode; switched to eval()", stacklevel=2
+                )
             model.eval()
             param = next(iter(model.parameters()), None)
-        self.device = torch.device(device) if device is not None else (
-            param.device if param is not None else torch.device("cpu"))
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else (param.device if param is not None else torch.device("cpu"))
+        )
         self.dtype = dtype if dtype is not None else (param.dtype if param is not None else None)
         self._counts = torch.zeros(0, dtype=torch.int64)
 
@@ -163,8 +167,11 @@ class BlackBox:
                     raw = torch.as_tensor(raw)
                 self._check_scores(raw, chunk.shape[0])
                 # Charged only once the chunk is scored: a failing model does not eat budget.
-                self._counts.index_add_(0, owner[start : start + self.max_batch],
-                                        torch.ones(chunk.shape[0], dtype=torch.int64))
+                self._counts.index_add_(
+                    0,
+                    owner[start : start + self.max_batch],
+                    torch.ones(chunk.shape[0], dtype=torch.int64),
+                )
                 outs.append(raw)
         return self._convert(torch.cat(outs))
 
@@ -176,7 +183,8 @@ class BlackBox:
         if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
             raise InvalidInputError(
                 f"inputs have per-example shape {tuple(x.shape[1:])}, the model expects "
-                f"{self.input_shape}")
+                f"{self.input_shape}"
+            )
         if not x.numel():
             return
         # One reduction serves both checks: min and max propagate NaN, and any inf is one
@@ -189,21 +197,28 @@ class BlackBox:
             tol = 1e-6 * (hi - lo)
             if x_min < lo - tol or x_max > hi + tol:
                 raise InvalidInputError(
-                    f"inputs must lie in [{lo}, {hi}], got range [{x_min:.4g}, {x_max:.4g}]")
+                    f"inputs must lie in [{lo}, {hi}], got range [{x_min:.4g}, {x_max:.4g}]"
+                )
 
     def _check_scores(self, raw: Tensor, m: int) -> None:
         if raw.shape[:1] != (m,):
             raise InvalidScoresError(
-                f"model returned shape {tuple(raw.shape)} for a batch of {m} inputs")
+                f"model returned shape {tuple(raw.shape)} for a batch of {m} inputs"
+            )
         if self.output in ("logits", "probs", "labels") and raw.dim() != 2:
             raise InvalidScoresError(
-                f"a classifier must return (batch, classes) scores, got {tuple(raw.shape)}")
-        if raw.is_floating_point() and raw.numel() and not all(
-                math.isfinite(float(v)) for v in torch.aminmax(raw)):
+                f"a classifier must return (batch, classes) scores, got {tuple(raw.shape)}"
+            )
+        if (
+            raw.is_floating_point()
+            and raw.numel()
+            and not all(math.isfinite(float(v)) for v in torch.aminmax(raw))
+        ):
             bad = (~torch.isfinite(raw.reshape(m, -1))).any(dim=1).nonzero().flatten()
             raise InvalidScoresError(
                 f"model returned NaN/inf scores for {len(bad)} of {m} inputs "
-                f"(batch rows {bad[:5].tolist()}); check the model or its input range")
+                f"(batch rows {bad[:5].tolist()}); check the model or its input range"
+            )
 
     def _convert(self, raw: Tensor) -> Tensor:
         if self.output == "probs":

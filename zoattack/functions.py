@@ -34,8 +34,11 @@ FUNCTIONS: Registry[TestFunction] = Registry("function")
 def _quadratic(x: Tensor) -> Tensor:
     # Condition number 100: curvature spread evenly in log scale over coordinates.
     d = x.shape[-1]
-    a = torch.logspace(0, 2, d, dtype=x.dtype, device=x.device) if d > 1 else torch.ones(
-        1, dtype=x.dtype, device=x.device)
+    a = (
+        torch.logspace(0, 2, d, dtype=x.dtype, device=x.device)
+        if d > 1
+        else torch.ones(1, dtype=x.dtype, device=x.device)
+    )
     return 0.5 * (a * x * x).sum(-1) / d
 
 
@@ -52,26 +55,40 @@ def _start_quadratic(d: int, gen: torch.Generator, dtype: torch.dtype) -> Tensor
 
 def _start_rosenbrock(d: int, gen: torch.Generator, dtype: torch.dtype) -> Tensor:
     return torch.zeros(d, dtype=dtype, device=gen.device) + 0.1 * torch.randn(
-        d, generator=gen, device=gen.device, dtype=dtype)
+        d, generator=gen, device=gen.device, dtype=dtype
+    )
 
 
-def _register(name: str, fn: Callable[[Tensor], Tensor],
-              start: Callable[[int, torch.Generator, torch.dtype], Tensor], desc: str) -> None:
+def _register(
+    name: str,
+    fn: Callable[[Tensor], Tensor],
+    start: Callable[[int, torch.Generator, torch.dtype], Tensor],
+    desc: str,
+) -> None:
     FUNCTIONS.add(Entry(name, lambda: TestFunction(name, fn, start, 0.0), desc))
 
 
-_register("quadratic", _quadratic, _start_quadratic,
-          "0.5/d sum a_i x_i^2, a log-spaced in [1, 100]; start N(0, I); minimum 0 at 0")
-_register("rosenbrock", _rosenbrock, _start_rosenbrock,
-          "chained Rosenbrock averaged over d-1 terms; start 0.1 N(0, I); minimum 0 at 1")
+_register(
+    "quadratic",
+    _quadratic,
+    _start_quadratic,
+    "0.5/d sum a_i x_i^2, a log-spaced in [1, 100]; start N(0, I); minimum 0 at 0",
+)
+_register(
+    "rosenbrock",
+    _rosenbrock,
+    _start_rosenbrock,
+    "chained Rosenbrock averaged over d-1 terms; start 0.1 N(0, I); minimum 0 at 1",
+)
 
 
 def get_function(name: str) -> TestFunction:
     return FUNCTIONS.create(name)
 
 
-def starts(fn: TestFunction, n: int, d: int, generator: torch.Generator,
-           dtype: torch.dtype = torch.float32) -> Tensor:
+def starts(
+    fn: TestFunction, n: int, d: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """``(n, d)`` start points, one per seed/example, from ``generator``."""
     return torch.stack([fn.start(d, generator, dtype) for _ in range(n)])
 

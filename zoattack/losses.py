@@ -14,8 +14,9 @@ def _other_max(z: Tensor, cls: Tensor) -> Tensor:
     return masked.max(dim=1).values
 
 
-def attack_loss(scores: Tensor, label: Tensor, *, kind: str = "margin",
-                target: Tensor | None = None) -> Tensor:
+def attack_loss(
+    scores: Tensor, label: Tensor, *, kind: str = "margin", target: Tensor | None = None
+) -> Tensor:
     """Loss per input ``(M,)`` from scores ``(M, C)`` (logits, or log-probabilities).
 
     - margin, untargeted: ``z_y - max_{j!=y} z_j`` (negative once misclassified);

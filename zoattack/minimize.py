@@ -34,10 +34,18 @@ class MinimizeResult:
     stop_reason: list[str] = field(default_factory=list)
 
 
-def minimize(objective: Objective, x0: Tensor, rule: ZORule, *, generator: torch.Generator,
-             budget: int, max_steps: int | None = None, target: float | None = None,
-             project: Callable[[Tensor], Tensor] | None = None,
-             callback: Callable[[int, Tensor, Tensor], None] | None = None) -> MinimizeResult:
+def minimize(
+    objective: Objective,
+    x0: Tensor,
+    rule: ZORule,
+    *,
+    generator: torch.Generator,
+    budget: int,
+    max_steps: int | None = None,
+    target: float | None = None,
+    project: Callable[[Tensor], Tensor] | None = None,
+    callback: Callable[[int, Tensor, Tensor], None] | None = None,
+) -> MinimizeResult:
     """Minimise ``objective`` from ``x0`` ``(N, *shape)`` with ``rule`` until each example's
     queries would exceed ``budget`` (a step is only started if its worst-case cost fits),
     ``max_steps`` pass, or its loss reaches ``target``.
@@ -96,5 +104,6 @@ def minimize(objective: Objective, x0: Tensor, rule: ZORule, *, generator: torch
         if callback is not None:
             callback(t, spent, last)
     spent = ledger.queries_of(idx_all.cpu()) - start_q
-    return MinimizeResult(x=x, loss=last, queries=spent, steps=steps, history=history,
-                          stop_reason=reasons)
+    return MinimizeResult(
+        x=x, loss=last, queries=spent, steps=steps, history=history, stop_reason=reasons
+    )

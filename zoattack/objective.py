@@ -35,7 +35,8 @@ class FunctionObjective:
         if out.numel() != points.shape[0]:
             raise ValueError(
                 f"the function returned {out.numel()} values for {points.shape[0]} inputs; "
-                "it must return one scalar per input")
+                "it must return one scalar per input"
+            )
         return out.reshape(-1)
 
 

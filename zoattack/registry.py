@@ -55,8 +55,14 @@ class Registry(Generic[T]):
 
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
             self.add(
-                Entry(name, factory, description, dict(flags or {}), tuple(aliases),
-                      dict(defaults or {}))
+                Entry(
+                    name,
+                    factory,
+                    description,
+                    dict(flags or {}),
+                    tuple(aliases),
+                    dict(defaults or {}),
+                )
             )
             return factory
 
@@ -90,8 +96,9 @@ class Registry(Generic[T]):
             match = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
             if match is None:
                 raise
-            raise ValueError(f"{self.kind} '{entry.name}' does not take option "
-                             f"'{match.group(1)}'") from None
+            raise ValueError(
+                f"{self.kind} '{entry.name}' does not take option '{match.group(1)}'"
+            ) from None
 
     def names(self, pattern: str | None = None, **flags: Any) -> list[str]:
         out = []

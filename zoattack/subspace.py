@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -118,7 +118,8 @@ class SubspaceSchedule:
         self.spaces: list[Subspace] = []
         self.switch_at: list[int] = []
         defaults = {1: [], 2: [0.3], 3: [0.15, 0.4]}.get(
-            len(stages), [0.15 * 2**i for i in range(len(stages) - 1)])
+            len(stages), [0.15 * 2**i for i in range(len(stages) - 1)]
+        )
         for i, part in enumerate(stages):
             name, _, at = part.partition("@")
             self.spaces.append(Subspace(name, image_shape))
@@ -127,7 +128,9 @@ class SubspaceSchedule:
                     try:
                         q = int(at)
                     except ValueError:
-                        raise ValueError(f"switch point must be a query count, got {part!r}") from None
+                        raise ValueError(
+                            f"switch point must be a query count, got {part!r}"
+                        ) from None
                 else:
                     q = max(1, int(defaults[i] * budget))
                 self.switch_at.append(q)

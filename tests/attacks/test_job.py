@@ -142,11 +142,14 @@ def test_cli_resume_after_a_torn_write(tmp_path):
     assert status == "finished"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--resume"], "--resume needs --out"),
-    (["--resume", "--out", "{tmp}/nothing"], "nothing to resume"),
-    (["--resume", "--universal", "--out", "{tmp}"], "--universal"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--resume"], "--resume needs --out"),
+        (["--resume", "--out", "{tmp}/nothing"], "nothing to resume"),
+        (["--resume", "--universal", "--out", "{tmp}"], "--universal"),
+    ],
+)
 def test_cli_resume_errors(tmp_path, args, message):
     res = runner.invoke(app, [*ARGS, *[a.format(tmp=tmp_path) for a in args]])
     assert res.exit_code == 2

@@ -12,8 +12,12 @@ from zoattack.errors import InvalidInputError, InvalidScoresError
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), None])
 def test_one_non_finite_input_among_valid_ones_is_rejected(bad, bounds):
-    bb = BlackBox(lambda z: z.sum(1, keepdim=True).expand(-1, 2), output="logits",
-                  input_shape=(6,), bounds=bounds)
+    bb = BlackBox(
+        lambda z: z.sum(1, keepdim=True).expand(-1, 2),
+        output="logits",
+        input_shape=(6,),
+        bounds=bounds,
+    )
     x = torch.rand(4, 6)
     x[2, 3] = bad
     with pytest.raises(InvalidInputError, match="NaN or inf"):

@@ -18,15 +18,37 @@ def victim(digits_victim):
     return digits_victim
 
 
-def attack(victim, rule="zo_signsgd", *, budget=200, norm="linf", eps=0.2, seed=0, lr=0.1,
-           estimator=None, subspace="full", target=None, samples=None):
+def attack(
+    victim,
+    rule="zo_signsgd",
+    *,
+    budget=200,
+    norm="linf",
+    eps=0.2,
+    seed=0,
+    lr=0.1,
+    estimator=None,
+    subspace="full",
+    target=None,
+    samples=None,
+):
     model, x, y = victim
     bb = BlackBox(model, output="logits", budget=budget)
     # Search rules (flag "search") take their norm and the budget instead of an estimator.
     extra = {"norm": norm, "budget": budget} if OPTIMIZERS.get(rule).flags.get("search") else {}
     r = create_optimizer(rule, lr=lr, estimator=estimator, num_samples=samples, **extra)
-    res = run_attack(bb, x, y, r, generator=make_generator(seed), norm=norm, eps=eps,
-                     budget=budget, subspace=subspace, target=target)
+    res = run_attack(
+        bb,
+        x,
+        y,
+        r,
+        generator=make_generator(seed),
+        norm=norm,
+        eps=eps,
+        budget=budget,
+        subspace=subspace,
+        target=target,
+    )
     return res, bb
 
 
@@ -96,19 +118,34 @@ def test_targeted_attack_reaches_target(victim):
     assert bool((pred[res.success] == target[res.success]).all())
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rule=st.sampled_from(OPTIMIZERS.names()),
-       estimator=st.sampled_from([None, "gaussian", "sphere", "rademacher", "dap"]),
-       norm=st.sampled_from(["linf", "l2"]), budget=st.integers(2, 120),
-       subspace=st.sampled_from(["full", "tile:4", "dct:5", "tile:2>tile:4>full"]), samples=st.integers(2, 6))
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rule=st.sampled_from(OPTIMIZERS.names()),
+    estimator=st.sampled_from([None, "gaussian", "sphere", "rademacher", "dap"]),
+    norm=st.sampled_from(["linf", "l2"]),
+    budget=st.integers(2, 120),
+    subspace=st.sampled_from(["full", "tile:4", "dct:5", "tile:2>tile:4>full"]),
+    samples=st.integers(2, 6),
+)
 def test_queries_never_exceed_budget(victim, rule, estimator, norm, budget, subspace, samples):
     flags = OPTIMIZERS.get(rule).flags
     if flags.get("search"):  # estimator-free rules: no estimator options, only their norms
         assume(norm in flags.get("norms", ()))
         estimator = samples = None
     eps = 0.1 if norm == "linf" else 1.0
-    res, bb = attack(victim, rule, budget=budget, norm=norm, eps=eps, lr=0.05,
-                     estimator=estimator, subspace=subspace, samples=samples)
+    res, bb = attack(
+        victim,
+        rule,
+        budget=budget,
+        norm=norm,
+        eps=eps,
+        lr=0.05,
+        estimator=estimator,
+        subspace=subspace,
+        samples=samples,
+    )
     assert int(res.queries.max()) <= budget
     assert int(bb.queries.max()) <= budget
     _, x, _ = victim
@@ -116,38 +153,62 @@ def test_queries_never_exceed_budget(victim, rule, estimator, norm, budget, subs
     assert bool((distance(res.x_adv, x, norm) <= eps * (1 + tol)).all())
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    ({"norm": "l3"}, "norm must be"),
-    ({"eps": -0.1}, "eps must be"),
-    ({"eps": 1.5}, "whole [0,1]"),
-    ({"budget": 1}, "budget must be"),
-    ({"subspace": "tile:99"}, "tile size"),
-    ({"subspace": "wavelet"}, "subspace must be"),
-    ({"subspace": "dct:0"}, "dct size"),
-    ({"subspace": "tile:2@50>full@9"}, "last stage"),
-    ({"subspace": "tile:2@50>tile:4@20>full"}, "must not decrease"),
-    ({"subspace": "tile:2>>full"}, "empty stage"),
-])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"norm": "l3"}, "norm must be"),
+        ({"eps": -0.1}, "eps must be"),
+        ({"eps": 1.5}, "whole [0,1]"),
+        ({"budget": 1}, "budget must be"),
+        ({"subspace": "tile:99"}, "tile size"),
+        ({"subspace": "wavelet"}, "subspace must be"),
+        ({"subspace": "dct:0"}, "dct size"),
+        ({"subspace": "tile:2@50>full@9"}, "last stage"),
+        ({"subspace": "tile:2@50>tile:4@20>full"}, "must not decrease"),
+        ({"subspace": "tile:2>>full"}, "empty stage"),
+    ],
+)
 def test_bad_settings_raise_clear_errors(victim, kwargs, needle):
     model, x, y = victim
     args = {"norm": "linf", "eps": 0.1, "budget": 100, "subspace": "full", **kwargs}
     with pytest.raises(ValueError, match=needle.replace("[", r"\[").replace("]", r"\]")):
-        run_attack(BlackBox(model), x, y, create_optimizer("zo_sgd", lr=0.1),
-                   generator=make_generator(0), **args)
+        run_attack(
+            BlackBox(model),
+            x,
+            y,
+            create_optimizer("zo_sgd", lr=0.1),
+            generator=make_generator(0),
+            **args,
+        )
 
 
 def test_labels_only_black_box_is_refused(victim):
     model, x, y = victim
     with pytest.raises(ValueError, match="logits or probs"):
-        run_attack(BlackBox(model, output="labels"), x, y, create_optimizer("zo_sgd", lr=0.1),
-                   generator=make_generator(0), norm="linf", eps=0.1, budget=50)
+        run_attack(
+            BlackBox(model, output="labels"),
+            x,
+            y,
+            create_optimizer("zo_sgd", lr=0.1),
+            generator=make_generator(0),
+            norm="linf",
+            eps=0.1,
+            budget=50,
+        )
 
 
 def test_probability_black_box_works(victim):
     model, x, y = victim
-    res = run_attack(BlackBox(model, output="probs", budget=200), x, y,
-                     create_optimizer("zo_signsgd", lr=0.1), generator=make_generator(0),
-                     norm="linf", eps=0.2, budget=200)
+    res = run_attack(
+        BlackBox(model, output="probs", budget=200),
+        x,
+        y,
+        create_optimizer("zo_signsgd", lr=0.1),
+        generator=make_generator(0),
+        norm="linf",
+        eps=0.2,
+        budget=200,
+    )
     assert res.success.any()
 
 
@@ -158,8 +219,9 @@ def test_dct_basis_is_orthonormal_and_expansion_preserves_l2():
     assert torch.allclose(m @ m.T, torch.eye(8, dtype=torch.float64), atol=1e-12)
     space = Subspace("dct:3", (1, 8, 8))
     v = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(space.expand(v).flatten(1).norm(dim=1), v.flatten(1).norm(dim=1),
-                          atol=1e-5)
+    assert torch.allclose(
+        space.expand(v).flatten(1).norm(dim=1), v.flatten(1).norm(dim=1), atol=1e-5
+    )
     # the lowest frequency is a constant image
     e0 = torch.zeros(1, 1, 3, 3)
     e0[0, 0, 0, 0] = 1.0
@@ -167,8 +229,10 @@ def test_dct_basis_is_orthonormal_and_expansion_preserves_l2():
     assert torch.allclose(img, torch.full_like(img, 1 / 8), atol=1e-6)
 
 
-@pytest.mark.parametrize("spec,norm,eps", [("dct:4", "linf", 0.1), ("dct:4", "l2", 0.5),
-                                           ("tile:2", "l2", 0.5), ("full", "linf", 0.1)])
+@pytest.mark.parametrize(
+    "spec,norm,eps",
+    [("dct:4", "linf", 0.1), ("dct:4", "l2", 0.5), ("tile:2", "l2", 0.5), ("full", "linf", 0.1)],
+)
 def test_subspace_projection_keeps_expansion_in_ball(spec, norm, eps):
     from zoattack.subspace import Subspace
 
@@ -198,7 +262,8 @@ def test_subspace_schedule_switch_points_and_restriction():
 
 
 def test_coarse_to_fine_attack_runs_and_refines(victim):
-    res, bb = attack(victim, "zo_signsgd", budget=300, subspace="tile:2@40>tile:4@100>full",
-                     lr=0.05)
+    res, bb = attack(
+        victim, "zo_signsgd", budget=300, subspace="tile:2@40>tile:4@100>full", lr=0.05
+    )
     assert int(res.queries.max()) <= 300
     assert res.success.any()

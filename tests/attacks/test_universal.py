@@ -30,8 +30,9 @@ def test_universal_attack_fools_the_set_within_budget(victim):
     bb = BlackBox(model, budget=60)
     # coordinate differences give exact signs in 16 dims: two sign steps reach the vertex
     rule = create_optimizer("zo_signsgd", lr=0.15, estimator="coordinate")
-    res = run_universal(bb, x, y, rule, generator=make_generator(0), norm="linf", eps=0.3,
-                        budget=60)
+    res = run_universal(
+        bb, x, y, rule, generator=make_generator(0), norm="linf", eps=0.3, budget=60
+    )
     assert res.fooling_rate is not None and res.fooling_rate > 0.9
     assert res.linf <= 0.3 + 1e-6
     assert int(res.queries.max()) <= 60
@@ -47,8 +48,16 @@ def test_universal_respects_l2_and_is_deterministic(victim):
     model, x, y = victim
     out = []
     for seed in (1, 1, 2):
-        res = run_universal(BlackBox(model), x, y, create_optimizer("lizo", lr=0.05),
-                            generator=make_generator(seed), norm="l2", eps=1.0, budget=40)
+        res = run_universal(
+            BlackBox(model),
+            x,
+            y,
+            create_optimizer("lizo", lr=0.05),
+            generator=make_generator(seed),
+            norm="l2",
+            eps=1.0,
+            budget=40,
+        )
         assert res.l2 <= 1.0 + 1e-5
         out.append(res.delta)
     assert torch.equal(out[0], out[1])
@@ -58,8 +67,24 @@ def test_universal_respects_l2_and_is_deterministic(victim):
 def test_universal_bad_settings(victim):
     model, x, y = victim
     with pytest.raises(ValueError, match="budget"):
-        run_universal(BlackBox(model), x, y, create_optimizer("zo_sgd", lr=0.1),
-                      generator=make_generator(0), norm="linf", eps=0.1, budget=2)
+        run_universal(
+            BlackBox(model),
+            x,
+            y,
+            create_optimizer("zo_sgd", lr=0.1),
+            generator=make_generator(0),
+            norm="linf",
+            eps=0.1,
+            budget=2,
+        )
     with pytest.raises(ValueError, match="misclassifies every image"):
-        run_universal(BlackBox(model), x, 1 - y, create_optimizer("zo_sgd", lr=0.1),
-                      generator=make_generator(0), norm="linf", eps=0.1, budget=20)
+        run_universal(
+            BlackBox(model),
+            x,
+            1 - y,
+            create_optimizer("zo_sgd", lr=0.1),
+            generator=make_generator(0),
+            norm="linf",
+            eps=0.1,
+            budget=20,
+        )

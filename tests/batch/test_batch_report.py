@@ -42,12 +42,20 @@ def test_job_lines_are_run_summaries_of_the_stored_rows(results):
     assert len(lines) == 8
     # grouped: model, then optimizer, then eps and seed
     assert [(s["label"], s["eps"], s["seed"]) for s in lines][:3] == [
-        ("sign", 0.05, 0), ("sign", 0.05, 1), ("sign", 0.1, 0)]
+        ("sign", 0.05, 0),
+        ("sign", 0.05, 1),
+        ("sign", 0.1, 0),
+    ]
     for line in lines:
         rows = results.rows[line["key"]]
         expected = summarize_rows(rows, wall_seconds=1.0, scored_inputs=1)
-        for k in ("success_rate", "mean_queries_success", "median_queries_success",
-                  "initially_correct", "median_linf_success"):
+        for k in (
+            "success_rate",
+            "mean_queries_success",
+            "median_queries_success",
+            "initially_correct",
+            "median_linf_success",
+        ):
             assert line[k] == expected[k]
         assert line["median_distortion_success"] == expected["median_linf_success"]
         assert line["status"] == "finished" and line["stored"] == 4
@@ -58,10 +66,14 @@ def test_groups_pool_seeds(results):
     groups = results.groups()
     assert len(groups) == 4 and all(g["jobs"] == 2 and g["seeds"] == 2 for g in groups)
     for g in groups:
-        keys = [s["key"] for s in results.summaries()
-                if (s["label"], s["eps"]) == (g["label"], g["eps"])]
-        pooled = summarize_rows([r for k in keys for r in results.rows[k]], wall_seconds=0,
-                                scored_inputs=0)
+        keys = [
+            s["key"]
+            for s in results.summaries()
+            if (s["label"], s["eps"]) == (g["label"], g["eps"])
+        ]
+        pooled = summarize_rows(
+            [r for k in keys for r in results.rows[k]], wall_seconds=0, scored_inputs=0
+        )
         assert g["success_rate"] == pooled["success_rate"]
 
 
@@ -70,8 +82,9 @@ def test_markdown_csv_and_rows_exports(results, tmp_path):
     assert "| model | optimizer | norm | eps |" in md and "## Pooled over seeds" in md
     assert md.count("| small_cnn | sign |") == 4 + 2
     lines = list(csv.DictReader(write_csv(tmp_path / "jobs.csv", results.summaries()).open()))
-    assert len(lines) == 8 and {"key", "success_rate", "median_queries_success", "seed"} <= \
-        set(lines[0])
+    assert len(lines) == 8 and {"key", "success_rate", "median_queries_success", "seed"} <= set(
+        lines[0]
+    )
     rows = list(csv.DictReader(write_rows_csv(tmp_path / "rows.csv", results).open()))
     assert len(rows) == 8 * 4
     assert {"optimizer", "label", "queries", "stop_reason"} <= set(rows[0])

@@ -29,8 +29,13 @@ def test_task_options_ask_for_a_gpu_only_for_cuda_jobs():
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR", runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+    )
     yield ray
     ray.shutdown()
 
@@ -56,8 +61,9 @@ def test_ray_rows_equal_local_rows(ray_local, plan_and_reference, tmp_path):
     assert ray_local.is_initialized()  # an existing Ray is used, not shut down
 
 
-def test_a_lost_worker_is_retried_and_its_rows_written_once(ray_local, plan_and_reference,
-                                                            tmp_path):
+def test_a_lost_worker_is_retried_and_its_rows_written_once(
+    ray_local, plan_and_reference, tmp_path
+):
     plan, reference = plan_and_reference
     marker = tmp_path / "crashed"
     from zoattack.batch.executors import execute_chunk
@@ -80,7 +86,8 @@ def test_a_lost_worker_is_retried_and_its_rows_written_once(ray_local, plan_and_
 
 
 def test_without_retries_a_lost_worker_fails_its_job_and_a_rerun_completes(
-        ray_local, plan_and_reference, tmp_path):
+    ray_local, plan_and_reference, tmp_path
+):
     plan, reference = plan_and_reference
     from zoattack.batch.executors import execute_chunk
 
@@ -93,8 +100,9 @@ def test_without_retries_a_lost_worker_fails_its_job_and_a_rerun_completes(
 
     with ResultStore(tmp_path) as store:
         outcome = run_batch(plan, store, RayExecutor(max_retries=0, chunk_fn=always_dies))
-        assert list(outcome.failed) == [victim] and "chunk 2 failed on Ray" in \
-            outcome.failed[victim]
+        assert (
+            list(outcome.failed) == [victim] and "chunk 2 failed on Ray" in outcome.failed[victim]
+        )
         assert len(store.rows(victim)) == 4
         outcome = run_batch(plan, store, RayExecutor())
         assert outcome.finished == 1 and store.rows() == reference
@@ -104,13 +112,25 @@ def test_cli_executor_ray(ray_local, plan_and_reference, tmp_path):
     from zoattack.cli.main import app
 
     plan, reference = plan_and_reference
-    res = CliRunner().invoke(app, ["batch", str(plan.path), "--executor", "ray", "--out",
-                                   str(tmp_path)])
+    res = CliRunner().invoke(
+        app, ["batch", str(plan.path), "--executor", "ray", "--out", str(tmp_path)]
+    )
     assert res.exit_code == 0, res.output
     with ResultStore(tmp_path, create=False) as store:
         assert store.rows() == reference
-    res = CliRunner().invoke(app, ["batch", str(plan.path), "--executor", "ray", "--device",
-                                   "cuda", "--out", str(tmp_path / "gpu")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "batch",
+            str(plan.path),
+            "--executor",
+            "ray",
+            "--device",
+            "cuda",
+            "--out",
+            str(tmp_path / "gpu"),
+        ],
+    )
     if ray_local.cluster_resources().get("GPU", 0) < 1:
         assert res.exit_code == 2
         assert "the Ray cluster has no GPU" in " ".join(res.stderr.split())

@@ -63,8 +63,7 @@ def test_resume_redoes_only_missing_images_and_matches(tmp_path, reference):
         # as if killed mid-way: one chunk of one job half stored, another job not started
         store.conn.execute('DELETE FROM rows WHERE job=? AND "index" IN (3, 5)', (first,))
         store.conn.execute("DELETE FROM rows WHERE job=?", (second,))
-        store.conn.execute("UPDATE jobs SET status='running' WHERE key IN (?, ?)",
-                           (first, second))
+        store.conn.execute("UPDATE jobs SET status='running' WHERE key IN (?, ?)", (first, second))
         outcome = run_batch(plan, store, LocalExecutor())
         assert outcome.skipped == 3 and outcome.finished == 2
         assert outcome.new_rows == 2 + 6
@@ -101,7 +100,7 @@ def test_a_failing_job_keeps_its_rows_and_the_batch_goes_on(tmp_path, reference)
         rec = store.job(victim.key)
         assert rec["status"] == "failed" and "stopped answering" in rec["error"]
         kept = store.rows(victim.key)
-        assert 0 < len(kept) < 6 and kept == ref[victim.key][:len(kept)]
+        assert 0 < len(kept) < 6 and kept == ref[victim.key][: len(kept)]
         # rerun with a healthy model: the failed job completes, identical to the reference
         outcome = run_batch(plan, store, LocalExecutor())
         assert outcome.finished == 1 and not outcome.failed
@@ -126,8 +125,9 @@ def test_a_job_that_cannot_load_fails_alone(tmp_path, reference, monkeypatch):
     with ResultStore(tmp_path) as store:
         outcome = run_batch(plan, store, LocalExecutor())
     assert list(outcome.failed) == [bad] and outcome.finished == 4
-    assert "could not prepare the job: FileNotFoundError: weights.safetensors" in \
-        outcome.failed[bad]
+    assert (
+        "could not prepare the job: FileNotFoundError: weights.safetensors" in outcome.failed[bad]
+    )
 
 
 def test_keyboard_interrupt_stores_the_finished_images(tmp_path, reference, monkeypatch):
@@ -140,8 +140,9 @@ def test_keyboard_interrupt_stores_the_finished_images(tmp_path, reference, monk
     def run_job_then_interrupt(job, **kw):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise JobInterrupted("stopped at images 4-5: interrupted by the user",
-                                 []) from KeyboardInterrupt()
+            raise JobInterrupted(
+                "stopped at images 4-5: interrupted by the user", []
+            ) from KeyboardInterrupt()
         return real(job, **kw)
 
     monkeypatch.setattr(ex, "run_job", run_job_then_interrupt)

@@ -35,9 +35,13 @@ def _stored_rows(db) -> int:
 
 def _batch(plan, out):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "zoattack", "batch", str(plan), "--out",
-                             str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "zoattack", "batch", str(plan), "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _kill_after(proc, db, rows: int, timeout: float = 120.0) -> int:
@@ -72,9 +76,13 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path, tiny):
         statuses = {r[0] for r in con.execute("SELECT status FROM batches")}
     assert statuses == {"running"}  # both killed before they could record an end
 
-    done = subprocess.run([sys.executable, "-m", "zoattack", "batch", str(plan_path), "--out",
-                           str(out)], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "zoattack", "batch", str(plan_path), "--out", str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
     with ResultStore(tmp_path / "straight") as ref_store:
@@ -84,6 +92,8 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path, tiny):
         assert store.rows() == reference
         assert len(reference) == total
         assert {j["status"] for j in store.jobs()} == {"finished"}
-        dup = store.conn.execute('SELECT COUNT(*) FROM (SELECT job, "index" FROM rows '
-                                 'GROUP BY job, "index" HAVING COUNT(*) > 1)').fetchone()[0]
+        dup = store.conn.execute(
+            'SELECT COUNT(*) FROM (SELECT job, "index" FROM rows '
+            'GROUP BY job, "index" HAVING COUNT(*) > 1)'
+        ).fetchone()[0]
         assert dup == 0

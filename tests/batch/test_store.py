@@ -14,8 +14,17 @@ SETTINGS = {"images": 3, "zoattack": "0.1.0", "torch": "2.x"}
 
 
 def row(i: int, **kw) -> dict:
-    base = dict(index=i, label=1, initial_prediction=1, final_prediction=2, success=1,
-                queries=7 + i, linf=0.1, l2=1.25, stop_reason="success")
+    base = dict(
+        index=i,
+        label=1,
+        initial_prediction=1,
+        final_prediction=2,
+        success=1,
+        queries=7 + i,
+        linf=0.1,
+        l2=1.25,
+        stop_reason="success",
+    )
     return {**base, **kw}
 
 
@@ -32,8 +41,19 @@ def test_schema_wal_and_csv_fields(store, tmp_path):
     cols = [r[1] for r in store.conn.execute("PRAGMA table_info(rows)")]
     assert cols == ["job", *CSV_FIELDS]
     jobs = {r[1] for r in store.conn.execute("PRAGMA table_info(jobs)")}
-    assert {"key", "spec", "settings", "seed", "status", "started_at", "finished_at",
-            "seconds", "scored_inputs", "zoattack_version", "torch_version"} <= jobs
+    assert {
+        "key",
+        "spec",
+        "settings",
+        "seed",
+        "status",
+        "started_at",
+        "finished_at",
+        "seconds",
+        "scored_inputs",
+        "zoattack_version",
+        "torch_version",
+    } <= jobs
     rec = store.job("k1")
     assert rec["status"] == "pending" and rec["optimizer"] == "sign" and rec["eps"] == 0.1
 
@@ -84,12 +104,12 @@ def test_reopening_keeps_everything_and_other_files_are_refused(store, tmp_path)
 
 
 def test_a_second_writer_is_refused(store):
-    with store.exclusive():
-        with ResultStore(store.path) as other:
-            with pytest.raises(ValueError, match=r"another `zoattack batch` \(pid \d+\) is "
-                                                 "writing to"):
-                with other.exclusive():
-                    pass
+    with store.exclusive(), ResultStore(store.path) as other, pytest.raises(
+        ValueError,
+        match=r"another `zoattack batch` \(pid \d+\) is "
+        "writing to",
+    ), other.exclusive():
+        pass
     with store.exclusive():  # released on exit
         pass
 

@@ -54,16 +54,18 @@ def test_dry_run_lists_jobs_and_writes_nothing(tmp_path):
     plan.write_text(PLAN)
     res = invoke("batch", plan, "--dry-run")
     assert res.exit_code == 0, res.output
-    assert "tiny: 4 jobs" in res.stdout and res.stdout.count(" new ") + res.stdout.count(
-        "new\n") >= 1
+    assert (
+        "tiny: 4 jobs" in res.stdout and res.stdout.count(" new ") + res.stdout.count("new\n") >= 1
+    )
     assert "would write to" in res.stdout
     assert not (tmp_path / "results").exists()
 
 
 def test_batch_writes_the_store_and_a_rerun_skips_everything(done):
     plan, folder, first = done
-    assert "4 jobs: 0 already finished, 4 finished now, 0 failed; 16 new rows" in \
-        " ".join(first.stdout.split())
+    assert "4 jobs: 0 already finished, 4 finished now, 0 failed; 16 new rows" in " ".join(
+        first.stdout.split()
+    )
     with sqlite3.connect(folder / "results.sqlite") as con:
         assert con.execute("SELECT COUNT(*) FROM rows").fetchone()[0] == 16
         assert {r[0] for r in con.execute("SELECT status FROM jobs")} == {"finished"}
@@ -77,8 +79,9 @@ def test_batch_writes_the_store_and_a_rerun_skips_everything(done):
 def test_report_prints_tables_and_writes_exports(done, tmp_path):
     _, folder, _ = done
     md, jobs_csv = tmp_path / "r.md", tmp_path / "r.csv"
-    res = invoke("report", folder, "--markdown", md, "--csv", jobs_csv, "--plots",
-                 tmp_path / "figs")
+    res = invoke(
+        "report", folder, "--markdown", md, "--csv", jobs_csv, "--plots", tmp_path / "figs"
+    )
     assert res.exit_code == 0, res.output
     assert "pooled over seeds" in res.stdout and "zo_signsgd" in res.stdout
     assert md.read_text().startswith("# Batch results")
@@ -90,13 +93,18 @@ def test_report_prints_tables_and_writes_exports(done, tmp_path):
     assert len(data["jobs"]) == 4 and len(data["groups"]) == 2
 
 
-@pytest.mark.parametrize("body,needle", [
-    ('[grid]\nseed = [0]\noptimizr = "sign"\n', "plan.toml:3: unknown setting 'optimizr' in "
-                                                "[grid]; did you mean optimizer?"),
-    ('[[job]]\noptimizer = "lizzo"\n', "plan.toml:2: job 1: unknown optimizer 'lizzo'"),
-    ('[[job]]\nimages = "ten"\n', "plan.toml:2: images must be an integer"),
-    ('[[job]\n', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        (
+            '[grid]\nseed = [0]\noptimizr = "sign"\n',
+            "plan.toml:3: unknown setting 'optimizr' in [grid]; did you mean optimizer?",
+        ),
+        ('[[job]]\noptimizer = "lizzo"\n', "plan.toml:2: job 1: unknown optimizer 'lizzo'"),
+        ('[[job]]\nimages = "ten"\n', "plan.toml:2: images must be an integer"),
+        ("[[job]\n", "not valid TOML"),
+    ],
+)
 def test_bad_plans_exit_2_with_one_line(tmp_path, body, needle):
     plan = tmp_path / "plan.toml"
     plan.write_text(body)
@@ -110,11 +118,11 @@ def test_bad_plans_exit_2_with_one_line(tmp_path, body, needle):
 
 def test_missing_files_and_bad_options_exit_2(tmp_path, done):
     for args, needle in (
-            (("batch", tmp_path / "nope.toml"), "plan file"),
-            (("report", tmp_path / "nowhere"), "does not exist"),
-            (("report", tmp_path), "no results.sqlite in"),
-            (("batch", done[0], "--executor", "spark"), "--executor must be local or ray"),
-            (("batch", done[0], "--workers", "2"), "--workers and --address are for"),
+        (("batch", tmp_path / "nope.toml"), "plan file"),
+        (("report", tmp_path / "nowhere"), "does not exist"),
+        (("report", tmp_path), "no results.sqlite in"),
+        (("batch", done[0], "--executor", "spark"), "--executor must be local or ray"),
+        (("batch", done[0], "--workers", "2"), "--workers and --address are for"),
     ):
         res = invoke(*args)
         assert res.exit_code == 2, (args, res.output)

@@ -35,8 +35,9 @@ def test_version():
 
 
 def test_python_dash_m_runs():
-    proc = subprocess.run([sys.executable, "-m", "zoattack", "--version"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoattack", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0
     assert __version__ in proc.stdout
 
@@ -60,8 +61,19 @@ def test_list_unknown_kind_exits_2():
 
 
 def _optimize_json(*extra: str) -> dict:
-    res = invoke("optimize", "--function", "quadratic", "--dim", "50", "--budget", "400",
-                 "--seeds", "2", "--json", *extra)
+    res = invoke(
+        "optimize",
+        "--function",
+        "quadratic",
+        "--dim",
+        "50",
+        "--budget",
+        "400",
+        "--seeds",
+        "2",
+        "--json",
+        *extra,
+    )
     assert res.exit_code == 0, res.output
     return json.loads(res.stdout)
 
@@ -97,24 +109,40 @@ def test_optimize_same_seed_identical_different_seed_differs():
 
 
 def test_optimize_table_output():
-    res = invoke("optimize", "--function", "rosenbrock", "--dim", "20", "--budget", "200",
-                 "--seeds", "1", "--optimizer", "zo_adamm", "--estimator", "dap")
+    res = invoke(
+        "optimize",
+        "--function",
+        "rosenbrock",
+        "--dim",
+        "20",
+        "--budget",
+        "200",
+        "--seeds",
+        "1",
+        "--optimizer",
+        "zo_adamm",
+        "--estimator",
+        "dap",
+    )
     assert res.exit_code == 0, res.output
     assert "zo_adamm + dap" in res.stdout
     assert "counting rule" in res.stdout
 
 
-@pytest.mark.parametrize("args,needle", [
-    (("--optimizer", "lizzo"), "did you mean lizo"),
-    (("--estimator", "gausian"), "did you mean gaussian"),
-    (("--function", "rosenbrok"), "did you mean rosenbrock"),
-    (("--lr", "-1"), "lr must be"),
-    (("--mu", "0"), "mu must be"),
-    (("--samples", "0"), "num_samples must be"),
-    (("--budget", "0"), "--budget must be"),
-    (("--dim", "1"), "--dim must be"),
-    (("--device", "tpu"), "--device must be"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("--optimizer", "lizzo"), "did you mean lizo"),
+        (("--estimator", "gausian"), "did you mean gaussian"),
+        (("--function", "rosenbrok"), "did you mean rosenbrock"),
+        (("--lr", "-1"), "lr must be"),
+        (("--mu", "0"), "mu must be"),
+        (("--samples", "0"), "num_samples must be"),
+        (("--budget", "0"), "--budget must be"),
+        (("--dim", "1"), "--dim must be"),
+        (("--device", "tpu"), "--device must be"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args, needle):
     res = invoke("optimize", "--dim", "10", "--budget", "50", *args)
     assert res.exit_code == 2, res.output

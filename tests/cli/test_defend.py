@@ -12,12 +12,50 @@ from typer.testing import CliRunner
 from zoattack.cli.main import app
 
 runner = CliRunner()
-TINY = ["--model", "small_cnn", "--dataset", "fashion-mnist", "--train-images", "24",
-        "--latent", "16", "--ae-epochs", "2", "--epochs", "1", "--batch-size", "12",
-        "--estimator", "sphere", "-q", "3", "--denoiser-depth", "3", "--denoiser-width", "4",
-        "--device", "cpu", "--threads", "1", "--seed", "1"]
-CERT = ["--n0", "8", "--n", "60", "--images", "3", "--batch", "64", "--device", "cpu",
-        "--threads", "1"]
+TINY = [
+    "--model",
+    "small_cnn",
+    "--dataset",
+    "fashion-mnist",
+    "--train-images",
+    "24",
+    "--latent",
+    "16",
+    "--ae-epochs",
+    "2",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "12",
+    "--estimator",
+    "sphere",
+    "-q",
+    "3",
+    "--denoiser-depth",
+    "3",
+    "--denoiser-width",
+    "4",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--seed",
+    "1",
+]
+CERT = [
+    "--n0",
+    "8",
+    "--n",
+    "60",
+    "--images",
+    "3",
+    "--batch",
+    "64",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +81,22 @@ def test_train_writes_defense_and_reports_queries(trained):
 def test_certify_rows_summary_curve_and_resume(trained, tmp_path):
     _, out = trained
     cdir = tmp_path / "cert"
-    res = runner.invoke(app, ["defend", "certify", "--defense", str(out), *CERT,
-                              "--out", str(cdir)])
+    res = runner.invoke(
+        app, ["defend", "certify", "--defense", str(out), *CERT, "--out", str(cdir)]
+    )
     assert res.exit_code == 0, res.output
     with open(cdir / "certify.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["index", "label", "prediction", "radius", "correct", "abstain",
-                             "seconds", "queries"]
+    assert list(rows[0]) == [
+        "index",
+        "label",
+        "prediction",
+        "radius",
+        "correct",
+        "abstain",
+        "seconds",
+        "queries",
+    ]
     card = json.loads((out / "defense.json").read_text())
     start = card["data"]["count"] if card["data"]["split"] == "test" else 0
     assert [int(r["index"]) for r in rows] == [start, start + 1, start + 2]
@@ -62,8 +109,9 @@ def test_certify_rows_summary_curve_and_resume(trained, tmp_path):
     # Interrupted after one image: resume certifies only the rest, same rows.
     lines = (cdir / "certify.csv").read_text().splitlines()
     (cdir / "certify.csv").write_text("\n".join(lines[:2]) + "\n")
-    res = runner.invoke(app, ["defend", "certify", "--defense", str(out), *CERT,
-                              "--out", str(cdir), "--resume"])
+    res = runner.invoke(
+        app, ["defend", "certify", "--defense", str(out), *CERT, "--out", str(cdir), "--resume"]
+    )
     assert res.exit_code == 0, res.output
     again = json.loads((cdir / "certify.json").read_text())
     assert again["queries"]["certify_blackbox_this_session"] == 2 * 68
@@ -84,8 +132,25 @@ def test_train_resume_matches_uninterrupted(trained, tmp_path):
     assert res.exit_code == 2 and "--epochs must be >= 1" in res.stderr
     res = runner.invoke(app, ["defend", "train", *TINY, "--out", str(cut)])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["defend", "train", *TINY[:-6], "--epochs", "2", "--device", "cpu",
-                              "--threads", "1", "--seed", "1", "--out", str(cut), "--resume"])
+    res = runner.invoke(
+        app,
+        [
+            "defend",
+            "train",
+            *TINY[:-6],
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--seed",
+            "1",
+            "--out",
+            str(cut),
+            "--resume",
+        ],
+    )
     assert res.exit_code == 0, res.output
     card = json.loads((cut / "defense.json").read_text())
     assert card["epochs_done"] == 2
@@ -94,8 +159,23 @@ def test_train_resume_matches_uninterrupted(trained, tmp_path):
 
 def test_run_attacks_the_defended_model(trained):
     _, out = trained
-    res = runner.invoke(app, ["run", "--model", f"defended:{out}", "--dataset", "fashion-mnist",
-                              "--images", "2", "--budget", "30", "--device", "cpu", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            f"defended:{out}",
+            "--dataset",
+            "fashion-mnist",
+            "--images",
+            "2",
+            "--budget",
+            "30",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     from zoattack.models import create_model
 
@@ -109,24 +189,35 @@ def test_run_attacks_the_defended_model(trained):
     assert torch.allclose((scores.exp() * 26 - 1).sum(1), torch.full((2,), 16.0), atol=1e-3)
 
 
-@pytest.mark.parametrize("cmd, needle", [
-    (["train", "--sigma", "0"], "--sigma must be > 0"),
-    (["train", "--output", "labels"], "returns scores"),
-    (["train", "--latent", "784"], "not smaller than the image"),
-    (["train", "--method", "zo-xx"], "--method must be one of"),
-    (["train", "--estimator", "nope"], "unknown estimator"),
-    (["certify", "--sigma", "-1"], "--sigma must be > 0"),
-    (["certify", "--n0", "500", "--n", "100"], "must not exceed --n"),
-    (["certify", "--alpha", "1.5"], "--alpha must lie in"),
-    (["certify", "--defense", "/nonexistent/defense"], "defense"),
-])
+@pytest.mark.parametrize(
+    "cmd, needle",
+    [
+        (["train", "--sigma", "0"], "--sigma must be > 0"),
+        (["train", "--output", "labels"], "returns scores"),
+        (["train", "--latent", "784"], "not smaller than the image"),
+        (["train", "--method", "zo-xx"], "--method must be one of"),
+        (["train", "--estimator", "nope"], "unknown estimator"),
+        (["certify", "--sigma", "-1"], "--sigma must be > 0"),
+        (["certify", "--n0", "500", "--n", "100"], "must not exceed --n"),
+        (["certify", "--alpha", "1.5"], "--alpha must lie in"),
+        (["certify", "--defense", "/nonexistent/defense"], "defense"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(cmd, needle, trained, tmp_path):
     _, out = trained
     if cmd[0] == "train":
         args = ["defend", "train", *TINY, "--out", str(tmp_path / "t"), *cmd[1:]]
     else:
-        args = ["defend", "certify", "--defense", str(out), *CERT, "--out", str(tmp_path / "c"),
-                *cmd[1:]]
+        args = [
+            "defend",
+            "certify",
+            "--defense",
+            str(out),
+            *CERT,
+            "--out",
+            str(tmp_path / "c"),
+            *cmd[1:],
+        ]
     res = runner.invoke(app, args)
     assert res.exit_code == 2, res.output
     assert needle in res.stderr

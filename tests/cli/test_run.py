@@ -11,8 +11,19 @@ from typer.testing import CliRunner
 from zoattack.cli.main import app
 
 runner = CliRunner()
-BASE = ("run", "--model", "small_cnn", "--dataset", "fashion-mnist", "--images", "8",
-        "--budget", "60", "--device", "cpu")
+BASE = (
+    "run",
+    "--model",
+    "small_cnn",
+    "--dataset",
+    "fashion-mnist",
+    "--images",
+    "8",
+    "--budget",
+    "60",
+    "--device",
+    "cpu",
+)
 
 
 def invoke(*args: str):
@@ -57,8 +68,9 @@ def test_same_seed_gives_identical_per_image_csv(tmp_path):
 
 
 def test_l2_targeted_and_universal_modes_run():
-    res = invoke("--norm", "l2", "--eps", "1.5", "--target", "random", "--optimizer",
-                 "zo_sgd", "--json")
+    res = invoke(
+        "--norm", "l2", "--eps", "1.5", "--target", "random", "--optimizer", "zo_sgd", "--json"
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["settings"]["target"] == "random"
     res = invoke("--universal", "--optimizer", "zo_signsgd", "--subspace", "tile:7", "--json")
@@ -67,26 +79,31 @@ def test_l2_targeted_and_universal_modes_run():
     assert s["queries_per_image"] <= 60
 
 
-@pytest.mark.parametrize("args,needle", [
-    (("--model", "resnet21"), "did you mean resnet20"),
-    (("--dataset", "fashion_mnst"), "fashion-mnist"),
-    (("--optimizer", "lizzo"), "did you mean lizo"),
-    (("--norm", "l3"), "norm must be"),
-    (("--eps", "0"), "eps must be"),
-    (("--eps", "1.5"), "whole [0,1]"),
-    (("--budget", "1"), "--budget must be"),
-    (("--images", "0"), "--images must be"),
-    (("--weights", "/nonexistent/w.safetensors"), "/nonexistent/w.safetensors"),
-    (("--dataset", "cifar10", "--data-dir", "/nonexistent"), "/nonexistent"),
-    (("--optimizer", "zo_sgd", "--subspace", "tile:99"), "tile size"),
-    (("--subspace", "tile:7"), "sign rule searches the full image"),
-    (("--save-images",), "--save-images needs --out"),
-    (("--target", "banana"), "target must be"),
-    (("--optimizer", "radazo", "--momentum", "0.9"), "does not take option 'momentum'"),
-    (("--retries", "2"), "apply to --model remote:URL only"),
-    (("--model", "remote:http://127.0.0.1:9", "--timeout", "0.5", "--retries", "0"),
-     "127.0.0.1:9"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("--model", "resnet21"), "did you mean resnet20"),
+        (("--dataset", "fashion_mnst"), "fashion-mnist"),
+        (("--optimizer", "lizzo"), "did you mean lizo"),
+        (("--norm", "l3"), "norm must be"),
+        (("--eps", "0"), "eps must be"),
+        (("--eps", "1.5"), "whole [0,1]"),
+        (("--budget", "1"), "--budget must be"),
+        (("--images", "0"), "--images must be"),
+        (("--weights", "/nonexistent/w.safetensors"), "/nonexistent/w.safetensors"),
+        (("--dataset", "cifar10", "--data-dir", "/nonexistent"), "/nonexistent"),
+        (("--optimizer", "zo_sgd", "--subspace", "tile:99"), "tile size"),
+        (("--subspace", "tile:7"), "sign rule searches the full image"),
+        (("--save-images",), "--save-images needs --out"),
+        (("--target", "banana"), "target must be"),
+        (("--optimizer", "radazo", "--momentum", "0.9"), "does not take option 'momentum'"),
+        (("--retries", "2"), "apply to --model remote:URL only"),
+        (
+            ("--model", "remote:http://127.0.0.1:9", "--timeout", "0.5", "--retries", "0"),
+            "127.0.0.1:9",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args, needle):
     res = invoke(*args)
     assert res.exit_code == 2, res.output

@@ -22,8 +22,22 @@ def train(*args: str):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "cnn.safetensors"
-    res = train("--model", "small_cnn", "--dataset", "digits", "--epochs", "2", "--lr", "3e-3",
-                "--seed", "5", "--device", "cpu", "--out", str(out))
+    res = train(
+        "--model",
+        "small_cnn",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--lr",
+        "3e-3",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    )
     return res, out
 
 
@@ -48,27 +62,69 @@ def test_written_weights_reload_to_the_card_accuracy(trained):
     card = json.loads(out.with_suffix(".json").read_text())
     model = create_model("small_cnn", weights=out)
     test = load_dataset("digits", split="test")
-    assert evaluate(model, test.images, test.labels) == pytest.approx(card["test_accuracy"],
-                                                                       abs=1e-4)
+    assert evaluate(model, test.images, test.labels) == pytest.approx(
+        card["test_accuracy"], abs=1e-4
+    )
 
 
 def test_same_seed_same_weights_on_cpu(trained, tmp_path):
     _, first = trained
-    res = train("--model", "small_cnn", "--dataset", "digits", "--epochs", "2", "--lr", "3e-3",
-                "--seed", "5", "--device", "cpu", "--out", str(tmp_path))
+    res = train(
+        "--model",
+        "small_cnn",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--lr",
+        "3e-3",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    )
     assert res.exit_code == 0, res.output
     a, b = load_file(str(first)), load_file(str(tmp_path / "small_cnn_digits.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    res = train("--model", "small_cnn", "--dataset", "digits", "--epochs", "1", "--seed", "6",
-                "--device", "cpu", "--out", str(tmp_path / "other.safetensors"))
+    res = train(
+        "--model",
+        "small_cnn",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--seed",
+        "6",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "other.safetensors"),
+    )
     c = load_file(str(tmp_path / "other.safetensors"))
     assert not torch.equal(a["conv1.weight"], c["conv1.weight"])
 
 
 def test_resnet20_tiny_limit_with_augmentation(tmp_path):
-    res = train("--model", "resnet20", "--dataset", "digits", "--epochs", "1", "--limit", "64",
-                "--batch-size", "32", "--augment", "crop+flip", "--device", "cpu",
-                "--out", str(tmp_path / "r.safetensors"))
+    res = train(
+        "--model",
+        "resnet20",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--limit",
+        "64",
+        "--batch-size",
+        "32",
+        "--augment",
+        "crop+flip",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "r.safetensors"),
+    )
     assert res.exit_code == 0, res.output
     card = json.loads((tmp_path / "r.json").read_text())
     assert card["recipe"]["train_examples"] == 64 and card["recipe"]["optimizer"] == "sgd"
@@ -76,17 +132,20 @@ def test_resnet20_tiny_limit_with_augmentation(tmp_path):
     assert card["architecture"]["config"]["shortcut"] == "A"
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--model", "resnet21"], "did you mean resnet20"),
-    (["--dataset", "fashion-mnst"], "did you mean fashion-mnist"),
-    (["--model", "torchvision:resnet18"], "trains zoo models"),
-    (["--lr", "-1"], "--lr"),
-    (["--epochs", "0"], "--epochs"),
-    (["--optimizer", "lbfgs"], "--optimizer"),
-    (["--augment", "mixup"], "--augment"),
-    (["--out", "weights.pt"], ".safetensors"),
-    (["--device", "tpu"], "--device"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "resnet21"], "did you mean resnet20"),
+        (["--dataset", "fashion-mnst"], "did you mean fashion-mnist"),
+        (["--model", "torchvision:resnet18"], "trains zoo models"),
+        (["--lr", "-1"], "--lr"),
+        (["--epochs", "0"], "--epochs"),
+        (["--optimizer", "lbfgs"], "--optimizer"),
+        (["--augment", "mixup"], "--augment"),
+        (["--out", "weights.pt"], ".safetensors"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
     res = train("--dataset", "digits", "--epochs", "1", *args)
     assert res.exit_code == 2, res.output
@@ -102,10 +161,10 @@ def test_missing_data_names_the_expected_path(tmp_path):
 
 
 def test_list_models_and_datasets():
-    for kind, names in (("models", ["resnet20", "small_cnn", "torchvision", "timm",
-                                    "robustbench"]),
-                        ("datasets", ["fashion-mnist", "mnist", "cifar10", "digits",
-                                      "imagefolder"])):
+    for kind, names in (
+        ("models", ["resnet20", "small_cnn", "torchvision", "timm", "robustbench"]),
+        ("datasets", ["fashion-mnist", "mnist", "cifar10", "digits", "imagefolder"]),
+    ):
         res = runner.invoke(app, ["list", kind, "--markdown"])
         assert res.exit_code == 0, res.output
         for name in names:

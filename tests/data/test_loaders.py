@@ -110,7 +110,7 @@ def test_fashion_mnist_flat_gz_layout_like_debian(tmp_path):
     _idx_pair(tmp_path, "test", 5, gz=True)
     ds = load_dataset("fashion-mnist", split="test", data_dir=str(tmp_path))
     assert ds.images.shape == (5, 1, 28, 28)
-    assert 0.0 <= float(ds.images.min()) and float(ds.images.max()) <= 1.0
+    assert float(ds.images.min()) >= 0.0 and float(ds.images.max()) <= 1.0
 
 
 def test_mnist_raw_gz(tmp_path):
@@ -156,8 +156,10 @@ def test_bundled_subset():
         load_bundled_fashion_mnist(1001)
 
 
-@pytest.mark.skipif(not (mnist_mod.DEBIAN_FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-                    reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not (mnist_mod.DEBIAN_FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="dataset-fashion-mnist not installed",
+)
 def test_bundled_subset_is_the_first_1000_of_the_real_test_set():
     full = load_dataset("fashion-mnist", split="test", limit=1000)
     bundled = load_bundled_fashion_mnist()
@@ -172,8 +174,16 @@ def _cifar_batch(path: Path, n: int, start: int) -> None:
     labels = [(start + i) % 10 for i in range(n)]
     # Same structure as the real python-version files (dict of str keys, list labels).
     with open(path, "wb") as f:
-        pickle.dump({"batch_label": path.name, "labels": labels, "data": data,
-                     "filenames": [f"img{start + i}.png" for i in range(n)]}, f, protocol=2)
+        pickle.dump(
+            {
+                "batch_label": path.name,
+                "labels": labels,
+                "data": data,
+                "filenames": [f"img{start + i}.png" for i in range(n)],
+            },
+            f,
+            protocol=2,
+        )
 
 
 @pytest.fixture

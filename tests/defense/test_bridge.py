@@ -36,11 +36,14 @@ def _cos(a, b):
     return float(F.cosine_similarity(a.flatten(), b.flatten(), dim=0))
 
 
-@pytest.mark.parametrize("name, kwargs, threshold", [
-    ("coordinate", {"difference": "central", "mu": 1e-3}, 0.999),
-    ("coordinate", {"mu": 1e-3}, 0.99),
-    ("sphere", {"num_samples": 400, "mu": 1e-3}, 0.8),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, threshold",
+    [
+        ("coordinate", {"difference": "central", "mu": 1e-3}, 0.999),
+        ("coordinate", {"mu": 1e-3}, 0.99),
+        ("sphere", {"num_samples": 400, "mu": 1e-3}, 0.8),
+    ],
+)
 def test_bridge_gradient_matches_autograd(name, kwargs, threshold):
     enc, dec, clf, x, y, bb = _setup()
     # Reference: exact backprop through decoder and classifier.

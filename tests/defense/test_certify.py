@@ -73,8 +73,9 @@ def test_abstains_on_the_decision_boundary_and_predict_agrees():
 
 def test_far_points_hit_the_largest_certifiable_radius():
     model, _, smooth = _smooth()
-    pred, radius = smooth.certify(model.point_at(5.0), 10, 1_000, 0.001,
-                                  generator=make_generator(4))
+    pred, radius = smooth.certify(
+        model.point_at(5.0), 10, 1_000, 0.001, generator=make_generator(4)
+    )
     assert pred == 1 and radius == pytest.approx(max_radius(0.25, 1_000, 0.001))
     # sigma * PhiInv(alpha^(1/N)) = 0.80 for the paper's setting: why tables stop at 0.75.
     assert max_radius(0.25, 10_000, 0.001) == pytest.approx(0.25 * 3.1987, abs=2e-3)
@@ -88,13 +89,16 @@ def test_clopper_pearson_lower_bound():
     assert lo == pytest.approx(0.5 - 3.09 * math.sqrt(0.25 / 10_000), abs=5e-4)
 
 
-@pytest.mark.parametrize("args, needle", [
-    ((0.0, 100, 1000, 0.001), "--sigma must be > 0"),
-    ((-0.25, 100, 1000, 0.001), "--sigma must be > 0"),
-    ((0.25, 1000, 100, 0.001), "must not exceed --n"),
-    ((0.25, 100, 1000, 0.0), "--alpha must lie in"),
-    ((0.25, 100, 1000, 1.0), "--alpha must lie in"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ((0.0, 100, 1000, 0.001), "--sigma must be > 0"),
+        ((-0.25, 100, 1000, 0.001), "--sigma must be > 0"),
+        ((0.25, 1000, 100, 0.001), "must not exceed --n"),
+        ((0.25, 100, 1000, 0.0), "--alpha must lie in"),
+        ((0.25, 100, 1000, 1.0), "--alpha must lie in"),
+    ],
+)
 def test_bad_settings_raise_one_clear_error(args, needle):
     with pytest.raises(ValueError, match=needle):
         check_certify_args(*args)
@@ -105,8 +109,7 @@ def test_certify_images_rows_resume_and_ledger(tmp_path):
     x = torch.stack([model.point_at(d) for d in (0.3, -0.2, 0.0, 0.1)])
     y = torch.tensor([1, 1, 0, 1])
     idx = [10, 11, 12, 13]
-    full = certify_images(smooth, x, y, idx, tmp_path / "a.csv", n0=20, n=300, seed=5,
-                          blackbox=bb)
+    full = certify_images(smooth, x, y, idx, tmp_path / "a.csv", n0=20, n=300, seed=5, blackbox=bb)
     assert [r["index"] for r in full] == idx
     assert sum(r["queries"] for r in full) == bb.total_queries == 4 * 320
     assert full[1]["correct"] == 0 and full[2]["abstain"] == 1 and full[2]["prediction"] == -1
@@ -116,8 +119,9 @@ def test_certify_images_rows_resume_and_ledger(tmp_path):
     lines = (tmp_path / "a.csv").read_text().splitlines()
     (tmp_path / "b.csv").write_text("\n".join(lines[:3]) + "\n")
     _, bb2, smooth2 = _smooth(batch=128)
-    resumed = certify_images(smooth2, x, y, idx, tmp_path / "b.csv", n0=20, n=300, seed=5,
-                             blackbox=bb2, resume=True)
+    resumed = certify_images(
+        smooth2, x, y, idx, tmp_path / "b.csv", n0=20, n=300, seed=5, blackbox=bb2, resume=True
+    )
     assert bb2.total_queries == 2 * 320  # nothing redone
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in read_rows(tmp_path / "b.csv")]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in full]

@@ -33,15 +33,26 @@ def _images(n=12):
 
 
 def _cfg(**kw):
-    base = {"method": "zo-ae-ds", "latent": 6, "ae_epochs": 2, "epochs": 2, "batch_size": 5,
-            "denoiser_depth": 3, "denoiser_width": 4, "seed": 3}
+    base = {
+        "method": "zo-ae-ds",
+        "latent": 6,
+        "ae_epochs": 2,
+        "epochs": 2,
+        "batch_size": 5,
+        "denoiser_depth": 3,
+        "denoiser_width": 4,
+        "seed": 3,
+    }
     return DefenseConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("estimator, samples, per_image_step", [
-    ("coordinate", None, 7),  # f(z) + 6 coordinates (forward differences share f(z))
-    ("sphere", 3, 4),
-])
+@pytest.mark.parametrize(
+    "estimator, samples, per_image_step",
+    [
+        ("coordinate", None, 7),  # f(z) + 6 coordinates (forward differences share f(z))
+        ("sphere", 3, 4),
+    ],
+)
 def test_query_counts_reported_equal_the_ledger(tmp_path, estimator, samples, per_image_step):
     bb = BlackBox(_victim(), output="logits", input_shape=SHAPE)
     card = train_defense(_cfg(estimator=estimator, samples=samples), bb, _images(), tmp_path)
@@ -72,8 +83,9 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     for resume in (False, True, True):
         bb2 = BlackBox(_victim(), output="logits", input_shape=SHAPE)
         try:
-            got = train_defense(cfg, bb2, _images(), tmp_path / "cut", resume=resume,
-                                on_epoch=stop_after)
+            got = train_defense(
+                cfg, bb2, _images(), tmp_path / "cut", resume=resume, on_epoch=stop_after
+            )
         except Stop:
             continue
     assert seen == [(1, 1), (1, 2), (2, 1), (2, 2), (2, 3)]  # nothing redone
@@ -90,24 +102,34 @@ def test_extending_epochs_with_resume_and_refusing_changed_settings(tmp_path):
     with pytest.raises(ValueError, match="pass --resume"):
         train_defense(_cfg(epochs=1, estimator="sphere", samples=2), bb, _images(), tmp_path)
     with pytest.raises(ValueError, match="--resume with different settings: sigma"):
-        train_defense(_cfg(epochs=2, sigma=0.5, estimator="sphere", samples=2), bb, _images(),
-                      tmp_path, resume=True)
-    card = train_defense(_cfg(epochs=2, estimator="sphere", samples=2), bb, _images(), tmp_path,
-                         resume=True)
+        train_defense(
+            _cfg(epochs=2, sigma=0.5, estimator="sphere", samples=2),
+            bb,
+            _images(),
+            tmp_path,
+            resume=True,
+        )
+    card = train_defense(
+        _cfg(epochs=2, estimator="sphere", samples=2), bb, _images(), tmp_path, resume=True
+    )
     assert card["epochs_done"] == 2
 
 
 def test_first_order_reference_and_zo_ds(tmp_path):
     model = _victim()
     bb = BlackBox(model, output="logits", input_shape=SHAPE)
-    card = train_defense(_cfg(method="fo-ds", epochs=1), bb, _images(), tmp_path / "fo",
-                         white_box=model)
-    assert card["queries"] == {**card["queries"], "train_blackbox": 12,
-                               "whitebox_evaluations": 12}
+    card = train_defense(
+        _cfg(method="fo-ds", epochs=1), bb, _images(), tmp_path / "fo", white_box=model
+    )
+    assert card["queries"] == {**card["queries"], "train_blackbox": 12, "whitebox_evaluations": 12}
     assert card["architecture"]["autoencoder"] is None
     bb = BlackBox(model, output="logits", input_shape=SHAPE)
-    card = train_defense(_cfg(method="zo-ds", epochs=1, estimator="sphere", samples=2), bb,
-                         _images(), tmp_path / "zo")
+    card = train_defense(
+        _cfg(method="zo-ds", epochs=1, estimator="sphere", samples=2),
+        bb,
+        _images(),
+        tmp_path / "zo",
+    )
     assert bb.total_queries == 12 + 12 * 3
     with pytest.raises(ValueError, match="needs white_box"):
         train_defense(_cfg(method="fo-ae-ds"), bb, _images(), tmp_path / "x")

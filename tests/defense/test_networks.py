@@ -46,12 +46,15 @@ def test_default_configs():
     assert y.shape == (3, 1, 28, 28) and float(y.min()) >= 0 and float(y.max()) <= 1
 
 
-@pytest.mark.parametrize("shape, latent, arch, needle", [
-    ((1, 28, 28), 784, "small", "not smaller than the image"),
-    ((1, 30, 30), 16, "small", "divisible by 4"),
-    ((1, 28, 28), 16, "cifar", "32x32"),
-    ((1, 28, 28), 0, "small", "latent size must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "shape, latent, arch, needle",
+    [
+        ((1, 28, 28), 784, "small", "not smaller than the image"),
+        ((1, 30, 30), 16, "small", "divisible by 4"),
+        ((1, 28, 28), 16, "cifar", "32x32"),
+        ((1, 28, 28), 0, "small", "latent size must be >= 1"),
+    ],
+)
 def test_latent_image_shape_mismatch_is_one_clear_error(shape, latent, arch, needle):
     with pytest.raises(ValueError, match=needle):
         Encoder(shape, latent, arch=arch)

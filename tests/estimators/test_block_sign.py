@@ -42,10 +42,10 @@ def test_first_pass_is_coarse_to_fine_and_flips_signs():
     x = torch.tensor([[0.1, -0.1, 0.1, -0.1, 0.1, -0.1, 0.0, 0.1]], dtype=F64)
     est = create_estimator("block_sign", num_samples=7, mu=0.2, order="row")
     res = est.estimate(objective(fn), x, generator=make_generator(0))
-    disp = torch.cat(fn.seen)[1:] - x                      # the base point comes first
+    disp = torch.cat(fn.seen)[1:] - x  # the base point comes first
     flip = torch.where(x > 0, -1.0, 1.0).to(F64)
     sizes = (disp != 0).sum(1).tolist()
-    assert sizes == [8, 4, 4, 2, 2, 2, 2]                  # levels 0, 1, 2 of the hierarchy
+    assert sizes == [8, 4, 4, 2, 2, 2, 2]  # levels 0, 1, 2 of the hierarchy
     support = disp != 0
     torch.testing.assert_close(disp[support], (0.2 * flip).expand_as(disp)[support])
     # Level 2's disjoint blocks give each coordinate the block's mean partial derivative.
@@ -60,7 +60,7 @@ def test_column_order_blocks_are_vertical_stripes():
     est = create_estimator("block_sign", num_samples=3)
     est.estimate(objective(fn), x, generator=make_generator(0))
     # Level 1 splits the (cyclically shifted) column order in two halves of 8 pixels.
-    for half in (torch.cat(fn.seen)[2:] != 0):
+    for half in torch.cat(fn.seen)[2:] != 0:
         cols = half[0].any(dim=0)
         rows_per_col = half[0].sum(dim=0)
         assert int(half.sum()) == 8
@@ -94,8 +94,9 @@ def test_cursor_advances_per_example_and_masked_reset():
     assert other.state.tensors["cursor"].tolist() == [0, 4, 2]
 
 
-@pytest.mark.parametrize("kwargs, needle", [({"order": "diagonal"}, "order"),
-                                            ({"difference": "central"}, "central")])
+@pytest.mark.parametrize(
+    "kwargs, needle", [({"order": "diagonal"}, "order"), ({"difference": "central"}, "central")]
+)
 def test_invalid_options_name_the_argument(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         create_estimator("block_sign", **kwargs)

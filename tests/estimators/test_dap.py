@@ -28,13 +28,13 @@ def stages(zo, fn, x, **kwargs):
     assert rec.calls == 2  # one batched call per stage
     n, d = x.shape
     b1, b2 = est.pilot_samples, est.num_samples - est.pilot_samples
-    pilot = rec.batches[0].reshape(n, b1 + 1, d)       # base point first, then the probes
+    pilot = rec.batches[0].reshape(n, b1 + 1, d)  # base point first, then the probes
     assert torch.equal(pilot[:, 0], x)
     z = (pilot[:, 1:] - x.unsqueeze(1)) / MU
     f0 = fn(x)
     fz = fn(pilot[:, 1:].reshape(-1, d)).reshape(n, b1)
     a = torch.einsum("nk,nkd->nd", (fz - f0.unsqueeze(1)) / MU, z) / b1
-    aligned = rec.batches[1].reshape(n, b2, d)         # f(x) is known: no second base query
+    aligned = rec.batches[1].reshape(n, b2, d)  # f(x) is known: no second base query
     v = (aligned - x.unsqueeze(1)) / MU
     fv = fn(aligned.reshape(-1, d)).reshape(n, b2)
     g_dap = torch.einsum("nk,nkd->nd", (fv - f0.unsqueeze(1)) / MU, v) / b2
@@ -49,11 +49,13 @@ def test_aligned_directions_satisfy_the_dap_condition(zo, direction):
     x = zo.points(d, n=3)
     res, z, a, v, g_dap = stages(zo, fn, x, num_samples=10, direction=direction)
     # The pilot directions lie on the sphere of radius sqrt(d) (no factor d needed).
-    torch.testing.assert_close(z.norm(dim=-1), torch.full(z.shape[:2], d**0.5, dtype=F64),
-                               rtol=1e-8, atol=0)
+    torch.testing.assert_close(
+        z.norm(dim=-1), torch.full(z.shape[:2], d**0.5, dtype=F64), rtol=1e-8, atol=0
+    )
     proj = torch.einsum("nkd,nd->nk", v, a)
-    torch.testing.assert_close(proj.abs(), a.norm(dim=1, keepdim=True).expand_as(proj),
-                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        proj.abs(), a.norm(dim=1, keepdim=True).expand_as(proj), rtol=1e-6, atol=0
+    )
     # Default combine is the synthetic notebook's average of pilot and aligned estimates.
     torch.testing.assert_close(res.grad, (a + g_dap) / 2, rtol=1e-6, atol=1e-9)
 
@@ -91,22 +93,27 @@ def test_flat_pilot_falls_back_to_plain_directions(zo):
     rec = zo.Recorder(lambda x: torch.zeros(x.shape[0], dtype=F64))
     obj, _ = zo.objective_for(rec)
     x = zo.points(d, n=2)
-    res = create_estimator("dap", num_samples=6, mu=MU).estimate(obj, x,
-                                                                 generator=make_generator(0))
+    res = create_estimator("dap", num_samples=6, mu=MU).estimate(
+        obj, x, generator=make_generator(0)
+    )
     assert torch.equal(res.grad, torch.zeros_like(x))
     v = (rec.batches[1].reshape(2, 3, d) - x.unsqueeze(1)) / MU
-    torch.testing.assert_close(v.norm(dim=-1), torch.full((2, 3), d**0.5, dtype=F64),
-                               rtol=1e-8, atol=0)
+    torch.testing.assert_close(
+        v.norm(dim=-1), torch.full((2, 3), d**0.5, dtype=F64), rtol=1e-8, atol=0
+    )
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"num_samples": 1}, "num_samples"),
-    ({"num_samples": 6, "pilot_samples": 0}, "pilot_samples"),
-    ({"num_samples": 6, "pilot_samples": 6}, "pilot_samples"),
-    ({"num_samples": 6, "pilot_samples": 2.5}, "pilot_samples"),
-    ({"direction": "cube"}, "direction"),
-    ({"combine": "sum"}, "combine"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"num_samples": 1}, "num_samples"),
+        ({"num_samples": 6, "pilot_samples": 0}, "pilot_samples"),
+        ({"num_samples": 6, "pilot_samples": 6}, "pilot_samples"),
+        ({"num_samples": 6, "pilot_samples": 2.5}, "pilot_samples"),
+        ({"direction": "cube"}, "direction"),
+        ({"combine": "sum"}, "combine"),
+    ],
+)
 def test_invalid_dap_options(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         create_estimator("dap", **kwargs)

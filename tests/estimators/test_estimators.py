@@ -81,7 +81,7 @@ def test_deterministic_forward_error_is_order_mu_and_central_is_exact(zo, name):
     for mu in (1e-2, 1e-3):
         g = run(create_estimator(name, num_samples=d, mu=mu), obj, x).grad
         errs.append((g - true).norm().item())
-    assert errs[0] < 10 * 1e-2 * fn.A.diagonal().max().item() * d ** 0.5
+    assert errs[0] < 10 * 1e-2 * fn.A.diagonal().max().item() * d**0.5
     assert 7 < errs[0] / errs[1] < 13  # first order in mu
     if "central" in differences(name):
         g = run(create_estimator(name, num_samples=d, mu=1e-3, difference="central"), obj, x).grad
@@ -95,8 +95,9 @@ def test_coordinate_forward_bias_is_exactly_half_mu_diag(zo):
     x = zo.points(d, n=2, seed=4)
     g = run(create_estimator("coordinate", mu=mu), obj, x).grad
     # (f(x + mu e_i) - f(x)) / mu = g_i + mu/2 A_ii for a quadratic.
-    torch.testing.assert_close(g - fn.grad(x), (mu / 2 * fn.A.diagonal()).expand(2, d),
-                               rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(
+        g - fn.grad(x), (mu / 2 * fn.A.diagonal()).expand(2, d), rtol=1e-5, atol=1e-9
+    )
 
 
 def test_coordinate_subset_scales_by_d_over_q(zo):
@@ -145,8 +146,14 @@ def test_query_counts_are_exact(zo, name, difference, k, fx_mode):
 
 
 @settings(max_examples=30, deadline=None)
-@given(name=st.sampled_from(ALL), d=st.integers(1, 12), k=st.integers(2, 7),
-       n=st.integers(1, 3), central=st.booleans(), seed=st.integers(0, 1000))
+@given(
+    name=st.sampled_from(ALL),
+    d=st.integers(1, 12),
+    k=st.integers(2, 7),
+    n=st.integers(1, 3),
+    central=st.booleans(),
+    seed=st.integers(0, 1000),
+)
 def test_query_counts_property(zo, name, d, k, n, central, seed):
     difference = "central" if central and "central" in differences(name) else "forward"
     obj, bb = zo.objective_for(zo.TanhMLP(d))
@@ -257,5 +264,8 @@ def test_integral_float_num_samples_behaves_like_the_int(zo, name):
     obj, bb = zo.objective_for(zo.Quadratic(d))
     est = create_estimator(name, num_samples=4.0)
     res = run(est, obj, zo.points(d))
-    assert res.queries.tolist() == bb.queries.tolist() == [
-        create_estimator(name, num_samples=4).queries_per_call(d)]
+    assert (
+        res.queries.tolist()
+        == bb.queries.tolist()
+        == [create_estimator(name, num_samples=4).queries_per_call(d)]
+    )

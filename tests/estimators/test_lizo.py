@@ -116,8 +116,20 @@ def two_calls(zo, *, d=20, n=8, bound=0.5, rate=0.5, step=0.01, fx2=False, **kw)
     start = rec.calls
     fx = fn(x2) if fx2 else None
     r2 = est.estimate(obj, x2, generator=gen, fx=fx)
-    return dict(fn=fn, est=est, x1=x1, x2=x2, r1=r1, r2=r2, first=first,
-                second=rec.points(start), q1=q1, q2=bb.total_queries - q1, n=n, d=d)
+    return dict(
+        fn=fn,
+        est=est,
+        x1=x1,
+        x2=x2,
+        r1=r1,
+        r2=r2,
+        first=first,
+        second=rec.points(start),
+        q1=q1,
+        q2=bb.total_queries - q1,
+        n=n,
+        d=d,
+    )
 
 
 def test_reuse_rows_were_queried_before_and_cost_nothing(zo):
@@ -125,11 +137,11 @@ def test_reuse_rows_were_queried_before_and_cost_nothing(zo):
     n, d, est = c["n"], c["d"], c["est"]
     assert c["r1"].queries.item() == c["q1"] == est.queries_per_call(d) == n + 1
     q2 = c["r2"].queries.item()
-    assert q2 == c["q2"]                          # estimate agrees with the ledger
-    n_fresh = c["second"].shape[0] - 1            # the call also scored f(x2)
+    assert q2 == c["q2"]  # estimate agrees with the ledger
+    n_fresh = c["second"].shape[0] - 1  # the call also scored f(x2)
     n_reused = n - n_fresh
     assert q2 == 1 + n - n_reused < est.queries_per_call(d)
-    assert n_reused == int(0.5 * n)               # everything was close: the cap binds
+    assert n_reused == int(0.5 * n)  # everything was close: the cap binds
     rows = est.state_dict()["tensors"]["disp"][0]
     x2 = c["x2"][0]
     # Fresh rows are exactly the points scored in this call; reused rows point at points
@@ -139,8 +151,7 @@ def test_reuse_rows_were_queried_before_and_cost_nothing(zo):
     assert bool((rows[:n_reused].norm(dim=1) < 0.5).all())
     # With those rows, the estimate is still the exact projection (linear f: reused values
     # are exact), which also checks the Gram-matrix update against explicit products.
-    torch.testing.assert_close(c["r2"].grad[0], projection(rows, c["fn"].c), rtol=1e-7,
-                               atol=1e-9)
+    torch.testing.assert_close(c["r2"].grad[0], projection(rows, c["fn"].c), rtol=1e-7, atol=1e-9)
 
 
 def test_reuse_with_known_fx_costs_only_fresh_probes(zo):
@@ -157,7 +168,7 @@ def test_reuse_cap(zo, rate):
 
 
 def test_no_reuse_beyond_the_distance_bound(zo):
-    assert two_calls(zo, bound=0.0)["r2"].queries.item() == 9   # default: reuse off
+    assert two_calls(zo, bound=0.0)["r2"].queries.item() == 9  # default: reuse off
     assert two_calls(zo, bound=1e-6)["r2"].queries.item() == 9  # nothing that close
     assert lizo().reuse_distance_bound == 0.0
 
@@ -169,13 +180,14 @@ def test_orthogonal_fresh_probes(zo):
     n_reused = n + 1 - c["r2"].queries.item()
     fresh = rows[n_reused:]
     gram = fresh @ fresh.T
-    torch.testing.assert_close(gram, mu**2 * d * torch.eye(n - n_reused, dtype=F64),
-                               atol=1e-12, rtol=1e-6)
-    cross = fresh @ rows[:n_reused].T / (fresh.norm(dim=1, keepdim=True) *
-                                         rows[:n_reused].norm(dim=1))
+    torch.testing.assert_close(
+        gram, mu**2 * d * torch.eye(n - n_reused, dtype=F64), atol=1e-12, rtol=1e-6
+    )
+    cross = (
+        fresh @ rows[:n_reused].T / (fresh.norm(dim=1, keepdim=True) * rows[:n_reused].norm(dim=1))
+    )
     assert cross.abs().max() < 1e-8
-    torch.testing.assert_close(c["r2"].grad[0], projection(rows, c["fn"].c), rtol=1e-7,
-                               atol=1e-9)
+    torch.testing.assert_close(c["r2"].grad[0], projection(rows, c["fn"].c), rtol=1e-7, atol=1e-9)
 
 
 def test_ragged_reuse_across_examples(zo):
@@ -191,8 +203,9 @@ def test_ragged_reuse_across_examples(zo):
     x = x + torch.tensor([[5.0], [0.0]], dtype=F64)
     res = est.estimate(obj, x, generator=gen)
     assert res.queries.tolist() == (bb.queries - before).tolist() == [n + 1, n + 1 - n // 2]
-    torch.testing.assert_close(res.grad[1], projection(
-        est.state_dict()["tensors"]["disp"][1], fn.c), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(
+        res.grad[1], projection(est.state_dict()["tensors"]["disp"][1], fn.c), rtol=1e-7, atol=1e-9
+    )
 
 
 # --------------------------------------------------------------------------------- state
@@ -214,8 +227,8 @@ def test_state_round_trip_is_bitwise(zo):
     x, hist = descend(a, obj, zo.points(d, n=3), gen, 3)
     assert any((q < 7).any() for _, q in hist)  # reuse happened: the state matters
     saved, gen_state, x_saved = a.state_dict(), gen.get_state(), x.clone()
-    _, cont_a = descend(a, obj, x, gen, 3)      # mutating a must not leak into `saved`
-    for _ in range(2):                            # loading twice: the dict is not consumed
+    _, cont_a = descend(a, obj, x, gen, 3)  # mutating a must not leak into `saved`
+    for _ in range(2):  # loading twice: the dict is not consumed
         b = lizo(**kw)
         b.load_state_dict(saved)
         gen_b = torch.Generator()
@@ -231,8 +244,9 @@ def test_state_round_trip_is_bitwise(zo):
     assert not torch.equal(cont_c[0][1], cont_a[0][1])
 
 
-@pytest.mark.parametrize("mask", [torch.tensor([True, False, False]), torch.tensor([0])],
-                         ids=["bool", "ids"])
+@pytest.mark.parametrize(
+    "mask", [torch.tensor([True, False, False]), torch.tensor([0])], ids=["bool", "ids"]
+)
 def test_reset_clears_only_the_masked_examples(zo, mask):
     d, n = 15, 6
     obj, _ = zo.objective_for(zo.TanhMLP(d))
@@ -247,8 +261,8 @@ def test_reset_clears_only_the_masked_examples(zo, mask):
     ra = a.estimate(obj, x, generator=gen)
     gen.set_state(gen_state)
     rb = b.estimate(obj, x, generator=gen)
-    assert ra.queries[0].item() == n + 1 > rb.queries[0].item()   # example 0 forgot
-    assert torch.equal(ra.queries[1:], rb.queries[1:])            # the others did not
+    assert ra.queries[0].item() == n + 1 > rb.queries[0].item()  # example 0 forgot
+    assert torch.equal(ra.queries[1:], rb.queries[1:])  # the others did not
     # Same rows and values; only the batch layout of the small Gram products differs.
     torch.testing.assert_close(ra.grad[1:], rb.grad[1:], rtol=1e-10, atol=1e-12)
     a.reset()
@@ -272,13 +286,16 @@ def test_state_follows_global_example_ids(zo):
     assert bb.queries[[2, 4, 7, 9]].tolist() == [n + 1, 2 * (n + 1) - n // 2, n + 1, n + 1]
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"max_reuse_rate": 1.0}, "max_reuse_rate"),
-    ({"max_reuse_rate": -0.1}, "max_reuse_rate"),
-    ({"reuse_distance_bound": -1.0}, "reuse_distance_bound"),
-    ({"reuse_distance_bound": float("nan")}, "reuse_distance_bound"),
-    ({"difference": "central"}, "central"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"max_reuse_rate": 1.0}, "max_reuse_rate"),
+        ({"max_reuse_rate": -0.1}, "max_reuse_rate"),
+        ({"reuse_distance_bound": -1.0}, "reuse_distance_bound"),
+        ({"reuse_distance_bound": float("nan")}, "reuse_distance_bound"),
+        ({"difference": "central"}, "central"),
+    ],
+)
 def test_invalid_lizo_options(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         lizo(**kwargs)

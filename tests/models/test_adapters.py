@@ -31,8 +31,9 @@ def test_torchvision_weights_file_round_trip(tmp_path, no_network):
 
     src = torchvision.models.squeezenet1_1(weights=None, num_classes=10).eval()
     path = tmp_path / "sq.pt"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()},
-                "epoch": 3}, path)
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}, "epoch": 3}, path
+    )
     model = create_model("torchvision:squeezenet1_1", dataset="cifar10", weights=path)
     assert isinstance(model, NormalizedModel) and not model.training
     x = torch.rand(2, 3, 32, 32)
@@ -83,8 +84,9 @@ def test_torchvision_pretrained_from_model_dir(tmp_path, no_network):
 
     src = torchvision.models.squeezenet1_1(weights=None).eval()
     torch.save(src.state_dict(), tmp_path / "squeezenet1_1-b8a52dc0.pth")
-    model = create_model("torchvision:squeezenet1_1", dataset="cifar10", pretrained=True,
-                         model_dir=tmp_path)
+    model = create_model(
+        "torchvision:squeezenet1_1", dataset="cifar10", pretrained=True, model_dir=tmp_path
+    )
     x = torch.rand(1, 3, 64, 64)
     assert model(x).shape == (1, 1000)  # the ImageNet head, ImageNet statistics
     assert model.normalize.mean_values == pytest.approx(adapters.IMAGENET_MEAN)
@@ -191,12 +193,17 @@ def test_robustbench_loads_from_model_dir_and_weights(tmp_path):
     folder.mkdir(parents=True)
     state = {f"module.{k}": v for k, v in net.state_dict().items()}
     torch.save({"state_dict": state}, folder / "Ding2020MMA.pt")
-    model = create_model("robustbench:Ding2020MMA", dataset="cifar10", threat_model="l2",
-                         model_dir=tmp_path)
+    model = create_model(
+        "robustbench:Ding2020MMA", dataset="cifar10", threat_model="l2", model_dir=tmp_path
+    )
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), net.eval()(x))
-    direct = create_model("robustbench:Ding2020MMA", dataset="cifar10", threat_model="L2",
-                          weights=folder / "Ding2020MMA.pt")
+    direct = create_model(
+        "robustbench:Ding2020MMA",
+        dataset="cifar10",
+        threat_model="L2",
+        weights=folder / "Ding2020MMA.pt",
+    )
     with torch.no_grad():
         torch.testing.assert_close(direct(x), net(x))

@@ -35,8 +35,19 @@ def test_both_fashion_mnist_models_ship():
 @pytest.mark.parametrize("name, dataset", SHIPPED)
 def test_card_is_complete_and_matches_the_file(name, dataset):
     card = load_card(name, dataset)
-    for key in ("dataset", "architecture", "recipe", "seed", "test_accuracy", "test_examples",
-                "param_count", "torch_version", "date", "command", "history"):
+    for key in (
+        "dataset",
+        "architecture",
+        "recipe",
+        "seed",
+        "test_accuracy",
+        "test_examples",
+        "param_count",
+        "torch_version",
+        "date",
+        "command",
+        "history",
+    ):
         assert key in card, key
     for key in ("optimizer", "lr", "epochs", "batch_size", "augment", "schedule"):
         assert key in card["recipe"], key
@@ -72,9 +83,11 @@ def test_pretrained_needs_a_dataset_and_existing_weights():
 
 def test_model_dir_overrides_shipped_weights(tmp_path):
     mine = create_model("small_cnn", dataset="digits", generator=make_generator(7))
-    save_weights(mine, tmp_path / "small_cnn_digits.safetensors",
-                 {"model": "small_cnn", "dataset": "digits",
-                  "architecture": {"config": mine.config()}})
+    save_weights(
+        mine,
+        tmp_path / "small_cnn_digits.safetensors",
+        {"model": "small_cnn", "dataset": "digits", "architecture": {"config": mine.config()}},
+    )
     loaded = create_model("small_cnn", dataset="digits", pretrained=True, model_dir=tmp_path)
     for k, v in mine.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
@@ -82,9 +95,11 @@ def test_model_dir_overrides_shipped_weights(tmp_path):
 
 def test_weights_with_card_rebuild_the_exact_architecture(tmp_path):
     src = create_model("resnet20", dataset="cifar10", shortcut="B", generator=make_generator(1))
-    path, card_file = save_weights(src, tmp_path / "w.safetensors",
-                                   {"model": "resnet20", "dataset": "cifar10",
-                                    "architecture": {"config": src.config()}})
+    path, card_file = save_weights(
+        src,
+        tmp_path / "w.safetensors",
+        {"model": "resnet20", "dataset": "cifar10", "architecture": {"config": src.config()}},
+    )
     assert read_card(path)["architecture"]["config"]["shortcut"] == "B"
     model = create_model("resnet20", weights=path)  # shortcut and shapes come from the card
     x = torch.rand(2, 3, 32, 32)

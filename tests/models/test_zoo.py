@@ -77,8 +77,15 @@ def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
 
 
 def test_registry_listing_and_errors():
-    assert list_models() == ["resnet20", "small_cnn", "torchvision", "timm", "robustbench",
-                             "remote", "defended"]
+    assert list_models() == [
+        "resnet20",
+        "small_cnn",
+        "torchvision",
+        "timm",
+        "robustbench",
+        "remote",
+        "defended",
+    ]
     assert list_models(zoo=True) == ["resnet20", "small_cnn"]
     assert MODELS.get("resnet20").description
     with pytest.raises(UnknownNameError, match="did you mean resnet20"):
@@ -96,8 +103,14 @@ def test_registry_listing_and_errors():
 def test_imagefolder_like_dataset_object_sets_shape_and_stats():
     from zoattack.data import ImageDataset
 
-    ds = ImageDataset(torch.rand(6, 3, 12, 12), torch.arange(6) % 3, ["a", "b", "c"],
-                      "imagefolder", "train", "memory")
+    ds = ImageDataset(
+        torch.rand(6, 3, 12, 12),
+        torch.arange(6) % 3,
+        ["a", "b", "c"],
+        "imagefolder",
+        "train",
+        "memory",
+    )
     model = create_model("small_cnn", dataset=ds, generator=make_generator(0))
     assert model(ds.images).shape == (6, 3)
     assert model.config()["input_size"] == [12, 12]

@@ -84,7 +84,7 @@ def test_zo_adamm_kernel_by_hand():
     v2_ref = b2 * v_ref + (1 - b2) * g2**2
     torch.testing.assert_close(v2, v2_ref)
     torch.testing.assert_close(vhat2, torch.maximum(v_ref, v2_ref))  # AMSGrad max
-    assert vhat2[0, 0] == v_ref[0, 0] > v2[0, 0]                    # coordinate 0 decayed
+    assert vhat2[0, 0] == v_ref[0, 0] > v2[0, 0]  # coordinate 0 decayed
     torch.testing.assert_close(x2, x1 - lr * m2 / (vhat2.sqrt() + eps))
     x2v, *_ = zo_adamm_update(x1, g2, m, v, vhat, lr, b1, b2, eps, use_vhat=False)
     torch.testing.assert_close(x2v, x1 - lr * m2 / (v2.sqrt() + eps))
@@ -152,10 +152,14 @@ def test_sign_rules_move_each_coordinate_by_lr(zo, name, decay):
 # Learning rates found by a grid search (d=50, 3 starts, 1000 queries each) with a safety
 # margin; a rule without an entry is tried on a coarse grid instead.
 LRS = {
-    "quadratic": {"lizo": 0.1, "radazo": 0.03, "zo_adamm": 0.03, "zo_sgd": 0.1,
-                  "zo_signsgd": 0.03},
-    "rosenbrock": {"lizo": 0.01, "radazo": 0.003, "zo_adamm": 0.001, "zo_sgd": 0.01,
-                   "zo_signsgd": 0.003},
+    "quadratic": {"lizo": 0.1, "radazo": 0.03, "zo_adamm": 0.03, "zo_sgd": 0.1, "zo_signsgd": 0.03},
+    "rosenbrock": {
+        "lizo": 0.01,
+        "radazo": 0.003,
+        "zo_adamm": 0.001,
+        "zo_sgd": 0.01,
+        "zo_signsgd": 0.003,
+    },
 }
 GRID = (1e-3, 1e-2, 1e-1)
 TARGET = {"quadratic": 0.2, "rosenbrock": 0.7}  # final / initial loss, worst of 3 starts
@@ -190,8 +194,9 @@ def test_every_rule_runs_with_every_estimator(zo, name, estimator, difference):
     d = 6
     obj, bb = zo.objective_for(zo.TanhMLP(d))
     x = zo.points(d, n=2)
-    rule = create_optimizer(name, lr=0.01, estimator=estimator, num_samples=4,
-                            difference=difference)
+    rule = create_optimizer(
+        name, lr=0.01, estimator=estimator, num_samples=4, difference=difference
+    )
     gen = make_generator(0)
     total = torch.zeros(2, dtype=torch.int64)
     for _ in range(2):
@@ -261,6 +266,7 @@ def test_rule_steps_never_touch_the_global_rng(zo, name):
 # The sqrt decay makes even the plainest rule's state (its step counter) matter.
 STATEFUL = {"lr": 0.01, "lr_decay": "sqrt"}
 
+
 @pytest.mark.parametrize("name", RULES)
 def test_state_round_trip_is_bitwise(zo, name):
     obj, _ = zo.objective_for(zo.TanhMLP(8))
@@ -293,8 +299,9 @@ def test_state_round_trip_is_bitwise(zo, name):
     assert not torch.equal(fresh.step(obj, x_saved, generator=gen_c).x_next, cont_a[0][0])
 
 
-@pytest.mark.parametrize("mask", [torch.tensor([True, False, False]), torch.tensor([0])],
-                         ids=["bool", "ids"])
+@pytest.mark.parametrize(
+    "mask", [torch.tensor([True, False, False]), torch.tensor([0])], ids=["bool", "ids"]
+)
 @pytest.mark.parametrize("name", RULES)
 def test_reset_clears_only_the_masked_examples(zo, name, mask):
     obj, _ = zo.objective_for(zo.TanhMLP(8))
@@ -308,8 +315,7 @@ def test_reset_clears_only_the_masked_examples(zo, name, mask):
     a.reset(mask)
 
     def step(rule, i):
-        return rule.step(obj, x[i : i + 1], generator=make_generator(9),
-                         idx=torch.tensor([i]))
+        return rule.step(obj, x[i : i + 1], generator=make_generator(9), idx=torch.tensor([i]))
 
     # Example 0 now behaves exactly like a fresh start, examples 1 and 2 as before.
     r0, f0 = step(a, 0), step(create_optimizer(name, **STATEFUL), 0)
@@ -333,13 +339,16 @@ def test_bad_lr_is_rejected(name, lr):
         create_optimizer(name, lr=torch.tensor([0.1, lr]))
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"lr_decay": "linear"}, "lr_decay"),
-    ({"num_samples": 0}, "num_samples"),
-    ({"mu": 0.0}, "mu"),
-    ({"mu": float("nan")}, "mu"),
-    ({"difference": "sideways"}, "difference"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"lr_decay": "linear"}, "lr_decay"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"mu": 0.0}, "mu"),
+        ({"mu": float("nan")}, "mu"),
+        ({"difference": "sideways"}, "difference"),
+    ],
+)
 @pytest.mark.parametrize("name", RULES)
 def test_bad_rule_or_estimator_options_are_rejected(name, kwargs, needle):
     with pytest.raises(ValueError, match=needle):
@@ -354,8 +363,9 @@ def test_estimator_instance_excludes_estimator_options(name):
         create_optimizer(name, lr=0.1, estimator=est, num_samples=3)
 
 
-FORWARD_ONLY_DEFAULT = [n for n in RULES
-                        if not ESTIMATORS.get(default_estimator(n)).factory.supports_central]
+FORWARD_ONLY_DEFAULT = [
+    n for n in RULES if not ESTIMATORS.get(default_estimator(n)).factory.supports_central
+]
 
 
 @pytest.mark.parametrize("name", FORWARD_ONLY_DEFAULT)
@@ -364,28 +374,34 @@ def test_central_rejected_with_a_forward_only_default_estimator(name):
         create_optimizer(name, lr=0.1, difference="central")
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"betas": (1.0, 0.9)}, "betas"),
-    ({"betas": (0.9, 1.0)}, "betas"),
-    ({"betas": (-0.1, 0.9)}, "betas"),
-    ({"betas": (0.9, float("nan"))}, "betas"),
-    ({"betas": (0.9,)}, "betas"),
-    ({"eps": -1e-8}, "eps"),
-    ({"eps": float("nan")}, "eps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"betas": (1.0, 0.9)}, "betas"),
+        ({"betas": (0.9, 1.0)}, "betas"),
+        ({"betas": (-0.1, 0.9)}, "betas"),
+        ({"betas": (0.9, float("nan"))}, "betas"),
+        ({"betas": (0.9,)}, "betas"),
+        ({"eps": -1e-8}, "eps"),
+        ({"eps": float("nan")}, "eps"),
+    ],
+)
 @pytest.mark.parametrize("name", ADAPTIVE)
 def test_adaptive_rules_check_betas_and_eps(name, kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         create_optimizer(name, lr=0.1, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"line_search": "wolfe"}, "line_search"),
-    ({"line_search": "armijo", "c1": 0.0}, "c1"),
-    ({"line_search": "armijo", "shrink": 1.0}, "shrink"),
-    ({"line_search": "armijo", "max_line_search": 0}, "max_line_search"),
-    ({"max_reuse_rate": 1.0}, "max_reuse_rate"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"line_search": "wolfe"}, "line_search"),
+        ({"line_search": "armijo", "c1": 0.0}, "c1"),
+        ({"line_search": "armijo", "shrink": 1.0}, "shrink"),
+        ({"line_search": "armijo", "max_line_search": 0}, "max_line_search"),
+        ({"max_reuse_rate": 1.0}, "max_reuse_rate"),
+    ],
+)
 @pytest.mark.parametrize("name", LINE_SEARCH)
 def test_line_search_rules_check_their_options(name, kwargs, needle):
     with pytest.raises(ValueError, match=needle):
@@ -414,8 +430,8 @@ def test_armijo_never_increases_the_loss_and_its_queries_are_counted(zo, name):
         searched += rec.calls - calls - 1  # calls beyond the estimator's one batched call
         assert bool((res.queries <= rule.max_queries_per_step(d)).all())
         torch.testing.assert_close(res.loss, fn(x))
-        torch.testing.assert_close(res.fx_next, fn(res.x_next))   # reported value is real
-        assert bool((res.fx_next <= res.loss).all())               # never uphill
+        torch.testing.assert_close(res.fx_next, fn(res.x_next))  # reported value is real
+        assert bool((res.fx_next <= res.loss).all())  # never uphill
         stayed = (res.x_next == x).all(dim=1)
         assert bool((res.fx_next[~stayed] < res.loss[~stayed]).all())
         x, fx = res.x_next, res.fx_next
@@ -439,7 +455,7 @@ def test_signsgd_momentum_is_validated_and_kept_per_example():
     with pytest.raises(ValueError, match="momentum"):
         create_optimizer("zo_signsgd", lr=0.1, momentum=1.0)
     rule = create_optimizer("zo_signsgd", lr=0.1, momentum=0.9)
-    f = lambda x: (x ** 2).sum(-1)  # noqa: E731
+    f = lambda x: (x**2).sum(-1)  # noqa: E731
     obj = FunctionObjective(BlackBox(f, output="scores", bounds=None))
     x = torch.ones(3, 5)
     rule.step(obj, x, generator=make_generator(0))

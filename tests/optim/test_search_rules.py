@@ -23,9 +23,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 F64 = torch.float64
 SEARCH = OPTIMIZERS.names(search=True)
 # (rule, norm, extra options): every configuration the rules offer.
-CASES = [("sign", "linf", {}), ("sign", "linf", {"start": "stripes"}),
-         ("sign", "linf", {"block_order": "row"}), ("sign", "linf", {"block_order": "random"}),
-         ("square", "linf", {}), ("square", "l2", {})]
+CASES = [
+    ("sign", "linf", {}),
+    ("sign", "linf", {"start": "stripes"}),
+    ("sign", "linf", {"block_order": "row"}),
+    ("sign", "linf", {"block_order": "random"}),
+    ("square", "linf", {}),
+    ("square", "l2", {}),
+]
 IDS = [f"{r}-{n}-{'-'.join(map(str, o.values())) or 'default'}" for r, n, o in CASES]
 SHAPE = (1, 6, 5)  # a small (C, H, W) variable, not square on purpose
 
@@ -226,18 +231,37 @@ def test_block_bounds_halve_level_by_level():
     lv = torch.tensor([0, 1, 1, 2, 2, 2, 2, 3, 4])
     ch = torch.tensor([0, 0, 1, 0, 1, 2, 3, 4, 9])
     s, e = block_bounds(lv, ch, d)
-    assert list(zip(s.tolist(), e.tolist())) == [(0, 10), (0, 5), (5, 10), (0, 3), (3, 6),
-                                                 (6, 9), (9, 10), (8, 10), (9, 10)]
+    assert list(zip(s.tolist(), e.tolist())) == [
+        (0, 10),
+        (0, 5),
+        (5, 10),
+        (0, 3),
+        (3, 6),
+        (6, 9),
+        (9, 10),
+        (8, 10),
+        (9, 10),
+    ]
     assert [finest_level(n) for n in (1, 2, 3, 16, 17, 784)] == [0, 1, 2, 4, 5, 10]
 
 
 def test_sign_visits_every_coordinate_once_per_level_in_column_major_order():
     # (1, 2, 3): column-major order [0, 3, 1, 4, 2, 5]; levels 0..3, 1 + 2 + 3 + 6 chunks.
     seq = flipped_sets({}, (1, 2, 3), 1 + 12 + 2)
-    assert seq[:12] == [[0, 1, 2, 3, 4, 5],
-                        [0, 1, 3], [2, 4, 5],
-                        [0, 3], [1, 4], [2, 5],
-                        [0], [3], [1], [4], [2], [5]]
+    assert seq[:12] == [
+        [0, 1, 2, 3, 4, 5],
+        [0, 1, 3],
+        [2, 4, 5],
+        [0, 3],
+        [1, 4],
+        [2, 5],
+        [0],
+        [3],
+        [1],
+        [4],
+        [2],
+        [5],
+    ]
     assert seq[12:] == [[0, 1, 2, 3, 4, 5], [0, 1, 3]]  # then back to level 0
     rows = flipped_sets({"block_order": "row"}, (1, 2, 3), 13)
     assert rows[1:3] == [[0, 1, 2], [3, 4, 5]]
@@ -265,9 +289,11 @@ def test_each_level_partitions_the_coordinates(order):
     assert seq[pos] == list(range(d))  # the cycle restarts at level 0
 
 
-@pytest.mark.parametrize("opts", [{}, {"start": "stripes"}, {"block_order": "row"},
-                                  {"block_order": "random"}], ids=["ones", "stripes", "row",
-                                                                     "random"])
+@pytest.mark.parametrize(
+    "opts",
+    [{}, {"start": "stripes"}, {"block_order": "row"}, {"block_order": "random"}],
+    ids=["ones", "stripes", "row", "random"],
+)
 def test_sign_finds_minus_sign_w_on_a_linear_objective(opts):
     shape = (1, 4, 4)
     d = 16
@@ -291,24 +317,54 @@ def test_sign_finds_minus_sign_w_on_a_linear_objective(opts):
 # --------------------------------------------------------------- square: the p-schedule
 def test_p_schedule_rescales_the_breakpoints_to_the_budget():
     # Budget 1000: iteration it counts as int(it / 1000 * 10000) = 10 it.
-    got = [p_schedule(0.8, it, 1000) for it in (0, 1, 2, 5, 6, 20, 21, 50, 51, 100, 101,
-                                                200, 201, 400, 401, 600, 601, 800, 801, 999)]
+    got = [
+        p_schedule(0.8, it, 1000)
+        for it in (
+            0,
+            1,
+            2,
+            5,
+            6,
+            20,
+            21,
+            50,
+            51,
+            100,
+            101,
+            200,
+            201,
+            400,
+            401,
+            600,
+            601,
+            800,
+            801,
+            999,
+        )
+    ]
     halvings = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9]
     assert got == [0.8 / 2**h for h in halvings]
     # No budget: the official 10,000-iteration breakpoints.
-    assert [p_schedule(0.05, it) for it in (10, 11, 50, 51, 8000, 8001, 20000)] == \
-        [0.05, 0.025, 0.025, 0.0125, 0.05 / 256, 0.05 / 512, 0.05 / 512]
+    assert [p_schedule(0.05, it) for it in (10, 11, 50, 51, 8000, 8001, 20000)] == [
+        0.05,
+        0.025,
+        0.025,
+        0.0125,
+        0.05 / 256,
+        0.05 / 512,
+        0.05 / 512,
+    ]
     # Budget 300: torchattacks' int(it / n_queries * 10000).
     assert p_schedule(0.8, 1, 300) == 0.4 and p_schedule(0.8, 0, 300) == 0.8
 
 
 def test_window_sides():
     assert window_side(0.8, 28, 28, "linf") == 25
-    assert window_side(0.8, 8, 8, "linf") == 7             # capped at h - 1
+    assert window_side(0.8, 8, 8, "linf") == 7  # capped at h - 1
     assert window_side(0.8 / 512, 28, 28, "linf") == 1
     assert window_side(0.1, 28, 28, "l2") == 9
-    assert window_side(0.05, 28, 28, "l2") == 7            # round(6.26) = 6, made odd
-    assert window_side(0.001, 28, 28, "l2") == 3           # at least 3
+    assert window_side(0.05, 28, 28, "l2") == 7  # round(6.26) = 6, made odd
+    assert window_side(0.001, 28, 28, "l2") == 3  # at least 3
     assert window_side(0.1, 4, 4, "l2") == 3
 
 
@@ -351,8 +407,7 @@ def test_square_l2_moves_mass_between_windows_and_keeps_the_norm():
     run_steps(r, obj, torch.zeros(4, 1, 28, 28), 5)
     start = rec.batches[0]
     for cand in rec.batches[1:]:
-        torch.testing.assert_close(cand.flatten(1).norm(dim=1), torch.ones(4), rtol=1e-5,
-                                   atol=0)
+        torch.testing.assert_close(cand.flatten(1).norm(dim=1), torch.ones(4), rtol=1e-5, atol=0)
         changed = (cand - start).abs() > 1e-6
         for i in range(4):  # changes confined to two windows of side 9 (p = 0.1 on 28 x 28)
             assert 0 < int(changed[i].sum()) <= 2 * 9 * 9
@@ -387,8 +442,9 @@ def test_state_round_trip_is_bitwise(rule, norm, opts):
         xb, fb = rb.x_next, rb.fx_next
 
 
-@pytest.mark.parametrize("mask", [torch.tensor([True, False, False]), torch.tensor([0])],
-                         ids=["bool", "ids"])
+@pytest.mark.parametrize(
+    "mask", [torch.tensor([True, False, False]), torch.tensor([0])], ids=["bool", "ids"]
+)
 @pytest.mark.parametrize("rule,norm,opts", CASES, ids=IDS)
 def test_reset_restarts_only_the_masked_examples(rule, norm, opts, mask):
     obj, _ = objective(Recorder())
@@ -414,15 +470,21 @@ def test_reset_restarts_only_the_masked_examples(rule, norm, opts, mask):
         assert int(a.state.tensors["step"][i]) == 5
 
 
-@pytest.mark.parametrize("rule,norm,opts", [c for c in CASES if c[0] == "square"
-                                            or c[2].get("start") == "stripes"
-                                            or c[2].get("block_order") == "random"])
+@pytest.mark.parametrize(
+    "rule,norm,opts",
+    [
+        c
+        for c in CASES
+        if c[0] == "square" or c[2].get("start") == "stripes" or c[2].get("block_order") == "random"
+    ],
+)
 def test_same_seed_identical_different_seed_differs(rule, norm, opts):
     obj, _ = objective(Recorder())
 
     def traj(seed):
-        return torch.stack([r.x_next for r in run_steps(make(rule, norm, opts), obj, zeros(),
-                                                        8, seed=seed)])
+        return torch.stack(
+            [r.x_next for r in run_steps(make(rule, norm, opts), obj, zeros(), 8, seed=seed)]
+        )
 
     before = torch.get_rng_state()
     a, b, c = traj(4), traj(4), traj(5)
@@ -432,19 +494,29 @@ def test_same_seed_identical_different_seed_differs(rule, norm, opts):
 
 
 # ------------------------------------------------------------------------ bad options
-@pytest.mark.parametrize("rule,kwargs,needle", [
-    ("sign", {"lr": 0.0}, "lr"), ("sign", {"lr": float("nan")}, "lr"),
-    ("square", {"lr": -1.0}, "lr"), ("square", {"lr": torch.tensor(0.1)}, "lr"),
-    ("sign", {"norm": "l2"}, "norm"), ("square", {"norm": "l3"}, "norm"),
-    ("sign", {"budget": 0}, "budget"), ("square", {"budget": 2.5}, "budget"),
-    ("square", {"budget": True}, "budget"),
-    ("sign", {"start": "zeros"}, "start"), ("sign", {"block_order": "diagonal"}, "block_order"),
-    ("square", {"p_init": 0.0}, "p_init"), ("square", {"p_init": 1.5}, "p_init"),
-    ("square", {"resample": "yes"}, "resample"),
-    ("sign", {"estimator": "gaussian"}, "uses no gradient estimator"),
-    ("square", {"num_samples": 4}, "num_samples"), ("square", {"mu": 0.01}, "mu"),
-    ("sign", {"lr_decay": "sqrt"}, "lr_decay"),
-])
+@pytest.mark.parametrize(
+    "rule,kwargs,needle",
+    [
+        ("sign", {"lr": 0.0}, "lr"),
+        ("sign", {"lr": float("nan")}, "lr"),
+        ("square", {"lr": -1.0}, "lr"),
+        ("square", {"lr": torch.tensor(0.1)}, "lr"),
+        ("sign", {"norm": "l2"}, "norm"),
+        ("square", {"norm": "l3"}, "norm"),
+        ("sign", {"budget": 0}, "budget"),
+        ("square", {"budget": 2.5}, "budget"),
+        ("square", {"budget": True}, "budget"),
+        ("sign", {"start": "zeros"}, "start"),
+        ("sign", {"block_order": "diagonal"}, "block_order"),
+        ("square", {"p_init": 0.0}, "p_init"),
+        ("square", {"p_init": 1.5}, "p_init"),
+        ("square", {"resample": "yes"}, "resample"),
+        ("sign", {"estimator": "gaussian"}, "uses no gradient estimator"),
+        ("square", {"num_samples": 4}, "num_samples"),
+        ("square", {"mu": 0.01}, "mu"),
+        ("sign", {"lr_decay": "sqrt"}, "lr_decay"),
+    ],
+)
 def test_bad_options_raise_value_errors_naming_the_argument(rule, kwargs, needle):
     args = {"lr": 0.1, **kwargs}
     with pytest.raises(ValueError, match=needle):
@@ -455,8 +527,9 @@ def test_bad_options_raise_value_errors_naming_the_argument(rule, kwargs, needle
 def test_square_refuses_variables_it_cannot_tile(shape):
     obj, _ = objective(lambda x: torch.zeros(x.shape[0], dtype=F64))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
-        create_optimizer("square", lr=0.1).step(obj, torch.zeros(shape),
-                                                generator=make_generator(0))
+        create_optimizer("square", lr=0.1).step(
+            obj, torch.zeros(shape), generator=make_generator(0)
+        )
 
 
 def test_sign_works_on_flat_variables():
@@ -474,15 +547,20 @@ def test_cli_defaults_and_refusals():
     assert default_lr("sign", "linf", 0.1) == 0.1
     assert default_lr("square", "l2", 1.5) == 1.5
     runner = CliRunner()
-    for args, needle in [(("--optimizer", "sign", "--estimator", "gaussian"),
-                          "the sign rule uses no gradient estimator"),
-                         (("--optimizer", "square", "--samples", "5"), "no gradient estimator"),
-                         (("--optimizer", "sign", "--mu", "0.01"), "no gradient estimator"),
-                         (("--optimizer", "sign", "--norm", "l2"), "supports --norm linf"),
-                         (("--optimizer", "square", "--subspace", "tile:7"),
-                          "--subspace must be full"),
-                         (("--optimizer", "sign", "--eps", "0.1", "--lr", "0.2"),
-                          "search radius and must be <= eps")]:
+    for args, needle in [
+        (
+            ("--optimizer", "sign", "--estimator", "gaussian"),
+            "the sign rule uses no gradient estimator",
+        ),
+        (("--optimizer", "square", "--samples", "5"), "no gradient estimator"),
+        (("--optimizer", "sign", "--mu", "0.01"), "no gradient estimator"),
+        (("--optimizer", "sign", "--norm", "l2"), "supports --norm linf"),
+        (("--optimizer", "square", "--subspace", "tile:7"), "--subspace must be full"),
+        (
+            ("--optimizer", "sign", "--eps", "0.1", "--lr", "0.2"),
+            "search radius and must be <= eps",
+        ),
+    ]:
         res = runner.invoke(app, ["run", "--images", "2", "--budget", "10", *args])
         assert res.exit_code == 2, res.output
         assert needle in res.stderr
@@ -508,16 +586,16 @@ class CountingRule:
         return self.rule.step(objective, x, generator=generator, idx=idx, fx=fx)
 
 
-@pytest.mark.parametrize("rule,norm,eps,floor", [("sign", "linf", 0.2, 0.8),
-                                                 ("square", "linf", 0.2, 0.8),
-                                                 ("square", "l2", 1.5, 0.8)])
+@pytest.mark.parametrize(
+    "rule,norm,eps,floor",
+    [("sign", "linf", 0.2, 0.8), ("square", "linf", 0.2, 0.8), ("square", "l2", 1.5, 0.8)],
+)
 def test_run_attack_end_to_end(victim, rule, norm, eps, floor):
     model, x, y = victim
     budget = 300
     bb = BlackBox(model, output="logits", budget=budget)
     r = CountingRule(create_optimizer(rule, lr=eps, norm=norm, budget=budget), len(y))
-    res = run_attack(bb, x, y, r, generator=make_generator(0), norm=norm, eps=eps,
-                     budget=budget)
+    res = run_attack(bb, x, y, r, generator=make_generator(0), norm=norm, eps=eps, budget=budget)
     cc = res.clean_correct
     assert cc.float().mean() > 0.8
     assert res.success[cc].float().mean() > floor
@@ -542,8 +620,17 @@ def test_library_runs_in_every_subspace_within_budget(victim, rule, norm, subspa
     for budget in (2, 3, 37):
         bb = BlackBox(model, output="logits", budget=budget)
         r = create_optimizer(rule, lr=eps, norm=norm, budget=budget)
-        res = run_attack(bb, x[:8], y[:8], r, generator=make_generator(0), norm=norm, eps=eps,
-                         budget=budget, subspace=subspace)
+        res = run_attack(
+            bb,
+            x[:8],
+            y[:8],
+            r,
+            generator=make_generator(0),
+            norm=norm,
+            eps=eps,
+            budget=budget,
+            subspace=subspace,
+        )
         assert int(res.queries.max()) <= budget
         d = (res.x_adv - x[:8]).flatten(1)
         size = d.abs().max(1).values if norm == "linf" else d.norm(dim=1)
@@ -560,14 +647,16 @@ def test_l2_square_starts_from_the_applied_clipped_perturbation(victim):
     g = torch.Generator().manual_seed(0)
     v = 0.3 * torch.randn(4, 1, 8, 8, generator=g)
     idx = torch.tensor([0, 1, 2, 3])
-    obj = AttackObjective(BlackBox(model), x0, y[:4], norm="l2", eps=5.0,
-                          subspace=Subspace("full", (1, 8, 8)))
+    obj = AttackObjective(
+        BlackBox(model), x0, y[:4], norm="l2", eps=5.0, subspace=Subspace("full", (1, 8, 8))
+    )
     applied = applied_perturbation(obj, v, idx)
     torch.testing.assert_close(applied, (x0 + v).clamp(0, 1) - x0)
     assert bool((applied != v).any())  # the digits have black pixels: clipping acts
     assert int(obj.blackbox.total_queries) == 0  # no query spent
-    tiled = AttackObjective(BlackBox(model), x0, y[:4], norm="l2", eps=5.0,
-                            subspace=Subspace("tile:8", (1, 8, 8)))
+    tiled = AttackObjective(
+        BlackBox(model), x0, y[:4], norm="l2", eps=5.0, subspace=Subspace("tile:8", (1, 8, 8))
+    )
     assert applied_perturbation(tiled, v, idx) is v  # not pixel space: left alone
     fn_obj, _ = objective(Recorder())
     assert applied_perturbation(fn_obj, v, idx) is v

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-import zoattack.optim  # noqa: F401  (registers every face)
+import zoattack.optim
 from zoattack import QueryBudgetExceeded
 from zoattack.optim import LIZO, R_AdaZO, ZO_SignSGD, ZOOptimizer
 
@@ -66,7 +66,7 @@ def test_radazo_readme_snippet_runs_unchanged_and_lowers_the_loss():
     # Define a closure function to compute the loss value
     def closure():
         # Example: a simple quadratic function
-        return torch.sum(param ** 2)
+        return torch.sum(param**2)
 
     # Initialize the R-AdaZO optimizer
     optimizer = R_AdaZO([param], lr=0.001, betas=(0.9, 0.99), n_samples=10)
@@ -76,9 +76,9 @@ def test_radazo_readme_snippet_runs_unchanged_and_lowers_the_loss():
     num_steps = 100
     for step in range(num_steps):
         optimizer._reset_seeds()  # Reset perturbation seeds at the beginning of each step
-        optimizer.zero_grad()     # Zero out gradients
-        loss = closure()          # Compute loss
-        optimizer.step(closure)   # Perform optimization step, passing the closure function
+        optimizer.zero_grad()  # Zero out gradients
+        loss = closure()  # Compute loss
+        optimizer.step(closure)  # Perform optimization step, passing the closure function
         if (step + 1) % 10 == 0:
             print(f"Step {step + 1}, Loss: {loss.item():.4f}")
     print(f"Optimized parameters: {param.data}")
@@ -93,7 +93,7 @@ def test_radazo_without_reset_seeds_also_works():
     optimizer = R_AdaZO([param], lr=0.01, betas=(0.9, 0.99), n_samples=10, seed=0)
 
     def closure():
-        return torch.sum(param ** 2)
+        return torch.sum(param**2)
 
     start = closure().item()
     seen = set()
@@ -127,23 +127,27 @@ def test_relizo_readme_snippet_runs_unchanged_and_lowers_the_loss():
         criterion = nn.MSELoss()
         parameters = model.parameters()
         optimizer = LIZO(
-                    parameters, lr,
-                    num_sample_per_step=8,
-                    reuse_distance_bound=2*lr,
-                    max_reuse_rate=0.5,
-                    orthogonal_sample=False,
+            parameters,
+            lr,
+            num_sample_per_step=8,
+            reuse_distance_bound=2 * lr,
+            max_reuse_rate=0.5,
+            orthogonal_sample=False,
         )
         losses["start"] = criterion(model(x_all), y_all).item()
+
         # Training process
         def _closure(data, model=model, criterion=criterion):
             logits = model(data)
             loss = criterion(logits, label)
             return loss
+
         for data, label in dataloader:
             optimizer.zero_grad()
             optimizer.step(closure=partial(_closure, data))
         losses["end"] = criterion(model(x_all), y_all).item()
         losses["queries"] = optimizer.queries
+
     # ----------------------------------------------------------------------------------
 
     main()
@@ -175,7 +179,7 @@ def test_lizo_two_groups_use_their_own_lr():
 def test_lr_changes_between_steps_are_honoured():
     param = torch.linspace(-1.0, 1.0, 6).requires_grad_(True)
     opt = ZO_SignSGD([param], lr=0.1, seed=0)
-    closure = lambda: (param ** 2).sum()  # noqa: E731
+    closure = lambda: (param**2).sum()  # noqa: E731
     for lr in (0.1, 0.01):
         for group in opt.param_groups:  # what an LR scheduler does
             group["lr"] = lr
@@ -191,7 +195,7 @@ def test_every_face_lowers_a_quadratic(face):
     param = torch.linspace(-1.0, 1.0, 10).requires_grad_(True)
     opt = face([param], lr=0.05, seed=0)
     assert isinstance(opt, torch.optim.Optimizer)
-    closure = lambda: torch.sum(param ** 2)  # noqa: E731
+    closure = lambda: torch.sum(param**2)  # noqa: E731
     start = closure().item()
     first = opt.step(closure)
     assert isinstance(first, torch.Tensor) and first.item() == pytest.approx(start)
@@ -226,7 +230,7 @@ def test_max_queries_is_a_hard_budget(face):
 
         def closure():
             calls.append(1)
-            return torch.sum(param ** 2)
+            return torch.sum(param**2)
 
         return param, closure, calls, face([param], lr=0.01, seed=0, max_queries=max_queries)
 
@@ -240,7 +244,7 @@ def test_max_queries_is_a_hard_budget(face):
     with pytest.raises(QueryBudgetExceeded):
         opt.step(closure)  # any second step needs more than one query
     assert opt.queries == len(calls) == per_step  # refused before evaluating anything
-    assert torch.equal(param.detach(), before)   # and the parameters are untouched
+    assert torch.equal(param.detach(), before)  # and the parameters are untouched
 
 
 @pytest.mark.parametrize("face", FACES, ids=FACE_IDS)
@@ -279,7 +283,7 @@ def test_face_steps_never_touch_the_global_rng(face, seeded):
     opt = face([param], lr=0.01, **({"seed": 0} if seeded else {}))
     before = torch.get_rng_state()
     for _ in range(3):
-        opt.step(lambda: torch.sum(param ** 2))
+        opt.step(lambda: torch.sum(param**2))
     assert torch.equal(before, torch.get_rng_state())
 
 
@@ -289,7 +293,7 @@ def test_same_seed_identical_different_seed_differs(face):
         param = torch.linspace(-1.0, 1.0, 6).requires_grad_(True)
         opt = face([param], lr=0.01, seed=seed)
         for _ in range(3):
-            opt.step(lambda: torch.sum(param ** 3))
+            opt.step(lambda: torch.sum(param**3))
         return param.detach().clone()
 
     assert torch.equal(run(1), run(1))
@@ -310,29 +314,37 @@ def test_bad_lr_is_rejected(face, lr):
     with pytest.raises(ValueError, match="lr"):
         face([param], lr=lr)
     with pytest.raises(ValueError, match="lr"):  # also in a later param group
-        face([{"params": [param]}, {"params": [torch.zeros(2, requires_grad=True)], "lr": lr}],
-             lr=0.1)
+        face(
+            [{"params": [param]}, {"params": [torch.zeros(2, requires_grad=True)], "lr": lr}],
+            lr=0.1,
+        )
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"betas": (1.0, 0.99)}, "betas"),
-    ({"betas": (0.9, -0.5)}, "betas"),
-    ({"eps": -1.0}, "eps"),
-    ({"n_samples": 0}, "n_samples"),
-    ({"mu": 0.0}, "mu"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"betas": (1.0, 0.99)}, "betas"),
+        ({"betas": (0.9, -0.5)}, "betas"),
+        ({"eps": -1.0}, "eps"),
+        ({"n_samples": 0}, "n_samples"),
+        ({"mu": 0.0}, "mu"),
+    ],
+)
 def test_radazo_face_checks_its_hyperparameters(kwargs, needle):
     param = torch.zeros(3, requires_grad=True)
     with pytest.raises(ValueError, match=needle):
         R_AdaZO([param], lr=0.01, **kwargs)
 
 
-@pytest.mark.parametrize("estimator_kwargs, needle", [
-    # reported in the face's own argument names
-    ({"num_samples": 0}, "n_samples|num_sample_per_step"),
-    ({"mu": -1.0}, "mu|sample_norm"),
-    ({"difference": "sideways"}, "difference"),
-])
+@pytest.mark.parametrize(
+    "estimator_kwargs, needle",
+    [
+        # reported in the face's own argument names
+        ({"num_samples": 0}, "n_samples|num_sample_per_step"),
+        ({"mu": -1.0}, "mu|sample_norm"),
+        ({"difference": "sideways"}, "difference"),
+    ],
+)
 @pytest.mark.parametrize("face", FACES, ids=FACE_IDS)
 def test_every_face_checks_estimator_options_at_construction(face, estimator_kwargs, needle):
     param = torch.zeros(3, requires_grad=True)
@@ -342,13 +354,16 @@ def test_every_face_checks_estimator_options_at_construction(face, estimator_kwa
         face([param], lr=0.01, estimator="no_such_estimator")
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"max_reuse_rate": 1.0}, "max_reuse_rate"),
-    ({"line_search_fn": "strong_wolfe"}, "line_search"),
-    ({"num_sample_per_step": 0}, "num_sample_per_step"),
-    ({"sample_norm": 0.0}, "sample_norm"),
-    ({"orthogonal_sample": True, "max_reuse_rate": -0.1}, "max_reuse_rate"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"max_reuse_rate": 1.0}, "max_reuse_rate"),
+        ({"line_search_fn": "strong_wolfe"}, "line_search"),
+        ({"num_sample_per_step": 0}, "num_sample_per_step"),
+        ({"sample_norm": 0.0}, "sample_norm"),
+        ({"orthogonal_sample": True, "max_reuse_rate": -0.1}, "max_reuse_rate"),
+    ],
+)
 def test_lizo_face_checks_its_hyperparameters(kwargs, needle):
     param = torch.zeros(3, requires_grad=True)
     with pytest.raises(ValueError, match=needle):
@@ -358,7 +373,7 @@ def test_lizo_face_checks_its_hyperparameters(kwargs, needle):
 def test_lizo_face_armijo_never_goes_uphill():
     param = torch.linspace(-1.0, 1.0, 8).requires_grad_(True)
     scale = torch.logspace(0, 2, 8)
-    closure = lambda: torch.sum(scale * param ** 2)  # noqa: E731
+    closure = lambda: torch.sum(scale * param**2)  # noqa: E731
     opt = LIZO([param], lr=0.5, line_search_fn="armijo", seed=0)
     values = [closure().item()]
     for _ in range(20):

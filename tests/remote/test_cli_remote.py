@@ -22,8 +22,21 @@ from zoattack.remote.faults import FaultInjector, FaultPlan
 from zoattack.remote.server import bind_socket
 
 runner = CliRunner()
-ARGS = ("run", "--dataset", "fashion-mnist", "--images", "12", "--budget", "60",
-        "--chunk-size", "4", "--device", "cpu", "--seed", "1")
+ARGS = (
+    "run",
+    "--dataset",
+    "fashion-mnist",
+    "--images",
+    "12",
+    "--budget",
+    "60",
+    "--chunk-size",
+    "4",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+)
 
 
 def run(*args: str):
@@ -55,10 +68,12 @@ def test_remote_run_writes_the_in_process_rows(healthy, fast_client, tmp_path, i
     assert stats["scored_inputs"] == sum(int(r["queries"]) for r in rows)
 
 
-def test_server_down_mid_run_then_resume(victim, app_for, serve, fast_client, tmp_path,
-                                         in_process_csv):
-    flaky = FaultInjector(app_for(victim), FaultPlan([None, "503", None, "drop", None,
-                                                      "malformed"], down_after=150))
+def test_server_down_mid_run_then_resume(
+    victim, app_for, serve, fast_client, tmp_path, in_process_csv
+):
+    flaky = FaultInjector(
+        app_for(victim), FaultPlan([None, "503", None, "drop", None, "malformed"], down_after=150)
+    )
     out = str(tmp_path / "run")
     with serve(flaky) as server:
         port, model = server.port, f"remote:{server.url}"
@@ -84,7 +99,8 @@ def test_server_down_mid_run_then_resume(victim, app_for, serve, fast_client, tm
     redone_chunks = {int(r["index"]) // 4 for r in want if r["index"] not in done}
     # The resumed run re-attacked only chunks with unfinished images.
     assert stats["scored_inputs"] == sum(
-        int(r["queries"]) for r in want if int(r["index"]) // 4 in redone_chunks)
+        int(r["queries"]) for r in want if int(r["index"]) // 4 in redone_chunks
+    )
 
 
 def test_run_against_nothing_is_one_line_exit_2(fast_client):
@@ -98,13 +114,16 @@ def test_run_against_nothing_is_one_line_exit_2(fast_client):
     assert res.exit_code == 2 and "bad remote URL" in res.stderr
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (("--output", "softmax"), "--output must be logits, probs or labels"),
-    (("--port", "70000"), "--port must be"),
-    (("--max-batch", "0"), "--max-batch must be >= 1"),
-    (("--model", "remote:http://127.0.0.1:9"), "would only proxy"),
-    (("--host", "203.0.113.7"), "cannot listen on 203.0.113.7"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--output", "softmax"), "--output must be logits, probs or labels"),
+        (("--port", "70000"), "--port must be"),
+        (("--max-batch", "0"), "--max-batch must be >= 1"),
+        (("--model", "remote:http://127.0.0.1:9"), "would only proxy"),
+        (("--host", "203.0.113.7"), "cannot listen on 203.0.113.7"),
+    ],
+)
 def test_serve_bad_options_are_one_line_exit_2(args, needle):
     res = runner.invoke(app, ["serve", "--device", "cpu", *args])
     assert res.exit_code == 2, res.output
@@ -116,9 +135,24 @@ def test_serve_command_in_a_subprocess(data, tmp_path):
     port = sock.getsockname()[1]
     sock.close()
     env = {**os.environ, "ZOATTACK_TOKEN": "t0k"}
-    proc = subprocess.Popen([sys.executable, "-m", "zoattack", "serve", "--port", str(port),
-                             "--device", "cpu", "--output", "probs"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zoattack",
+            "serve",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--output",
+            "probs",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

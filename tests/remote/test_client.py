@@ -34,7 +34,7 @@ def test_micro_batches_follow_the_server_limit(victim, data, app_for, serve):
         model = remote_model(server.url, dataset="fashion-mnist", max_batch=4, **FAST)
         out = model(data.images)  # 12 inputs -> 3 requests of at most 4
         with torch.no_grad():
-            want = torch.cat([victim(data.images[i:i + 4]) for i in range(0, 12, 4)])
+            want = torch.cat([victim(data.images[i : i + 4]) for i in range(0, 12, 4)])
         assert torch.equal(out, want)
         assert model.requests == 3 and model.batch_limit() == 4
         stats = model.server_stats()
@@ -48,11 +48,14 @@ def test_bytes_limit_also_splits(victim, data, app_for, serve):
         assert model(data.images[:7]).shape == (7, 10) and model.requests == 3
 
 
-@pytest.mark.parametrize(("url", "needle"), [
-    ("ftp://127.0.0.1:1", "bad remote URL"),
-    ("http://", "bad remote URL"),
-    ("not a url", "bad remote URL"),
-])
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("ftp://127.0.0.1:1", "bad remote URL"),
+        ("http://", "bad remote URL"),
+        ("not a url", "bad remote URL"),
+    ],
+)
 def test_bad_urls(url, needle):
     with pytest.raises(RemoteError, match=needle):
         remote_model(url)
@@ -168,9 +171,16 @@ def _third_party_app(victim, *, probs_ok: bool = True):
 def test_score_api_adapter_for_third_party_apis(victim, data, serve):
     app = _third_party_app(victim)
     with serve(app) as server:
-        api = ScoreAPI(f"{server.url}/v1/classify", input_shape=(1, 28, 28), num_classes=10,
-                       request_field="instances", response_field="result.predictions",
-                       template={"model": "fmnist-v2"}, max_batch=5, **FAST)
+        api = ScoreAPI(
+            f"{server.url}/v1/classify",
+            input_shape=(1, 28, 28),
+            num_classes=10,
+            request_field="instances",
+            response_field="result.predictions",
+            template={"model": "fmnist-v2"},
+            max_batch=5,
+            **FAST,
+        )
         bb = BlackBox(api, output="logits", budget=3)
         out = bb.query(data.images)
         with torch.no_grad():
@@ -178,15 +188,27 @@ def test_score_api_adapter_for_third_party_apis(victim, data, serve):
         torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
         assert app.state.seen == [5, 5, 2]
         assert api.scored_inputs == bb.total_queries == 12
-        wrong = ScoreAPI(f"{server.url}/v1/classify", input_shape=(1, 28, 28), num_classes=10,
-                         request_field="instances", response_field="result.scores",
-                         template={"model": "fmnist-v2"}, **FAST)
+        wrong = ScoreAPI(
+            f"{server.url}/v1/classify",
+            input_shape=(1, 28, 28),
+            num_classes=10,
+            request_field="instances",
+            response_field="result.scores",
+            template={"model": "fmnist-v2"},
+            **FAST,
+        )
         with pytest.raises(RemoteError, match="3 attempts.*no 'result.scores' in the reply"):
             wrong(data.images[:2])
     with serve(_third_party_app(victim, probs_ok=False)) as server:
-        api = ScoreAPI(f"{server.url}/v1/classify", input_shape=(1, 28, 28), num_classes=10,
-                       request_field="instances", response_field="result.predictions",
-                       template={"model": "fmnist-v2"}, **FAST)
+        api = ScoreAPI(
+            f"{server.url}/v1/classify",
+            input_shape=(1, 28, 28),
+            num_classes=10,
+            request_field="instances",
+            response_field="result.predictions",
+            template={"model": "fmnist-v2"},
+            **FAST,
+        )
         with pytest.raises(RemoteScoresError, match="rows sum to 2"):
             api(data.images[:2])
 
@@ -196,8 +218,12 @@ def test_float16_wire_is_close_and_bad_client_options(healthy, victim, data):
     with torch.no_grad():
         want = victim(data.images[:4])
     torch.testing.assert_close(model(data.images[:4]), want, atol=0.05, rtol=0)
-    for kw, needle in (({"wire": "xml"}, "wire must be npy or json"),
-                       ({"wire_dtype": "int8"}, "wire_dtype"), ({"retries": -1}, "retries"),
-                       ({"timeout": 0}, "timeout"), ({"max_batch": 0}, "max_batch")):
+    for kw, needle in (
+        ({"wire": "xml"}, "wire must be npy or json"),
+        ({"wire_dtype": "int8"}, "wire_dtype"),
+        ({"retries": -1}, "retries"),
+        ({"timeout": 0}, "timeout"),
+        ({"max_batch": 0}, "max_batch"),
+    ):
         with pytest.raises(ValueError, match=needle):
             remote_model(healthy.url, **kw)

@@ -20,9 +20,38 @@ SPEC = AttackSpec(images=12, budget=60, chunk_size=4, device="cpu", seed=3)
 # Every fault kind, each followed by a healthy slot so a retry gets through. The client's
 # timeout is generous (a loaded CI machine can stall a healthy reply for a few hundred ms), so
 # the single "timeout" fault sits in the first cycle only: it costs one client timeout.
-_CYCLE = [None, "503", None, "slow", None, "malformed", None, "drop", None, "500",
-          None, None, None, "503", "drop", None, None, "malformed", None, None,
-          None, "timeout", None, None, None, None, None, None, None, None]
+_CYCLE = [
+    None,
+    "503",
+    None,
+    "slow",
+    None,
+    "malformed",
+    None,
+    "drop",
+    None,
+    "500",
+    None,
+    None,
+    None,
+    "503",
+    "drop",
+    None,
+    None,
+    "malformed",
+    None,
+    None,
+    None,
+    "timeout",
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+]
 SCHEDULE = _CYCLE + [None if f == "timeout" else f for f in _CYCLE] * 20
 CLIENT = {"retries": 3, "backoff": 0.01, "timeout": 2.0, "seed": 0}
 TIMEOUT_FAULT_S = 2.4  # longer than the client's timeout
@@ -40,18 +69,22 @@ def _attack(url: str):
 
 
 def test_faulty_server_gives_exactly_the_healthy_and_in_process_rows(
-        victim, app_for, serve, in_process_rows):
+    victim, app_for, serve, in_process_rows
+):
     with serve(app_for(victim)) as server:
         healthy_model, healthy = _attack(server.url)
         assert healthy_model.retried == 0, list(healthy_model.retry_reasons)
-    faulty_app = FaultInjector(app_for(victim),
-                               FaultPlan(SCHEDULE, timeout_s=TIMEOUT_FAULT_S, slow_s=0.05))
+    faulty_app = FaultInjector(
+        app_for(victim), FaultPlan(SCHEDULE, timeout_s=TIMEOUT_FAULT_S, slow_s=0.05)
+    )
     with serve(faulty_app) as server:
         model, faulty = _attack(server.url)
         # The timed-out original may still be asleep in the server; its count lands on waking.
         deadline = time.monotonic() + TIMEOUT_FAULT_S
-        while model.server_stats()["scored_inputs"] != model.scored_inputs \
-                and time.monotonic() < deadline:
+        while (
+            model.server_stats()["scored_inputs"] != model.scored_inputs
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         stats = model.server_stats()
     assert len(faulty_app.log.injected) < len(SCHEDULE)  # the schedule never wrapped
@@ -67,8 +100,7 @@ def test_faulty_server_gives_exactly_the_healthy_and_in_process_rows(
     assert stats["replayed"] == injected["malformed"] + injected["drop"] + injected["timeout"]
 
 
-def test_exhausted_retries_stop_the_job_with_finished_rows(victim, app_for, serve,
-                                                           in_process_rows):
+def test_exhausted_retries_stop_the_job_with_finished_rows(victim, app_for, serve, in_process_rows):
     # Down for good after 70 requests: chunk 0 (about 60 requests) finishes, chunk 1 does not.
     app = FaultInjector(app_for(victim), FaultPlan([None], down_after=70))
     with serve(app) as server:
@@ -139,8 +171,7 @@ def test_many_clients_at_once(victim, data, app_for, serve):
 
 def test_fault_plan_validation_and_schedule():
     plan = FaultPlan([None, "drop"], down_after=5)
-    assert [plan.fault_for(n) for n in range(7)] == [None, "drop", None, "drop", None, "503",
-                                                    "503"]
+    assert [plan.fault_for(n) for n in range(7)] == [None, "drop", None, "drop", None, "503", "503"]
     with pytest.raises(ValueError, match="faults must be"):
         FaultPlan(["explode"])
     assert np.all([FaultPlan().fault_for(n) is None for n in range(3)])

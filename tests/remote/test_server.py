@@ -30,12 +30,16 @@ def test_json_npy_and_b64_bodies_give_the_model_scores(healthy, victim, data):
         r = http.post("/score", json={"inputs": x.tolist()})
         assert r.status_code == 200 and r.json()["n"] == 5
         np.testing.assert_array_equal(np.asarray(r.json()["scores"], np.float32), want)
-        r = http.post("/score", content=npy(x), headers={"Content-Type": "application/x-npy",
-                                                          "Accept": "application/x-npy"})
+        r = http.post(
+            "/score",
+            content=npy(x),
+            headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy"},
+        )
         assert r.headers["content-type"] == "application/x-npy"
         np.testing.assert_array_equal(np.load(io.BytesIO(r.content)), want)
-        r = http.post("/score", json={"npy_b64": base64.b64encode(npy(x.astype(np.float16)))
-                                      .decode()})
+        r = http.post(
+            "/score", json={"npy_b64": base64.b64encode(npy(x.astype(np.float16))).decode()}
+        )
         assert r.status_code == 200
         np.testing.assert_allclose(np.asarray(r.json()["scores"]), want, atol=0.05)
         assert http.get("/stats").json()["scored_inputs"] == 15
@@ -43,22 +47,30 @@ def test_json_npy_and_b64_bodies_give_the_model_scores(healthy, victim, data):
         assert http.get("/docs").status_code == 200
 
 
-@pytest.mark.parametrize(("body", "ctype", "status", "needle"), [
-    (b"{not json", "application/json", 400, "not valid JSON"),
-    (b'{"pixels": []}', "application/json", 400, '{"inputs"'),
-    (b'{"inputs": [[1, 2], [3]]}', "application/json", 422, "rectangular"),
-    (b"\x93NUMPY junk", "application/x-npy", 400, "not a readable .npy"),
-    (b"abc", "text/plain", 415, "unsupported Content-Type"),
-    (npy(np.zeros((2, 1, 28, 28), np.int64)), "application/x-npy", 422, "floating point"),
-    (npy(np.zeros((2, 3, 28, 28), np.float32)), "application/x-npy", 422,
-     "shaped (N, 1, 28, 28), got (2, 3, 28, 28)"),
-    (npy(np.zeros((1, 28, 28), np.float32)), "application/x-npy", 422, "batch of one"),
-    (npy(np.full((2, 1, 28, 28), 1.5, np.float32)), "application/x-npy", 422, "[0, 1]"),
-    (npy(np.full((2, 1, 28, 28), np.nan, np.float32)), "application/x-npy", 422, "NaN"),
-    (npy(np.zeros((9, 1, 28, 28), np.float32)), "application/x-npy", 413, "max batch of 8"),
-])
-def test_bad_requests_get_a_4xx_with_one_clear_line(victim, app_for, serve, body, ctype,
-                                                     status, needle):
+@pytest.mark.parametrize(
+    ("body", "ctype", "status", "needle"),
+    [
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (b'{"pixels": []}', "application/json", 400, '{"inputs"'),
+        (b'{"inputs": [[1, 2], [3]]}', "application/json", 422, "rectangular"),
+        (b"\x93NUMPY junk", "application/x-npy", 400, "not a readable .npy"),
+        (b"abc", "text/plain", 415, "unsupported Content-Type"),
+        (npy(np.zeros((2, 1, 28, 28), np.int64)), "application/x-npy", 422, "floating point"),
+        (
+            npy(np.zeros((2, 3, 28, 28), np.float32)),
+            "application/x-npy",
+            422,
+            "shaped (N, 1, 28, 28), got (2, 3, 28, 28)",
+        ),
+        (npy(np.zeros((1, 28, 28), np.float32)), "application/x-npy", 422, "batch of one"),
+        (npy(np.full((2, 1, 28, 28), 1.5, np.float32)), "application/x-npy", 422, "[0, 1]"),
+        (npy(np.full((2, 1, 28, 28), np.nan, np.float32)), "application/x-npy", 422, "NaN"),
+        (npy(np.zeros((9, 1, 28, 28), np.float32)), "application/x-npy", 413, "max batch of 8"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_one_clear_line(
+    victim, app_for, serve, body, ctype, status, needle
+):
     with serve(app_for(victim, max_batch=8)) as server:
         r = httpx.post(f"{server.url}/score", content=body, headers={"Content-Type": ctype})
         assert r.status_code == status, r.text
@@ -123,17 +135,26 @@ def test_probs_and_labels_outputs(victim, data, app_for, serve):
 def test_create_app_rejects_bad_settings(victim):
     from zoattack.remote.server import create_app
 
-    for kw, needle in (({"output": "softmax"}, "logits, probs or labels"),
-                       ({"max_batch": 0}, "max_batch"), ({"max_bytes": 10}, "max_bytes"),
-                       ({"num_classes": 1}, "num_classes")):
+    for kw, needle in (
+        ({"output": "softmax"}, "logits, probs or labels"),
+        ({"max_batch": 0}, "max_batch"),
+        ({"max_bytes": 10}, "max_bytes"),
+        ({"num_classes": 1}, "num_classes"),
+    ):
         with pytest.raises(ValueError, match=needle):
             create_app(victim, **{"input_shape": (1, 28, 28), "num_classes": 10, **kw})
 
 
 def test_replay_memory_is_bounded(victim, data, app_for, serve):
     x = npy(data.images[:2].numpy())
-    with serve(app_for(victim, replay_cache=1)) as server, httpx.Client(base_url=server.url) as http:
+    with (
+        serve(app_for(victim, replay_cache=1)) as server,
+        httpx.Client(base_url=server.url) as http,
+    ):
         for key in ("a", "b", "a"):  # "b" pushed "a" out: its late retry is scored again
-            http.post("/score", content=x, headers={"Content-Type": "application/x-npy",
-                                                     "Idempotency-Key": key})
+            http.post(
+                "/score",
+                content=x,
+                headers={"Content-Type": "application/x-npy", "Idempotency-Key": key},
+            )
         assert http.get("/stats").json()["scored_inputs"] == 6

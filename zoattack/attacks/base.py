@@ -28,11 +28,23 @@ class AttackObjective:
     projected onto the ball, clipped to [0, 1] and scored by the black box.
     """
 
-    def __init__(self, blackbox: BlackBox, x0: Tensor, label: Tensor, *, norm: str, eps: float,
-                 subspace: Subspace, loss: str = "margin", target: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        blackbox: BlackBox,
+        x0: Tensor,
+        label: Tensor,
+        *,
+        norm: str,
+        eps: float,
+        subspace: Subspace,
+        loss: str = "margin",
+        target: Tensor | None = None,
+    ) -> None:
         if blackbox.output not in ("logits", "probs"):
-            raise ValueError("score-based attacks need a black box returning logits or probs, "
-                             f"not {blackbox.output}")
+            raise ValueError(
+                "score-based attacks need a black box returning logits or probs, "
+                f"not {blackbox.output}"
+            )
         self.blackbox = blackbox
         self.x0, self.label, self.target = x0, label, target
         self.norm, self.eps, self.subspace, self.loss = norm, eps, subspace, loss
@@ -40,12 +52,17 @@ class AttackObjective:
         self.found = torch.zeros(n, dtype=torch.bool, device=x0.device)
         self.x_adv = x0.clone()
         self.adv_pred = label.clone()
-        self._recent: tuple[Tensor, Tensor, Tensor] = (label[:0], x0.new_zeros(0).double(), label[:0])
+        self._recent: tuple[Tensor, Tensor, Tensor] = (
+            label[:0],
+            x0.new_zeros(0).double(),
+            label[:0],
+        )
 
     def images(self, v: Tensor, owner: Tensor) -> Tensor:
         # index_select: the same rows as x0[owner] at a fraction of the cost.
-        return to_image(self.x0.index_select(0, owner), self.subspace.expand(v), self.norm,
-                        self.eps)
+        return to_image(
+            self.x0.index_select(0, owner), self.subspace.expand(v), self.norm, self.eps
+        )
 
     def score(self, v: Tensor, owner: Tensor) -> tuple[Tensor, Tensor]:
         """``(losses (M,), predictions (M,))``; records the first adversarial per image."""
@@ -81,7 +98,9 @@ class AttackObjective:
         """Prediction at the point of the latest call whose loss equals ``loss`` (per image
         in ``ids``); ``fallback`` where no such row exists (the point was scored earlier)."""
         owner, losses, preds = self._recent
-        match = (owner.unsqueeze(0) == ids.unsqueeze(1)) & (losses.unsqueeze(0) == loss.unsqueeze(1))
+        match = (owner.unsqueeze(0) == ids.unsqueeze(1)) & (
+            losses.unsqueeze(0) == loss.unsqueeze(1)
+        )
         hit = match.any(dim=1)
         return torch.where(hit, preds[match.int().argmax(dim=1)], fallback)
 
@@ -120,8 +139,12 @@ class AttackInterrupted(ZOAttackError):
         self.partial = partial
 
 
-def resolve_target(target: Tensor | str | int | None, clean_scores: Tensor, label: Tensor,
-                   generator: torch.Generator) -> Tensor | None:
+def resolve_target(
+    target: Tensor | str | int | None,
+    clean_scores: Tensor,
+    label: Tensor,
+    generator: torch.Generator,
+) -> Tensor | None:
     """``None`` (untargeted), a tensor, a class index, ``"random"`` (uniform over the other
     classes, from ``generator``) or ``"least-likely"`` (lowest clean score)."""
     if target is None or isinstance(target, Tensor):
@@ -140,13 +163,22 @@ def resolve_target(target: Tensor | str | int | None, clean_scores: Tensor, labe
     raise ValueError(f"target must be random, least-likely or a class index, got {target!r}")
 
 
-def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
-               generator: torch.Generator, norm: str, eps: float, budget: int,
-               loss: str = "margin", target: Tensor | str | int | None = None,
-               subspace: str = "full",
-               max_steps: int | None = None,
-               callback: Callable[[int, AttackResult | None, Tensor], None] | None = None
-               ) -> AttackResult:
+def run_attack(
+    blackbox: BlackBox,
+    x0: Tensor,
+    label: Tensor,
+    rule: ZORule,
+    *,
+    generator: torch.Generator,
+    norm: str,
+    eps: float,
+    budget: int,
+    loss: str = "margin",
+    target: Tensor | str | int | None = None,
+    subspace: str = "full",
+    max_steps: int | None = None,
+    callback: Callable[[int, AttackResult | None, Tensor], None] | None = None,
+) -> AttackResult:
     """Attack images ``x0`` ``(N, C, H, W)`` in [0, 1] with labels ``(N,)`` as one batch.
 
     Each image may spend ``budget`` queries (checked before each step against the rule's
@@ -165,8 +197,9 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
     dev = x0.device
     schedule = SubspaceSchedule(subspace, tuple(x0.shape[1:]), budget)
     space = schedule.spaces[0]
-    obj = AttackObjective(blackbox, x0, label, norm=norm, eps=eps, subspace=space, loss=loss,
-                          target=None)
+    obj = AttackObjective(
+        blackbox, x0, label, norm=norm, eps=eps, subspace=space, loss=loss, target=None
+    )
     idx = torch.arange(n, device=dev)
     start_q = blackbox.queries_of(idx.cpu()).clone()
 
@@ -194,8 +227,27 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
     check = 0 if rule.estimator is None else 1
     box = {"v": v}  # the loop swaps in a new variable when the subspace refines
     try:
-        _loop(blackbox, rule, obj, schedule, generator, norm, eps, budget, max_steps, callback,
-              idx, start_q, box, fx, active, last_pred, reasons, space, check)
+        _loop(
+            blackbox,
+            rule,
+            obj,
+            schedule,
+            generator,
+            norm,
+            eps,
+            budget,
+            max_steps,
+            callback,
+            idx,
+            start_q,
+            box,
+            fx,
+            active,
+            last_pred,
+            reasons,
+            space,
+            check,
+        )
     except QueryBudgetExceeded:
         raise
     except (ZOAttackError, KeyboardInterrupt) as exc:
@@ -204,19 +256,64 @@ def run_attack(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
         for i in (obj.found & clean_correct).nonzero().flatten().tolist():
             reasons[i] = "success"
         finished = torch.tensor([r != "" for r in reasons], dtype=torch.bool)
-        partial = _result(blackbox, obj, x0, label, box["v"], idx, start_q, clean_pred,
-                          last_pred, clean_correct, reasons, norm, eps, budget)
-        raise AttackInterrupted(str(exc) or type(exc).__name__,
-                                PartialResult(partial, finished)) from exc
-    return _result(blackbox, obj, x0, label, box["v"], idx, start_q, clean_pred, last_pred,
-                   clean_correct, reasons, norm, eps, budget)
+        partial = _result(
+            blackbox,
+            obj,
+            x0,
+            label,
+            box["v"],
+            idx,
+            start_q,
+            clean_pred,
+            last_pred,
+            clean_correct,
+            reasons,
+            norm,
+            eps,
+            budget,
+        )
+        raise AttackInterrupted(
+            str(exc) or type(exc).__name__, PartialResult(partial, finished)
+        ) from exc
+    return _result(
+        blackbox,
+        obj,
+        x0,
+        label,
+        box["v"],
+        idx,
+        start_q,
+        clean_pred,
+        last_pred,
+        clean_correct,
+        reasons,
+        norm,
+        eps,
+        budget,
+    )
 
 
-def _loop(blackbox: BlackBox, rule: ZORule, obj: AttackObjective, schedule: SubspaceSchedule,
-          generator: torch.Generator, norm: str, eps: float, budget: int, max_steps: int | None,
-          callback: Callable[[int, AttackResult | None, Tensor], None] | None, idx: Tensor,
-          start_q: Tensor, box: dict[str, Tensor], fx: Tensor, active: Tensor,
-          last_pred: Tensor, reasons: list[str], space: Subspace, check: int) -> None:
+def _loop(
+    blackbox: BlackBox,
+    rule: ZORule,
+    obj: AttackObjective,
+    schedule: SubspaceSchedule,
+    generator: torch.Generator,
+    norm: str,
+    eps: float,
+    budget: int,
+    max_steps: int | None,
+    callback: Callable[[int, AttackResult | None, Tensor], None] | None,
+    idx: Tensor,
+    start_q: Tensor,
+    box: dict[str, Tensor],
+    fx: Tensor,
+    active: Tensor,
+    last_pred: Tensor,
+    reasons: list[str],
+    space: Subspace,
+    check: int,
+) -> None:
     """The step loop; updates ``box["v"]``, ``fx``, ``active``, ``last_pred`` and ``reasons``
     in place, so a caller still sees the state reached when a model call fails."""
     v = box["v"]
@@ -255,8 +352,7 @@ def _loop(blackbox: BlackBox, rule: ZORule, obj: AttackObjective, schedule: Subs
             continue
         ids = active.nonzero().flatten()
         # index_select/index_copy_ (ids are distinct) cost a fraction of advanced indexing.
-        res = rule.step(obj, v.index_select(0, ids), generator=generator, idx=ids,
-                        fx=fx[ids])
+        res = rule.step(obj, v.index_select(0, ids), generator=generator, idx=ids, fx=fx[ids])
         done = obj.found[ids]
         # Keep the variable inside the ball (in variable space; expansion preserves Linf).
         v_next = space.project(res.x_next, norm, eps)
@@ -275,7 +371,7 @@ def _loop(blackbox: BlackBox, rule: ZORule, obj: AttackObjective, schedule: Subs
             used = blackbox.queries_of(live.cpu()) - start_q[live.cpu()]
             live = live[(used < budget).to(live.device)]
         if live.numel():
-            f_new, p_new = obj.score(v[live], live)   # the iterate check: 1 query per image
+            f_new, p_new = obj.score(v[live], live)  # the iterate check: 1 query per image
             fx[live] = f_new.double()
             last_pred[live] = p_new
             done = obj.found[ids]
@@ -288,12 +384,23 @@ def _loop(blackbox: BlackBox, rule: ZORule, obj: AttackObjective, schedule: Subs
             callback(step, None, (blackbox.queries_of(idx_cpu) - start_q))
 
 
-def _result(blackbox: BlackBox, obj: AttackObjective, x0: Tensor, label: Tensor, v: Tensor,
-            idx: Tensor, start_q: Tensor, clean_pred: Tensor, last_pred: Tensor,
-            clean_correct: Tensor, reasons: list[str], norm: str, eps: float,
-            budget: int) -> AttackResult:
-    final_x = torch.where(obj.found.view(-1, 1, 1, 1), obj.x_adv,
-                          obj.images(v, idx))
+def _result(
+    blackbox: BlackBox,
+    obj: AttackObjective,
+    x0: Tensor,
+    label: Tensor,
+    v: Tensor,
+    idx: Tensor,
+    start_q: Tensor,
+    clean_pred: Tensor,
+    last_pred: Tensor,
+    clean_correct: Tensor,
+    reasons: list[str],
+    norm: str,
+    eps: float,
+    budget: int,
+) -> AttackResult:
+    final_x = torch.where(obj.found.view(-1, 1, 1, 1), obj.x_adv, obj.images(v, idx))
     final_pred = torch.where(obj.found, obj.adv_pred, last_pred)
     ok = inside(final_x, x0, norm, eps)
     if not bool(ok.all()):
@@ -303,7 +410,14 @@ def _result(blackbox: BlackBox, obj: AttackObjective, x0: Tensor, label: Tensor,
     if budget is not None and bool((queries > budget).any()):
         raise AssertionError("internal error: an image exceeded its query budget")
     return AttackResult(
-        x_adv=final_x, label=label, clean_pred=clean_pred, final_pred=final_pred,
-        success=obj.found & clean_correct, queries=queries, stop_reason=reasons,
-        linf=distance(final_x, x0, "linf"), l2=distance(final_x, x0, "l2"),
-        clean_correct=clean_correct)
+        x_adv=final_x,
+        label=label,
+        clean_pred=clean_pred,
+        final_pred=final_pred,
+        success=obj.found & clean_correct,
+        queries=queries,
+        stop_reason=reasons,
+        linf=distance(final_x, x0, "linf"),
+        l2=distance(final_x, x0, "l2"),
+        clean_correct=clean_correct,
+    )

@@ -42,8 +42,7 @@ DEFAULT_CHUNK = 500
 # differences on 14x14 tiles, the best Gaussian setting, plateau at 50-72%).
 TUNED: dict[tuple[str, str], dict[str, object]] = {
     ("zo_sgd", "linf"): {"lr": 100.0, "subspace": "full", "estimator": "block_sign", "mu": 2.0},
-    ("zo_signsgd", "linf"): {"lr": 2.0, "subspace": "full", "estimator": "block_sign",
-                             "mu": 2.0},
+    ("zo_signsgd", "linf"): {"lr": 2.0, "subspace": "full", "estimator": "block_sign", "mu": 2.0},
     ("zo_adamm", "linf"): {"lr": 2.0, "subspace": "full", "estimator": "block_sign", "mu": 2.0},
     ("radazo", "linf"): {"lr": 2.0, "subspace": "full", "estimator": "block_sign", "mu": 2.0},
     ("lizo", "linf"): {"lr": 1000.0, "subspace": "full", "estimator": "block_sign", "mu": 2.0},
@@ -56,10 +55,21 @@ TUNED: dict[tuple[str, str], dict[str, object]] = {
 # The best attack per norm in the same benchmark (sign: Linf only).
 DEFAULT_OPTIMIZER = {"linf": "sign", "l2": "square"}
 
-CSV_FIELDS = ("index", "label", "initial_prediction", "final_prediction", "success", "queries",
-              "linf", "l2", "stop_reason")
-ROW_COUNTING_RULE = (COUNTING_RULE + "; the clean check and every iterate check count; "
-                     "success is over initially-correct images")
+CSV_FIELDS = (
+    "index",
+    "label",
+    "initial_prediction",
+    "final_prediction",
+    "success",
+    "queries",
+    "linf",
+    "l2",
+    "stop_reason",
+)
+ROW_COUNTING_RULE = (
+    COUNTING_RULE + "; the clean check and every iterate check count; "
+    "success is over initially-correct images"
+)
 
 
 class JobInterrupted(ZOAttackError):
@@ -132,10 +142,16 @@ class AttackSpec:
         if bad:
             import difflib
 
-            hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(
-                k, known, n=1)) else k for k in bad]
-            raise ValueError(f"unknown attack setting {', '.join(hints)}; settings are the "
-                             "options of `zoattack run`")
+            hints = [
+                f"{k} (did you mean {m[0]}?)"
+                if (m := difflib.get_close_matches(k, known, n=1))
+                else k
+                for k in bad
+            ]
+            raise ValueError(
+                f"unknown attack setting {', '.join(hints)}; settings are the "
+                "options of `zoattack run`"
+            )
         return cls(**clean)
 
     def as_dict(self) -> dict[str, Any]:
@@ -170,13 +186,30 @@ class AttackSpec:
             mu = tuned_mu(rule, norm, eps) if mu is None else mu
             difference = tuned.get("difference") if difference is None else difference  # type: ignore[assignment]
         if search:
-            _check_search_options(rule, entry.flags.get("norms", ()), norm, eps, subspace,
-                                  lr=self.lr, estimator=self.estimator, samples=self.samples,
-                                  mu=self.mu)
+            _check_search_options(
+                rule,
+                entry.flags.get("norms", ()),
+                norm,
+                eps,
+                subspace,
+                lr=self.lr,
+                estimator=self.estimator,
+                samples=self.samples,
+                mu=self.mu,
+            )
         lr = self.lr if self.lr is not None else default_lr(rule, norm, eps)
-        spec = dataclasses.replace(self, norm=norm, eps=eps, optimizer=rule, subspace=subspace,
-                                   estimator=estimator, momentum=momentum, mu=mu,
-                                   difference=difference, lr=float(lr))  # type: ignore[arg-type]
+        spec = dataclasses.replace(
+            self,
+            norm=norm,
+            eps=eps,
+            optimizer=rule,
+            subspace=subspace,
+            estimator=estimator,
+            momentum=momentum,
+            mu=mu,
+            difference=difference,
+            lr=float(lr),
+        )  # type: ignore[arg-type]
         spec.make_rule()  # invalid hyperparameters fail here, before any model is built
         return spec
 
@@ -186,14 +219,29 @@ class AttackSpec:
         if OPTIMIZERS.get(self.optimizer).flags.get("search"):
             # Estimator-free: the radius, the norm and the budget drive their schedules.
             return create_optimizer(self.optimizer, lr=self.lr, norm=self.norm, budget=self.budget)
-        return create_optimizer(self.optimizer, lr=self.lr, estimator=self.estimator,
-                                num_samples=self.samples, mu=self.mu, difference=self.difference,
-                                momentum=self.momentum)
+        return create_optimizer(
+            self.optimizer,
+            lr=self.lr,
+            estimator=self.estimator,
+            num_samples=self.samples,
+            mu=self.mu,
+            difference=self.difference,
+            momentum=self.momentum,
+        )
 
 
-def _check_search_options(rule: str, norms: tuple[str, ...], norm: str, eps: float,
-                          subspace: str, *, lr: float | None, estimator: str | None,
-                          samples: int | None, mu: float | None) -> None:
+def _check_search_options(
+    rule: str,
+    norms: tuple[str, ...],
+    norm: str,
+    eps: float,
+    subspace: str,
+    *,
+    lr: float | None,
+    estimator: str | None,
+    samples: int | None,
+    mu: float | None,
+) -> None:
     """Search rules (sign, square) estimate no gradient, search the full image, and take
     ``lr`` as their radius (default eps; a larger one would only be projected back)."""
     for option, value in (("--estimator", estimator), ("--samples", samples), ("--mu", mu)):
@@ -202,11 +250,13 @@ def _check_search_options(rule: str, norms: tuple[str, ...], norm: str, eps: flo
     if norms and norm not in norms:
         raise ValueError(f"the {rule} rule supports --norm {' or '.join(norms)}, got {norm}")
     if subspace != "full":
-        raise ValueError(f"the {rule} rule searches the full image; --subspace must be full, "
-                         f"got {subspace!r}")
+        raise ValueError(
+            f"the {rule} rule searches the full image; --subspace must be full, got {subspace!r}"
+        )
     if lr is not None and lr > eps:
-        raise ValueError(f"--lr is the {rule} rule's search radius and must be <= eps "
-                         f"({eps:g}), got {lr:g}")
+        raise ValueError(
+            f"--lr is the {rule} rule's search radius and must be <= eps ({eps:g}), got {lr:g}"
+        )
 
 
 def chunk_bounds(images: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -235,7 +285,9 @@ class PreparedJob:
     @property
     def label(self) -> str:
         s = self.spec
-        return s.optimizer if s.estimator is None or _is_search(s) else f"{s.optimizer}+{s.estimator}"
+        return (
+            s.optimizer if s.estimator is None or _is_search(s) else f"{s.optimizer}+{s.estimator}"
+        )
 
     def settings(self) -> dict[str, Any]:
         """Every setting (resolved), the seed, versions and the counting rule."""
@@ -245,13 +297,17 @@ class PreparedJob:
         rule = s.make_rule()
         est = rule.estimator
         return {
-            **s.as_dict(), "images": len(self.labels),
+            **s.as_dict(),
+            "images": len(self.labels),
             "estimator": est.name if est is not None else None,
             "samples": est.num_samples if est is not None else None,
             "mu": est.mu if est is not None else None,
             "difference": est.difference if est is not None else None,
-            "device": str(self.device), "zoattack": __version__, "torch": torch.__version__,
-            "data_source": self.data_source, "counting_rule": ROW_COUNTING_RULE,
+            "device": str(self.device),
+            "zoattack": __version__,
+            "torch": torch.__version__,
+            "data_source": self.data_source,
+            "counting_rule": ROW_COUNTING_RULE,
         }
 
     def chunks(self) -> list[tuple[int, int]]:
@@ -262,8 +318,12 @@ def _is_search(spec: AttackSpec) -> bool:
     return bool(OPTIMIZERS.get(spec.optimizer or "sign").flags.get("search"))
 
 
-def prepare(spec: AttackSpec, *, model: torch.nn.Module | None = None,
-            model_options: Mapping[str, Any] | None = None) -> PreparedJob:
+def prepare(
+    spec: AttackSpec,
+    *,
+    model: torch.nn.Module | None = None,
+    model_options: Mapping[str, Any] | None = None,
+) -> PreparedJob:
     """Resolve ``spec``, load its data and build its model (or use ``model``).
 
     ``model_options`` go to the model factory and never into the recorded settings: they
@@ -276,15 +336,26 @@ def prepare(spec: AttackSpec, *, model: torch.nn.Module | None = None,
     dev = resolve_device(spec.device)
     data = load_dataset(spec.dataset, split="test", data_dir=spec.data_dir, limit=spec.images)
     if model is None:
-        model = create_model(spec.model, dataset=data, weights=spec.weights,
-                             model_dir=spec.model_dir,
-                             pretrained=spec.weights is None and ":" not in spec.model,
-                             device=dev, threat_model=spec.threat_model,
-                             **(model_options or {}))
+        model = create_model(
+            spec.model,
+            dataset=data,
+            weights=spec.weights,
+            model_dir=spec.model_dir,
+            pretrained=spec.weights is None and ":" not in spec.model,
+            device=dev,
+            threat_model=spec.threat_model,
+            **(model_options or {}),
+        )
     model.eval()
-    return PreparedJob(spec=spec, images=data.images, labels=data.labels,
-                       classes=list(data.classes), model=model, device=dev,
-                       data_source=str(getattr(data, "source", "")))
+    return PreparedJob(
+        spec=spec,
+        images=data.images,
+        labels=data.labels,
+        classes=list(data.classes),
+        model=model,
+        device=dev,
+        data_source=str(getattr(data, "source", "")),
+    )
 
 
 def rows_of(result: AttackResult, offset: int, keep: Tensor | None = None) -> list[dict[str, Any]]:
@@ -293,14 +364,19 @@ def rows_of(result: AttackResult, offset: int, keep: Tensor | None = None) -> li
     for i in range(len(result.label)):
         if keep is not None and not bool(keep[i]):
             continue
-        rows.append({
-            "index": offset + i, "label": int(result.label[i]),
-            "initial_prediction": int(result.clean_pred[i]),
-            "final_prediction": int(result.final_pred[i]),
-            "success": int(result.success[i]), "queries": int(result.queries[i]),
-            "linf": round(float(result.linf[i]), 6), "l2": round(float(result.l2[i]), 6),
-            "stop_reason": result.stop_reason[i],
-        })
+        rows.append(
+            {
+                "index": offset + i,
+                "label": int(result.label[i]),
+                "initial_prediction": int(result.clean_pred[i]),
+                "final_prediction": int(result.final_pred[i]),
+                "success": int(result.success[i]),
+                "queries": int(result.queries[i]),
+                "linf": round(float(result.linf[i]), 6),
+                "l2": round(float(result.l2[i]), 6),
+                "stop_reason": result.stop_reason[i],
+            }
+        )
     return rows
 
 
@@ -314,8 +390,9 @@ class ChunkOutcome:
     seconds: float
 
 
-def run_chunk(job: PreparedJob, chunk: int, *,
-              progress: Callable[[int], None] | None = None) -> ChunkOutcome:
+def run_chunk(
+    job: PreparedJob, chunk: int, *, progress: Callable[[int], None] | None = None
+) -> ChunkOutcome:
     """Attack one chunk from scratch (deterministic given the settings and the chunk index).
 
     Raises :class:`AttackInterrupted` (with the images it finished) when the model fails.
@@ -327,19 +404,43 @@ def run_chunk(job: PreparedJob, chunk: int, *,
     from zoattack.seeding import make_generator
 
     gen = make_generator(chunk_seed(s.seed, chunk), job.device)
-    blackbox = BlackBox(job.model, output="logits", budget=s.budget, max_batch=s.max_batch,
-                        input_shape=tuple(x.shape[1:]))
+    blackbox = BlackBox(
+        job.model,
+        output="logits",
+        budget=s.budget,
+        max_batch=s.max_batch,
+        input_shape=tuple(x.shape[1:]),
+    )
     cb = None
     if progress is not None:
+
         def cb(step: int, _: object, queries: Tensor) -> None:
             progress(int(queries.sum()))
+
     t0 = time.perf_counter()
     assert s.eps is not None and s.subspace is not None
-    result = run_attack(blackbox, x, y, s.make_rule(), generator=gen, norm=s.norm, eps=s.eps,
-                        budget=s.budget, loss=s.loss, target=s.target, subspace=s.subspace,
-                        callback=cb)
-    return ChunkOutcome(chunk=chunk, start=start, rows=rows_of(result, start), result=result,
-                        scored_inputs=blackbox.total_queries, seconds=time.perf_counter() - t0)
+    result = run_attack(
+        blackbox,
+        x,
+        y,
+        s.make_rule(),
+        generator=gen,
+        norm=s.norm,
+        eps=s.eps,
+        budget=s.budget,
+        loss=s.loss,
+        target=s.target,
+        subspace=s.subspace,
+        callback=cb,
+    )
+    return ChunkOutcome(
+        chunk=chunk,
+        start=start,
+        rows=rows_of(result, start),
+        result=result,
+        scored_inputs=blackbox.total_queries,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 @dataclass
@@ -352,10 +453,14 @@ class JobOutcome:
     seconds: float = 0.0
 
 
-def run_job(job: PreparedJob, *, done: Collection[int] = (),
-            on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
-            progress: Callable[[int], None] | None = None,
-            only_chunks: Collection[int] | None = None) -> JobOutcome:
+def run_job(
+    job: PreparedJob,
+    *,
+    done: Collection[int] = (),
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    only_chunks: Collection[int] | None = None,
+) -> JobOutcome:
     """Attack every chunk holding an image not in ``done`` (dataset indices already recorded).
 
     ``on_rows`` receives each chunk's new rows as soon as the chunk ends (write them
@@ -383,17 +488,23 @@ def run_job(job: PreparedJob, *, done: Collection[int] = (),
             rows: list[dict[str, Any]] = []
             partial = getattr(exc, "partial", None)
             if partial is not None:
-                rows = [r for r in rows_of(partial.result, start, partial.finished)
-                        if r["index"] not in done_set]
+                rows = [
+                    r
+                    for r in rows_of(partial.result, start, partial.finished)
+                    if r["index"] not in done_set
+                ]
             if rows and on_rows is not None:
                 on_rows(rows)
             outcome.rows.extend(rows)
             cause = exc.__cause__ if isinstance(exc, AttackInterrupted) else None
-            reason = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else str(
-                cause or exc)
+            reason = (
+                "interrupted by the user"
+                if isinstance(exc, KeyboardInterrupt)
+                else str(cause or exc)
+            )
             raise JobInterrupted(
-                f"stopped at images {start}-{stop - 1}: {reason}",
-                outcome.rows) from (cause or exc)
+                f"stopped at images {start}-{stop - 1}: {reason}", outcome.rows
+            ) from (cause or exc)
         new = [r for r in res.rows if r["index"] not in done_set]
         if on_rows is not None and new:
             on_rows(new)
@@ -406,8 +517,9 @@ def run_job(job: PreparedJob, *, done: Collection[int] = (),
     return outcome
 
 
-def summarize_rows(rows: list[Mapping[str, Any]], *, wall_seconds: float,
-                   scored_inputs: int) -> dict[str, Any]:
+def summarize_rows(
+    rows: list[Mapping[str, Any]], *, wall_seconds: float, scored_inputs: int
+) -> dict[str, Any]:
     """Success rate over images the model got right at the start; query statistics over
     successes and over all attacked images; median distortion over successes.
 
@@ -438,7 +550,8 @@ def summarize_rows(rows: list[Mapping[str, Any]], *, wall_seconds: float,
         "wall_seconds": round(wall_seconds, 3),
         "scored_inputs": int(scored_inputs),
         "scored_inputs_per_second": round(scored_inputs / max(wall_seconds, 1e-9), 1)
-        if scored_inputs else None,
+        if scored_inputs
+        else None,
         "counting_rule": ROW_COUNTING_RULE,
     }
 
@@ -447,10 +560,14 @@ def merge_results(results: list[AttackResult]) -> AttackResult:
     """Concatenate chunk results (in order) into one."""
     cat = torch.cat
     return AttackResult(
-        x_adv=cat([r.x_adv for r in results]), label=cat([r.label for r in results]),
+        x_adv=cat([r.x_adv for r in results]),
+        label=cat([r.label for r in results]),
         clean_pred=cat([r.clean_pred for r in results]),
         final_pred=cat([r.final_pred for r in results]),
-        success=cat([r.success for r in results]), queries=cat([r.queries for r in results]),
+        success=cat([r.success for r in results]),
+        queries=cat([r.queries for r in results]),
         stop_reason=[s for r in results for s in r.stop_reason],
-        linf=cat([r.linf for r in results]), l2=cat([r.l2 for r in results]),
-        clean_correct=cat([r.clean_correct for r in results]))
+        linf=cat([r.linf for r in results]),
+        l2=cat([r.l2 for r in results]),
+        clean_correct=cat([r.clean_correct for r in results]),
+    )

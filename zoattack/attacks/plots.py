@@ -29,8 +29,14 @@ def _show(ax, img: Tensor) -> None:  # type: ignore[no-untyped-def]
     ax.set_yticks([])
 
 
-def save_image_grid(path: Path, x0: Tensor, result: AttackResult, *, classes: list[str] | None = None,
-                    count: int = 8) -> Path:
+def save_image_grid(
+    path: Path,
+    x0: Tensor,
+    result: AttackResult,
+    *,
+    classes: list[str] | None = None,
+    count: int = 8,
+) -> Path:
     """Rows: original / adversarial / perturbation amplified to the full range, for the
     first ``count`` successful images (or the first images when none succeeded)."""
     plt = _plt()
@@ -49,8 +55,9 @@ def save_image_grid(path: Path, x0: Tensor, result: AttackResult, *, classes: li
         _show(axes[0][j], x0[i])
         axes[0][j].set_title(f"{name(int(result.label[i]))}", fontsize=7)
         _show(axes[1][j], result.x_adv[i])
-        axes[1][j].set_title(f"-> {name(int(result.final_pred[i]))} ({int(result.queries[i])}q)",
-                             fontsize=7)
+        axes[1][j].set_title(
+            f"-> {name(int(result.final_pred[i]))} ({int(result.queries[i])}q)", fontsize=7
+        )
         _show(axes[2][j], amp)
     axes[0][0].set_ylabel("original")
     axes[1][0].set_ylabel("adversarial")

@@ -32,19 +32,25 @@ class RunFolder:
         if not resume:
             return
         if not self.meta_path.is_file():
-            raise ValueError(f"nothing to resume in {self.path}: no run.json there; run without "
-                             "--resume first (or point --out at the interrupted run)")
+            raise ValueError(
+                f"nothing to resume in {self.path}: no run.json there; run without "
+                "--resume first (or point --out at the interrupted run)"
+            )
         try:
             recorded = json.loads(self.meta_path.read_text())["spec"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{self.meta_path} is not a zoattack run record ({exc}); start a "
-                             "new run in another --out folder") from None
+            raise ValueError(
+                f"{self.meta_path} is not a zoattack run record ({exc}); start a "
+                "new run in another --out folder"
+            ) from None
         mine = spec.as_dict()
         diff = [k for k in mine if k not in _RESUME_MAY_DIFFER and recorded.get(k) != mine[k]]
         if diff:
             shown = ", ".join(f"{k}={recorded.get(k)!r} there, {mine[k]!r} now" for k in diff[:4])
-            raise ValueError(f"--resume needs the settings of the run in {self.path}: {shown}; "
-                             "repeat its options (see its run.json) or drop --resume")
+            raise ValueError(
+                f"--resume needs the settings of the run in {self.path}: {shown}; "
+                "repeat its options (see its run.json) or drop --resume"
+            )
 
     def start(self, settings: Mapping[str, Any], *, resume: bool) -> list[dict[str, str]]:
         """Begin (or continue) the run; returns the rows already recorded."""
@@ -58,8 +64,13 @@ class RunFolder:
                 (self.path / stale).unlink(missing_ok=True)
             self._rewrite([])
         spec = {k: settings[k] for k in AttackSpec.field_types()}
-        self.meta_path.write_text(json.dumps({"spec": spec, "settings": dict(settings),
-                                              "status": "running"}, indent=2, default=str))
+        self.meta_path.write_text(
+            json.dumps(
+                {"spec": spec, "settings": dict(settings), "status": "running"},
+                indent=2,
+                default=str,
+            )
+        )
         return rows
 
     def read_rows(self) -> list[dict[str, str]]:
@@ -84,11 +95,15 @@ class RunFolder:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def finish(self, rows: list[Mapping[str, Any]], summary: Mapping[str, Any],
-               settings: Mapping[str, Any]) -> None:
+    def finish(
+        self, rows: list[Mapping[str, Any]], summary: Mapping[str, Any], settings: Mapping[str, Any]
+    ) -> None:
         self._rewrite(rows)
-        (self.path / "summary.json").write_text(json.dumps(
-            {"settings": dict(settings), "summary": dict(summary)}, indent=2, default=str))
+        (self.path / "summary.json").write_text(
+            json.dumps(
+                {"settings": dict(settings), "summary": dict(summary)}, indent=2, default=str
+            )
+        )
         meta = json.loads(self.meta_path.read_text())
         meta["status"] = "finished"
         self.meta_path.write_text(json.dumps(meta, indent=2, default=str))

@@ -28,9 +28,19 @@ class UniversalObjective:
     spends its effort on images that still resist.
     """
 
-    def __init__(self, blackbox: BlackBox, x0: Tensor, label: Tensor, *, norm: str, eps: float,
-                 subspace: Subspace, loss: str = "margin", target: Tensor | None = None,
-                 kappa: float = 0.0) -> None:
+    def __init__(
+        self,
+        blackbox: BlackBox,
+        x0: Tensor,
+        label: Tensor,
+        *,
+        norm: str,
+        eps: float,
+        subspace: Subspace,
+        loss: str = "margin",
+        target: Tensor | None = None,
+        kappa: float = 0.0,
+    ) -> None:
         self.blackbox, self.x0, self.label, self.target = blackbox, x0, label, target
         self.norm, self.eps, self.subspace, self.loss, self.kappa = norm, eps, subspace, loss, kappa
         self.images_idx = torch.arange(x0.shape[0])
@@ -41,10 +51,11 @@ class UniversalObjective:
 
     def __call__(self, points: Tensor, owner: Tensor) -> Tensor:
         p, m = points.shape[0], self.x0.shape[0]
-        delta = project(self.subspace.expand(points), self.norm, self.eps)   # (P, C, H, W)
+        delta = project(self.subspace.expand(points), self.norm, self.eps)  # (P, C, H, W)
         imgs = (self.x0.unsqueeze(0) + delta.unsqueeze(1)).clamp(0.0, 1.0)
-        scores = self.blackbox.query(imgs.reshape(p * m, *self.x0.shape[1:]),
-                                     self.images_idx.repeat(p)).to(self.x0.device)
+        scores = self.blackbox.query(
+            imgs.reshape(p * m, *self.x0.shape[1:]), self.images_idx.repeat(p)
+        ).to(self.x0.device)
         if self.blackbox.output == "probs":
             scores = scores.clamp_min(1e-30).log()
         label = self.label.repeat(p)
@@ -77,11 +88,22 @@ class UniversalResult:
     l2: float
 
 
-def run_universal(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *,
-                  generator: torch.Generator, norm: str, eps: float, budget: int,
-                  loss: str = "margin", target: Tensor | None = None, subspace: str = "full",
-                  kappa: float = 0.0, callback: Callable[[int, int, float], None] | None = None
-                  ) -> UniversalResult:
+def run_universal(
+    blackbox: BlackBox,
+    x0: Tensor,
+    label: Tensor,
+    rule: ZORule,
+    *,
+    generator: torch.Generator,
+    norm: str,
+    eps: float,
+    budget: int,
+    loss: str = "margin",
+    target: Tensor | None = None,
+    subspace: str = "full",
+    kappa: float = 0.0,
+    callback: Callable[[int, int, float], None] | None = None,
+) -> UniversalResult:
     """Search one perturbation fooling as many of ``x0`` ``(M, C, H, W)`` as possible.
 
     ``budget`` is queries per image; the clean check costs each image one query, and only
@@ -106,9 +128,17 @@ def run_universal(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *
     # A sub-ledger over the attacked images: their ids in the main ledger are `keep`.
     sub = _SubLedger(blackbox, keep)
     space = Subspace(subspace, tuple(x0.shape[1:]))
-    obj = UniversalObjective(sub, x0[keep], label[keep], norm=norm, eps=eps, subspace=space,
-                             loss=loss, target=None if target is None else target[keep],
-                             kappa=kappa)
+    obj = UniversalObjective(
+        sub,
+        x0[keep],
+        label[keep],
+        norm=norm,
+        eps=eps,
+        subspace=space,
+        loss=loss,
+        target=None if target is None else target[keep],
+        kappa=kappa,
+    )
     v = torch.zeros(1, *space.var_shape, dtype=x0.dtype, device=x0.device)
     zero = torch.zeros(1, dtype=torch.long, device=x0.device)
     fx = obj(v, zero).double()
@@ -130,10 +160,15 @@ def run_universal(blackbox: BlackBox, x0: Tensor, label: Tensor, rule: ZORule, *
     fooled[keep.cpu()] = obj.best_fooled
     delta = obj.best_delta
     return UniversalResult(
-        delta=delta, fooled=fooled, clean_correct=correct.cpu(),
+        delta=delta,
+        fooled=fooled,
+        clean_correct=correct.cpu(),
         fooling_rate=float(obj.best_fooled.float().mean()),
-        queries=blackbox.queries_of(torch.arange(m)) - start_q, evaluations=obj.evaluations,
-        linf=float(delta.abs().max()), l2=float(delta.norm()))
+        queries=blackbox.queries_of(torch.arange(m)) - start_q,
+        evaluations=obj.evaluations,
+        linf=float(delta.abs().max()),
+        l2=float(delta.norm()),
+    )
 
 
 class _SubLedger:

@@ -43,8 +43,11 @@ class Work:
     def chunks(self) -> list[int]:
         """Chunks with at least one image not stored (by the spec's image count)."""
         s = self.job.spec
-        return [k for k, (a, b) in enumerate(chunk_bounds(s.images, s.chunk_size))
-                if any(i not in self.done for i in range(a, b))]
+        return [
+            k
+            for k, (a, b) in enumerate(chunk_bounds(s.images, s.chunk_size))
+            if any(i not in self.done for i in range(a, b))
+        ]
 
     @property
     def todo(self) -> int:
@@ -91,8 +94,15 @@ class QuietReporter:
 
 
 def _model_key(spec: AttackSpec) -> tuple[Any, ...]:
-    return (spec.model, spec.dataset, spec.data_dir, spec.weights, spec.model_dir,
-            spec.threat_model, spec.device)
+    return (
+        spec.model,
+        spec.dataset,
+        spec.data_dir,
+        spec.weights,
+        spec.model_dir,
+        spec.threat_model,
+        spec.device,
+    )
 
 
 class _Prepared:
@@ -130,8 +140,9 @@ class LocalExecutor:
     def __init__(self) -> None:
         self._cache = _Prepared()
 
-    def execute(self, works: Iterable[Work], reporter: Reporter | None = None
-                ) -> Iterator[ChunkResult]:
+    def execute(
+        self, works: Iterable[Work], reporter: Reporter | None = None
+    ) -> Iterator[ChunkResult]:
         reporter = reporter or QuietReporter()
         for work in works:
             key, spec = work.job.key, work.job.spec
@@ -140,8 +151,7 @@ class LocalExecutor:
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # a job that cannot load fails alone; the batch goes on
-                yield ChunkResult(key, None, error=f"could not prepare the job: "
-                                  f"{_one_line(exc)}")
+                yield ChunkResult(key, None, error=f"could not prepare the job: {_one_line(exc)}")
                 continue
             settings = job.settings()
             yield ChunkResult(key, None, settings=settings)  # marks the job running
@@ -162,16 +172,18 @@ class LocalExecutor:
                 except JobInterrupted as exc:
                     by_user = isinstance(exc.__cause__, KeyboardInterrupt)
                     # Ctrl-C is no fault of the job: it stays "running", to be continued.
-                    yield ChunkResult(key, k, rows=list(exc.rows),
-                                      error=None if by_user else str(exc))
+                    yield ChunkResult(
+                        key, k, rows=list(exc.rows), error=None if by_user else str(exc)
+                    )
                     if by_user:
                         raise KeyboardInterrupt from None
                     break
                 done.update(r["index"] for r in out.rows)
                 spent += spec.budget * sum(1 for i in range(a, b) if i not in work.done)
                 reporter.job_progress(work.job, spent)
-                yield ChunkResult(key, k, rows=out.rows, scored_inputs=out.scored_inputs,
-                                  seconds=out.seconds)
+                yield ChunkResult(
+                    key, k, rows=out.rows, scored_inputs=out.scored_inputs, seconds=out.seconds
+                )
 
 
 # -- Ray ---------------------------------------------------------------------------------
@@ -198,8 +210,7 @@ def _threads_as_assigned() -> None:
         torch.set_num_threads(max(1, int(cpus)))
 
 
-def execute_chunk(key: str, spec: dict[str, Any], chunk: int, done: list[int]
-                  ) -> dict[str, Any]:
+def execute_chunk(key: str, spec: dict[str, Any], chunk: int, done: list[int]) -> dict[str, Any]:
     """Run one chunk of one job (in a Ray worker); returns rows and the job's settings.
 
     Plain data in and out, so the function can run on any machine with zoattack installed.
@@ -213,19 +224,33 @@ def execute_chunk(key: str, spec: dict[str, Any], chunk: int, done: list[int]
     try:
         out = run_job(job, done=done, only_chunks={chunk})
     except JobInterrupted as exc:
-        return {"key": key, "chunk": chunk, "rows": list(exc.rows), "scored_inputs": 0,
-                "seconds": time.perf_counter() - t0, "settings": job.settings(),
-                "error": str(exc)}
-    return {"key": key, "chunk": chunk, "rows": out.rows, "scored_inputs": out.scored_inputs,
-            "seconds": out.seconds, "settings": job.settings(), "error": None}
+        return {
+            "key": key,
+            "chunk": chunk,
+            "rows": list(exc.rows),
+            "scored_inputs": 0,
+            "seconds": time.perf_counter() - t0,
+            "settings": job.settings(),
+            "error": str(exc),
+        }
+    return {
+        "key": key,
+        "chunk": chunk,
+        "rows": out.rows,
+        "scored_inputs": out.scored_inputs,
+        "seconds": out.seconds,
+        "settings": job.settings(),
+        "error": None,
+    }
 
 
 def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ZOAttackError(f"--executor ray needs Ray, which is not installed; {RAY_HINT}") \
-            from None
+        raise ZOAttackError(
+            f"--executor ray needs Ray, which is not installed; {RAY_HINT}"
+        ) from None
     return ray
 
 
@@ -245,9 +270,15 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, *, address: str | None = None, workers: int | None = None,
-                 max_retries: int = 3, window: int | None = None,
-                 chunk_fn: Callable[..., dict[str, Any]] = execute_chunk) -> None:
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        workers: int | None = None,
+        max_retries: int = 3,
+        window: int | None = None,
+        chunk_fn: Callable[..., dict[str, Any]] = execute_chunk,
+    ) -> None:
         if workers is not None and workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
         if max_retries < 0:
@@ -264,8 +295,11 @@ class RayExecutor:
         ray = self.ray
         if ray.is_initialized():
             return
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                  "logging_level": "ERROR"}
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": "ERROR",
+        }
         if self.address is not None:
             kwargs["address"] = self.address
         else:
@@ -275,9 +309,11 @@ class RayExecutor:
         except Exception as exc:  # Ray raises several types for a cluster it cannot join
             if self.address is None:
                 raise
-            raise ZOAttackError(f"cannot reach the Ray cluster at {self.address}: "
-                                f"{_one_line(exc)}; check --address (ray://HOST:10001 or "
-                                "HOST:6379) or drop it to start a local Ray") from None
+            raise ZOAttackError(
+                f"cannot reach the Ray cluster at {self.address}: "
+                f"{_one_line(exc)}; check --address (ray://HOST:10001 or "
+                "HOST:6379) or drop it to start a local Ray"
+            ) from None
         self._started = True
 
     def shutdown(self) -> None:
@@ -285,8 +321,9 @@ class RayExecutor:
             self.ray.shutdown()
             self._started = False
 
-    def execute(self, works: Iterable[Work], reporter: Reporter | None = None
-                ) -> Iterator[ChunkResult]:
+    def execute(
+        self, works: Iterable[Work], reporter: Reporter | None = None
+    ) -> Iterator[ChunkResult]:
         reporter = reporter or QuietReporter()
         ray = self.ray
         self._init()
@@ -300,11 +337,15 @@ class RayExecutor:
                 a, b = bounds[k]
                 tasks.append((w, k, sorted(i for i in w.done if a <= i < b)))
         resources = ray.cluster_resources()
-        if any(task_options(w.job.spec, 0)["num_gpus"] for w in works) and \
-                resources.get("GPU", 0) < 1:
+        if (
+            any(task_options(w.job.spec, 0)["num_gpus"] for w in works)
+            and resources.get("GPU", 0) < 1
+        ):
             # Ray would queue such tasks forever, waiting for a GPU node.
-            raise ZOAttackError("--device cuda asks Ray for a GPU per task, but the Ray cluster "
-                                "has no GPU; use --device cpu or a cluster with GPU nodes")
+            raise ZOAttackError(
+                "--device cuda asks Ray for a GPU per task, but the Ray cluster "
+                "has no GPU; use --device cpu or a cluster with GPU nodes"
+            )
         cpus = int(resources.get("CPU", 1))
         window = self.window or max(2, 2 * cpus)  # bounded, so Ctrl-C leaves little queued
         stored = {w.job.key: len(w.done) for w in works}
@@ -319,7 +360,8 @@ class RayExecutor:
                         break
                     w, k, done = item
                     ref = remote.options(**task_options(w.job.spec, self.max_retries)).remote(
-                        w.job.key, w.job.spec.as_dict(), k, done)
+                        w.job.key, w.job.spec.as_dict(), k, done
+                    )
                     pending[ref] = (w, k)
                 if not pending:
                     break
@@ -334,22 +376,29 @@ class RayExecutor:
                         res = ray.get(ref)
                     except ray.exceptions.RayError as exc:
                         cause = getattr(exc, "cause", None) or exc
-                        yield ChunkResult(key, k, error=f"chunk {k} failed on Ray: "
-                                          f"{_one_line(cause)}")
+                        yield ChunkResult(
+                            key, k, error=f"chunk {k} failed on Ray: {_one_line(cause)}"
+                        )
                         continue
                     stored[key] += len(res["rows"])
                     reporter.job_progress(w.job, stored[key])
-                    yield ChunkResult(key, k, rows=res["rows"],
-                                      scored_inputs=res["scored_inputs"],
-                                      seconds=res["seconds"], settings=res["settings"],
-                                      error=res["error"])
+                    yield ChunkResult(
+                        key,
+                        k,
+                        rows=res["rows"],
+                        scored_inputs=res["scored_inputs"],
+                        seconds=res["seconds"],
+                        settings=res["settings"],
+                        error=res["error"],
+                    )
         finally:
             for ref in pending:
                 ray.cancel(ref, force=False)
 
 
-def make_executor(name: str, *, address: str | None = None, workers: int | None = None,
-                  max_retries: int = 3) -> LocalExecutor | RayExecutor:
+def make_executor(
+    name: str, *, address: str | None = None, workers: int | None = None, max_retries: int = 3
+) -> LocalExecutor | RayExecutor:
     if name == "local":
         if address is not None:
             raise ValueError("--address is for --executor ray")

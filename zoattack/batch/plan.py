@@ -38,8 +38,21 @@ PATH_FIELDS = ("data_dir", "weights", "model_dir")
 # they stay out of the job key, so rerunning a plan on a GPU keeps the CPU's finished work.
 KEY_EXCLUDES = ("device", "max_batch")
 # Shown in job listings when they differ between jobs, in this order.
-LISTED = ("model", "dataset", "norm", "eps", "optimizer", "estimator", "budget", "images",
-          "seed", "target", "loss", "lr", "subspace")
+LISTED = (
+    "model",
+    "dataset",
+    "norm",
+    "eps",
+    "optimizer",
+    "estimator",
+    "budget",
+    "images",
+    "seed",
+    "target",
+    "loss",
+    "lr",
+    "subspace",
+)
 
 
 def job_key(spec: AttackSpec) -> str:
@@ -64,8 +77,7 @@ class PlanJob:
 
         s = self.spec
         search = bool(OPTIMIZERS.get(str(s.optimizer)).flags.get("search"))
-        return str(s.optimizer) if s.estimator is None or search else \
-            f"{s.optimizer}+{s.estimator}"
+        return str(s.optimizer) if s.estimator is None or search else f"{s.optimizer}+{s.estimator}"
 
 
 @dataclass
@@ -158,13 +170,16 @@ def _check_value(key: str, value: Any, names: set[str], where: str) -> Any:
             hint = f' (quote it: {key} = "{value}")'
         elif isinstance(value, list):
             hint = "; lists expand only inside [grid]"
-        raise ValueError(f"{where}: {key} must be {_describe_type(names)}, got "
-                         f"{type(value).__name__} {value!r}{hint}")
+        raise ValueError(
+            f"{where}: {key} must be {_describe_type(names)}, got "
+            f"{type(value).__name__} {value!r}{hint}"
+        )
     return value
 
 
-def _check_settings(table: Mapping[str, Any], lines: _Lines, path: Path, tname: str,
-                    nth: int, *, lists: bool) -> dict[str, Any]:
+def _check_settings(
+    table: Mapping[str, Any], lines: _Lines, path: Path, tname: str, nth: int, *, lists: bool
+) -> dict[str, Any]:
     """Known keys with well-typed values ('-' or '_' spelling); lists only where allowed."""
     types = AttackSpec.field_types()
     out: dict[str, Any] = {}
@@ -175,35 +190,44 @@ def _check_settings(table: Mapping[str, Any], lines: _Lines, path: Path, tname: 
             import difflib
 
             close = difflib.get_close_matches(key, list(types), n=1)
-            hint = f"did you mean {close[0]}?" if close else "settings are the options of " \
-                "`zoattack run` (with _ for -)"
+            hint = (
+                f"did you mean {close[0]}?"
+                if close
+                else "settings are the options of `zoattack run` (with _ for -)"
+            )
             raise ValueError(f"{where}: unknown setting '{raw}' in [{tname}]; {hint}")
         names = _type_names(types[key])
         if isinstance(value, list) and lists:
             if not value:
-                raise ValueError(f"{where}: {raw} = [] in [grid] expands to no jobs; give at "
-                                 "least one value")
+                raise ValueError(
+                    f"{where}: {raw} = [] in [grid] expands to no jobs; give at least one value"
+                )
             out[key] = [_check_value(raw, v, names, where) for v in value]
         else:
             out[key] = _check_value(raw, value, names, where)
     return out
 
 
-def _tables(data: Mapping[str, Any], name: str, lines: _Lines, path: Path,
-            *, many: bool) -> list[Mapping[str, Any]]:
+def _tables(
+    data: Mapping[str, Any], name: str, lines: _Lines, path: Path, *, many: bool
+) -> list[Mapping[str, Any]]:
     value = data.get(name)
     if value is None:
         return []
     where = _where(path, lines.table(name) or lines.key(name))
     if isinstance(value, dict):
         if name == "job":
-            raise ValueError(f"{where}: write explicit jobs as [[job]] tables (one per job), "
-                             "not [job]")
+            raise ValueError(
+                f"{where}: write explicit jobs as [[job]] tables (one per job), not [job]"
+            )
         return [value]
     if many and isinstance(value, list) and all(isinstance(v, dict) for v in value):
         return value
-    kind = "[grid] or [[grid]] tables" if name == "grid" else (
-        "[[job]] tables" if name == "job" else f"a [{name}] table")
+    kind = (
+        "[grid] or [[grid]] tables"
+        if name == "grid"
+        else ("[[job]] tables" if name == "job" else f"a [{name}] table")
+    )
     raise ValueError(f"{where}: '{name}' must be {kind}, got {type(value).__name__}")
 
 
@@ -228,23 +252,30 @@ def check_names(spec: AttackSpec) -> None:
     prefix, sep, _ = spec.model.partition(":")
     entry = MODELS.get(prefix)
     if sep and not entry.flags.get("adapter"):
-        raise ValueError(f"model '{spec.model}': {prefix} is a zoo model, not an adapter "
-                         "prefix; write just its name")
+        raise ValueError(
+            f"model '{spec.model}': {prefix} is a zoo model, not an adapter "
+            "prefix; write just its name"
+        )
     if not sep and entry.flags.get("adapter"):
         raise ValueError(f"model '{spec.model}' is an adapter prefix; write {prefix}:NAME")
     dataset_spec(spec.dataset)
     if spec.weights is not None and not Path(spec.weights).is_file():
-        raise ValueError(f"weights file {spec.weights} does not exist; fix the path (relative "
-                         "paths are taken from the plan's folder)")
+        raise ValueError(
+            f"weights file {spec.weights} does not exist; fix the path (relative "
+            "paths are taken from the plan's folder)"
+        )
     for key in ("data_dir", "model_dir"):
         value = getattr(spec, key)
         if value is not None and not Path(value).is_dir():
-            raise ValueError(f"{key} {value} is not a folder; fix the path (relative paths are "
-                             "taken from the plan's folder)")
+            raise ValueError(
+                f"{key} {value} is not a folder; fix the path (relative paths are "
+                "taken from the plan's folder)"
+            )
 
 
-def load_plan(path: str | Path, *, overrides: Mapping[str, Any] | None = None,
-              check_device: bool = False) -> Plan:
+def load_plan(
+    path: str | Path, *, overrides: Mapping[str, Any] | None = None, check_device: bool = False
+) -> Plan:
     """Read, expand and validate a plan; every job's spec comes back resolved.
 
     ``overrides`` (e.g. the CLI's ``--device``) replace those settings in every job.
@@ -255,8 +286,9 @@ def load_plan(path: str | Path, *, overrides: Mapping[str, Any] | None = None,
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"plan file {path} does not exist; pass a TOML plan (see "
-                         "examples/plan.toml)")
+        raise ValueError(
+            f"plan file {path} does not exist; pass a TOML plan (see examples/plan.toml)"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -264,16 +296,20 @@ def load_plan(path: str | Path, *, overrides: Mapping[str, Any] | None = None,
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML: {exc}; fix the syntax (see "
-                         "examples/plan.toml)") from None
+        raise ValueError(
+            f"{path}: not valid TOML: {exc}; fix the syntax (see examples/plan.toml)"
+        ) from None
     lines = _Lines(text)
     for key in data:
         if key not in TABLES:
             import difflib
 
             close = difflib.get_close_matches(key, TABLES, n=1)
-            hint = f"did you mean [{close[0]}]?" if close else "a plan has [batch], " \
-                "[defaults], [grid] and [[job]] tables"
+            hint = (
+                f"did you mean [{close[0]}]?"
+                if close
+                else "a plan has [batch], [defaults], [grid] and [[job]] tables"
+            )
             where = _where(path, lines.table(key) or lines.key(key))
             raise ValueError(f"{where}: unknown table or key '{key}'; {hint}")
 
@@ -281,18 +317,25 @@ def load_plan(path: str | Path, *, overrides: Mapping[str, Any] | None = None,
     for key, value in batch.items():
         where = _where(path, lines.key(key, "batch"))
         if key not in BATCH_KEYS:
-            raise ValueError(f"{where}: unknown key '{key}' in [batch]; it takes "
-                             f"{', '.join(BATCH_KEYS)} (attack settings go in [defaults])")
+            raise ValueError(
+                f"{where}: unknown key '{key}' in [batch]; it takes "
+                f"{', '.join(BATCH_KEYS)} (attack settings go in [defaults])"
+            )
         if not isinstance(value, BATCH_KEYS[key]):
             raise ValueError(f"{where}: {key} in [batch] must be a string, got {value!r}")
     defaults_tables = _tables(data, "defaults", lines, path, many=False)
-    defaults = _check_settings(defaults_tables[0], lines, path, "defaults", 0, lists=False) \
-        if defaults_tables else {}
+    defaults = (
+        _check_settings(defaults_tables[0], lines, path, "defaults", 0, lists=False)
+        if defaults_tables
+        else {}
+    )
     grids = _tables(data, "grid", lines, path, many=True)
     explicit = _tables(data, "job", lines, path, many=True)
     if not grids and not explicit:
-        raise ValueError(f"{path}: the plan has no jobs; add a [grid] table or [[job]] tables "
-                         "(see examples/plan.toml)")
+        raise ValueError(
+            f"{path}: the plan has no jobs; add a [grid] table or [[job]] tables "
+            "(see examples/plan.toml)"
+        )
 
     entries: list[tuple[dict[str, Any], str]] = []
     for g, grid in enumerate(grids):
@@ -339,11 +382,16 @@ def load_plan(path: str | Path, *, overrides: Mapping[str, Any] | None = None,
     if out is not None:
         p = Path(out).expanduser()
         out_path = p if p.is_absolute() else path.parent / p
-    return Plan(path=path, text=text, name=str(batch.get("name", path.stem)), out=out_path,
-                jobs=jobs, duplicates=duplicates)
+    return Plan(
+        path=path,
+        text=text,
+        name=str(batch.get("name", path.stem)),
+        out=out_path,
+        jobs=jobs,
+        duplicates=duplicates,
+    )
 
 
 def varying_settings(jobs: list[PlanJob]) -> list[str]:
     """The listed settings whose values differ between ``jobs`` (for compact tables)."""
-    return [k for k in LISTED
-            if len({repr(getattr(j.spec, k)) for j in jobs}) > 1]
+    return [k for k in LISTED if len({repr(getattr(j.spec, k)) for j in jobs}) > 1]

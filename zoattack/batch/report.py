@@ -19,24 +19,70 @@ from rich.table import Table
 from zoattack.attacks.job import summarize_rows
 from zoattack.batch.store import ResultStore
 
-SETTING_KEYS = ("key", "model", "dataset", "label", "optimizer", "estimator", "norm", "eps",
-                "budget", "seed", "target", "loss", "lr", "subspace", "images")
-METRIC_KEYS = ("status", "stored", "initially_correct", "successes", "success_rate",
-               "mean_queries_success", "median_queries_success", "mean_queries_all",
-               "median_distortion_success", "median_linf_success", "median_l2_success",
-               "scored_inputs", "seconds")
+SETTING_KEYS = (
+    "key",
+    "model",
+    "dataset",
+    "label",
+    "optimizer",
+    "estimator",
+    "norm",
+    "eps",
+    "budget",
+    "seed",
+    "target",
+    "loss",
+    "lr",
+    "subspace",
+    "images",
+)
+METRIC_KEYS = (
+    "status",
+    "stored",
+    "initially_correct",
+    "successes",
+    "success_rate",
+    "mean_queries_success",
+    "median_queries_success",
+    "mean_queries_all",
+    "median_distortion_success",
+    "median_linf_success",
+    "median_l2_success",
+    "scored_inputs",
+    "seconds",
+)
 GROUP_KEYS = ("model", "dataset", "label", "norm", "eps", "budget")
 # (header, key) of the terminal and Markdown tables.
-COLUMNS = (("model", "model"), ("optimizer", "label"), ("norm", "norm"), ("eps", "eps"),
-           ("budget", "budget"), ("seed", "seed"), ("images", "images_text"),
-           ("status", "status"), ("success", "success_rate"), ("mean q", "mean_queries_success"),
-           ("median q", "median_queries_success"), ("median dist", "median_distortion_success"),
-           ("scored", "scored_inputs"), ("seconds", "seconds"))
-GROUP_COLUMNS = (("model", "model"), ("optimizer", "label"), ("norm", "norm"), ("eps", "eps"),
-                 ("budget", "budget"), ("jobs", "jobs"), ("seeds", "seeds"),
-                 ("attacked", "initially_correct"), ("success", "success_rate"),
-                 ("mean q", "mean_queries_success"), ("median q", "median_queries_success"),
-                 ("median dist", "median_distortion_success"))
+COLUMNS = (
+    ("model", "model"),
+    ("optimizer", "label"),
+    ("norm", "norm"),
+    ("eps", "eps"),
+    ("budget", "budget"),
+    ("seed", "seed"),
+    ("images", "images_text"),
+    ("status", "status"),
+    ("success", "success_rate"),
+    ("mean q", "mean_queries_success"),
+    ("median q", "median_queries_success"),
+    ("median dist", "median_distortion_success"),
+    ("scored", "scored_inputs"),
+    ("seconds", "seconds"),
+)
+GROUP_COLUMNS = (
+    ("model", "model"),
+    ("optimizer", "label"),
+    ("norm", "norm"),
+    ("eps", "eps"),
+    ("budget", "budget"),
+    ("jobs", "jobs"),
+    ("seeds", "seeds"),
+    ("attacked", "initially_correct"),
+    ("success", "success_rate"),
+    ("mean q", "mean_queries_success"),
+    ("median q", "median_queries_success"),
+    ("median dist", "median_distortion_success"),
+)
 
 
 class Results:
@@ -51,8 +97,10 @@ class Results:
                 rows[r.pop("job")].append(r)
         self.rows = dict(rows)
         if not self.jobs:
-            raise ValueError(f"{self.path} holds no jobs yet; run `zoattack batch PLAN.toml "
-                             f"--out {self.path.parent}` first")
+            raise ValueError(
+                f"{self.path} holds no jobs yet; run `zoattack batch PLAN.toml "
+                f"--out {self.path.parent}` first"
+            )
 
     def summaries(self) -> list[dict[str, Any]]:
         """One line per job: its settings and the summary of its stored rows, sorted by
@@ -60,14 +108,19 @@ class Results:
         out = []
         for job in self.jobs:
             rows: list[Mapping[str, Any]] = list(self.rows.get(job["key"], []))
-            s = summarize_rows(rows, wall_seconds=job["seconds"] or 0.0,
-                               scored_inputs=job["scored_inputs"] or 0)
+            s = summarize_rows(
+                rows, wall_seconds=job["seconds"] or 0.0, scored_inputs=job["scored_inputs"] or 0
+            )
             line = {k: job.get(k) for k in SETTING_KEYS}
             line.update({k: s.get(k) for k in METRIC_KEYS if k in s})
-            line.update(status=job["status"], stored=len(rows), scored_inputs=job["scored_inputs"],
-                        seconds=round(job["seconds"] or 0.0, 3),
-                        median_distortion_success=s[f"median_{job['norm']}_success"],
-                        images_text=f"{len(rows)}/{job['images']}")
+            line.update(
+                status=job["status"],
+                stored=len(rows),
+                scored_inputs=job["scored_inputs"],
+                seconds=round(job["seconds"] or 0.0, 3),
+                median_distortion_success=s[f"median_{job['norm']}_success"],
+                images_text=f"{len(rows)}/{job['images']}",
+            )
             out.append(line)
         return sorted(out, key=_order)
 
@@ -81,17 +134,32 @@ class Results:
             rows: list[Mapping[str, Any]] = [r for j in jobs for r in self.rows.get(j["key"], [])]
             s = summarize_rows(rows, wall_seconds=0.0, scored_inputs=0)
             line = dict(zip(GROUP_KEYS, values, strict=True))
-            line.update({k: s[k] for k in ("initially_correct", "successes", "success_rate",
-                                           "mean_queries_success", "median_queries_success")})
-            line.update(jobs=len(jobs), seeds=len({j["seed"] for j in jobs}),
-                        median_distortion_success=s[f"median_{line['norm']}_success"])
+            line.update(
+                {
+                    k: s[k]
+                    for k in (
+                        "initially_correct",
+                        "successes",
+                        "success_rate",
+                        "mean_queries_success",
+                        "median_queries_success",
+                    )
+                }
+            )
+            line.update(
+                jobs=len(jobs),
+                seeds=len({j["seed"] for j in jobs}),
+                median_distortion_success=s[f"median_{line['norm']}_success"],
+            )
             out.append(line)
         return sorted(out, key=_order)
 
 
 def _order(line: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(("" if line.get(k) is None else line.get(k)) for k in
-                 ("model", "dataset", "label", "norm", "eps", "budget", "seed"))
+    return tuple(
+        ("" if line.get(k) is None else line.get(k))
+        for k in ("model", "dataset", "label", "norm", "eps", "budget", "seed")
+    )
 
 
 def _fmt(value: Any, key: str = "") -> str:
@@ -106,8 +174,9 @@ def _fmt(value: Any, key: str = "") -> str:
     return str(value)
 
 
-def _compact(columns: Sequence[tuple[str, str]], lines: Sequence[Mapping[str, Any]],
-             keep: tuple[str, ...]) -> tuple[list[tuple[str, str]], str]:
+def _compact(
+    columns: Sequence[tuple[str, str]], lines: Sequence[Mapping[str, Any]], keep: tuple[str, ...]
+) -> tuple[list[tuple[str, str]], str]:
     """Columns whose value is the same on every line move to a caption (narrow terminals)."""
     shown, fixed = [], []
     for header, key in columns:
@@ -122,11 +191,13 @@ def _compact(columns: Sequence[tuple[str, str]], lines: Sequence[Mapping[str, An
 _LEFT = ("model", "label", "norm", "status")
 
 
-def job_table(summaries: Sequence[Mapping[str, Any]], title: str = "jobs", *,
-              compact: bool = True) -> Table:
+def job_table(
+    summaries: Sequence[Mapping[str, Any]], title: str = "jobs", *, compact: bool = True
+) -> Table:
     """Rich table, one section per (model, optimizer) group."""
-    columns, caption = (_compact(COLUMNS, summaries, ("label", "success_rate")) if compact
-                        else (list(COLUMNS), ""))
+    columns, caption = (
+        _compact(COLUMNS, summaries, ("label", "success_rate")) if compact else (list(COLUMNS), "")
+    )
     table = Table(title=title, caption=caption or None)
     for header, key in columns:
         table.add_column(header, justify="left" if key in _LEFT else "right")
@@ -141,8 +212,7 @@ def job_table(summaries: Sequence[Mapping[str, Any]], title: str = "jobs", *,
     return table
 
 
-def group_table(groups: Sequence[Mapping[str, Any]],
-                title: str = "pooled over seeds") -> Table:
+def group_table(groups: Sequence[Mapping[str, Any]], title: str = "pooled over seeds") -> Table:
     columns, caption = _compact(GROUP_COLUMNS, groups, ("label", "success_rate"))
     table = Table(title=title, caption=caption or None)
     for header, key in columns:
@@ -156,22 +226,31 @@ def group_table(groups: Sequence[Mapping[str, Any]],
     return table
 
 
-def _markdown_table(columns: Sequence[tuple[str, str]],
-                    lines: Iterable[Mapping[str, Any]]) -> str:
+def _markdown_table(columns: Sequence[tuple[str, str]], lines: Iterable[Mapping[str, Any]]) -> str:
     right = [key not in _LEFT for _, key in columns]
     head = "| " + " | ".join(h for h, _ in columns) + " |"
     rule = "|" + "|".join("---:" if r else "---" for r in right) + "|"
-    body = ["| " + " | ".join(_fmt(line.get(k), k).replace("|", "\\|") for _, k in columns)
-            + " |" for line in lines]
+    body = [
+        "| " + " | ".join(_fmt(line.get(k), k).replace("|", "\\|") for _, k in columns) + " |"
+        for line in lines
+    ]
     return "\n".join([head, rule, *body])
 
 
 def to_markdown(results: Results) -> str:
-    counting = "one query = one input scored by the model; success is over initially-correct " \
+    counting = (
+        "one query = one input scored by the model; success is over initially-correct "
         "images; queries and distortion are over successful images"
-    parts = [f"# Batch results: {results.path}", "",
-             f"{len(results.jobs)} jobs; {counting}.", "", "## Jobs", "",
-             _markdown_table(COLUMNS, results.summaries())]
+    )
+    parts = [
+        f"# Batch results: {results.path}",
+        "",
+        f"{len(results.jobs)} jobs; {counting}.",
+        "",
+        "## Jobs",
+        "",
+        _markdown_table(COLUMNS, results.summaries()),
+    ]
     groups = results.groups()
     if any(g["jobs"] > 1 for g in groups):
         parts += ["", "## Pooled over seeds", "", _markdown_table(GROUP_COLUMNS, groups)]
@@ -185,8 +264,9 @@ def write_csv(path: Path, summaries: Sequence[Mapping[str, Any]]) -> Path:
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({k: ("" if line.get(k) is None else line.get(k)) for k in fields}
-                         for line in summaries)
+        writer.writerows(
+            {k: ("" if line.get(k) is None else line.get(k)) for k in fields} for line in summaries
+        )
     return path
 
 
@@ -208,6 +288,7 @@ def write_rows_csv(path: Path, results: Results) -> Path:
 
 # -- figures -----------------------------------------------------------------------------
 
+
 def _plt():  # type: ignore[no-untyped-def]
     import matplotlib
 
@@ -220,7 +301,8 @@ def _plt():  # type: ignore[no-untyped-def]
 def _panels(results: Results) -> dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]]:
     """(model, dataset, norm, eps, largest budget) → curve label → rows (seeds pooled)."""
     panels: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = defaultdict(
-        lambda: defaultdict(list))
+        lambda: defaultdict(list)
+    )
     budgets: dict[tuple[Any, ...], set[int]] = defaultdict(set)
     for job in results.jobs:
         budgets[(job["model"], job["dataset"], job["norm"], job["eps"])].add(job["budget"])
@@ -288,8 +370,7 @@ def save_query_histograms(path: Path, results: Results, bins: int = 20) -> Path:
         for label, rows in curves.items():
             q = [int(r["queries"]) for r in rows if int(r["success"])]
             if q:
-                ax.hist(q, bins=edges, histtype="step", linewidth=1.4, label=f"{label} "
-                        f"({len(q)})")
+                ax.hist(q, bins=edges, histtype="step", linewidth=1.4, label=f"{label} ({len(q)})")
         ax.set_title(_title(pk), fontsize=9)
         ax.set_xlabel("queries to success")
         ax.set_ylabel("images")

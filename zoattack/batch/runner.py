@@ -46,10 +46,14 @@ def pending_work(plan: Plan, store: ResultStore) -> tuple[list[Work], int]:
     return works, finished
 
 
-def run_batch(plan: Plan, store: ResultStore, executor: LocalExecutor | RayExecutor, *,
-              reporter: Reporter | None = None,
-              on_job_done: Callable[[PlanJob, dict[str, Any]], None] | None = None
-              ) -> BatchOutcome:
+def run_batch(
+    plan: Plan,
+    store: ResultStore,
+    executor: LocalExecutor | RayExecutor,
+    *,
+    reporter: Reporter | None = None,
+    on_job_done: Callable[[PlanJob, dict[str, Any]], None] | None = None,
+) -> BatchOutcome:
     """Run every unfinished job of ``plan`` into ``store``; resumable at any point.
 
     A job whose model fails is marked ``failed`` (its finished images kept) and the batch goes
@@ -71,8 +75,9 @@ def run_batch(plan: Plan, store: ResultStore, executor: LocalExecutor | RayExecu
                 store.start_job(res.key, res.settings)
                 started.add(res.key)
             if res.rows or res.scored_inputs:
-                added = store.add_rows(res.key, res.rows, scored_inputs=res.scored_inputs,
-                                       seconds=res.seconds)
+                added = store.add_rows(
+                    res.key, res.rows, scored_inputs=res.scored_inputs, seconds=res.seconds
+                )
                 outcome.new_rows += added
                 if res.key in by_key:
                     reporter.rows_stored(by_key[res.key], added)

@@ -31,13 +31,32 @@ DB_NAME = "results.sqlite"
 SCHEMA_VERSION = 1
 # Columns copied out of the spec for SQL queries and reports (the JSON keeps everything).
 SPEC_COLUMNS: dict[str, str] = {
-    "model": "TEXT", "dataset": "TEXT", "norm": "TEXT", "eps": "REAL", "optimizer": "TEXT",
-    "estimator": "TEXT", "budget": "INTEGER", "images": "INTEGER", "seed": "INTEGER",
-    "target": "TEXT", "loss": "TEXT", "lr": "REAL", "subspace": "TEXT", "chunk_size": "INTEGER",
+    "model": "TEXT",
+    "dataset": "TEXT",
+    "norm": "TEXT",
+    "eps": "REAL",
+    "optimizer": "TEXT",
+    "estimator": "TEXT",
+    "budget": "INTEGER",
+    "images": "INTEGER",
+    "seed": "INTEGER",
+    "target": "TEXT",
+    "loss": "TEXT",
+    "lr": "REAL",
+    "subspace": "TEXT",
+    "chunk_size": "INTEGER",
 }
-ROW_TYPES = {"index": "INTEGER", "label": "INTEGER", "initial_prediction": "INTEGER",
-             "final_prediction": "INTEGER", "success": "INTEGER", "queries": "INTEGER",
-             "linf": "REAL", "l2": "REAL", "stop_reason": "TEXT"}
+ROW_TYPES = {
+    "index": "INTEGER",
+    "label": "INTEGER",
+    "initial_prediction": "INTEGER",
+    "final_prediction": "INTEGER",
+    "success": "INTEGER",
+    "queries": "INTEGER",
+    "linf": "REAL",
+    "l2": "REAL",
+    "stop_reason": "TEXT",
+}
 assert tuple(ROW_TYPES) == CSV_FIELDS  # the store's rows are run's CSV rows
 
 _SCHEMA = f"""
@@ -72,9 +91,11 @@ CREATE TABLE IF NOT EXISTS batches (
 """
 # ON CONFLICT DO NOTHING ignores only a repeated (job, index); INSERT OR IGNORE would also
 # silently drop a row that breaks NOT NULL, hiding a bug as a missing image.
-_ROW_SQL = (f'INSERT INTO rows (job, {", ".join(chr(34) + k + chr(34) for k in CSV_FIELDS)}) '
-            f'VALUES (?, {", ".join("?" for _ in CSV_FIELDS)}) '
-            'ON CONFLICT (job, "index") DO NOTHING')
+_ROW_SQL = (
+    f"INSERT INTO rows (job, {', '.join(chr(34) + k + chr(34) for k in CSV_FIELDS)}) "
+    f"VALUES (?, {', '.join('?' for _ in CSV_FIELDS)}) "
+    'ON CONFLICT (job, "index") DO NOTHING'
+)
 
 
 def locate(results: str | Path) -> Path:
@@ -83,8 +104,7 @@ def locate(results: str | Path) -> Path:
     db = p / DB_NAME if p.is_dir() else p
     if not db.is_file():
         hint = f"no {DB_NAME} in {p}" if p.is_dir() else f"{p} does not exist"
-        raise ValueError(f"{hint}; pass the --out folder of `zoattack batch` (or its "
-                         f"{DB_NAME})")
+        raise ValueError(f"{hint}; pass the --out folder of `zoattack batch` (or its {DB_NAME})")
     return db
 
 
@@ -108,23 +128,28 @@ class ResultStore:
             self.conn.execute("PRAGMA synchronous=FULL")
             if create:
                 self.conn.executescript(_SCHEMA)
-                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
-                                  (str(SCHEMA_VERSION),))
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
             self._check_schema()
         except sqlite3.DatabaseError as exc:
             self.conn.close()
-            raise ValueError(f"{self.path} is not a zoattack result store ({exc}); point at "
-                             "the --out folder of `zoattack batch`") from None
+            raise ValueError(
+                f"{self.path} is not a zoattack result store ({exc}); point at "
+                "the --out folder of `zoattack batch`"
+            ) from None
 
     def _check_schema(self) -> None:
-        names = {r[0] for r in self.conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table'")}
+        names = {
+            r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
         if not {"meta", "jobs", "rows"} <= names:
             raise sqlite3.DatabaseError("no jobs/rows tables")
         row = self.conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
         if row is None or int(row[0]) > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"schema {row and row[0]} is newer than this zoattack "
-                                        f"reads ({SCHEMA_VERSION})")
+            raise sqlite3.DatabaseError(
+                f"schema {row and row[0]} is newer than this zoattack reads ({SCHEMA_VERSION})"
+            )
 
     def close(self) -> None:
         self.conn.close()
@@ -151,30 +176,55 @@ class ResultStore:
         """Record (key, label, position, resolved spec) as pending unless already known."""
         now = time.time()
         cols = ["key", "position", "label", *SPEC_COLUMNS, "spec", "created_at"]
-        sql = (f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
-               "ON CONFLICT(key) DO UPDATE SET position=excluded.position")
+        sql = (
+            f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
+            "ON CONFLICT(key) DO UPDATE SET position=excluded.position"
+        )
         with self.transaction() as c:
             for key, label, position, spec in jobs:
                 d = spec.as_dict()
-                c.execute(sql, (key, position, label, *(d[k] for k in SPEC_COLUMNS),
-                                json.dumps(d, sort_keys=True), now))
+                c.execute(
+                    sql,
+                    (
+                        key,
+                        position,
+                        label,
+                        *(d[k] for k in SPEC_COLUMNS),
+                        json.dumps(d, sort_keys=True),
+                        now,
+                    ),
+                )
 
     def start_job(self, key: str, settings: Mapping[str, Any] | None = None) -> None:
         """Mark running (unless finished); record the prepared job's settings and versions."""
         with self.transaction() as c:
             if settings is not None:
-                c.execute("UPDATE jobs SET settings=?, zoattack_version=?, torch_version=?, "
-                          "images=? WHERE key=?",
-                          (json.dumps(dict(settings), sort_keys=True, default=str),
-                           settings.get("zoattack"), settings.get("torch"),
-                           settings.get("images"), key))
-            c.execute("UPDATE jobs SET status='running', error=NULL, "
-                      "started_at=COALESCE(started_at, ?) WHERE key=? AND status!='finished'",
-                      (time.time(), key))
+                c.execute(
+                    "UPDATE jobs SET settings=?, zoattack_version=?, torch_version=?, "
+                    "images=? WHERE key=?",
+                    (
+                        json.dumps(dict(settings), sort_keys=True, default=str),
+                        settings.get("zoattack"),
+                        settings.get("torch"),
+                        settings.get("images"),
+                        key,
+                    ),
+                )
+            c.execute(
+                "UPDATE jobs SET status='running', error=NULL, "
+                "started_at=COALESCE(started_at, ?) WHERE key=? AND status!='finished'",
+                (time.time(), key),
+            )
             self._maybe_finish(c, key)
 
-    def add_rows(self, key: str, rows: Sequence[Mapping[str, Any]], *, scored_inputs: int = 0,
-                 seconds: float = 0.0) -> int:
+    def add_rows(
+        self,
+        key: str,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        scored_inputs: int = 0,
+        seconds: float = 0.0,
+    ) -> int:
         """One chunk's rows and work, in one transaction; returns the rows newly stored.
 
         The job becomes ``finished`` in the same transaction once every image is stored.
@@ -183,43 +233,54 @@ class ResultStore:
             before = c.total_changes
             c.executemany(_ROW_SQL, [(key, *(r[f] for f in CSV_FIELDS)) for r in rows])
             added = c.total_changes - before
-            c.execute("UPDATE jobs SET scored_inputs=scored_inputs+?, seconds=seconds+? "
-                      "WHERE key=?", (int(scored_inputs), float(seconds), key))
+            c.execute(
+                "UPDATE jobs SET scored_inputs=scored_inputs+?, seconds=seconds+? WHERE key=?",
+                (int(scored_inputs), float(seconds), key),
+            )
             self._maybe_finish(c, key)
         return added
 
     def _maybe_finish(self, c: sqlite3.Connection, key: str) -> None:
-        c.execute("UPDATE jobs SET status='finished', error=NULL, finished_at=? WHERE key=? "
-                  "AND status!='finished' AND settings IS NOT NULL AND images <= "
-                  "(SELECT COUNT(*) FROM rows WHERE job=?)", (time.time(), key, key))
+        c.execute(
+            "UPDATE jobs SET status='finished', error=NULL, finished_at=? WHERE key=? "
+            "AND status!='finished' AND settings IS NOT NULL AND images <= "
+            "(SELECT COUNT(*) FROM rows WHERE job=?)",
+            (time.time(), key, key),
+        )
 
     def fail_job(self, key: str, error: str) -> None:
         with self.transaction() as c:
-            c.execute("UPDATE jobs SET status='failed', error=? WHERE key=? AND "
-                      "status!='finished'", (error, key))
+            c.execute(
+                "UPDATE jobs SET status='failed', error=? WHERE key=? AND status!='finished'",
+                (error, key),
+            )
 
     def job(self, key: str) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT * FROM jobs WHERE key=?", (key,)).fetchone()
         return dict(row) if row is not None else None
 
     def jobs(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.conn.execute(
-            "SELECT * FROM jobs ORDER BY position, created_at, key")]
+        return [
+            dict(r)
+            for r in self.conn.execute("SELECT * FROM jobs ORDER BY position, created_at, key")
+        ]
 
     def done_indices(self, key: str) -> set[int]:
-        return {int(r[0]) for r in self.conn.execute(
-            'SELECT "index" FROM rows WHERE job=?', (key,))}
+        return {
+            int(r[0]) for r in self.conn.execute('SELECT "index" FROM rows WHERE job=?', (key,))
+        }
 
     def row_counts(self) -> dict[str, int]:
-        return {r[0]: int(r[1]) for r in self.conn.execute(
-            "SELECT job, COUNT(*) FROM rows GROUP BY job")}
+        return {
+            r[0]: int(r[1])
+            for r in self.conn.execute("SELECT job, COUNT(*) FROM rows GROUP BY job")
+        }
 
     def rows(self, key: str | None = None) -> list[dict[str, Any]]:
         """Rows in index order (of one job, or of all jobs with a ``job`` field)."""
         cols = ", ".join(f'"{k}"' for k in CSV_FIELDS)
         if key is not None:
-            cur = self.conn.execute(f'SELECT {cols} FROM rows WHERE job=? ORDER BY "index"',
-                                    (key,))
+            cur = self.conn.execute(f'SELECT {cols} FROM rows WHERE job=? ORDER BY "index"', (key,))
             return [dict(r) for r in cur]
         cur = self.conn.execute(f'SELECT job, {cols} FROM rows ORDER BY job, "index"')
         return [dict(r) for r in cur]
@@ -228,14 +289,19 @@ class ResultStore:
 
     def begin_batch(self, plan_path: str, plan_text: str, executor: str) -> int:
         with self.transaction() as c:
-            cur = c.execute("INSERT INTO batches (plan_path, plan_text, executor, started_at) "
-                            "VALUES (?, ?, ?, ?)", (plan_path, plan_text, executor, time.time()))
+            cur = c.execute(
+                "INSERT INTO batches (plan_path, plan_text, executor, started_at) "
+                "VALUES (?, ?, ?, ?)",
+                (plan_path, plan_text, executor, time.time()),
+            )
             return int(cur.lastrowid or 0)
 
     def end_batch(self, batch_id: int, status: str) -> None:
         with self.transaction() as c:
-            c.execute("UPDATE batches SET finished_at=?, status=? WHERE id=?",
-                      (time.time(), status, batch_id))
+            c.execute(
+                "UPDATE batches SET finished_at=?, status=? WHERE id=?",
+                (time.time(), status, batch_id),
+            )
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -256,8 +322,10 @@ class ResultStore:
             except BlockingIOError:
                 fh.seek(0)
                 holder = fh.read().strip() or "another process"
-                raise ValueError(f"another `zoattack batch` ({holder}) is writing to "
-                                 f"{self.path}; wait for it or use another --out") from None
+                raise ValueError(
+                    f"another `zoattack batch` ({holder}) is writing to "
+                    f"{self.path}; wait for it or use another --out"
+                ) from None
             fh.seek(0)
             fh.truncate()
             fh.write(f"pid {os.getpid()}")

@@ -22,12 +22,15 @@ EXIT_BAD_INPUT = 2
 P_MODEL = "Model and data"
 
 # Options every command that builds a victim shares (run, serve).
-DataDirOption = Annotated[str | None, typer.Option(help="Root of the data set files.",
-                                                   rich_help_panel=P_MODEL)]
-WeightsOption = Annotated[str | None, typer.Option(help="Checkpoint file for the model.",
-                                                   rich_help_panel=P_MODEL)]
-ModelDirOption = Annotated[str | None, typer.Option(help="Folder with pretrained files.",
-                                                    rich_help_panel=P_MODEL)]
+DataDirOption = Annotated[
+    str | None, typer.Option(help="Root of the data set files.", rich_help_panel=P_MODEL)
+]
+WeightsOption = Annotated[
+    str | None, typer.Option(help="Checkpoint file for the model.", rich_help_panel=P_MODEL)
+]
+ModelDirOption = Annotated[
+    str | None, typer.Option(help="Folder with pretrained files.", rich_help_panel=P_MODEL)
+]
 _verbose = {"on": False}
 
 T = TypeVar("T")

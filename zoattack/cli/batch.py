@@ -11,7 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from zoattack.cli._common import err, guarded, out
-from zoattack.errors import ZOAttackError
 
 P_RUN, P_RAY = "Run", "Ray executor (--executor ray)"
 EXIT_INCOMPLETE = 3  # as `zoattack run`: some work failed; its finished images are stored
@@ -30,16 +29,22 @@ class RichReporter:
 
     def batch_started(self, works: list[Any]) -> None:
         self.jobs_total = len(works)
-        self.progress.update(self.overall, total=sum(w.todo for w in works),
-                             description=f"batch: {self.jobs_total} jobs, images")
+        self.progress.update(
+            self.overall,
+            total=sum(w.todo for w in works),
+            description=f"batch: {self.jobs_total} jobs, images",
+        )
 
     def job_started(self, job: Any, total: int, unit: str) -> None:
         n = self.ordinal.setdefault(job.key, len(self.ordinal) + 1)
         s = job.spec
-        what = (f"job {n}/{self.jobs_total} {job.label} {s.model} {s.norm} eps={s.eps:g} "
-                f"seed={s.seed}, {unit}")
-        self.progress.update(self.current, description=escape(what), total=total,
-                             completed=0, visible=True)
+        what = (
+            f"job {n}/{self.jobs_total} {job.label} {s.model} {s.norm} eps={s.eps:g} "
+            f"seed={s.seed}, {unit}"
+        )
+        self.progress.update(
+            self.current, description=escape(what), total=total, completed=0, visible=True
+        )
 
     def job_progress(self, job: Any, completed: int) -> None:
         self.progress.update(self.current, completed=completed)
@@ -67,37 +72,73 @@ def _job_listing(plan: Any, store_path: Path) -> Table:
         s = job.spec
         state = status.get(job.key)
         done = stored.get(job.key, 0)
-        mark = ("finished" if state == "finished" else f"{done}/{s.images}" if state
-                else "new")
-        table.add_row(str(job.position + 1), job.key, job.label,
-                      *(str(getattr(s, k)) for k in shown), job.origin.rsplit("/", 1)[-1], mark)
+        mark = "finished" if state == "finished" else f"{done}/{s.images}" if state else "new"
+        table.add_row(
+            str(job.position + 1),
+            job.key,
+            job.label,
+            *(str(getattr(s, k)) for k in shown),
+            job.origin.rsplit("/", 1)[-1],
+            mark,
+        )
     return table
 
 
 @guarded
 def batch_command(
-    plan_file: Annotated[Path, typer.Argument(metavar="PLAN.toml", help="The plan: [defaults], "
-                                              "[grid] and/or [[job]] tables with the options of "
-                                              "`zoattack run` (see examples/plan.toml).")],
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Results folder (holds "
-                                                 "results.sqlite); default: the plan's [batch] "
-                                                 "out, else runs/<plan name>.",
-                                                 rich_help_panel=P_RUN)] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the plan and list its "
-                                          "jobs (and what is stored); run nothing.",
-                                          rich_help_panel=P_RUN)] = False,
-    executor: Annotated[str, typer.Option(help="local (this process) or ray.",
-                                          rich_help_panel=P_RUN)] = "local",
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda for every job "
-                                               "(overrides the plan); with ray, cuda asks for "
-                                               "a GPU per task.", rich_help_panel=P_RUN)] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. "
-                                                "ray://HOST:10001); default: start a local Ray.",
-                                                rich_help_panel=P_RAY)] = None,
-    workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all).",
-                                                rich_help_panel=P_RAY)] = None,
-    max_retries: Annotated[int, typer.Option(help="Retries of a task whose worker died.",
-                                             rich_help_panel=P_RAY)] = 3,
+    plan_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PLAN.toml",
+            help="The plan: [defaults], "
+            "[grid] and/or [[job]] tables with the options of "
+            "`zoattack run` (see examples/plan.toml).",
+        ),
+    ],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Results folder (holds "
+            "results.sqlite); default: the plan's [batch] "
+            "out, else runs/<plan name>.",
+            rich_help_panel=P_RUN,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Validate the plan and list its jobs (and what is stored); run nothing.",
+            rich_help_panel=P_RUN,
+        ),
+    ] = False,
+    executor: Annotated[
+        str, typer.Option(help="local (this process) or ray.", rich_help_panel=P_RUN)
+    ] = "local",
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="auto, cpu or cuda for every job "
+            "(overrides the plan); with ray, cuda asks for "
+            "a GPU per task.",
+            rich_help_panel=P_RUN,
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join (e.g. ray://HOST:10001); default: start a local Ray.",
+            rich_help_panel=P_RAY,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="CPUs of the local Ray (default: all).", rich_help_panel=P_RAY),
+    ] = None,
+    max_retries: Annotated[
+        int, typer.Option(help="Retries of a task whose worker died.", rich_help_panel=P_RAY)
+    ] = 3,
 ) -> None:
     """Run a plan of attacks into a resumable result store (rerun to continue)."""
     from zoattack.batch.executors import EXECUTORS, make_executor
@@ -120,35 +161,49 @@ def batch_command(
         out.print(_job_listing(plan, db_path))
         out.print(f"would write to {db_path} with --executor {executor}")
         return
-    runner_executor = make_executor(executor, address=address, workers=workers,
-                                    max_retries=max_retries)
+    runner_executor = make_executor(
+        executor, address=address, workers=workers, max_retries=max_retries
+    )
     store = ResultStore(folder)
     try:
         with store.exclusive():
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn())
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
             with Progress(*columns, console=err, transient=True) as progress:
                 try:
-                    outcome = run_batch(plan, store, runner_executor,
-                                        reporter=RichReporter(progress))
+                    outcome = run_batch(
+                        plan, store, runner_executor, reporter=RichReporter(progress)
+                    )
                 except KeyboardInterrupt:
                     progress.stop()
-                    err.print(f"[bold red]interrupted:[/] finished chunks are stored in "
-                              f"{escape(str(store.path))}; rerun the same command to continue",
-                              highlight=False, soft_wrap=True)
+                    err.print(
+                        f"[bold red]interrupted:[/] finished chunks are stored in "
+                        f"{escape(str(store.path))}; rerun the same command to continue",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
                     raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         store.close()
     _print_results(plan, store.path)
-    out.print(f"{outcome.jobs} jobs: {outcome.skipped} already finished, {outcome.finished} "
-              f"finished now, {len(outcome.failed)} failed; {outcome.new_rows:,} new rows in "
-              f"{outcome.seconds:.1f} s -> {store.path} (see `zoattack report {folder}`)")
+    out.print(
+        f"{outcome.jobs} jobs: {outcome.skipped} already finished, {outcome.finished} "
+        f"finished now, {len(outcome.failed)} failed; {outcome.new_rows:,} new rows in "
+        f"{outcome.seconds:.1f} s -> {store.path} (see `zoattack report {folder}`)"
+    )
     if outcome.failed:
         key, why = next(iter(outcome.failed.items()))
         more = f" (and {len(outcome.failed) - 1} more)" if len(outcome.failed) > 1 else ""
-        err.print(f"[bold red]error:[/] job {key} failed: {escape(why)}{more}; its finished "
-                  "images are stored, rerun the same command to retry", highlight=False,
-                  soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/] job {key} failed: {escape(why)}{more}; its finished "
+            "images are stored, rerun the same command to retry",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(EXIT_INCOMPLETE)
 
 

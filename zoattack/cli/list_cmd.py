@@ -18,8 +18,13 @@ def _registries() -> dict[str, Registry[Any]]:
     from zoattack.models import MODELS
     from zoattack.optim import OPTIMIZERS
 
-    return {"estimators": ESTIMATORS, "optimizers": OPTIMIZERS, "functions": FUNCTIONS,
-            "models": MODELS, "datasets": DATASETS}
+    return {
+        "estimators": ESTIMATORS,
+        "optimizers": OPTIMIZERS,
+        "functions": FUNCTIONS,
+        "models": MODELS,
+        "datasets": DATASETS,
+    }
 
 
 def _flags(flags: dict[str, Any]) -> str:
@@ -27,8 +32,10 @@ def _flags(flags: dict[str, Any]) -> str:
 
 
 def list_command(
-    kind: Annotated[str, typer.Argument(
-        help="What to list: estimators, optimizers, functions, models, datasets.")],
+    kind: Annotated[
+        str,
+        typer.Argument(help="What to list: estimators, optimizers, functions, models, datasets."),
+    ],
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
 ) -> None:
     """List registered names with their descriptions."""
@@ -41,8 +48,11 @@ def list_command(
     if markdown:
         out.print("| name | aliases | description | flags |\n|---|---|---|---|", highlight=False)
         for r in rows:
-            out.print("| " + " | ".join(f"`{r[0]}`" if i == 0 else r[i] for i in range(4)) + " |",
-                      highlight=False, soft_wrap=True)
+            out.print(
+                "| " + " | ".join(f"`{r[0]}`" if i == 0 else r[i] for i in range(4)) + " |",
+                highlight=False,
+                soft_wrap=True,
+            )
         return
     table = Table(title=f"zoattack {key}")
     for col in ("name", "aliases", "description", "flags"):

@@ -30,24 +30,46 @@ PANEL_PROBLEM = "Problem"
 
 @guarded
 def optimize_command(
-    function: Annotated[str, typer.Option(help="Test function (see `zoattack list functions`).",
-                                          rich_help_panel=PANEL_PROBLEM)] = "rosenbrock",
+    function: Annotated[
+        str,
+        typer.Option(
+            help="Test function (see `zoattack list functions`).", rich_help_panel=PANEL_PROBLEM
+        ),
+    ] = "rosenbrock",
     dim: Annotated[int, typer.Option(help="Dimension d.", rich_help_panel=PANEL_PROBLEM)] = 1000,
-    seeds: Annotated[int, typer.Option(help="Independent problems (start points), run as one "
-                                       "batch.", rich_help_panel=PANEL_PROBLEM)] = 3,
-    budget: Annotated[int, typer.Option(help="Queries per problem.",
-                                        rich_help_panel=PANEL_PROBLEM)] = 3000,
-    optimizer: Annotated[str, typer.Option(help="Update rule (see `zoattack list optimizers`).",
-                                           rich_help_panel=PANEL_OPT)] = "lizo",
-    estimator: Annotated[str | None, typer.Option(
-        help="Gradient estimator (default: the rule's paper pairing).",
-        rich_help_panel=PANEL_OPT)] = None,
-    samples: Annotated[int | None, typer.Option("--samples", help="Directions K per step.",
-                                                rich_help_panel=PANEL_OPT)] = None,
-    lr: Annotated[float | None, typer.Option(help="Step size (default per rule).",
-                                             rich_help_panel=PANEL_OPT)] = None,
-    mu: Annotated[float | None, typer.Option(help="Finite-difference radius.",
-                                             rich_help_panel=PANEL_OPT)] = None,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            help="Independent problems (start points), run as one batch.",
+            rich_help_panel=PANEL_PROBLEM,
+        ),
+    ] = 3,
+    budget: Annotated[
+        int, typer.Option(help="Queries per problem.", rich_help_panel=PANEL_PROBLEM)
+    ] = 3000,
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            help="Update rule (see `zoattack list optimizers`).", rich_help_panel=PANEL_OPT
+        ),
+    ] = "lizo",
+    estimator: Annotated[
+        str | None,
+        typer.Option(
+            help="Gradient estimator (default: the rule's paper pairing).",
+            rich_help_panel=PANEL_OPT,
+        ),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option("--samples", help="Directions K per step.", rich_help_panel=PANEL_OPT),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Step size (default per rule).", rich_help_panel=PANEL_OPT)
+    ] = None,
+    mu: Annotated[
+        float | None, typer.Option(help="Finite-difference radius.", rich_help_panel=PANEL_OPT)
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the run's generator.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -65,22 +87,35 @@ def optimize_command(
     rule_name = entry.name
     if entry.flags.get("search"):
         gradient_rules = [e.name for e in OPTIMIZERS if not e.flags.get("search")]
-        raise ValueError(f"{rule_name} is a search rule for attacks inside an eps-ball; "
-                         f"`zoattack optimize` takes {', '.join(gradient_rules)}")
-    rule = create_optimizer(rule_name, lr=lr if lr is not None else DEFAULT_LR.get(rule_name, 1e-3),
-                            estimator=estimator, num_samples=samples, mu=mu)
+        raise ValueError(
+            f"{rule_name} is a search rule for attacks inside an eps-ball; "
+            f"`zoattack optimize` takes {', '.join(gradient_rules)}"
+        )
+    rule = create_optimizer(
+        rule_name,
+        lr=lr if lr is not None else DEFAULT_LR.get(rule_name, 1e-3),
+        estimator=estimator,
+        num_samples=samples,
+        mu=mu,
+    )
     gen = make_generator(seed, dev)
     x0 = starts(fn, seeds, dim, gen)
     blackbox = BlackBox(fn, output="scores", bounds=None, budget=budget)
     objective = FunctionObjective(blackbox)
     f0 = fn(x0)
     t0 = time.perf_counter()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed:,.0f}/{task.total:,.0f} queries"),
-                  TextColumn("loss {task.fields[loss]:.4g}"), TimeElapsedColumn(),
-                  console=err, transient=True) as progress:
-        task = progress.add_task(f"{rule_name}+{rule.estimator.name}", total=budget * seeds,
-                                 loss=float(f0.mean()))
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} queries"),
+        TextColumn("loss {task.fields[loss]:.4g}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(
+            f"{rule_name}+{rule.estimator.name}", total=budget * seeds, loss=float(f0.mean())
+        )
 
         def show(step: int, queries: torch.Tensor, loss: torch.Tensor) -> None:
             progress.update(task, completed=int(queries.sum()), loss=float(loss.mean()))
@@ -89,27 +124,48 @@ def optimize_command(
     wall = time.perf_counter() - t0
     final = fn(res.x)  # reported outside the ledger: a bookkeeping check, not a query
     summary = {
-        "function": function, "dim": dim, "seeds": seeds, "seed": seed, "budget": budget,
-        "optimizer": rule_name, "estimator": rule.estimator.name, "lr": float(rule.lr)
-        if not isinstance(rule.lr, torch.Tensor) else None,
-        "num_samples": rule.estimator.num_samples, "mu": rule.estimator.mu,
-        "initial_loss": f0.tolist(), "final_loss": final.tolist(),
-        "queries": res.queries.tolist(), "steps": res.steps.tolist(),
-        "stop_reason": res.stop_reason, "wall_seconds": round(wall, 3),
+        "function": function,
+        "dim": dim,
+        "seeds": seeds,
+        "seed": seed,
+        "budget": budget,
+        "optimizer": rule_name,
+        "estimator": rule.estimator.name,
+        "lr": float(rule.lr) if not isinstance(rule.lr, torch.Tensor) else None,
+        "num_samples": rule.estimator.num_samples,
+        "mu": rule.estimator.mu,
+        "initial_loss": f0.tolist(),
+        "final_loss": final.tolist(),
+        "queries": res.queries.tolist(),
+        "steps": res.steps.tolist(),
+        "stop_reason": res.stop_reason,
+        "wall_seconds": round(wall, 3),
         "queries_per_second": round(int(res.queries.sum()) / max(wall, 1e-9), 1),
-        "counting_rule": COUNTING_RULE, "zoattack": __version__, "torch": torch.__version__,
+        "counting_rule": COUNTING_RULE,
+        "zoattack": __version__,
+        "torch": torch.__version__,
     }
     if as_json:
         typer.echo(json.dumps(summary))
         return
-    table = Table(title=f"{rule_name} + {rule.estimator.name} on {function} (d={dim}), "
-                        f"budget {budget:,} queries")
+    table = Table(
+        title=f"{rule_name} + {rule.estimator.name} on {function} (d={dim}), "
+        f"budget {budget:,} queries"
+    )
     for col in ("problem", "initial loss", "final loss", "queries", "steps", "stop"):
         table.add_column(col, justify="right")
     for i in range(seeds):
-        table.add_row(str(i), f"{float(f0[i]):.4g}", f"{float(final[i]):.4g}",
-                      f"{int(res.queries[i]):,}", str(int(res.steps[i])), res.stop_reason[i])
+        table.add_row(
+            str(i),
+            f"{float(f0[i]):.4g}",
+            f"{float(final[i]):.4g}",
+            f"{int(res.queries[i]):,}",
+            str(int(res.steps[i])),
+            res.stop_reason[i],
+        )
     out.print(table)
-    out.print(f"mean final loss {float(final.mean()):.4g} (from {float(f0.mean()):.4g}); "
-              f"{summary['queries_per_second']:,} queries/s; wall {wall:.2f}s")
+    out.print(
+        f"mean final loss {float(final.mean()):.4g} (from {float(f0.mean()):.4g}); "
+        f"{summary['queries_per_second']:,} queries/s; wall {wall:.2f}s"
+    )
     out.print(f"[dim]counting rule: {COUNTING_RULE}[/]")

@@ -15,24 +15,54 @@ P_EXPORT = "Exports"
 
 @guarded
 def report_command(
-    results: Annotated[Path, typer.Argument(metavar="RESULTS", help="A `zoattack batch` "
-                                            "results folder, or its results.sqlite.")],
-    markdown: Annotated[Path | None, typer.Option("--markdown", metavar="FILE",
-                                                  help="Write the tables as Markdown.",
-                                                  rich_help_panel=P_EXPORT)] = None,
-    csv_file: Annotated[Path | None, typer.Option(
-        "--csv", metavar="FILE", help="Write one CSV line per job (settings and metrics).",
-        rich_help_panel=P_EXPORT)] = None,
-    rows_csv: Annotated[Path | None, typer.Option(
-        "--rows-csv", metavar="FILE", help="Write every per-image row, with its job's "
-        "settings.", rich_help_panel=P_EXPORT)] = None,
-    plots: Annotated[Path | None, typer.Option("--plots", metavar="DIR", help="Folder for the "
-                                               "PNG figures (default: RESULTS/plots).",
-                                               rich_help_panel=P_EXPORT)] = None,
-    no_plots: Annotated[bool, typer.Option("--no-plots", help="Write no figures.",
-                                           rich_help_panel=P_EXPORT)] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the per-job summaries as "
-                                          "JSON instead of tables.")] = False,
+    results: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RESULTS", help="A `zoattack batch` results folder, or its results.sqlite."
+        ),
+    ],
+    markdown: Annotated[
+        Path | None,
+        typer.Option(
+            "--markdown",
+            metavar="FILE",
+            help="Write the tables as Markdown.",
+            rich_help_panel=P_EXPORT,
+        ),
+    ] = None,
+    csv_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv",
+            metavar="FILE",
+            help="Write one CSV line per job (settings and metrics).",
+            rich_help_panel=P_EXPORT,
+        ),
+    ] = None,
+    rows_csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--rows-csv",
+            metavar="FILE",
+            help="Write every per-image row, with its job's settings.",
+            rich_help_panel=P_EXPORT,
+        ),
+    ] = None,
+    plots: Annotated[
+        Path | None,
+        typer.Option(
+            "--plots",
+            metavar="DIR",
+            help="Folder for the PNG figures (default: RESULTS/plots).",
+            rich_help_panel=P_EXPORT,
+        ),
+    ] = None,
+    no_plots: Annotated[
+        bool, typer.Option("--no-plots", help="Write no figures.", rich_help_panel=P_EXPORT)
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the per-job summaries as JSON instead of tables.")
+    ] = False,
 ) -> None:
     """Summarize batch results: success rate, queries and distortion per job and group."""
     from zoattack.batch.report import (
@@ -68,7 +98,9 @@ def report_command(
     out.print(job_table(summaries, title=f"{res.path}: {len(summaries)} jobs"))
     if any(g["jobs"] > 1 for g in groups):
         out.print(group_table(groups))
-    out.print("[dim]success: over initially-correct images; q and dist: over successes; "
-              "one query = one input scored[/]")
+    out.print(
+        "[dim]success: over initially-correct images; q and dist: over successes; "
+        "one query = one input scored[/]"
+    )
     for path in written:
         out.print(f"wrote {path}")

@@ -22,32 +22,60 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @guarded
 def serve_command(
-    model: Annotated[str, typer.Option(help="Zoo name (resnet20, small_cnn) or "
-                                       "torchvision:/timm:/robustbench:NAME, built as "
-                                       "`zoattack run` builds it.",
-                                       rich_help_panel=P_MODEL)] = "small_cnn",
-    dataset: Annotated[str, typer.Option(help="Data set the model is for (input shape, "
-                                         "classes, statistics, shipped weights).",
-                                         rich_help_panel=P_MODEL)] = "fashion-mnist",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Zoo name (resnet20, small_cnn) or "
+            "torchvision:/timm:/robustbench:NAME, built as "
+            "`zoattack run` builds it.",
+            rich_help_panel=P_MODEL,
+        ),
+    ] = "small_cnn",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="Data set the model is for (input shape, classes, statistics, shipped weights).",
+            rich_help_panel=P_MODEL,
+        ),
+    ] = "fashion-mnist",
     data_dir: DataDirOption = None,
     weights: WeightsOption = None,
     model_dir: ModelDirOption = None,
-    output: Annotated[str, typer.Option(help="What clients get: logits, probs or labels.",
-                                        rich_help_panel=P_MODEL)] = "logits",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.",
-                                        rich_help_panel=P_MODEL)] = "auto",
-    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to "
-                                      "expose the model.", rich_help_panel=P_HTTP)] = "127.0.0.1",
+    output: Annotated[
+        str,
+        typer.Option(help="What clients get: logits, probs or labels.", rich_help_panel=P_MODEL),
+    ] = "logits",
+    device: Annotated[
+        str, typer.Option(help="auto, cpu or cuda.", rich_help_panel=P_MODEL)
+    ] = "auto",
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to bind; loopback unless you mean to expose the model.",
+            rich_help_panel=P_HTTP,
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", rich_help_panel=P_HTTP)] = 8000,
-    token: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer TOKEN' "
-                                              "(default: $ZOATTACK_TOKEN, else no auth).",
-                                              rich_help_panel=P_HTTP, show_default=False)] = None,
-    max_batch: Annotated[int, typer.Option(help="Most inputs per request (clients split "
-                                           "larger calls).", rich_help_panel=P_HTTP)] = 4096,
-    max_bytes: Annotated[int, typer.Option(help="Largest request body in bytes (413 above).",
-                                           rich_help_panel=P_HTTP)] = 64 * 2**20,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.",
-                                           rich_help_panel=P_HTTP)] = "warning",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Require 'Authorization: Bearer TOKEN' (default: $ZOATTACK_TOKEN, else no auth).",
+            rich_help_panel=P_HTTP,
+            show_default=False,
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            help="Most inputs per request (clients split larger calls).", rich_help_panel=P_HTTP
+        ),
+    ] = 4096,
+    max_bytes: Annotated[
+        int, typer.Option(help="Largest request body in bytes (413 above).", rich_help_panel=P_HTTP)
+    ] = 64 * 2**20,
+    log_level: Annotated[
+        str, typer.Option(help="uvicorn log level.", rich_help_panel=P_HTTP)
+    ] = "warning",
 ) -> None:
     """Serve a model over HTTP: POST /score, GET /health, /info, /stats; docs at /docs."""
     from zoattack.remote.server import OUTPUTS, bind_socket, model_server_app
@@ -61,16 +89,26 @@ def serve_command(
     if max_bytes < 1024:
         raise ValueError(f"--max-bytes must be >= 1024, got {max_bytes}")
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
-        raise ValueError(f"--log-level must be critical, error, warning, info or debug, "
-                         f"got {log_level!r}")
+        raise ValueError(
+            f"--log-level must be critical, error, warning, info or debug, got {log_level!r}"
+        )
     token = token if token is not None else (os.environ.get("ZOATTACK_TOKEN") or None)
     dev = resolve_device(device)
     # Bind before loading the model: a busy port fails in a second, not after the weights load.
     sock = bind_socket(host, port)
     try:
-        app = model_server_app(model, dataset, weights=weights, model_dir=model_dir,
-                               data_dir=data_dir, device=dev, output=output, token=token,
-                               max_batch=max_batch, max_bytes=max_bytes)
+        app = model_server_app(
+            model,
+            dataset,
+            weights=weights,
+            model_dir=model_dir,
+            data_dir=data_dir,
+            device=dev,
+            output=output,
+            token=token,
+            max_batch=max_batch,
+            max_bytes=max_bytes,
+        )
     except BaseException:
         sock.close()
         raise
@@ -79,13 +117,19 @@ def serve_command(
     bound_port = sock.getsockname()[1]
     info = app.state.info
     shape = "x".join(str(s) for s in info.get("input_shape", []))
-    err.print(f"serving {model} ({dataset}, {shape} -> {info.get('num_classes')} {output}) on "
-              f"http://{host}:{bound_port} (docs at /docs; "
-              f"{'token required' if token else 'no token'}); Ctrl-C to stop", highlight=False,
-              soft_wrap=True)
+    err.print(
+        f"serving {model} ({dataset}, {shape} -> {info.get('num_classes')} {output}) on "
+        f"http://{host}:{bound_port} (docs at /docs; "
+        f"{'token required' if token else 'no token'}); Ctrl-C to stop",
+        highlight=False,
+        soft_wrap=True,
+    )
     if host not in LOOPBACK and token is None:
-        err.print("[bold yellow]warning:[/] listening beyond this machine without --token: "
-                  "anyone who can reach it can query the model", highlight=False)
+        err.print(
+            "[bold yellow]warning:[/] listening beyond this machine without --token: "
+            "anyone who can reach it can query the model",
+            highlight=False,
+        )
     config = uvicorn.Config(app, log_level=log_level, lifespan="off")
     server = uvicorn.Server(config)
     try:

@@ -27,10 +27,20 @@ from zoattack.cli._common import err, fail, guarded, out, resolve_device
 
 # Per-architecture defaults: what the shipped weights were trained with. Any flag overrides.
 DEFAULT_RECIPES: dict[str, dict[str, Any]] = {
-    "small_cnn": {"epochs": 3, "lr": 1e-3, "optimizer": "adam", "weight_decay": 0.0,
-                  "augment": "none"},
-    "resnet20": {"epochs": 4, "lr": 0.1, "optimizer": "sgd", "weight_decay": 5e-4,
-                 "augment": "none"},
+    "small_cnn": {
+        "epochs": 3,
+        "lr": 1e-3,
+        "optimizer": "adam",
+        "weight_decay": 0.0,
+        "augment": "none",
+    },
+    "resnet20": {
+        "epochs": 4,
+        "lr": 0.1,
+        "optimizer": "sgd",
+        "weight_decay": 5e-4,
+        "augment": "none",
+    },
 }
 _FALLBACK = {"epochs": 3, "lr": 1e-3, "optimizer": "adam", "weight_decay": 0.0, "augment": "none"}
 
@@ -46,8 +56,10 @@ def _out_path(out_opt: Path | None, model: str, dataset: str) -> Path:
     if out_opt.is_dir() or not out_opt.suffix:
         return out_opt / name
     if out_opt.suffix != ".safetensors":
-        raise ValueError(f"--out must name a .safetensors file (the card is written next to it "
-                         f"as .json) or a folder, got {out_opt}")
+        raise ValueError(
+            f"--out must name a .safetensors file (the card is written next to it "
+            f"as .json) or a folder, got {out_opt}"
+        )
     return out_opt
 
 
@@ -55,47 +67,81 @@ _Opt = typer.Option
 
 
 def train_command(
-    model: Annotated[str, _Opt("--model", "-m", help="Zoo architecture: resnet20 or small_cnn."
-                               )] = "small_cnn",
-    dataset: Annotated[str, _Opt("--dataset", "-d",
-                                 help="Data set name (see `zoattack list datasets`).")
-                       ] = "fashion-mnist",
-    epochs: Annotated[int | None, _Opt(help="Passes over the training set (default per model: "
-                                       "resnet20 4, small_cnn 3).")] = None,
-    lr: Annotated[float | None, _Opt(help="Peak learning rate (default per model: resnet20 0.1, "
-                                     "small_cnn 1e-3).")] = None,
+    model: Annotated[
+        str, _Opt("--model", "-m", help="Zoo architecture: resnet20 or small_cnn.")
+    ] = "small_cnn",
+    dataset: Annotated[
+        str, _Opt("--dataset", "-d", help="Data set name (see `zoattack list datasets`).")
+    ] = "fashion-mnist",
+    epochs: Annotated[
+        int | None,
+        _Opt(help="Passes over the training set (default per model: resnet20 4, small_cnn 3)."),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        _Opt(help="Peak learning rate (default per model: resnet20 0.1, small_cnn 1e-3)."),
+    ] = None,
     batch_size: Annotated[int, _Opt(help="Training batch size.")] = 128,
     seed: Annotated[int, _Opt(help="Seeds weight init, shuffling and augmentation.")] = 0,
     device: Annotated[str, _Opt(help="auto, cpu or cuda.")] = "auto",
-    out_file: Annotated[Path | None, _Opt(
-        "--out", help="Weights file (.safetensors) or folder; the card goes next to it as .json "
-        "(default: runs/train/MODEL_DATASET.safetensors).")] = None,
+    out_file: Annotated[
+        Path | None,
+        _Opt(
+            "--out",
+            help="Weights file (.safetensors) or folder; the card goes next to it as .json "
+            "(default: runs/train/MODEL_DATASET.safetensors).",
+        ),
+    ] = None,
     data_dir: Annotated[Path | None, _Opt(help="Data root (layout per data set).")] = None,
     limit: Annotated[int | None, _Opt(help="Train on the first N training images only.")] = None,
-    test_limit: Annotated[int | None, _Opt(
-        help="Measure accuracy on the first N test images only (default: all).")] = None,
-    optimizer: Annotated[str | None, _Opt(help="adam, or sgd with Nesterov momentum 0.9 "
-                                          "(default per model: resnet20 sgd, small_cnn adam).")
-                         ] = None,
-    weight_decay: Annotated[float | None, _Opt(help="L2 weight decay (default per model: "
-                                               "resnet20 5e-4, small_cnn 0).")] = None,
+    test_limit: Annotated[
+        int | None, _Opt(help="Measure accuracy on the first N test images only (default: all).")
+    ] = None,
+    optimizer: Annotated[
+        str | None,
+        _Opt(
+            help="adam, or sgd with Nesterov momentum 0.9 "
+            "(default per model: resnet20 sgd, small_cnn adam)."
+        ),
+    ] = None,
+    weight_decay: Annotated[
+        float | None, _Opt(help="L2 weight decay (default per model: resnet20 5e-4, small_cnn 0).")
+    ] = None,
     schedule: Annotated[str, _Opt(help="cosine (per step, to 0) or constant.")] = "cosine",
-    augment: Annotated[str | None, _Opt(help="none, flip, crop or crop+flip (default: none).")
-                       ] = None,
+    augment: Annotated[
+        str | None, _Opt(help="none, flip, crop or crop+flip (default: none).")
+    ] = None,
     image_size: Annotated[int | None, _Opt(help="imagefolder only: resize to N x N.")] = None,
-    threads: Annotated[int | None, _Opt(help="CPU threads (fix it to reproduce bit-identical "
-                                        "weights across machines).")] = None,
+    threads: Annotated[
+        int | None,
+        _Opt(help="CPU threads (fix it to reproduce bit-identical weights across machines)."),
+    ] = None,
 ) -> None:
     """Train a zoo victim (with a progress bar), then write safetensors weights + a JSON card."""
     _train(**locals())
 
 
 @guarded
-def _train(*, model: str, dataset: str, epochs: int | None, lr: float | None, batch_size: int,
-           seed: int, device: str, out_file: Path | None, data_dir: Path | None,
-           limit: int | None, test_limit: int | None, optimizer: str | None,
-           weight_decay: float | None, schedule: str, augment: str | None,
-           image_size: int | None, threads: int | None) -> None:
+def _train(
+    *,
+    model: str,
+    dataset: str,
+    epochs: int | None,
+    lr: float | None,
+    batch_size: int,
+    seed: int,
+    device: str,
+    out_file: Path | None,
+    data_dir: Path | None,
+    limit: int | None,
+    test_limit: int | None,
+    optimizer: str | None,
+    weight_decay: float | None,
+    schedule: str,
+    augment: str | None,
+    image_size: int | None,
+    threads: int | None,
+) -> None:
     from zoattack import __version__
     from zoattack.data import dataset_spec, load_dataset
     from zoattack.models import MODELS, count_parameters, create_model, save_weights
@@ -135,59 +181,100 @@ def _train(*, model: str, dataset: str, epochs: int | None, lr: float | None, ba
     train_ds = load_dataset(spec.name, split="train", data_dir=root, limit=limit, **options)
     test_ds = load_dataset(spec.name, split="test", data_dir=root, limit=test_limit, **options)
     if train_ds.image_shape != test_ds.image_shape:
-        raise ValueError(f"train images are {train_ds.image_shape}, test images "
-                         f"{test_ds.image_shape}; pass --image-size")
+        raise ValueError(
+            f"train images are {train_ds.image_shape}, test images "
+            f"{test_ds.image_shape}; pass --image-size"
+        )
     net = create_model(entry.name, dataset=train_ds, generator=gen, device="cpu")
-    err.print(f"training {entry.name} ({count_parameters(net):,} params) on {len(train_ds):,} "
-              f"{spec.name} images for {recipe.epochs} epoch(s) on {dev}, "
-              f"{torch.get_num_threads()} CPU thread(s)", highlight=False)
+    err.print(
+        f"training {entry.name} ({count_parameters(net):,} params) on {len(train_ds):,} "
+        f"{spec.name} images for {recipe.epochs} epoch(s) on {dev}, "
+        f"{torch.get_num_threads()} CPU thread(s)",
+        highlight=False,
+    )
 
-    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-                        BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    progress = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
     with progress:
         task = progress.add_task("train", total=None, epoch=1, epochs=recipe.epochs, loss="-")
 
         def on_step(ep: int, step: int, steps: int, loss: float) -> None:
-            progress.update(task, total=steps * recipe.epochs,
-                            completed=(ep - 1) * steps + step, epoch=ep, loss=f"{loss:.4f}")
+            progress.update(
+                task,
+                total=steps * recipe.epochs,
+                completed=(ep - 1) * steps + step,
+                epoch=ep,
+                loss=f"{loss:.4f}",
+            )
             if not err.is_terminal and step % max(1, steps // 10) == 0 and step < steps:
                 # No live bar when stderr is a file (nohup, CI): leave a trail instead.
-                progress.console.print(f"epoch {ep} step {step}/{steps} loss {loss:.4f} "
-                                       f"({time.perf_counter() - t0:.0f} s)", highlight=False)
+                progress.console.print(
+                    f"epoch {ep} step {step}/{steps} loss {loss:.4f} "
+                    f"({time.perf_counter() - t0:.0f} s)",
+                    highlight=False,
+                )
 
         def on_epoch(row: dict[str, float]) -> None:
             progress.console.print(
                 f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, train accuracy "
-                f"{row['train_accuracy']:.2%} ({row['seconds']:.0f} s)", highlight=False)
+                f"{row['train_accuracy']:.2%} ({row['seconds']:.0f} s)",
+                highlight=False,
+            )
 
         t0 = time.perf_counter()
-        result = train_model(net, train_ds, recipe=recipe, generator=gen, device=dev,
-                             test=test_ds, on_step=on_step, on_epoch=on_epoch)
+        result = train_model(
+            net,
+            train_ds,
+            recipe=recipe,
+            generator=gen,
+            device=dev,
+            test=test_ds,
+            on_step=on_step,
+            on_epoch=on_epoch,
+        )
     assert result.test_accuracy is not None
     first = None
     if len(test_ds) > 1000:  # the bundled Fashion-MNIST subset is the first 1,000 test images
         head = test_ds.head(1000)
         first = evaluate(net, head.images, head.labels, device=dev)
 
-    command = (f"zoattack train --model {entry.name} --dataset {spec.name} --epochs "
-               f"{recipe.epochs} --lr {recipe.lr:g} --batch-size {recipe.batch_size} --optimizer "
-               f"{recipe.optimizer} --weight-decay {recipe.weight_decay:g} --schedule "
-               f"{recipe.schedule} --augment {recipe.augment} --seed {seed}"
-               + (f" --limit {limit}" if limit is not None else "")
-               + (f" --test-limit {test_limit}" if test_limit is not None else "")
-               + (f" --image-size {image_size}" if image_size is not None else "")
-               + (f" --threads {threads}" if threads is not None else ""))
+    command = (
+        f"zoattack train --model {entry.name} --dataset {spec.name} --epochs "
+        f"{recipe.epochs} --lr {recipe.lr:g} --batch-size {recipe.batch_size} --optimizer "
+        f"{recipe.optimizer} --weight-decay {recipe.weight_decay:g} --schedule "
+        f"{recipe.schedule} --augment {recipe.augment} --seed {seed}"
+        + (f" --limit {limit}" if limit is not None else "")
+        + (f" --test-limit {test_limit}" if test_limit is not None else "")
+        + (f" --image-size {image_size}" if image_size is not None else "")
+        + (f" --threads {threads}" if threads is not None else "")
+    )
     card: dict[str, Any] = {
         "model": entry.name,
         "dataset": spec.name,
-        "architecture": {"class": type(net).__name__, "config": net.config(),
-                         **({"paper": PAPERS[entry.name]} if entry.name in PAPERS else {})},
-        "input": {"shape": list(train_ds.image_shape), "range": [0.0, 1.0],
-                  "normalization": "inside the model (first layer)"},
+        "architecture": {
+            "class": type(net).__name__,
+            "config": net.config(),
+            **({"paper": PAPERS[entry.name]} if entry.name in PAPERS else {}),
+        },
+        "input": {
+            "shape": list(train_ds.image_shape),
+            "range": [0.0, 1.0],
+            "normalization": "inside the model (first layer)",
+        },
         "classes": train_ds.classes,
-        "recipe": {**recipe.as_dict(), "train_examples": len(train_ds),
-                   "train_source": train_ds.source},
+        "recipe": {
+            **recipe.as_dict(),
+            "train_examples": len(train_ds),
+            "train_source": train_ds.source,
+        },
         "seed": seed,
         "test_accuracy": round(result.test_accuracy, 5),
         "test_examples": len(test_ds),
@@ -204,5 +291,9 @@ def _train(*, model: str, dataset: str, epochs: int | None, lr: float | None, ba
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     wpath, cpath = save_weights(net.cpu(), path, card)
-    out.print(f"test accuracy {result.test_accuracy:.2%} on {len(test_ds):,} {spec.name} test "
-              f"images; wrote {wpath} and {cpath}", highlight=False, soft_wrap=True)
+    out.print(
+        f"test accuracy {result.test_accuracy:.2%} on {len(test_ds):,} {spec.name} test "
+        f"images; wrote {wpath} and {cpath}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -18,14 +18,28 @@ import torch
 from zoattack.data.files import MissingFileError, default_data_root, shown
 from zoattack.data.registry import DatasetSpec, ImageDataset, register_dataset, to_float_images
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 FOLDER = "cifar-10-batches-py"
 _BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 
 
@@ -51,8 +65,9 @@ def _folder(data_dir: str | None) -> Path:
     return root / FOLDER
 
 
-def load_cifar10(*, split: str, data_dir: str | None = None,
-                 limit: int | None = None) -> ImageDataset:
+def load_cifar10(
+    *, split: str, data_dir: str | None = None, limit: int | None = None
+) -> ImageDataset:
     """CIFAR-10 (Krizhevsky 2009): 50,000 train / 10,000 test 3x32x32 images, 10 classes."""
     folder = _folder(data_dir)
     images, labels = [], []
@@ -63,9 +78,11 @@ def load_cifar10(*, split: str, data_dir: str | None = None,
         path = folder / name
         if not path.is_file():
             raise MissingFileError(
-                f"CIFAR-10 {split} batch {name}", shown(path),
+                f"CIFAR-10 {split} batch {name}",
+                shown(path),
                 "run torchvision.datasets.CIFAR10(DIR, download=True) on a machine with a "
-                "network, copy DIR here and pass --data-dir DIR")
+                "network, copy DIR here and pass --data-dir DIR",
+            )
         batch = _load_batch(path)
         data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labs = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
@@ -80,12 +97,22 @@ def load_cifar10(*, split: str, data_dir: str | None = None,
         names = _load_batch(meta).get("label_names")
         if names:
             classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    return ImageDataset(to_float_images(x), torch.as_tensor(y), classes, "cifar10", split,
-                        str(folder))
+    return ImageDataset(
+        to_float_images(x), torch.as_tensor(y), classes, "cifar10", split, str(folder)
+    )
 
 
-CIFAR10 = register_dataset(DatasetSpec(
-    "cifar10", "CIFAR-10 3x32x32, 10 classes; torchvision's cifar-10-batches-py under --data-dir",
-    load_cifar10, 3, (32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-    CIFAR10_CLASSES,
-), aliases=("cifar_10",))
+CIFAR10 = register_dataset(
+    DatasetSpec(
+        "cifar10",
+        "CIFAR-10 3x32x32, 10 classes; torchvision's cifar-10-batches-py under --data-dir",
+        load_cifar10,
+        3,
+        (32, 32),
+        10,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        CIFAR10_CLASSES,
+    ),
+    aliases=("cifar_10",),
+)

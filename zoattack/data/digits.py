@@ -14,22 +14,37 @@ from zoattack.data.registry import DatasetSpec, ImageDataset, register_dataset, 
 DIGITS_TRAIN = 1437
 
 
-def load_digits(*, split: str, data_dir: str | None = None,
-                limit: int | None = None) -> ImageDataset:
+def load_digits(
+    *, split: str, data_dir: str | None = None, limit: int | None = None
+) -> ImageDataset:
     """Digits (UCI optical recognition of handwritten digits): 1x8x8, 10 classes."""
     from sklearn.datasets import load_digits as _sk_load  # sklearn import is slow; load lazily
 
     d = _sk_load()
     sl = slice(0, DIGITS_TRAIN) if split == "train" else slice(DIGITS_TRAIN, None)
     images, labels = d.images[sl][:limit], d.target[sl][:limit]
-    return ImageDataset(to_float_images(images, scale=16.0),
-                        torch.as_tensor(labels, dtype=torch.int64),
-                        [str(i) for i in range(10)], "digits", split,
-                        "sklearn.datasets.load_digits")
+    return ImageDataset(
+        to_float_images(images, scale=16.0),
+        torch.as_tensor(labels, dtype=torch.int64),
+        [str(i) for i in range(10)],
+        "digits",
+        split,
+        "sklearn.datasets.load_digits",
+    )
 
 
-DIGITS = register_dataset(DatasetSpec(
-    "digits", "scikit-learn 8x8 digits as 1x8x8 in [0,1]; first 1,437 train, last 360 test; "
-    "always available", load_digits, 1, (8, 8), 10, (0.3053,), (0.3760,),
-    tuple(str(i) for i in range(10)),
-), flags={"offline": True})
+DIGITS = register_dataset(
+    DatasetSpec(
+        "digits",
+        "scikit-learn 8x8 digits as 1x8x8 in [0,1]; first 1,437 train, last 360 test; "
+        "always available",
+        load_digits,
+        1,
+        (8, 8),
+        10,
+        (0.3053,),
+        (0.3760,),
+        tuple(str(i) for i in range(10)),
+    ),
+    flags={"offline": True},
+)

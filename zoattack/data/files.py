@@ -23,9 +23,12 @@ class MissingFileError(ZOAttackError, FileNotFoundError):
     so ``what`` names the thing ("MNIST train split") without repeating "not found".
     """
 
-    def __init__(self, what: str,
-                 expected: str | os.PathLike[str] | Sequence[os.PathLike[str] | str],
-                 how: str) -> None:
+    def __init__(
+        self,
+        what: str,
+        expected: str | os.PathLike[str] | Sequence[os.PathLike[str] | str],
+        how: str,
+    ) -> None:
         if isinstance(expected, (str, os.PathLike)):
             where = str(expected)
         else:

@@ -13,12 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-           0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 _CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
 
 
-def _open(path: Path):  # noqa: ANN202 - a binary file object
+def _open(path: Path):
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
     return gzip.open(path, "rb") if gz else open(path, "rb")
@@ -52,8 +58,11 @@ def write_idx(path: str | Path, array: np.ndarray, *, compress: bool | None = No
     array = np.ascontiguousarray(array)
     if array.dtype not in _CODES:
         raise ValueError(f"write_idx supports uint8/int8 arrays, got {array.dtype}")
-    payload = bytes([0, 0, _CODES[array.dtype], array.ndim]) + struct.pack(
-        f">{array.ndim}I", *array.shape) + array.tobytes()
+    payload = (
+        bytes([0, 0, _CODES[array.dtype], array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.tobytes()
+    )
     if compress is None:
         compress = path.suffix == ".gz"
     path.parent.mkdir(parents=True, exist_ok=True)

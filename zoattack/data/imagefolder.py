@@ -24,13 +24,16 @@ _GRAY_MODES = {"1", "L", "I", "I;16", "F", "LA"}
 
 def _root(data_dir: str | None, split: str) -> Path:
     if data_dir is None:
-        raise ValueError("the imagefolder data set needs --data-dir DIR (a folder of class "
-                         "subfolders, optionally under train/ and test/)")
+        raise ValueError(
+            "the imagefolder data set needs --data-dir DIR (a folder of class "
+            "subfolders, optionally under train/ and test/)"
+        )
     base = Path(data_dir).expanduser()
     if not base.is_dir():
-        raise MissingFileError("image folder", shown(base),
-                               "pass --data-dir pointing at a folder of class subfolders")
-    for sub in ((split,) if split == "train" else (split, "val")):
+        raise MissingFileError(
+            "image folder", shown(base), "pass --data-dir pointing at a folder of class subfolders"
+        )
+    for sub in (split,) if split == "train" else (split, "val"):
         if (base / sub).is_dir():
             return base / sub
     return base
@@ -48,19 +51,25 @@ def _round_robin(per_class: list[list[Path]], limit: int | None) -> list[tuple[P
     return order
 
 
-def load_imagefolder(*, split: str, data_dir: str | None = None, limit: int | None = None,
-                     size: int | None = None) -> ImageDataset:
+def load_imagefolder(
+    *, split: str, data_dir: str | None = None, limit: int | None = None, size: int | None = None
+) -> ImageDataset:
     """Images from ``data_dir`` in ImageFolder layout; see the module docstring for the rules."""
     from PIL import Image
 
     root = _root(data_dir, split)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    per_class = [sorted(p for p in (root / c).iterdir()
-                        if p.is_file() and p.suffix.lower() in EXTENSIONS) for c in classes]
+    per_class = [
+        sorted(p for p in (root / c).iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        for c in classes
+    ]
     picked = _round_robin(per_class, limit)
     if not picked:
-        raise MissingFileError(f"no images for the {split} split", shown(root / "<class>/*.png"),
-                               "put images in one subfolder per class")
+        raise MissingFileError(
+            f"no images for the {split} split",
+            shown(root / "<class>/*.png"),
+            "put images in one subfolder per class",
+        )
     pics = []
     for path, _ in picked:
         with Image.open(path) as im:
@@ -77,14 +86,27 @@ def load_imagefolder(*, split: str, data_dir: str | None = None, limit: int | No
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         first, other = sorted(shapes)[:2]
-        raise ValueError(f"images in {root} differ in size ({first[1]}x{first[2]} vs "
-                         f"{other[1]}x{other[2]}); pass size=N (--image-size N) to resize them")
+        raise ValueError(
+            f"images in {root} differ in size ({first[1]}x{first[2]} vs "
+            f"{other[1]}x{other[2]}); pass size=N (--image-size N) to resize them"
+        )
     labels = torch.tensor([lab for _, lab in picked], dtype=torch.int64)
-    return ImageDataset(to_float_images(np.stack(arrays)), labels, classes, "imagefolder", split,
-                        str(root))
+    return ImageDataset(
+        to_float_images(np.stack(arrays)), labels, classes, "imagefolder", split, str(root)
+    )
 
 
-IMAGEFOLDER = register_dataset(DatasetSpec(
-    "imagefolder", "a folder of class subfolders (optionally under train/ and test/), PNG/JPEG "
-    "via Pillow; --data-dir required", load_imagefolder, None, None, None, None, None,
-), aliases=("image_folder", "folder"))
+IMAGEFOLDER = register_dataset(
+    DatasetSpec(
+        "imagefolder",
+        "a folder of class subfolders (optionally under train/ and test/), PNG/JPEG "
+        "via Pillow; --data-dir required",
+        load_imagefolder,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ),
+    aliases=("image_folder", "folder"),
+)

@@ -26,8 +26,18 @@ from zoattack.data.files import MissingFileError, default_data_root, find_file, 
 from zoattack.data.idx import read_idx
 from zoattack.data.registry import DatasetSpec, ImageDataset, register_dataset, to_float_images
 
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                   "Sneaker", "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 MNIST_CLASSES = tuple(str(i) for i in range(10))
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 BUNDLED_FASHION = "fashion-mnist_test_first1000.npz"
@@ -47,8 +57,15 @@ def _candidates(folder: str, data_dir: str | None, system_dir: Path | None) -> l
     return dirs
 
 
-def _read_split(title: str, folder: str, split: str, data_dir: str | None, limit: int | None,
-                system_dir: Path | None, how: str) -> tuple[np.ndarray, np.ndarray, str] | None:
+def _read_split(
+    title: str,
+    folder: str,
+    split: str,
+    data_dir: str | None,
+    limit: int | None,
+    system_dir: Path | None,
+    how: str,
+) -> tuple[np.ndarray, np.ndarray, str] | None:
     dirs = _candidates(folder, data_dir, system_dir)
     img_name, lab_name = _FILES[split]
     img = find_file(dirs, (img_name + ".gz", img_name))
@@ -56,12 +73,14 @@ def _read_split(title: str, folder: str, split: str, data_dir: str | None, limit
     if img is None or lab is None:
         missing = img_name if img is None else lab_name
         raise MissingFileError(
-            f"{title} {split} split", [shown(d / f"{missing}[.gz]") for d in dirs], how)
+            f"{title} {split} split", [shown(d / f"{missing}[.gz]") for d in dirs], how
+        )
     images = read_idx(img, limit)
     labels = read_idx(lab, limit)
     if images.ndim != 3 or labels.shape != images.shape[:1]:
-        raise ValueError(f"{img} and {lab} do not match: images {images.shape}, labels "
-                         f"{labels.shape}")
+        raise ValueError(
+            f"{img} and {lab} do not match: images {images.shape}, labels {labels.shape}"
+        )
     return images, labels, str(img.parent)
 
 
@@ -71,54 +90,100 @@ def load_bundled_fashion_mnist(limit: int | None = None) -> ImageDataset:
         raise ValueError(
             f"only the bundled first {BUNDLED_COUNT} Fashion-MNIST test images are available, "
             f"{limit} were asked for; install the full set with `apt-get install "
-            "dataset-fashion-mnist` or pass --data-dir")
+            "dataset-fashion-mnist` or pass --data-dir"
+        )
     ref = resources.files("zoattack.data") / "bundled" / BUNDLED_FASHION
     with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as z:
         images, labels = z["images"][:limit], z["labels"][:limit]
-    return ImageDataset(to_float_images(images), torch.as_tensor(labels, dtype=torch.int64),
-                        list(FASHION_CLASSES), "fashion-mnist", "test",
-                        f"bundled first {BUNDLED_COUNT} test images")
+    return ImageDataset(
+        to_float_images(images),
+        torch.as_tensor(labels, dtype=torch.int64),
+        list(FASHION_CLASSES),
+        "fashion-mnist",
+        "test",
+        f"bundled first {BUNDLED_COUNT} test images",
+    )
 
 
-def load_fashion_mnist(*, split: str, data_dir: str | None = None,
-                       limit: int | None = None) -> ImageDataset:
+def load_fashion_mnist(
+    *, split: str, data_dir: str | None = None, limit: int | None = None
+) -> ImageDataset:
     """Fashion-MNIST (Xiao et al. 2017): 60,000 train / 10,000 test 1x28x28 images, 10 classes."""
-    how = ("install it with `apt-get install dataset-fashion-mnist`, or run "
-           "torchvision.datasets.FashionMNIST(DIR, download=True) on a machine with a network "
-           "and pass --data-dir DIR")
+    how = (
+        "install it with `apt-get install dataset-fashion-mnist`, or run "
+        "torchvision.datasets.FashionMNIST(DIR, download=True) on a machine with a network "
+        "and pass --data-dir DIR"
+    )
     try:
-        images, labels, src = _read_split("Fashion-MNIST", "FashionMNIST", split, data_dir, limit,
-                                          DEBIAN_FASHION_DIR, how)
+        images, labels, src = _read_split(
+            "Fashion-MNIST", "FashionMNIST", split, data_dir, limit, DEBIAN_FASHION_DIR, how
+        )
     except MissingFileError:
         if split != "test" or data_dir is not None:
             raise
         if limit is None:
             warnings.warn(
                 f"Fashion-MNIST: using the bundled first {BUNDLED_COUNT} test images; install "
-                "`dataset-fashion-mnist` (or pass --data-dir) for all 10,000", stacklevel=3)
+                "`dataset-fashion-mnist` (or pass --data-dir) for all 10,000",
+                stacklevel=3,
+            )
         return load_bundled_fashion_mnist(limit)
-    return ImageDataset(to_float_images(images), torch.as_tensor(labels, dtype=torch.int64),
-                        list(FASHION_CLASSES), "fashion-mnist", split, src)
+    return ImageDataset(
+        to_float_images(images),
+        torch.as_tensor(labels, dtype=torch.int64),
+        list(FASHION_CLASSES),
+        "fashion-mnist",
+        split,
+        src,
+    )
 
 
-def load_mnist(*, split: str, data_dir: str | None = None,
-               limit: int | None = None) -> ImageDataset:
+def load_mnist(
+    *, split: str, data_dir: str | None = None, limit: int | None = None
+) -> ImageDataset:
     """MNIST (LeCun et al. 1998): 60,000 train / 10,000 test 1x28x28 digits, 10 classes."""
-    how = ("run torchvision.datasets.MNIST(DIR, download=True) on a machine with a network, "
-           "copy DIR here and pass --data-dir DIR")
+    how = (
+        "run torchvision.datasets.MNIST(DIR, download=True) on a machine with a network, "
+        "copy DIR here and pass --data-dir DIR"
+    )
     images, labels, src = _read_split("MNIST", "MNIST", split, data_dir, limit, None, how)
-    return ImageDataset(to_float_images(images), torch.as_tensor(labels, dtype=torch.int64),
-                        list(MNIST_CLASSES), "mnist", split, src)
+    return ImageDataset(
+        to_float_images(images),
+        torch.as_tensor(labels, dtype=torch.int64),
+        list(MNIST_CLASSES),
+        "mnist",
+        split,
+        src,
+    )
 
 
-FASHION_MNIST = register_dataset(DatasetSpec(
-    "fashion-mnist",
-    "Fashion-MNIST 1x28x28, 10 classes; first 1,000 test images bundled, full set from "
-    "dataset-fashion-mnist or --data-dir",
-    load_fashion_mnist, 1, (28, 28), 10, (0.2860,), (0.3530,), FASHION_CLASSES,
-), aliases=("fashion_mnist", "fashionmnist", "fmnist"), flags={"bundled": BUNDLED_COUNT})
+FASHION_MNIST = register_dataset(
+    DatasetSpec(
+        "fashion-mnist",
+        "Fashion-MNIST 1x28x28, 10 classes; first 1,000 test images bundled, full set from "
+        "dataset-fashion-mnist or --data-dir",
+        load_fashion_mnist,
+        1,
+        (28, 28),
+        10,
+        (0.2860,),
+        (0.3530,),
+        FASHION_CLASSES,
+    ),
+    aliases=("fashion_mnist", "fashionmnist", "fmnist"),
+    flags={"bundled": BUNDLED_COUNT},
+)
 
-MNIST = register_dataset(DatasetSpec(
-    "mnist", "MNIST digits 1x28x28, 10 classes; torchvision layout under --data-dir",
-    load_mnist, 1, (28, 28), 10, (0.1307,), (0.3081,), MNIST_CLASSES,
-))
+MNIST = register_dataset(
+    DatasetSpec(
+        "mnist",
+        "MNIST digits 1x28x28, 10 classes; torchvision layout under --data-dir",
+        load_mnist,
+        1,
+        (28, 28),
+        10,
+        (0.1307,),
+        (0.3081,),
+        MNIST_CLASSES,
+    )
+)

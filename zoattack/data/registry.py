@@ -44,8 +44,9 @@ class ImageDataset:
         if self.images.ndim != 4:
             raise ValueError(f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels must be ({self.images.shape[0]},), got "
-                             f"{tuple(self.labels.shape)}")
+            raise ValueError(
+                f"labels must be ({self.images.shape[0]},), got {tuple(self.labels.shape)}"
+            )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -62,8 +63,9 @@ class ImageDataset:
 
     def head(self, n: int) -> ImageDataset:
         """The first ``n`` examples (all of them when ``n >= len(self)``)."""
-        return ImageDataset(self.images[:n], self.labels[:n], self.classes, self.name,
-                            self.split, self.source)
+        return ImageDataset(
+            self.images[:n], self.labels[:n], self.classes, self.name, self.split, self.source
+        )
 
 
 @dataclass(frozen=True)
@@ -93,10 +95,14 @@ class DatasetSpec:
 DATASETS: Registry[ImageDataset] = Registry("dataset")
 
 
-def register_dataset(spec: DatasetSpec, *, aliases: tuple[str, ...] = (),
-                     flags: dict[str, Any] | None = None) -> DatasetSpec:
-    shape = (f"{spec.channels}x{spec.size[0]}x{spec.size[1]}"
-             if spec.channels is not None and spec.size is not None else "from files")
+def register_dataset(
+    spec: DatasetSpec, *, aliases: tuple[str, ...] = (), flags: dict[str, Any] | None = None
+) -> DatasetSpec:
+    shape = (
+        f"{spec.channels}x{spec.size[0]}x{spec.size[1]}"
+        if spec.channels is not None and spec.size is not None
+        else "from files"
+    )
     base = {"shape": shape, "classes": spec.num_classes or "from files"}
     DATASETS.add(Entry(spec.name, spec, spec.description, {**base, **(flags or {})}, aliases))
     return spec
@@ -109,8 +115,14 @@ def dataset_spec(name: str) -> DatasetSpec:
     return factory
 
 
-def load_dataset(name: str, *, split: str = "test", data_dir: str | None = None,
-                 limit: int | None = None, **options: Any) -> ImageDataset:
+def load_dataset(
+    name: str,
+    *,
+    split: str = "test",
+    data_dir: str | None = None,
+    limit: int | None = None,
+    **options: Any,
+) -> ImageDataset:
     """Load ``split`` of data set ``name`` as float32 images in [0, 1] and int64 labels.
 
     Args:

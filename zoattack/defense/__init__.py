@@ -15,6 +15,18 @@ from zoattack.defense.certify import Smooth, blackbox_classifier, certified_accu
 from zoattack.defense.denoiser import DnCNN
 from zoattack.defense.train import METHODS, DefenseConfig, DefenseFront, train_defense
 
-__all__ = ["METHODS", "Decoder", "DefenseConfig", "DefenseFront", "DnCNN", "Encoder",
-           "PseudoLabelCE", "Smooth", "blackbox_classifier", "certified_accuracy",
-           "make_autoencoder", "train_defense", "zo_loss"]
+__all__ = [
+    "METHODS",
+    "Decoder",
+    "DefenseConfig",
+    "DefenseFront",
+    "DnCNN",
+    "Encoder",
+    "PseudoLabelCE",
+    "Smooth",
+    "blackbox_classifier",
+    "certified_accuracy",
+    "make_autoencoder",
+    "train_defense",
+    "zo_loss",
+]

@@ -36,13 +36,16 @@ def check_ae_shape(arch: str, image_shape: tuple[int, int, int], latent: int) ->
     if latent < 1:
         raise ValueError(f"latent size must be >= 1, got {latent}")
     if arch == "cifar" and (h, w) != (32, 32):
-        raise ValueError(f"the cifar autoencoder needs 32x32 images, got {c}x{h}x{w}; use "
-                         "arch 'small'")
+        raise ValueError(
+            f"the cifar autoencoder needs 32x32 images, got {c}x{h}x{w}; use arch 'small'"
+        )
     if arch == "small" and (h % 4 or w % 4 or h < 4 or w < 4):
         raise ValueError(f"the small autoencoder needs H and W divisible by 4, got {c}x{h}x{w}")
     if latent >= c * h * w:
-        raise ValueError(f"latent size {latent} is not smaller than the image ({c}x{h}x{w} = "
-                         f"{c * h * w}); pick --latent below {c * h * w}")
+        raise ValueError(
+            f"latent size {latent} is not smaller than the image ({c}x{h}x{w} = "
+            f"{c * h * w}); pick --latent below {c * h * w}"
+        )
 
 
 def _init(module: nn.Module, generator: torch.Generator) -> None:
@@ -57,8 +60,9 @@ def _init(module: nn.Module, generator: torch.Generator) -> None:
                     m.bias.zero_()
 
 
-def _configure(net: nn.Module, image_shape: tuple[int, int, int], latent: int,
-               arch: str) -> tuple[int, int, int]:
+def _configure(
+    net: nn.Module, image_shape: tuple[int, int, int], latent: int, arch: str
+) -> tuple[int, int, int]:
     """Check and record the shapes an encoder or decoder is built for."""
     shape = tuple(int(v) for v in image_shape)
     check_ae_shape(arch, shape, latent)  # type: ignore[arg-type]
@@ -78,27 +82,46 @@ class Encoder(nn.Module):
     Shapes: ``(N, C, H, W) -> (N, d_z)``. No queries (white-box).
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], latent: int, *, arch: str = "small",
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent: int,
+        *,
+        arch: str = "small",
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         c, h, w = _configure(self, image_shape, latent, arch)
         with torch.device("meta"):
             if arch == "cifar":
                 self.net = nn.Sequential(
-                    nn.Conv2d(c, 24, 4, 4), nn.ReLU(), nn.Conv2d(24, 48, 3, 3, 2), nn.ReLU(),
-                    nn.Conv2d(48, 96, 4, 2, 1), nn.ReLU(), nn.Conv2d(96, latent, 2, 2),
-                    nn.ReLU(), nn.Flatten())
+                    nn.Conv2d(c, 24, 4, 4),
+                    nn.ReLU(),
+                    nn.Conv2d(24, 48, 3, 3, 2),
+                    nn.ReLU(),
+                    nn.Conv2d(48, 96, 4, 2, 1),
+                    nn.ReLU(),
+                    nn.Conv2d(96, latent, 2, 2),
+                    nn.ReLU(),
+                    nn.Flatten(),
+                )
             else:
                 self.net = nn.Sequential(
-                    nn.Conv2d(c, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(),
-                    nn.Flatten(), nn.Linear(32 * (h // 4) * (w // 4), latent))
+                    nn.Conv2d(c, 16, 4, 2, 1),
+                    nn.ReLU(),
+                    nn.Conv2d(16, 32, 4, 2, 1),
+                    nn.ReLU(),
+                    nn.Flatten(),
+                    nn.Linear(32 * (h // 4) * (w // 4), latent),
+                )
         self.to_empty(device="cpu")
         _init(self, generator if generator is not None else make_generator(None))
 
     def forward(self, x: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"encoder expects images shaped {self.image_shape}, got "
-                             f"{tuple(x.shape[1:])}")
+            raise ValueError(
+                f"encoder expects images shaped {self.image_shape}, got {tuple(x.shape[1:])}"
+            )
         return self.net(x)
 
 
@@ -109,35 +132,57 @@ class Decoder(nn.Module):
     the queried function, so each evaluation is charged as one black-box query by the caller.
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], latent: int, *, arch: str = "small",
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent: int,
+        *,
+        arch: str = "small",
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         c, h, w = _configure(self, image_shape, latent, arch)
         with torch.device("meta"):
             if arch == "cifar":
                 self.net = nn.Sequential(
-                    nn.Unflatten(1, (latent, 1, 1)), nn.ConvTranspose2d(latent, 96, 2, 2),
-                    nn.ReLU(), nn.ConvTranspose2d(96, 48, 4, 2, 1), nn.ReLU(),
-                    nn.ConvTranspose2d(48, 24, 3, 3, 2), nn.ReLU(),
-                    nn.ConvTranspose2d(24, c, 4, 4), nn.Sigmoid())
+                    nn.Unflatten(1, (latent, 1, 1)),
+                    nn.ConvTranspose2d(latent, 96, 2, 2),
+                    nn.ReLU(),
+                    nn.ConvTranspose2d(96, 48, 4, 2, 1),
+                    nn.ReLU(),
+                    nn.ConvTranspose2d(48, 24, 3, 3, 2),
+                    nn.ReLU(),
+                    nn.ConvTranspose2d(24, c, 4, 4),
+                    nn.Sigmoid(),
+                )
             else:
                 self.net = nn.Sequential(
-                    nn.Linear(latent, 32 * (h // 4) * (w // 4)), nn.ReLU(),
-                    nn.Unflatten(1, (32, h // 4, w // 4)), nn.ConvTranspose2d(32, 16, 4, 2, 1),
-                    nn.ReLU(), nn.ConvTranspose2d(16, c, 4, 2, 1), nn.Sigmoid())
+                    nn.Linear(latent, 32 * (h // 4) * (w // 4)),
+                    nn.ReLU(),
+                    nn.Unflatten(1, (32, h // 4, w // 4)),
+                    nn.ConvTranspose2d(32, 16, 4, 2, 1),
+                    nn.ReLU(),
+                    nn.ConvTranspose2d(16, c, 4, 2, 1),
+                    nn.Sigmoid(),
+                )
         self.to_empty(device="cpu")
         _init(self, generator if generator is not None else make_generator(None))
 
     def forward(self, z: Tensor) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.latent:
-            raise ValueError(f"decoder expects latents shaped (N, {self.latent}), got "
-                             f"{tuple(z.shape)}")
+            raise ValueError(
+                f"decoder expects latents shaped (N, {self.latent}), got {tuple(z.shape)}"
+            )
         return self.net(z)
 
 
-def make_autoencoder(image_shape: tuple[int, int, int], *, latent: int | None = None,
-                     arch: str | None = None, generator: torch.Generator | None = None
-                     ) -> tuple[Encoder, Decoder, dict[str, Any]]:
+def make_autoencoder(
+    image_shape: tuple[int, int, int],
+    *,
+    latent: int | None = None,
+    arch: str | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Encoder, Decoder, dict[str, Any]]:
     """Encoder, decoder and the JSON config that rebuilds them (defaults per image shape)."""
     cfg = default_ae_config(image_shape)
     if arch is not None:

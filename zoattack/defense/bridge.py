@@ -27,7 +27,8 @@ def check_scores_blackbox(blackbox: BlackBox) -> None:
         raise ZOAttackError(
             f"training needs a black box that returns scores (logits or probs), this one "
             f"returns {blackbox.output}; query it with output='logits' or 'probs' (labels are "
-            "enough for certification only)")
+            "enough for certification only)"
+        )
 
 
 class PseudoLabelCE:
@@ -39,8 +40,9 @@ class PseudoLabelCE:
     probabilities give ``-log p``. One query per point, charged to its owner.
     """
 
-    def __init__(self, blackbox: BlackBox, targets: Tensor,
-                 post: Callable[[Tensor], Tensor] | None = None) -> None:
+    def __init__(
+        self, blackbox: BlackBox, targets: Tensor, post: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
         check_scores_blackbox(blackbox)
         self.blackbox = blackbox
         self.targets = targets
@@ -59,8 +61,15 @@ class PseudoLabelCE:
 
 class _ZOFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, v: Tensor, objective: PseudoLabelCE, estimator: GradientEstimator,
-                generator: torch.Generator, idx: Tensor, info: dict[str, Any]) -> Tensor:
+    def forward(
+        ctx: Any,
+        v: Tensor,
+        objective: PseudoLabelCE,
+        estimator: GradientEstimator,
+        generator: torch.Generator,
+        idx: Tensor,
+        info: dict[str, Any],
+    ) -> Tensor:
         x = v.detach()
         # f(v) is queried once up front and handed to the estimator, so forward differences
         # reuse it as their base point and central ones still report the loss.
@@ -77,8 +86,14 @@ class _ZOFunction(torch.autograd.Function):
         return scale * g, None, None, None, None, None
 
 
-def zo_loss(v: Tensor, objective: PseudoLabelCE, estimator: GradientEstimator, *,
-            generator: torch.Generator, idx: Tensor) -> tuple[Tensor, Tensor]:
+def zo_loss(
+    v: Tensor,
+    objective: PseudoLabelCE,
+    estimator: GradientEstimator,
+    *,
+    generator: torch.Generator,
+    idx: Tensor,
+) -> tuple[Tensor, Tensor]:
     """Per-example loss ``g(v)`` ``(N,)`` whose backward is the ZO estimate of ``dg/dv``.
 
     Args:

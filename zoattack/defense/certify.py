@@ -33,13 +33,16 @@ COLUMNS = ("index", "label", "prediction", "radius", "correct", "abstain", "seco
 def check_certify_args(sigma: float, n0: int, n: int, alpha: float, batch: int = 1) -> None:
     """One clear ValueError per bad setting (the CLI prints it and exits 2)."""
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"--sigma must be > 0 (noise standard deviation in [0,1] pixel "
-                         f"units), got {sigma}")
+        raise ValueError(
+            f"--sigma must be > 0 (noise standard deviation in [0,1] pixel units), got {sigma}"
+        )
     if n0 < 1 or n < 1:
         raise ValueError(f"--n0 and --n must be >= 1, got {n0} and {n}")
     if n0 > n:
-        raise ValueError(f"--n0 ({n0}) must not exceed --n ({n}): N0 only picks the class, N "
-                         "draws certify it (Cohen et al. use 100 and 10,000)")
+        raise ValueError(
+            f"--n0 ({n0}) must not exceed --n ({n}): N0 only picks the class, N "
+            "draws certify it (Cohen et al. use 100 and 10,000)"
+        )
     if not 0 < alpha < 1:
         raise ValueError(f"--alpha must lie in (0, 1), got {alpha} (0.001 is the usual choice)")
     if batch < 1:
@@ -73,29 +76,44 @@ class Smooth:
         batch: noisy copies scored per call.
     """
 
-    def __init__(self, classify: Callable[[Tensor, Tensor], Tensor], num_classes: int,
-                 sigma: float, batch: int = 1000) -> None:
+    def __init__(
+        self,
+        classify: Callable[[Tensor, Tensor], Tensor],
+        num_classes: int,
+        sigma: float,
+        batch: int = 1000,
+    ) -> None:
         check_certify_args(sigma, 1, 1, 0.5, batch)
         self.classify, self.num_classes = classify, int(num_classes)
         self.sigma, self.batch = float(sigma), int(batch)
 
-    def counts(self, x: Tensor, num: int, *, generator: torch.Generator, owner: int = 0
-               ) -> Tensor:
+    def counts(self, x: Tensor, num: int, *, generator: torch.Generator, owner: int = 0) -> Tensor:
         """Votes ``(num_classes,)`` over ``num`` noisy copies of one image ``x`` ``(*shape)``."""
         counts = torch.zeros(self.num_classes, dtype=torch.int64)
         left = num
         while left > 0:
             m = min(self.batch, left)
-            noise = torch.randn((m, *x.shape), generator=generator, device=generator.device,
-                                dtype=x.dtype)
-            labels = self.classify(x.unsqueeze(0) + self.sigma * noise.to(x.device),
-                                   torch.full((m,), owner, dtype=torch.int64))
+            noise = torch.randn(
+                (m, *x.shape), generator=generator, device=generator.device, dtype=x.dtype
+            )
+            labels = self.classify(
+                x.unsqueeze(0) + self.sigma * noise.to(x.device),
+                torch.full((m,), owner, dtype=torch.int64),
+            )
             counts += torch.bincount(labels.reshape(-1).cpu(), minlength=self.num_classes)
             left -= m
         return counts
 
-    def certify(self, x: Tensor, n0: int, n: int, alpha: float, *, generator: torch.Generator,
-                owner: int = 0) -> tuple[int, float]:
+    def certify(
+        self,
+        x: Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        *,
+        generator: torch.Generator,
+        owner: int = 0,
+    ) -> tuple[int, float]:
         """CERTIFY -> ``(class, radius)``, or ``(-1, 0.0)`` on abstention."""
         from scipy.stats import norm
 
@@ -107,8 +125,9 @@ class Smooth:
             return ABSTAIN, 0.0
         return c_hat, self.sigma * float(norm.ppf(p_a))
 
-    def predict(self, x: Tensor, n: int, alpha: float, *, generator: torch.Generator,
-                owner: int = 0) -> int:
+    def predict(
+        self, x: Tensor, n: int, alpha: float, *, generator: torch.Generator, owner: int = 0
+    ) -> int:
         """PREDICT -> class, or -1 when the top two counts are not significantly apart."""
         from scipy.stats import binomtest
 
@@ -121,8 +140,9 @@ class Smooth:
         return int(top2.indices[0])
 
 
-def blackbox_classifier(blackbox: BlackBox, front: torch.nn.Module | None = None
-                        ) -> Callable[[Tensor, Tensor], Tensor]:
+def blackbox_classifier(
+    blackbox: BlackBox, front: torch.nn.Module | None = None
+) -> Callable[[Tensor, Tensor], Tensor]:
     """``classify`` for :class:`Smooth`: the defender's ``front`` (no queries), then one
     black-box query per noisy copy. Works with any black-box output (argmax of scores)."""
 
@@ -141,21 +161,33 @@ def image_generator(seed: int, index: int, device: torch.device | str = "cpu") -
     return make_generator((int(seed) << 32) + int(index), device)
 
 
-def certified_accuracy(rows: Sequence[dict[str, Any]], radii: Sequence[float] = RADII
-                       ) -> dict[str, float]:
+def certified_accuracy(
+    rows: Sequence[dict[str, Any]], radii: Sequence[float] = RADII
+) -> dict[str, float]:
     """Fraction of rows that are correct with radius >= r (Cohen's inclusive convention)."""
     total = max(len(rows), 1)
-    return {f"{r:g}": sum(1 for row in rows if int(row["correct"]) and
-                          float(row["radius"]) >= r) / total for r in radii}
+    return {
+        f"{r:g}": sum(1 for row in rows if int(row["correct"]) and float(row["radius"]) >= r)
+        / total
+        for r in radii
+    }
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="") as f:
-        return [{"index": int(r["index"]), "label": int(r["label"]),
-                 "prediction": int(r["prediction"]), "radius": float(r["radius"]),
-                 "correct": int(r["correct"]), "abstain": int(r["abstain"]),
-                 "seconds": float(r["seconds"]), "queries": int(r["queries"])}
-                for r in csv.DictReader(f)]
+        return [
+            {
+                "index": int(r["index"]),
+                "label": int(r["label"]),
+                "prediction": int(r["prediction"]),
+                "radius": float(r["radius"]),
+                "correct": int(r["correct"]),
+                "abstain": int(r["abstain"]),
+                "seconds": float(r["seconds"]),
+                "queries": int(r["queries"]),
+            }
+            for r in csv.DictReader(f)
+        ]
 
 
 def certify_images(
@@ -185,8 +217,9 @@ def certify_images(
     if resume and path.is_file():
         rows = read_rows(path)
     elif path.exists() and not resume:
-        raise ValueError(f"{path} already exists; pass --resume to continue it or choose a new "
-                         "--out")
+        raise ValueError(
+            f"{path} already exists; pass --resume to continue it or choose a new --out"
+        )
     done = {r["index"] for r in rows}
     path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not path.is_file() or path.stat().st_size == 0
@@ -201,12 +234,16 @@ def certify_images(
             before = blackbox.total_queries if blackbox is not None else 0
             gen = image_generator(seed, int(idx), x.device)
             pred, radius = smooth.certify(x, n0, n, alpha, generator=gen, owner=int(idx))
-            row = {"index": int(idx), "label": int(y), "prediction": pred,
-                   "radius": round(radius, 6), "correct": int(pred == int(y)),
-                   "abstain": int(pred == ABSTAIN),
-                   "seconds": round(time.perf_counter() - t0, 4),
-                   "queries": (blackbox.total_queries - before) if blackbox is not None
-                   else n0 + n}
+            row = {
+                "index": int(idx),
+                "label": int(y),
+                "prediction": pred,
+                "radius": round(radius, 6),
+                "correct": int(pred == int(y)),
+                "abstain": int(pred == ABSTAIN),
+                "seconds": round(time.perf_counter() - t0, 4),
+                "queries": (blackbox.total_queries - before) if blackbox is not None else n0 + n,
+            }
             writer.writerow(row)
             f.flush()
             rows.append(row)
@@ -220,15 +257,21 @@ def summarize(rows: Sequence[dict[str, Any]], radii: Sequence[float] = RADII) ->
         "images": len(rows),
         "certified_accuracy": certified_accuracy(rows, radii),
         "abstained": sum(int(r["abstain"]) for r in rows),
-        "mean_radius_correct": (sum(float(r["radius"]) for r in rows if int(r["correct"]))
-                                / max(1, sum(int(r["correct"]) for r in rows))),
+        "mean_radius_correct": (
+            sum(float(r["radius"]) for r in rows if int(r["correct"]))
+            / max(1, sum(int(r["correct"]) for r in rows))
+        ),
         "queries": sum(int(r["queries"]) for r in rows),
         "seconds": round(sum(float(r["seconds"]) for r in rows), 2),
     }
 
 
-def save_curve(path: str | Path, curves: dict[str, Sequence[dict[str, Any]]], sigma: float,
-               r_max: float | None = None) -> Path:
+def save_curve(
+    path: str | Path,
+    curves: dict[str, Sequence[dict[str, Any]]],
+    sigma: float,
+    r_max: float | None = None,
+) -> Path:
     """Certified accuracy against the l2 radius (0 to ``r_max`` in steps of 0.01), one line
     per labelled set of rows."""
     import matplotlib
@@ -236,8 +279,11 @@ def save_curve(path: str | Path, curves: dict[str, Sequence[dict[str, Any]]], si
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    top = r_max if r_max is not None else max(
-        [1.0] + [float(r["radius"]) for rows in curves.values() for r in rows])
+    top = (
+        r_max
+        if r_max is not None
+        else max([1.0] + [float(r["radius"]) for rows in curves.values() for r in rows])
+    )
     grid = [i / 100 for i in range(math.ceil(top * 100) + 1)]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, rows in curves.items():

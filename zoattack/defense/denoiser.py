@@ -36,8 +36,14 @@ class DnCNN(nn.Module):
     Shapes: ``(N, C, H, W) -> (N, C, H, W)``. No queries (white-box).
     """
 
-    def __init__(self, channels: int = 3, *, depth: int = 17, width: int = 64,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        channels: int = 3,
+        *,
+        depth: int = 17,
+        width: int = 64,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if depth < 2:
             raise ValueError(f"DnCNN depth must be >= 2 layers, got {depth}")
@@ -46,11 +52,16 @@ class DnCNN(nn.Module):
         self._config = {"channels": channels, "depth": depth, "width": width}
         # Built on the meta device so construction never draws from the global RNG.
         with torch.device("meta"):
-            layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1),
-                                       nn.ReLU(inplace=True)]
+            layers: list[nn.Module] = [
+                nn.Conv2d(channels, width, 3, padding=1),
+                nn.ReLU(inplace=True),
+            ]
             for _ in range(depth - 2):
-                layers += [nn.Conv2d(width, width, 3, padding=1, bias=False),
-                           nn.BatchNorm2d(width, eps=1e-4), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(width, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width, eps=1e-4),
+                    nn.ReLU(inplace=True),
+                ]
             layers.append(nn.Conv2d(width, channels, 3, padding=1, bias=False))
             self.net = nn.Sequential(*layers)
         self.to_empty(device="cpu")

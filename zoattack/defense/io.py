@@ -27,8 +27,9 @@ def _pack(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
     if isinstance(obj, dict):
         # Optimizer state is keyed by int parameter ids; JSON keys are strings.
         intkeys = bool(obj) and all(isinstance(k, int) for k in obj)
-        packed = {str(k): _pack(v, f"{prefix}.{k}" if prefix else str(k), tensors)
-                  for k, v in obj.items()}
+        packed = {
+            str(k): _pack(v, f"{prefix}.{k}" if prefix else str(k), tensors) for k, v in obj.items()
+        }
         return {_INTKEYS: packed} if intkeys else packed
     if isinstance(obj, (list, tuple)):
         items = [_pack(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
@@ -93,4 +94,4 @@ def state_dict_prefixed(**modules: torch.nn.Module | None) -> dict[str, Tensor]:
 
 def split_prefixed(state: dict[str, Tensor], name: str) -> dict[str, Tensor]:
     p = name + "."
-    return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+    return {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}

@@ -43,13 +43,17 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             try:
                 opts[key.strip()] = _OPTIONS[key.strip()](val)
             except ValueError:
-                raise ValueError(f"defended:{spec}: {key}={val!r} is not a valid "
-                                 f"{_OPTIONS[key.strip()].__name__}") from None
+                raise ValueError(
+                    f"defended:{spec}: {key}={val!r} is not a valid "
+                    f"{_OPTIONS[key.strip()].__name__}"
+                ) from None
         elif not opts:  # a comma inside the path itself
             path_parts.append(p)
         else:
-            raise ValueError(f"defended:{spec}: unknown option {p!r}; known: "
-                             f"{', '.join(k + '=' for k in _OPTIONS)}")
+            raise ValueError(
+                f"defended:{spec}: unknown option {p!r}; known: "
+                f"{', '.join(k + '=' for k in _OPTIONS)}"
+            )
     return ",".join(path_parts), opts
 
 
@@ -60,13 +64,15 @@ def defense_paths(path: str | Path) -> tuple[Path, Path]:
     card, weights = folder / CARD, (p if p.suffix == ".safetensors" else folder / WEIGHTS)
     for f in (card, weights):
         if not f.is_file():
-            raise MissingFileError("defense", shown(f),
-                                   "pass the --out folder of `zoattack defend train`")
+            raise MissingFileError(
+                "defense", shown(f), "pass the --out folder of `zoattack defend train`"
+            )
     return card, weights
 
 
-def load_front(path: str | Path, device: torch.device | str = "cpu"
-               ) -> tuple[DefenseFront, dict[str, Any]]:
+def load_front(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[DefenseFront, dict[str, Any]]:
     """The trained white-box front (denoiser [+ encoder, decoder]) and its card."""
     from safetensors.torch import load_file
 
@@ -79,8 +85,9 @@ def load_front(path: str | Path, device: torch.device | str = "cpu"
     arch = card["architecture"]
     shape = tuple(arch["image_shape"])
     dcfg = arch["denoiser"]
-    denoiser = DnCNN(dcfg["channels"], depth=dcfg["depth"], width=dcfg["width"],
-                     generator=make_generator(0))
+    denoiser = DnCNN(
+        dcfg["channels"], depth=dcfg["depth"], width=dcfg["width"], generator=make_generator(0)
+    )
     state = load_file(str(wpath), device="cpu")
     load_into(denoiser, split_prefixed(state, "denoiser"), wpath, f"DnCNN {dcfg}")
     enc = dec = None
@@ -101,12 +108,19 @@ def load_base_model(card: dict[str, Any], device: torch.device | str = "cpu") ->
 
     bb = card.get("blackbox")
     if not bb or "model" not in bb:
-        raise ValueError("the defense card records no black box (blackbox.model); it was not "
-                         "written by `zoattack defend train`")
+        raise ValueError(
+            "the defense card records no black box (blackbox.model); it was not "
+            "written by `zoattack defend train`"
+        )
     weights = bb.get("weights")
     name = bb["model"]
-    return create_model(name, dataset=bb.get("dataset"), weights=weights,
-                        pretrained=weights is None and ":" not in name, device=device)
+    return create_model(
+        name,
+        dataset=bb.get("dataset"),
+        weights=weights,
+        pretrained=weights is None and ":" not in name,
+        device=device,
+    )
 
 
 class DefendedClassifier(nn.Module):
@@ -132,8 +146,16 @@ class SmoothedDefendedClassifier(nn.Module):
     Shapes: ``(N, C, H, W) -> (N, classes)``; cost per input: ``samples`` base evaluations.
     """
 
-    def __init__(self, classifier: DefendedClassifier, *, sigma: float, samples: int,
-                 num_classes: int, seed: int = 0, batch: int = 1000) -> None:
+    def __init__(
+        self,
+        classifier: DefendedClassifier,
+        *,
+        sigma: float,
+        samples: int,
+        num_classes: int,
+        seed: int = 0,
+        batch: int = 1000,
+    ) -> None:
         super().__init__()
         if not sigma > 0:
             raise ValueError(f"smoothing sigma must be > 0, got {sigma}")
@@ -151,20 +173,29 @@ class SmoothedDefendedClassifier(nn.Module):
         counts = torch.zeros(x.shape[0], self.num_classes, device=x.device)
         reps = max(1, self.batch // self.samples)
         for start in range(0, x.shape[0], reps):
-            xb = x[start:start + reps]
+            xb = x[start : start + reps]
             rep = xb.repeat_interleave(self.samples, 0)
-            noisy = rep + self.sigma * torch.randn(rep.shape, generator=self._gen,
-                                                   device=x.device, dtype=x.dtype)
+            noisy = rep + self.sigma * torch.randn(
+                rep.shape, generator=self._gen, device=x.device, dtype=x.dtype
+            )
             pred = self.classifier(noisy).argmax(-1).reshape(xb.shape[0], self.samples)
-            counts[start:start + reps] = nn.functional.one_hot(
-                pred, self.num_classes).sum(1).to(counts.dtype)
+            counts[start : start + reps] = (
+                nn.functional.one_hot(pred, self.num_classes).sum(1).to(counts.dtype)
+            )
         return torch.log((counts + 1.0) / (self.samples + self.num_classes))
 
 
-def defended_model(path: str, *, dataset: Any = None,
-                   device: torch.device | str = "cpu",
-                   smooth: int | None = None, sigma: float | None = None, seed: int = 0,
-                   batch: int = 1000, **kwargs: Any) -> nn.Module:
+def defended_model(
+    path: str,
+    *,
+    dataset: Any = None,
+    device: torch.device | str = "cpu",
+    smooth: int | None = None,
+    sigma: float | None = None,
+    seed: int = 0,
+    batch: int = 1000,
+    **kwargs: Any,
+) -> nn.Module:
     """Build the defended classifier from a ``zoattack defend train`` folder.
 
     Args:
@@ -175,8 +206,10 @@ def defended_model(path: str, *, dataset: Any = None,
         sigma: smoothing noise (default: the training sigma).
     """
     if kwargs:
-        raise ValueError(f"defended models take no options {', '.join(sorted(kwargs))}; use "
-                         "defended:PATH[,smooth=N][,sigma=S][,seed=K]")
+        raise ValueError(
+            f"defended models take no options {', '.join(sorted(kwargs))}; use "
+            "defended:PATH[,smooth=N][,sigma=S][,seed=K]"
+        )
     spec, opts = parse_spec(str(path))
     smooth = opts.get("smooth", smooth)
     sigma = opts.get("sigma", sigma)
@@ -193,8 +226,10 @@ def defended_model(path: str, *, dataset: Any = None,
             s = dataset_spec(dataset)
             want = (s.channels, *s.size) if s.channels and s.size else shape
         if tuple(want) != shape:
-            raise ValueError(f"the defense at {spec} was trained on {shape} images, the data "
-                             f"set has {tuple(want)}")
+            raise ValueError(
+                f"the defense at {spec} was trained on {shape} images, the data "
+                f"set has {tuple(want)}"
+            )
     base = load_base_model(card, device)
     model: nn.Module = DefendedClassifier(front, base)
     if smooth is not None:
@@ -203,6 +238,11 @@ def defended_model(path: str, *, dataset: Any = None,
             with torch.no_grad():
                 classes = int(base(torch.zeros(1, *shape, device=device)).shape[-1])
         model = SmoothedDefendedClassifier(
-            model, sigma=sigma if sigma is not None else card["config"]["sigma"],
-            samples=smooth, num_classes=classes, seed=seed, batch=batch)
+            model,
+            sigma=sigma if sigma is not None else card["config"]["sigma"],
+            samples=smooth,
+            num_classes=classes,
+            seed=seed,
+            batch=batch,
+        )
     return model.to(device).eval()

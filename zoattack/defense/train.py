@@ -87,22 +87,27 @@ class DefenseConfig:
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not self.sigma > 0:
-            raise ValueError(f"--sigma must be > 0 (noise standard deviation in [0,1] pixel "
-                             f"units), got {self.sigma}")
+            raise ValueError(
+                f"--sigma must be > 0 (noise standard deviation in [0,1] pixel "
+                f"units), got {self.sigma}"
+            )
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got "
-                                 f"{getattr(self, name)}")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         if self.ae_epochs < 0:
             raise ValueError(f"--ae-epochs must be >= 0, got {self.ae_epochs}")
         for name in ("lr", "ae_lr", "mu"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got "
-                                 f"{getattr(self, name)}")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
+                )
         for name in ("weight_decay", "ae_weight_decay", "mse_weight"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got "
-                                 f"{getattr(self, name)}")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
+                )
         if self.lr_step is not None and self.lr_step < 1:
             raise ValueError(f"--lr-step must be >= 1 epoch, got {self.lr_step}")
         if self.samples is not None and self.samples < 1:
@@ -123,23 +128,28 @@ class DefenseConfig:
         return dataclasses.asdict(self)
 
 
-def build_defense(config: DefenseConfig, image_shape: tuple[int, int, int],
-                  generator: torch.Generator) -> tuple[DnCNN, Encoder | None, Decoder | None,
-                                                       dict[str, Any]]:
+def build_defense(
+    config: DefenseConfig, image_shape: tuple[int, int, int], generator: torch.Generator
+) -> tuple[DnCNN, Encoder | None, Decoder | None, dict[str, Any]]:
     """Fresh denoiser (+ encoder/decoder for AE methods) and the architecture record."""
     dcfg = default_denoiser_config(image_shape)
     if config.denoiser_depth is not None:
         dcfg["depth"] = config.denoiser_depth
     if config.denoiser_width is not None:
         dcfg["width"] = config.denoiser_width
-    denoiser = DnCNN(dcfg["channels"], depth=dcfg["depth"], width=dcfg["width"],
-                     generator=generator)
-    arch: dict[str, Any] = {"image_shape": list(image_shape), "denoiser": denoiser.config(),
-                            "autoencoder": None}
+    denoiser = DnCNN(
+        dcfg["channels"], depth=dcfg["depth"], width=dcfg["width"], generator=generator
+    )
+    arch: dict[str, Any] = {
+        "image_shape": list(image_shape),
+        "denoiser": denoiser.config(),
+        "autoencoder": None,
+    }
     enc = dec = None
     if config.uses_ae:
-        enc, dec, acfg = make_autoencoder(image_shape, latent=config.latent, arch=config.ae_arch,
-                                          generator=generator)
+        enc, dec, acfg = make_autoencoder(
+            image_shape, latent=config.latent, arch=config.ae_arch, generator=generator
+        )
         arch["autoencoder"] = acfg
     return denoiser, enc, dec, arch
 
@@ -153,8 +163,9 @@ class DefenseFront(nn.Module):
     Shapes: ``(N, C, H, W) -> (N, C, H, W)``. No queries.
     """
 
-    def __init__(self, denoiser: DnCNN, encoder: Encoder | None = None,
-                 decoder: Decoder | None = None) -> None:
+    def __init__(
+        self, denoiser: DnCNN, encoder: Encoder | None = None, decoder: Decoder | None = None
+    ) -> None:
         super().__init__()
         if (encoder is None) != (decoder is None):
             raise ValueError("pass both encoder and decoder, or neither")
@@ -182,11 +193,15 @@ def _check_resume(saved: dict[str, Any], config: DefenseConfig, n: int) -> None:
     diff = [k for k in now if k not in _RESUMABLE and saved["config"].get(k) != now[k]]
     if diff:
         k = diff[0]
-        raise ValueError(f"--resume with different settings: {k} was {saved['config'].get(k)!r}, "
-                         f"now {now[k]!r}; rerun with the original settings or a new --out")
+        raise ValueError(
+            f"--resume with different settings: {k} was {saved['config'].get(k)!r}, "
+            f"now {now[k]!r}; rerun with the original settings or a new --out"
+        )
     if saved["train_images"] != n:
-        raise ValueError(f"--resume with different training data: {saved['train_images']} images "
-                         f"before, {n} now; use the same --train-images or a new --out")
+        raise ValueError(
+            f"--resume with different training data: {saved['train_images']} images "
+            f"before, {n} now; use the same --train-images or a new --out"
+        )
 
 
 def train_defense(
@@ -224,8 +239,9 @@ def train_defense(
     config.validate()
     check_scores_blackbox(blackbox)
     if not config.zeroth_order and white_box is None:
-        raise ValueError(f"{config.method} is the first-order reference and needs white_box= "
-                         "(the model itself)")
+        raise ValueError(
+            f"{config.method} is the first-order reference and needs white_box= (the model itself)"
+        )
     dev = torch.device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,8 +249,10 @@ def train_defense(
         raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
     image_shape = tuple(int(v) for v in images.shape[1:])
     if blackbox.input_shape is not None and tuple(blackbox.input_shape) != image_shape:
-        raise ValueError(f"the black box takes {tuple(blackbox.input_shape)} images but the "
-                         f"training images are {image_shape}")
+        raise ValueError(
+            f"the black box takes {tuple(blackbox.input_shape)} images but the "
+            f"training images are {image_shape}"
+        )
     n = images.shape[0]
     x_all = images.to(dev)
     init_gen = make_generator(config.seed)  # weights: CPU, identical on every device
@@ -249,11 +267,18 @@ def train_defense(
     if config.zeroth_order:
         from zoattack.estimators import create_estimator
 
-        estimator = create_estimator(config.estimator, num_samples=config.samples, mu=config.mu,
-                                     difference=config.difference)
-    ae_opt = (torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=config.ae_lr,
-                               weight_decay=config.ae_weight_decay)
-              if enc is not None and dec is not None else None)
+        estimator = create_estimator(
+            config.estimator, num_samples=config.samples, mu=config.mu, difference=config.difference
+        )
+    ae_opt = (
+        torch.optim.Adam(
+            [*enc.parameters(), *dec.parameters()],
+            lr=config.ae_lr,
+            weight_decay=config.ae_weight_decay,
+        )
+        if enc is not None and dec is not None
+        else None
+    )
     params = list(denoiser.parameters())
     if enc is not None and config.train_encoder:
         params += list(enc.parameters())
@@ -285,22 +310,34 @@ def train_defense(
         targets = saved["targets"].to(dev) if saved["targets"] is not None else None
         wb_evals = int(saved["whitebox_evaluations"])
     elif ckpt.exists():
-        raise ValueError(f"{out} already holds a defense checkpoint; pass --resume to continue "
-                         "it or choose a new --out")
+        raise ValueError(
+            f"{out} already holds a defense checkpoint; pass --resume to continue "
+            "it or choose a new --out"
+        )
 
     def checkpoint(stage_: int, epoch_: int) -> None:
-        save_state(ckpt, {
-            "format": FORMAT, "config": config.as_dict(), "train_images": n,
-            "stage": stage_, "epoch": epoch_,
-            "denoiser": denoiser.state_dict(),
-            "encoder": enc.state_dict() if enc is not None else None,
-            "decoder": dec.state_dict() if dec is not None else None,
-            "ae_optimizer": ae_opt.state_dict() if ae_opt is not None else None,
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "generator": gen.get_state(), "ledger": blackbox.queries,
-            "estimator": estimator.state_dict() if estimator is not None else {},
-            "history": history, "targets": targets, "whitebox_evaluations": wb_evals,
-        })
+        save_state(
+            ckpt,
+            {
+                "format": FORMAT,
+                "config": config.as_dict(),
+                "train_images": n,
+                "stage": stage_,
+                "epoch": epoch_,
+                "denoiser": denoiser.state_dict(),
+                "encoder": enc.state_dict() if enc is not None else None,
+                "decoder": dec.state_dict() if dec is not None else None,
+                "ae_optimizer": ae_opt.state_dict() if ae_opt is not None else None,
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "ledger": blackbox.queries,
+                "estimator": estimator.state_dict() if estimator is not None else {},
+                "history": history,
+                "targets": targets,
+                "whitebox_evaluations": wb_evals,
+            },
+        )
 
     # ---------------------------------------------------------------- stage 1: AE, white-box
     if enc is not None and dec is not None and ae_opt is not None and stage == 1:
@@ -317,11 +354,24 @@ def train_defense(
                 ae_opt.step()
                 total += float(loss.detach()) * len(b)
                 if on_step is not None:
-                    on_step(1, epoch + 1, step, len(batches), float(loss.detach()),
-                            blackbox.total_queries)
+                    on_step(
+                        1,
+                        epoch + 1,
+                        step,
+                        len(batches),
+                        float(loss.detach()),
+                        blackbox.total_queries,
+                    )
             epoch += 1
-            history.append({"stage": 1, "epoch": epoch, "loss": total / n, "queries": 0,
-                            "seconds": round(time.perf_counter() - t0, 3)})
+            history.append(
+                {
+                    "stage": 1,
+                    "epoch": epoch,
+                    "loss": total / n,
+                    "queries": 0,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+            )
             checkpoint(1, epoch)
             if on_epoch is not None:
                 on_epoch(history[-1])
@@ -339,8 +389,12 @@ def train_defense(
         # The black box's own top-1 on each clean image (1 query per image, once): without
         # augmentation it never changes, so re-asking every epoch would only burn queries.
         with torch.no_grad():
-            targets = torch.cat([blackbox.query(x_all[b], all_idx[b].cpu()).argmax(-1).to(dev)
-                                 for b in all_idx.split(1024)])
+            targets = torch.cat(
+                [
+                    blackbox.query(x_all[b], all_idx[b].cpu()).argmax(-1).to(dev)
+                    for b in all_idx.split(1024)
+                ]
+            )
     objective = None
     if config.zeroth_order:
         objective = PseudoLabelCE(blackbox, targets, post=dec if config.uses_ae else None)
@@ -373,39 +427,73 @@ def train_defense(
             opt.step()
             total += float(per.detach().sum())
             if on_step is not None:
-                on_step(2, epoch + 1, step, len(batches), float(per.detach().mean()),
-                        blackbox.total_queries + wb_evals)
+                on_step(
+                    2,
+                    epoch + 1,
+                    step,
+                    len(batches),
+                    float(per.detach().mean()),
+                    blackbox.total_queries + wb_evals,
+                )
         sched.step()
         epoch += 1
-        history.append({"stage": 2, "epoch": epoch, "loss": total / n,
-                        "queries": blackbox.total_queries + wb_evals - q0,
-                        "seconds": round(time.perf_counter() - t0, 3)})
+        history.append(
+            {
+                "stage": 2,
+                "epoch": epoch,
+                "loss": total / n,
+                "queries": blackbox.total_queries + wb_evals - q0,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
         checkpoint(2, epoch)
-        card = _write_outputs(out, config, arch, front, history, blackbox, wb_evals, n,
-                              record, done=epoch >= config.epochs)
+        card = _write_outputs(
+            out,
+            config,
+            arch,
+            front,
+            history,
+            blackbox,
+            wb_evals,
+            n,
+            record,
+            done=epoch >= config.epochs,
+        )
         if on_epoch is not None:
             on_epoch(history[-1])
     if not history or history[-1]["stage"] == 1 or not (out / CARD).exists():
-        card = _write_outputs(out, config, arch, front, history, blackbox, wb_evals, n, record,
-                              done=True)
+        card = _write_outputs(
+            out, config, arch, front, history, blackbox, wb_evals, n, record, done=True
+        )
     else:
         card = json.loads((out / CARD).read_text())
     return card
 
 
-def _write_outputs(out: Path, config: DefenseConfig, arch: dict[str, Any], front: DefenseFront,
-                   history: list[dict[str, Any]], blackbox: BlackBox, wb_evals: int, n: int,
-                   record: dict[str, Any] | None, *, done: bool) -> dict[str, Any]:
+def _write_outputs(
+    out: Path,
+    config: DefenseConfig,
+    arch: dict[str, Any],
+    front: DefenseFront,
+    history: list[dict[str, Any]],
+    blackbox: BlackBox,
+    wb_evals: int,
+    n: int,
+    record: dict[str, Any] | None,
+    *,
+    done: bool,
+) -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    state = state_dict_prefixed(denoiser=front.denoiser, encoder=front.encoder,
-                                decoder=front.decoder)
+    state = state_dict_prefixed(
+        denoiser=front.denoiser, encoder=front.encoder, decoder=front.decoder
+    )
     zo_steps = [h for h in history if h["stage"] == 2]
     card: dict[str, Any] = {
         "format": FORMAT,
         "method": config.method,
         "paper": "Zhang et al., How to Robustify Black-Box ML Models? A Zeroth-Order "
-                 "Optimization Perspective, ICLR 2022",
+        "Optimization Perspective, ICLR 2022",
         "config": config.as_dict(),
         "architecture": arch,
         **(record or {}),

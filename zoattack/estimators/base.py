@@ -59,7 +59,8 @@ def check_mu_resolvable(x: Tensor, step: float, mu: float, dtype: torch.dtype) -
         raise ValueError(
             f"mu={mu:g} is below {dtype} resolution here: a typical coordinate moves by "
             f"{step:.3g} at |x| up to {scale:.3g} (spacing {ulp:.3g}); use mu >= {need:.2g} "
-            "or float64 inputs")
+            "or float64 inputs"
+        )
 
 
 class GradientEstimator(abc.ABC):
@@ -76,8 +77,9 @@ class GradientEstimator(abc.ABC):
     stateful: ClassVar[bool] = False
     supports_central: ClassVar[bool] = True
 
-    def __init__(self, *, num_samples: int = 10, mu: float = 1e-3,
-                 difference: str = "forward") -> None:
+    def __init__(
+        self, *, num_samples: int = 10, mu: float = 1e-3, difference: str = "forward"
+    ) -> None:
         if int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples}")
         check_positive("mu", mu)
@@ -90,16 +92,25 @@ class GradientEstimator(abc.ABC):
         self.difference = difference
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(num_samples={self.num_samples}, mu={self.mu:g}, "
-                f"difference={self.difference!r})")
+        return (
+            f"{type(self).__name__}(num_samples={self.num_samples}, mu={self.mu:g}, "
+            f"difference={self.difference!r})"
+        )
 
     @abc.abstractmethod
     def queries_per_call(self, dim: int) -> int:
         """Exact queries per example for one call on a ``dim``-dimensional problem when
         ``f(x)`` is not supplied (stateful estimators: the cost with empty state, an upper bound)."""
 
-    def estimate(self, objective: Objective, x: Tensor, *, generator: torch.Generator,
-                 idx: Tensor | None = None, fx: Tensor | None = None) -> Estimate:
+    def estimate(
+        self,
+        objective: Objective,
+        x: Tensor,
+        *,
+        generator: torch.Generator,
+        idx: Tensor | None = None,
+        fx: Tensor | None = None,
+    ) -> Estimate:
         """Estimate the gradient of ``objective`` at ``x`` ``(N, *shape)``.
 
         Args:
@@ -117,7 +128,8 @@ class GradientEstimator(abc.ABC):
         if generator.device.type != x.device.type:
             raise ValueError(
                 f"generator is on {generator.device} but x is on {x.device}; "
-                "create the generator on the data's device (zoattack.make_generator)")
+                "create the generator on the data's device (zoattack.make_generator)"
+            )
         if idx is None:
             idx = torch.arange(n, device=x.device)
         idx = idx.to(x.device)
@@ -132,8 +144,15 @@ class GradientEstimator(abc.ABC):
         return est
 
     @abc.abstractmethod
-    def _estimate(self, objective: Objective, x: Tensor, shape: torch.Size,
-                  generator: torch.Generator, idx: Tensor, fx: Tensor) -> Estimate: ...
+    def _estimate(
+        self,
+        objective: Objective,
+        x: Tensor,
+        shape: torch.Size,
+        generator: torch.Generator,
+        idx: Tensor,
+        fx: Tensor,
+    ) -> Estimate: ...
 
     # Stateless estimators keep nothing; stateful ones override these.
     def reset(self, mask: Tensor | None = None) -> None:
@@ -166,9 +185,15 @@ class StatefulEstimator(GradientEstimator):
         self.state.load_state_dict(state)
 
 
-def query_with_base(objective: Objective, x: Tensor, disp: Tensor, shape: torch.Size,
-                    idx: Tensor, fx: Tensor, fresh: Tensor | None = None
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def query_with_base(
+    objective: Objective,
+    x: Tensor,
+    disp: Tensor,
+    shape: torch.Size,
+    idx: Tensor,
+    fx: Tensor,
+    fresh: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Score ``x`` (where ``fx`` is unknown) and ``x + disp`` in one ragged call.
 
     Args:
@@ -193,8 +218,9 @@ def query_with_base(objective: Objective, x: Tensor, disp: Tensor, shape: torch.
     return f0, vals[:, 1:], actual, keep.sum(dim=1)
 
 
-def query_pairs(objective: Objective, x: Tensor, disp: Tensor, shape: torch.Size,
-                idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def query_pairs(
+    objective: Objective, x: Tensor, disp: Tensor, shape: torch.Size, idx: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """Score ``x + disp`` and ``x - disp`` in one call -> ``(f_plus, f_minus, queries)``."""
     n, k, _ = disp.shape
     cand = torch.cat([x.unsqueeze(1) + disp, x.unsqueeze(1) - disp], dim=1)
@@ -213,8 +239,9 @@ class RandomDirectionEstimator(GradientEstimator):
     """
 
     @abc.abstractmethod
-    def directions(self, n: int, k: int, d: int, generator: torch.Generator,
-                   dtype: torch.dtype) -> Tensor:
+    def directions(
+        self, n: int, k: int, d: int, generator: torch.Generator, dtype: torch.dtype
+    ) -> Tensor:
         """``(n, k, d)`` directions."""
 
     @abc.abstractmethod
@@ -228,18 +255,35 @@ class RandomDirectionEstimator(GradientEstimator):
     def queries_per_call(self, dim: int) -> int:
         return self.num_samples + 1 if self.difference == "forward" else 2 * self.num_samples
 
-    def _estimate(self, objective: Objective, x: Tensor, shape: torch.Size,
-                  generator: torch.Generator, idx: Tensor, fx: Tensor) -> Estimate:
+    def _estimate(
+        self,
+        objective: Objective,
+        x: Tensor,
+        shape: torch.Size,
+        generator: torch.Generator,
+        idx: Tensor,
+        fx: Tensor,
+    ) -> Estimate:
         n, d = x.shape
         k = self.num_samples
         check_mu_resolvable(x, self.mu * self.coordinate_size(d), self.mu, x.dtype)
         u = self.directions(n, k, d, generator, x.dtype)
-        return two_point_estimate(objective, x, u, self.mu, self.scale(d), self.difference,
-                                  shape, idx, fx)
+        return two_point_estimate(
+            objective, x, u, self.mu, self.scale(d), self.difference, shape, idx, fx
+        )
 
 
-def two_point_estimate(objective: Objective, x: Tensor, u: Tensor, mu: float, scale: float,
-                       difference: str, shape: torch.Size, idx: Tensor, fx: Tensor) -> Estimate:
+def two_point_estimate(
+    objective: Objective,
+    x: Tensor,
+    u: Tensor,
+    mu: float,
+    scale: float,
+    difference: str,
+    shape: torch.Size,
+    idx: Tensor,
+    fx: Tensor,
+) -> Estimate:
     """``scale/K * sum_k D_k u_k`` for given directions ``u`` ``(N, K, d)``."""
     k = u.shape[1]
     if difference == "forward":

@@ -18,9 +18,12 @@ BLOCK_ORDERS = ("column", "row")
 
 
 @ESTIMATORS.register(
-    "block_sign", description="forward differences along sign-flip directions of hierarchical "
-    "blocks (SignHunter's view)", aliases=("signhunter_fd",),
-    flags={"stateful": True, "random": True})
+    "block_sign",
+    description="forward differences along sign-flip directions of hierarchical "
+    "blocks (SignHunter's view)",
+    aliases=("signhunter_fd",),
+    flags={"stateful": True, "random": True},
+)
 class BlockSignEstimator(StatefulEstimator):
     """Directional derivatives along block sign-flips, refined coarse to fine
     (after Al-Dujaili & O'Reilly, SignHunter, ICLR 2020).
@@ -54,16 +57,24 @@ class BlockSignEstimator(StatefulEstimator):
     name = "block_sign"
     supports_central = False
 
-    def __init__(self, *, num_samples: int = 10, mu: float = 0.2, difference: str = "forward",
-                 order: str = "column") -> None:
+    def __init__(
+        self,
+        *,
+        num_samples: int = 10,
+        mu: float = 0.2,
+        difference: str = "forward",
+        order: str = "column",
+    ) -> None:
         super().__init__(num_samples=num_samples, mu=mu, difference=difference)
         if order not in BLOCK_ORDERS:
             raise ValueError(f"order must be 'column' or 'row', got {order!r}")
         self.order = order
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(num_samples={self.num_samples}, mu={self.mu:g}, "
-                f"order={self.order!r})")
+        return (
+            f"{type(self).__name__}(num_samples={self.num_samples}, mu={self.mu:g}, "
+            f"order={self.order!r})"
+        )
 
     def queries_per_call(self, dim: int) -> int:
         return self.num_samples + 1
@@ -85,15 +96,22 @@ class BlockSignEstimator(StatefulEstimator):
                 return counts
             c *= 2
 
-    def _estimate(self, objective: Objective, x: Tensor, shape: torch.Size,
-                  generator: torch.Generator, idx: Tensor, fx: Tensor) -> Estimate:
+    def _estimate(
+        self,
+        objective: Objective,
+        x: Tensor,
+        shape: torch.Size,
+        generator: torch.Generator,
+        idx: Tensor,
+        fx: Tensor,
+    ) -> Estimate:
         n, d = x.shape
         k = self.num_samples
         dev = x.device
         check_mu_resolvable(x, self.mu, self.mu, x.dtype)
         counts = torch.tensor(self._levels(d), device=dev)
         cycle = int(counts.sum())
-        starts = torch.cumsum(counts, 0) - counts          # first block id of each level
+        starts = torch.cumsum(counts, 0) - counts  # first block id of each level
         cursor = self.state.get("cursor", idx, (), dtype=torch.int64, device=dev)
         offset = self.state.get("offset", idx, (), dtype=torch.int64, device=dev)
         seen = self.state.get("pass", idx, (), dtype=torch.int64, device=dev, fill=-1)
@@ -102,18 +120,18 @@ class BlockSignEstimator(StatefulEstimator):
         fresh = now != seen
         draw = torch.randint(0, d, (n,), generator=generator, device=generator.device).to(dev)
         offset = torch.where(fresh, draw, offset)
-        block = (cursor.unsqueeze(1) + torch.arange(k, device=dev)) % cycle        # (n, k)
+        block = (cursor.unsqueeze(1) + torch.arange(k, device=dev)) % cycle  # (n, k)
         level = torch.searchsorted(starts, block, right=True) - 1
         c = counts[level]
         j = block - starts[level]
         lo, hi = (j * d) // c, ((j + 1) * d) // c
-        pos = (torch.arange(d, device=dev) - offset.unsqueeze(1)) % d              # (n, d)
+        pos = (torch.arange(d, device=dev) - offset.unsqueeze(1)) % d  # (n, d)
         inside = (pos.unsqueeze(1) >= lo.unsqueeze(2)) & (pos.unsqueeze(1) < hi.unsqueeze(2))
         perm = self._permutation(shape, dev)
         mask = torch.zeros_like(inside)
         mask[:, :, perm] = inside
         flip = torch.where(x > 0, -1.0, 1.0).to(x.dtype)
-        dirs = mask.to(x.dtype) * flip.unsqueeze(1)                                 # (n, k, d)
+        dirs = mask.to(x.dtype) * flip.unsqueeze(1)  # (n, k, d)
         f0, vals, actual, q = query_with_base(objective, x, self.mu * dirs, shape, idx, fx)
         size = mask.sum(dim=2).clamp_min(1).double()
         lengths = self.mu * size.sqrt()
@@ -126,4 +144,3 @@ class BlockSignEstimator(StatefulEstimator):
         self.state.set("offset", idx, offset)
         self.state.set("pass", idx, now)
         return Estimate(grad=grad, loss=f0, queries=q)
-

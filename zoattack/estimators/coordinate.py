@@ -23,8 +23,11 @@ _BLOCK_ELEMENTS = 1 << 24
 
 
 @ESTIMATORS.register(
-    "coordinate", description="coordinate-wise differences (CGE/ZOO); all or q random coords",
-    aliases=("cge", "zoo"), flags={"stateful": False, "random": False})
+    "coordinate",
+    description="coordinate-wise differences (CGE/ZOO); all or q random coords",
+    aliases=("cge", "zoo"),
+    flags={"stateful": False, "random": False},
+)
 class CoordinateEstimator(GradientEstimator):
     """Coordinate-wise estimator (Chen et al. 2017 ZOO; Chen et al. 2024 DeepZero).
 
@@ -42,10 +45,12 @@ class CoordinateEstimator(GradientEstimator):
     name = "coordinate"
     num_samples_optional: ClassVar[bool] = True
 
-    def __init__(self, *, num_samples: int | None = None, mu: float = 5e-3,
-                 difference: str = "forward") -> None:
-        super().__init__(num_samples=1 if num_samples is None else num_samples, mu=mu,
-                         difference=difference)
+    def __init__(
+        self, *, num_samples: int | None = None, mu: float = 5e-3, difference: str = "forward"
+    ) -> None:
+        super().__init__(
+            num_samples=1 if num_samples is None else num_samples, mu=mu, difference=difference
+        )
         self.subset = None if num_samples is None else self.num_samples
 
     def _coords(self, d: int) -> int:
@@ -55,8 +60,15 @@ class CoordinateEstimator(GradientEstimator):
         q = self._coords(dim)
         return q + 1 if self.difference == "forward" else 2 * q
 
-    def _estimate(self, objective: Objective, x: Tensor, shape: torch.Size,
-                  generator: torch.Generator, idx: Tensor, fx: Tensor) -> Estimate:
+    def _estimate(
+        self,
+        objective: Objective,
+        x: Tensor,
+        shape: torch.Size,
+        generator: torch.Generator,
+        idx: Tensor,
+        fx: Tensor,
+    ) -> Estimate:
         n, d = x.shape
         q = self._coords(d)
         check_mu_resolvable(x, self.mu, self.mu, x.dtype)

@@ -20,8 +20,10 @@ COMBINES = ("average", "dap")
 
 
 @ESTIMATORS.register(
-    "dap", description="directionally aligned perturbations: pilot RGE then aligned directions",
-    flags={"stateful": False, "random": True})
+    "dap",
+    description="directionally aligned perturbations: pilot RGE then aligned directions",
+    flags={"stateful": False, "random": True},
+)
 class DAPEstimator(GradientEstimator):
     """Minimum-variance two-point estimator with directionally aligned perturbations
     (Ma & Huang, ICLR 2025), implemented globally per example.
@@ -46,18 +48,28 @@ class DAPEstimator(GradientEstimator):
 
     name = "dap"
 
-    def __init__(self, *, num_samples: int = 10, mu: float = 1e-3, difference: str = "forward",
-                 pilot_samples: int | None = None, direction: str = "sphere",
-                 combine: str = "average") -> None:
+    def __init__(
+        self,
+        *,
+        num_samples: int = 10,
+        mu: float = 1e-3,
+        difference: str = "forward",
+        pilot_samples: int | None = None,
+        direction: str = "sphere",
+        combine: str = "average",
+    ) -> None:
         super().__init__(num_samples=num_samples, mu=mu, difference=difference)
         if num_samples < 2:
-            raise ValueError(f"num_samples must be >= 2 for dap (pilot + aligned), got {num_samples}")
+            raise ValueError(
+                f"num_samples must be >= 2 for dap (pilot + aligned), got {num_samples}"
+            )
         num_samples = self.num_samples  # validated integer
         b1 = num_samples // 2 if pilot_samples is None else pilot_samples
         if int(b1) != b1 or not 1 <= b1 < num_samples:
             raise ValueError(
                 f"pilot_samples must be an integer in [1, num_samples-1] = "
-                f"[1, {num_samples - 1}], got {b1}")
+                f"[1, {num_samples - 1}], got {b1}"
+            )
         b1 = int(b1)
         if direction not in ("sphere", "gaussian"):
             raise ValueError(f"direction must be 'sphere' or 'gaussian', got {direction!r}")
@@ -75,8 +87,15 @@ class DAPEstimator(GradientEstimator):
         z = torch.randn(n, k, d, generator=gen, device=gen.device, dtype=dtype)
         return z * (math.sqrt(d) / z.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny))
 
-    def _estimate(self, objective: Objective, x: Tensor, shape: torch.Size,
-                  generator: torch.Generator, idx: Tensor, fx: Tensor) -> Estimate:
+    def _estimate(
+        self,
+        objective: Objective,
+        x: Tensor,
+        shape: torch.Size,
+        generator: torch.Generator,
+        idx: Tensor,
+        fx: Tensor,
+    ) -> Estimate:
         n, d = x.shape
         b1 = self.pilot_samples
         b2 = self.num_samples - b1

@@ -10,8 +10,11 @@ from zoattack.estimators.registry import ESTIMATORS
 
 
 @ESTIMATORS.register(
-    "gaussian", description="Gaussian directions u~N(0,I) (RGE/NES); forward or central",
-    aliases=("rge", "nes"), flags={"stateful": False, "random": True})
+    "gaussian",
+    description="Gaussian directions u~N(0,I) (RGE/NES); forward or central",
+    aliases=("rge", "nes"),
+    flags={"stateful": False, "random": True},
+)
 class GaussianEstimator(RandomDirectionEstimator):
     """Gaussian-smoothing two-point estimator (Nesterov & Spokoiny 2017; NES, Ilyas et al. 2018).
 
@@ -26,8 +29,9 @@ class GaussianEstimator(RandomDirectionEstimator):
 
     name = "gaussian"
 
-    def directions(self, n: int, k: int, d: int, generator: torch.Generator,
-                   dtype: torch.dtype) -> Tensor:
+    def directions(
+        self, n: int, k: int, d: int, generator: torch.Generator, dtype: torch.dtype
+    ) -> Tensor:
         return torch.randn(n, k, d, generator=generator, device=generator.device, dtype=dtype)
 
     def scale(self, d: int) -> float:

@@ -19,8 +19,11 @@ from zoattack.objective import Objective
 
 
 @ESTIMATORS.register(
-    "lizo", description="ReLIZO linear interpolation; reuses past queries within a radius",
-    aliases=("relizo",), flags={"stateful": True, "random": True})
+    "lizo",
+    description="ReLIZO linear interpolation; reuses past queries within a radius",
+    aliases=("relizo",),
+    flags={"stateful": True, "random": True},
+)
 class LIZOEstimator(StatefulEstimator):
     """Sample-reusable linear-interpolation estimator (Wang et al., ReLIZO, NeurIPS 2024).
 
@@ -54,16 +57,24 @@ class LIZOEstimator(StatefulEstimator):
     name = "lizo"
     supports_central = False
 
-    def __init__(self, *, num_samples: int = 8, mu: float = 1e-3, difference: str = "forward",
-                 reuse_distance_bound: float | None = None, max_reuse_rate: float = 0.5,
-                 orthogonal: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        num_samples: int = 8,
+        mu: float = 1e-3,
+        difference: str = "forward",
+        reuse_distance_bound: float | None = None,
+        max_reuse_rate: float = 0.5,
+        orthogonal: bool = False,
+    ) -> None:
         super().__init__(num_samples=num_samples, mu=mu, difference=difference)
         bound = 0.0 if reuse_distance_bound is None else float(reuse_distance_bound)
         check_positive("reuse_distance_bound", bound, allow_zero=True)
         if not (0.0 <= max_reuse_rate < 1.0):
             raise ValueError(
                 f"max_reuse_rate must be in [0, 1), got {max_reuse_rate}: at 1 every probe may be "
-                "reused, no fresh direction is explored and the search subspace freezes")
+                "reused, no fresh direction is explored and the search subspace freezes"
+            )
         self.reuse_distance_bound = bound
         self.max_reuse_rate = float(max_reuse_rate)
         self.orthogonal = bool(orthogonal)
@@ -85,8 +96,15 @@ class LIZOEstimator(StatefulEstimator):
         }
 
     # ------------------------------------------------------------- estimate
-    def _estimate(self, objective: Objective, x: Tensor, shape: torch.Size,
-                  generator: torch.Generator, idx: Tensor, fx: Tensor) -> Estimate:
+    def _estimate(
+        self,
+        objective: Objective,
+        x: Tensor,
+        shape: torch.Size,
+        generator: torch.Generator,
+        idx: Tensor,
+        fx: Tensor,
+    ) -> Estimate:
         batch, d = x.shape
         n = min(self.num_samples, d)
         check_mu_resolvable(x, self.mu, self.mu, x.dtype)
@@ -95,27 +113,31 @@ class LIZOEstimator(StatefulEstimator):
 
         # Reuse candidates: slot 0 is the old center, slots 1..n its probes. Their Gram
         # matrix relative to x follows from the stored one without touching the d-dim rows.
-        s = old["center"] - x                                         # (B, d)
+        s = old["center"] - x  # (B, d)
         dfull = torch.cat([torch.zeros_like(old["disp"][:, :1]), old["disp"]], dim=1)
-        t = torch.einsum("bid,bd->bi", dfull.double(), s.double())     # (B, n+1)
+        t = torch.einsum("bid,bd->bi", dfull.double(), s.double())  # (B, n+1)
         ss = (s.double() ** 2).sum(1)
         gfull = torch.zeros(batch, n + 1, n + 1, dtype=torch.float64, device=dev)
         gfull[:, 1:, 1:] = old["gram"]
         gdelta = gfull + t.unsqueeze(2) + t.unsqueeze(1) + ss.view(-1, 1, 1)
-        dist = gdelta.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()    # (B, n+1)
+        dist = gdelta.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()  # (B, n+1)
         vals_full = torch.cat([old["fc"].unsqueeze(1), old["fvals"]], dim=1)
-        eligible = (old["valid"].unsqueeze(1) & (dist < self.reuse_distance_bound)
-                    & (dist > 1e-12 * (1.0 + x.double().norm(dim=1, keepdim=True)))
-                    & torch.isfinite(vals_full))
+        eligible = (
+            old["valid"].unsqueeze(1)
+            & (dist < self.reuse_distance_bound)
+            & (dist > 1e-12 * (1.0 + x.double().norm(dim=1, keepdim=True)))
+            & torch.isfinite(vals_full)
+        )
         cap = math.floor(self.max_reuse_rate * n)
-        order = torch.where(eligible, dist, torch.inf).argsort(dim=1)[:, :n]   # (B, n)
-        n_reused = eligible.sum(1).clamp(max=cap)                       # (B,)
+        order = torch.where(eligible, dist, torch.inf).argsort(dim=1)[:, :n]  # (B, n)
+        n_reused = eligible.sum(1).clamp(max=cap)  # (B,)
         slot = torch.arange(n, device=dev).unsqueeze(0)
-        reused = slot < n_reused.unsqueeze(1)                           # (B, n)
+        reused = slot < n_reused.unsqueeze(1)  # (B, n)
 
         reuse_rows = torch.gather(dfull, 1, order.unsqueeze(2).expand(-1, -1, d)) + s.unsqueeze(1)
-        fresh_dir = torch.randn(batch, n, d, generator=generator, device=generator.device,
-                                dtype=x.dtype)
+        fresh_dir = torch.randn(
+            batch, n, d, generator=generator, device=generator.device, dtype=x.dtype
+        )
         if self.orthogonal:
             stacked = torch.where(reused.unsqueeze(2), reuse_rows, fresh_dir)
             q, _ = torch.linalg.qr(stacked.transpose(1, 2).double())
@@ -123,7 +145,8 @@ class LIZOEstimator(StatefulEstimator):
         rows = torch.where(reused.unsqueeze(2), reuse_rows, self.mu * fresh_dir)
 
         f0, fresh_vals, actual, queries = query_with_base(
-            objective, x, rows, shape, idx, fx, fresh=~reused)
+            objective, x, rows, shape, idx, fx, fresh=~reused
+        )
         rows = torch.where(reused.unsqueeze(2), rows, actual)  # what was really probed
         reuse_vals = torch.gather(vals_full, 1, order)
         vals = torch.where(reused, reuse_vals, fresh_vals)
@@ -131,8 +154,10 @@ class LIZOEstimator(StatefulEstimator):
         # Gram of the probe rows: reused block from the update above, explicit products
         # only for slots that hold a fresh probe in some example.
         gram = torch.gather(
-            torch.gather(gdelta, 1, order.unsqueeze(2).expand(-1, -1, n + 1)), 2,
-            order.unsqueeze(1).expand(-1, n, -1))
+            torch.gather(gdelta, 1, order.unsqueeze(2).expand(-1, -1, n + 1)),
+            2,
+            order.unsqueeze(1).expand(-1, n, -1),
+        )
         first_new = int(n_reused.min())
         if first_new < n:
             rows64 = rows.double()
@@ -140,7 +165,7 @@ class LIZOEstimator(StatefulEstimator):
             both_reused = reused.unsqueeze(2) & reused[:, first_new:].unsqueeze(1)
             gram[:, :, first_new:] = torch.where(both_reused, gram[:, :, first_new:], cross)
             gram[:, first_new:, :] = gram[:, :, first_new:].transpose(1, 2).clone()
-        r = gram.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()          # (B, n)
+        r = gram.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()  # (B, n)
         rinv = torch.where(r > 0, 1.0 / r, torch.zeros_like(r))
         a = gram * rinv.unsqueeze(2) * rinv.unsqueeze(1)
         b = (vals - f0.unsqueeze(1)) * rinv

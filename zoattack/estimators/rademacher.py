@@ -10,8 +10,11 @@ from zoattack.estimators.registry import ESTIMATORS
 
 
 @ESTIMATORS.register(
-    "rademacher", description="Rademacher +-1 directions (SPSA); forward or central",
-    aliases=("spsa",), flags={"stateful": False, "random": True})
+    "rademacher",
+    description="Rademacher +-1 directions (SPSA); forward or central",
+    aliases=("spsa",),
+    flags={"stateful": False, "random": True},
+)
 class RademacherEstimator(RandomDirectionEstimator):
     """Simultaneous-perturbation estimator (Spall 1992) with the RGE scaling.
 
@@ -26,8 +29,9 @@ class RademacherEstimator(RandomDirectionEstimator):
 
     name = "rademacher"
 
-    def directions(self, n: int, k: int, d: int, generator: torch.Generator,
-                   dtype: torch.dtype) -> Tensor:
+    def directions(
+        self, n: int, k: int, d: int, generator: torch.Generator, dtype: torch.dtype
+    ) -> Tensor:
         bits = torch.randint(0, 2, (n, k, d), generator=generator, device=generator.device)
         return bits.to(dtype) * 2 - 1
 

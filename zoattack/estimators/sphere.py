@@ -12,8 +12,11 @@ from zoattack.estimators.registry import ESTIMATORS
 
 
 @ESTIMATORS.register(
-    "sphere", description="unit-sphere directions with factor d (RGE of ZO-AdaMM/ZO-signSGD)",
-    aliases=("uniform", "rge_sphere"), flags={"stateful": False, "random": True})
+    "sphere",
+    description="unit-sphere directions with factor d (RGE of ZO-AdaMM/ZO-signSGD)",
+    aliases=("uniform", "rge_sphere"),
+    flags={"stateful": False, "random": True},
+)
 class SphereEstimator(RandomDirectionEstimator):
     """Sphere-smoothing two-point estimator (Liu et al. 2018; ZO-AdaMM, Chen et al. 2019).
 
@@ -29,8 +32,9 @@ class SphereEstimator(RandomDirectionEstimator):
 
     name = "sphere"
 
-    def directions(self, n: int, k: int, d: int, generator: torch.Generator,
-                   dtype: torch.dtype) -> Tensor:
+    def directions(
+        self, n: int, k: int, d: int, generator: torch.Generator, dtype: torch.dtype
+    ) -> Tensor:
         z = torch.randn(n, k, d, generator=generator, device=generator.device, dtype=dtype)
         return z / z.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
 

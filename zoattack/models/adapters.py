@@ -46,18 +46,25 @@ def require(module: str, pip_name: str | None = None, extra: str = "") -> Any:
     except ImportError as exc:
         raise MissingDependencyError(
             f"{module} is not installed; run `pip install {pip_name or module}`{extra} "
-            f"({type(exc).__name__}: {exc})") from None
+            f"({type(exc).__name__}: {exc})"
+        ) from None
 
 
-def _wrap(net: nn.Module, mean: Sequence[float], std: Sequence[float],
-          in_channels: int | None, net_channels: int) -> nn.Module:
+def _wrap(
+    net: nn.Module,
+    mean: Sequence[float],
+    std: Sequence[float],
+    in_channels: int | None,
+    net_channels: int,
+) -> nn.Module:
     repeat = 1
     if in_channels is not None and in_channels != net_channels:
         if in_channels == 1:
             repeat = net_channels  # gray images through an RGB network
         else:
-            raise ValueError(f"the network takes {net_channels}-channel inputs, the data has "
-                             f"{in_channels}")
+            raise ValueError(
+                f"the network takes {net_channels}-channel inputs, the data has {in_channels}"
+            )
     if len(mean) != net_channels:  # e.g. 1-channel data stats for a repeated-RGB network
         mean, std = tuple(mean) * net_channels, tuple(std) * net_channels
     return NormalizedModel(net, mean, std, repeat_channels=repeat)
@@ -66,10 +73,19 @@ def _wrap(net: nn.Module, mean: Sequence[float], std: Sequence[float],
 # --------------------------------------------------------------------------- torchvision
 
 
-def torchvision_model(arch: str, *, num_classes: int | None = None, in_channels: int | None = None,
-                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                      weights: str | Path | None = None, model_dir: str | Path | None = None,
-                      pretrained: bool = False, download: bool = False, **kwargs: Any) -> nn.Module:
+def torchvision_model(
+    arch: str,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    weights: str | Path | None = None,
+    model_dir: str | Path | None = None,
+    pretrained: bool = False,
+    download: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
     """``torchvision.models.<arch>`` behind a Normalize layer (ImageNet statistics by default).
 
     ``pretrained=True`` uses the architecture's DEFAULT weights: the file is looked up as
@@ -91,9 +107,11 @@ def torchvision_model(arch: str, *, num_classes: int | None = None, in_channels:
         if not path.is_file():
             if not download:
                 raise MissingFileError(
-                    f"torchvision weights {wenum}", shown(path),
+                    f"torchvision weights {wenum}",
+                    shown(path),
                     f"download {wenum.url} into {shown(folder)} (or pass download=True on a "
-                    "machine with a network)")
+                    "machine with a network)",
+                )
             torch.hub.load_state_dict_from_url(wenum.url, model_dir=str(folder), progress=False)
         net = builder(weights=None, num_classes=len(wenum.meta["categories"]), **kwargs)
         load_into(net, read_state_dict(path), path, f"torchvision:{arch}")
@@ -139,10 +157,19 @@ def _hf_cached(cfg: Any) -> Path | None:
     return None
 
 
-def timm_model(arch: str, *, num_classes: int | None = None, in_channels: int | None = None,
-               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-               weights: str | Path | None = None, model_dir: str | Path | None = None,
-               pretrained: bool = False, download: bool = False, **kwargs: Any) -> nn.Module:
+def timm_model(
+    arch: str,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    weights: str | Path | None = None,
+    model_dir: str | Path | None = None,
+    pretrained: bool = False,
+    download: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
     """``timm.create_model(arch)`` behind a Normalize layer using timm's own data config.
 
     ``pretrained=True`` looks for ``model_dir/<arch>.safetensors`` (or ``.pth``/``.bin``,
@@ -163,12 +190,17 @@ def timm_model(arch: str, *, num_classes: int | None = None, in_channels: int | 
         if local is not None:
             create_kw["pretrained_cfg_overlay"] = {"file": str(local)}
         elif not download:
-            where = (shown(Path(model_dir) / f"{arch}.safetensors") if model_dir
-                     else "the Hugging Face cache ($HF_HOME/hub)")
+            where = (
+                shown(Path(model_dir) / f"{arch}.safetensors")
+                if model_dir
+                else "the Hugging Face cache ($HF_HOME/hub)"
+            )
             raise MissingFileError(
-                f"timm weights for {arch}", where,
+                f"timm weights for {arch}",
+                where,
                 f"on a machine with a network run timm.create_model('{arch}', pretrained=True) "
-                "(or pass download=True), or save its state dict to that path")
+                "(or pass download=True), or save its state dict to that path",
+            )
         if num_classes is not None:
             create_kw["num_classes"] = num_classes
         net = timm.create_model(arch, pretrained=True, **create_kw)
@@ -189,10 +221,18 @@ def timm_model(arch: str, *, num_classes: int | None = None, in_channels: int | 
 
 # --------------------------------------------------------------------------- robustbench
 
-ROBUSTBENCH_DATASETS = {"cifar10": "cifar10", "cifar-10": "cifar10", "cifar100": "cifar100",
-                        "imagenet": "imagenet"}
-ROBUSTBENCH_THREATS = {"linf": "Linf", "l2": "L2", "corruptions": "corruptions",
-                       "corruptions_3d": "corruptions_3d"}
+ROBUSTBENCH_DATASETS = {
+    "cifar10": "cifar10",
+    "cifar-10": "cifar10",
+    "cifar100": "cifar100",
+    "imagenet": "imagenet",
+}
+ROBUSTBENCH_THREATS = {
+    "linf": "Linf",
+    "l2": "L2",
+    "corruptions": "corruptions",
+    "corruptions_3d": "corruptions_3d",
+}
 
 
 def import_robustbench() -> Any:
@@ -212,16 +252,27 @@ def import_robustbench() -> Any:
     try:
         return importlib.import_module("robustbench")
     except ImportError as exc:
-        hint = ("`pip install 'setuptools<81'`" if "pkg_resources" in str(exc)
-                else "`pip install robustbench pyautoattack 'setuptools<81'`")
+        hint = (
+            "`pip install 'setuptools<81'`"
+            if "pkg_resources" in str(exc)
+            else "`pip install robustbench pyautoattack 'setuptools<81'`"
+        )
         raise MissingDependencyError(
-            f"robustbench could not be imported ({exc}); run {hint}") from None
+            f"robustbench could not be imported ({exc}); run {hint}"
+        ) from None
 
 
-def robustbench_model(name: str, *, dataset: str | None = None, threat_model: str = "Linf",
-                      weights: str | Path | None = None, model_dir: str | Path | None = None,
-                      pretrained: bool = True, download: bool = False,
-                      **_: Any) -> nn.Module:
+def robustbench_model(
+    name: str,
+    *,
+    dataset: str | None = None,
+    threat_model: str = "Linf",
+    weights: str | Path | None = None,
+    model_dir: str | Path | None = None,
+    pretrained: bool = True,
+    download: bool = False,
+    **_: Any,
+) -> nn.Module:
     """A RobustBench model-zoo entry; its networks already take [0, 1] inputs.
 
     Weights come from ``weights=PATH`` or, as RobustBench lays them out,
@@ -231,12 +282,14 @@ def robustbench_model(name: str, *, dataset: str | None = None, threat_model: st
     """
     rb_dataset = ROBUSTBENCH_DATASETS.get((dataset or "cifar10").lower())
     if rb_dataset is None:
-        raise ValueError(f"robustbench models exist for cifar10, cifar100 and imagenet, not "
-                         f"{dataset!r}")
+        raise ValueError(
+            f"robustbench models exist for cifar10, cifar100 and imagenet, not {dataset!r}"
+        )
     tm = ROBUSTBENCH_THREATS.get(threat_model.lower())
     if tm is None:
-        raise ValueError(f"--threat-model must be one of Linf, L2, corruptions, got "
-                         f"{threat_model!r}")
+        raise ValueError(
+            f"--threat-model must be one of Linf, L2, corruptions, got {threat_model!r}"
+        )
     import_robustbench()
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
@@ -252,11 +305,14 @@ def robustbench_model(name: str, *, dataset: str | None = None, threat_model: st
     path = folder / rb_dataset / tm / f"{name}.pt"
     if not path.is_file() and not download:
         raise MissingFileError(
-            f"robustbench checkpoint for {name}", shown(path),
+            f"robustbench checkpoint for {name}",
+            shown(path),
             f"on a machine with a network run robustbench.utils.load_model('{name}', "
             f"dataset='{rb_dataset}', threat_model='{tm}', model_dir=DIR) and copy "
-            "DIR here (--model-dir DIR), or pass --weights FILE")
+            "DIR here (--model-dir DIR), or pass --weights FILE",
+        )
     from robustbench.utils import load_model
 
-    return load_model(model_name=name, dataset=rb_dataset, threat_model=tm,
-                      model_dir=str(folder)).eval()
+    return load_model(
+        model_name=name, dataset=rb_dataset, threat_model=tm, model_dir=str(folder)
+    ).eval()

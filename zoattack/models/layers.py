@@ -26,8 +26,9 @@ class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std):
-            raise ValueError(f"mean and std need one value per channel, got {len(mean)} and "
-                             f"{len(std)}")
+            raise ValueError(
+                f"mean and std need one value per channel, got {len(mean)} and {len(std)}"
+            )
         if any(s <= 0 for s in std):
             raise ValueError(f"std must be positive, got {tuple(std)}")
         self.mean_values = tuple(float(m) for m in mean)
@@ -58,8 +59,13 @@ class NormalizedModel(nn.Module):
     Shapes: ``(N, C_in, H, W) -> model's output``.
     """
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
-                 repeat_channels: int = 1) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        repeat_channels: int = 1,
+    ) -> None:
         super().__init__()
         self.repeat_channels = int(repeat_channels)
         self.normalize = Normalize(mean, std)
@@ -80,8 +86,9 @@ def init_weights_(module: nn.Module, generator: torch.Generator) -> nn.Module:
     """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu",
-                                    generator=generator)
+            nn.init.kaiming_normal_(
+                m.weight, mode="fan_out", nonlinearity="relu", generator=generator
+            )
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):

@@ -39,27 +39,52 @@ def _pretrained_flag(name: str) -> str | bool:
     return ",".join(ds) if ds else False
 
 
-MODELS.add(Entry("resnet20", ResNet20,
-                 "CIFAR ResNet-20 (He et al. 2016): 3x3 basic blocks, 16/32/64 channels, option-A "
-                 "shortcuts, ~0.27M params; any in-channels/classes/size",
-                 {"zoo": True, "trainable": True, "pretrained": _pretrained_flag("resnet20")},
-                 ("resnet_20",)))
-MODELS.add(Entry("small_cnn", SmallCNN,
-                 "2 conv (32, 64) + 2 fc (128, classes) CNN; fast victim for tests and demos",
-                 {"zoo": True, "trainable": True, "pretrained": _pretrained_flag("small_cnn")},
-                 ("smallcnn", "cnn")))
-MODELS.add(Entry("torchvision", adapters.torchvision_model,
-                 "torchvision:NAME, any torchvision.models classifier (ImageNet stats inside); "
-                 "--weights FILE or pretrained from the torch hub cache / --model-dir",
-                 {"adapter": True}))
-MODELS.add(Entry("timm", adapters.timm_model,
-                 "timm:NAME, any timm model with its own data config inside; needs `pip install "
-                 "timm`; --weights FILE or pretrained from the HF cache / --model-dir",
-                 {"adapter": True, "requires": "timm"}))
-MODELS.add(Entry("robustbench", adapters.robustbench_model,
-                 "robustbench:NAME with --threat-model Linf, L2 or corruptions; checkpoints from "
-                 "--model-dir (DIR/<dataset>/<threat>/NAME.pt) or --weights FILE",
-                 {"adapter": True, "requires": "robustbench"}))
+MODELS.add(
+    Entry(
+        "resnet20",
+        ResNet20,
+        "CIFAR ResNet-20 (He et al. 2016): 3x3 basic blocks, 16/32/64 channels, option-A "
+        "shortcuts, ~0.27M params; any in-channels/classes/size",
+        {"zoo": True, "trainable": True, "pretrained": _pretrained_flag("resnet20")},
+        ("resnet_20",),
+    )
+)
+MODELS.add(
+    Entry(
+        "small_cnn",
+        SmallCNN,
+        "2 conv (32, 64) + 2 fc (128, classes) CNN; fast victim for tests and demos",
+        {"zoo": True, "trainable": True, "pretrained": _pretrained_flag("small_cnn")},
+        ("smallcnn", "cnn"),
+    )
+)
+MODELS.add(
+    Entry(
+        "torchvision",
+        adapters.torchvision_model,
+        "torchvision:NAME, any torchvision.models classifier (ImageNet stats inside); "
+        "--weights FILE or pretrained from the torch hub cache / --model-dir",
+        {"adapter": True},
+    )
+)
+MODELS.add(
+    Entry(
+        "timm",
+        adapters.timm_model,
+        "timm:NAME, any timm model with its own data config inside; needs `pip install "
+        "timm`; --weights FILE or pretrained from the HF cache / --model-dir",
+        {"adapter": True, "requires": "timm"},
+    )
+)
+MODELS.add(
+    Entry(
+        "robustbench",
+        adapters.robustbench_model,
+        "robustbench:NAME with --threat-model Linf, L2 or corruptions; checkpoints from "
+        "--model-dir (DIR/<dataset>/<threat>/NAME.pt) or --weights FILE",
+        {"adapter": True, "requires": "robustbench"},
+    )
+)
 
 
 def _remote_model(url: str, **kwargs: Any) -> nn.Module:
@@ -74,14 +99,24 @@ def _defended_model(path: str, **kwargs: Any) -> nn.Module:
     return defended_model(path, **kwargs)
 
 
-MODELS.add(Entry("remote", _remote_model,
-                 "remote:http://HOST:PORT, a model served by `zoattack serve` (or a compatible "
-                 "score API), queried over HTTP with retries; counts match the server's",
-                 {"adapter": True, "remote": True}))
-MODELS.add(Entry("defended", _defended_model,
-                 "defended:PATH, a ZO-AE-DS defense written by `zoattack defend train` in front "
-                 "of its black box (plain or smoothed classifier)",
-                 {"adapter": True, "defended": True}))
+MODELS.add(
+    Entry(
+        "remote",
+        _remote_model,
+        "remote:http://HOST:PORT, a model served by `zoattack serve` (or a compatible "
+        "score API), queried over HTTP with retries; counts match the server's",
+        {"adapter": True, "remote": True},
+    )
+)
+MODELS.add(
+    Entry(
+        "defended",
+        _defended_model,
+        "defended:PATH, a ZO-AE-DS defense written by `zoattack defend train` in front "
+        "of its black box (plain or smoothed classifier)",
+        {"adapter": True, "defended": True},
+    )
+)
 
 
 def list_models(pattern: str | None = None, **flags: Any) -> list[str]:
@@ -103,8 +138,11 @@ def _dataset_kwargs(dataset: str | ImageDataset | None) -> tuple[str | None, dic
         return None, {}
     if isinstance(dataset, ImageDataset):
         c, h, w = dataset.image_shape
-        kw: dict[str, Any] = {"in_channels": c, "num_classes": dataset.num_classes,
-                              "input_size": (h, w)}
+        kw: dict[str, Any] = {
+            "in_channels": c,
+            "num_classes": dataset.num_classes,
+            "input_size": (h, w),
+        }
         spec = None
         try:
             spec = dataset_spec(dataset.name)
@@ -130,35 +168,53 @@ def _dataset_kwargs(dataset: str | ImageDataset | None) -> tuple[str | None, dic
     return spec.name, kw
 
 
-def _create_zoo(name: str, cls: type[ZooModel], ds_name: str | None, ds_kw: dict[str, Any], *,
-                weights: str | Path | None, model_dir: str | Path | None, pretrained: bool,
-                generator: torch.Generator | None, kwargs: dict[str, Any]) -> nn.Module:
+def _create_zoo(
+    name: str,
+    cls: type[ZooModel],
+    ds_name: str | None,
+    ds_kw: dict[str, Any],
+    *,
+    weights: str | Path | None,
+    model_dir: str | Path | None,
+    pretrained: bool,
+    generator: torch.Generator | None,
+    kwargs: dict[str, Any],
+) -> nn.Module:
     path: Path | None = None
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise MissingFileError(f"weights file for {name}", shown(path),
-                                   "pass the .safetensors written by `zoattack train` or a "
-                                   ".pt/.pth state dict")
+            raise MissingFileError(
+                f"weights file for {name}",
+                shown(path),
+                "pass the .safetensors written by `zoattack train` or a .pt/.pth state dict",
+            )
     elif pretrained:
         if ds_name is None:
-            raise ValueError(f"pretrained {name} weights are per data set; pass dataset= "
-                             f"(shipped: {', '.join(f'{m} on {d}' for m, d in shipped_weights())})")
+            raise ValueError(
+                f"pretrained {name} weights are per data set; pass dataset= "
+                f"(shipped: {', '.join(f'{m} on {d}' for m, d in shipped_weights())})"
+            )
         fname = weights_filename(name, ds_name)
-        candidates = ([Path(model_dir).expanduser() / fname] if model_dir is not None else [])
+        candidates = [Path(model_dir).expanduser() / fname] if model_dir is not None else []
         candidates.append(weights_dir() / fname)
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
-            raise MissingFileError(f"no pretrained {name} weights for {ds_name}",
-                                   [shown(p) for p in candidates], _ship_hint(name, ds_name))
+            raise MissingFileError(
+                f"no pretrained {name} weights for {ds_name}",
+                [shown(p) for p in candidates],
+                _ship_hint(name, ds_name),
+            )
     config: dict[str, Any] = {}
     card = read_card(path) if path is not None else None
     if card is not None:
         if card.get("model") not in (None, name):
             raise ValueError(f"{path} holds {card.get('model')} weights (per its card), not {name}")
         if ds_name is not None and card.get("dataset") not in (None, ds_name):
-            warnings.warn(f"{path} was trained on {card.get('dataset')}, used here with "
-                          f"{ds_name}", stacklevel=3)
+            warnings.warn(
+                f"{path} was trained on {card.get('dataset')}, used here with {ds_name}",
+                stacklevel=3,
+            )
         config = dict(card.get("architecture", {}).get("config", {}))
     # Precedence: explicit kwargs > the card that came with the weights > the data set; implied
     # values the architecture does not take (resnet20 has no input size) are dropped.
@@ -170,11 +226,19 @@ def _create_zoo(name: str, cls: type[ZooModel], ds_name: str | None, ds_kw: dict
     return model
 
 
-def create_model(name: str, *, dataset: str | ImageDataset | None = None,
-                 weights: str | Path | None = None, model_dir: str | Path | None = None,
-                 pretrained: bool = False, device: str | torch.device = "cpu",
-                 threat_model: str | None = None, download: bool = False,
-                 generator: torch.Generator | None = None, **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str,
+    *,
+    dataset: str | ImageDataset | None = None,
+    weights: str | Path | None = None,
+    model_dir: str | Path | None = None,
+    pretrained: bool = False,
+    device: str | torch.device = "cpu",
+    threat_model: str | None = None,
+    download: bool = False,
+    generator: torch.Generator | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Build a model that takes [0, 1] images, in eval mode on ``device``.
 
     Args:
@@ -212,31 +276,56 @@ def create_model(name: str, *, dataset: str | ImageDataset | None = None,
     ds_name, ds_kw = _dataset_kwargs(dataset)
     if entry.flags.get("adapter"):
         if not sep or not arch:
-            raise ValueError(f"{entry.name} is an adapter: use {entry.name}:NAME, e.g. "
-                             + {"torchvision": "torchvision:resnet18", "timm": "timm:resnet18",
-                                "robustbench": "robustbench:Standard",
-                                "remote": "remote:http://127.0.0.1:8000",
-                                "defended": "defended:runs/defense"}[entry.name])
+            raise ValueError(
+                f"{entry.name} is an adapter: use {entry.name}:NAME, e.g. "
+                + {
+                    "torchvision": "torchvision:resnet18",
+                    "timm": "timm:resnet18",
+                    "robustbench": "robustbench:Standard",
+                    "remote": "remote:http://127.0.0.1:8000",
+                    "defended": "defended:runs/defense",
+                }[entry.name]
+            )
         if entry.name in ("remote", "defended"):
             # Their own files/servers say what they are; the data set only cross-checks shapes.
             model = entry.factory(arch, dataset=dataset, device=dev, **kwargs)
         elif entry.name == "robustbench":
             model = adapters.robustbench_model(
-                arch, dataset=ds_name or "cifar10", threat_model=threat_model or "Linf",
-                weights=weights, model_dir=model_dir, download=download)
+                arch,
+                dataset=ds_name or "cifar10",
+                threat_model=threat_model or "Linf",
+                weights=weights,
+                model_dir=model_dir,
+                download=download,
+            )
         else:
-            adapter_kw = {k: ds_kw[k] for k in ("in_channels", "num_classes", "mean", "std")
-                          if k in ds_kw}
+            adapter_kw = {
+                k: ds_kw[k] for k in ("in_channels", "num_classes", "mean", "std") if k in ds_kw
+            }
             if pretrained and weights is None:  # the library's own head and statistics
                 adapter_kw = {k: v for k, v in adapter_kw.items() if k == "in_channels"}
-            model = entry.factory(arch, **{**adapter_kw, **kwargs}, weights=weights,
-                                  model_dir=model_dir, pretrained=pretrained, download=download)
+            model = entry.factory(
+                arch,
+                **{**adapter_kw, **kwargs},
+                weights=weights,
+                model_dir=model_dir,
+                pretrained=pretrained,
+                download=download,
+            )
     else:
         if sep:
             raise ValueError(f"{entry.name} is a zoo model and takes no ':NAME' suffix")
         if threat_model is not None:
             raise ValueError("threat_model only applies to robustbench:NAME models")
-        model = _create_zoo(entry.name, entry.factory, ds_name, ds_kw, weights=weights,
-                            model_dir=model_dir, pretrained=pretrained, generator=generator,
-                            kwargs=kwargs)
+        model = _create_zoo(
+            entry.name,
+            entry.factory,
+            ds_name,
+            ds_kw,
+            weights=weights,
+            model_dir=model_dir,
+            pretrained=pretrained,
+            generator=generator,
+            kwargs=kwargs,
+        )
     return model.to(dev).eval()

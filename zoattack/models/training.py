@@ -52,17 +52,21 @@ class TrainRecipe:
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.batch_size < 2:
-            raise ValueError(f"--batch-size must be >= 2 (BatchNorm needs 2), got "
-                             f"{self.batch_size}")
+            raise ValueError(
+                f"--batch-size must be >= 2 (BatchNorm needs 2), got {self.batch_size}"
+            )
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got "
-                             f"{self.optimizer!r}")
+            raise ValueError(
+                f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got "
-                             f"{self.schedule!r}")
+            raise ValueError(
+                f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
         if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got "
-                             f"{self.augment!r}")
+            raise ValueError(
+                f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}"
+            )
         if self.weight_decay < 0:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         return self
@@ -74,8 +78,9 @@ class TrainRecipe:
             d.pop("nesterov")
         if "crop" not in self.augment:
             d.pop("crop_padding")
-        d["loss"] = "cross-entropy" + (f" (label smoothing {self.label_smoothing})"
-                                       if self.label_smoothing else "")
+        d["loss"] = "cross-entropy" + (
+            f" (label smoothing {self.label_smoothing})" if self.label_smoothing else ""
+        )
         d.pop("label_smoothing")
         return d
 
@@ -102,13 +107,19 @@ def augment_batch(x: Tensor, mode: str, padding: int, generator: torch.Generator
         n, _, h, w = x.shape
         padded = F.pad(x, (padding,) * 4)
         offs = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator).tolist()
-        x = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offs)])
+        x = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offs)])
     return x
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 1000,
-             device: torch.device | str | None = None) -> float:
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    batch_size: int = 1000,
+    device: torch.device | str | None = None,
+) -> float:
     """Top-1 accuracy in [0, 1]; the model's train/eval mode is restored afterwards."""
     if device is None:
         p = next(iter(model.parameters()), None)
@@ -118,9 +129,9 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: in
     correct = 0
     try:
         for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].to(device)
+            x = images[i : i + batch_size].to(device)
             pred = model(x).argmax(1).cpu()
-            correct += int((pred == labels[i:i + batch_size]).sum())
+            correct += int((pred == labels[i : i + batch_size]).sum())
     finally:
         model.train(was_training)
     return correct / max(1, len(images))
@@ -128,15 +139,27 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: in
 
 def _optimizer(model: nn.Module, r: TrainRecipe) -> torch.optim.Optimizer:
     if r.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum,
-                               nesterov=r.nesterov and r.momentum > 0, weight_decay=r.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=r.lr,
+            momentum=r.momentum,
+            nesterov=r.nesterov and r.momentum > 0,
+            weight_decay=r.weight_decay,
+        )
     return torch.optim.Adam(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
 
 
-def train_model(model: nn.Module, train: ImageDataset, *, recipe: TrainRecipe,
-                generator: torch.Generator, device: torch.device | str = "cpu",
-                test: ImageDataset | None = None, on_step: StepCallback | None = None,
-                on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+def train_model(
+    model: nn.Module,
+    train: ImageDataset,
+    *,
+    recipe: TrainRecipe,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    test: ImageDataset | None = None,
+    on_step: StepCallback | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
     """Train ``model`` in place on ``train``; report test accuracy on ``test`` at the end.
 
     Raises:
@@ -154,7 +177,8 @@ def train_model(model: nn.Module, train: ImageDataset, *, recipe: TrainRecipe,
     total = max(1, steps * recipe.epochs)
     if recipe.schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
+            opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))
+        )
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     result = TrainResult()
@@ -165,14 +189,16 @@ def train_model(model: nn.Module, train: ImageDataset, *, recipe: TrainRecipe,
         perm = torch.randperm(n, generator=generator)
         loss_sum, correct, seen = 0.0, 0, 0
         for step in range(steps):
-            idx = perm[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+            idx = perm[step * recipe.batch_size : (step + 1) * recipe.batch_size]
             x = augment_batch(train.images[idx], recipe.augment, recipe.crop_padding, generator)
             x, y = x.to(device, memory_format=fmt), train.labels[idx].to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             if not torch.isfinite(loss):
-                raise ValueError(f"training diverged (loss {loss.item()}) at epoch {epoch} step "
-                                 f"{step + 1}; lower --lr (now {recipe.lr})")
+                raise ValueError(
+                    f"training diverged (loss {loss.item()}) at epoch {epoch} step "
+                    f"{step + 1}; lower --lr (now {recipe.lr})"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -183,9 +209,12 @@ def train_model(model: nn.Module, train: ImageDataset, *, recipe: TrainRecipe,
             seen += b
             if on_step is not None:
                 on_step(epoch, step + 1, steps, loss.item())
-        row = {"epoch": epoch, "train_loss": round(loss_sum / max(1, seen), 5),
-               "train_accuracy": round(correct / max(1, seen), 5),
-               "seconds": round(time.perf_counter() - t0, 2)}
+        row = {
+            "epoch": epoch,
+            "train_loss": round(loss_sum / max(1, seen), 5),
+            "train_accuracy": round(correct / max(1, seen), 5),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         result.history.append(row)
         if on_epoch is not None:
             on_epoch(row)

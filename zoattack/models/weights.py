@@ -69,22 +69,28 @@ def load_card(model: str, dataset: str) -> dict[str, Any]:
     path = weights_dir() / weights_filename(model, dataset)
     card = read_card(path)
     if card is None:
-        raise MissingFileError(f"no shipped model card for {model} on {dataset}",
-                               shown(card_path(path)), _ship_hint(model, dataset))
+        raise MissingFileError(
+            f"no shipped model card for {model} on {dataset}",
+            shown(card_path(path)),
+            _ship_hint(model, dataset),
+        )
     return card
 
 
 def _ship_hint(model: str, dataset: str) -> str:
     have = ", ".join(f"{m} on {d}" for m, d in shipped_weights()) or "none"
-    return (f"shipped weights: {have}; train your own with `zoattack train --model {model} "
-            f"--dataset {dataset} --out FILE.safetensors` and pass --weights FILE.safetensors")
+    return (
+        f"shipped weights: {have}; train your own with `zoattack train --model {model} "
+        f"--dataset {dataset} --out FILE.safetensors` and pass --weights FILE.safetensors"
+    )
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
     for _ in range(3):
         if isinstance(obj, Mapping) and not all(isinstance(v, Tensor) for v in obj.values()):
-            inner = next((obj[k] for k in _WRAPPER_KEYS
-                          if k in obj and isinstance(obj[k], Mapping)), None)
+            inner = next(
+                (obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None
+            )
             if inner is None:
                 break
             obj = inner
@@ -94,11 +100,12 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
         raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
     state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if not state:
-        raise ValueError(f"{path} holds no tensors; expected a state dict (or a dict with a "
-                         f"'state_dict' key)")
+        raise ValueError(
+            f"{path} holds no tensors; expected a state dict (or a dict with a 'state_dict' key)"
+        )
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -106,8 +113,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """A state dict from ``.safetensors`` or a PyTorch checkpoint (``weights_only=True``)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise MissingFileError("weights file", shown(path),
-                               "pass the path of a .safetensors or .pt/.pth checkpoint")
+        raise MissingFileError(
+            "weights file", shown(path), "pass the path of a .safetensors or .pt/.pth checkpoint"
+        )
     with open(path, "rb") as f:
         head = f.read(16)
     if path.suffix == ".safetensors" or (len(head) > 8 and head[8:9] == b"{"):
@@ -117,14 +125,16 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors are many types; one clear line for the user
-        raise ValueError(f"cannot read {path} as a PyTorch checkpoint with weights_only=True "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-                         ) from exc
+        raise ValueError(
+            f"cannot read {path} as a PyTorch checkpoint with weights_only=True "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     return _unwrap(obj, path)
 
 
-def load_into(module: nn.Module, state: Mapping[str, Tensor], source: str | Path,
-              what: str) -> nn.Module:
+def load_into(
+    module: nn.Module, state: Mapping[str, Tensor], source: str | Path, what: str
+) -> nn.Module:
     """``load_state_dict(strict=True)`` with a one-line explanation when the shapes disagree."""
     try:
         module.load_state_dict(state, strict=True)
@@ -132,8 +142,11 @@ def load_into(module: nn.Module, state: Mapping[str, Tensor], source: str | Path
         ours = module.state_dict()
         missing = [k for k in ours if k not in state]
         extra = [k for k in state if k not in ours]
-        wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
-                 if k in state and state[k].shape != v.shape]
+        wrong = [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+            for k, v in ours.items()
+            if k in state and state[k].shape != v.shape
+        ]
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")

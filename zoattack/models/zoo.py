@@ -25,13 +25,16 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _stats(in_channels: int, mean: Sequence[float] | None,
-           std: Sequence[float] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _stats(
+    in_channels: int, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     mean = tuple(mean) if mean is not None else (0.5,) * in_channels
     std = tuple(std) if std is not None else (0.5,) * in_channels
     if len(mean) != in_channels or len(std) != in_channels:
-        raise ValueError(f"mean/std need {in_channels} values (one per input channel), got "
-                         f"{len(mean)} and {len(std)}")
+        raise ValueError(
+            f"mean/std need {in_channels} values (one per input channel), got "
+            f"{len(mean)} and {len(std)}"
+        )
     return mean, std
 
 
@@ -58,7 +61,7 @@ class _ShortcutA(nn.Module):
         self.pad = (extra // 2, extra - extra // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x[:, :, ::self.stride, ::self.stride]
+        x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad[0], self.pad[1]))
 
 
@@ -76,8 +79,9 @@ class BasicBlock(nn.Module):
             if shortcut == "A":
                 self.shortcut = _ShortcutA(in_planes, planes, stride)
             else:
-                self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                                              nn.BatchNorm2d(planes))
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+                )
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -102,19 +106,32 @@ class ResNet20(ZooModel):
 
     arch = "resnet20"
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, *,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 shortcut: str = "A", generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        shortcut: str = "A",
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         shortcut = shortcut.upper()
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (1x1 conv), got {shortcut!r}")
         if in_channels < 1 or num_classes < 2:
-            raise ValueError(f"need in_channels >= 1 and num_classes >= 2, got {in_channels}, "
-                             f"{num_classes}")
+            raise ValueError(
+                f"need in_channels >= 1 and num_classes >= 2, got {in_channels}, {num_classes}"
+            )
         mean, std = _stats(in_channels, mean, std)
-        self._config = {"in_channels": in_channels, "num_classes": num_classes,
-                        "mean": list(mean), "std": list(std), "shortcut": shortcut}
+        self._config = {
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "mean": list(mean),
+            "std": list(std),
+            "shortcut": shortcut,
+        }
         with torch.device("meta"):
             self.normalize = Normalize(mean, std)
             self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
@@ -150,18 +167,30 @@ class SmallCNN(ZooModel):
 
     arch = "small_cnn"
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, *,
-                 input_size: int | Sequence[int] = 28, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, hidden: int = 128,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        *,
+        input_size: int | Sequence[int] = 28,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        hidden: int = 128,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         h, w = _pair(input_size)
         if h < 4 or w < 4:
             raise ValueError(f"small_cnn needs inputs of at least 4x4, got {h}x{w}")
         mean, std = _stats(in_channels, mean, std)
-        self._config = {"in_channels": in_channels, "num_classes": num_classes,
-                        "input_size": [h, w], "mean": list(mean), "std": list(std),
-                        "hidden": hidden}
+        self._config = {
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "input_size": [h, w],
+            "mean": list(mean),
+            "std": list(std),
+            "hidden": hidden,
+        }
         with torch.device("meta"):
             self.normalize = Normalize(mean, std)
             self.conv1 = nn.Conv2d(in_channels, 32, 3, padding=1)

@@ -12,9 +12,9 @@ from typing import Any
 
 from zoattack.optim import lizo, radazo, sign, square, zo_adamm, zo_sgd, zo_signsgd  # noqa: F401
 from zoattack.optim.base import SearchRule, StepResult, ZORule
-from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.lizo import LIZO
 from zoattack.optim.radazo import R_AdaZO
+from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.torch_face import ZOOptimizer
 from zoattack.optim.zo_adamm import ZO_AdaMM
 from zoattack.optim.zo_sgd import ZO_SGD
@@ -30,5 +30,17 @@ def list_optimizers(pattern: str | None = None, **flags: Any) -> list[str]:
     return OPTIMIZERS.names(pattern, **flags)
 
 
-__all__ = ["LIZO", "OPTIMIZERS", "R_AdaZO", "SearchRule", "StepResult", "ZORule", "ZOOptimizer",
-           "ZO_AdaMM", "ZO_SGD", "ZO_SignSGD", "create_optimizer", "list_optimizers"]
+__all__ = [
+    "LIZO",
+    "OPTIMIZERS",
+    "ZO_SGD",
+    "R_AdaZO",
+    "SearchRule",
+    "StepResult",
+    "ZOOptimizer",
+    "ZORule",
+    "ZO_AdaMM",
+    "ZO_SignSGD",
+    "create_optimizer",
+    "list_optimizers",
+]

@@ -8,10 +8,9 @@ projection and stopping. Each rule file also exposes a pure update kernel.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import abc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -88,10 +87,17 @@ class ZORule(abc.ABC):
     default_estimator: ClassVar[str] = "gaussian"
     estimator: GradientEstimator | None  # None only for SearchRule subclasses
 
-    def __init__(self, *, lr: float | Tensor, estimator: str | GradientEstimator | None = None,
-                 num_samples: int | None = None, mu: float | None = None,
-                 difference: str | None = None, estimator_kwargs: dict[str, Any] | None = None,
-                 lr_decay: str = "constant") -> None:
+    def __init__(
+        self,
+        *,
+        lr: float | Tensor,
+        estimator: str | GradientEstimator | None = None,
+        num_samples: int | None = None,
+        mu: float | None = None,
+        difference: str | None = None,
+        estimator_kwargs: dict[str, Any] | None = None,
+        lr_decay: str = "constant",
+    ) -> None:
         self.lr = check_lr(lr)
         if lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay must be 'constant' or 'sqrt', got {lr_decay!r}")
@@ -103,9 +109,11 @@ class ZORule(abc.ABC):
         else:
             name = estimator or self.default_estimator
             given = {"num_samples": num_samples, "mu": mu, "difference": difference}
-            kwargs = {**self._estimator_defaults(name),
-                      **{k: v for k, v in given.items() if v is not None},
-                      **(estimator_kwargs or {})}
+            kwargs = {
+                **self._estimator_defaults(name),
+                **{k: v for k, v in given.items() if v is not None},
+                **(estimator_kwargs or {}),
+            }
             self.estimator = create_estimator(name, **kwargs)
         self.state = PerExampleState()
 
@@ -122,8 +130,15 @@ class ZORule(abc.ABC):
             return 1
         return self.estimator.queries_per_call(dim)
 
-    def step(self, objective: Objective, x: Tensor, *, generator: torch.Generator,
-             idx: Tensor | None = None, fx: Tensor | None = None) -> StepResult:
+    def step(
+        self,
+        objective: Objective,
+        x: Tensor,
+        *,
+        generator: torch.Generator,
+        idx: Tensor | None = None,
+        fx: Tensor | None = None,
+    ) -> StepResult:
         """Estimate at ``x`` ``(N, *shape)`` and propose ``x_next``; see :class:`StepResult`."""
         n = x.shape[0]
         if idx is None:
@@ -135,20 +150,35 @@ class ZORule(abc.ABC):
         x_next, extra, fx_next = self._update(objective, x, est.grad, est.loss, idx, steps, lr)
         if fx_next is None:
             fx_next = torch.full((n,), float("nan"), dtype=torch.float64, device=x.device)
-        return StepResult(x_next=x_next.to(x.dtype), loss=est.loss, queries=est.queries + extra,
-                          grad=est.grad, fx_next=fx_next)
+        return StepResult(
+            x_next=x_next.to(x.dtype),
+            loss=est.loss,
+            queries=est.queries + extra,
+            grad=est.grad,
+            fx_next=fx_next,
+        )
 
     def _lr(self, steps: Tensor, x: Tensor) -> Tensor:
         shape = (-1,) + (1,) * (x.dim() - 1)
-        factor = torch.ones_like(steps, dtype=x.dtype) if self.lr_decay == "constant" else \
-            steps.to(x.dtype).rsqrt()
+        factor = (
+            torch.ones_like(steps, dtype=x.dtype)
+            if self.lr_decay == "constant"
+            else steps.to(x.dtype).rsqrt()
+        )
         lr = self.lr if not isinstance(self.lr, Tensor) else self.lr.to(x.device, x.dtype)
         return factor.view(shape) * lr
 
     @abc.abstractmethod
-    def _update(self, objective: Objective, x: Tensor, grad: Tensor, loss: Tensor | None,
-                idx: Tensor, steps: Tensor, lr: Tensor
-                ) -> tuple[Tensor, Tensor | int, Tensor | None]:
+    def _update(
+        self,
+        objective: Objective,
+        x: Tensor,
+        grad: Tensor,
+        loss: Tensor | None,
+        idx: Tensor,
+        steps: Tensor,
+        lr: Tensor,
+    ) -> tuple[Tensor, Tensor | int, Tensor | None]:
         """Return ``(x_next, extra_queries, fx_next)``; state lives in ``self.state``."""
 
     # ------------------------------------------------------------------ state
@@ -182,8 +212,9 @@ class ZORule(abc.ABC):
             self.estimator.load_state_dict(state["estimator"])
 
     def _moment(self, name: str, idx: Tensor, x: Tensor, fill: float = 0.0) -> Tensor:
-        return self.state.get(name, idx, tuple(x.shape[1:]), dtype=x.dtype, device=x.device,
-                              fill=fill)
+        return self.state.get(
+            name, idx, tuple(x.shape[1:]), dtype=x.dtype, device=x.device, fill=fill
+        )
 
 
 class SearchRule(ZORule):
@@ -217,31 +248,50 @@ class SearchRule(ZORule):
 
     supported_norms: ClassVar[tuple[str, ...]] = SEARCH_NORMS
 
-    def __init__(self, *, lr: float, norm: str = "linf", budget: int | None = None,
-                 estimator: str | GradientEstimator | None = None,
-                 num_samples: int | None = None, mu: float | None = None,
-                 difference: str | None = None, estimator_kwargs: dict[str, Any] | None = None,
-                 lr_decay: str = "constant") -> None:
-        given = {"estimator": estimator, "num_samples": num_samples, "mu": mu,
-                 "difference": difference, "estimator_kwargs": estimator_kwargs}
+    def __init__(
+        self,
+        *,
+        lr: float,
+        norm: str = "linf",
+        budget: int | None = None,
+        estimator: str | GradientEstimator | None = None,
+        num_samples: int | None = None,
+        mu: float | None = None,
+        difference: str | None = None,
+        estimator_kwargs: dict[str, Any] | None = None,
+        lr_decay: str = "constant",
+    ) -> None:
+        given = {
+            "estimator": estimator,
+            "num_samples": num_samples,
+            "mu": mu,
+            "difference": difference,
+            "estimator_kwargs": estimator_kwargs,
+        }
         for arg, value in given.items():
             if value is not None:
-                raise ValueError(f"the {self.name} rule uses no gradient estimator; "
-                                 f"do not pass {arg}")
+                raise ValueError(
+                    f"the {self.name} rule uses no gradient estimator; do not pass {arg}"
+                )
         if isinstance(lr, Tensor) or isinstance(lr, bool):
             raise ValueError(f"lr (the search radius) must be a number, got {type(lr).__name__}")
         self.lr = float(check_lr(lr))
         if lr_decay != "constant":
-            raise ValueError(f"lr_decay must be 'constant' for the {self.name} rule "
-                             f"(its radius is fixed), got {lr_decay!r}")
+            raise ValueError(
+                f"lr_decay must be 'constant' for the {self.name} rule "
+                f"(its radius is fixed), got {lr_decay!r}"
+            )
         self.lr_decay = lr_decay
         key = norm.lower() if isinstance(norm, str) else norm
         if key not in self.supported_norms:
-            raise ValueError(f"norm must be one of {', '.join(self.supported_norms)} for the "
-                             f"{self.name} rule, got {norm!r}")
+            raise ValueError(
+                f"norm must be one of {', '.join(self.supported_norms)} for the "
+                f"{self.name} rule, got {norm!r}"
+            )
         self.norm = key
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
-                                   or budget < 1):
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+        ):
             raise ValueError(f"budget must be None or an integer >= 1, got {budget!r}")
         self.budget = budget
         self.estimator = None
@@ -256,8 +306,15 @@ class SearchRule(ZORule):
     def check_shape(self, x: Tensor) -> None:
         """Raise ValueError if the rule cannot search variables shaped like ``x``."""
 
-    def step(self, objective: Objective, x: Tensor, *, generator: torch.Generator,
-             idx: Tensor | None = None, fx: Tensor | None = None) -> StepResult:
+    def step(
+        self,
+        objective: Objective,
+        x: Tensor,
+        *,
+        generator: torch.Generator,
+        idx: Tensor | None = None,
+        fx: Tensor | None = None,
+    ) -> StepResult:
         """Propose, score (1 query per example) and greedily accept; see the class doc."""
         self.check_shape(x)
         n = x.shape[0]
@@ -265,16 +322,25 @@ class SearchRule(ZORule):
             idx = torch.arange(n, device=x.device)
         if n == 0:
             empty = torch.zeros(0, dtype=torch.float64, device=x.device)
-            return StepResult(x_next=x.clone(), loss=empty, queries=torch.zeros(
-                0, dtype=torch.int64, device=x.device), grad=torch.zeros_like(x), fx_next=empty)
+            return StepResult(
+                x_next=x.clone(),
+                loss=empty,
+                queries=torch.zeros(0, dtype=torch.int64, device=x.device),
+                grad=torch.zeros_like(x),
+                fx_next=empty,
+            )
         steps = self.state.get("step", idx, (), dtype=torch.int64, device=x.device) + 1
         self.state.set("step", idx, steps)
         first = steps == 1
         shape = (-1,) + (1,) * (x.dim() - 1)
-        best = self.state.get("best", idx, (), dtype=torch.float64, device=x.device,
-                              fill=float("nan"))
-        known = (fx.to(x.device, torch.float64) if fx is not None
-                 else torch.full((n,), float("nan"), dtype=torch.float64, device=x.device))
+        best = self.state.get(
+            "best", idx, (), dtype=torch.float64, device=x.device, fill=float("nan")
+        )
+        known = (
+            fx.to(x.device, torch.float64)
+            if fx is not None
+            else torch.full((n,), float("nan"), dtype=torch.float64, device=x.device)
+        )
         current = torch.where(torch.isfinite(known), known, best)
         cand = self._propose(objective, x, first, steps, idx, generator).to(x.dtype)
         loss = objective(cand, idx).to(x.device, torch.float64).reshape(n)
@@ -283,13 +349,24 @@ class SearchRule(ZORule):
         fx_next = torch.where(accept, loss, current)
         self.state.set("best", idx, fx_next)
         self._commit(x, idx, first, accept)
-        return StepResult(x_next=x_next, loss=current, queries=torch.ones(
-            n, dtype=torch.int64, device=x.device), grad=self._grad(x_next),
-            fx_next=fx_next)
+        return StepResult(
+            x_next=x_next,
+            loss=current,
+            queries=torch.ones(n, dtype=torch.int64, device=x.device),
+            grad=self._grad(x_next),
+            fx_next=fx_next,
+        )
 
     @abc.abstractmethod
-    def _propose(self, objective: Objective, x: Tensor, first: Tensor, steps: Tensor,
-                 idx: Tensor, generator: torch.Generator) -> Tensor:
+    def _propose(
+        self,
+        objective: Objective,
+        x: Tensor,
+        first: Tensor,
+        steps: Tensor,
+        idx: Tensor,
+        generator: torch.Generator,
+    ) -> Tensor:
         """Candidates ``(N, *shape)``: the start point where ``first``, else one move."""
 
     def _commit(self, x: Tensor, idx: Tensor, first: Tensor, accept: Tensor) -> None:
@@ -299,14 +376,22 @@ class SearchRule(ZORule):
         """What StepResult.grad reports; search rules estimate no gradient (zeros)."""
         return torch.zeros_like(x_next)
 
-    def _update(self, objective: Objective, x: Tensor, grad: Tensor, loss: Tensor | None,
-                idx: Tensor, steps: Tensor, lr: Tensor
-                ) -> tuple[Tensor, Tensor | int, Tensor | None]:
+    def _update(
+        self,
+        objective: Objective,
+        x: Tensor,
+        grad: Tensor,
+        loss: Tensor | None,
+        idx: Tensor,
+        steps: Tensor,
+        lr: Tensor,
+    ) -> tuple[Tensor, Tensor | int, Tensor | None]:
         raise RuntimeError("search rules implement step() directly")  # pragma: no cover
 
 
-def draw_signs(shape: tuple[int, ...], generator: torch.Generator, device: torch.device,
-               dtype: torch.dtype) -> Tensor:
+def draw_signs(
+    shape: tuple[int, ...], generator: torch.Generator, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     """Independent uniform ±1 of ``shape`` drawn from ``generator`` (never the global RNG)."""
     bits = torch.randint(0, 2, shape, generator=generator, device=generator.device)
     return (bits * 2 - 1).to(device=device, dtype=dtype)

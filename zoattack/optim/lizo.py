@@ -23,8 +23,12 @@ def lizo_update(x: Tensor, grad: Tensor, lr: Tensor | float, strict_lr: bool = F
     return x - lr * grad / norm.view((-1,) + (1,) * (x.dim() - 1))
 
 
-@OPTIMIZERS.register("lizo", description="ReLIZO: linear-interpolation estimate with query reuse (Wang et al. 2024)",
-                     aliases=("relizo",), flags={"adaptive": False, "sign": False})
+@OPTIMIZERS.register(
+    "lizo",
+    description="ReLIZO: linear-interpolation estimate with query reuse (Wang et al. 2024)",
+    aliases=("relizo",),
+    flags={"adaptive": False, "sign": False},
+)
 class LIZORule(ZORule):
     """ReLIZO (Wang, Qin, Yang & Yan, NeurIPS 2024).
 
@@ -46,16 +50,28 @@ class LIZORule(ZORule):
     name = "lizo"
     default_estimator = "lizo"
 
-    def __init__(self, *, lr: float | Tensor, reuse_distance_bound: float | None = None,
-                 max_reuse_rate: float | None = None, orthogonal: bool | None = None,
-                 strict_lr: bool = False, line_search: str | None = None, c1: float = 1e-4,
-                 shrink: float = 0.2, max_line_search: int = 10, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        lr: float | Tensor,
+        reuse_distance_bound: float | None = None,
+        max_reuse_rate: float | None = None,
+        orthogonal: bool | None = None,
+        strict_lr: bool = False,
+        line_search: str | None = None,
+        c1: float = 1e-4,
+        shrink: float = 0.2,
+        max_line_search: int = 10,
+        **kwargs: Any,
+    ) -> None:
         lr = check_lr(lr)
         scalar_lr = float(lr.max()) if isinstance(lr, Tensor) else lr
         self._lizo_options = {
-            "reuse_distance_bound": 2 * scalar_lr if reuse_distance_bound is None
+            "reuse_distance_bound": 2 * scalar_lr
+            if reuse_distance_bound is None
             else reuse_distance_bound,
-            "max_reuse_rate": max_reuse_rate, "orthogonal": orthogonal,
+            "max_reuse_rate": max_reuse_rate,
+            "orthogonal": orthogonal,
         }
         super().__init__(lr=lr, **kwargs)
         if line_search not in LINE_SEARCHES:
@@ -79,19 +95,27 @@ class LIZORule(ZORule):
         extra = self.max_line_search if self.line_search else 0
         return self.estimator.queries_per_call(dim) + extra
 
-    def _update(self, objective: Objective, x: Tensor, grad: Tensor, loss: Tensor | None,
-                idx: Tensor, steps: Tensor, lr: Tensor
-                ) -> tuple[Tensor, Tensor | int, Tensor | None]:
+    def _update(
+        self,
+        objective: Objective,
+        x: Tensor,
+        grad: Tensor,
+        loss: Tensor | None,
+        idx: Tensor,
+        steps: Tensor,
+        lr: Tensor,
+    ) -> tuple[Tensor, Tensor | int, Tensor | None]:
         x_next = lizo_update(x, grad, lr, self.strict_lr)
         if self.line_search is None or loss is None:
             return x_next, 0, None
         return self._armijo(objective, x, x_next, grad, loss, idx)
 
-    def _armijo(self, objective: Objective, x: Tensor, x_full: Tensor, grad: Tensor,
-                f0: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _armijo(
+        self, objective: Objective, x: Tensor, x_full: Tensor, grad: Tensor, f0: Tensor, idx: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         n = x.shape[0]
         shape = (-1,) + (1,) * (x.dim() - 1)
-        step = x - x_full                                  # t0 * ĝ, t0 = sigma
+        step = x - x_full  # t0 * ĝ, t0 = sigma
         t0 = step.flatten(1).norm(dim=1)
         gnorm = grad.flatten(1).norm(dim=1).double()
         searching = (t0 > 0) & torch.isfinite(f0)
@@ -129,20 +153,40 @@ class LIZO(ZOOptimizer):
 
     rule_name = "lizo"
     rule_keys = ("strict_lr",)
-    arg_names = {"num_samples": "num_sample_per_step", "mu": "sample_norm",
-                 "orthogonal": "orthogonal_sample", "line_search": "line_search_fn"}
+    arg_names = {
+        "num_samples": "num_sample_per_step",
+        "mu": "sample_norm",
+        "orthogonal": "orthogonal_sample",
+        "line_search": "line_search_fn",
+    }
 
-    def __init__(self, params: Any, lr: float = 1e-3, num_sample_per_step: int = 8,
-                 reuse_distance_bound: float | None = None, max_reuse_rate: float = 0.5,
-                 orthogonal_sample: bool = False, sample_norm: float = 1e-3,
-                 strict_lr: bool = False, line_search_fn: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        num_sample_per_step: int = 8,
+        reuse_distance_bound: float | None = None,
+        max_reuse_rate: float = 0.5,
+        orthogonal_sample: bool = False,
+        sample_norm: float = 1e-3,
+        strict_lr: bool = False,
+        line_search_fn: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         lr = float(check_lr(lr))
-        self._lizo = {"reuse_distance_bound": 2 * lr if reuse_distance_bound is None
-                      else reuse_distance_bound, "max_reuse_rate": max_reuse_rate,
-                      "orthogonal": orthogonal_sample, "line_search": line_search_fn}
-        super().__init__(params, {"lr": lr, "strict_lr": strict_lr},
-                         **_estimator_args(kwargs, num_sample_per_step, sample_norm))
+        self._lizo = {
+            "reuse_distance_bound": 2 * lr
+            if reuse_distance_bound is None
+            else reuse_distance_bound,
+            "max_reuse_rate": max_reuse_rate,
+            "orthogonal": orthogonal_sample,
+            "line_search": line_search_fn,
+        }
+        super().__init__(
+            params,
+            {"lr": lr, "strict_lr": strict_lr},
+            **_estimator_args(kwargs, num_sample_per_step, sample_norm),
+        )
 
     def _rule_extra(self, group: dict[str, Any]) -> dict[str, Any]:
         return dict(self._lizo)

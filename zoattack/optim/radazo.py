@@ -12,9 +12,18 @@ from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.torch_face import ZOOptimizer, _estimator_args
 
 
-def radazo_update(x: Tensor, grad: Tensor, m: Tensor, v: Tensor, steps: Tensor,
-                  lr: Tensor | float, beta1: float, beta2: float, eps: float,
-                  bias_correction: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+def radazo_update(
+    x: Tensor,
+    grad: Tensor,
+    m: Tensor,
+    v: Tensor,
+    steps: Tensor,
+    lr: Tensor | float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    bias_correction: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
     """One R-AdaZO step -> ``(x_next, m, v)``; ``steps`` is the 1-based step per example.
 
     Without bias correction (official code): ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) m^2``,
@@ -34,8 +43,12 @@ def radazo_update(x: Tensor, grad: Tensor, m: Tensor, v: Tensor, steps: Tensor,
     return x - lr * mhat / (vhat.sqrt() + eps), m, v
 
 
-@OPTIMIZERS.register("radazo", description="R-AdaZO: second moment from the first moment (Shu et al. 2025)",
-                     aliases=("r_adazo", "r-adazo"), flags={"adaptive": True, "sign": False})
+@OPTIMIZERS.register(
+    "radazo",
+    description="R-AdaZO: second moment from the first moment (Shu et al. 2025)",
+    aliases=("r_adazo", "r-adazo"),
+    flags={"adaptive": True, "sign": False},
+)
 class RAdaZORule(ZORule):
     """R-AdaZO (Shu, Zhang, He & Dai, ICML 2025).
 
@@ -55,8 +68,15 @@ class RAdaZORule(ZORule):
     name = "radazo"
     default_estimator = "sphere"
 
-    def __init__(self, *, lr: float | Tensor, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, bias_correction: bool = True, **kwargs: object) -> None:
+    def __init__(
+        self,
+        *,
+        lr: float | Tensor,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        bias_correction: bool = True,
+        **kwargs: object,
+    ) -> None:
         super().__init__(lr=lr, **kwargs)  # type: ignore[arg-type]
         self.beta1, self.beta2 = check_betas(betas)
         self.eps = check_eps(eps)
@@ -65,17 +85,26 @@ class RAdaZORule(ZORule):
     def _estimator_defaults(self, name: str) -> dict[str, object]:
         return {"mu": 5e-3} if name == "sphere" else {}
 
-    def _update(self, objective: Objective, x: Tensor, grad: Tensor, loss: Tensor | None,
-                idx: Tensor, steps: Tensor, lr: Tensor) -> tuple[Tensor, int, None]:
+    def _update(
+        self,
+        objective: Objective,
+        x: Tensor,
+        grad: Tensor,
+        loss: Tensor | None,
+        idx: Tensor,
+        steps: Tensor,
+        lr: Tensor,
+    ) -> tuple[Tensor, int, None]:
         m, v = self._moment("m", idx, x), self._moment("v", idx, x)
-        x_next, m, v = radazo_update(x, grad, m, v, steps, lr, self.beta1, self.beta2, self.eps,
-                                     self.bias_correction)
+        x_next, m, v = radazo_update(
+            x, grad, m, v, steps, lr, self.beta1, self.beta2, self.eps, self.bias_correction
+        )
         self.state.set("m", idx, m)
         self.state.set("v", idx, v)
         return x_next, 0, None
 
 
-class R_AdaZO(ZOOptimizer):  # noqa: N801 - the name used by the R-AdaZO README
+class R_AdaZO(ZOOptimizer):
     """torch.optim face of :class:`RAdaZORule`, accepting the R-AdaZO README's call:
     ``R_AdaZO([param], lr=0.001, betas=(0.9, 0.99), n_samples=10)``.
 
@@ -87,11 +116,21 @@ class R_AdaZO(ZOOptimizer):  # noqa: N801 - the name used by the R-AdaZO README
     rule_name = "radazo"
     rule_keys = ("betas", "eps", "bias_correction")
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, mu: float = 5e-3, n_samples: int = 2,
-                 bias_correction: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        mu: float = 5e-3,
+        n_samples: int = 2,
+        bias_correction: bool = True,
+        **kwargs: Any,
+    ) -> None:
         check_betas(betas)
         check_eps(eps)
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps,
-                                  "bias_correction": bias_correction},
-                         **_estimator_args(kwargs, n_samples, mu))
+        super().__init__(
+            params,
+            {"lr": lr, "betas": betas, "eps": eps, "bias_correction": bias_correction},
+            **_estimator_args(kwargs, n_samples, mu),
+        )

@@ -46,9 +46,13 @@ def finest_level(d: int) -> int:
     return max(d - 1, 0).bit_length()
 
 
-@OPTIMIZERS.register("sign", description="SignHunter: greedy block sign flips at the Linf vertex "
-                     "(Al-Dujaili & O'Reilly 2020)", aliases=("signhunter",),
-                     flags={"adaptive": False, "sign": False, "search": True, "norms": ("linf",)})
+@OPTIMIZERS.register(
+    "sign",
+    description="SignHunter: greedy block sign flips at the Linf vertex "
+    "(Al-Dujaili & O'Reilly 2020)",
+    aliases=("signhunter",),
+    flags={"adaptive": False, "sign": False, "search": True, "norms": ("linf",)},
+)
 class SignRule(SearchRule):
     """SignHunter (Al-Dujaili & O'Reilly, "Sign bits are all you need for black-box attacks",
     ICLR 2020), batched, with column-major blocks by default.
@@ -81,22 +85,30 @@ class SignRule(SearchRule):
     name = "sign"
     supported_norms = ("linf",)
 
-    def __init__(self, *, lr: float, norm: str = "linf", budget: int | None = None,
-                 start: str = "ones", block_order: str = "column", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        lr: float,
+        norm: str = "linf",
+        budget: int | None = None,
+        start: str = "ones",
+        block_order: str = "column",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(lr=lr, norm=norm, budget=budget, **kwargs)
         if start not in STARTS:
             raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
         if block_order not in BLOCK_ORDERS:
-            raise ValueError(f"block_order must be one of {', '.join(BLOCK_ORDERS)}, "
-                             f"got {block_order!r}")
+            raise ValueError(
+                f"block_order must be one of {', '.join(BLOCK_ORDERS)}, got {block_order!r}"
+            )
         self.start = start
         self.block_order = block_order
         self._rank_cache: dict[tuple[Any, ...], Tensor] = {}
         self._pending: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def __repr__(self) -> str:
-        return (f"SignRule(lr={self.lr!r}, start={self.start!r}, "
-                f"block_order={self.block_order!r})")
+        return f"SignRule(lr={self.lr!r}, start={self.start!r}, block_order={self.block_order!r})"
 
     # -------------------------------------------------------------------- helpers
     def _ranks(self, x: Tensor, idx: Tensor, first: Tensor, generator: torch.Generator) -> Tensor:
@@ -119,8 +131,7 @@ class SignRule(SearchRule):
         key = (self.block_order, shape, x.device)
         cache = self._rank_cache
         if key not in cache:
-            order = column_major_order(shape) if self.block_order == "column" else \
-                torch.arange(d)
+            order = column_major_order(shape) if self.block_order == "column" else torch.arange(d)
             ranks = torch.empty_like(order)
             ranks[order] = torch.arange(d)
             cache[key] = ranks.to(x.device)
@@ -141,8 +152,15 @@ class SignRule(SearchRule):
         return level, chunk
 
     # ----------------------------------------------------------------- the search
-    def _propose(self, objective: Objective, x: Tensor, first: Tensor, steps: Tensor,
-                 idx: Tensor, generator: torch.Generator) -> Tensor:
+    def _propose(
+        self,
+        objective: Objective,
+        x: Tensor,
+        first: Tensor,
+        steps: Tensor,
+        idx: Tensor,
+        generator: torch.Generator,
+    ) -> Tensor:
         n, d = x.shape[0], x[0].numel()
         ranks = self._ranks(x, idx, first, generator)
         level, chunk = self._levels(x, idx)

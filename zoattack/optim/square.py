@@ -51,8 +51,9 @@ def _rect_bump(a: int, b: int) -> Tensor:
         return out
     r0, c0 = a // 2, b // 2
     for k in range(max(a // 2 + 1, b // 2 + 1)):
-        out[max(r0 - k, 0):min(r0 - k + 2 * k + 1, a),
-            max(c0 - k, 0):min(c0 - k + 2 * k + 1, b)] += 1.0 / (k + 1) ** 2
+        out[
+            max(r0 - k, 0) : min(r0 - k + 2 * k + 1, a), max(c0 - k, 0) : min(c0 - k + 2 * k + 1, b)
+        ] += 1.0 / (k + 1) ** 2
     return out / out.norm()
 
 
@@ -61,7 +62,7 @@ def square_bump(s: int) -> Tensor:
     the bottom half a negative one, unit L2 norm, ``(s, s)``, float64 (not yet transposed)."""
     out = torch.zeros(s, s, dtype=torch.float64)
     out[: s // 2] = _rect_bump(s // 2, s)
-    out[s // 2:] = -_rect_bump(s - s // 2, s)
+    out[s // 2 :] = -_rect_bump(s - s // 2, s)
     return out / out.norm()
 
 
@@ -90,8 +91,9 @@ def _window_mask(top: Tensor, left: Tensor, side: Tensor, h: int, w: int) -> Ten
 
 def _uniform_int(high: Tensor, generator: torch.Generator, device: torch.device) -> Tensor:
     """Uniform integers in ``[0, high)`` per entry of ``high`` ``(M,)``."""
-    u = torch.rand(high.shape, generator=generator, device=generator.device,
-                   dtype=torch.float64).to(device)
+    u = torch.rand(
+        high.shape, generator=generator, device=generator.device, dtype=torch.float64
+    ).to(device)
     return torch.minimum((u * high).floor().long(), high - 1)
 
 
@@ -106,8 +108,12 @@ def applied_perturbation(objective: Objective, x: Tensor, idx: Tensor) -> Tensor
     images = getattr(objective, "images", None)
     x0 = getattr(objective, "x0", None)
     spec = getattr(getattr(objective, "subspace", None), "spec", None)
-    if images is None or not isinstance(x0, Tensor) or spec != "full" \
-            or tuple(x0.shape[1:]) != tuple(x.shape[1:]):
+    if (
+        images is None
+        or not isinstance(x0, Tensor)
+        or spec != "full"
+        or tuple(x0.shape[1:]) != tuple(x.shape[1:])
+    ):
         return x
     owner = idx.to(x0.device)
     applied = images(x.to(x0.device, x0.dtype), owner) - x0[owner]
@@ -129,10 +135,12 @@ def fit_l2(delta: Tensor, radius: float, dtype: torch.dtype) -> Tensor:
     return out
 
 
-@OPTIMIZERS.register("square", description="Square Attack: greedy random square updates, Linf "
-                     "and L2 (Andriushchenko et al. 2020)",
-                     flags={"adaptive": False, "sign": False, "search": True,
-                            "norms": ("linf", "l2")})
+@OPTIMIZERS.register(
+    "square",
+    description="Square Attack: greedy random square updates, Linf "
+    "and L2 (Andriushchenko et al. 2020)",
+    flags={"adaptive": False, "sign": False, "search": True, "norms": ("linf", "l2")},
+)
 class SquareRule(SearchRule):
     """Square Attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020), batched.
 
@@ -186,13 +194,20 @@ class SquareRule(SearchRule):
 
     name = "square"
 
-    def __init__(self, *, lr: float, norm: str = "linf", budget: int | None = None,
-                 p_init: float | None = None, resample: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        lr: float,
+        norm: str = "linf",
+        budget: int | None = None,
+        p_init: float | None = None,
+        resample: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(lr=lr, norm=norm, budget=budget, **kwargs)
         if p_init is None:
             p_init = DEFAULT_P_INIT[self.norm]
-        if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) \
-                or not 0 < p_init <= 1:
+        if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not 0 < p_init <= 1:
             raise ValueError(f"p_init must be a number in (0, 1], got {p_init!r}")
         if not isinstance(resample, bool):
             raise ValueError(f"resample must be True or False, got {resample!r}")
@@ -200,27 +215,39 @@ class SquareRule(SearchRule):
         self.resample = resample
 
     def __repr__(self) -> str:
-        return (f"SquareRule(lr={self.lr!r}, norm={self.norm!r}, p_init={self.p_init!r}, "
-                f"budget={self.budget!r})")
+        return (
+            f"SquareRule(lr={self.lr!r}, norm={self.norm!r}, p_init={self.p_init!r}, "
+            f"budget={self.budget!r})"
+        )
 
     def check_shape(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2:
-            raise ValueError("the square rule needs variables shaped (N, C, H, W) with "
-                             f"H, W >= 2, got {tuple(x.shape)}")
+            raise ValueError(
+                "the square rule needs variables shaped (N, C, H, W) with "
+                f"H, W >= 2, got {tuple(x.shape)}"
+            )
 
     def _sides(self, steps: Tensor, h: int, w: int) -> Tensor:
         lo, hi = (int(t) for t in torch.aminmax(steps))
         if lo == hi:  # the usual case: examples attacked together share their step count
-            return torch.full_like(steps, window_side(
-                p_schedule(self.p_init, lo - 2, self.budget), h, w, self.norm))
+            return torch.full_like(
+                steps, window_side(p_schedule(self.p_init, lo - 2, self.budget), h, w, self.norm)
+            )
         sides = torch.empty_like(steps)
         for t in steps.unique().tolist():
             p = p_schedule(self.p_init, int(t) - 2, self.budget)
             sides[steps == t] = window_side(p, h, w, self.norm)
         return sides
 
-    def _propose(self, objective: Objective, x: Tensor, first: Tensor, steps: Tensor,
-                 idx: Tensor, generator: torch.Generator) -> Tensor:
+    def _propose(
+        self,
+        objective: Objective,
+        x: Tensor,
+        first: Tensor,
+        steps: Tensor,
+        idx: Tensor,
+        generator: torch.Generator,
+    ) -> Tensor:
         m = int(first.sum())
         if not m:  # the usual step: every example moves, no gather and scatter needed
             return self._move(objective, x, steps, idx, generator)
@@ -232,8 +259,14 @@ class SquareRule(SearchRule):
             cand[rest] = self._move(objective, x[rest], steps[rest], idx[rest], generator)
         return cand
 
-    def _move(self, objective: Objective, x: Tensor, steps: Tensor, idx: Tensor,
-              generator: torch.Generator) -> Tensor:
+    def _move(
+        self,
+        objective: Objective,
+        x: Tensor,
+        steps: Tensor,
+        idx: Tensor,
+        generator: torch.Generator,
+    ) -> Tensor:
         if self.norm == "linf":
             return self._move_linf(x, steps, generator)
         return self._move_l2(applied_perturbation(objective, x, idx), steps, generator)
@@ -259,8 +292,9 @@ class SquareRule(SearchRule):
             for _ in range(RESAMPLE_TRIES):
                 if not rows.numel():
                     break
-                signs[rows] = draw_signs((rows.numel(), c, 1, 1), generator, delta.device,
-                                         delta.dtype)
+                signs[rows] = draw_signs(
+                    (rows.numel(), c, 1, 1), generator, delta.device, delta.dtype
+                )
                 same = self._fill_windows(cand, rows, mask, signs, delta)
                 rows = rows[same]
             else:
@@ -269,8 +303,9 @@ class SquareRule(SearchRule):
                     self._fill_windows(cand, rows, mask, signs, delta)
         return cand
 
-    def _fill_windows(self, cand: Tensor, rows: Tensor, mask: Tensor, signs: Tensor,
-                      delta: Tensor) -> Tensor:
+    def _fill_windows(
+        self, cand: Tensor, rows: Tensor, mask: Tensor, signs: Tensor, delta: Tensor
+    ) -> Tensor:
         """Refill the windows of ``cand[rows]`` with ``lr * signs``; True where a row still
         equals ``delta``."""
         base = delta[rows]
@@ -294,7 +329,7 @@ class SquareRule(SearchRule):
                 flip = torch.rand(m, generator=generator, device=generator.device) > 0.5
                 block = torch.where(flip.to(x.device).view(m, 1, 1), bump.T, bump)
                 signs = draw_signs((m, c, 1, 1), generator, x.device, torch.float64)
-                delta[:, :, r:r + hh, q:q + ww] += (block.unsqueeze(1) * signs)[:, :, :hh, :ww]
+                delta[:, :, r : r + hh, q : q + ww] += (block.unsqueeze(1) * signs)[:, :, :hh, :ww]
         warm = (x != 0).flatten(1).any(dim=1)
         delta[warm] = x[warm].double()
         return fit_l2(delta, self.lr, x.dtype)
@@ -329,7 +364,7 @@ class SquareRule(SearchRule):
         both_norm = (d64 * both).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
         new = bump.unsqueeze(1) * signs + d64 * mask1 / (1e-10 + win_norm)
         new_norm = new.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-300)
-        mass = ((self.lr ** 2 - img_norm ** 2).clamp_min(0) / c + both_norm ** 2).sqrt()
+        mass = ((self.lr**2 - img_norm**2).clamp_min(0) / c + both_norm**2).sqrt()
         out = torch.where(both, 0.0, d64)
         out = torch.where(mask1, new / new_norm * mass, out)
         return fit_l2(out, self.lr, delta.dtype)

@@ -42,11 +42,17 @@ class ZOOptimizer(torch.optim.Optimizer):
     # Rule/estimator argument names -> this face's constructor names, for error messages.
     arg_names: ClassVar[dict[str, str]] = {"num_samples": "n_samples"}
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]],
-                 defaults: dict[str, Any], *, estimator: str | None = None,
-                 estimator_kwargs: dict[str, Any] | None = None, seed: int | None = None,
-                 generator: torch.Generator | None = None, max_queries: int | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        defaults: dict[str, Any],
+        *,
+        estimator: str | None = None,
+        estimator_kwargs: dict[str, Any] | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        max_queries: int | None = None,
+    ) -> None:
         check_lr(defaults["lr"])
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -57,8 +63,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         self._generator = generator
         self._rule: ZORule | None = None
         self._closure: Closure | None = None
-        self._blackbox = BlackBox(self._score, output="scores", bounds=None, budget=max_queries,
-                                  max_batch=1 << 30)
+        self._blackbox = BlackBox(
+            self._score, output="scores", bounds=None, budget=max_queries, max_batch=1 << 30
+        )
         self._objective = FunctionObjective(self._blackbox)
         # Check every rule and estimator option now rather than at the first step; the rule
         # that steps is still built lazily.
@@ -84,8 +91,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         return [p for g in self.param_groups for p in g["params"]]
 
     def _lr_vector(self, like: Tensor) -> Tensor:
-        parts = [torch.full((p.numel(),), float(check_lr(g["lr"])), dtype=like.dtype,
-                            device=like.device) for g in self.param_groups for p in g["params"]]
+        parts = [
+            torch.full((p.numel(),), float(check_lr(g["lr"])), dtype=like.dtype, device=like.device)
+            for g in self.param_groups
+            for p in g["params"]
+        ]
         return torch.cat(parts)
 
     def _build_rule(self, lr: Tensor) -> ZORule:
@@ -94,8 +104,13 @@ class ZOOptimizer(torch.optim.Optimizer):
         group = self.param_groups[0]
         kwargs = {k: group[k] for k in self.rule_keys}
         kwargs.update(self._rule_extra(group))
-        return OPTIMIZERS.create(self.rule_name, lr=lr, estimator=self._estimator,
-                                 estimator_kwargs=self._estimator_kwargs or None, **kwargs)
+        return OPTIMIZERS.create(
+            self.rule_name,
+            lr=lr,
+            estimator=self._estimator,
+            estimator_kwargs=self._estimator_kwargs or None,
+            **kwargs,
+        )
 
     def _rule_extra(self, group: dict[str, Any]) -> dict[str, Any]:
         return {}

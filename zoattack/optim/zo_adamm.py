@@ -12,9 +12,18 @@ from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.torch_face import ZOOptimizer, _estimator_args
 
 
-def zo_adamm_update(x: Tensor, grad: Tensor, m: Tensor, v: Tensor, vhat: Tensor,
-                    lr: Tensor | float, beta1: float, beta2: float, eps: float,
-                    use_vhat: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def zo_adamm_update(
+    x: Tensor,
+    grad: Tensor,
+    m: Tensor,
+    v: Tensor,
+    vhat: Tensor,
+    lr: Tensor | float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    use_vhat: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One ZO-AdaMM step -> ``(x_next, m, v, vhat)``.
 
     ``m = b1 m + (1-b1) g``; ``v = b2 v + (1-b2) g^2``; ``vhat = max(vhat, v)``;
@@ -28,8 +37,12 @@ def zo_adamm_update(x: Tensor, grad: Tensor, m: Tensor, v: Tensor, vhat: Tensor,
     return x - lr * m / denom, m, v, vhat
 
 
-@OPTIMIZERS.register("zo_adamm", description="ZO-AdaMM: Adam moments with the AMSGrad max (Chen et al. 2019)",
-                     aliases=("adamm", "zoadamm"), flags={"adaptive": True, "sign": False})
+@OPTIMIZERS.register(
+    "zo_adamm",
+    description="ZO-AdaMM: Adam moments with the AMSGrad max (Chen et al. 2019)",
+    aliases=("adamm", "zoadamm"),
+    flags={"adaptive": True, "sign": False},
+)
 class ZOAdaMMRule(ZORule):
     """ZO-AdaMM (Chen, Liu, Xu, Li, Lin, Hong & Cox, NeurIPS 2019).
 
@@ -48,8 +61,15 @@ class ZOAdaMMRule(ZORule):
     name = "zo_adamm"
     default_estimator = "sphere"
 
-    def __init__(self, *, lr: float | Tensor, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, step_uses: str = "vhat", **kwargs: object) -> None:
+    def __init__(
+        self,
+        *,
+        lr: float | Tensor,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        step_uses: str = "vhat",
+        **kwargs: object,
+    ) -> None:
         super().__init__(lr=lr, **kwargs)  # type: ignore[arg-type]
         self.beta1, self.beta2 = check_betas(betas)
         self.eps = check_eps(eps)
@@ -57,27 +77,56 @@ class ZOAdaMMRule(ZORule):
             raise ValueError(f"step_uses must be 'vhat' or 'v', got {step_uses!r}")
         self.step_uses = step_uses
 
-    def _update(self, objective: Objective, x: Tensor, grad: Tensor, loss: Tensor | None,
-                idx: Tensor, steps: Tensor, lr: Tensor) -> tuple[Tensor, int, None]:
+    def _update(
+        self,
+        objective: Objective,
+        x: Tensor,
+        grad: Tensor,
+        loss: Tensor | None,
+        idx: Tensor,
+        steps: Tensor,
+        lr: Tensor,
+    ) -> tuple[Tensor, int, None]:
         m, v, vhat = (self._moment(k, idx, x) for k in ("m", "v", "vhat"))
-        x_next, m, v, vhat = zo_adamm_update(x, grad, m, v, vhat, lr, self.beta1, self.beta2,
-                                             self.eps, use_vhat=self.step_uses == "vhat")
+        x_next, m, v, vhat = zo_adamm_update(
+            x,
+            grad,
+            m,
+            v,
+            vhat,
+            lr,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            use_vhat=self.step_uses == "vhat",
+        )
         for k, t in (("m", m), ("v", v), ("vhat", vhat)):
             self.state.set(k, idx, t)
         return x_next, 0, None
 
 
-class ZO_AdaMM(ZOOptimizer):  # noqa: N801 - named like the papers' code
+class ZO_AdaMM(ZOOptimizer):
     """torch.optim face of :class:`ZOAdaMMRule`:
     ``ZO_AdaMM(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, n_samples=10, mu=1e-3)``."""
 
     rule_name = "zo_adamm"
     rule_keys = ("betas", "eps", "step_uses")
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, step_uses: str = "vhat", n_samples: int = 10,
-                 mu: float = 1e-3, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        step_uses: str = "vhat",
+        n_samples: int = 10,
+        mu: float = 1e-3,
+        **kwargs: Any,
+    ) -> None:
         check_betas(betas)
         check_eps(eps)
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "step_uses": step_uses},
-                         **_estimator_args(kwargs, n_samples, mu))
+        super().__init__(
+            params,
+            {"lr": lr, "betas": betas, "eps": eps, "step_uses": step_uses},
+            **_estimator_args(kwargs, n_samples, mu),
+        )

@@ -17,8 +17,12 @@ def zo_sgd_update(x: Tensor, grad: Tensor, lr: Tensor | float) -> Tensor:
     return x - lr * grad
 
 
-@OPTIMIZERS.register("zo_sgd", description="ZO-SGD: x <- x - lr * g (Ghadimi & Lan 2013)",
-                     aliases=("sgd", "zosgd"), flags={"adaptive": False, "sign": False})
+@OPTIMIZERS.register(
+    "zo_sgd",
+    description="ZO-SGD: x <- x - lr * g (Ghadimi & Lan 2013)",
+    aliases=("sgd", "zosgd"),
+    flags={"adaptive": False, "sign": False},
+)
 class ZOSGDRule(ZORule):
     """ZO-SGD (Ghadimi & Lan, SIAM J. Optim. 2013; Nesterov & Spokoiny 2017).
 
@@ -34,16 +38,25 @@ class ZOSGDRule(ZORule):
     name = "zo_sgd"
     default_estimator = "gaussian"
 
-    def _update(self, objective: Objective, x: Tensor, grad: Tensor, loss: Tensor | None,
-                idx: Tensor, steps: Tensor, lr: Tensor) -> tuple[Tensor, int, None]:
+    def _update(
+        self,
+        objective: Objective,
+        x: Tensor,
+        grad: Tensor,
+        loss: Tensor | None,
+        idx: Tensor,
+        steps: Tensor,
+        lr: Tensor,
+    ) -> tuple[Tensor, int, None]:
         return zo_sgd_update(x, grad, lr), 0, None
 
 
-class ZO_SGD(ZOOptimizer):  # noqa: N801 - named like the papers' code
+class ZO_SGD(ZOOptimizer):
     """torch.optim face of :class:`ZOSGDRule`: ``ZO_SGD(params, lr, n_samples=10, mu=1e-3)``."""
 
     rule_name = "zo_sgd"
 
-    def __init__(self, params: Any, lr: float = 1e-3, n_samples: int = 10, mu: float = 1e-3,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, params: Any, lr: float = 1e-3, n_samples: int = 10, mu: float = 1e-3, **kwargs: Any
+    ) -> None:
         super().__init__(params, {"lr": lr}, **_estimator_args(kwargs, n_samples, mu))

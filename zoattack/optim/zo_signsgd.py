@@ -12,16 +12,21 @@ from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.torch_face import ZOOptimizer, _estimator_args
 
 
-def zo_signsgd_update(x: Tensor, grad: Tensor, lr: Tensor | float,
-                      m: Tensor | None = None, momentum: float = 0.0) -> tuple[Tensor, Tensor]:
+def zo_signsgd_update(
+    x: Tensor, grad: Tensor, lr: Tensor | float, m: Tensor | None = None, momentum: float = 0.0
+) -> tuple[Tensor, Tensor]:
     """``m = b m + (1-b) g``; ``x - lr * sign(m)`` -> ``(x_next, m)`` (coordinate-wise; not
     ZO-Bench's sign of the scalar difference). ``momentum=0`` is the textbook rule."""
     m = grad if m is None or momentum == 0 else momentum * m + (1 - momentum) * grad
     return x - lr * m.sign(), m
 
 
-@OPTIMIZERS.register("zo_signsgd", description="ZO-signSGD: x <- x - lr * sign(g) (Liu et al. 2019)",
-                     aliases=("signsgd", "zo_sign"), flags={"adaptive": False, "sign": True})
+@OPTIMIZERS.register(
+    "zo_signsgd",
+    description="ZO-signSGD: x <- x - lr * sign(g) (Liu et al. 2019)",
+    aliases=("signsgd", "zo_sign"),
+    flags={"adaptive": False, "sign": True},
+)
 class ZOSignSGDRule(ZORule):
     """ZO-signSGD (Liu, Chen, Chen & Hero, ICLR 2019).
 
@@ -46,8 +51,16 @@ class ZOSignSGDRule(ZORule):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.momentum = float(momentum)
 
-    def _update(self, objective: Objective, x: Tensor, grad: Tensor, loss: Tensor | None,
-                idx: Tensor, steps: Tensor, lr: Tensor) -> tuple[Tensor, int, None]:
+    def _update(
+        self,
+        objective: Objective,
+        x: Tensor,
+        grad: Tensor,
+        loss: Tensor | None,
+        idx: Tensor,
+        steps: Tensor,
+        lr: Tensor,
+    ) -> tuple[Tensor, int, None]:
         if self.momentum == 0:
             return zo_signsgd_update(x, grad, lr)[0], 0, None
         x_next, m = zo_signsgd_update(x, grad, lr, self._moment("m", idx, x), self.momentum)
@@ -55,14 +68,22 @@ class ZOSignSGDRule(ZORule):
         return x_next, 0, None
 
 
-class ZO_SignSGD(ZOOptimizer):  # noqa: N801 - named like the papers' code
+class ZO_SignSGD(ZOOptimizer):
     """torch.optim face of :class:`ZOSignSGDRule`:
     ``ZO_SignSGD(params, lr, n_samples=10, mu=1e-3, momentum=0.0)``."""
 
     rule_name = "zo_signsgd"
     rule_keys = ("momentum",)
 
-    def __init__(self, params: Any, lr: float = 1e-3, n_samples: int = 10, mu: float = 1e-3,
-                 momentum: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(params, {"lr": lr, "momentum": momentum},
-                         **_estimator_args(kwargs, n_samples, mu))
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        n_samples: int = 10,
+        mu: float = 1e-3,
+        momentum: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            params, {"lr": lr, "momentum": momentum}, **_estimator_args(kwargs, n_samples, mu)
+        )

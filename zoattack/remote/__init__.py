@@ -14,5 +14,15 @@ from zoattack.remote.client import (
 )
 from zoattack.remote.server import BackgroundServer, create_app, model_server_app
 
-__all__ = ["BackgroundServer", "HTTPScoreModel", "MalformedReply", "RemoteError", "RemoteModel",
-           "RemoteScoresError", "ScoreAPI", "create_app", "model_server_app", "remote_model"]
+__all__ = [
+    "BackgroundServer",
+    "HTTPScoreModel",
+    "MalformedReply",
+    "RemoteError",
+    "RemoteModel",
+    "RemoteScoresError",
+    "ScoreAPI",
+    "create_app",
+    "model_server_app",
+    "remote_model",
+]

@@ -68,8 +68,9 @@ def _env(name: str, cast: type, default: Any) -> Any:
     try:
         return cast(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not a valid "
-                         f"{cast.__name__}") from None
+        raise ValueError(
+            f"environment variable {name}={raw!r} is not a valid {cast.__name__}"
+        ) from None
 
 
 class RateLimiter:
@@ -91,8 +92,9 @@ class RateLimiter:
             time.sleep(at - now)
 
 
-def _transport_settings(timeout: float | None, retries: int | None,
-                        backoff: float | None) -> tuple[float, int, float]:
+def _transport_settings(
+    timeout: float | None, retries: int | None, backoff: float | None
+) -> tuple[float, int, float]:
     """Timeout, retries and first backoff: arguments, else environment, else defaults."""
     t = float(timeout if timeout is not None else _env("ZOATTACK_REMOTE_TIMEOUT", float, 30.0))
     r = int(retries if retries is not None else _env("ZOATTACK_REMOTE_RETRIES", int, 5))
@@ -142,13 +144,26 @@ class HTTPScoreModel(nn.Module):
     ``(N, num_classes)`` float scores on ``device`` (labels become one-hot rows).
     """
 
-    def __init__(self, url: str, *, input_shape: Sequence[int], num_classes: int,
-                 output: str = "logits", max_batch: int = 256, max_bytes: int | None = None,
-                 token: str | None = None, headers: Mapping[str, str] | None = None,
-                 timeout: float | None = None, retries: int | None = None,
-                 backoff: float | None = None, backoff_max: float = 8.0,
-                 max_rps: float | None = None, device: str | torch.device = "cpu",
-                 seed: int | None = None, verify: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        input_shape: Sequence[int],
+        num_classes: int,
+        output: str = "logits",
+        max_batch: int = 256,
+        max_bytes: int | None = None,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        backoff_max: float = 8.0,
+        max_rps: float | None = None,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        verify: bool = True,
+    ) -> None:
         super().__init__()
         import httpx
 
@@ -179,9 +194,12 @@ class HTTPScoreModel(nn.Module):
         hdrs = dict(headers or {})
         if self.token:
             hdrs["Authorization"] = f"Bearer {self.token}"
-        self._http = httpx.Client(headers=hdrs, timeout=self.timeout, verify=verify,
-                                  limits=httpx.Limits(max_keepalive_connections=8,
-                                                      max_connections=16))
+        self._http = httpx.Client(
+            headers=hdrs,
+            timeout=self.timeout,
+            verify=verify,
+            limits=httpx.Limits(max_keepalive_connections=8, max_connections=16),
+        )
         self.eval()  # nothing to train; BlackBox expects eval mode
 
     # ------------------------------------------------------------- subclass API
@@ -199,10 +217,11 @@ class HTTPScoreModel(nn.Module):
         if tuple(x.shape[1:]) != self.input_shape:
             raise InvalidInputError(
                 f"inputs have per-example shape {tuple(x.shape[1:])}, the remote model at "
-                f"{self.url} takes {self.input_shape}")
+                f"{self.url} takes {self.input_shape}"
+            )
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         step = self.batch_limit()
-        parts = [self.score_batch(arr[i:i + step]) for i in range(0, len(arr), step)]
+        parts = [self.score_batch(arr[i : i + step]) for i in range(0, len(arr), step)]
         empty = (0,) if self.output == "labels" else (0, self.num_classes)
         scores = np.concatenate(parts) if parts else np.zeros(empty, np.float32)
         if self.output == "labels":
@@ -256,8 +275,10 @@ class HTTPScoreModel(nn.Module):
             with self._lock:
                 self.scored_inputs += n
             return scores
-        raise RemoteError(f"the remote model at {self.url} failed {self.retries + 1} attempts "
-                          f"at a batch of {n} inputs (last: {last}); check that the server is up")
+        raise RemoteError(
+            f"the remote model at {self.url} failed {self.retries + 1} attempts "
+            f"at a batch of {n} inputs (last: {last}); check that the server is up"
+        )
 
     # --------------------------------------------------------------- helpers
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -287,14 +308,18 @@ class HTTPScoreModel(nn.Module):
 
     def _refusal(self, resp: Any, n: int) -> str:
         code = resp.status_code
-        hint = {401: "pass the server's token (--token or ZOATTACK_TOKEN)",
-                403: "the token is not allowed to score",
-                404: f"{self.url} does not serve this endpoint; check the URL",
-                413: "the batch is too large for the server; lower --max-batch",
-                415: "the server does not accept this body format",
-                422: "the server rejected the inputs"}.get(code, "see the server's log")
-        return (f"the remote model at {self.url} refused a batch of {n} inputs: HTTP {code}: "
-                f"{_detail(resp)} ({hint})")
+        hint = {
+            401: "pass the server's token (--token or ZOATTACK_TOKEN)",
+            403: "the token is not allowed to score",
+            404: f"{self.url} does not serve this endpoint; check the URL",
+            413: "the batch is too large for the server; lower --max-batch",
+            415: "the server does not accept this body format",
+            422: "the server rejected the inputs",
+        }.get(code, "see the server's log")
+        return (
+            f"the remote model at {self.url} refused a batch of {n} inputs: HTTP {code}: "
+            f"{_detail(resp)} ({hint})"
+        )
 
     def _check_shape(self, scores: np.ndarray, n: int) -> None:
         want = (n,) if self.output == "labels" else (n, self.num_classes)
@@ -304,40 +329,51 @@ class HTTPScoreModel(nn.Module):
     def _check_values(self, scores: np.ndarray, n: int) -> None:
         if self.output == "labels":
             if scores.dtype.kind == "f" and not np.array_equal(scores, np.round(scores)):
-                raise RemoteScoresError(f"the remote model at {self.url} returned non-integer "
-                                        "labels; is its output really labels?")
+                raise RemoteScoresError(
+                    f"the remote model at {self.url} returned non-integer "
+                    "labels; is its output really labels?"
+                )
             if n and (scores.min() < 0 or scores.max() >= self.num_classes):
-                raise RemoteScoresError(f"the remote model at {self.url} returned labels outside "
-                                        f"[0, {self.num_classes - 1}]")
+                raise RemoteScoresError(
+                    f"the remote model at {self.url} returned labels outside "
+                    f"[0, {self.num_classes - 1}]"
+                )
             return
         finite = np.isfinite(scores)
         if not finite.all():
             bad = int((~finite).any(axis=1).sum())
-            raise RemoteScoresError(f"the remote model at {self.url} returned NaN/inf scores for "
-                                    f"{bad} of {n} inputs; check the served model")
+            raise RemoteScoresError(
+                f"the remote model at {self.url} returned NaN/inf scores for "
+                f"{bad} of {n} inputs; check the served model"
+            )
         if self.output == "probs" and n:
             sums = scores.sum(axis=1, dtype=np.float64)
-            if scores.min() < -PROB_TOL or scores.max() > 1 + PROB_TOL or \
-                    np.abs(sums - 1).max() > PROB_TOL:
+            if (
+                scores.min() < -PROB_TOL
+                or scores.max() > 1 + PROB_TOL
+                or np.abs(sums - 1).max() > PROB_TOL
+            ):
                 raise RemoteScoresError(
                     f"the remote model at {self.url} is declared to return probabilities but "
                     f"its rows sum to {sums.min():.4g}..{sums.max():.4g}; set output='logits' "
-                    "if they are raw scores")
+                    "if they are raw scores"
+                )
 
     def server_stats(self) -> dict[str, Any]:
         """The server's own counters (`zoattack serve` answers ``GET /stats``)."""
         resp = self._http.get(f"{self.url}/stats")
         if resp.status_code != 200:
-            raise RemoteError(f"{self.url}/stats answered HTTP {resp.status_code}: "
-                              f"{_detail(resp)}")
+            raise RemoteError(f"{self.url}/stats answered HTTP {resp.status_code}: {_detail(resp)}")
         return resp.json()
 
     def close(self) -> None:
         self._http.close()
 
     def extra_repr(self) -> str:
-        return (f"url={self.url!r}, input_shape={self.input_shape}, classes={self.num_classes}, "
-                f"output={self.output}, max_batch={self.max_batch}")
+        return (
+            f"url={self.url!r}, input_shape={self.input_shape}, classes={self.num_classes}, "
+            f"output={self.output}, max_batch={self.max_batch}"
+        )
 
 
 class RemoteModel(HTTPScoreModel):
@@ -349,12 +385,23 @@ class RemoteModel(HTTPScoreModel):
     then differ slightly from an in-process attack.
     """
 
-    def __init__(self, url: str, *, dataset: Any = None, wire: str = "npy",
-                 wire_dtype: str = "float32", max_batch: int | None = None,
-                 token: str | None = None, timeout: float | None = None,
-                 retries: int | None = None, backoff: float | None = None,
-                 max_rps: float | None = None, device: str | torch.device = "cpu",
-                 seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        dataset: Any = None,
+        wire: str = "npy",
+        wire_dtype: str = "float32",
+        max_batch: int | None = None,
+        token: str | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        max_rps: float | None = None,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         if wire not in ("npy", "json"):
             raise ValueError(f"wire must be npy or json, got {wire!r}")
         if wire_dtype not in ("float32", "float16"):
@@ -369,11 +416,22 @@ class RemoteModel(HTTPScoreModel):
             if max_batch < 1:
                 raise ValueError(f"max_batch must be >= 1, got {max_batch}")
             limit = min(limit, max_batch)
-        super().__init__(base, input_shape=info["input_shape"], num_classes=info["num_classes"],
-                         output=info["output"], max_batch=limit,
-                         max_bytes=info.get("max_bytes"), token=tok, timeout=timeout,
-                         retries=retries, backoff=backoff, max_rps=max_rps, device=device,
-                         seed=seed, **kwargs)
+        super().__init__(
+            base,
+            input_shape=info["input_shape"],
+            num_classes=info["num_classes"],
+            output=info["output"],
+            max_batch=limit,
+            max_bytes=info.get("max_bytes"),
+            token=tok,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_rps=max_rps,
+            device=device,
+            seed=seed,
+            **kwargs,
+        )
         self.info = info
         self.wire = wire
         self.wire_dtype = np.dtype(wire_dtype)
@@ -393,13 +451,20 @@ class RemoteModel(HTTPScoreModel):
         if self.wire == "json":
             import json
 
-            return {"method": "POST", "url": f"{self.url}/score",
-                    "content": json.dumps({"inputs": x.tolist()}).encode(),
-                    "headers": {**headers, "Content-Type": "application/json"}}
+            return {
+                "method": "POST",
+                "url": f"{self.url}/score",
+                "content": json.dumps({"inputs": x.tolist()}).encode(),
+                "headers": {**headers, "Content-Type": "application/json"},
+            }
         buf = io.BytesIO()
         np.save(buf, x, allow_pickle=False)
-        return {"method": "POST", "url": f"{self.url}/score", "content": buf.getvalue(),
-                "headers": {**headers, "Content-Type": NPY}}
+        return {
+            "method": "POST",
+            "url": f"{self.url}/score",
+            "content": buf.getvalue(),
+            "headers": {**headers, "Content-Type": NPY},
+        }
 
     def decode(self, response: Any, n: int) -> np.ndarray:
         ctype = response.headers.get("content-type", "")
@@ -436,23 +501,31 @@ def _probe(url: str, token: str | None, timeout: float, attempts: int) -> dict[s
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}".rstrip(": ")
         else:
-            raise RemoteError(f"cannot reach a score server at {url} ({last}); start one with "
-                              "`zoattack serve` or fix the address in --model remote:URL")
+            raise RemoteError(
+                f"cannot reach a score server at {url} ({last}); start one with "
+                "`zoattack serve` or fix the address in --model remote:URL"
+            )
         if health.status_code != 200:
-            raise RemoteError(f"{url}/health answered HTTP {health.status_code} "
-                              f"({_detail(health)}); is this a `zoattack serve` server?")
+            raise RemoteError(
+                f"{url}/health answered HTTP {health.status_code} "
+                f"({_detail(health)}); is this a `zoattack serve` server?"
+            )
         try:
             resp = http.get(f"{url}/info")
         except httpx.HTTPError as exc:
             raise RemoteError(f"{url}/info failed ({type(exc).__name__}: {exc})") from None
     if resp.status_code == 401:
-        raise RemoteError(f"the server at {url} rejected the token; pass the one it was "
-                          "started with (--token or ZOATTACK_TOKEN)" if token else
-                          f"the server at {url} needs a bearer token; pass --token or set "
-                          "ZOATTACK_TOKEN")
+        raise RemoteError(
+            f"the server at {url} rejected the token; pass the one it was "
+            "started with (--token or ZOATTACK_TOKEN)"
+            if token
+            else f"the server at {url} needs a bearer token; pass --token or set ZOATTACK_TOKEN"
+        )
     if resp.status_code != 200:
-        raise RemoteError(f"{url}/info answered HTTP {resp.status_code}; it does not look like "
-                          "`zoattack serve` (for another score API use zoattack.remote.ScoreAPI)")
+        raise RemoteError(
+            f"{url}/info answered HTTP {resp.status_code}; it does not look like "
+            "`zoattack serve` (for another score API use zoattack.remote.ScoreAPI)"
+        )
     try:
         info = resp.json()
         shape = [int(s) for s in info["input_shape"]]
@@ -460,11 +533,15 @@ def _probe(url: str, token: str | None, timeout: float, attempts: int) -> dict[s
         output = str(info["output"])
         int(info["max_batch"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise RemoteError(f"{url}/info is not a zoattack model description ({exc!r}); is this "
-                          "a `zoattack serve` server?") from None
+        raise RemoteError(
+            f"{url}/info is not a zoattack model description ({exc!r}); is this "
+            "a `zoattack serve` server?"
+        ) from None
     if output not in ("logits", "probs", "labels") or classes < 2 or not shape:
-        raise RemoteError(f"{url}/info describes an unusable model (output={output!r}, "
-                          f"classes={classes}, input_shape={shape})")
+        raise RemoteError(
+            f"{url}/info describes an unusable model (output={output!r}, "
+            f"classes={classes}, input_shape={shape})"
+        )
     return info
 
 
@@ -472,8 +549,11 @@ def _expected(dataset: Any) -> tuple[str, tuple[int, ...] | None, int | None]:
     if dataset is None:
         return "", None, None
     if hasattr(dataset, "image_shape"):
-        return str(getattr(dataset, "name", "the data")), tuple(dataset.image_shape), int(
-            dataset.num_classes)
+        return (
+            str(getattr(dataset, "name", "the data")),
+            tuple(dataset.image_shape),
+            int(dataset.num_classes),
+        )
     from zoattack.data import dataset_spec
 
     spec = dataset_spec(str(dataset))
@@ -488,15 +568,18 @@ def _check_dataset(url: str, info: Mapping[str, Any], dataset: Any) -> None:
         raise RemoteError(
             f"the model at {url} takes inputs shaped {'x'.join(map(str, served))}, but {name} "
             f"images are {'x'.join(map(str, shape))}; serve a model for {name} or pick the "
-            f"data set it was built for ({info.get('dataset') or 'see its /info'})")
+            f"data set it was built for ({info.get('dataset') or 'see its /info'})"
+        )
     if classes is not None and int(info["num_classes"]) != classes:
         raise RemoteError(
             f"the model at {url} scores {info['num_classes']} classes, but {name} has "
-            f"{classes}; serve a model for {name}")
+            f"{classes}; serve a model for {name}"
+        )
 
 
-def remote_model(url: str, *, dataset: Any = None, device: str | torch.device = "cpu",
-                 **kwargs: Any) -> RemoteModel:
+def remote_model(
+    url: str, *, dataset: Any = None, device: str | torch.device = "cpu", **kwargs: Any
+) -> RemoteModel:
     """The model served at ``url`` by `zoattack serve`, checked against ``dataset``.
 
     Keyword arguments (all optional): ``token``, ``timeout`` (seconds per request), ``retries``,
@@ -529,19 +612,38 @@ class ScoreAPI(HTTPScoreModel):
     count is still once per input).
     """
 
-    def __init__(self, url: str, *, input_shape: Sequence[int], num_classes: int,
-                 output: str = "probs", request_field: str = "inputs",
-                 response_field: str = "scores", template: Mapping[str, Any] | None = None,
-                 max_batch: int = 32, **kwargs: Any) -> None:
-        super().__init__(url, input_shape=input_shape, num_classes=num_classes, output=output,
-                         max_batch=max_batch, **kwargs)
+    def __init__(
+        self,
+        url: str,
+        *,
+        input_shape: Sequence[int],
+        num_classes: int,
+        output: str = "probs",
+        request_field: str = "inputs",
+        response_field: str = "scores",
+        template: Mapping[str, Any] | None = None,
+        max_batch: int = 32,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            url,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            output=output,
+            max_batch=max_batch,
+            **kwargs,
+        )
         self.request_field = request_field
         self.response_field = response_field
         self.template = dict(template or {})
 
     def encode(self, x: np.ndarray) -> dict[str, Any]:
-        return {"method": "POST", "url": self.url,
-                "json": {**self.template, self.request_field: x.tolist()}, "headers": {}}
+        return {
+            "method": "POST",
+            "url": self.url,
+            "json": {**self.template, self.request_field: x.tolist()},
+            "headers": {},
+        }
 
     def decode(self, response: Any, n: int) -> np.ndarray:
         try:

@@ -96,8 +96,12 @@ class FaultInjector:
             return {"type": "http.request", "body": body, "more_body": False}
 
         if fault in ("503", "500"):
-            await _send(send, int(fault), b'{"detail": "injected fault"}',
-                        [(b"content-type", b"application/json")])
+            await _send(
+                send,
+                int(fault),
+                b'{"detail": "injected fault"}',
+                [(b"content-type", b"application/json")],
+            )
             return
         if fault in ("timeout", "slow"):
             await asyncio.sleep(self.plan.timeout_s if fault == "timeout" else self.plan.slow_s)
@@ -108,15 +112,20 @@ class FaultInjector:
             return
         status, headers, reply = await _capture(self.app, scope, replay)
         if fault == "malformed":
-            bad = b'{"output": "logits", "scores": [[0.1, 0.2' if reply[:1] == b"{" else b"\x93NUMPY garbage"
+            bad = (
+                b'{"output": "logits", "scores": [[0.1, 0.2'
+                if reply[:1] == b"{"
+                else b"\x93NUMPY garbage"
+            )
             headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
             headers.append((b"content-length", str(len(bad)).encode()))
             await _send(send, status, bad, headers)
             return
         # "drop": promise the full body, send half of it, then abort the connection.
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply[: len(reply) // 2],
-                    "more_body": True})
+        await send(
+            {"type": "http.response.body", "body": reply[: len(reply) // 2], "more_body": True}
+        )
         raise ConnectionAbortedError("injected dropped connection")
 
 
@@ -127,8 +136,9 @@ async def _send(send: Any, status: int, body: bytes, headers: list[tuple[bytes, 
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _capture(app: Any, scope: dict[str, Any], receive: Any
-                   ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+async def _capture(
+    app: Any, scope: dict[str, Any], receive: Any
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Run ``app`` and collect its whole response instead of sending it."""
     status, headers, chunks = 500, [], []
 

@@ -67,8 +67,12 @@ class ServerStats:
 
     def as_dict(self) -> dict[str, int]:
         with self.lock:
-            return {"scored_inputs": self.scored_inputs, "requests": self.requests,
-                    "replayed": self.replayed, "rejected": self.rejected}
+            return {
+                "scored_inputs": self.scored_inputs,
+                "requests": self.requests,
+                "replayed": self.replayed,
+                "rejected": self.rejected,
+            }
 
 
 def decode_batch(body: bytes, content_type: str) -> np.ndarray:
@@ -82,8 +86,11 @@ def decode_batch(body: bytes, content_type: str) -> np.ndarray:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(400, f"the body is not valid JSON ({type(exc).__name__})") from None
         if not isinstance(payload, dict) or not ({"inputs", "npy_b64"} & payload.keys()):
-            raise BadRequest(400, 'JSON body must be {"inputs": [[...]]} (nested lists, batch '
-                             'first) or {"npy_b64": "<base64 of a .npy file>"}')
+            raise BadRequest(
+                400,
+                'JSON body must be {"inputs": [[...]]} (nested lists, batch '
+                'first) or {"npy_b64": "<base64 of a .npy file>"}',
+            )
         if "npy_b64" in payload:
             try:
                 raw = base64.b64decode(payload["npy_b64"], validate=True)
@@ -93,11 +100,11 @@ def decode_batch(body: bytes, content_type: str) -> np.ndarray:
         try:
             arr = np.asarray(payload["inputs"], dtype=np.float64)
         except (ValueError, TypeError):
-            raise BadRequest(422, "inputs must be a rectangular nested list of numbers "
-                             "(batch, *input_shape)") from None
+            raise BadRequest(
+                422, "inputs must be a rectangular nested list of numbers (batch, *input_shape)"
+            ) from None
         return arr
-    raise BadRequest(415, f"unsupported Content-Type {ctype!r}; send application/json or "
-                     f"{NPY}")
+    raise BadRequest(415, f"unsupported Content-Type {ctype!r}; send application/json or {NPY}")
 
 
 def _load_npy(raw: bytes, what: str) -> np.ndarray:
@@ -117,14 +124,20 @@ def check_batch(arr: np.ndarray, input_shape: Sequence[int], max_batch: int) -> 
         hint = "; wrap a single input in a batch of one" if tuple(arr.shape) == shape else ""
         raise BadRequest(422, f"inputs must be shaped {want}, got {tuple(arr.shape)}{hint}")
     if arr.shape[0] > max_batch:
-        raise BadRequest(413, f"batch of {arr.shape[0]} inputs exceeds this server's max batch "
-                         f"of {max_batch}; split it (GET /info says the limits)")
+        raise BadRequest(
+            413,
+            f"batch of {arr.shape[0]} inputs exceeds this server's max batch "
+            f"of {max_batch}; split it (GET /info says the limits)",
+        )
     if arr.size and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr.reshape(arr.shape[0], -1))).any(axis=1).sum())
         raise BadRequest(422, f"inputs contain NaN or inf ({bad} of {arr.shape[0]} inputs)")
     if arr.size and (float(arr.min()) < -RANGE_TOL or float(arr.max()) > 1 + RANGE_TOL):
-        raise BadRequest(422, f"inputs must lie in [0, 1], got range [{float(arr.min()):.4g}, "
-                         f"{float(arr.max()):.4g}]; normalisation happens inside the model")
+        raise BadRequest(
+            422,
+            f"inputs must lie in [0, 1], got range [{float(arr.min()):.4g}, "
+            f"{float(arr.max()):.4g}]; normalisation happens inside the model",
+        )
     return arr.astype(np.float32, copy=False)
 
 
@@ -148,8 +161,11 @@ class Scorer:
         with self.lock, torch.inference_mode():
             raw = self.model(torch.from_numpy(x).to(self.device)).float()
             if raw.dim() != 2 or raw.shape[0] != x.shape[0]:
-                raise BadRequest(500, f"the served model returned shape {tuple(raw.shape)} for "
-                                 f"{x.shape[0]} inputs; it must return (batch, classes)")
+                raise BadRequest(
+                    500,
+                    f"the served model returned shape {tuple(raw.shape)} for "
+                    f"{x.shape[0]} inputs; it must return (batch, classes)",
+                )
             if self.output == "probs":
                 return torch.softmax(raw, dim=1).cpu().numpy()
             if self.output == "labels":
@@ -157,12 +173,21 @@ class Scorer:
             return raw.cpu().numpy()
 
 
-def create_app(model: nn.Module, *, input_shape: Sequence[int], num_classes: int,
-               output: Literal["logits", "probs", "labels"] = "logits", token: str | None = None,
-               max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int = DEFAULT_MAX_BYTES,
-               device: str | torch.device = "cpu", name: str = "model",
-               dataset: str | None = None, replay_cache: int = 1024,
-               replay_bytes: int = 64 * 2**20) -> Any:
+def create_app(
+    model: nn.Module,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    output: Literal["logits", "probs", "labels"] = "logits",
+    token: str | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    device: str | torch.device = "cpu",
+    name: str = "model",
+    dataset: str | None = None,
+    replay_cache: int = 1024,
+    replay_bytes: int = 64 * 2**20,
+) -> Any:
     """A FastAPI app scoring batches with ``model`` (images in [0, 1] → ``(N, classes)``).
 
     ``app.state.stats`` is the server-side ledger (:class:`ServerStats`); ``app.state.info``
@@ -190,16 +215,26 @@ def create_app(model: nn.Module, *, input_shape: Sequence[int], num_classes: int
     replies_lock = threading.Lock()
     held = [0]  # bytes in replies
 
-    app = FastAPI(title="zoattack score server",
-                  description="Scores batches of [0, 1] images with a zoattack model. Each "
-                              "scored input is counted once (see /stats); retried requests "
-                              "with the same Idempotency-Key are replayed, not re-scored.",
-                  version=str(PROTOCOL))
+    app = FastAPI(
+        title="zoattack score server",
+        description="Scores batches of [0, 1] images with a zoattack model. Each "
+        "scored input is counted once (see /stats); retried requests "
+        "with the same Idempotency-Key are replayed, not re-scored.",
+        version=str(PROTOCOL),
+    )
     app.state.stats = stats
-    info = {"protocol": PROTOCOL, "model": name, "dataset": dataset, "input_shape": list(shape),
-            "num_classes": int(num_classes), "output": output, "max_batch": int(max_batch),
-            "max_bytes": int(max_bytes), "formats": ["application/json", NPY],
-            "auth": token is not None}
+    info = {
+        "protocol": PROTOCOL,
+        "model": name,
+        "dataset": dataset,
+        "input_shape": list(shape),
+        "num_classes": int(num_classes),
+        "output": output,
+        "max_batch": int(max_batch),
+        "max_bytes": int(max_bytes),
+        "formats": ["application/json", NPY],
+        "auth": token is not None,
+    }
     app.state.info = info
 
     def refuse(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
@@ -214,9 +249,12 @@ def create_app(model: nn.Module, *, input_shape: Sequence[int], num_classes: int
         return hmac.compare_digest(got.encode(), f"Bearer {token}".encode())
 
     def unauthorized() -> Any:
-        return refuse(401, "missing or wrong bearer token; send 'Authorization: Bearer TOKEN' "
-                      "(the token `zoattack serve` was started with)",
-                      {"WWW-Authenticate": "Bearer"})
+        return refuse(
+            401,
+            "missing or wrong bearer token; send 'Authorization: Bearer TOKEN' "
+            "(the token `zoattack serve` was started with)",
+            {"WWW-Authenticate": "Bearer"},
+        )
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -233,14 +271,20 @@ def create_app(model: nn.Module, *, input_shape: Sequence[int], num_classes: int
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise BadRequest(413, f"request body of {int(declared):,} bytes exceeds this "
-                             f"server's limit of {max_bytes:,}; send smaller batches")
+            raise BadRequest(
+                413,
+                f"request body of {int(declared):,} bytes exceeds this "
+                f"server's limit of {max_bytes:,}; send smaller batches",
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_bytes:
-                raise BadRequest(413, f"request body exceeds this server's limit of "
-                                 f"{max_bytes:,} bytes; send smaller batches")
+                raise BadRequest(
+                    413,
+                    f"request body exceeds this server's limit of "
+                    f"{max_bytes:,} bytes; send smaller batches",
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -252,18 +296,24 @@ def create_app(model: nn.Module, *, input_shape: Sequence[int], num_classes: int
 
     def forward(x: np.ndarray) -> np.ndarray:
         if not len(x):
-            return np.zeros((0,) if output == "labels" else (0, num_classes),
-                            np.int64 if output == "labels" else np.float32)
+            return np.zeros(
+                (0,) if output == "labels" else (0, num_classes),
+                np.int64 if output == "labels" else np.float32,
+            )
         scores = scorer(x)
         if scores.ndim == 2 and scores.shape[1] != num_classes:
-            raise BadRequest(500, f"the served model returned {scores.shape[1]} classes, the "
-                             f"server announced {num_classes}")
+            raise BadRequest(
+                500,
+                f"the served model returned {scores.shape[1]} classes, the "
+                f"server announced {num_classes}",
+            )
         with stats.lock:
             stats.scored_inputs += len(x)
         return scores
 
-    def handle(body: bytes, content_type: str, want_npy: bool,
-               key: str | None) -> tuple[tuple[bytes, str, int], bool]:
+    def handle(
+        body: bytes, content_type: str, want_npy: bool, key: str | None
+    ) -> tuple[tuple[bytes, str, int], bool]:
         """(reply, replayed) for one request; runs in a worker thread."""
         if key is None:
             x = check_batch(decode_batch(body, content_type), shape, max_batch)
@@ -284,11 +334,14 @@ def create_app(model: nn.Module, *, input_shape: Sequence[int], num_classes: int
                 held[0] -= len(replies.popitem(last=False)[1][0])
             return reply, False
 
-    @app.post("/score", summary="Score a batch of images",
-              description="Body: application/x-npy (a .npy batch) or JSON "
-                          '{"inputs": nested lists} / {"npy_b64": "..."}; values in [0, 1]. '
-                          "Optional header Idempotency-Key makes retries safe. Reply: JSON "
-                          "scores, or .npy with Accept: application/x-npy.")
+    @app.post(
+        "/score",
+        summary="Score a batch of images",
+        description="Body: application/x-npy (a .npy batch) or JSON "
+        '{"inputs": nested lists} / {"npy_b64": "..."}; values in [0, 1]. '
+        "Optional header Idempotency-Key makes retries safe. Reply: JSON "
+        "scores, or .npy with Accept: application/x-npy.",
+    )
     async def score(request: Request) -> Any:
         from starlette.concurrency import run_in_threadpool
 
@@ -299,8 +352,12 @@ def create_app(model: nn.Module, *, input_shape: Sequence[int], num_classes: int
         try:
             body = await read_body(request)
             (data, media, n), replayed = await run_in_threadpool(
-                handle, body, request.headers.get("content-type", ""),
-                NPY in request.headers.get("accept", ""), request.headers.get("idempotency-key"))
+                handle,
+                body,
+                request.headers.get("content-type", ""),
+                NPY in request.headers.get("accept", ""),
+                request.headers.get("idempotency-key"),
+            )
         except BadRequest as exc:
             return refuse(exc.status, exc.message)
         headers = {"X-Scored-Inputs": str(n)}
@@ -313,23 +370,45 @@ def create_app(model: nn.Module, *, input_shape: Sequence[int], num_classes: int
     return app
 
 
-def model_server_app(model_name: str = "small_cnn", dataset: str = "fashion-mnist", *,
-                     weights: str | None = None, model_dir: str | None = None,
-                     data_dir: str | None = None, images: int = 100,
-                     device: str | torch.device = "cpu", **app_kwargs: Any) -> Any:
+def model_server_app(
+    model_name: str = "small_cnn",
+    dataset: str = "fashion-mnist",
+    *,
+    weights: str | None = None,
+    model_dir: str | None = None,
+    data_dir: str | None = None,
+    images: int = 100,
+    device: str | torch.device = "cpu",
+    **app_kwargs: Any,
+) -> Any:
     """Build the model exactly as `zoattack run` does (same data set statistics, pretrained
     weights when no ``weights`` is given) and wrap it in :func:`create_app`."""
     from zoattack.data import load_dataset
     from zoattack.models import create_model
 
     if model_name.startswith("remote:"):
-        raise ValueError("serving a remote:URL model would only proxy another server; serve "
-                         "a local model (zoo name, torchvision:/timm:/robustbench:NAME)")
+        raise ValueError(
+            "serving a remote:URL model would only proxy another server; serve "
+            "a local model (zoo name, torchvision:/timm:/robustbench:NAME)"
+        )
     data = load_dataset(dataset, split="test", data_dir=data_dir, limit=images)
-    model = create_model(model_name, dataset=data, weights=weights, model_dir=model_dir,
-                         pretrained=weights is None and ":" not in model_name, device=device)
-    return create_app(model, input_shape=data.image_shape, num_classes=data.num_classes,
-                      device=device, name=model_name, dataset=data.name, **app_kwargs)
+    model = create_model(
+        model_name,
+        dataset=data,
+        weights=weights,
+        model_dir=model_dir,
+        pretrained=weights is None and ":" not in model_name,
+        device=device,
+    )
+    return create_app(
+        model,
+        input_shape=data.image_shape,
+        num_classes=data.num_classes,
+        device=device,
+        name=model_name,
+        dataset=data.name,
+        **app_kwargs,
+    )
 
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -343,8 +422,10 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another "
-                         "--port or stop what is using it") from None
+        raise ValueError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another "
+            "--port or stop what is using it"
+        ) from None
     sock.set_inheritable(True)
     return sock
 
@@ -356,17 +437,30 @@ class BackgroundServer:
     in-flight requests for at most ``grace`` seconds, then drops them.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *,
-                 log_level: str = "critical", grace: float = 2.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        log_level: str = "critical",
+        grace: float = 2.0,
+    ) -> None:
         import uvicorn
 
         self.sock = bind_socket(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
-        config = uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False,
-                                timeout_graceful_shutdown=grace)
+        config = uvicorn.Config(
+            app,
+            log_level=log_level,
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=grace,
+        )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self._run, daemon=True,
-                                       name=f"zoattack-serve-{self.port}")
+        self.thread = threading.Thread(
+            target=self._run, daemon=True, name=f"zoattack-serve-{self.port}"
+        )
         self.error: BaseException | None = None
 
     @property
