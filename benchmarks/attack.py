@@ -73,10 +73,10 @@ from torch import Tensor, nn
 
 from zoattack import __version__ as ZO_VERSION
 from zoattack.attacks import run_attack
-from zoattack.attacks.job import TUNED, default_lr, tuned_mu
 from zoattack.attacks.report import summarize
 from zoattack.blackbox import BlackBox
 from zoattack.data import load_dataset
+from zoattack.jobs.attack import TUNED, default_lr, tuned_mu
 from zoattack.models import create_model
 from zoattack.models.weights import weights_dir, weights_filename
 from zoattack.optim import create_optimizer

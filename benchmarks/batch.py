@@ -142,9 +142,9 @@ def bench_executors(
 
 
 def bench_store(tmp: Path, quick: bool) -> list[tuple]:
-    from zoattack.attacks.job import AttackSpec
     from zoattack.batch import ResultStore
     from zoattack.batch.report import Results
+    from zoattack.jobs.attack import AttackSpec
 
     jobs = 20 if quick else 100
     per_job = 1000

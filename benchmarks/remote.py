@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 import torch
 
-from zoattack.attacks.job import AttackSpec, prepare, run_job
+from zoattack.jobs.attack import AttackSpec, prepare, run_job
 from zoattack.remote.client import remote_model
 from zoattack.remote.server import BackgroundServer, bind_socket, model_server_app
 

@@ -25,6 +25,10 @@ from zoattack.objective import FunctionObjective, Objective
 from zoattack.optim import OPTIMIZERS, create_optimizer, list_optimizers
 from zoattack.seeding import make_generator
 
+# Plug-ins that add model prefixes (remote:, defended:) register on import.
+from zoattack import remote as _remote  # noqa: F401  isort: skip
+from zoattack import defense as _defense  # noqa: F401  isort: skip
+
 __all__ = [
     "ESTIMATORS",
     "OPTIMIZERS",

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from zoattack.attacks.job import (
+from zoattack.cli.main import app
+from zoattack.errors import UnknownNameError, ZOAttackError
+from zoattack.jobs.attack import (
     AttackSpec,
     JobInterrupted,
     chunk_bounds,
@@ -19,8 +21,6 @@ from zoattack.attacks.job import (
     run_job,
     summarize_rows,
 )
-from zoattack.cli.main import app
-from zoattack.errors import UnknownNameError, ZOAttackError
 
 SMALL = dict(images=10, budget=60, chunk_size=4, device="cpu")
 

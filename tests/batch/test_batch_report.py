@@ -6,7 +6,6 @@ import csv
 
 import pytest
 
-from zoattack.attacks.job import summarize_rows
 from zoattack.batch import LocalExecutor, ResultStore, load_plan, run_batch
 from zoattack.batch.report import (
     Results,
@@ -17,6 +16,7 @@ from zoattack.batch.report import (
     write_csv,
     write_rows_csv,
 )
+from zoattack.jobs.attack import summarize_rows
 
 GRID = """
 [grid]

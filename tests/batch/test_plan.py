@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from zoattack.attacks.job import AttackSpec
 from zoattack.batch.plan import job_key, load_plan
+from zoattack.jobs.attack import AttackSpec
 
 
 def test_grid_expands_to_the_cartesian_product_over_defaults(plan_file):

@@ -8,9 +8,9 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from zoattack.attacks.job import AttackSpec
 from zoattack.batch import LocalExecutor, RayExecutor, ResultStore, load_plan, run_batch
 from zoattack.batch.executors import task_options
+from zoattack.jobs.attack import AttackSpec
 
 GRID = """
 [grid]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from zoattack.attacks.job import JobInterrupted, prepare, run_job
 from zoattack.batch import LocalExecutor, ResultStore, load_plan, run_batch
 from zoattack.errors import ZOAttackError
+from zoattack.jobs.attack import JobInterrupted, prepare, run_job
 
 GRID = """
 [grid]

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from zoattack.attacks.job import CSV_FIELDS, AttackSpec
 from zoattack.batch.store import DB_NAME, ResultStore, locate
+from zoattack.jobs.attack import CSV_FIELDS, AttackSpec
 
 SPEC = AttackSpec(images=3, budget=40).resolved()
 SETTINGS = {"images": 3, "zoattack": "0.1.0", "torch": "2.x"}
@@ -104,11 +104,16 @@ def test_reopening_keeps_everything_and_other_files_are_refused(store, tmp_path)
 
 
 def test_a_second_writer_is_refused(store):
-    with store.exclusive(), ResultStore(store.path) as other, pytest.raises(
-        ValueError,
-        match=r"another `zoattack batch` \(pid \d+\) is "
-        "writing to",
-    ), other.exclusive():
+    with (
+        store.exclusive(),
+        ResultStore(store.path) as other,
+        pytest.raises(
+            ValueError,
+            match=r"another `zoattack batch` \(pid \d+\) is "
+            "writing to",
+        ),
+        other.exclusive(),
+    ):
         pass
     with store.exclusive():  # released on exit
         pass

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from zoattack import BlackBox, FunctionObjective, create_optimizer, make_generator
 from zoattack.attacks import run_attack
+from zoattack.attacks.sign import block_bounds, column_major_order, finest_level
+from zoattack.attacks.square import p_schedule, square_bump, window_side
 from zoattack.optim import OPTIMIZERS, SearchRule
-from zoattack.optim.sign import block_bounds, column_major_order, finest_level
-from zoattack.optim.square import p_schedule, square_bump, window_side
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -639,7 +639,7 @@ def test_library_runs_in_every_subspace_within_budget(victim, rule, norm, subspa
 
 def test_l2_square_starts_from_the_applied_clipped_perturbation(victim):
     from zoattack.attacks.base import AttackObjective
-    from zoattack.optim.square import applied_perturbation
+    from zoattack.attacks.square import applied_perturbation
     from zoattack.subspace import Subspace
 
     model, x, y = victim

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from zoattack.attacks.job import AttackSpec, JobInterrupted, prepare, run_job
 from zoattack.blackbox import BlackBox
+from zoattack.jobs.attack import AttackSpec, JobInterrupted, prepare, run_job
 from zoattack.remote.client import RemoteError, remote_model
 from zoattack.remote.faults import FaultInjector, FaultPlan
 

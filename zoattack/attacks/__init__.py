@@ -1,5 +1,7 @@
-"""Score-based attacks on top of the ZO core (the loop, its objective and results)."""
+"""Attacks on top of the ZO core: the score-based loop (:mod:`.base`), the universal attack,
+and the search attacks (``square``, ``sign``) registered beside the update rules."""
 
+from zoattack.attacks import sign, square  # noqa: F401  (registers the search attacks)
 from zoattack.attacks.base import AttackObjective, AttackResult, run_attack
 
 __all__ = ["AttackObjective", "AttackResult", "run_attack"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from zoattack.attacks.base import AttackResult
-from zoattack.attacks.job import CSV_FIELDS, rows_of, summarize_rows
+from zoattack.jobs.attack import CSV_FIELDS, rows_of, summarize_rows
 
 __all__ = ["CSV_FIELDS", "summarize", "summarize_rows"]
 

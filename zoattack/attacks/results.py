@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from zoattack.attacks.job import CSV_FIELDS, AttackSpec
+from zoattack.jobs.attack import CSV_FIELDS, AttackSpec
 
 # Settings that change where or how fast an attack runs, not its results.
 _RESUME_MAY_DIFFER = ("device", "max_batch")

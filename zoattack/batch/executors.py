@@ -5,7 +5,7 @@ An executor turns pending work (a job and the image indices already stored) into
 run_batch`) writes each result in one transaction before asking for the next, so the driver
 alone owns the database whether chunks ran here or on a cluster.
 
-Chunks are seeded per (seed, chunk index) (see :mod:`zoattack.attacks.job`), so a chunk gives
+Chunks are seeded per (seed, chunk index) (see :mod:`zoattack.jobs.attack`), so a chunk gives
 the same rows wherever and however often it runs: a Ray task retried after its worker died
 returns exactly the rows the lost attempt would have, and the store keeps one copy
 (``UNIQUE(job, "index")``).
@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from zoattack.attacks.job import (
+from zoattack.batch.plan import PlanJob
+from zoattack.errors import ZOAttackError
+from zoattack.jobs.attack import (
     AttackSpec,
     JobInterrupted,
     PreparedJob,
@@ -26,8 +28,6 @@ from zoattack.attacks.job import (
     prepare,
     run_job,
 )
-from zoattack.batch.plan import PlanJob
-from zoattack.errors import ZOAttackError
 
 RAY_HINT = "install it with: pip install 'zoattack[ray]'"
 EXECUTORS = ("local", "ray")

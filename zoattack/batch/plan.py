@@ -27,8 +27,8 @@ from typing import Any
 
 import tomllib
 
-from zoattack.attacks.job import AttackSpec
 from zoattack.errors import UnknownNameError, ZOAttackError
+from zoattack.jobs.attack import AttackSpec
 
 TABLES = ("batch", "defaults", "grid", "job")
 BATCH_KEYS: dict[str, type] = {"name": str, "out": str}
@@ -361,7 +361,7 @@ def load_plan(
             spec = AttackSpec.from_dict(settings).resolved()
             check_names(spec)
             if check_device:
-                from zoattack.cli._common import resolve_device
+                from zoattack.device import resolve_device
 
                 resolve_device(spec.device)
         except UnknownNameError as exc:

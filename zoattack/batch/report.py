@@ -1,7 +1,7 @@
 """Summaries, tables, exports and figures from a batch result store (`zoattack report`).
 
 Every number comes from the stored per-image rows through
-:func:`zoattack.attacks.job.summarize_rows`, the same function `zoattack run` reports with, so a
+:func:`zoattack.jobs.attack.summarize_rows`, the same function `zoattack run` reports with, so a
 job's line here equals what `zoattack run` prints for the same settings.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 from rich.table import Table
 
-from zoattack.attacks.job import summarize_rows
 from zoattack.batch.store import ResultStore
+from zoattack.jobs.attack import summarize_rows
 
 SETTING_KEYS = (
     "key",
@@ -272,7 +272,7 @@ def write_csv(path: Path, summaries: Sequence[Mapping[str, Any]]) -> Path:
 
 def write_rows_csv(path: Path, results: Results) -> Path:
     """Every stored row, with the job's key and main settings in front."""
-    from zoattack.attacks.job import CSV_FIELDS
+    from zoattack.jobs.attack import CSV_FIELDS
 
     front = ("key", "model", "dataset", "label", "norm", "eps", "budget", "seed")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from zoattack.attacks.job import CSV_FIELDS, AttackSpec
+from zoattack.jobs.attack import CSV_FIELDS, AttackSpec
 
 DB_NAME = "results.sqlite"
 SCHEMA_VERSION = 1

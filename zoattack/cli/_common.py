@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, TypeVar
 
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from zoattack.device import resolve_device  # noqa: F401  (re-exported for commands)
 from zoattack.errors import ZOAttackError
 
 out = Console()  # results
@@ -60,16 +60,6 @@ def user_errors() -> Iterator[None]:
             traceback.print_exc(file=sys.stderr)
         msg = str(exc) if not isinstance(exc, FileNotFoundError) else f"file not found: {exc}"
         raise fail(msg) from None
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
 
 
 def guarded(fn: Callable[..., T]) -> Callable[..., T]:

@@ -13,7 +13,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from zoattack.attacks.job import (
+from zoattack.attacks.results import RunFolder
+from zoattack.blackbox import BlackBox
+from zoattack.cli._common import (
+    DataDirOption,
+    ModelDirOption,
+    WeightsOption,
+    err,
+    guarded,
+    out,
+)
+from zoattack.jobs.attack import (
     DEFAULT_CHUNK,
     DEFAULT_EPS,
     DEFAULT_OPTIMIZER,
@@ -26,16 +36,6 @@ from zoattack.attacks.job import (
     prepare,
     run_job,
     summarize_rows,
-)
-from zoattack.attacks.results import RunFolder
-from zoattack.blackbox import BlackBox
-from zoattack.cli._common import (
-    DataDirOption,
-    ModelDirOption,
-    WeightsOption,
-    err,
-    guarded,
-    out,
 )
 from zoattack.optim.base import ZORule
 from zoattack.seeding import make_generator, seed_everything

@@ -13,7 +13,10 @@ from zoattack.defense.autoencoder import Decoder, Encoder, make_autoencoder
 from zoattack.defense.bridge import PseudoLabelCE, zo_loss
 from zoattack.defense.certify import Smooth, blackbox_classifier, certified_accuracy
 from zoattack.defense.denoiser import DnCNN
+from zoattack.defense.model import defended_model
 from zoattack.defense.train import METHODS, DefenseConfig, DefenseFront, train_defense
+from zoattack.models.registry import MODELS
+from zoattack.registry import Entry
 
 __all__ = [
     "METHODS",
@@ -30,3 +33,15 @@ __all__ = [
     "train_defense",
     "zo_loss",
 ]
+
+
+# The model registry knows nothing of defenses: this plug-in adds its prefix to it.
+MODELS.add(
+    Entry(
+        "defended",
+        defended_model,
+        "defended:PATH, a ZO-AE-DS defense written by `zoattack defend train` in front "
+        "of its black box (plain or smoothed classifier)",
+        {"adapter": True, "defended": True},
+    )
+)

@@ -87,38 +87,6 @@ MODELS.add(
 )
 
 
-def _remote_model(url: str, **kwargs: Any) -> nn.Module:
-    from zoattack.remote.client import remote_model
-
-    return remote_model(url, **kwargs)
-
-
-def _defended_model(path: str, **kwargs: Any) -> nn.Module:
-    from zoattack.defense.model import defended_model
-
-    return defended_model(path, **kwargs)
-
-
-MODELS.add(
-    Entry(
-        "remote",
-        _remote_model,
-        "remote:http://HOST:PORT, a model served by `zoattack serve` (or a compatible "
-        "score API), queried over HTTP with retries; counts match the server's",
-        {"adapter": True, "remote": True},
-    )
-)
-MODELS.add(
-    Entry(
-        "defended",
-        _defended_model,
-        "defended:PATH, a ZO-AE-DS defense written by `zoattack defend train` in front "
-        "of its black box (plain or smoothed classifier)",
-        {"adapter": True, "defended": True},
-    )
-)
-
-
 def list_models(pattern: str | None = None, **flags: Any) -> list[str]:
     """Registered names; adapters are listed by prefix (use them as ``prefix:NAME``)."""
     return MODELS.names(pattern, **flags)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoattack.optim import lizo, radazo, sign, square, zo_adamm, zo_sgd, zo_signsgd  # noqa: F401
+from zoattack.optim import lizo, radazo, zo_adamm, zo_sgd, zo_signsgd  # noqa: F401
 from zoattack.optim.base import SearchRule, StepResult, ZORule
 from zoattack.optim.lizo import LIZO
 from zoattack.optim.radazo import R_AdaZO

@@ -3,6 +3,10 @@
 FastAPI, uvicorn and httpx are imported only when a server or client is built.
 """
 
+import torch
+
+from zoattack.models.registry import MODELS
+from zoattack.registry import Entry
 from zoattack.remote.client import (
     HTTPScoreModel,
     MalformedReply,
@@ -26,3 +30,19 @@ __all__ = [
     "model_server_app",
     "remote_model",
 ]
+
+
+def _remote_model(url: str, **kwargs: object) -> torch.nn.Module:
+    return remote_model(url, **kwargs)  # type: ignore[arg-type]
+
+
+# The model registry knows nothing of HTTP: this plug-in adds its prefix to it.
+MODELS.add(
+    Entry(
+        "remote",
+        _remote_model,
+        "remote:http://HOST:PORT, a model served by `zoattack serve` (or a compatible "
+        "score API), queried over HTTP with retries; counts match the server's",
+        {"adapter": True, "remote": True},
+    )
+)

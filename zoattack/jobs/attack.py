@@ -328,8 +328,8 @@ def prepare(
 
     ``model_options`` go to the model factory and never into the recorded settings: they
     change how a model is reached (a remote model's token, timeout, retries), not results."""
-    from zoattack.cli._common import resolve_device
     from zoattack.data import load_dataset
+    from zoattack.device import resolve_device
     from zoattack.models import create_model
 
     spec = spec.resolved()
