@@ -18,8 +18,22 @@ from zoattack.errors import ZOAttackError
 out = Console()  # results
 err = Console(stderr=True)  # progress, diagnostics
 
+# Exit codes, the same in every command: 0 done, 2 bad input (nothing was run or written),
+# 3 stopped part-way (a failing model, a dead server, Ctrl-C): what finished is kept and
+# the same command with --resume (or a rerun of a batch) continues.
+EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 3
+
+# Help panels shared by the commands.
 P_MODEL = "Model and data"
+P_THREAT = "Threat model"
+P_OPT = "Optimizer"
+P_OUT = "Output"
+P_RUN = "Run"
+P_RAY = "Ray executor (--executor ray)"
+P_HTTP = "HTTP"
+P_EXPORT = "Exports"
 
 # Options every command that builds a victim shares (run, serve).
 DataDirOption = Annotated[
