@@ -1,14 +1,13 @@
 """Summaries, tables, exports and figures from a batch result store (`zoattack report`).
 
 Every number comes from the stored per-image rows through
-:func:`zoattack.jobs.attack.summarize_rows`, the same function `zoattack run` reports with, so a
+:func:`zoattack.results.rows.summarize_rows`, the same function `zoattack run` reports with, so a
 job's line here equals what `zoattack run` prints for the same settings.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -17,7 +16,9 @@ from typing import Any
 from rich.table import Table
 
 from zoattack.batch.store import ResultStore
-from zoattack.jobs.attack import summarize_rows
+from zoattack.results import figures
+from zoattack.results.figures import job_order as _order
+from zoattack.results.rows import CSV_FIELDS, summarize_rows
 
 SETTING_KEYS = (
     "key",
@@ -155,11 +156,14 @@ class Results:
         return sorted(out, key=_order)
 
 
-def _order(line: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(
-        ("" if line.get(k) is None else line.get(k))
-        for k in ("model", "dataset", "label", "norm", "eps", "budget", "seed")
-    )
+def save_success_curves(path: Path, results: Results) -> Path:
+    """Success rate within q queries, one curve per optimizer, one panel per model and eps."""
+    return figures.save_success_curves(path, results.jobs, results.rows)
+
+
+def save_query_histograms(path: Path, results: Results, bins: int = 20) -> Path:
+    """Queries spent on successful images, one outline per optimizer, one panel per model/eps."""
+    return figures.save_query_histograms(path, results.jobs, results.rows, bins=bins)
 
 
 def _fmt(value: Any, key: str = "") -> str:
@@ -272,7 +276,6 @@ def write_csv(path: Path, summaries: Sequence[Mapping[str, Any]]) -> Path:
 
 def write_rows_csv(path: Path, results: Results) -> Path:
     """Every stored row, with the job's key and main settings in front."""
-    from zoattack.jobs.attack import CSV_FIELDS
 
     front = ("key", "model", "dataset", "label", "norm", "eps", "budget", "seed")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,97 +287,3 @@ def write_rows_csv(path: Path, results: Results) -> Path:
             for r in results.rows.get(job["key"], []):
                 writer.writerow([job[k] for k in front] + [r[k] for k in CSV_FIELDS])
     return path
-
-
-# -- figures -----------------------------------------------------------------------------
-
-
-def _plt():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _panels(results: Results) -> dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]]:
-    """(model, dataset, norm, eps, largest budget) → curve label → rows (seeds pooled)."""
-    panels: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
-    budgets: dict[tuple[Any, ...], set[int]] = defaultdict(set)
-    for job in results.jobs:
-        budgets[(job["model"], job["dataset"], job["norm"], job["eps"])].add(job["budget"])
-    for job in sorted(results.jobs, key=_order):
-        pk = (job["model"], job["dataset"], job["norm"], job["eps"])
-        label = job["label"] if len(budgets[pk]) == 1 else f"{job['label']} ({job['budget']:,}q)"
-        panels[(*pk, max(budgets[pk]))][label].extend(results.rows.get(job["key"], []))
-    return panels
-
-
-def _grid(n: int):  # type: ignore[no-untyped-def]
-    plt = _plt()
-    cols = min(3, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
-    flat = [ax for line in axes for ax in line]
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return plt, fig, flat
-
-
-def _title(pk: tuple[Any, ...]) -> str:
-    model, dataset, norm, eps, _ = pk
-    return f"{model} / {dataset}: {norm} eps={eps:g}"
-
-
-def save_success_curves(path: Path, results: Results) -> Path:
-    """Success rate within q queries, one curve per optimizer, one panel per model and eps."""
-    panels = _panels(results)
-    plt, fig, axes = _grid(len(panels))
-    for ax, (pk, curves) in zip(axes, panels.items(), strict=False):
-        top = pk[-1]
-        for label, rows in curves.items():
-            attacked = [r for r in rows if r["stop_reason"] != "misclassified"]
-            q = sorted(int(r["queries"]) for r in attacked if int(r["success"]))
-            n = max(len(attacked), 1)
-            xs = [0.0, *map(float, q), float(top)]
-            ys = [0.0, *[(k + 1) / n for k in range(len(q))], len(q) / n]
-            ax.step(xs, ys, where="post", label=label)
-        ax.set_title(_title(pk), fontsize=9)
-        ax.set_xlabel("queries per image")
-        ax.set_ylabel("success rate")
-        ax.set_ylim(0, 1)
-        ax.set_xlim(0, top)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _save(plt, fig, path)
-
-
-def _save(plt, fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def save_query_histograms(path: Path, results: Results, bins: int = 20) -> Path:
-    """Queries spent on successful images, one outline per optimizer, one panel per model/eps."""
-    panels = _panels(results)
-    plt, fig, axes = _grid(len(panels))
-    for ax, (pk, curves) in zip(axes, panels.items(), strict=False):
-        top = pk[-1]
-        edges = [top * i / bins for i in range(bins + 1)]
-        for label, rows in curves.items():
-            q = [int(r["queries"]) for r in rows if int(r["success"])]
-            if q:
-                ax.hist(q, bins=edges, histtype="step", linewidth=1.4, label=f"{label} ({len(q)})")
-        ax.set_title(_title(pk), fontsize=9)
-        ax.set_xlabel("queries to success")
-        ax.set_ylabel("images")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    return _save(plt, fig, path)
