@@ -135,11 +135,13 @@ def run_attack_job(
     universal: bool = False,
     save_images: bool = False,
     model_options: Mapping[str, Any] | None = None,
+    model: torch.nn.Module | None = None,
     on_start: Callable[[str, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> RunReport:
     """Run one attack job (per-image or ``universal``), writing into ``out`` if given.
 
+    ``model`` replaces the one ``spec`` names (its weights are then the caller's business).
     ``on_start(label, total_queries)`` is called once the model is loaded, ``on_progress``
     with the queries spent so far. Raises ValueError for bad settings or a refused folder
     (nothing is loaded or written then) and :class:`JobInterrupted` when the model fails or
@@ -168,7 +170,7 @@ def run_attack_job(
     remote_opts = dict(model_options or {})
     if remote_opts and not spec.model.startswith("remote:"):
         raise ValueError("--token/--timeout/--retries/--max-rps apply to --model remote:URL only")
-    job = prepare(spec, model_options=remote_opts)
+    job = prepare(spec, model=model, model_options=remote_opts)
     settings = job.settings()
     if universal:
         return _universal(job, settings, folder)
