@@ -11,7 +11,7 @@ index order. A ``--universal`` run writes ``delta.safetensors`` and ``summary.js
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,10 @@ class RunFolder:
         return self.parts.total("scored_inputs")
 
     def finish(
-        self, rows: list[Mapping[str, Any]], summary: Mapping[str, Any], settings: Mapping[str, Any]
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        summary: Mapping[str, Any],
+        settings: Mapping[str, Any],
     ) -> None:
         self.rows.rewrite(rows)
         write_json(self.summary_path, {"settings": dict(settings), "summary": dict(summary)})

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -55,7 +55,7 @@ def rows_of(result: AttackResult, offset: int, keep: Tensor | None = None) -> li
 
 
 def summarize_rows(
-    rows: list[Mapping[str, Any]], *, wall_seconds: float, scored_inputs: int
+    rows: Sequence[Mapping[str, Any]], *, wall_seconds: float, scored_inputs: int
 ) -> dict[str, Any]:
     """Success rate over images the model got right at the start; query statistics over
     successes and over all attacked images; median distortion over successes.
