@@ -190,3 +190,23 @@ def test_universal_job_is_a_library_call():
     assert 0 <= universal_target("random", 10, gen) < 10
     with pytest.raises(ValueError, match="--universal takes --target"):
         universal_target("least-likely", 10, gen)
+
+
+def test_out_naming_a_file_is_one_line_exit_2(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    res = _run("--images", "2", "--budget", "20", "--device", "cpu", "--out", str(f))
+    assert res.exit_code == 2 and "is a file" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and f.read_text() == "keep me"
+
+
+def test_ctrl_c_outside_a_chunk_exits_3_with_one_line(tmp_path, monkeypatch):
+    import zoattack.jobs.run as run_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod, "prepare", interrupted)
+    res = _run("--images", "2", "--budget", "20", "--device", "cpu", "--out", str(tmp_path / "o"))
+    assert res.exit_code == 3, res.output
+    assert "interrupted by the user" in res.stderr and "Traceback" not in res.output

@@ -265,6 +265,19 @@ def run_command(
             progress.stop()
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt:  # between chunks or while loading: nothing half-written
+            progress.stop()
+            where = (
+                f"; finished images are in {out_dir}, rerun with --resume to continue"
+                if out_dir is not None and (out_dir / "run.json").is_file()
+                else ""
+            )
+            err.print(
+                f"[bold red]error:[/] interrupted by the user{escape(where)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     if report.already_complete:
         err.print(
             f"the run in {escape(str(report.folder))} is complete "

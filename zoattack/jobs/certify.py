@@ -134,6 +134,8 @@ def check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     (``overwrite``), never silently rewritten."""
     if resume and overwrite:
         raise ValueError("--resume continues the certification in --out, --overwrite replaces it")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; name a folder for the certification")
     held = [name for name in CERTIFY_FILES if (out / name).exists()]
     if held and not (resume or overwrite):
         raise ValueError(

@@ -44,6 +44,8 @@ class RunFolder:
 
     def check_new(self, *, overwrite: bool) -> None:
         """A fresh run may not silently replace another one (finished or not)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"--out {self.path} is a file; name a folder for the run")
         if overwrite or not self.holds_run():
             return
         what = "a finished run" if self.status() == "finished" else "a run"
