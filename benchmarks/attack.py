@@ -73,13 +73,13 @@ from torch import Tensor, nn
 
 from zoattack import __version__ as ZO_VERSION
 from zoattack.attacks import run_attack
-from zoattack.attacks.report import summarize
 from zoattack.blackbox import BlackBox
 from zoattack.data import load_dataset
 from zoattack.jobs.attack import TUNED, default_lr, tuned_mu
 from zoattack.models import create_model
 from zoattack.models.weights import weights_dir, weights_filename
 from zoattack.optim import create_optimizer
+from zoattack.results.rows import summarize
 from zoattack.seeding import make_generator
 
 GRADIENT_RULES = ("zo_sgd", "zo_signsgd", "zo_adamm", "radazo", "lizo")

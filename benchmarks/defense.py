@@ -44,13 +44,12 @@ from zoattack.data import load_dataset  # noqa: E402
 from zoattack.defense.certify import (  # noqa: E402
     Smooth,
     blackbox_classifier,
-    certify_images,
-    read_rows,
     save_curve,
     summarize,
 )
 from zoattack.defense.model import load_front  # noqa: E402
 from zoattack.defense.train import DefenseConfig, train_defense  # noqa: E402
+from zoattack.jobs.certify import certify_images, read_rows  # noqa: E402
 from zoattack.models import create_model  # noqa: E402
 
 METHODS = {

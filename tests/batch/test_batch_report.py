@@ -16,7 +16,7 @@ from zoattack.batch.report import (
     write_csv,
     write_rows_csv,
 )
-from zoattack.jobs.attack import summarize_rows
+from zoattack.results.rows import summarize_rows
 
 GRID = """
 [grid]

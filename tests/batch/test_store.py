@@ -7,7 +7,8 @@ import sqlite3
 import pytest
 
 from zoattack.batch.store import DB_NAME, ResultStore, locate
-from zoattack.jobs.attack import CSV_FIELDS, AttackSpec
+from zoattack.jobs.attack import AttackSpec
+from zoattack.results.rows import CSV_FIELDS
 
 SPEC = AttackSpec(images=3, budget=40).resolved()
 SETTINGS = {"images": 3, "zoattack": "0.1.0", "torch": "2.x"}

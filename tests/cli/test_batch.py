@@ -160,7 +160,7 @@ def test_a_failed_job_exits_3_and_a_rerun_completes_it(tmp_path, monkeypatch):
     assert "3 already finished, 1 finished now" in " ".join(res.stdout.split())
 
 
-def test_ctrl_c_exits_130_and_says_how_to_continue(tmp_path, monkeypatch):
+def test_ctrl_c_exits_3_like_run_and_says_how_to_continue(tmp_path, monkeypatch):
     import zoattack.batch.runner as runner_mod
 
     def interrupted(*args, **kwargs):
@@ -170,5 +170,5 @@ def test_ctrl_c_exits_130_and_says_how_to_continue(tmp_path, monkeypatch):
     plan = tmp_path / "plan.toml"
     plan.write_text(PLAN)
     res = invoke("batch", plan)
-    assert res.exit_code == 130
+    assert res.exit_code == 3  # EXIT_INTERRUPTED, as `zoattack run` (was 130)
     assert "rerun the same command to continue" in " ".join(res.stderr.split())

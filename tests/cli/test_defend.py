@@ -124,7 +124,7 @@ def test_certify_rows_summary_curve_and_resume(trained, tmp_path):
 
 def test_train_resume_matches_uninterrupted(trained, tmp_path):
     _, ref = trained
-    args = [a for a in TINY]
+    args = list(TINY)
     args[args.index("--epochs") + 1] = "0"
     cut = tmp_path / "cut"
     # --epochs 0 is refused; interrupt instead by running 1 AE epoch fewer, then resuming.
@@ -223,3 +223,48 @@ def test_bad_input_is_one_line_and_exit_2(cmd, needle, trained, tmp_path):
     assert needle in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "Traceback" not in res.output
+
+
+def test_certify_refuses_a_folder_holding_a_certification(trained, tmp_path):
+    _, out = trained
+    cdir = tmp_path / "cert"
+    args = ["defend", "certify", "--defense", str(out), *CERT, "--images", "1", "--out", str(cdir)]
+    assert runner.invoke(app, args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in cdir.iterdir()}
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "already holds a certification" in res.stderr and "--overwrite" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert {p.name: p.read_bytes() for p in cdir.iterdir()} == before  # nothing touched
+    res = runner.invoke(app, [*args, "--resume", "--overwrite"])
+    assert res.exit_code == 2 and "--overwrite replaces it" in res.stderr
+    res = runner.invoke(app, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((cdir / "certify.json").read_text())["complete"] is True
+
+
+def test_certify_is_a_library_call(trained, tmp_path):
+    from zoattack.jobs.certify import certify_defense, read_rows
+
+    _, out = trained
+    seen: list[dict] = []
+    report = certify_defense(
+        out, n0=8, n=60, images=2, batch=64, device="cpu", out=tmp_path / "c", on_image=seen.append
+    )
+    assert report.result["complete"] is True and report.out == tmp_path / "c"
+    assert [r["index"] for r in report.rows] == [r["index"] for r in seen]
+    assert read_rows(tmp_path / "c" / "certify.csv") == report.rows
+    assert report.result["queries"]["certify_blackbox"] == 2 * 68
+    assert report.result["queries"]["certify_blackbox_this_session"] == 2 * 68
+    card = json.loads((out / "defense.json").read_text())
+    assert report.train_queries["blackbox"] == card["queries"]["train_blackbox"]
+    with pytest.raises(ValueError, match="already holds a certification"):
+        certify_defense(out, n0=8, n=60, images=2, batch=64, device="cpu", out=tmp_path / "c")
+
+
+def test_train_resume_with_nothing_to_resume_leaves_no_folder(tmp_path):
+    new = tmp_path / "new"
+    res = runner.invoke(app, ["defend", "train", *TINY, "--out", str(new), "--resume"])
+    assert res.exit_code == 2, res.output
+    assert "nothing to resume" in res.stderr and "Traceback" not in res.output
+    assert not new.exists()

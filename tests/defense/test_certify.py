@@ -14,12 +14,11 @@ from zoattack.defense.certify import (
     Smooth,
     blackbox_classifier,
     certified_accuracy,
-    certify_images,
     check_certify_args,
     lower_confidence_bound,
     max_radius,
-    read_rows,
 )
+from zoattack.jobs.certify import certify_images, read_rows
 from zoattack.seeding import make_generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,87 +1,33 @@
-"""Summaries, tables, exports and figures from a batch result store (`zoattack report`).
+"""Reading a batch result store for `zoattack report`: per-job and pooled summaries.
 
 Every number comes from the stored per-image rows through
-:func:`zoattack.jobs.attack.summarize_rows`, the same function `zoattack run` reports with, so a
-job's line here equals what `zoattack run` prints for the same settings.
+:func:`zoattack.results.rows.summarize_rows`, the same function `zoattack run` reports with, so
+a job's line here equals what `zoattack run` prints for the same settings. The tables, exports
+and figures drawn from them live in :mod:`zoattack.results` (re-exported here).
 """
 
 from __future__ import annotations
 
 import csv
-import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from zoattack.batch.store import ResultStore
-from zoattack.jobs.attack import summarize_rows
-
-SETTING_KEYS = (
-    "key",
-    "model",
-    "dataset",
-    "label",
-    "optimizer",
-    "estimator",
-    "norm",
-    "eps",
-    "budget",
-    "seed",
-    "target",
-    "loss",
-    "lr",
-    "subspace",
-    "images",
-)
-METRIC_KEYS = (
-    "status",
-    "stored",
-    "initially_correct",
-    "successes",
-    "success_rate",
-    "mean_queries_success",
-    "median_queries_success",
-    "mean_queries_all",
-    "median_distortion_success",
-    "median_linf_success",
-    "median_l2_success",
-    "scored_inputs",
-    "seconds",
-)
-GROUP_KEYS = ("model", "dataset", "label", "norm", "eps", "budget")
-# (header, key) of the terminal and Markdown tables.
-COLUMNS = (
-    ("model", "model"),
-    ("optimizer", "label"),
-    ("norm", "norm"),
-    ("eps", "eps"),
-    ("budget", "budget"),
-    ("seed", "seed"),
-    ("images", "images_text"),
-    ("status", "status"),
-    ("success", "success_rate"),
-    ("mean q", "mean_queries_success"),
-    ("median q", "median_queries_success"),
-    ("median dist", "median_distortion_success"),
-    ("scored", "scored_inputs"),
-    ("seconds", "seconds"),
-)
-GROUP_COLUMNS = (
-    ("model", "model"),
-    ("optimizer", "label"),
-    ("norm", "norm"),
-    ("eps", "eps"),
-    ("budget", "budget"),
-    ("jobs", "jobs"),
-    ("seeds", "seeds"),
-    ("attacked", "initially_correct"),
-    ("success", "success_rate"),
-    ("mean q", "mean_queries_success"),
-    ("median q", "median_queries_success"),
-    ("median dist", "median_distortion_success"),
+from zoattack.results import figures
+from zoattack.results.figures import job_order as _order
+from zoattack.results.rows import CSV_FIELDS, summarize_rows
+from zoattack.results.tables import (  # noqa: F401  (the report's tables live in results)
+    COLUMNS,
+    GROUP_COLUMNS,
+    GROUP_KEYS,
+    METRIC_KEYS,
+    SETTING_KEYS,
+    group_table,
+    job_table,
+    markdown_table,
+    write_csv,
 )
 
 
@@ -155,86 +101,14 @@ class Results:
         return sorted(out, key=_order)
 
 
-def _order(line: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(
-        ("" if line.get(k) is None else line.get(k))
-        for k in ("model", "dataset", "label", "norm", "eps", "budget", "seed")
-    )
+def save_success_curves(path: Path, results: Results) -> Path:
+    """Success rate within q queries, one curve per optimizer, one panel per model and eps."""
+    return figures.save_success_curves(path, results.jobs, results.rows)
 
 
-def _fmt(value: Any, key: str = "") -> str:
-    if value is None:
-        return "-"
-    if key == "success_rate":
-        return f"{100 * value:.1f}%"
-    if isinstance(value, float):
-        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def _compact(
-    columns: Sequence[tuple[str, str]], lines: Sequence[Mapping[str, Any]], keep: tuple[str, ...]
-) -> tuple[list[tuple[str, str]], str]:
-    """Columns whose value is the same on every line move to a caption (narrow terminals)."""
-    shown, fixed = [], []
-    for header, key in columns:
-        values = {_fmt(line.get(key), key) for line in lines}
-        if len(lines) > 1 and len(values) == 1 and key not in keep:
-            fixed.append(f"{header} {values.pop()}")
-        else:
-            shown.append((header, key))
-    return shown, ", ".join(fixed)
-
-
-_LEFT = ("model", "label", "norm", "status")
-
-
-def job_table(
-    summaries: Sequence[Mapping[str, Any]], title: str = "jobs", *, compact: bool = True
-) -> Table:
-    """Rich table, one section per (model, optimizer) group."""
-    columns, caption = (
-        _compact(COLUMNS, summaries, ("label", "success_rate")) if compact else (list(COLUMNS), "")
-    )
-    table = Table(title=title, caption=caption or None)
-    for header, key in columns:
-        table.add_column(header, justify="left" if key in _LEFT else "right")
-    last = None
-    for line in summaries:
-        group = (line["model"], line["label"])
-        if last is not None and group != last:
-            table.add_section()
-        last = group
-        style = {"failed": "red", "running": "yellow", "pending": "dim"}.get(line["status"])
-        table.add_row(*(_fmt(line.get(key), key) for _, key in columns), style=style)
-    return table
-
-
-def group_table(groups: Sequence[Mapping[str, Any]], title: str = "pooled over seeds") -> Table:
-    columns, caption = _compact(GROUP_COLUMNS, groups, ("label", "success_rate"))
-    table = Table(title=title, caption=caption or None)
-    for header, key in columns:
-        table.add_column(header, justify="left" if key in _LEFT else "right")
-    last = None
-    for line in groups:
-        if last is not None and line["model"] != last:
-            table.add_section()
-        last = line["model"]
-        table.add_row(*(_fmt(line.get(key), key) for _, key in columns))
-    return table
-
-
-def _markdown_table(columns: Sequence[tuple[str, str]], lines: Iterable[Mapping[str, Any]]) -> str:
-    right = [key not in _LEFT for _, key in columns]
-    head = "| " + " | ".join(h for h, _ in columns) + " |"
-    rule = "|" + "|".join("---:" if r else "---" for r in right) + "|"
-    body = [
-        "| " + " | ".join(_fmt(line.get(k), k).replace("|", "\\|") for _, k in columns) + " |"
-        for line in lines
-    ]
-    return "\n".join([head, rule, *body])
+def save_query_histograms(path: Path, results: Results, bins: int = 20) -> Path:
+    """Queries spent on successful images, one outline per optimizer, one panel per model/eps."""
+    return figures.save_query_histograms(path, results.jobs, results.rows, bins=bins)
 
 
 def to_markdown(results: Results) -> str:
@@ -249,30 +123,16 @@ def to_markdown(results: Results) -> str:
         "",
         "## Jobs",
         "",
-        _markdown_table(COLUMNS, results.summaries()),
+        markdown_table(COLUMNS, results.summaries()),
     ]
     groups = results.groups()
     if any(g["jobs"] > 1 for g in groups):
-        parts += ["", "## Pooled over seeds", "", _markdown_table(GROUP_COLUMNS, groups)]
+        parts += ["", "## Pooled over seeds", "", markdown_table(GROUP_COLUMNS, groups)]
     return "\n".join(parts) + "\n"
-
-
-def write_csv(path: Path, summaries: Sequence[Mapping[str, Any]]) -> Path:
-    """One line per job: settings then metrics (raw values, empty for none)."""
-    fields = [*SETTING_KEYS, *METRIC_KEYS]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(
-            {k: ("" if line.get(k) is None else line.get(k)) for k in fields} for line in summaries
-        )
-    return path
 
 
 def write_rows_csv(path: Path, results: Results) -> Path:
     """Every stored row, with the job's key and main settings in front."""
-    from zoattack.jobs.attack import CSV_FIELDS
 
     front = ("key", "model", "dataset", "label", "norm", "eps", "budget", "seed")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,97 +144,3 @@ def write_rows_csv(path: Path, results: Results) -> Path:
             for r in results.rows.get(job["key"], []):
                 writer.writerow([job[k] for k in front] + [r[k] for k in CSV_FIELDS])
     return path
-
-
-# -- figures -----------------------------------------------------------------------------
-
-
-def _plt():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _panels(results: Results) -> dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]]:
-    """(model, dataset, norm, eps, largest budget) → curve label → rows (seeds pooled)."""
-    panels: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
-    budgets: dict[tuple[Any, ...], set[int]] = defaultdict(set)
-    for job in results.jobs:
-        budgets[(job["model"], job["dataset"], job["norm"], job["eps"])].add(job["budget"])
-    for job in sorted(results.jobs, key=_order):
-        pk = (job["model"], job["dataset"], job["norm"], job["eps"])
-        label = job["label"] if len(budgets[pk]) == 1 else f"{job['label']} ({job['budget']:,}q)"
-        panels[(*pk, max(budgets[pk]))][label].extend(results.rows.get(job["key"], []))
-    return panels
-
-
-def _grid(n: int):  # type: ignore[no-untyped-def]
-    plt = _plt()
-    cols = min(3, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
-    flat = [ax for line in axes for ax in line]
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return plt, fig, flat
-
-
-def _title(pk: tuple[Any, ...]) -> str:
-    model, dataset, norm, eps, _ = pk
-    return f"{model} / {dataset}: {norm} eps={eps:g}"
-
-
-def save_success_curves(path: Path, results: Results) -> Path:
-    """Success rate within q queries, one curve per optimizer, one panel per model and eps."""
-    panels = _panels(results)
-    plt, fig, axes = _grid(len(panels))
-    for ax, (pk, curves) in zip(axes, panels.items(), strict=False):
-        top = pk[-1]
-        for label, rows in curves.items():
-            attacked = [r for r in rows if r["stop_reason"] != "misclassified"]
-            q = sorted(int(r["queries"]) for r in attacked if int(r["success"]))
-            n = max(len(attacked), 1)
-            xs = [0.0, *map(float, q), float(top)]
-            ys = [0.0, *[(k + 1) / n for k in range(len(q))], len(q) / n]
-            ax.step(xs, ys, where="post", label=label)
-        ax.set_title(_title(pk), fontsize=9)
-        ax.set_xlabel("queries per image")
-        ax.set_ylabel("success rate")
-        ax.set_ylim(0, 1)
-        ax.set_xlim(0, top)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _save(plt, fig, path)
-
-
-def _save(plt, fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def save_query_histograms(path: Path, results: Results, bins: int = 20) -> Path:
-    """Queries spent on successful images, one outline per optimizer, one panel per model/eps."""
-    panels = _panels(results)
-    plt, fig, axes = _grid(len(panels))
-    for ax, (pk, curves) in zip(axes, panels.items(), strict=False):
-        top = pk[-1]
-        edges = [top * i / bins for i in range(bins + 1)]
-        for label, rows in curves.items():
-            q = [int(r["queries"]) for r in rows if int(r["success"])]
-            if q:
-                ax.hist(q, bins=edges, histtype="step", linewidth=1.4, label=f"{label} ({len(q)})")
-        ax.set_title(_title(pk), fontsize=9)
-        ax.set_xlabel("queries to success")
-        ax.set_ylabel("images")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    return _save(plt, fig, path)

@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from zoattack.jobs.attack import CSV_FIELDS, AttackSpec
+from zoattack.jobs.attack import AttackSpec
+from zoattack.results.rows import CSV_FIELDS
 
 DB_NAME = "results.sqlite"
 SCHEMA_VERSION = 1

@@ -10,11 +10,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from zoattack.cli._common import err, guarded, out
+from zoattack.cli._common import EXIT_INTERRUPTED, P_RAY, P_RUN, err, guarded, out
 
-P_RUN, P_RAY = "Run", "Ray executor (--executor ray)"
-EXIT_INCOMPLETE = 3  # as `zoattack run`: some work failed; its finished images are stored
-EXIT_INTERRUPTED = 130
+# As `zoattack run`: a failed job or Ctrl-C stops part-way; finished images are stored and
+# rerunning the same command continues (exit 3 for both).
+EXIT_INCOMPLETE = EXIT_INTERRUPTED
 
 
 class RichReporter:

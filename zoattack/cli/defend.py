@@ -9,8 +9,6 @@ A trained defense is also a model: ``zoattack run --model defended:DIR`` attacks
 
 from __future__ import annotations
 
-import json
-import time
 import warnings
 from pathlib import Path
 from typing import Annotated, Any
@@ -152,7 +150,7 @@ def train_command(
 def _train(**kw: Any) -> None:
     from zoattack.blackbox import BlackBox
     from zoattack.defense.bridge import check_scores_blackbox
-    from zoattack.defense.train import DefenseConfig, build_defense, train_defense
+    from zoattack.defense.train import CHECKPOINT, DefenseConfig, build_defense, train_defense
     from zoattack.models import create_model
     from zoattack.seeding import make_generator, seed_everything
 
@@ -163,6 +161,13 @@ def _train(**kw: Any) -> None:
             "training needs a black box that returns scores (logits or probs), "
             "--output labels gives top-1 labels only; labels are enough for "
             "`defend certify`, not for training"
+        )
+    ckpt = Path(kw["out_dir"]) / CHECKPOINT
+    if kw["resume"] and not ckpt.is_file():
+        # Checked first: a refused --resume must not leave an empty --out folder behind.
+        raise ValueError(
+            f"nothing to resume in {kw['out_dir']}: no {CHECKPOINT} there; run without "
+            "--resume first (or point --out at the interrupted training)"
         )
     samples = kw["samples"]
     if samples is None and kw["estimator"] not in ("coordinate", "cge", "zoo"):
@@ -298,16 +303,6 @@ def _train(**kw: Any) -> None:
     )
 
 
-def _parse_radii(text: str) -> list[float]:
-    try:
-        radii = [float(r) for r in text.split(",") if r.strip()]
-    except ValueError:
-        raise ValueError(f"--radii must be comma-separated numbers, got {text!r}") from None
-    if not radii or any(r < 0 for r in radii):
-        raise ValueError(f"--radii must be non-negative numbers, got {text!r}")
-    return radii
-
-
 @app.command("certify")
 def certify_command(
     defense: Annotated[Path, _Opt(help="Folder written by `zoattack defend train`.")],
@@ -340,6 +335,9 @@ def certify_command(
     resume: Annotated[
         bool, _Opt("--resume", help="Continue an interrupted certification.")
     ] = False,
+    overwrite: Annotated[
+        bool, _Opt("--overwrite", help="Replace the certification already in --out.")
+    ] = False,
 ) -> None:
     """Certify the smoothed defended classifier (Cohen et al. CERTIFY), one row per image."""
     _certify(**locals())
@@ -347,103 +345,11 @@ def certify_command(
 
 @guarded
 def _certify(**kw: Any) -> None:
-    from zoattack.blackbox import BlackBox
-    from zoattack.data import load_dataset
-    from zoattack.defense.certify import (
-        Smooth,
-        blackbox_classifier,
-        certify_images,
-        check_certify_args,
-        max_radius,
-        save_curve,
-        summarize,
-        write_summary,
-    )
-    from zoattack.defense.model import load_base_model, load_front
+    from zoattack.jobs.certify import certify_defense, parse_radii
 
-    radii = _parse_radii(kw["radii"])
-    if kw["images"] < 1 or kw["skip"] < 1:
-        raise ValueError(f"--images and --skip must be >= 1, got {kw['images']}, {kw['skip']}")
-    dev = resolve_device(kw["device"])
+    radii = parse_radii(kw["radii"])
     if kw["threads"] is not None:
         torch.set_num_threads(kw["threads"])
-    front, card = load_front(kw["defense"], dev)
-    sigma = kw["sigma"] if kw["sigma"] is not None else float(card["config"]["sigma"])
-    check_certify_args(sigma, kw["n0"], kw["n"], kw["alpha"], kw["batch"])
-    data_info = card.get("data", {})
-    ds_name = kw["dataset"] or data_info.get("dataset") or card["blackbox"]["dataset"]
-    start = kw["start"]
-    if start is None:
-        start = (
-            data_info.get("start", 0) + data_info.get("count", 0)
-            if data_info.get("split") == "test" and ds_name == data_info.get("dataset")
-            else 0
-        )
-    if start < 0:
-        raise ValueError(f"--start must be >= 0, got {start}")
-    root = str(kw["data_dir"]) if kw["data_dir"] is not None else None
-    last = start + (kw["images"] - 1) * kw["skip"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        data = load_dataset(ds_name, split="test", data_dir=root, limit=last + 1)
-    if len(data) <= start:
-        raise ValueError(
-            f"--start {start} is past the {len(data)} available {ds_name} test "
-            "images; lower --start or --images"
-        )
-    idx = list(range(start, len(data), kw["skip"]))[: kw["images"]]
-    shape = tuple(card["architecture"]["image_shape"])
-    if data.image_shape != shape:
-        raise ValueError(f"the defense takes {shape} images, {ds_name} has {data.image_shape}")
-    if data_info.get("split") == "test" and ds_name == data_info.get("dataset"):
-        lo, hi = data_info["start"], data_info["start"] + data_info["count"]
-        if any(lo <= i < hi for i in idx):
-            err.print(
-                f"warning: images {lo}-{hi - 1} were used to train this defense; "
-                "certified accuracy on them is optimistic",
-                highlight=False,
-            )
-    out_dir = kw["out_dir"] or Path(kw["defense"]) / f"certify-sigma{sigma:g}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "defense": str(Path(kw["defense"]).absolute()),
-        "method": card["method"],
-        "sigma": sigma,
-        "n0": kw["n0"],
-        "n": kw["n"],
-        "alpha": kw["alpha"],
-        "seed": kw["seed"],
-        "dataset": ds_name,
-        "indices": [idx[0], idx[-1], kw["skip"]],
-    }
-    summary_path = out_dir / "certify.json"
-    if kw["resume"] and summary_path.is_file():
-        before = json.loads(summary_path.read_text()).get("settings", {})
-        for k in ("sigma", "n0", "n", "alpha", "seed", "method"):
-            if before.get(k) != settings[k]:
-                raise ValueError(
-                    f"--resume with different settings: {k} was {before.get(k)!r}, "
-                    f"now {settings[k]!r}; use the original settings or a new --out"
-                )
-    base = load_base_model(card, dev)
-    blackbox = BlackBox(base, output="labels", max_batch=max(kw["batch"], 1), input_shape=shape)
-    smooth = Smooth(
-        blackbox_classifier(blackbox, front),
-        len(card.get("classes") or []) or int(card["blackbox"].get("num_classes") or 10),
-        sigma,
-        kw["batch"],
-    )
-    write_summary(summary_path, {"settings": settings, "complete": False})
-    err.print(
-        f"certifying {card['method']} on {len(idx)} {ds_name} test images "
-        f"({idx[0]}..{idx[-1]}), sigma {sigma:g}, N0 {kw['n0']}, N {kw['n']:,}, alpha "
-        f"{kw['alpha']:g}; max certifiable radius "
-        f"{max_radius(sigma, kw['n'], kw['alpha']):.3f}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    x = data.images[idx].to(dev)
-    y = data.labels[idx]
     with Progress(
         TextColumn("[bold]certify"),
         BarColumn(),
@@ -453,60 +359,50 @@ def _certify(**kw: Any) -> None:
         console=err,
         transient=True,
     ) as progress:
-        task = progress.add_task("certify", total=len(idx), acc="")
-        state = {"done": 0, "correct": 0}
+        task = progress.add_task("certify", total=None, acc="", visible=False)
+        tally = {"done": 0, "correct": 0}
 
         def on_image(row: dict[str, Any]) -> None:
-            state["done"] += 1
-            state["correct"] += int(row["correct"])
-            progress.update(task, advance=1, acc=f"correct {state['correct']}/{state['done']}")
+            tally["done"] += 1
+            tally["correct"] += int(row["correct"])
+            progress.update(task, advance=1, acc=f"correct {tally['correct']}/{tally['done']}")
 
-        t0 = time.perf_counter()
-        rows = certify_images(
-            smooth,
-            x,
-            y,
-            idx,
-            out_dir / "certify.csv",
+        report = certify_defense(
+            kw["defense"],
+            sigma=kw["sigma"],
             n0=kw["n0"],
             n=kw["n"],
             alpha=kw["alpha"],
+            batch=kw["batch"],
+            images=kw["images"],
+            start=kw["start"],
+            skip=kw["skip"],
+            dataset=kw["dataset"],
+            data_dir=kw["data_dir"],
+            radii=radii,
             seed=kw["seed"],
-            blackbox=blackbox,
+            device=kw["device"],
+            out=kw["out_dir"],
             resume=kw["resume"],
+            overwrite=kw["overwrite"],
+            on_note=lambda msg: progress.console.print(msg, highlight=False, soft_wrap=True),
+            on_start=lambda total: progress.update(task, total=total, visible=True),
             on_image=on_image,
         )
-    wanted = set(idx)
-    rows = sorted((r for r in rows if r["index"] in wanted), key=lambda r: r["index"])
-    summ = summarize(rows, radii)
-    q = card["queries"]
-    result = {
-        "settings": settings,
-        "complete": True,
-        **summ,
-        "queries": {
-            "train_blackbox": q["train_blackbox"],
-            "train_whitebox_evaluations": q["whitebox_evaluations"],
-            "certify_blackbox": summ["queries"],
-            "certify_blackbox_this_session": blackbox.total_queries,
-        },
-        "seconds_this_session": round(time.perf_counter() - t0, 1),
-        "max_certifiable_radius": max_radius(sigma, kw["n"], kw["alpha"]),
-    }
-    write_summary(summary_path, result)
-    save_curve(out_dir / "certified_accuracy.png", {card["method"]: rows}, sigma)
+    res, rows = report.result, report.rows
     table = Table(
-        title=f"{card['method']}: certified accuracy, sigma {sigma:g}, {len(rows)} images"
+        title=f"{report.method}: certified accuracy, sigma {report.sigma:g}, {len(rows)} images"
     )
-    for r in radii:
+    for r in report.radii:
         table.add_column(f"r={r:g}", justify="right")
-    table.add_row(*(f"{100 * v:.1f}%" for v in summ["certified_accuracy"].values()))
+    table.add_row(*(f"{100 * v:.1f}%" for v in res["certified_accuracy"].values()))
     out.print(table)
+    wb = report.train_queries["whitebox_evaluations"]
     out.print(
-        f"abstained {summ['abstained']}/{len(rows)}; queries: training "
-        f"{q['train_blackbox']:,} (black box)"
-        + (f" + {q['whitebox_evaluations']:,} white-box" if q["whitebox_evaluations"] else "")
-        + f", certification {summ['queries']:,}; wrote {out_dir}",
+        f"abstained {res['abstained']}/{len(rows)}; queries: training "
+        f"{report.train_queries['blackbox']:,} (black box)"
+        + (f" + {wb:,} white-box" if wb else "")
+        + f", certification {res['queries']['certify_blackbox']:,}; wrote {report.out}",
         highlight=False,
         soft_wrap=True,
     )

@@ -8,9 +8,7 @@ from typing import Annotated
 
 import typer
 
-from zoattack.cli._common import guarded, out
-
-P_EXPORT = "Exports"
+from zoattack.cli._common import P_EXPORT, guarded, out
 
 
 @guarded

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from zoattack.attacks.results import RunFolder
-from zoattack.blackbox import BlackBox
 from zoattack.cli._common import (
+    EXIT_INTERRUPTED,
+    P_MODEL,
+    P_OPT,
+    P_OUT,
+    P_THREAT,
     DataDirOption,
     ModelDirOption,
     WeightsOption,
@@ -30,18 +29,12 @@ from zoattack.jobs.attack import (
     TUNED,
     AttackSpec,
     JobInterrupted,
-    PreparedJob,
     default_lr,
-    merge_results,
-    prepare,
-    run_job,
-    summarize_rows,
 )
-from zoattack.optim.base import ZORule
-from zoattack.seeding import make_generator, seed_everything
+from zoattack.jobs.run import run_attack_job
+from zoattack.results.tables import summary_json, summary_table
+from zoattack.seeding import seed_everything
 
-P_MODEL, P_THREAT, P_OPT, P_OUT = "Model and data", "Threat model", "Optimizer", "Output"
-EXIT_INTERRUPTED = 3
 # Re-exported: the defaults live with the job, where batches and the CLI share them.
 __all__ = ["DEFAULT_EPS", "DEFAULT_OPTIMIZER", "TUNED", "default_lr", "run_command"]
 
@@ -109,7 +102,8 @@ def run_command(
     optimizer: Annotated[
         str | None,
         typer.Option(
-            help="Update rule (see `zoattack list optimizers`); default sign (Linf) or square (L2).",
+            help="Update rule (see `zoattack list optimizers`); "
+            "default sign (Linf) or square (L2).",
             rich_help_panel=P_OPT,
         ),
     ] = None,
@@ -147,7 +141,8 @@ def run_command(
         str | None,
         typer.Option(
             help="full, tile:K (a CxKxK variable upsampled) or "
-            "dct:K (lowest KxK DCT frequencies); A>B>C refines coarse-to-fine, e.g. tile:7>tile:14>full.",
+            "dct:K (lowest KxK DCT frequencies); A>B>C refines coarse-to-fine, "
+            "e.g. tile:7>tile:14>full.",
             rich_help_panel=P_OPT,
         ),
     ] = None,
@@ -172,7 +167,16 @@ def run_command(
         bool,
         typer.Option(
             "--resume",
-            help="Continue the run in --out: keep its finished images, attack the rest.",
+            help="Continue the run in --out (same options): keep its finished images, "
+            "attack the rest.",
+            rich_help_panel=P_OUT,
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the run already in --out (otherwise refused).",
             rich_help_panel=P_OUT,
         ),
     ] = False,
@@ -197,15 +201,6 @@ def run_command(
     ] = False,
 ) -> None:
     """Attack a model you may only query; report success rate and per-image queries."""
-    if save_images and out_dir is None:
-        raise ValueError("--save-images needs --out DIR to write the PNG files into")
-    if resume and out_dir is None:
-        raise ValueError("--resume needs --out DIR, the folder of the run to continue")
-    if resume and universal:
-        raise ValueError(
-            "--resume continues per-image attacks; a --universal run has one "
-            "perturbation and restarts from scratch"
-        )
     spec = AttackSpec(
         model=model,
         dataset=dataset,
@@ -231,11 +226,7 @@ def run_command(
         device=device,
         max_batch=max_batch,
         chunk_size=chunk_size,
-    ).resolved()
-    folder = RunFolder(out_dir) if out_dir is not None else None
-    if folder is not None and not universal:
-        folder.check_start(spec, resume=resume)  # before loading anything: fail fast
-    seed_everything(seed)  # third-party code only; zoattack draws from per-chunk generators
+    )
     remote_opts = {
         k: v
         for k, v in {
@@ -246,17 +237,7 @@ def run_command(
         }.items()
         if v is not None
     }
-    if remote_opts and not spec.model.startswith("remote:"):
-        raise ValueError("--token/--timeout/--retries/--max-rps apply to --model remote:URL only")
-    job = prepare(spec, model_options=remote_opts)
-    settings = job.settings()
-    if universal:
-        _run_universal(job, settings, as_json, out_dir)
-        return
-    done_rows = folder.start(settings, resume=resume) if folder is not None else []
-    done = {int(r["index"]) for r in done_rows}
-    todo = sum(1 for i in range(len(job.labels)) if i not in done)
-    t0 = time.perf_counter()
+    seed_everything(seed)  # third-party code only; zoattack draws from per-chunk generators
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -265,187 +246,49 @@ def run_command(
         console=err,
         transient=True,
     ) as progress:
-        task = progress.add_task(job.label, total=spec.budget * todo)
+        task = progress.add_task("", total=None, visible=False)
         try:
-            outcome = run_job(
-                job,
-                done=done,
-                on_rows=folder.append if folder is not None else None,
-                progress=lambda q: progress.update(task, completed=q),
+            report = run_attack_job(
+                spec,
+                out=out_dir,
+                resume=resume,
+                overwrite=overwrite,
+                universal=universal,
+                save_images=save_images,
+                model_options=remote_opts,
+                on_start=lambda label, total: progress.update(
+                    task, description=label, total=total, visible=True
+                ),
+                on_progress=lambda q: progress.update(task, completed=q),
             )
         except JobInterrupted as exc:
+            progress.stop()
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt:  # between chunks or while loading: nothing half-written
+            progress.stop()
             where = (
-                f"; {len(done) + len(exc.rows)} finished images are in "
-                f"{folder.csv_path}, rerun with --resume to continue"
-                if folder is not None
+                f"; finished images are in {out_dir}, rerun with --resume to continue"
+                if out_dir is not None and (out_dir / "run.json").is_file()
                 else ""
             )
             err.print(
-                f"[bold red]error:[/] {escape(str(exc) + where)}", highlight=False, soft_wrap=True
+                f"[bold red]error:[/] interrupted by the user{escape(where)}",
+                highlight=False,
+                soft_wrap=True,
             )
             raise typer.Exit(EXIT_INTERRUPTED) from None
-    wall = time.perf_counter() - t0
-    rows = sorted([*done_rows, *outcome.rows], key=lambda r: int(r["index"]))
-    summary = summarize_rows(rows, wall_seconds=wall, scored_inputs=outcome.scored_inputs)
-    if resume:
-        summary["resumed_with_images"] = len(done)
-    if folder is not None:
-        folder.finish(rows, summary, settings)
-        if save_images and outcome.chunks:
-            from zoattack.attacks.plots import save_image_grid, save_success_curve
-
-            merged = merge_results([c.result for c in outcome.chunks])
-            xs = torch.cat(
-                [job.images[c.start : c.start + len(c.result.label)] for c in outcome.chunks]
-            )
-            save_image_grid(folder.path / "examples.png", xs, merged, classes=job.classes)
-            save_success_curve(
-                folder.path / "success_vs_queries.png",
-                merged,
-                spec.budget,
-                label=str(spec.optimizer),
-            )
-    title = (
-        f"{job.label} vs {spec.model} on {spec.dataset}: {spec.norm} eps={spec.eps:g}, "
-        f"budget {spec.budget:,}"
-    )
-    if _report(
-        title,
-        settings,
-        summary,
-        as_json,
-        keys=(
-            "initially_correct",
-            "successes",
-            "success_rate",
-            "mean_queries_success",
-            "median_queries_success",
-            "mean_queries_all",
-            "median_linf_success",
-            "median_l2_success",
-            "wall_seconds",
-            "scored_inputs_per_second",
-        ),
-    ):
-        return
-    if folder is not None:
-        extra = ", examples.png, success_vs_queries.png" if save_images else ""
-        out.print(f"wrote {folder.path}/per_image.csv, summary.json{extra}")
-
-
-def _run_universal(
-    job: PreparedJob, settings: dict[str, object], as_json: bool, out_dir: Path | None
-) -> None:
-    from zoattack.attacks.universal import run_universal
-
-    spec = job.spec
-    assert spec.eps is not None and spec.subspace is not None
-    gen = make_generator(spec.seed, job.device)
-    x, y = job.images.to(job.device), job.labels.to(job.device)
-    blackbox = BlackBox(
-        job.model,
-        output="logits",
-        budget=spec.budget,
-        max_batch=spec.max_batch,
-        input_shape=tuple(x.shape[1:]),
-    )
-    rule: ZORule = spec.make_rule()
-    norm, eps, budget, classes, target = (
-        spec.norm,
-        spec.eps,
-        spec.budget,
-        len(job.classes),
-        spec.target,
-    )
-    # One target class for the whole set: a universal perturbation has one goal.
-    tgt = None
-    if target is not None:
-        if target == "random":
-            cls = int(torch.randint(0, classes, (1,), generator=gen, device=gen.device))
-        elif target.isdigit() and int(target) < classes:
-            cls = int(target)
-        else:
-            raise ValueError(
-                "--universal takes --target random or a class index "
-                f"in [0, {classes - 1}], got {target!r}"
-            )
-        tgt = torch.full_like(y, cls)
-    t0 = time.perf_counter()
-    res = run_universal(
-        blackbox,
-        x,
-        y,
-        rule,
-        generator=gen,
-        norm=norm,
-        eps=eps,
-        budget=budget,
-        loss=spec.loss,
-        target=tgt,
-        subspace=spec.subspace,
-    )
-    wall = time.perf_counter() - t0
-    summary = {
-        "images": len(y),
-        "initially_correct": int(res.clean_correct.sum()),
-        "fooled": int(res.fooled.sum()),
-        "fooling_rate": round(res.fooling_rate or 0.0, 4),
-        "evaluations": res.evaluations,
-        "queries_per_image": int(res.queries.max()),
-        "linf": round(res.linf, 6),
-        "l2": round(res.l2, 6),
-        "wall_seconds": round(wall, 3),
-        "scored_inputs": blackbox.total_queries,
-        "counting_rule": "one query = one input scored; one evaluation of the universal "
-        "perturbation scores every attacked image once",
-    }
-    if out_dir is not None:
-        from safetensors.torch import save_file
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"delta": res.delta.detach().cpu().contiguous()}, str(out_dir / "delta.safetensors")
+    if report.already_complete:
+        err.print(
+            f"the run in {escape(str(report.folder))} is complete "
+            f"({report.summary.get('images')} images); nothing to resume, its summary:",
+            highlight=False,
+            soft_wrap=True,
         )
-        (out_dir / "summary.json").write_text(
-            json.dumps({"settings": settings, "summary": summary}, indent=2)
-        )
-    title = (
-        f"universal {settings['optimizer']} on {settings['model']}: {norm} eps={eps:g}, "
-        f"budget {budget:,} per image"
-    )
-    _report(
-        title, settings, summary, as_json, keys=tuple(k for k in summary if k != "counting_rule")
-    )
-
-
-def _report(
-    title: str,
-    settings: dict[str, object],
-    summary: dict[str, object],
-    as_json: bool,
-    keys: tuple[str, ...],
-) -> bool:
-    """Print the summary as JSON (returns True) or as a Rich table plus the counting rule."""
     if as_json:
-        typer.echo(json.dumps({"settings": settings, "summary": summary}))
-        return True
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in keys:
-        val = summary[key]
-        text = (
-            "-"
-            if val is None
-            else (
-                f"{val:,.4g}"
-                if isinstance(val, float)
-                else f"{val:,}"
-                if isinstance(val, int)
-                else str(val)
-            )
-        )
-        table.add_row(key.replace("_", " "), text)
-    out.print(table)
-    out.print(f"[dim]counting rule: {summary['counting_rule']}[/]")
-    return False
+        typer.echo(summary_json(report.settings, report.summary))
+        return
+    out.print(summary_table(report.title, report.summary, report.keys))
+    out.print(f"[dim]counting rule: {report.summary['counting_rule']}[/]")
+    if report.folder is not None and report.written:
+        out.print(f"wrote {report.folder}/{', '.join(report.written)}")

@@ -7,7 +7,6 @@ software versions. The shipped Fashion-MNIST weights were made with this command
 
 from __future__ import annotations
 
-import datetime as _dt
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,10 +42,6 @@ DEFAULT_RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 _FALLBACK = {"epochs": 3, "lr": 1e-3, "optimizer": "adam", "weight_decay": 0.0, "augment": "none"}
-
-PAPERS = {
-    "resnet20": "He, Zhang, Ren, Sun. Deep Residual Learning for Image Recognition. CVPR 2016",
-}
 
 
 def _out_path(out_opt: Path | None, model: str, dataset: str) -> Path:
@@ -142,9 +137,9 @@ def _train(
     image_size: int | None,
     threads: int | None,
 ) -> None:
-    from zoattack import __version__
     from zoattack.data import dataset_spec, load_dataset
     from zoattack.models import MODELS, count_parameters, create_model, save_weights
+    from zoattack.models.card import build_model_card, train_command_line
     from zoattack.models.training import TrainRecipe, evaluate, train_model
     from zoattack.seeding import make_generator, seed_everything
 
@@ -246,50 +241,34 @@ def _train(
         head = test_ds.head(1000)
         first = evaluate(net, head.images, head.labels, device=dev)
 
-    command = (
-        f"zoattack train --model {entry.name} --dataset {spec.name} --epochs "
-        f"{recipe.epochs} --lr {recipe.lr:g} --batch-size {recipe.batch_size} --optimizer "
-        f"{recipe.optimizer} --weight-decay {recipe.weight_decay:g} --schedule "
-        f"{recipe.schedule} --augment {recipe.augment} --seed {seed}"
-        + (f" --limit {limit}" if limit is not None else "")
-        + (f" --test-limit {test_limit}" if test_limit is not None else "")
-        + (f" --image-size {image_size}" if image_size is not None else "")
-        + (f" --threads {threads}" if threads is not None else "")
+    card = build_model_card(
+        model=entry.name,
+        dataset=spec.name,
+        net=net,
+        image_shape=train_ds.image_shape,
+        classes=train_ds.classes,
+        recipe=recipe.as_dict(),
+        train_examples=len(train_ds),
+        train_source=train_ds.source,
+        seed=seed,
+        test_accuracy=result.test_accuracy,
+        test_examples=len(test_ds),
+        test_source=test_ds.source,
+        test_accuracy_first_1000=first,
+        history=result.history,
+        train_seconds=time.perf_counter() - t0,
+        device=str(dev),
+        command=train_command_line(
+            entry.name,
+            spec.name,
+            recipe.as_dict(),
+            seed,
+            limit=limit,
+            test_limit=test_limit,
+            image_size=image_size,
+            threads=threads,
+        ),
     )
-    card: dict[str, Any] = {
-        "model": entry.name,
-        "dataset": spec.name,
-        "architecture": {
-            "class": type(net).__name__,
-            "config": net.config(),
-            **({"paper": PAPERS[entry.name]} if entry.name in PAPERS else {}),
-        },
-        "input": {
-            "shape": list(train_ds.image_shape),
-            "range": [0.0, 1.0],
-            "normalization": "inside the model (first layer)",
-        },
-        "classes": train_ds.classes,
-        "recipe": {
-            **recipe.as_dict(),
-            "train_examples": len(train_ds),
-            "train_source": train_ds.source,
-        },
-        "seed": seed,
-        "test_accuracy": round(result.test_accuracy, 5),
-        "test_examples": len(test_ds),
-        "test_source": test_ds.source,
-        **({"test_accuracy_first_1000": round(first, 5)} if first is not None else {}),
-        "history": result.history,
-        "param_count": count_parameters(net),
-        "train_seconds": round(time.perf_counter() - t0, 1),
-        "device": str(dev),
-        "cpu_threads": torch.get_num_threads(),
-        "command": command,
-        "torch_version": torch.__version__,
-        "zoattack_version": __version__,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
     wpath, cpath = save_weights(net.cpu(), path, card)
     out.print(
         f"test accuracy {result.test_accuracy:.2%} on {len(test_ds):,} {spec.name} test "

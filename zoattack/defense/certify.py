@@ -11,8 +11,6 @@ per image, each charged to the image.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -173,83 +171,35 @@ def certified_accuracy(
     }
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as f:
-        return [
-            {
-                "index": int(r["index"]),
-                "label": int(r["label"]),
-                "prediction": int(r["prediction"]),
-                "radius": float(r["radius"]),
-                "correct": int(r["correct"]),
-                "abstain": int(r["abstain"]),
-                "seconds": float(r["seconds"]),
-                "queries": int(r["queries"]),
-            }
-            for r in csv.DictReader(f)
-        ]
-
-
-def certify_images(
+def certify_image(
     smooth: Smooth,
-    images: Tensor,
-    labels: Tensor,
-    indices: Sequence[int],
-    out_csv: str | Path,
+    x: Tensor,
+    label: int,
+    index: int,
     *,
     n0: int = 100,
     n: int = 10_000,
     alpha: float = 0.001,
     seed: int = 0,
     blackbox: BlackBox | None = None,
-    resume: bool = False,
-    on_image: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
-    """CERTIFY every image, appending one CSV row per image as soon as it is done.
-
-    With ``resume=True`` rows already in ``out_csv`` are kept and their images skipped (each
-    image's noise has its own seed, so the final file equals an uninterrupted run's, timings
-    aside). ``queries`` per row come from ``blackbox``'s ledger (N0 + N each).
-    """
-    check_certify_args(smooth.sigma, n0, n, alpha, smooth.batch)
-    path = Path(out_csv)
-    rows: list[dict[str, Any]] = []
-    if resume and path.is_file():
-        rows = read_rows(path)
-    elif path.exists() and not resume:
-        raise ValueError(
-            f"{path} already exists; pass --resume to continue it or choose a new --out"
-        )
-    done = {r["index"] for r in rows}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not path.is_file() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new_file:
-            writer.writeheader()
-        for x, y, idx in zip(images, labels.tolist(), indices):
-            if int(idx) in done:
-                continue
-            t0 = time.perf_counter()
-            before = blackbox.total_queries if blackbox is not None else 0
-            gen = image_generator(seed, int(idx), x.device)
-            pred, radius = smooth.certify(x, n0, n, alpha, generator=gen, owner=int(idx))
-            row = {
-                "index": int(idx),
-                "label": int(y),
-                "prediction": pred,
-                "radius": round(radius, 6),
-                "correct": int(pred == int(y)),
-                "abstain": int(pred == ABSTAIN),
-                "seconds": round(time.perf_counter() - t0, 4),
-                "queries": (blackbox.total_queries - before) if blackbox is not None else n0 + n,
-            }
-            writer.writerow(row)
-            f.flush()
-            rows.append(row)
-            if on_image is not None:
-                on_image(row)
-    return rows
+) -> dict[str, Any]:
+    """CERTIFY one image ``x`` (dataset index ``index``): its row (the columns of
+    :data:`COLUMNS`). ``queries`` come from ``blackbox``'s ledger (N0 + N without one).
+    Writing rows durably is the caller's part (:func:`zoattack.jobs.certify.certify_images`)."""
+    t0 = time.perf_counter()
+    before = blackbox.total_queries if blackbox is not None else 0
+    gen = image_generator(seed, int(index), x.device)
+    pred, radius = smooth.certify(x, n0, n, alpha, generator=gen, owner=int(index))
+    return {
+        "index": int(index),
+        "label": int(label),
+        "prediction": pred,
+        "radius": round(radius, 6),
+        "correct": int(pred == int(label)),
+        "abstain": int(pred == ABSTAIN),
+        "seconds": round(time.perf_counter() - t0, 4),
+        "queries": (blackbox.total_queries - before) if blackbox is not None else n0 + n,
+    }
 
 
 def summarize(rows: Sequence[dict[str, Any]], radii: Sequence[float] = RADII) -> dict[str, Any]:
@@ -299,7 +249,3 @@ def save_curve(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
-
-
-def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(summary, indent=2) + "\n")

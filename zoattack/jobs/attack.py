@@ -24,11 +24,19 @@ import torch
 from torch import Tensor
 
 from zoattack.attacks.base import AttackInterrupted, AttackResult, run_attack
-from zoattack.blackbox import COUNTING_RULE, BlackBox
+from zoattack.blackbox import BlackBox
 from zoattack.errors import ZOAttackError
 from zoattack.norms import check_norm
 from zoattack.optim import OPTIMIZERS, create_optimizer
 from zoattack.optim.base import ZORule
+
+# The row schema lives in the results layer; re-exported for callers of this module.
+from zoattack.results.rows import (  # noqa: F401
+    CSV_FIELDS,
+    ROW_COUNTING_RULE,
+    rows_of,
+    summarize_rows,
+)
 
 DEFAULT_EPS = {"linf": 0.1, "l2": 1.5}
 DEFAULT_CHUNK = 500
@@ -55,22 +63,6 @@ TUNED: dict[tuple[str, str], dict[str, object]] = {
 # The best attack per norm in the same benchmark (sign: Linf only).
 DEFAULT_OPTIMIZER = {"linf": "sign", "l2": "square"}
 
-CSV_FIELDS = (
-    "index",
-    "label",
-    "initial_prediction",
-    "final_prediction",
-    "success",
-    "queries",
-    "linf",
-    "l2",
-    "stop_reason",
-)
-ROW_COUNTING_RULE = (
-    COUNTING_RULE + "; the clean check and every iterate check count; "
-    "success is over initially-correct images"
-)
-
 
 class JobInterrupted(ZOAttackError):
     """The model stopped answering (or the user interrupted) part-way through a job.
@@ -78,9 +70,10 @@ class JobInterrupted(ZOAttackError):
     Every image finished before that has been handed to ``on_rows``; ``rows`` lists them.
     """
 
-    def __init__(self, message: str, rows: list[dict[str, Any]]) -> None:
+    def __init__(self, message: str, rows: list[dict[str, Any]], scored_inputs: int = 0) -> None:
         super().__init__(message)
         self.rows = rows
+        self.scored_inputs = scored_inputs  # by this call of run_job, the cut-short chunk too
 
 
 def tuned_mu(rule: str, norm: str, eps: float) -> float | None:
@@ -284,25 +277,15 @@ class PreparedJob:
 
     @property
     def label(self) -> str:
-        s = self.spec
-        return (
-            s.optimizer if s.estimator is None or _is_search(s) else f"{s.optimizer}+{s.estimator}"
-        )
+        return spec_label(self.spec)
 
     def settings(self) -> dict[str, Any]:
         """Every setting (resolved), the seed, versions and the counting rule."""
         from zoattack import __version__
 
-        s = self.spec
-        rule = s.make_rule()
-        est = rule.estimator
         return {
-            **s.as_dict(),
+            **effective_settings(self.spec),
             "images": len(self.labels),
-            "estimator": est.name if est is not None else None,
-            "samples": est.num_samples if est is not None else None,
-            "mu": est.mu if est is not None else None,
-            "difference": est.difference if est is not None else None,
             "device": str(self.device),
             "zoattack": __version__,
             "torch": torch.__version__,
@@ -312,6 +295,28 @@ class PreparedJob:
 
     def chunks(self) -> list[tuple[int, int]]:
         return chunk_bounds(len(self.labels), self.spec.chunk_size)
+
+
+def effective_settings(spec: AttackSpec) -> dict[str, Any]:
+    """A resolved spec's settings with the values its rule really uses (the estimator's own
+    defaults for samples, mu and difference filled in): two specs run the same attack exactly
+    when these agree (device and max_batch aside). Needs no data or model."""
+    rule = spec.make_rule()
+    est = rule.estimator
+    return {
+        **spec.as_dict(),
+        "estimator": est.name if est is not None else None,
+        "samples": est.num_samples if est is not None else None,
+        "mu": est.mu if est is not None else None,
+        "difference": est.difference if est is not None else None,
+    }
+
+
+def spec_label(spec: AttackSpec) -> str:
+    """How tables name a resolved spec's attack: the rule, plus its estimator if it has one."""
+    if spec.estimator is None or _is_search(spec):
+        return str(spec.optimizer)
+    return f"{spec.optimizer}+{spec.estimator}"
 
 
 def _is_search(spec: AttackSpec) -> bool:
@@ -358,28 +363,6 @@ def prepare(
     )
 
 
-def rows_of(result: AttackResult, offset: int, keep: Tensor | None = None) -> list[dict[str, Any]]:
-    """Per-image rows (dataset index = ``offset`` + position), optionally only where ``keep``."""
-    rows = []
-    for i in range(len(result.label)):
-        if keep is not None and not bool(keep[i]):
-            continue
-        rows.append(
-            {
-                "index": offset + i,
-                "label": int(result.label[i]),
-                "initial_prediction": int(result.clean_pred[i]),
-                "final_prediction": int(result.final_pred[i]),
-                "success": int(result.success[i]),
-                "queries": int(result.queries[i]),
-                "linf": round(float(result.linf[i]), 6),
-                "l2": round(float(result.l2[i]), 6),
-                "stop_reason": result.stop_reason[i],
-            }
-        )
-    return rows
-
-
 @dataclass
 class ChunkOutcome:
     chunk: int
@@ -419,20 +402,25 @@ def run_chunk(
 
     t0 = time.perf_counter()
     assert s.eps is not None and s.subspace is not None
-    result = run_attack(
-        blackbox,
-        x,
-        y,
-        s.make_rule(),
-        generator=gen,
-        norm=s.norm,
-        eps=s.eps,
-        budget=s.budget,
-        loss=s.loss,
-        target=s.target,
-        subspace=s.subspace,
-        callback=cb,
-    )
+    try:
+        result = run_attack(
+            blackbox,
+            x,
+            y,
+            s.make_rule(),
+            generator=gen,
+            norm=s.norm,
+            eps=s.eps,
+            budget=s.budget,
+            loss=s.loss,
+            target=s.target,
+            subspace=s.subspace,
+            callback=cb,
+        )
+    except AttackInterrupted as exc:
+        # The queries of a cut-short chunk were spent too: the run's ledger counts them.
+        exc.scored_inputs = blackbox.total_queries  # type: ignore[attr-defined]
+        raise
     return ChunkOutcome(
         chunk=chunk,
         start=start,
@@ -460,15 +448,18 @@ def run_job(
     on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
     progress: Callable[[int], None] | None = None,
     only_chunks: Collection[int] | None = None,
+    on_part: Callable[[dict[str, Any]], None] | None = None,
 ) -> JobOutcome:
     """Attack every chunk holding an image not in ``done`` (dataset indices already recorded).
 
     ``on_rows`` receives each chunk's new rows as soon as the chunk ends (write them
-    durably there). ``progress`` receives the job's scored inputs so far. On a model failure,
-    rows of images finished in the failing chunk are handed to ``on_rows`` and
-    :class:`JobInterrupted` is raised.
+    durably there). ``on_part`` receives, just before, the work record of the chunk
+    (``chunk``, ``scored_inputs``, ``seconds``, ``complete``), also for a chunk cut short, so
+    a ledger kept from these records counts every query spent. ``progress`` receives the
+    job's scored inputs so far. On a model failure, rows of images finished in the failing
+    chunk are handed to ``on_rows`` and :class:`JobInterrupted` is raised.
     """
-    done_set = set(int(i) for i in done)
+    done_set = {int(i) for i in done}
     outcome = JobOutcome()
     t0 = time.perf_counter()
     for k, (start, stop) in enumerate(job.chunks()):
@@ -482,9 +473,21 @@ def run_job(
             if progress is not None:
                 progress(base + q)
 
+        t_chunk = time.perf_counter()
         try:
             res = run_chunk(job, k, progress=chunk_progress)
         except (AttackInterrupted, KeyboardInterrupt) as exc:
+            spent = int(getattr(exc, "scored_inputs", 0))
+            if on_part is not None:
+                on_part(
+                    {
+                        "chunk": k,
+                        "scored_inputs": spent,
+                        "seconds": round(time.perf_counter() - t_chunk, 3),
+                        "complete": False,
+                    }
+                )
+            outcome.scored_inputs += spent
             rows: list[dict[str, Any]] = []
             partial = getattr(exc, "partial", None)
             if partial is not None:
@@ -499,12 +502,23 @@ def run_job(
             cause = exc.__cause__ if isinstance(exc, AttackInterrupted) else None
             reason = (
                 "interrupted by the user"
-                if isinstance(exc, KeyboardInterrupt)
-                else str(cause or exc)
+                if isinstance(exc, KeyboardInterrupt) or isinstance(cause, KeyboardInterrupt)
+                else str(cause or exc) or type(cause or exc).__name__
             )
             raise JobInterrupted(
-                f"stopped at images {start}-{stop - 1}: {reason}", outcome.rows
+                f"stopped at images {start}-{stop - 1}: {reason}",
+                outcome.rows,
+                scored_inputs=outcome.scored_inputs,
             ) from (cause or exc)
+        if on_part is not None:
+            on_part(
+                {
+                    "chunk": k,
+                    "scored_inputs": res.scored_inputs,
+                    "seconds": round(res.seconds, 3),
+                    "complete": True,
+                }
+            )
         new = [r for r in res.rows if r["index"] not in done_set]
         if on_rows is not None and new:
             on_rows(new)
@@ -515,45 +529,6 @@ def run_job(
         outcome.scored_inputs += res.scored_inputs
     outcome.seconds = time.perf_counter() - t0
     return outcome
-
-
-def summarize_rows(
-    rows: list[Mapping[str, Any]], *, wall_seconds: float, scored_inputs: int
-) -> dict[str, Any]:
-    """Success rate over images the model got right at the start; query statistics over
-    successes and over all attacked images; median distortion over successes.
-
-    ``scored_inputs`` and ``wall_seconds`` describe the work done (for the rate); the rest is
-    computed from the rows, so a resumed run reports the whole job.
-    """
-    attacked = [r for r in rows if r["stop_reason"] != "misclassified"]
-    succ = [r for r in attacked if int(r["success"])]
-
-    def stat(vals: list[float], fn: str) -> float | None:
-        if not vals:
-            return None
-        t = torch.tensor(vals, dtype=torch.float64)
-        return round(float(getattr(t, fn)()), 3)
-
-    n_att = len(attacked)
-    return {
-        "images": len(rows),
-        "initially_correct": n_att,
-        "skipped_misclassified": len(rows) - n_att,
-        "successes": len(succ),
-        "success_rate": round(len(succ) / n_att, 4) if n_att else None,
-        "mean_queries_success": stat([float(r["queries"]) for r in succ], "mean"),
-        "median_queries_success": stat([float(r["queries"]) for r in succ], "median"),
-        "mean_queries_all": stat([float(r["queries"]) for r in attacked], "mean"),
-        "median_linf_success": stat([float(r["linf"]) for r in succ], "median"),
-        "median_l2_success": stat([float(r["l2"]) for r in succ], "median"),
-        "wall_seconds": round(wall_seconds, 3),
-        "scored_inputs": int(scored_inputs),
-        "scored_inputs_per_second": round(scored_inputs / max(wall_seconds, 1e-9), 1)
-        if scored_inputs
-        else None,
-        "counting_rule": ROW_COUNTING_RULE,
-    }
 
 
 def merge_results(results: list[AttackResult]) -> AttackResult:
