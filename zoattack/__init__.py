@@ -6,8 +6,7 @@ gradient estimators and update rules from registries, and :func:`minimize`.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from zoattack._version import __version__
 from zoattack.attacks import AttackResult, run_attack
 from zoattack.attacks.universal import run_universal
 from zoattack.blackbox import BlackBox

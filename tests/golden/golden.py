@@ -269,7 +269,9 @@ def main() -> None:
     args = ap.parse_args()
     got = collect(args.parts)
     if args.write:
-        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        # --parts re-records only those parts and keeps the others.
+        old = json.loads(GOLDEN.read_text()) if args.parts and GOLDEN.exists() else {}
+        GOLDEN.write_text(json.dumps({**old, **got}, indent=1, sort_keys=True) + "\n")
         print(f"wrote {GOLDEN}")
         return
     want = json.loads(GOLDEN.read_text())

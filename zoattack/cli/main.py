@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from zoattack import __version__
+from zoattack._version import __version__
 from zoattack.cli import batch, defend, list_cmd, optimize, report, run, serve, train
 from zoattack.cli._common import out, set_verbose
 

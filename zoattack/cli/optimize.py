@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from zoattack import __version__
+from zoattack._version import __version__
 from zoattack.blackbox import COUNTING_RULE, BlackBox
 from zoattack.cli._common import err, guarded, out, resolve_device
 from zoattack.functions import get_function, starts

@@ -281,7 +281,7 @@ class PreparedJob:
 
     def settings(self) -> dict[str, Any]:
         """Every setting (resolved), the seed, versions and the counting rule."""
-        from zoattack import __version__
+        from zoattack._version import __version__
 
         return {
             **effective_settings(self.spec),

@@ -70,7 +70,7 @@ def build_model_card(
     ``version`` defaults to this zoattack's, ``date`` to now (UTC); the thread count and
     torch version are read from the running process.
     """
-    from zoattack import __version__
+    from zoattack._version import __version__
     from zoattack.models import count_parameters
 
     config = net.config()  # type: ignore[operator]
