@@ -60,7 +60,7 @@ def line_search(
     """
     dev = lam0.device
     r = lam0.shape[0]
-    lam0 = lam0.double()
+    lam0 = lam0.double().clamp(max=lam_cap)
     lo = torch.zeros(r, dtype=torch.float64, device=dev)
     hi = torch.full((r,), float("inf"), dtype=torch.float64, device=dev)
     mode = torch.full((r,), _FIRST, dtype=torch.int64, device=dev)
@@ -108,6 +108,7 @@ def line_search(
         first = m == _FIRST
         new[first & adv] = _DOWN
         new[first & ~adv] = _DONE if require_adv else _UP
+        new[first & ~adv & (lam >= lam_cap)] = _DONE  # nothing further out to try
         up = m == _UP
         new[up & adv] = _BIN
         exhausted_up = up & ~adv & ((kk + 1 >= max_coarse) | (lam >= lam_cap))
