@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from zoattack import BlackBox, QueryBudgetExceeded, create_optimizer, make_generator
-from zoattack.attacks.hardlabel import BoundaryDistance, LabelOracle, line_search
+from zoattack.attacks.hardlabel import BoundaryDistance, LabelOracle
 from zoattack.attacks.hardlabel.boundary import unit_directions
 from zoattack.minimize import minimize
 from zoattack.subspace import Subspace

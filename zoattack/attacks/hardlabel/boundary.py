@@ -187,7 +187,9 @@ class BoundaryDistance:
 
     def directions(self, theta: Tensor) -> Tensor:
         """Unit pixel directions ``(M, C, H, W)`` of variables ``theta``."""
-        return unit_directions(self.subspace.expand(theta.to(self.oracle.x0.dtype)), self.oracle.norm)
+        return unit_directions(
+            self.subspace.expand(theta.to(self.oracle.x0.dtype)), self.oracle.norm
+        )
 
     def point_fn(self, dirs: Tensor, owner: Tensor) -> PointFn:
         x0 = self.oracle.x0.index_select(0, owner)
@@ -286,9 +288,9 @@ def random_start(
         rows = want.nonzero().flatten()
         if not rows.numel():
             break
-        u = torch.rand(
-            len(rows), *x0.shape[1:], generator=generator, device=generator.device
-        ).to(x0)
+        u = torch.rand(len(rows), *x0.shape[1:], generator=generator, device=generator.device).to(
+            x0
+        )
         cand = space.restrict(u - x0[rows])
         # while no start is known, ask at the noise image itself (its distance on the ray)
         flat = space.expand(cand).flatten(1)

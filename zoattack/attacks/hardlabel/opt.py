@@ -89,9 +89,7 @@ class OPTAttack(DecisionAttack):
     def make_rule(self) -> ZORule:
         rule = create_optimizer(self.optimizer, **self.rule_kwargs)
         if rule.estimator is None:
-            raise ValueError(
-                f"OPT needs a gradient-based rule; {self.optimizer} is a search rule"
-            )
+            raise ValueError(f"OPT needs a gradient-based rule; {self.optimizer} is a search rule")
         return rule
 
     def _attack(self, run: Run) -> None:

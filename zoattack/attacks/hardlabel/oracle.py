@@ -121,9 +121,7 @@ class LabelOracle:
         owner = owner.to(self.x0.device)
         if points.shape[0] and not bool(self.affordable(owner).all()):
             over = torch.unique(owner[~self.affordable(owner)].cpu())
-            raise QueryBudgetExceeded(
-                over.tolist(), self.budget, (self.spent(over) + 1).tolist()
-            )
+            raise QueryBudgetExceeded(over.tolist(), self.budget, (self.spent(over) + 1).tolist())
         pred = self.blackbox.query(points, owner.cpu()).to(self.x0.device)
         if pred.dtype != torch.int64 or pred.dim() != 1:
             raise AssertionError("internal error: the labels-only black box returned scores")
