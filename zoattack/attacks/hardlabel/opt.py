@@ -13,15 +13,15 @@ from zoattack.optim import create_optimizer
 from zoattack.optim.base import ZORule
 from zoattack.subspace import Subspace
 
-# Per-rule defaults on g(theta) with a unit-norm theta (probed on small_cnn, 1,000 queries):
-# plain descent needs a step tied to the estimate's scale; adaptive rules take per-coordinate
-# steps, so theirs is a per-coordinate size.
+# Per-rule defaults on g(theta) with a unit-norm theta, probed on 5 held-out small_cnn images
+# (L2, 1,000 queries; medians moved within +-15% across lr x3, so these are rough): plain
+# descent and LIZO take a step along the estimate, adaptive rules a per-coordinate size.
 RULE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "zo_sgd": {"lr": 0.05, "estimator": "sphere", "num_samples": 10, "mu": 0.01},
-    "lizo": {"lr": 0.05, "num_samples": 10, "mu": 0.01},
-    "radazo": {"lr": 2e-3, "estimator": "sphere", "num_samples": 10, "mu": 0.01},
-    "zo_adamm": {"lr": 2e-3, "estimator": "sphere", "num_samples": 10, "mu": 0.01},
-    "zo_signsgd": {"lr": 2e-3, "estimator": "sphere", "num_samples": 10, "mu": 0.01},
+    "zo_sgd": {"lr": 0.01, "estimator": "sphere", "num_samples": 10, "mu": 0.01},
+    "lizo": {"lr": 0.2, "num_samples": 10, "mu": 0.01},
+    "radazo": {"lr": 0.01, "estimator": "sphere", "num_samples": 10, "mu": 0.01},
+    "zo_adamm": {"lr": 0.01, "estimator": "sphere", "num_samples": 10, "mu": 0.01},
+    "zo_signsgd": {"lr": 0.01, "estimator": "sphere", "num_samples": 10, "mu": 0.01},
 }
 
 
@@ -75,7 +75,7 @@ class OPTAttack(DecisionAttack):
         given["difference"] = difference
         key = optimizer.strip().lower().replace("-", "_")
         self.rule_kwargs: dict[str, Any] = {
-            **RULE_DEFAULTS.get(key, {"lr": 0.05}),
+            **RULE_DEFAULTS.get(key, {"lr": 0.01}),
             **{k: v for k, v in given.items() if v is not None},
             **(optimizer_kwargs or {}),
         }

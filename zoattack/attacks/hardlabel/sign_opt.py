@@ -36,8 +36,11 @@ class SignOPTAttack(DecisionAttack):
     ``2 alpha`` (capped at ``alpha_max``). When ``alpha`` falls below ``alpha_min`` it resets to
     ``alpha`` and ``beta`` shrinks tenfold (ART's rule).
 
-    Defaults (ART/BlackboxBench): ``num_directions=200``, ``alpha=0.2``, ``beta=0.001``, ten
-    random starts (``n_init=10``, ``max_init=100``); ``tol=1e-3`` (relative) for the searches;
+    Defaults: ``alpha=0.2``, ``beta=0.001`` and ten random starts (``n_init=10``,
+    ``max_init=100``) as ART/BlackboxBench; ``num_directions=30`` (theirs: 200, which leaves
+    ~4 steps in 1,000 queries: median L2 4.3 vs 1.8 with 30 on 5 held-out small_cnn images)
+    and ``tol=1e-5`` (relative; the sign questions are asked at ``g``, so ``g`` must be far
+    more precise than ``beta`` moves it - at 1e-3 the signs were mostly noise);
     ``max_backtracks=4``, ``alpha_min=1e-4``, ``alpha_max=2.0``. The last step of an image uses
     whatever directions its budget still pays for.
     Shapes: images ``(N, C, H, W)``; ``theta`` ``(N, *var_shape)`` of ``subspace``.
@@ -49,11 +52,11 @@ class SignOPTAttack(DecisionAttack):
     def __init__(
         self,
         *,
-        num_directions: int = 200,
+        num_directions: int = 30,
         alpha: float = 0.2,
         beta: float = 0.001,
         subspace: str = "full",
-        tol: float = 1e-3,
+        tol: float = 1e-5,
         n_init: int = 10,
         max_init: int = 100,
         max_backtracks: int = 4,
