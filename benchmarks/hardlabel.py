@@ -173,12 +173,14 @@ def main() -> None:
         if args.art:
             t = time.perf_counter()
             dists, qs = run_art(model, x, y, norm, eps, args.budget)
-            rows.append(
-                summarise("art_hsja", norm, dists, qs, eps, time.perf_counter() - t)
-            )
+            rows.append(summarise("art_hsja", norm, dists, qs, eps, time.perf_counter() - t))
             print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{args.images} images, budget {args.budget}, small_cnn fashion-mnist, seed {args.seed}")
-    print(f"{'method':12s} {'norm':5s} {'success':>8s} {'median dist':>12s} {'med q->eps':>10s} {'s':>6s}")
+    print(
+        f"\n{args.images} images, budget {args.budget}, small_cnn fashion-mnist, seed {args.seed}"
+    )
+    print(
+        f"{'method':12s} {'norm':5s} {'success':>8s} {'median dist':>12s} {'med q->eps':>10s} {'s':>6s}"
+    )
     for r in rows:
         q = r["median_queries_to_eps"]
         print(

@@ -331,3 +331,21 @@ def test_budget_is_never_exceeded(victim, case, budget, picks, wrong, seed):
         else:
             assert reason in ("budget", "no_start", "steps")
             assert reason == "no_start" or bool(res.found[i])
+
+
+def test_stop_at_eps_ends_images_with_success_early(victim):
+    model, x, y = victim[0], victim[1][:3], victim[2][:3]
+    res = run_decision_attack(
+        "rays",
+        BlackBox(model, output="labels"),
+        x,
+        y,
+        generator=make_generator(0),
+        norm="linf",
+        eps=0.5,
+        budget=400,
+        stop_at_eps=True,
+    )
+    assert res.stop_reason == ["success"] * 3
+    assert bool(res.success.all()) and int(res.queries.max()) < 400
+    assert bool((res.queries_to_eps >= 1).all() & (res.queries_to_eps <= res.queries).all())
