@@ -178,9 +178,8 @@ def main() -> None:
     print(
         f"\n{args.images} images, budget {args.budget}, small_cnn fashion-mnist, seed {args.seed}"
     )
-    print(
-        f"{'method':12s} {'norm':5s} {'success':>8s} {'median dist':>12s} {'med q->eps':>10s} {'s':>6s}"
-    )
+    head = ("method", "norm", "success", "median dist", "med q->eps", "s")
+    print("{:12s} {:5s} {:>8s} {:>12s} {:>10s} {:>6s}".format(*head))
     for r in rows:
         q = r["median_queries_to_eps"]
         print(
