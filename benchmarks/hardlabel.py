@@ -41,6 +41,11 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "opt+zo_sgd": ("opt", {"optimizer": "zo_sgd"}),
     "opt+lizo": ("opt", {"optimizer": "lizo"}),
     "opt+radazo": ("opt", {"optimizer": "radazo"}),
+    # the same in the lowest 14x14 DCT frequencies (zoattack.subspace)
+    "sign_opt@dct14": ("sign_opt", {"subspace": "dct:14"}),
+    "opt+zo_sgd@dct14": ("opt", {"optimizer": "zo_sgd", "subspace": "dct:14"}),
+    "opt+lizo@dct14": ("opt", {"optimizer": "lizo", "subspace": "dct:14"}),
+    "opt+radazo@dct14": ("opt", {"optimizer": "radazo", "subspace": "dct:14"}),
 }
 
 
@@ -179,11 +184,11 @@ def main() -> None:
         f"\n{args.images} images, budget {args.budget}, small_cnn fashion-mnist, seed {args.seed}"
     )
     head = ("method", "norm", "success", "median dist", "med q->eps", "s")
-    print("{:12s} {:5s} {:>8s} {:>12s} {:>10s} {:>6s}".format(*head))
+    print("{:18s} {:5s} {:>8s} {:>12s} {:>10s} {:>6s}".format(*head))
     for r in rows:
         q = r["median_queries_to_eps"]
         print(
-            f"{r['method']:12s} {r['norm']:5s} {r['success']:8.2f} {r['median_distance']:12.3f} "
+            f"{r['method']:18s} {r['norm']:5s} {r['success']:8.2f} {r['median_distance']:12.3f} "
             f"{q if q is not None else '-':>10} {r['seconds']:6.1f}"
         )
     if args.json:
