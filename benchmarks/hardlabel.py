@@ -43,6 +43,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "opt+radazo": ("opt", {"optimizer": "radazo"}),
     # the same in the lowest 14x14 DCT frequencies (zoattack.subspace)
     "sign_opt@dct14": ("sign_opt", {"subspace": "dct:14"}),
+    "hsja@dct14": ("hsja", {"subspace": "dct:14"}),
     "opt+zo_sgd@dct14": ("opt", {"optimizer": "zo_sgd", "subspace": "dct:14"}),
     "opt+lizo@dct14": ("opt", {"optimizer": "lizo", "subspace": "dct:14"}),
     "opt+radazo@dct14": ("opt", {"optimizer": "radazo", "subspace": "dct:14"}),

@@ -349,3 +349,24 @@ def test_stop_at_eps_ends_images_with_success_early(victim):
     assert res.stop_reason == ["success"] * 3
     assert bool(res.success.all()) and int(res.queries.max()) < 400
     assert bool((res.queries_to_eps >= 1).all() & (res.queries_to_eps <= res.queries).all())
+
+
+@pytest.mark.parametrize("name", ["sign_opt", "hsja", "opt"])
+def test_subspace_variants_run_within_budget(victim, name):
+    model, x, y = victim[0], victim[1][:2], victim[2][:2]
+    counting = Counting(model).eval()
+    res = run_decision_attack(
+        name,
+        BlackBox(counting, output="labels", budget=150),
+        x,
+        y,
+        generator=make_generator(0),
+        norm="l2",
+        eps=1.0,
+        budget=150,
+        options={**FAST[name], "subspace": "dct:4"},
+    )
+    assert bool(res.found.all()) and int(res.queries.max()) <= 150
+    assert counting.seen == int(res.queries.sum())
+    first = torch.tensor([c[0][1] for c in res.curve], dtype=torch.float64)
+    assert bool((res.distance < first).all())

@@ -22,6 +22,7 @@ from zoattack.attacks.hardlabel.boundary import (
     unit_directions,
 )
 from zoattack.norms import distance
+from zoattack.subspace import Subspace
 
 
 @DECISION_ATTACKS.register(
@@ -48,10 +49,13 @@ class HSJAAttack(DecisionAttack):
     - bisection between ``x0`` and that point back to the boundary (L2: the segment; Linf:
       ``clip(x', x0 - r, x0 + r)`` over the radius ``r``) to relative tolerance ``theta``.
 
+    ``subspace`` (``tile:K``, ``dct:K``) draws the ``u_b`` in a search subspace and expands
+    them to pixels (QEBA, Li et al. CVPR 2020); ``full`` is the paper's attack.
+
     Defaults (ART/foolbox): ``init_evals=100``, ``max_evals=10000``, ``gamma=1.0``,
-    ``max_geometric=10``; starts as OPT's (``n_init=10`` noise directions, or the ray towards
-    ``x_init`` when targeted). ``B_t`` is cut to what each image's budget pays for, keeping one
-    question for the step.
+    ``max_geometric=10``, ``subspace="full"``; starts as OPT's (``n_init=10`` noise
+    directions, or the ray towards ``x_init`` when targeted). ``B_t`` is cut to what each
+    image's budget pays for, keeping one question for the step.
     Shapes: images ``(N, C, H, W)``.
     Query cost per step and image: ``B_t`` + 1-``max_geometric`` + ~log2(1/theta) bisections.
     """
@@ -65,9 +69,11 @@ class HSJAAttack(DecisionAttack):
         max_evals: int = 10000,
         gamma: float = 1.0,
         max_geometric: int = 10,
+        subspace: str = "full",
         n_init: int = 10,
         max_init: int = 100,
     ) -> None:
+        self.subspace = subspace
         self.init_evals = check_int("init_evals", init_evals)
         self.max_evals = check_int("max_evals", max_evals)
         self.gamma = check_float("gamma", gamma)
@@ -81,6 +87,7 @@ class HSJAAttack(DecisionAttack):
         dev = x0.device
         norm = oracle.norm
         obj = BoundaryDistance(oracle)
+        self._space = Subspace(self.subspace, tuple(x0.shape[1:]))
         ids = run.ids()
         if run.x_init is not None:
             theta0, g0 = targeted_start(obj, ids, run.x_init.index_select(0, ids))
@@ -126,11 +133,14 @@ class HSJAAttack(DecisionAttack):
         keep = torch.arange(b, device=dev).unsqueeze(0) < b_i.unsqueeze(1)
         shape = xb.shape[1:]
         gen = run.generator
+        var = self._space.var_shape
         if oracle.norm == "l2":
-            rnd = torch.randn(m, b, *shape, generator=gen, device=gen.device)
+            rnd = torch.randn(m * b, *var, generator=gen, device=gen.device)
         else:
-            rnd = torch.rand(m, b, *shape, generator=gen, device=gen.device) * 2 - 1
-        rnd = unit_directions(rnd.to(xb).flatten(0, 1), "l2").view(m, b, *shape)
+            rnd = torch.rand(m * b, *var, generator=gen, device=gen.device) * 2 - 1
+        # sampled in the search subspace (QEBA's idea), then expanded to pixels
+        rnd = self._space.expand(rnd.to(xb))
+        rnd = unit_directions(rnd, "l2").view(m, b, *shape)
         base = xb[ids].unsqueeze(1)
         dl = delta.to(xb.dtype).view(m, 1, *[1] * len(shape))
         pts = (base + dl * rnd).clamp(0.0, 1.0)
