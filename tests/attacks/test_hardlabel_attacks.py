@@ -16,6 +16,7 @@ from zoattack.attacks.hardlabel import (
     create_decision_attack,
     list_decision_attacks,
     run_decision_attack,
+    target_starts,
 )
 from zoattack.norms import distance
 
@@ -370,3 +371,14 @@ def test_subspace_variants_run_within_budget(victim, name):
     assert counting.seen == int(res.queries.sum())
     first = torch.tensor([c[0][1] for c in res.curve], dtype=torch.float64)
     assert bool((res.distance < first).all())
+
+
+def test_target_starts_come_from_the_target_class_without_queries(victim):
+    _, x, y = victim
+    target = torch.tensor([3, 3, 7, 0])
+    starts = target_starts(x, y, target, make_generator(0))
+    for i, cls in enumerate(target.tolist()):
+        match = (x == starts[i]).flatten(1).all(1)
+        assert bool(match.any()) and set(y[match].tolist()) == {cls}
+    with pytest.raises(ValueError, match="no image of target class"):
+        target_starts(x, y, torch.tensor([11]), make_generator(0))

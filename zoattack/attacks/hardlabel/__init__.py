@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from zoattack.attacks.hardlabel import hsja, opt, rays, sign_opt  # noqa: F401  (registration)
-from zoattack.attacks.hardlabel.base import DECISION_ATTACKS, DecisionAttack
+from zoattack.attacks.hardlabel.base import DECISION_ATTACKS, DecisionAttack, target_starts
 from zoattack.attacks.hardlabel.boundary import BoundaryDistance, line_search
 from zoattack.attacks.hardlabel.oracle import DecisionResult, LabelOracle
 from zoattack.blackbox import BlackBox
@@ -60,4 +60,5 @@ __all__ = [
     "line_search",
     "list_decision_attacks",
     "run_decision_attack",
+    "target_starts",
 ]

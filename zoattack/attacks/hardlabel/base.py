@@ -188,3 +188,23 @@ def check_float(name: str, value: float, low: float = 0.0, high: float = float("
     if not (low < v < high):
         raise ValueError(f"{name} must be in ({low:g}, {high:g}), got {value}")
     return v
+
+
+def target_starts(
+    images: Tensor, labels: Tensor, target: Tensor, generator: torch.Generator
+) -> Tensor:
+    """Start images for targeted decision attacks: for each entry of ``target`` ``(N,)``, a
+    random image of ``images`` ``(M, C, H, W)`` whose data-set label is that class.
+
+    Costs no queries: whether the model agrees is the attack's start check (one query per
+    image; ``no_start`` if it does not). Raises ValueError if a target class has no image.
+    """
+    out = torch.empty(len(target), *images.shape[1:], dtype=images.dtype, device=images.device)
+    for cls in torch.unique(target).tolist():
+        pool = (labels == cls).nonzero().flatten()
+        if not pool.numel():
+            raise ValueError(f"no image of target class {cls} to start a targeted attack from")
+        rows = (target == cls).nonzero().flatten()
+        pick = torch.randint(len(pool), (len(rows),), generator=generator, device=generator.device)
+        out[rows.to(out.device)] = images[pool[pick.to(pool.device)]]
+    return out
