@@ -25,13 +25,9 @@ from zoattack.cli._common import (
 )
 from zoattack.jobs.attack import (
     DEFAULT_CHUNK,
-    DEFAULT_EPS,
-    DEFAULT_OPTIMIZER,
-    TUNED,
     AttackSpec,
     JobInterrupted,
     PreparedJob,
-    default_lr,
     merge_results,
     prepare,
     run_job,
@@ -42,8 +38,8 @@ from zoattack.seeding import make_generator, seed_everything
 
 P_MODEL, P_THREAT, P_OPT, P_OUT = "Model and data", "Threat model", "Optimizer", "Output"
 EXIT_INTERRUPTED = 3
-# Re-exported: the defaults live with the job, where batches and the CLI share them.
-__all__ = ["DEFAULT_EPS", "DEFAULT_OPTIMIZER", "TUNED", "default_lr", "run_command"]
+# Defaults live in each rule's registry entry (zoattack list optimizers --defaults).
+__all__ = ["run_command"]
 
 
 @guarded
@@ -109,7 +105,8 @@ def run_command(
     optimizer: Annotated[
         str | None,
         typer.Option(
-            help="Update rule (see `zoattack list optimizers`); default sign (Linf) or square (L2).",
+            help="Update rule (see `zoattack list optimizers --defaults`); "
+            "default sign (Linf) or square (L2).",
             rich_help_panel=P_OPT,
         ),
     ] = None,
@@ -146,8 +143,8 @@ def run_command(
     subspace: Annotated[
         str | None,
         typer.Option(
-            help="full, tile:K (a CxKxK variable upsampled) or "
-            "dct:K (lowest KxK DCT frequencies); A>B>C refines coarse-to-fine, e.g. tile:7>tile:14>full.",
+            help="full, tile:K (a CxKxK variable upsampled) or dct:K (lowest KxK DCT "
+            "frequencies); A>B>C refines coarse-to-fine, e.g. tile:7>tile:14>full.",
             rich_help_panel=P_OPT,
         ),
     ] = None,
