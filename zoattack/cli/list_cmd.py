@@ -55,8 +55,8 @@ def default_rows(kind: str, reg: Registry[Any]) -> tuple[tuple[str, ...], list[t
     """Header and rows of ``zoattack list KIND --defaults``: per rule and norm (lr and mu as
     fractions of eps) plus the synthetic-function settings, or per model its training recipe."""
     if kind == "optimizers":
-        header = ("name", "setting", *TUNED_COLUMNS, "default")
-        rows = []
+        header: tuple[str, ...] = ("name", "setting", *TUNED_COLUMNS, "default")
+        rows: list[tuple[str, ...]] = []
         for e in reg:
             for norm in NORMS:
                 if norm in e.norm_defaults:
@@ -67,8 +67,7 @@ def default_rows(kind: str, reg: Registry[Any]) -> tuple[tuple[str, ...], list[t
         keep = [i for i in range(len(header)) if i < 2 or any(r[i] for r in rows)]
         return tuple(header[i] for i in keep), [tuple(r[i] for i in keep) for r in rows]
     if kind == "models":
-        header = ("name", "epochs", "lr", "optimizer", "weight_decay", "augment")
-        return header, [
+        return ("name", "epochs", "lr", "optimizer", "weight_decay", "augment"), [
             (e.name, *(_value(v, False) for v in e.recipe.as_dict().values()))
             for e in reg
             if e.recipe is not None

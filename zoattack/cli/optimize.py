@@ -101,6 +101,7 @@ def optimize_command(
         # mu was tuned with its estimator only (as for attacks).
         mu=mu if mu is not None or (estimator or tuned.estimator) != tuned.estimator else tuned.mu,
     )
+    assert rule.estimator is not None  # gradient rules always estimate (search rules refused)
     gen = make_generator(seed, dev)
     x0 = starts(fn, seeds, dim, gen)
     blackbox = BlackBox(fn, output="scores", bounds=None, budget=budget)
