@@ -99,8 +99,14 @@ def set_threads(threads: int | None) -> None:
 # --------------------------------------------------------------------------- timing
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median wall seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+def timed(
+    fn: Callable[[], Any],
+    repeats: int,
+    warmup: int = 1,
+    reduce: Callable[[list[float]], float] = statistics.median,
+) -> float:
+    """Wall seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones, reduced by
+    ``reduce`` (median by default; ``min`` estimates the unloaded cost under interference)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -108,7 +114,7 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return reduce(times)
 
 
 class Meter(nn.Module):
