@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from zoattack.jobs.attack import UNTUNED_LR, AttackSpec, default_lr, default_optimizer, tuned_mu
@@ -56,12 +58,19 @@ def test_search_rules_take_eps_as_radius_and_nothing_else(rule):
         assert spec.subspace == "full" and spec.estimator is None and spec.mu is None
 
 
-def test_untuned_pairs_fall_back():
+def test_untuned_pairs_fall_back(monkeypatch):
     assert tuned_mu("sign", "linf", 0.1) is None
+    entry = OPTIMIZERS.get("zo_sgd")
+    # The same rule with no tuned settings: what a newly registered rule gets.
+    bare = dataclasses.replace(entry, norm_defaults={})
+    monkeypatch.setitem(OPTIMIZERS._entries, "zo_sgd", bare)
+    assert default_lr("zo_sgd", "l2", 1.5) == UNTUNED_LR * 1.5
+    spec = AttackSpec(optimizer="zo_sgd", norm="l2").resolved()
+    assert spec.lr == UNTUNED_LR * 1.5 and spec.subspace == "full"
+    assert spec.estimator is None and spec.mu is None
     reg: Registry[object] = Registry("thing")
     reg.register("a", description="a", norm_defaults={"linf": Tuned(lr=3.0)})(object)
     assert reg.get("a").tuned("l2") == Tuned()
-    assert UNTUNED_LR == 0.5  # documented in docs/TUNING.md
 
 
 def test_default_for_needs_exactly_one_default():
