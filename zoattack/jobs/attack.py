@@ -198,7 +198,7 @@ class AttackSpec:
             mu=mu,
             difference=difference,
             lr=float(lr),
-        )  # type: ignore[arg-type]
+        )
         spec.make_rule()  # invalid hyperparameters fail here, before any model is built
         return spec
 
