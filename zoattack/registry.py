@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
 from zoattack.errors import UnknownNameError
+from zoattack.norms import NORMS
 
 T = TypeVar("T")
 
@@ -131,6 +132,12 @@ class Registry(Generic[T]):
         return deco
 
     def add(self, entry: Entry[T]) -> None:
+        bad = sorted(set(entry.norm_defaults) - set(NORMS))
+        if bad:  # a misspelt norm would silently leave the rule untuned
+            raise ValueError(
+                f"{self.kind} '{entry.name}': norm_defaults for unknown norm(s) "
+                f"{', '.join(bad)}; norms are {', '.join(NORMS)}"
+            )
         for key in (entry.name, *entry.aliases):
             if key in self._entries or key in self._aliases:
                 raise ValueError(f"{self.kind} name '{key}' is already registered")

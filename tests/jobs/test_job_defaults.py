@@ -92,3 +92,10 @@ def test_tuned_as_dict_lists_only_what_is_set():
         "estimator": "block_sign",
         "default": True,
     }
+
+
+def test_defaults_for_unknown_norms_are_refused():
+    reg: Registry[object] = Registry("thing")
+    with pytest.raises(ValueError, match="unknown norm.*Linf; norms are linf, l2"):
+        reg.register("a", description="a", norm_defaults={"Linf": Tuned(lr=1.0)})(object)
+    assert "a" not in reg
