@@ -55,13 +55,9 @@ Run: ``python benchmarks/attack.py --quick`` (under 2 minutes), or e.g.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
-import os
-import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -69,69 +65,59 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import (
+    Meter,
+    RawProfile,
+    command_line,
+    fmt,
+    installed,
+    load_average,
+    log,
+    markdown_table,
+    metadata,
+    out_dir,
+    set_threads,
+    versions,
+    write_csv,
+    write_json,
+)
 from torch import Tensor, nn
 
-from zoattack import __version__ as ZO_VERSION
 from zoattack.attacks import run_attack
 from zoattack.blackbox import BlackBox
 from zoattack.data import load_dataset
-from zoattack.jobs.attack import TUNED, default_lr, tuned_mu
+from zoattack.jobs.attack import default_lr, tuned_mu
 from zoattack.models import create_model
 from zoattack.models.weights import weights_dir, weights_filename
-from zoattack.optim import create_optimizer
+from zoattack.norms import DEFAULT_EPS
+from zoattack.norms import inside as inside_ball
+from zoattack.optim import OPTIMIZERS, create_optimizer
 from zoattack.results.rows import summarize
 from zoattack.seeding import make_generator
 
-GRADIENT_RULES = ("zo_sgd", "zo_signsgd", "zo_adamm", "radazo", "lizo")
-SEARCH_RULES = ("square", "sign")
+# Rules come from the registry (flag ``search``: estimator-free search rules); this order only
+# fixes how tables list them (a rule registered later is appended).
+_ORDER = ("zo_sgd", "zo_signsgd", "zo_adamm", "radazo", "lizo", "square", "sign")
+
+
+def _ordered(names: list[str]) -> tuple[str, ...]:
+    return tuple(sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n)))
+
+
+GRADIENT_RULES = _ordered([e.name for e in OPTIMIZERS if not e.flags.get("search")])
+SEARCH_RULES = _ordered(OPTIMIZERS.names(search=True))
 ALL_METHODS = GRADIENT_RULES + SEARCH_RULES
 PEERS = ("torchattacks_square", "art_square", "art_zoo")
 SUBSPACES = ("full", "tile:7", "tile:14", "dct:14")
 REFERENCE = "torchattacks_square"
-TOL = 1e-5
 VICTIM_FILES: dict[str, dict[str, str]] = {}
 
 
 # --------------------------------------------------------------------------- utilities
-def log(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def inside_ball(x: Tensor, x0: Tensor, norm: str, eps: float) -> Tensor:
-    """Per image: within eps of x0 (small float tolerance) and inside [0, 1]."""
-    d = (x - x0).flatten(1)
-    dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
-    box = (x.flatten(1).amin(1) >= -TOL) & (x.flatten(1).amax(1) <= 1 + TOL)
-    return (dist <= eps * (1 + TOL) + TOL) & box
-
-
 def predict(net: nn.Module, x: Tensor, batch: int = 1024) -> Tensor:
     """Uncounted evaluation forward (image selection and verification only)."""
     with torch.inference_mode():
         return torch.cat([net(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
-
-
-class Meter(nn.Module):
-    """Transparent wrapper: counts model calls, scored rows and time spent in the model."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.eval()
-        self.reset()
-
-    def reset(self) -> None:
-        self.calls, self.rows, self.model_seconds = 0, 0, 0.0
-        self.batches: dict[int, int] = {}
-
-    def forward(self, x: Tensor) -> Tensor:
-        t = time.perf_counter()
-        out = self.net(x)
-        self.model_seconds += time.perf_counter() - t
-        self.calls += 1
-        self.rows += int(x.shape[0])
-        self.batches[int(x.shape[0])] = self.batches.get(int(x.shape[0]), 0) + 1
-        return out
 
 
 class AttributingMeter(Meter):
@@ -166,42 +152,6 @@ class AttributingMeter(Meter):
         return out
 
 
-class RawProfile:
-    """Seconds per bare batched forward call of a victim (inference mode, same threads), on a
-    grid of batch sizes 1, 2, 4, ..., measured lazily; other sizes interpolate linearly."""
-
-    def __init__(self, net: nn.Module, shape: tuple[int, ...], seconds: float = 0.25) -> None:
-        self.net, self.shape, self.seconds = net, shape, seconds
-        self.per_call: dict[int, float] = {}
-
-    def _measure(self, b: int) -> float:
-        if b not in self.per_call:
-            xb = torch.rand(b, *self.shape, generator=torch.Generator().manual_seed(0))
-            with torch.inference_mode():
-                self.net(xb)
-                calls, t0 = 0, time.perf_counter()
-                while calls < 2 or time.perf_counter() - t0 < self.seconds:
-                    self.net(xb)
-                    calls += 1
-                self.per_call[b] = (time.perf_counter() - t0) / calls
-        return self.per_call[b]
-
-    def call_seconds(self, b: int) -> float:
-        lo = 1 << (max(b, 1).bit_length() - 1)
-        if lo == b:
-            return self._measure(b)
-        hi = lo * 2
-        t_lo, t_hi = self._measure(lo), self._measure(hi)
-        return t_lo + (t_hi - t_lo) * (b - lo) / (hi - lo)
-
-    def seconds_for(self, batches: dict[int, int]) -> float:
-        """Bare model time for the same sequence of batch sizes (``{size: calls}``)."""
-        return sum(n * self.call_seconds(b) for b, n in batches.items())
-
-    def rate(self, b: int) -> float:
-        return b / self.call_seconds(b)
-
-
 # --------------------------------------------------------------------------- configs
 @dataclass
 class Config:
@@ -218,14 +168,14 @@ class Config:
 
     @classmethod
     def cli_default(cls, method: str, norm: str, eps: float) -> Config:
-        """What `zoattack run` uses for this rule and norm (its TUNED table)."""
-        t = TUNED.get((method, norm), {})
+        """What `zoattack run` uses for this rule and norm (the rule's registry entry)."""
+        t = OPTIMIZERS.get(method).tuned(norm)
         return cls(
-            subspace=str(t.get("subspace", "full")),
-            estimator=t.get("estimator"),
-            momentum=t.get("momentum"),
+            subspace=t.subspace or "full",
+            estimator=t.estimator,
+            momentum=t.momentum,
             mu=tuned_mu(method, norm, eps),
-            difference=t.get("difference"),
+            difference=t.difference,
             source="zoattack run default",
         )
 
@@ -263,8 +213,8 @@ def lr_of(method: str, norm: str, eps: float, cfg: Config) -> float:
 
 
 def build_rule(method: str, norm: str, eps: float, budget: int, cfg: Config):
-    if method in SEARCH_RULES:
-        return create_optimizer(method, lr=eps, norm=norm, budget=budget)
+    if method in SEARCH_RULES:  # radius default_lr (= eps), as `zoattack run`
+        return create_optimizer(method, lr=default_lr(method, norm, eps), norm=norm, budget=budget)
     kw: dict[str, Any] = {"lr": lr_of(method, norm, eps, cfg), "estimator": cfg.estimator}
     if cfg.momentum is not None:
         kw["momentum"] = cfg.momentum
@@ -529,14 +479,6 @@ PEER_RUNNERS = {
 }
 
 
-def installed(module: str) -> str | None:
-    try:
-        mod = __import__(module)
-    except Exception:
-        return None
-    return getattr(mod, "__version__", "?")
-
-
 # --------------------------------------------------------------------------- rows
 def make_row(
     victim: str,
@@ -553,11 +495,11 @@ def make_row(
     s = int(out.success.sum())
     q = out.queries[out.success].double()
     m = out.meter
-    mean_batch = m.rows / max(m.calls, 1)
+    mean_batch = m.mean_batch
     rate = m.rows / max(out.wall, 1e-9)
     # The victim's own rate on this attack's calls, timed inside the run (the same batches,
     # the same moment, so CPU contention from other jobs hits both sides alike) ...
-    raw = m.rows / max(m.model_seconds, 1e-12)
+    raw = m.rate()
     # ... and a bare re-run of the same sequence of batch sizes afterwards (contention-prone).
     bare = m.rows / max(profile.seconds_for(m.batches), 1e-12)
     return {
@@ -622,14 +564,6 @@ def add_ratios(rows: list[dict]) -> None:
             r["wall_per_success_ratio"] = r["wall_per_success_s"] / ref["wall_per_success_s"]
 
 
-def fmt(v: Any, spec: str = ".3g") -> str:
-    if v is None or v == "":
-        return "-"
-    if isinstance(v, float):
-        return format(v, spec)
-    return str(v)
-
-
 COLUMNS = [
     ("method", "method", None),
     ("config", "config", None),
@@ -660,7 +594,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"\n### {victim}  {norm} eps={eps:g}  budget {budget:,}  (ratios vs {REFERENCE})"
         )
-        cells = [[c[0] for c in COLUMNS]]
+        cells: list[list[str]] = []
         for r in group:
             if r["status"] != "ok":
                 cells.append([r["method"], r["status"]] + [""] * (len(COLUMNS) - 2))
@@ -676,11 +610,7 @@ def table(rows: list[dict]) -> str:
                 else:
                     row.append(fmt(r.get(key), spec))
             cells.append(row)
-        widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-        for j, c in enumerate(cells):
-            lines.append("| " + " | ".join(v.ljust(widths[i]) for i, v in enumerate(c)) + " |")
-            if j == 0:
-                lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        lines += markdown_table([c[0] for c in COLUMNS], cells)
         for r in group:
             if r.get("notes"):
                 lines.append(f"  note [{r['method']}]: {r['notes']}")
@@ -763,8 +693,8 @@ def verdicts(rows: list[dict]) -> list[str]:
             out.append(
                 f"[{'PASS' if hit else 'FAIL'}] T5 throughput {r['method']}, {tag}: "
                 f"{r['inputs_per_s']:.0f}/s = {r['rate_vs_raw']:.2f} x raw "
-                f"{r['raw_inputs_per_s']:.0f}/s, the victim's own rate on the same calls (mean batch "
-                f"{r['mean_batch']:.0f}; bare re-run {r['bare_inputs_per_s']:.0f}/s)"
+                f"{r['raw_inputs_per_s']:.0f}/s, the victim's own rate on the same calls "
+                f"(mean batch {r['mean_batch']:.0f}; bare re-run {r['bare_inputs_per_s']:.0f}/s)"
             )
         if ref and zo:
             for r in zo:
@@ -879,8 +809,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
-    p.add_argument("--eps-linf", type=float, default=0.1)
-    p.add_argument("--eps-l2", type=float, default=1.5)
+    p.add_argument("--eps-linf", type=float, default=DEFAULT_EPS["linf"])
+    p.add_argument("--eps-l2", type=float, default=DEFAULT_EPS["l2"])
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument(
         "--weights",
@@ -934,23 +864,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "zoattack": ZO_VERSION,
-        "torchattacks": installed("torchattacks"),
-        "adversarial-robustness-toolbox": installed("art"),
-    }
-    log("command: " + " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv))
-    log("versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items()))
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    vers = versions("torchattacks", "art")
+    log("command: " + command_line())
+    log("versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in vers.items()))
+    load = load_average()
+    mach = metadata()["machine"]
     log(
-        f"device: cpu ({platform.processor() or platform.machine()}), os.cpu_count "
-        f"{os.cpu_count()}, torch threads {torch.get_num_threads()}, load average "
+        f"device: cpu ({mach['cpu']}), os.cpu_count "
+        f"{mach['cpu_count']}, torch threads {torch.get_num_threads()}, load average "
         f"{', '.join(f'{v:.1f}' for v in load) if load else '?'}"
     )
     log(
@@ -967,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         tuned = json.loads(args.configs.read_text())["choices"]
         log(f"configs from {args.configs}")
 
-    for vi, victim in enumerate(args.victims):
+    for victim in args.victims:
         try:
             kw = {"weights": weights[victim]} if victim in weights else {"pretrained": True}
             net = create_model(victim, dataset=args.dataset, device="cpu", **kw)
@@ -1057,7 +981,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     choices[m] = Config.cli_default(m, norm, eps).to_dict()
             if args.out is not None:  # the tuning choices are reusable right away (--configs)
-                write_outputs(args, rows, tuned, tune_trials, versions, t_start)
+                write_outputs(args, rows, tuned, tune_trials, vers, t_start)
             for budget in args.budgets:
                 log(f"\n-- {victim} {norm} eps={eps:g} budget {budget}")
                 group: list[dict] = []
@@ -1090,14 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 for peer in args.peers:
                     module, runner = PEER_RUNNERS[peer]
-                    if (
-                        versions[
-                            "torchattacks"
-                            if module == "torchattacks"
-                            else "adversarial-robustness-toolbox"
-                        ]
-                        is None
-                    ):
+                    if installed(module) is None:
                         group.append(
                             skipped_row(
                                 victim, norm, eps, budget, peer, "peer", f"{module} not installed"
@@ -1150,7 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 rows.extend(group)
                 if args.out is not None:  # partial results survive an interrupted run
-                    write_outputs(args, rows, tuned, tune_trials, versions, t_start)
+                    write_outputs(args, rows, tuned, tune_trials, vers, t_start)
 
     add_ratios(rows)
     log(
@@ -1164,8 +1081,8 @@ def main(argv: list[str] | None = None) -> int:
             for norm, per_m in per_norm.items():
                 for m, c in per_m.items():
                     log(
-                        f"  {victim:10s} {norm:5s} {m:10s} {config_from_dict(c).label(m, norm, eps_of[norm])}"
-                        f"  [{c.get('source')}]"
+                        f"  {victim:10s} {norm:5s} {m:10s} "
+                        f"{config_from_dict(c).label(m, norm, eps_of[norm])}  [{c.get('source')}]"
                     )
     v = verdicts(rows)
     if v:
@@ -1174,40 +1091,31 @@ def main(argv: list[str] | None = None) -> int:
             log("  " + line)
     log(f"\ntotal wall time {time.perf_counter() - t_start:.0f}s")
     if args.out is not None:
-        paths = write_outputs(args, rows, tuned, tune_trials, versions, t_start)
+        paths = write_outputs(args, rows, tuned, tune_trials, vers, t_start)
         log("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
-def write_outputs(args, rows, tuned, tune_trials, versions, t_start) -> list[Path]:
-    args.out.mkdir(parents=True, exist_ok=True)
+def write_outputs(args, rows, tuned, tune_trials, vers, t_start) -> list[Path]:
+    out = out_dir(args.out)
     add_ratios(rows)
-    meta = {
-        "command": sys.argv,
-        "versions": versions,
-        "victims": VICTIM_FILES,
-        "threads": torch.get_num_threads(),
-        "device": "cpu",
-        "seed": args.seed,
-        "images": args.images,
-        "elapsed_s": time.perf_counter() - t_start,
-        "counting_rule": "every scored input counts (clean check included), charged to its "
+    meta = metadata(
+        versions=vers,
+        victims=VICTIM_FILES,
+        threads=torch.get_num_threads(),
+        device="cpu",
+        seed=args.seed,
+        images=args.images,
+        elapsed_s=time.perf_counter() - t_start,
+        counting_rule="every scored input counts (clean check included), charged to its "
         "image; success = misclassified at the returned point, inside the "
         "eps-ball and [0,1], queries <= budget; statistics over successes",
-    }
-    jp = args.out / "results.json"
-    jp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
-    cp = args.out / "results.csv"
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    with cp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    tp = args.out / "tuning.json"
-    tp.write_text(json.dumps({"choices": tuned, "trials": tune_trials}, indent=2))
-    return [jp, cp, tp]
+    )
+    return [
+        write_json(out / "results.json", {"meta": meta, "rows": rows}),
+        write_csv(out / "results.csv", rows),
+        write_json(out / "tuning.json", {"choices": tuned, "trials": tune_trials}),
+    ]
 
 
 if __name__ == "__main__":

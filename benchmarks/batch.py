@@ -208,10 +208,19 @@ def main() -> None:
     ap.add_argument("--no-store", action="store_true", help="skip the store measurement")
     args = ap.parse_args()
 
+    from _common import metadata
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
+    # Provenance first: timings mean little without the command, versions and machine load.
+    meta = metadata()
+    console.print(f"command: {meta['command_line']}", highlight=False)
+    console.print(
+        ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+        + f", load average {meta['machine']['load_average']}",
+        highlight=False,
+    )
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         store = [] if args.no_store else bench_store(tmp, args.quick)

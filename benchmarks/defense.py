@@ -35,6 +35,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from _common import metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -144,8 +145,8 @@ def main() -> None:
                 on_epoch=lambda r, n=name: (
                     r["stage"] == 2
                     and print(
-                        f"  {n} epoch {r['epoch']}: loss {r['loss']:.4f}, {r['queries']:,} queries, "
-                        f"{r['seconds']:.0f} s",
+                        f"  {n} epoch {r['epoch']}: loss {r['loss']:.4f}, "
+                        f"{r['queries']:,} queries, {r['seconds']:.0f} s",
                         flush=True,
                     )
                 ),
@@ -197,6 +198,7 @@ def main() -> None:
         (a.out / "results.json").write_text(
             json.dumps(
                 {
+                    "meta": metadata(),
                     "settings": vars(a) | {"out": str(a.out), "cert_indices": cert_idx},
                     "results": results,
                 },

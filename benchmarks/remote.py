@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import torch
+from _common import metadata, set_threads, timed, write_json
 
 from zoattack.jobs.attack import AttackSpec, prepare, run_job
 from zoattack.remote.client import remote_model
@@ -83,16 +83,6 @@ def start_subprocess_server(threads: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("zoattack serve did not start within 120 s")
 
 
-def timed(fn: Any, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def breakdown(url: str, victim: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
     """Milliseconds per request of ``len(x)`` inputs, by where the time goes."""
     arr = x.numpy()
@@ -136,7 +126,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.images, args.budget = 40, 200
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     spec = AttackSpec(images=args.images, budget=args.budget, device="cpu", seed=0)
     small = AttackSpec(
         images=min(10, args.images), budget=min(100, args.budget), device="cpu", seed=0
@@ -193,27 +183,26 @@ def main() -> None:
         share = "" if k == "whole /score request" else f"  ({v / total:.0%})"
         print(f"  {k:<32} {v:8.3f}{share}")
     if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump(
-                {
-                    "settings": vars(args),
-                    "identical_rows": same,
-                    "breakdown_ms": parts,
-                    "mean_batch": mean_batch,
-                    "rates": {
-                        name: {
-                            "seconds": secs,
-                            "scored_inputs": n,
-                            "requests": reqs,
-                            "inputs_per_second": n / secs,
-                            "ratio": n / secs / base,
-                        }
-                        for name, secs, n, reqs in results
-                    },
+        write_json(
+            Path(args.json_out),
+            {
+                "meta": metadata(),
+                "settings": vars(args),
+                "identical_rows": same,
+                "breakdown_ms": parts,
+                "mean_batch": mean_batch,
+                "rates": {
+                    name: {
+                        "seconds": secs,
+                        "scored_inputs": n,
+                        "requests": reqs,
+                        "inputs_per_second": n / secs,
+                        "ratio": n / secs / base,
+                    }
+                    for name, secs, n, reqs in results
                 },
-                fh,
-                indent=2,
-            )
+            },
+        )
     if not same:
         raise SystemExit("remote rows differ from in-process rows")
 

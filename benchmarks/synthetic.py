@@ -51,11 +51,8 @@ two OpenMP threads on a loaded 2-core machine made runs 10-100x slower.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -65,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import command_line, load_average, metadata, out_dir, timed, write_csv, write_json
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -80,6 +78,7 @@ from zoattack import (
     minimize,
 )
 from zoattack.functions import get_function, starts
+from zoattack.optim import OPTIMIZERS
 
 BASELINE = ("zo_sgd", "gaussian")
 
@@ -103,15 +102,15 @@ COMBOS: list[tuple[str, str]] = [
     ("radazo", "dap"),
     ("lizo", "lizo"),
 ]
+# Each rule's paper estimator, from the rule itself (its class's ``default_estimator``).
 PAPER_DEFAULT = {
-    "zo_sgd": "gaussian",
-    "zo_signsgd": "sphere",
-    "zo_adamm": "sphere",
-    "radazo": "sphere",
-    "lizo": "lizo",
+    e.name: e.factory.default_estimator  # type: ignore[attr-defined]
+    for e in OPTIMIZERS
+    if not e.flags.get("search")
 }
 
-# Centre of the lr grid at d=1000 with K=10 (grid: centre * 10^{-1, -1/2, 0, 1/2, 1}).
+# Centre of this benchmark's lr search grid at d=1000 with K=10 (grid: centre * 10^{-1, -1/2,
+# 0, 1/2, 1}); not a default: `zoattack optimize` steps are the rules' ``optimize_defaults``.
 # Unbiased estimates with SGD: stable up to about K/(L d), which is d-independent here
 # because both functions are averaged over coordinates. LIZO-type estimates are K/d of the
 # gradient, so their lr is multiplied by d/K. Sign and adaptive rules: lr is a move per
@@ -219,14 +218,7 @@ def bare_eval_time(fn: Any, batch: int, d: int, dtype: torch.dtype, repeats: int
     """Seconds per point of ``fn`` on a ``(batch, d)`` tensor (the bare black box): the
     minimum over ``repeats`` calls, the usual estimator under interference from other load."""
     x = torch.randn(batch, d, generator=make_generator(123), dtype=dtype)
-    for _ in range(3):
-        fn(x)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t)
-    return min(times) / batch
+    return timed(lambda: fn(x), repeats, warmup=3, reduce=min) / batch
 
 
 def run_one(
@@ -421,7 +413,7 @@ def estimator_variance(args: argparse.Namespace, log: Any) -> list[dict[str, Any
                                 "nmse_se": float(err2_t.std() / math.sqrt(len(err2_t))),
                                 "cos": float(cos_t.mean()),
                                 "cos_se": float(cos_t.std() / math.sqrt(len(cos_t))),
-                                # min_c E||c g_hat - g||^2 / ||g||^2: scale-free (LIZO is K/d-scaled)
+                                # min_c E||c g_hat - g||^2 / ||g||^2: scale-free (LIZO: K/d-scaled)
                                 "nmse_rescaled": float(1 - dots_t.mean() ** 2 / n2_t.mean()),
                                 "bias_scale": float(dots_t.mean()),
                             }
@@ -999,13 +991,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    cmd = shlex.join([sys.executable, *sys.argv])
+    cmd = command_line()
     con.print(f"command: {cmd}")
     con.print(
         f"zoattack {__version__}, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, "
         f"dtype {args.dtype}, cpu count {os.cpu_count()}, load avg "
-        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+        f"{' '.join(f'{v:.2f}' for v in load_average() or ())}"
     )
     con.print(
         f"dims {args.dims}, functions {args.functions}, seeds {args.seeds}, budget "
@@ -1066,12 +1058,13 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t_start
     con.print(
         f"total wall time {total:.0f}s; load avg at end "
-        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+        f"{' '.join(f'{v:.2f}' for v in load_average() or ())}"
     )
 
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
+        out_dir(args.out)
         meta = {
+            **metadata(),
             "command": cmd,
             "zoattack": __version__,
             "torch": torch.__version__,
@@ -1099,61 +1092,39 @@ def main(argv: list[str] | None = None) -> int:
             "timing": t3,
             "runs": [asdict(r) for r in runs.values()],
         }
-        (args.out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
-        with open(args.out / "runs.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(
-                [
-                    "function",
-                    "dim",
-                    "rule",
-                    "estimator",
-                    "lr",
-                    "seed",
-                    "f0",
-                    "final_loss",
-                    "queries",
-                    "steps",
-                    "threshold",
-                    "queries_to_threshold",
-                    "wall_s",
-                    "diverged",
-                ]
-            )
-            for r in runs.values():
-                for i in range(r.seeds):
-                    w.writerow(
-                        [
-                            r.function,
-                            r.dim,
-                            r.rule,
-                            r.estimator,
-                            r.lr,
-                            i,
-                            r.f0[i] if r.f0 else "",
-                            r.final[i],
-                            r.queries[i] if r.queries else "",
-                            r.steps[i] if r.steps else "",
-                            r.threshold[i] if r.threshold else "",
-                            r.q_thr[i] if r.q_thr and r.q_thr[i] is not None else "",
-                            f"{r.wall_s:.3f}",
-                            r.diverged,
-                        ]
-                    )
-        with open(args.out / "curves.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["function", "dim", "rule", "estimator", "seed", "queries", "loss"])
-            for r in runs.values():
-                for i, h in enumerate(r.history):
-                    w.writerow([r.function, r.dim, r.rule, r.estimator, i, 0, r.f0[i]])
-                    for q, loss in h:
-                        w.writerow([r.function, r.dim, r.rule, r.estimator, i, q, loss])
+        write_json(args.out / "results.json", payload, indent=1)
+        run_rows = [
+            {
+                "function": r.function,
+                "dim": r.dim,
+                "rule": r.rule,
+                "estimator": r.estimator,
+                "lr": r.lr,
+                "seed": i,
+                "f0": r.f0[i] if r.f0 else "",
+                "final_loss": r.final[i],
+                "queries": r.queries[i] if r.queries else "",
+                "steps": r.steps[i] if r.steps else "",
+                "threshold": r.threshold[i] if r.threshold else "",
+                "queries_to_threshold": r.q_thr[i] if r.q_thr and r.q_thr[i] is not None else "",
+                "wall_s": f"{r.wall_s:.3f}",
+                "diverged": r.diverged,
+            }
+            for r in runs.values()
+            for i in range(r.seeds)
+        ]
+        write_csv(args.out / "runs.csv", run_rows)
+        curve = ("function", "dim", "rule", "estimator", "seed", "queries", "loss")
+        curve_rows = [
+            dict(zip(curve, (r.function, r.dim, r.rule, r.estimator, i, q, loss), strict=True))
+            for r in runs.values()
+            for i, h in enumerate(r.history)
+            for q, loss in [(0, r.f0[i]), *h]
+        ]
+        write_csv(args.out / "curves.csv", curve_rows, curve)
         if var_rows:
-            with open(args.out / "variance.csv", "w", newline="") as fh:
-                keys = [k for k in var_rows[0] if k != "per_point"]
-                w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(var_rows)
+            keys = [k for k in var_rows[0] if k != "per_point"]
+            write_csv(args.out / "variance.csv", var_rows, keys)
         con.print(
             f"wrote {args.out}/results.json, runs.csv, curves.csv"
             + (", variance.csv" if var_rows else "")

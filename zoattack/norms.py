@@ -5,6 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 
 NORMS = ("linf", "l2")
+# The radius an attack uses when none is given (images in [0, 1]; the benchmarks' threat models).
+DEFAULT_EPS = {"linf": 0.1, "l2": 1.5}
 
 
 def check_norm(norm: str, eps: float) -> str:

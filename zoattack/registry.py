@@ -1,16 +1,62 @@
-"""A small registry of named entries: the single source for the CLI, `zoattack list` and tests."""
+"""A small registry of named entries: the single source for the CLI, `zoattack list` and tests.
+
+Each entry also carries its algorithm's tuned defaults (:class:`Tuned` per norm and for the
+synthetic functions, :class:`Recipe` for trainable models), so the CLI, batches, jobs and
+benchmarks read one table that sits beside the algorithm's code. How each value was measured:
+docs/TUNING.md.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
 from zoattack.errors import UnknownNameError
+from zoattack.norms import NORMS
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """Tuned settings of one update rule in one setting (a norm, or the synthetic functions).
+
+    Under a norm, ``lr`` and ``mu`` are fractions of eps (they scale with the radius; a search
+    rule's ``lr`` is its radius, 1.0 = eps); for the synthetic functions they are absolute.
+    ``mu``, ``momentum`` and ``difference`` were tuned with ``estimator`` and apply only when
+    that estimator runs. ``default``: this rule is the attack a bare `zoattack run` uses for
+    this norm. None: the rule's or estimator's own default.
+    """
+
+    lr: float | None = None
+    subspace: str | None = None
+    estimator: str | None = None
+    mu: float | None = None
+    momentum: float | None = None
+    difference: str | None = None
+    default: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The set fields (``default`` only when true), in declaration order."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in out.items() if v is not None and v is not False}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training defaults of a trainable model: what its shipped weights were trained with."""
+
+    epochs: int = 3
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    augment: str = "none"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -24,6 +70,10 @@ class Entry(Generic[T]):
         flags: capability flags, e.g. ``{"stateful": True}``; tests select cases by these.
         aliases: other accepted names.
         defaults: keyword arguments applied before the caller's.
+        norm_defaults: tuned settings per norm (``{"linf": Tuned(...), "l2": ...}``) for
+            attacks; a norm not listed has none.
+        optimize_defaults: tuned settings for `zoattack optimize` (synthetic functions).
+        recipe: training defaults (trainable models only).
     """
 
     name: str
@@ -32,6 +82,13 @@ class Entry(Generic[T]):
     flags: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
+    norm_defaults: Mapping[str, Tuned] = field(default_factory=dict)
+    optimize_defaults: Tuned | None = None
+    recipe: Recipe | None = None
+
+    def tuned(self, norm: str) -> Tuned:
+        """The tuned settings under ``norm`` (all None when there are none)."""
+        return self.norm_defaults.get(norm, Tuned())
 
 
 class Registry(Generic[T]):
@@ -50,6 +107,9 @@ class Registry(Generic[T]):
         flags: dict[str, Any] | None = None,
         aliases: tuple[str, ...] = (),
         defaults: dict[str, Any] | None = None,
+        norm_defaults: Mapping[str, Tuned] | None = None,
+        optimize_defaults: Tuned | None = None,
+        recipe: Recipe | None = None,
     ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Class decorator registering ``factory`` under ``name``."""
 
@@ -62,6 +122,9 @@ class Registry(Generic[T]):
                     dict(flags or {}),
                     tuple(aliases),
                     dict(defaults or {}),
+                    dict(norm_defaults or {}),
+                    optimize_defaults,
+                    recipe,
                 )
             )
             return factory
@@ -69,12 +132,26 @@ class Registry(Generic[T]):
         return deco
 
     def add(self, entry: Entry[T]) -> None:
+        bad = sorted(set(entry.norm_defaults) - set(NORMS))
+        if bad:  # a misspelt norm would silently leave the rule untuned
+            raise ValueError(
+                f"{self.kind} '{entry.name}': norm_defaults for unknown norm(s) "
+                f"{', '.join(bad)}; norms are {', '.join(NORMS)}"
+            )
         for key in (entry.name, *entry.aliases):
             if key in self._entries or key in self._aliases:
                 raise ValueError(f"{self.kind} name '{key}' is already registered")
         self._entries[entry.name] = entry
         for alias in entry.aliases:
             self._aliases[alias] = entry.name
+
+    def default_for(self, norm: str) -> Entry[T]:
+        """The entry marked ``default`` under ``norm`` (what a bare `zoattack run` uses)."""
+        marked = [e for e in self._entries.values() if e.tuned(norm).default]
+        if len(marked) != 1:
+            names = ", ".join(e.name for e in marked) or "none"
+            raise ValueError(f"{self.kind}: expected one default for {norm}, found {names}")
+        return marked[0]
 
     def get(self, name: str) -> Entry[T]:
         key = name.strip().lower().replace("-", "_")

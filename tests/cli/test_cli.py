@@ -86,6 +86,8 @@ SEARCH_RULES = [e.name for e in OPTIMIZERS if e.flags.get("search")]
 def test_optimize_json_respects_budget_and_lowers_loss(rule):
     summary = _optimize_json("--optimizer", rule)
     assert summary["optimizer"] == rule
+    tuned = OPTIMIZERS.get(rule).optimize_defaults  # the rule's registry entry sets the step
+    assert tuned is not None and summary["lr"] == tuned.lr
     assert all(q <= 400 for q in summary["queries"])
     assert all(q > 0 for q in summary["queries"])
     assert all(f < i for f, i in zip(summary["final_loss"], summary["initial_loss"]))

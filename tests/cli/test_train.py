@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from zoattack.cli.main import app
-from zoattack.models import create_model, evaluate
+from zoattack.models import MODELS, create_model, evaluate
 
 runner = CliRunner()
 
@@ -129,6 +129,9 @@ def test_resnet20_tiny_limit_with_augmentation(tmp_path):
     card = json.loads((tmp_path / "r.json").read_text())
     assert card["recipe"]["train_examples"] == 64 and card["recipe"]["optimizer"] == "sgd"
     assert card["recipe"]["augment"] == "crop+flip"
+    recipe = MODELS.get("resnet20").recipe  # unset flags come from the model's registry entry
+    assert recipe is not None and card["recipe"]["lr"] == recipe.lr
+    assert card["recipe"]["weight_decay"] == recipe.weight_decay
     assert card["architecture"]["config"]["shortcut"] == "A"
 
 

@@ -542,7 +542,7 @@ def test_sign_works_on_flat_variables():
 # -------------------------------------------------------------------------------- CLI
 def test_cli_defaults_and_refusals():
     from zoattack.cli.main import app
-    from zoattack.cli.run import default_lr
+    from zoattack.jobs.attack import default_lr
 
     assert default_lr("sign", "linf", 0.1) == 0.1
     assert default_lr("square", "l2", 1.5) == 1.5

@@ -10,6 +10,7 @@ from torch import Tensor
 from zoattack.objective import Objective
 from zoattack.optim.base import SearchRule, draw_signs
 from zoattack.optim.registry import OPTIMIZERS
+from zoattack.registry import Tuned
 
 STARTS = ("ones", "stripes")
 BLOCK_ORDERS = ("column", "row", "random")
@@ -52,6 +53,8 @@ def finest_level(d: int) -> int:
     "(Al-Dujaili & O'Reilly 2020)",
     aliases=("signhunter",),
     flags={"adaptive": False, "sign": False, "search": True, "norms": ("linf",)},
+    # lr is the search radius (1.0 = eps); the default Linf attack (docs/TUNING.md).
+    norm_defaults={"linf": Tuned(lr=1.0, default=True)},
 )
 class SignRule(SearchRule):
     """SignHunter (Al-Dujaili & O'Reilly, "Sign bits are all you need for black-box attacks",

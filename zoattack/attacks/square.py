@@ -12,6 +12,7 @@ from torch import Tensor
 from zoattack.objective import Objective
 from zoattack.optim.base import SearchRule, draw_signs
 from zoattack.optim.registry import OPTIMIZERS
+from zoattack.registry import Tuned
 
 # p halves after each of these iterations of a 10,000-iteration run (the official schedule).
 P_BREAKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -140,6 +141,8 @@ def fit_l2(delta: Tensor, radius: float, dtype: torch.dtype) -> Tensor:
     description="Square Attack: greedy random square updates, Linf "
     "and L2 (Andriushchenko et al. 2020)",
     flags={"adaptive": False, "sign": False, "search": True, "norms": ("linf", "l2")},
+    # lr is the search radius (1.0 = eps); the default L2 attack (docs/TUNING.md).
+    norm_defaults={"linf": Tuned(lr=1.0), "l2": Tuned(lr=1.0, default=True)},
 )
 class SquareRule(SearchRule):
     """Square Attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020), batched.
@@ -184,8 +187,8 @@ class SquareRule(SearchRule):
     column).
 
     Defaults: ``p_init`` 0.8 for both norms (torchattacks' default; the paper uses 0.05 Linf /
-    0.1 L2 on ImageNet). On the bundled small_cnn (L2 eps 1.5, 1,000 queries, 100 images)
-    p_init 0.1 / 0.3 / 0.8 gave 67% / 71% / 73% success (medians 174 / 135 / 126); ``lr`` is the radius eps; ``budget`` None (the 10,000 scale).
+    0.1 L2 on ImageNet; our measurements: docs/TUNING.md); ``lr`` is the radius eps;
+    ``budget`` None (the 10,000 scale).
     Shapes: ``x`` ``(N, C, H, W)`` with ``H, W >= 2`` (the attack loop's full or tiled
     variable); anything else raises ValueError.
     Queries per step and example: exactly 1 (the start point is the first step's query).

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from zoattack.cli._common import fail, out
-from zoattack.registry import Registry
+from zoattack.norms import NORMS
+from zoattack.registry import Entry, Registry, Tuned
 
 
 def _registries() -> dict[str, Registry[Any]]:
@@ -31,32 +32,99 @@ def _flags(flags: dict[str, Any]) -> str:
     return ", ".join(k if v is True else f"{k}={v}" for k, v in flags.items() if v is not False)
 
 
+TUNED_COLUMNS = ("lr", "subspace", "estimator", "mu", "momentum", "difference")
+
+
+def _value(value: Any, of_eps: bool) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g} eps" if of_eps else f"{value:g}"
+    return str(value)
+
+
+def _tuned_row(entry: Entry[Any], setting: str, tuned: Tuned, of_eps: bool) -> tuple[str, ...]:
+    cells = [_value(getattr(tuned, c), of_eps and c in ("lr", "mu")) for c in TUNED_COLUMNS]
+    paper = getattr(entry.factory, "default_estimator", None)
+    if tuned.estimator is None and paper and not entry.flags.get("search"):
+        cells[TUNED_COLUMNS.index("estimator")] = f"{paper}*"
+    return (entry.name, setting, *cells, "yes" if tuned.default else "")
+
+
+def default_rows(kind: str, reg: Registry[Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Header and rows of ``zoattack list KIND --defaults``: per rule and norm (lr and mu as
+    fractions of eps) plus the synthetic-function settings, or per model its training recipe."""
+    if kind == "optimizers":
+        header: tuple[str, ...] = ("name", "setting", *TUNED_COLUMNS, "default")
+        rows: list[tuple[str, ...]] = []
+        for e in reg:
+            for norm in NORMS:
+                if norm in e.norm_defaults:
+                    rows.append(_tuned_row(e, norm, e.norm_defaults[norm], True))
+            if e.optimize_defaults is not None:
+                rows.append(_tuned_row(e, "optimize", e.optimize_defaults, False))
+        # Columns no rule sets (e.g. momentum today) would only widen the table.
+        keep = [i for i in range(len(header)) if i < 2 or any(r[i] for r in rows)]
+        return tuple(header[i] for i in keep), [tuple(r[i] for i in keep) for r in rows]
+    if kind == "models":
+        return ("name", "epochs", "lr", "optimizer", "weight_decay", "augment"), [
+            (e.name, *(_value(v, False) for v in e.recipe.as_dict().values()))
+            for e in reg
+            if e.recipe is not None
+        ]
+    raise fail(f"--defaults lists optimizers and models, not {kind}")
+
+
 def list_command(
     kind: Annotated[
         str,
         typer.Argument(help="What to list: estimators, optimizers, functions, models, datasets."),
     ],
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
+    defaults: Annotated[
+        bool,
+        typer.Option(
+            "--defaults",
+            help="Tuned defaults instead: optimizers per norm (lr, mu in eps) and for "
+            "`zoattack optimize`; models, their training recipe.",
+        ),
+    ] = False,
 ) -> None:
-    """List registered names with their descriptions."""
+    """List registered names with their descriptions (or, with --defaults, their defaults)."""
     regs = _registries()
     key = kind.lower().rstrip("s") + "s"
     if key not in regs:
         raise fail(f"cannot list '{kind}'; choose one of: {', '.join(regs)}")
     reg = regs[key]
-    rows = [(e.name, ", ".join(e.aliases), e.description, _flags(e.flags)) for e in reg]
+    if defaults:
+        header, rows = default_rows(key, reg)
+        title = f"zoattack {key}: defaults"
+        caption = (
+            "lr and mu in units of eps under a norm; * the rule's paper estimator; "
+            "how they were measured: docs/TUNING.md"
+            if key == "optimizers"
+            else "the shipped weights' recipe; any `zoattack train` flag overrides"
+        )
+    else:
+        header = ("name", "aliases", "description", "flags")
+        rows = [(e.name, ", ".join(e.aliases), e.description, _flags(e.flags)) for e in reg]
+        title, caption = f"zoattack {key}", None
     if markdown:
-        out.print("| name | aliases | description | flags |\n|---|---|---|---|", highlight=False)
+        out.print(
+            "| " + " | ".join(header) + " |\n|" + "---|" * len(header),
+            highlight=False,
+        )
         for r in rows:
             out.print(
-                "| " + " | ".join(f"`{r[0]}`" if i == 0 else r[i] for i in range(4)) + " |",
+                "| " + " | ".join(f"`{c}`" if i == 0 else c for i, c in enumerate(r)) + " |",
                 highlight=False,
                 soft_wrap=True,
             )
         return
-    table = Table(title=f"zoattack {key}")
-    for col in ("name", "aliases", "description", "flags"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=title, caption=caption)
+    for i, col in enumerate(header):
+        # Names and settings stay whole; descriptions fold.
+        table.add_column(col, overflow="fold", no_wrap=defaults or i == 0)
     for r in rows:
         table.add_row(*r)
     out.print(table)

@@ -18,11 +18,12 @@ from zoattack.functions import get_function, starts
 from zoattack.minimize import minimize
 from zoattack.objective import FunctionObjective
 from zoattack.optim import OPTIMIZERS, create_optimizer
+from zoattack.registry import Tuned
 from zoattack.seeding import make_generator
 
-# Per-rule step sizes for the synthetic functions, the grid choices of benchmarks/synthetic.py
-# on Rosenbrock at d = 1,000 (LIZO's raw estimate is ~n/d of the gradient, hence its large lr).
-DEFAULT_LR = {"zo_sgd": 3e-2, "zo_signsgd": 3e-3, "zo_adamm": 3e-3, "radazo": 1e-3, "lizo": 1.0}
+# A rule with no tuned step size for the synthetic functions (tuned ones: each rule's registry
+# entry, ``optimize_defaults``; `zoattack list optimizers --defaults`).
+UNTUNED_LR = 1e-3
 
 PANEL_OPT = "Optimizer"
 PANEL_PROBLEM = "Problem"
@@ -91,13 +92,16 @@ def optimize_command(
             f"{rule_name} is a search rule for attacks inside an eps-ball; "
             f"`zoattack optimize` takes {', '.join(gradient_rules)}"
         )
+    tuned = entry.optimize_defaults or Tuned()
     rule = create_optimizer(
         rule_name,
-        lr=lr if lr is not None else DEFAULT_LR.get(rule_name, 1e-3),
-        estimator=estimator,
+        lr=lr if lr is not None else (tuned.lr if tuned.lr is not None else UNTUNED_LR),
+        estimator=estimator or tuned.estimator,
         num_samples=samples,
-        mu=mu,
+        # mu was tuned with its estimator only (as for attacks).
+        mu=mu if mu is not None or (estimator or tuned.estimator) != tuned.estimator else tuned.mu,
     )
+    assert rule.estimator is not None  # gradient rules always estimate (search rules refused)
     gen = make_generator(seed, dev)
     x0 = starts(fn, seeds, dim, gen)
     blackbox = BlackBox(fn, output="scores", bounds=None, budget=budget)

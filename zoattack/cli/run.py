@@ -24,19 +24,15 @@ from zoattack.cli._common import (
 )
 from zoattack.jobs.attack import (
     DEFAULT_CHUNK,
-    DEFAULT_EPS,
-    DEFAULT_OPTIMIZER,
-    TUNED,
     AttackSpec,
     JobInterrupted,
-    default_lr,
 )
 from zoattack.jobs.run import run_attack_job
 from zoattack.results.tables import summary_json, summary_table
 from zoattack.seeding import seed_everything
 
-# Re-exported: the defaults live with the job, where batches and the CLI share them.
-__all__ = ["DEFAULT_EPS", "DEFAULT_OPTIMIZER", "TUNED", "default_lr", "run_command"]
+# Defaults live in each rule's registry entry (zoattack list optimizers --defaults).
+__all__ = ["run_command"]
 
 
 @guarded
@@ -102,7 +98,7 @@ def run_command(
     optimizer: Annotated[
         str | None,
         typer.Option(
-            help="Update rule (see `zoattack list optimizers`); "
+            help="Update rule (see `zoattack list optimizers --defaults`); "
             "default sign (Linf) or square (L2).",
             rich_help_panel=P_OPT,
         ),
@@ -140,9 +136,8 @@ def run_command(
     subspace: Annotated[
         str | None,
         typer.Option(
-            help="full, tile:K (a CxKxK variable upsampled) or "
-            "dct:K (lowest KxK DCT frequencies); A>B>C refines coarse-to-fine, "
-            "e.g. tile:7>tile:14>full.",
+            help="full, tile:K (a CxKxK variable upsampled) or dct:K (lowest KxK DCT "
+            "frequencies); A>B>C refines coarse-to-fine, e.g. tile:7>tile:14>full.",
             rich_help_panel=P_OPT,
         ),
     ] = None,

@@ -23,25 +23,7 @@ from rich.progress import (
 )
 
 from zoattack.cli._common import err, fail, guarded, out, resolve_device
-
-# Per-architecture defaults: what the shipped weights were trained with. Any flag overrides.
-DEFAULT_RECIPES: dict[str, dict[str, Any]] = {
-    "small_cnn": {
-        "epochs": 3,
-        "lr": 1e-3,
-        "optimizer": "adam",
-        "weight_decay": 0.0,
-        "augment": "none",
-    },
-    "resnet20": {
-        "epochs": 4,
-        "lr": 0.1,
-        "optimizer": "sgd",
-        "weight_decay": 5e-4,
-        "augment": "none",
-    },
-}
-_FALLBACK = {"epochs": 3, "lr": 1e-3, "optimizer": "adam", "weight_decay": 0.0, "augment": "none"}
+from zoattack.registry import Recipe
 
 
 def _out_path(out_opt: Path | None, model: str, dataset: str) -> Path:
@@ -154,15 +136,16 @@ def _train(
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     dev = resolve_device(device)
-    defaults = DEFAULT_RECIPES.get(entry.name, _FALLBACK)
+    # What the shipped weights were trained with (the model's registry entry); flags override.
+    defaults = entry.recipe or Recipe()
     recipe = TrainRecipe(
-        epochs=epochs if epochs is not None else defaults["epochs"],
-        lr=lr if lr is not None else defaults["lr"],
+        epochs=epochs if epochs is not None else defaults.epochs,
+        lr=lr if lr is not None else defaults.lr,
         batch_size=batch_size,
-        optimizer=(optimizer or defaults["optimizer"]).lower(),
-        weight_decay=weight_decay if weight_decay is not None else defaults["weight_decay"],
+        optimizer=(optimizer or defaults.optimizer).lower(),
+        weight_decay=weight_decay if weight_decay is not None else defaults.weight_decay,
         schedule=schedule.lower(),
-        augment=(augment or defaults["augment"]).lower(),
+        augment=(augment or defaults.augment).lower(),
         crop_padding=4 if (spec.size or (0, 0))[0] >= 32 else 2,
     ).validate()
     path = _out_path(out_file, entry.name, spec.name)

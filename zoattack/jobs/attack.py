@@ -26,9 +26,10 @@ from torch import Tensor
 from zoattack.attacks.base import AttackInterrupted, AttackResult, run_attack
 from zoattack.blackbox import BlackBox
 from zoattack.errors import ZOAttackError
-from zoattack.norms import check_norm
+from zoattack.norms import DEFAULT_EPS, check_norm
 from zoattack.optim import OPTIMIZERS, create_optimizer
 from zoattack.optim.base import ZORule
+from zoattack.registry import Tuned
 
 # The row schema lives in the results layer; re-exported for callers of this module.
 from zoattack.results.rows import (  # noqa: F401
@@ -38,30 +39,10 @@ from zoattack.results.rows import (  # noqa: F401
     summarize_rows,
 )
 
-DEFAULT_EPS = {"linf": 0.1, "l2": 1.5}
 DEFAULT_CHUNK = 500
-
-# Per (rule, norm): benchmark-chosen settings on the bundled small_cnn (Fashion-MNIST, 1,000
-# queries). lr and mu are fractions of eps so they scale with the radius. Explicit options
-# override each field; mu/difference/momentum apply only with the listed estimator.
-# Linf: the block_sign estimator (SignHunter's block flips as finite differences of radius
-# 2 eps) turns every rule into vertex steps; on held-out images 300-499 it lifted radazo
-# 67% -> 88%, lizo 61% -> 88%, zo_adamm, zo_signsgd, zo_sgd to 87-88% (Gaussian central
-# differences on 14x14 tiles, the best Gaussian setting, plateau at 50-72%).
-TUNED: dict[tuple[str, str], dict[str, object]] = {
-    ("zo_sgd", "linf"): {"lr": 100.0, "subspace": "full", "estimator": "block_sign", "mu": 2.0},
-    ("zo_signsgd", "linf"): {"lr": 2.0, "subspace": "full", "estimator": "block_sign", "mu": 2.0},
-    ("zo_adamm", "linf"): {"lr": 2.0, "subspace": "full", "estimator": "block_sign", "mu": 2.0},
-    ("radazo", "linf"): {"lr": 2.0, "subspace": "full", "estimator": "block_sign", "mu": 2.0},
-    ("lizo", "linf"): {"lr": 1000.0, "subspace": "full", "estimator": "block_sign", "mu": 2.0},
-    ("zo_sgd", "l2"): {"lr": 0.5, "subspace": "tile:7"},
-    ("zo_signsgd", "l2"): {"lr": 0.025, "subspace": "dct:14"},
-    ("zo_adamm", "l2"): {"lr": 0.025, "subspace": "dct:14", "estimator": "gaussian"},
-    ("radazo", "l2"): {"lr": 0.025, "subspace": "dct:14"},
-    ("lizo", "l2"): {"lr": 0.25, "subspace": "dct:14"},
-}
-# The best attack per norm in the same benchmark (sign: Linf only).
-DEFAULT_OPTIMIZER = {"linf": "sign", "l2": "square"}
+# A gradient rule with no tuned lr for a norm steps eps/2 (tuned values: each rule's registry
+# entry, ``norm_defaults``; how they were measured: docs/TUNING.md).
+UNTUNED_LR = 0.5
 
 
 class JobInterrupted(ZOAttackError):
@@ -76,18 +57,25 @@ class JobInterrupted(ZOAttackError):
         self.scored_inputs = scored_inputs  # by this call of run_job, the cut-short chunk too
 
 
+def default_optimizer(norm: str) -> str:
+    """The rule a bare `zoattack run` uses under ``norm`` (its registry entry says ``default``)."""
+    return OPTIMIZERS.default_for(norm).name
+
+
 def tuned_mu(rule: str, norm: str, eps: float) -> float | None:
     """The tuned finite-difference radius for ``rule`` under ``norm`` (None: the estimator's)."""
-    mu = TUNED.get((rule, norm), {}).get("mu")
-    return None if mu is None else float(mu) * eps  # type: ignore[arg-type]
+    mu = OPTIMIZERS.get(rule).tuned(norm).mu
+    return None if mu is None else mu * eps
 
 
 def default_lr(rule: str, norm: str, eps: float) -> float:
-    """Search rules (registry flag ``search``: sign, square) take ``lr`` as their radius, eps;
-    gradient rules the benchmark-tuned fraction of eps (eps/2 for untuned pairs)."""
-    if OPTIMIZERS.get(rule).flags.get("search"):
-        return eps
-    return float(TUNED.get((rule, norm), {}).get("lr", 0.5)) * eps  # type: ignore[arg-type]
+    """The tuned fraction of eps from the rule's registry entry; untuned: search rules (flag
+    ``search``: sign, square) take their radius eps, gradient rules eps/2."""
+    entry = OPTIMIZERS.get(rule)
+    lr = entry.tuned(norm).lr
+    if lr is None:
+        lr = 1.0 if entry.flags.get("search") else UNTUNED_LR
+    return float(lr) * eps
 
 
 @dataclass(frozen=True)
@@ -167,17 +155,18 @@ class AttackSpec:
             raise ValueError(f"--seed must be >= 0, got {self.seed}")
         if self.loss not in ("margin", "ce"):
             raise ValueError(f"--loss must be margin or ce, got {self.loss!r}")
-        entry = OPTIMIZERS.get(self.optimizer or DEFAULT_OPTIMIZER[norm])
+        entry = OPTIMIZERS.get(self.optimizer or default_optimizer(norm))
         rule = entry.name
         search = bool(entry.flags.get("search"))
-        tuned = {} if search else TUNED.get((rule, norm), {})
-        subspace = self.subspace or str(tuned.get("subspace", "full"))
-        estimator = self.estimator or tuned.get("estimator")
+        # Search rules tune only their radius (lr); they estimate nothing and search the image.
+        tuned = Tuned() if search else entry.tuned(norm)
+        subspace = self.subspace or tuned.subspace or "full"
+        estimator = self.estimator or tuned.estimator
         momentum, mu, difference = self.momentum, self.mu, self.difference
-        if estimator == tuned.get("estimator"):  # tuned together with that estimator only
-            momentum = tuned.get("momentum") if momentum is None else momentum  # type: ignore[assignment]
+        if estimator == tuned.estimator:  # tuned together with that estimator only
+            momentum = tuned.momentum if momentum is None else momentum
             mu = tuned_mu(rule, norm, eps) if mu is None else mu
-            difference = tuned.get("difference") if difference is None else difference  # type: ignore[assignment]
+            difference = tuned.difference if difference is None else difference
         if search:
             _check_search_options(
                 rule,
@@ -202,7 +191,7 @@ class AttackSpec:
             mu=mu,
             difference=difference,
             lr=float(lr),
-        )  # type: ignore[arg-type]
+        )
         spec.make_rule()  # invalid hyperparameters fail here, before any model is built
         return spec
 

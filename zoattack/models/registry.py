@@ -29,7 +29,7 @@ from zoattack.models.weights import (
     weights_filename,
 )
 from zoattack.models.zoo import ResNet20, SmallCNN, ZooModel
-from zoattack.registry import Entry, Registry
+from zoattack.registry import Entry, Recipe, Registry
 
 MODELS: Registry[nn.Module] = Registry("model")
 
@@ -47,6 +47,8 @@ MODELS.add(
         "shortcuts, ~0.27M params; any in-channels/classes/size",
         {"zoo": True, "trainable": True, "pretrained": _pretrained_flag("resnet20")},
         ("resnet_20",),
+        # What the shipped weights were trained with (`zoattack train` defaults).
+        recipe=Recipe(epochs=4, lr=0.1, optimizer="sgd", weight_decay=5e-4, augment="none"),
     )
 )
 MODELS.add(
@@ -56,6 +58,7 @@ MODELS.add(
         "2 conv (32, 64) + 2 fc (128, classes) CNN; fast victim for tests and demos",
         {"zoo": True, "trainable": True, "pretrained": _pretrained_flag("small_cnn")},
         ("smallcnn", "cnn"),
+        recipe=Recipe(epochs=3, lr=1e-3, optimizer="adam", weight_decay=0.0, augment="none"),
     )
 )
 MODELS.add(

@@ -11,6 +11,7 @@ from zoattack.objective import Objective
 from zoattack.optim.base import ZORule, check_lr
 from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.torch_face import ZOOptimizer, _estimator_args
+from zoattack.registry import Tuned
 
 LINE_SEARCHES = (None, "armijo")
 
@@ -28,6 +29,13 @@ def lizo_update(x: Tensor, grad: Tensor, lr: Tensor | float, strict_lr: bool = F
     description="ReLIZO: linear-interpolation estimate with query reuse (Wang et al. 2024)",
     aliases=("relizo",),
     flags={"adaptive": False, "sign": False},
+    # Tuned settings; how they were measured: docs/TUNING.md. The synthetic lr is large
+    # because LIZO's raw estimate is about n/d of the gradient.
+    norm_defaults={
+        "linf": Tuned(lr=1000.0, subspace="full", estimator="block_sign", mu=2.0),
+        "l2": Tuned(lr=0.25, subspace="dct:14"),
+    },
+    optimize_defaults=Tuned(lr=1.0),
 )
 class LIZORule(ZORule):
     """ReLIZO (Wang, Qin, Yang & Yan, NeurIPS 2024).

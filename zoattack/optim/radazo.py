@@ -10,6 +10,7 @@ from zoattack.objective import Objective
 from zoattack.optim.base import ZORule, check_betas, check_eps
 from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.torch_face import ZOOptimizer, _estimator_args
+from zoattack.registry import Tuned
 
 
 def radazo_update(
@@ -48,6 +49,12 @@ def radazo_update(
     description="R-AdaZO: second moment from the first moment (Shu et al. 2025)",
     aliases=("r_adazo", "r-adazo"),
     flags={"adaptive": True, "sign": False},
+    # Tuned settings; how they were measured: docs/TUNING.md.
+    norm_defaults={
+        "linf": Tuned(lr=2.0, subspace="full", estimator="block_sign", mu=2.0),
+        "l2": Tuned(lr=0.025, subspace="dct:14"),
+    },
+    optimize_defaults=Tuned(lr=1e-3),
 )
 class RAdaZORule(ZORule):
     """R-AdaZO (Shu, Zhang, He & Dai, ICML 2025).

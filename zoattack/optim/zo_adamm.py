@@ -10,6 +10,7 @@ from zoattack.objective import Objective
 from zoattack.optim.base import ZORule, check_betas, check_eps
 from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.torch_face import ZOOptimizer, _estimator_args
+from zoattack.registry import Tuned
 
 
 def zo_adamm_update(
@@ -42,6 +43,12 @@ def zo_adamm_update(
     description="ZO-AdaMM: Adam moments with the AMSGrad max (Chen et al. 2019)",
     aliases=("adamm", "zoadamm"),
     flags={"adaptive": True, "sign": False},
+    # Tuned settings; how they were measured: docs/TUNING.md.
+    norm_defaults={
+        "linf": Tuned(lr=2.0, subspace="full", estimator="block_sign", mu=2.0),
+        "l2": Tuned(lr=0.025, subspace="dct:14", estimator="gaussian"),
+    },
+    optimize_defaults=Tuned(lr=3e-3),
 )
 class ZOAdaMMRule(ZORule):
     """ZO-AdaMM (Chen, Liu, Xu, Li, Lin, Hong & Cox, NeurIPS 2019).

@@ -10,6 +10,7 @@ from zoattack.objective import Objective
 from zoattack.optim.base import ZORule
 from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.torch_face import ZOOptimizer, _estimator_args
+from zoattack.registry import Tuned
 
 
 def zo_sgd_update(x: Tensor, grad: Tensor, lr: Tensor | float) -> Tensor:
@@ -22,6 +23,12 @@ def zo_sgd_update(x: Tensor, grad: Tensor, lr: Tensor | float) -> Tensor:
     description="ZO-SGD: x <- x - lr * g (Ghadimi & Lan 2013)",
     aliases=("sgd", "zosgd"),
     flags={"adaptive": False, "sign": False},
+    # Tuned settings; how they were measured: docs/TUNING.md.
+    norm_defaults={
+        "linf": Tuned(lr=100.0, subspace="full", estimator="block_sign", mu=2.0),
+        "l2": Tuned(lr=0.5, subspace="tile:7"),
+    },
+    optimize_defaults=Tuned(lr=3e-2),
 )
 class ZOSGDRule(ZORule):
     """ZO-SGD (Ghadimi & Lan, SIAM J. Optim. 2013; Nesterov & Spokoiny 2017).

@@ -10,6 +10,7 @@ from zoattack.objective import Objective
 from zoattack.optim.base import ZORule
 from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.torch_face import ZOOptimizer, _estimator_args
+from zoattack.registry import Tuned
 
 
 def zo_signsgd_update(
@@ -26,6 +27,12 @@ def zo_signsgd_update(
     description="ZO-signSGD: x <- x - lr * sign(g) (Liu et al. 2019)",
     aliases=("signsgd", "zo_sign"),
     flags={"adaptive": False, "sign": True},
+    # Tuned settings; how they were measured: docs/TUNING.md.
+    norm_defaults={
+        "linf": Tuned(lr=2.0, subspace="full", estimator="block_sign", mu=2.0),
+        "l2": Tuned(lr=0.025, subspace="dct:14"),
+    },
+    optimize_defaults=Tuned(lr=3e-3),
 )
 class ZOSignSGDRule(ZORule):
     """ZO-signSGD (Liu, Chen, Chen & Hero, ICLR 2019).
