@@ -12,9 +12,10 @@ Phases (each against a fresh server process on 127.0.0.1, port chosen by the OS)
   requests). Clients retry like the real client (same Idempotency-Key, exponential backoff
   with jitter); afterwards the server's ``/stats`` must count exactly the inputs the clients
   had confirmed (a retried request is replayed, never scored twice).
-* ``max``: every request is a body at the server's ``--max-bytes`` cap (a valid ``.npy`` of as
-  many images as fit, scored), and every fourth one is twice the cap (must get 413). The
-  server's peak RSS against its idle RSS shows whether memory stays bounded.
+* ``max``: bodies at the server's ``--max-bytes`` cap: per four requests one valid ``.npy`` of
+  as many images as fit (scored), two that fill the cap but decode to the wrong image shape
+  (read and decoded whole, then 422) and one twice the cap (413). The server's peak RSS
+  against its idle RSS shows whether memory stays bounded.
 
 Memory: the server runs as a subprocess (`python -m zoattack serve`; for ``faults`` the same
 command with the fault middleware patched in by this script) and its ``/proc/PID/status`` is
@@ -216,7 +217,7 @@ class Tally:
 
     sent: int = 0  # logical requests started
     answered: int = 0  # ... that got a valid reply (after retries)
-    refused: int = 0  # oversize bodies the server refused (413, or closed on us after 413)
+    refused: int = 0  # bodies meant to be refused that got a 4xx (or 413 and a closed upload)
     failed: int = 0  # ... that ran out of retries or got an unexpected reply
     attempts: int = 0
     retries: int = 0
@@ -236,26 +237,26 @@ class Tally:
             self.errors[k] = self.errors.get(k, 0) + v
 
 
-def npy_body(n: int, seed: int) -> bytes:
-    x = np.random.default_rng(seed).random((n, *SHAPE), dtype=np.float32)
+def npy_body(n: int, seed: int, shape: tuple[int, ...] = SHAPE) -> bytes:
+    x = np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
     buf = io.BytesIO()
     np.save(buf, x, allow_pickle=False)
     return buf.getvalue()
 
 
-def max_images(max_bytes: int) -> int:
+def max_images(max_bytes: int, shape: tuple[int, ...] = SHAPE) -> int:
     """Most float32 images whose .npy fits in ``max_bytes`` (header: 128 bytes here)."""
-    per = 4 * int(np.prod(SHAPE))
+    per = 4 * int(np.prod(shape))
     n = (max_bytes - 128) // per
-    while n > 0 and len(npy_body_header(n)) + n * per > max_bytes:
+    while n > 0 and len(npy_body_header(n, shape)) + n * per > max_bytes:
         n -= 1
     return n
 
 
-def npy_body_header(n: int) -> bytes:
+def npy_body_header(n: int, shape: tuple[int, ...] = SHAPE) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buf, {"descr": "<f4", "fortran_order": False, "shape": (n, *SHAPE)}
+        buf, {"descr": "<f4", "fortran_order": False, "shape": (n, *shape)}
     )
     return buf.getvalue()
 
@@ -309,7 +310,8 @@ class Client(threading.Thread):
 
     def request(self, body: bytes, n: int) -> None:
         """One logical request: attempts (with retries when faults are expected) until a valid
-        reply, a refusal of an oversize body, or the retries run out."""
+        reply, the refusal of a body meant to be refused (``n == -1`` over the cap: 413;
+        ``n == -2`` at the cap but misshapen: 422), or the retries run out."""
         t = self.tally
         t.sent += 1
         key = uuid.uuid4().hex  # one per logical request: retries are replayed, not re-scored
@@ -327,16 +329,16 @@ class Client(threading.Thread):
                 continue
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
-                if n < 0:  # oversize body: the server may answer 413 and close mid-upload
+                if n == -1:  # oversize: the server may answer 413 and close mid-upload
                     t.refused += 1
                     return
                 t.error(f"connection ({type(exc).__name__})")
                 continue
             if n < 0:
-                if status == 413:
+                if status == {-1: 413, -2: 422}[n]:
                     t.refused += 1
                 else:
-                    t.error(f"oversize got {status}")
+                    t.error(f"{'oversize' if n == -1 else 'misshapen'} body got {status}")
                     t.failed += 1
                 return
             if status >= 500:
@@ -372,9 +374,17 @@ def run_phase(
 ) -> dict[str, Any]:
     faults = name == "faults"
     if name == "max":
+        # Per 4 requests: one valid body at the cap (scored), two at the cap that decode to
+        # the wrong image shape (buffered and decoded whole, then 422: the memory load without
+        # a forward of thousands of images each), one twice the cap (413 from its length).
         n_max = max_images(max_bytes)
-        bodies = [(npy_body(n_max, s), n_max) for s in range(3)]
-        bodies.insert(2, (b"\x00" * (2 * max_bytes), -1))  # every 4th: twice the cap, 413
+        wrong = max_images(max_bytes, (1, 28, 29))
+        bodies = [
+            (npy_body(n_max, 0), n_max),
+            (npy_body(wrong, 1, (1, 28, 29)), -2),
+            (b"\x00" * (2 * max_bytes), -1),
+            (npy_body(wrong, 2, (1, 28, 29)), -2),
+        ]
     else:
         bodies = [(npy_body(batch, s), batch) for s in range(16)]
     server = start_server(max_bytes=max_bytes, faults=faults, threads=threads)
@@ -424,7 +434,7 @@ def run_phase(
         "oversize_bytes": max([len(b) for b, n in bodies if n < 0], default=0),
         "requests": total.sent,
         "answered": total.answered,
-        "refused_413": total.refused,
+        "refused_4xx": total.refused,
         "failed": total.failed,
         "hung_clients": hung,
         "attempts": total.attempts,
@@ -453,7 +463,7 @@ def table(results: list[dict[str, Any]]) -> str:
         ("body KiB", "body_bytes"),
         ("requests", "requests"),
         ("answered", "answered"),
-        ("413", "refused_413"),
+        ("refused", "refused_4xx"),
         ("failed", "failed"),
         ("retries", "retries"),
         ("req/s", "requests_per_s"),
