@@ -61,7 +61,7 @@ for _at, _kind in zip(
 ):
     FAULT_SCHEDULE[_at] = _kind
 FAULT_TIMEOUT_S = 4.0  # how long an injected timeout holds the reply
-CLIENT_TIMEOUT_S = {"clean": 60.0, "faults": 2.0, "max": 120.0}
+CLIENT_TIMEOUT_S = {"clean": 60.0, "faults": 2.0, "max": 300.0}
 RETRIES = 8
 
 

@@ -318,16 +318,12 @@ def kill_and_resume(path: Resumable, out: Path, span: float, kills: int) -> Hist
 
 
 def _record(request: pytest.FixtureRequest, path: Resumable, hist: History) -> None:
-    """Kill points go into the junit/terminal report (``-rA``) so a failure names them."""
-    request.node.user_properties.append(
-        (
-            "kills",
-            "; ".join(
-                f"{k.trigger}+{k.delay:.2f}s {k.outcome} at {k.stored_at_kill} stored"
-                for k in hist.kills
-            ),
-        )
+    """Kill points go to the junit properties and to stdout (``-rA`` shows them)."""
+    text = "; ".join(
+        f"{k.trigger}+{k.delay:.2f}s {k.outcome} with {k.stored_at_kill} stored" for k in hist.kills
     )
+    request.node.user_properties.append(("kills", text))
+    print(f"{path.name}: {text}; then {hist.resumes} resume(s) to the end")
     assert hist.landed >= 1, f"{path.name}: no kill landed inside the work: {hist.kills}"
 
 
