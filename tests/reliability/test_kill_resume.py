@@ -53,6 +53,7 @@ class Resumable:
     resume: list[str]  # appended on every restart after the first start
     ready: Callable[[Path], bool]  # its first durable file exists: a kill is resumable from here
     stored: Callable[[Path], int]  # units (rows, epochs) stored so far
+    touched: Callable[[Path], int]  # mtime stamp of what a (re)start writes before working
 
 
 def _data_lines(path: Path) -> int:
@@ -61,6 +62,16 @@ def _data_lines(path: Path) -> int:
         return max(0, path.read_bytes().count(b"\n") - 1)
     except FileNotFoundError:
         return 0
+
+
+def _mtime(*paths: Path) -> int:
+    stamps = [0]
+    for p in paths:
+        try:
+            stamps.append(p.stat().st_mtime_ns)
+        except FileNotFoundError:
+            pass
+    return max(stamps)
 
 
 RUN_IMAGES = 4
@@ -87,6 +98,7 @@ def run_path(rule: str, norm: str) -> Resumable:
         resume=["--resume"],
         ready=lambda d: (d / "run.json").is_file(),
         stored=lambda d: _data_lines(d / "per_image.csv"),
+        touched=lambda d: _mtime(d / "run.json"),
     )
 
 
@@ -129,6 +141,7 @@ def batch_path(plan: Path) -> Resumable:
         resume=[],
         ready=lambda d: (d / "results.sqlite").is_file(),
         stored=lambda d: _sqlite_rows(d / "results.sqlite"),
+        touched=lambda d: _mtime(d / "results.sqlite", d / "results.sqlite-wal"),
     )
 
 
@@ -182,6 +195,7 @@ train_path = Resumable(
     resume=["--resume"],
     ready=lambda d: (d / "checkpoint.safetensors").is_file(),
     stored=_epochs_stored,
+    touched=lambda d: _mtime(d / "checkpoint.safetensors"),  # train writes nothing sooner
 )
 
 CERT_OPTS = ["--n0", "8", "--n", "200", "--images", "6", "--batch", "50", "--seed", "2"]
@@ -203,6 +217,7 @@ def certify_path(defense: Path) -> Resumable:
         resume=["--resume"],
         ready=lambda d: (d / "certify.csv").is_file(),
         stored=lambda d: _data_lines(d / "certify.csv"),
+        touched=lambda d: _mtime(d / "certify.json"),
     )
 
 
@@ -278,22 +293,24 @@ def reference(path: Resumable, out: Path) -> float:
 def kill_and_resume(path: Resumable, out: Path, span: float, kills: int) -> History:
     """Start, SIGKILL ``kills`` times at seeded random moments, then resume to completion.
 
-    Kill i's trigger cycles through: the first durable file appears (only for the first
-    start), the first new unit this process stores (after its first chunk/epoch write), and
-    the process start (a kill while it loads). Its delay after the trigger is uniform in a
-    fraction of the reference span.
+    Kill 0's trigger is the first durable file appearing; later kills cycle through: the
+    restarted process rewrote its record (it has loaded and begun), the first new unit it
+    stores (after its first chunk/epoch write), and its start (a kill while it loads). The
+    delay after the trigger is uniform in a fraction of the reference span.
     """
     rng = random.Random(zlib.crc32(path.name.encode()))
     log = out.with_suffix(".log")
     hist = History()
     for i in range(kills):
         argv = path.argv(out) + (path.resume if i else [])
-        before = path.stored(out)
+        before, stamp = path.stored(out), path.touched(out)
         proc = _spawn(argv, log)
         t_start = time.monotonic()
         if i == 0:
             trigger, cond, frac = "first file", (lambda: path.ready(out)), 0.6
-        elif i % 2 == 1:
+        elif i % 3 == 1:
+            trigger, cond, frac = "restarted", (lambda m=stamp: path.touched(out) != m), 0.5
+        elif i % 3 == 2:
             trigger, cond, frac = "first new unit", (lambda b=before: path.stored(out) > b), 0.3
         else:
             trigger, cond, frac = "start", (lambda t=t_start: time.monotonic() - t > 0.5), 0.8
