@@ -2,15 +2,15 @@
 `zoattack batch`, `zoattack defend train` and `zoattack defend certify`.
 
 For each path: an uninterrupted reference process; then the same command line in a fresh
-folder, SIGKILLed after a seeded random delay (measured from the moment its first durable file
-appears, or from its first new row), restarted with the identical command line (+ ``--resume``
-for run/defend; a batch rerun resumes by itself) and killed again, then resumed until it
-completes. The per-image rows must be byte-identical to the reference (certify.csv without its
-wall-clock ``seconds`` column; the trained weights bit-identical), and the summary totals must
-count at least the reference's scored inputs.
+folder, SIGKILLed at a seeded random moment (a random point of progress, then a random delay
+shorter than one chunk/epoch/image of the reference), restarted with the identical command
+line (+ ``--resume`` for run/defend; a batch rerun resumes by itself) and killed again, then
+resumed until it completes. The per-image rows must be byte-identical to the reference
+(certify.csv without its wall-clock ``seconds`` column; the trained weights bit-identical),
+and the summary totals must count at least the reference's scored inputs.
 
-Delays are fractions of the reference's own working time, so kills land inside the work on a
-fast or a loaded machine alike. Workloads are tiny (a few images, chunks of 2); the default
+Delays scale with the reference's own working time, so kills land inside the work on a fast
+or a loaded machine alike. Workloads are tiny (a few images, chunks of 2); the default
 suite runs one rule per norm plus batch/train/certify, the full rule x norm sweep is ``slow``.
 """
 
@@ -21,6 +21,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -54,6 +55,8 @@ class Resumable:
     ready: Callable[[Path], bool]  # its first durable file exists: a kill is resumable from here
     stored: Callable[[Path], int]  # units (rows, epochs) stored so far
     touched: Callable[[Path], int]  # mtime stamp of what a (re)start writes before working
+    total: int  # units stored by a complete run
+    step: int = 1  # units per write (rows per chunk)
 
 
 def _data_lines(path: Path) -> int:
@@ -99,6 +102,8 @@ def run_path(rule: str, norm: str) -> Resumable:
         ready=lambda d: (d / "run.json").is_file(),
         stored=lambda d: _data_lines(d / "per_image.csv"),
         touched=lambda d: _mtime(d / "run.json"),
+        total=RUN_IMAGES,
+        step=2,
     )
 
 
@@ -142,6 +147,8 @@ def batch_path(plan: Path) -> Resumable:
         ready=lambda d: (d / "results.sqlite").is_file(),
         stored=lambda d: _sqlite_rows(d / "results.sqlite"),
         touched=lambda d: _mtime(d / "results.sqlite", d / "results.sqlite-wal"),
+        total=8,
+        step=2,
     )
 
 
@@ -196,6 +203,7 @@ train_path = Resumable(
     ready=lambda d: (d / "checkpoint.safetensors").is_file(),
     stored=_epochs_stored,
     touched=lambda d: _mtime(d / "checkpoint.safetensors"),  # train writes nothing sooner
+    total=6,  # 3 autoencoder + 3 defense epochs
 )
 
 CERT_OPTS = ["--n0", "8", "--n", "200", "--images", "6", "--batch", "50", "--seed", "2"]
@@ -218,6 +226,7 @@ def certify_path(defense: Path) -> Resumable:
         ready=lambda d: (d / "certify.csv").is_file(),
         stored=lambda d: _data_lines(d / "certify.csv"),
         touched=lambda d: _mtime(d / "certify.json"),
+        total=6,
     )
 
 
@@ -291,46 +300,57 @@ def reference(path: Resumable, out: Path) -> float:
 
 
 def kill_and_resume(path: Resumable, out: Path, span: float, kills: int) -> History:
-    """Start, SIGKILL ``kills`` times at seeded random moments, then resume to completion.
+    """Start, SIGKILL up to ``kills`` times at seeded random moments, then resume to the end.
 
-    Kill 0's trigger is the first durable file appearing; later kills cycle through: the
-    restarted process rewrote its record (it has loaded and begun), the first new unit it
-    stores (after its first chunk/epoch write), and its start (a kill while it loads). The
-    delay after the trigger is uniform in a fraction of the reference span.
+    Each kill picks a random point of progress (a unit count between what is stored and the
+    last unit), waits until the process has reached it (the first start: and written its
+    first durable file; a restart: and rewritten its record, i.e. loaded and begun), then a
+    random delay below one unit's time in the reference run, so it lands inside the remaining
+    work however loaded the machine is. A start that finishes before its kill ends the kills;
+    if no kill landed at all, the scenario starts over in a clean folder (at most 3 times).
     """
     rng = random.Random(zlib.crc32(path.name.encode()))
+    unit = span * path.step / path.total
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        hist = _kills(path, out, unit, kills, rng)
+        if hist.landed:
+            # The identical command line once more, left alone: it must complete.
+            hist.resumes += 1
+            log = out.with_suffix(".log")
+            _finish(_spawn(path.argv(out) + path.resume, log), log)
+            return hist
+    pytest.fail(f"{path.name}: no kill landed inside the work in 3 tries: {hist.kills}")
+
+
+def _kills(path: Resumable, out: Path, unit: float, kills: int, rng: random.Random) -> History:
     log = out.with_suffix(".log")
     hist = History()
     for i in range(kills):
-        argv = path.argv(out) + (path.resume if i else [])
         before, stamp = path.stored(out), path.touched(out)
-        proc = _spawn(argv, log)
-        t_start = time.monotonic()
+        # A point where a write has just happened (units come in steps), before the last one.
+        lo = before // path.step
+        target = path.step * rng.randint(lo, max(lo, path.total // path.step - 1))
+        delay = rng.uniform(0.0, 0.9 * unit)
         if i == 0:
-            trigger, cond, frac = "first file", (lambda: path.ready(out)), 0.6
-        elif i % 3 == 1:
-            trigger, cond, frac = "restarted", (lambda m=stamp: path.touched(out) != m), 0.5
-        elif i % 3 == 2:
-            trigger, cond, frac = "first new unit", (lambda b=before: path.stored(out) > b), 0.3
+            trigger = f"first file, {target} stored"
+            begun: Callable[[], bool] = lambda: path.ready(out)  # noqa: E731
         else:
-            trigger, cond, frac = "start", (lambda t=t_start: time.monotonic() - t > 0.5), 0.8
-        delay = rng.uniform(0.0, frac * span)
-        if _wait_for(proc, cond, log):
+            trigger = f"restarted, {target} stored"
+            begun = lambda m=stamp: path.touched(out) != m  # noqa: E731
+        proc = _spawn(path.argv(out) + (path.resume if i else []), log)
+        if _wait_for(proc, lambda b=begun, t=target: b() and path.stored(out) >= t, log):
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.002)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-            assert proc.returncode == -signal.SIGKILL
-            hist.kills.append(Kill(trigger, delay, "killed", path.stored(out)))
-        else:
+        if proc.poll() is not None:
             _finish(proc, log)
             hist.kills.append(Kill(trigger, delay, "finished", path.stored(out)))
             return hist
-    # The identical command line once more, left alone: it must complete.
-    hist.resumes += 1
-    _finish(_spawn(path.argv(out) + path.resume, log), log)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        hist.kills.append(Kill(trigger, delay, "killed", path.stored(out)))
     return hist
 
 
