@@ -77,11 +77,11 @@ def _mtime(*paths: Path) -> int:
     return max(stamps)
 
 
-RUN_IMAGES = 4
+RUN_IMAGES = 6
 RUN_OPTS = ["--images", str(RUN_IMAGES), "--chunk-size", "2", "--seed", "3", "--device", "cpu"]
 # Small radii keep most images unbroken, so every chunk spends its whole (small) budget.
 NORM_OPTS = {"linf": ["--norm", "linf", "--eps", "0.03"], "l2": ["--norm", "l2", "--eps", "0.5"]}
-BUDGET = {"sign": "150", "square": "150"}  # 1-query steps: cheap per query; others 120
+BUDGET = {"sign": "100", "square": "100"}  # 1-query steps: cheap per query; others 80
 
 
 def run_path(rule: str, norm: str) -> Resumable:
@@ -93,7 +93,7 @@ def run_path(rule: str, norm: str) -> Resumable:
             rule,
             *NORM_OPTS[norm],
             "--budget",
-            BUDGET.get(rule, "120"),
+            BUDGET.get(rule, "80"),
             *RUN_OPTS,
             "--out",
             str(d),
@@ -331,7 +331,7 @@ def _kills(path: Resumable, out: Path, unit: float, kills: int, rng: random.Rand
         # A point where a write has just happened (units come in steps), before the last one.
         lo = before // path.step
         target = path.step * rng.randint(lo, max(lo, path.total // path.step - 1))
-        delay = rng.uniform(0.0, 0.9 * unit)
+        delay = rng.uniform(0.0, 0.7 * unit)
         if i == 0:
             trigger = f"first file, {target} stored"
             begun: Callable[[], bool] = lambda: path.ready(out)  # noqa: E731
