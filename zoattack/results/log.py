@@ -117,5 +117,10 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` as indented JSON, atomically."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(dict(data), indent=2, default=str) + "\n")
+    with tmp.open("w") as fh:
+        fh.write(json.dumps(dict(data), indent=2, default=str) + "\n")
+        fh.flush()
+        # Durable before the rename: a crash leaves the old file or the new one, never an
+        # empty one that a later --resume would have to refuse.
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
