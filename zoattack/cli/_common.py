@@ -7,7 +7,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,10 +27,10 @@ class _DiagnosticsConsole(Console):
     purpose (they print text, or call ``line()``), so a bare call is dropped there.
     """
 
-    def print(self, *objects: object, **kwargs: object) -> None:  # type: ignore[override]
+    def print(self, *objects: Any, **kwargs: Any) -> None:
         if not objects and not kwargs and not self.is_interactive:
             return
-        super().print(*objects, **kwargs)  # type: ignore[arg-type]
+        super().print(*objects, **kwargs)
 
 
 out = Console()  # results

@@ -184,7 +184,9 @@ def _batches(n: int, batch: int, generator: torch.Generator, device: torch.devic
     return list(perm.split(batch))
 
 
-def _scheduler(opt: torch.optim.Optimizer, config: DefenseConfig):  # type: ignore[no-untyped-def]
+def _scheduler(
+    opt: torch.optim.Optimizer, config: DefenseConfig
+) -> torch.optim.lr_scheduler.StepLR:
     step = config.lr_step if config.lr_step is not None else 10**9
     return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=0.1)
 
