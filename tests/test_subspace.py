@@ -276,3 +276,27 @@ def test_small_budgets_still_switch_after_one_query():
 def test_bad_schedules_are_value_errors(spec, needle):
     with pytest.raises(ValueError, match=needle):
         SubspaceSchedule(spec, SHAPE, budget=1000)
+
+
+@pytest.mark.slow
+@settings(max_examples=1500, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    kind=st.sampled_from(["full", "tile", "dct"]),
+    k=st.integers(1, 32),
+    norm=st.sampled_from(NORMS),
+    eps=st.floats(1e-4, 0.99),
+    scale=st.floats(1e-4, 100.0),
+)
+def test_subspace_invariants_exhaustively(seed, kind, k, norm, eps, scale):
+    """The fast tests' invariants over many sizes on a CIFAR-shaped input (run with -m slow):
+    restrict inverts expand, the projection lands in the ball, the queried image in the box."""
+    space = Subspace("full" if kind == "full" else f"{kind}:{k}", (3, 32, 32))
+    v = _rand(seed, 2, *space.var_shape, scale=scale)
+    torch.testing.assert_close(
+        space.restrict(space.expand(v)), v, atol=_tol(space) * max(1.0, scale), rtol=1e-6
+    )
+    delta = space.expand(space.project(v, norm, eps))
+    assert bool((distance(delta, torch.zeros_like(delta), norm) <= eps * (1 + 1e-9)).all())
+    x0 = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    assert bool(inside(to_image(x0, delta, norm, eps), x0, norm, eps, tol=1e-9).all())
