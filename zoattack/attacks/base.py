@@ -163,7 +163,7 @@ def resolve_target(
     raise ValueError(f"target must be random, least-likely or a class index, got {target!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Run:
     """What stays fixed for one call of :func:`run_attack` (N images)."""
 
@@ -196,7 +196,7 @@ class _Run:
         return self.rule.max_queries_per_step(space.dim) + self.check
 
 
-@dataclass
+@dataclass(eq=False)
 class _LoopState:
     """What the step loop changes. It is updated in place, so a caller still sees the state
     reached when a model call fails part-way."""

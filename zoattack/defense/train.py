@@ -207,7 +207,7 @@ def _check_resume(saved: dict[str, Any], config: DefenseConfig, n: int) -> None:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class _Training:
     """One training run: the fixed parts (set up by :func:`_setup`) and the progress a
     checkpoint records (``stage``, ``epoch``, ``history``, ``targets``, ``wb_evals``)."""
