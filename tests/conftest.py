@@ -164,3 +164,14 @@ def digits_victim():
         opt.step()
     model.eval()
     return model, x[1200:1240], y[1200:1240]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` where no CUDA device is visible (run them with ``-m gpu`` on a
+    GPU machine); ``slow`` ones are deselected by ``-m "not slow"`` in pyproject's addopts."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marker gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -163,6 +163,57 @@ def resolve_target(
     raise ValueError(f"target must be random, least-likely or a class index, got {target!r}")
 
 
+@dataclass(frozen=True, eq=False)
+class _Run:
+    """What stays fixed for one call of :func:`run_attack` (N images)."""
+
+    blackbox: BlackBox
+    rule: ZORule
+    obj: AttackObjective
+    schedule: SubspaceSchedule
+    generator: torch.Generator
+    norm: str
+    eps: float
+    budget: int
+    max_steps: int | None
+    callback: Callable[[int, AttackResult | None, Tensor], None] | None
+    x0: Tensor  # (N, C, H, W)
+    label: Tensor  # (N,)
+    idx: Tensor  # (N,) ids 0..N-1 on the images' device
+    idx_cpu: Tensor  # the same ids on the CPU, where the ledger lives
+    start_q: Tensor  # (N,) the ledger before the attack: queries are counted from here
+    clean_pred: Tensor  # (N,)
+    clean_correct: Tensor  # (N,) bool: attacked at all
+    # Search rules return the loss of their next point, so they need no iterate check.
+    check: int
+
+    def spent(self) -> Tensor:
+        """Queries each image has spent in this attack so far ``(N,)`` (CPU)."""
+        return self.blackbox.queries_of(self.idx_cpu) - self.start_q
+
+    def step_cost(self, space: Subspace) -> int:
+        """Worst-case queries of one step per image: the rule's probes plus the iterate check."""
+        return self.rule.max_queries_per_step(space.dim) + self.check
+
+
+@dataclass(eq=False)
+class _LoopState:
+    """What the step loop changes. It is updated in place, so a caller still sees the state
+    reached when a model call fails part-way."""
+
+    v: Tensor  # (N, *var_shape) perturbation variables in the current subspace
+    fx: Tensor  # (N,) float64 loss at v; NaN where v moved and must be re-scored
+    active: Tensor  # (N,) bool: still attacking
+    last_pred: Tensor  # (N,) prediction at the latest scored iterate
+    reasons: list[str]  # per image: "" while running, then the stop reason
+    space: Subspace  # the subspace v lives in
+    step: int = 0
+
+    def stop(self, images: Tensor, reason: str) -> None:
+        for i in images.nonzero().flatten().tolist():
+            self.reasons[i] = reason
+
+
 def run_attack(
     blackbox: BlackBox,
     x0: Tensor,
@@ -201,223 +252,182 @@ def run_attack(
         blackbox, x0, label, norm=norm, eps=eps, subspace=space, loss=loss, target=None
     )
     idx = torch.arange(n, device=dev)
-    start_q = blackbox.queries_of(idx.cpu()).clone()
-
-    zeros = torch.zeros(n, *space.var_shape, device=dev, dtype=x0.dtype)
-    # The clean check (1 query per image) also resolves data-dependent targets.
+    idx_cpu = idx.cpu()
+    start_q = blackbox.queries_of(idx_cpu).clone()
+    clean_pred, fx = _clean_check(blackbox, obj, x0, label, idx, target, generator, loss)
+    clean_correct = clean_pred == label
+    if obj.target is not None:
+        clean_correct &= obj.target != label
+    run = _Run(
+        blackbox=blackbox,
+        rule=rule,
+        obj=obj,
+        schedule=schedule,
+        generator=generator,
+        norm=norm,
+        eps=eps,
+        budget=budget,
+        max_steps=max_steps,
+        callback=callback,
+        x0=x0,
+        label=label,
+        idx=idx,
+        idx_cpu=idx_cpu,
+        start_q=start_q,
+        clean_pred=clean_pred,
+        clean_correct=clean_correct,
+        check=0 if rule.estimator is None else 1,
+    )
+    state = _LoopState(
+        v=torch.zeros(n, *space.var_shape, device=dev, dtype=x0.dtype),
+        fx=fx,
+        active=clean_correct.clone(),
+        last_pred=clean_pred.clone(),
+        reasons=["misclassified" if not bool(c) else "" for c in clean_correct.tolist()],
+        space=space,
+    )
     try:
-        clean_scores = blackbox.query(x0, idx).to(dev)
+        _loop(run, state)
+    except QueryBudgetExceeded:
+        raise
+    except (ZOAttackError, KeyboardInterrupt) as exc:
+        # A probe that fooled the model before the failure is a success like any other;
+        # images still running when the model failed are the only unfinished ones.
+        state.stop(obj.found & clean_correct, "success")
+        finished = torch.tensor([r != "" for r in state.reasons], dtype=torch.bool)
+        raise AttackInterrupted(
+            str(exc) or type(exc).__name__, PartialResult(_result(run, state), finished)
+        ) from exc
+    return _result(run, state)
+
+
+def _clean_check(
+    blackbox: BlackBox,
+    obj: AttackObjective,
+    x0: Tensor,
+    label: Tensor,
+    idx: Tensor,
+    target: Tensor | str | int | None,
+    generator: torch.Generator,
+    loss: str,
+) -> tuple[Tensor, Tensor]:
+    """Score the clean images (1 query each), resolve data-dependent targets into
+    ``obj.target`` and return ``(clean predictions (N,), clean losses (N,))``."""
+    try:
+        clean_scores = blackbox.query(x0, idx).to(x0.device)
     except QueryBudgetExceeded:
         raise
     except (ZOAttackError, KeyboardInterrupt) as exc:
         raise AttackInterrupted(f"the clean check failed: {exc}", None) from exc
     if blackbox.output == "probs":
         clean_scores = clean_scores.clamp_min(1e-30).log()
-    clean_pred = clean_scores.argmax(dim=1)
     obj.target = resolve_target(target, clean_scores, label, generator)
     fx = attack_loss(clean_scores, label, kind=loss, target=obj.target)
-    clean_correct = clean_pred == label
-    if obj.target is not None:
-        clean_correct &= obj.target != label
-    reasons = ["misclassified" if not bool(c) else "" for c in clean_correct.tolist()]
-    v = zeros.clone()
-    active = clean_correct.clone()
-    last_pred = clean_pred.clone()
-    # Search rules return the loss of their next point, so they need no iterate check.
-    check = 0 if rule.estimator is None else 1
-    box = {"v": v}  # the loop swaps in a new variable when the subspace refines
-    try:
-        _loop(
-            blackbox,
-            rule,
-            obj,
-            schedule,
-            generator,
-            norm,
-            eps,
-            budget,
-            max_steps,
-            callback,
-            idx,
-            start_q,
-            box,
-            fx,
-            active,
-            last_pred,
-            reasons,
-            space,
-            check,
-        )
-    except QueryBudgetExceeded:
-        raise
-    except (ZOAttackError, KeyboardInterrupt) as exc:
-        # A probe that fooled the model before the failure is a success like any other;
-        # images still running when the model failed are the only unfinished ones.
-        for i in (obj.found & clean_correct).nonzero().flatten().tolist():
-            reasons[i] = "success"
-        finished = torch.tensor([r != "" for r in reasons], dtype=torch.bool)
-        partial = _result(
-            blackbox,
-            obj,
-            x0,
-            label,
-            box["v"],
-            idx,
-            start_q,
-            clean_pred,
-            last_pred,
-            clean_correct,
-            reasons,
-            norm,
-            eps,
-            budget,
-        )
-        raise AttackInterrupted(
-            str(exc) or type(exc).__name__, PartialResult(partial, finished)
-        ) from exc
-    return _result(
-        blackbox,
-        obj,
-        x0,
-        label,
-        box["v"],
-        idx,
-        start_q,
-        clean_pred,
-        last_pred,
-        clean_correct,
-        reasons,
-        norm,
-        eps,
-        budget,
-    )
+    return clean_scores.argmax(dim=1), fx
 
 
-def _loop(
-    blackbox: BlackBox,
-    rule: ZORule,
-    obj: AttackObjective,
-    schedule: SubspaceSchedule,
-    generator: torch.Generator,
-    norm: str,
-    eps: float,
-    budget: int,
-    max_steps: int | None,
-    callback: Callable[[int, AttackResult | None, Tensor], None] | None,
-    idx: Tensor,
-    start_q: Tensor,
-    box: dict[str, Tensor],
-    fx: Tensor,
-    active: Tensor,
-    last_pred: Tensor,
-    reasons: list[str],
-    space: Subspace,
-    check: int,
-) -> None:
-    """The step loop; updates ``box["v"]``, ``fx``, ``active``, ``last_pred`` and ``reasons``
-    in place, so a caller still sees the state reached when a model call fails."""
-    v = box["v"]
-    dev = v.device
-    idx_cpu = idx.cpu()
-    cost = rule.max_queries_per_step(space.dim) + check
-    step = 0
-    while bool(active.any()):
-        spent = (blackbox.queries_of(idx_cpu) - start_q).to(dev)
-        broke = active & (spent + cost > budget)
-        if bool(broke.any()):
-            for i in broke.nonzero().flatten().tolist():
-                reasons[i] = "budget"
-            active &= ~broke
-        if max_steps is not None and step >= max_steps:
-            for i in active.nonzero().flatten().tolist():
-                reasons[i] = "steps"
+def _loop(run: _Run, state: _LoopState) -> None:
+    """Step every active image until it succeeds, runs out of budget or of steps."""
+    cost = run.step_cost(state.space)
+    while bool(state.active.any()):
+        spent = run.spent().to(state.v.device)
+        _retire_over_budget(run, state, spent, cost)
+        if run.max_steps is not None and state.step >= run.max_steps:
+            state.stop(state.active, "steps")
             break
-        if not bool(active.any()):
+        if not bool(state.active.any()):
             break
-        stage = schedule.stage(int(spent[active].max())) if len(schedule.spaces) > 1 else 0
-        if schedule.spaces[stage] is not space:
-            # Refine: re-express every current perturbation and the rule's moments in the new
-            # subspace (long momentum is what makes these rules work; a restart from zero
-            # cost it at every switch), and re-score iterates that moved.
-            new = schedule.spaces[stage]
-            v_new = new.project(new.restrict(space.expand(v)), norm, eps)
-            changed = (new.expand(v_new) != space.expand(v)).flatten(1).any(dim=1)
-            fx[changed] = float("nan")
-            old = space
-            rule.carry_over(lambda t: new.restrict(old.expand(t)), tuple(old.var_shape))
-            space, v = new, v_new
-            box["v"] = v
-            obj.subspace = space
-            cost = rule.max_queries_per_step(space.dim) + check
+        schedule = run.schedule
+        stage = schedule.stage(int(spent[state.active].max())) if len(schedule.spaces) > 1 else 0
+        if schedule.spaces[stage] is not state.space:
+            _refine(run, state, schedule.spaces[stage])
+            cost = run.step_cost(state.space)
             continue
-        ids = active.nonzero().flatten()
-        # index_select/index_copy_ (ids are distinct) cost a fraction of advanced indexing.
-        res = rule.step(obj, v.index_select(0, ids), generator=generator, idx=ids, fx=fx[ids])
+        _step(run, state)
+        state.step += 1
+        if run.callback is not None:
+            run.callback(state.step, None, run.spent())
+
+
+def _retire_over_budget(run: _Run, state: _LoopState, spent: Tensor, cost: int) -> None:
+    """Stop images that could not pay for one more worst-case step."""
+    broke = state.active & (spent + cost > run.budget)
+    if bool(broke.any()):
+        state.stop(broke, "budget")
+        state.active &= ~broke
+
+
+def _refine(run: _Run, state: _LoopState, new: Subspace) -> None:
+    """Move to the next, larger subspace of the schedule.
+
+    Re-express every current perturbation and the rule's moments in the new subspace (long
+    momentum is what makes these rules work; a restart from zero cost it at every switch),
+    and mark iterates that moved for re-scoring.
+    """
+    old, v = state.space, state.v
+    v_new = new.project(new.restrict(old.expand(v)), run.norm, run.eps)
+    changed = (new.expand(v_new) != old.expand(v)).flatten(1).any(dim=1)
+    state.fx[changed] = float("nan")
+    run.rule.carry_over(lambda t: new.restrict(old.expand(t)), tuple(old.var_shape))
+    state.space, state.v = new, v_new
+    run.obj.subspace = new
+
+
+def _step(run: _Run, state: _LoopState) -> None:
+    """One rule step for every active image, then the iterate check where it is needed."""
+    obj, v, fx, last_pred = run.obj, state.v, state.fx, state.last_pred
+    ids = state.active.nonzero().flatten()
+    # index_select/index_copy_ (ids are distinct) cost a fraction of advanced indexing.
+    res = run.rule.step(obj, v.index_select(0, ids), generator=run.generator, idx=ids, fx=fx[ids])
+    done = obj.found[ids]
+    # Keep the variable inside the ball (in variable space; expansion preserves Linf).
+    v_next = state.space.project(res.x_next, run.norm, run.eps)
+    v.index_copy_(0, ids, v_next.to(v.dtype))
+    # Rules that scored their own next point (greedy search, line search) hand back its
+    # loss; projection must have left that point alone for the value to stand.
+    moved = (v_next != res.x_next).flatten(1).any(dim=1)
+    known = torch.isfinite(res.fx_next) & ~moved & ~done
+    if bool(known.any()):
+        known_ids, known_fx = ids[known], res.fx_next[known]
+        fx[known_ids] = known_fx
+        last_pred[known_ids] = obj.recent_pred(known_ids, known_fx, last_pred[known_ids])
+    live = ids[~done & ~known]
+    if live.numel():
+        # An iterate check the budget cannot pay for is skipped: the image stops next round.
+        used = run.blackbox.queries_of(live.cpu()) - run.start_q[live.cpu()]
+        live = live[(used < run.budget).to(live.device)]
+    if live.numel():
+        f_new, p_new = obj.score(v[live], live)  # the iterate check: 1 query per image
+        fx[live] = f_new.double()
+        last_pred[live] = p_new
         done = obj.found[ids]
-        # Keep the variable inside the ball (in variable space; expansion preserves Linf).
-        v_next = space.project(res.x_next, norm, eps)
-        v.index_copy_(0, ids, v_next.to(v.dtype))
-        # Rules that scored their own next point (greedy search, line search) hand back its
-        # loss; projection must have left that point alone for the value to stand.
-        moved = (v_next != res.x_next).flatten(1).any(dim=1)
-        known = torch.isfinite(res.fx_next) & ~moved & ~done
-        if bool(known.any()):
-            known_ids, known_fx = ids[known], res.fx_next[known]
-            fx[known_ids] = known_fx
-            last_pred[known_ids] = obj.recent_pred(known_ids, known_fx, last_pred[known_ids])
-        live = ids[~done & ~known]
-        if live.numel():
-            # An iterate check the budget cannot pay for is skipped: the image stops next round.
-            used = blackbox.queries_of(live.cpu()) - start_q[live.cpu()]
-            live = live[(used < budget).to(live.device)]
-        if live.numel():
-            f_new, p_new = obj.score(v[live], live)  # the iterate check: 1 query per image
-            fx[live] = f_new.double()
-            last_pred[live] = p_new
-            done = obj.found[ids]
-        if bool(done.any()):
-            for i in ids[done].tolist():
-                reasons[i] = "success"
-        active &= ~obj.found
-        step += 1
-        if callback is not None:
-            callback(step, None, (blackbox.queries_of(idx_cpu) - start_q))
+    if bool(done.any()):
+        for i in ids[done].tolist():
+            state.reasons[i] = "success"
+    state.active &= ~obj.found
 
 
-def _result(
-    blackbox: BlackBox,
-    obj: AttackObjective,
-    x0: Tensor,
-    label: Tensor,
-    v: Tensor,
-    idx: Tensor,
-    start_q: Tensor,
-    clean_pred: Tensor,
-    last_pred: Tensor,
-    clean_correct: Tensor,
-    reasons: list[str],
-    norm: str,
-    eps: float,
-    budget: int,
-) -> AttackResult:
-    final_x = torch.where(obj.found.view(-1, 1, 1, 1), obj.x_adv, obj.images(v, idx))
-    final_pred = torch.where(obj.found, obj.adv_pred, last_pred)
-    ok = inside(final_x, x0, norm, eps)
+def _result(run: _Run, state: _LoopState) -> AttackResult:
+    """The per-image outcome; checks that every image stayed in the threat model and budget."""
+    obj, x0 = run.obj, run.x0
+    final_x = torch.where(obj.found.view(-1, 1, 1, 1), obj.x_adv, obj.images(state.v, run.idx))
+    final_pred = torch.where(obj.found, obj.adv_pred, state.last_pred)
+    ok = inside(final_x, x0, run.norm, run.eps)
     if not bool(ok.all()):
         bad = (~ok).nonzero().flatten().tolist()
         raise AssertionError(f"internal error: images {bad[:5]} left the threat model")
-    queries = blackbox.queries_of(idx.cpu()) - start_q
-    if budget is not None and bool((queries > budget).any()):
+    queries = run.spent()
+    if run.budget is not None and bool((queries > run.budget).any()):
         raise AssertionError("internal error: an image exceeded its query budget")
     return AttackResult(
         x_adv=final_x,
-        label=label,
-        clean_pred=clean_pred,
+        label=run.label,
+        clean_pred=run.clean_pred,
         final_pred=final_pred,
-        success=obj.found & clean_correct,
+        success=obj.found & run.clean_correct,
         queries=queries,
-        stop_reason=reasons,
+        stop_reason=state.reasons,
         linf=distance(final_x, x0, "linf"),
         l2=distance(final_x, x0, "l2"),
-        clean_correct=clean_correct,
+        clean_correct=run.clean_correct,
     )

@@ -64,13 +64,18 @@ class UniversalObjective:
         fooled = is_adversarial(scores.argmax(1), label, target).view(p, m)
         value = losses.clamp_min(-self.kappa).mean(dim=1)
         self.evaluations += p
-        for j in range(p):  # P is the handful of candidates of one step
+        self._keep_best(delta, fooled, value)
+        return value
+
+    def _keep_best(self, delta: Tensor, fooled: Tensor, value: Tensor) -> None:
+        """Remember the best candidate scored so far: most images fooled, then lowest loss
+        (the first one on ties). ``delta`` ``(P, C, H, W)``, ``fooled`` ``(P, M)``."""
+        for j in range(delta.shape[0]):  # P is the handful of candidates of one step
             key = (int(fooled[j].sum()), -float(value[j]))
             if key > (self.best_key[0], -self.best_key[1]):
                 self.best_key = (key[0], float(value[j]))
                 self.best_delta = delta[j].clone()
                 self.best_fooled = fooled[j].cpu().clone()
-        return value
 
 
 @dataclass
@@ -118,18 +123,12 @@ def run_universal(
         raise ValueError(f"kappa must be >= 0, got {kappa}")
     m = x0.shape[0]
     start_q = blackbox.queries_of(torch.arange(m)).clone()
-    clean_pred = blackbox.query(x0, torch.arange(m)).argmax(dim=1).to(label.device)
-    correct = clean_pred == label
-    if target is not None:
-        correct &= target != label
-    if not bool(correct.any()):
-        raise ValueError("the model misclassifies every image already; nothing to attack")
+    correct = _attackable(blackbox, x0, label, target)
     keep = correct.nonzero().flatten()
-    # A sub-ledger over the attacked images: their ids in the main ledger are `keep`.
-    sub = _SubLedger(blackbox, keep)
     space = Subspace(subspace, tuple(x0.shape[1:]))
     obj = UniversalObjective(
-        sub,
+        # A sub-ledger over the attacked images: their ids in the main ledger are `keep`.
+        _SubLedger(blackbox, keep),
         x0[keep],
         label[keep],
         norm=norm,
@@ -139,23 +138,15 @@ def run_universal(
         target=None if target is None else target[keep],
         kappa=kappa,
     )
-    v = torch.zeros(1, *space.var_shape, dtype=x0.dtype, device=x0.device)
-    zero = torch.zeros(1, dtype=torch.long, device=x0.device)
-    fx = obj(v, zero).double()
-    cost = rule.max_queries_per_step(space.dim) + 1
-    step = 0
-    while True:
-        used = int((blackbox.queries_of(keep.cpu()) - start_q[keep.cpu()]).max())
-        if used + cost > budget or obj.best_key[0] == len(keep):
-            break
-        res = rule.step(obj, v, generator=generator, idx=zero, fx=fx)
-        v_next = space.project(res.x_next, norm, eps)
-        known = bool(torch.isfinite(res.fx_next).all()) and torch.equal(v_next, res.x_next)
-        v = v_next
-        fx = res.fx_next if known else obj(v, zero).double()
-        step += 1
-        if callback is not None:
-            callback(step, used, float(fx[0]))
+    _search(
+        obj,
+        rule,
+        space,
+        spent=lambda: blackbox.queries_of(keep.cpu()) - start_q[keep.cpu()],
+        generator=generator,
+        budget=budget,
+        callback=callback,
+    )
     fooled = torch.zeros(m, dtype=torch.bool)
     fooled[keep.cpu()] = obj.best_fooled
     delta = obj.best_delta
@@ -169,6 +160,51 @@ def run_universal(
         linf=float(delta.abs().max()),
         l2=float(delta.norm()),
     )
+
+
+def _attackable(blackbox: BlackBox, x0: Tensor, label: Tensor, target: Tensor | None) -> Tensor:
+    """The clean check (1 query per image): images ``(M,)`` the model gets right and, for
+    targeted attacks, whose label is not the target already. Refuses when there are none."""
+    clean_pred = blackbox.query(x0, torch.arange(x0.shape[0])).argmax(dim=1).to(label.device)
+    correct = clean_pred == label
+    if target is not None:
+        correct &= target != label
+    if not bool(correct.any()):
+        raise ValueError("the model misclassifies every image already; nothing to attack")
+    return correct
+
+
+def _search(
+    obj: UniversalObjective,
+    rule: ZORule,
+    space: Subspace,
+    *,
+    spent: Callable[[], Tensor],
+    generator: torch.Generator,
+    budget: int,
+    callback: Callable[[int, int, float], None] | None,
+) -> None:
+    """Step one variable (in ``space``) until the next step might overrun ``budget`` for the
+    image that has spent most (``spent()``) or every image is fooled; ``obj`` keeps the best."""
+    v = torch.zeros(1, *space.var_shape, dtype=obj.x0.dtype, device=obj.x0.device)
+    zero = torch.zeros(1, dtype=torch.long, device=obj.x0.device)
+    fx = obj(v, zero).double()
+    cost = rule.max_queries_per_step(space.dim) + 1
+    attacked = obj.x0.shape[0]
+    step = 0
+    while True:
+        used = int(spent().max())
+        if used + cost > budget or obj.best_key[0] == attacked:
+            break
+        res = rule.step(obj, v, generator=generator, idx=zero, fx=fx)
+        v_next = space.project(res.x_next, obj.norm, obj.eps)
+        # A rule's own value of its next point stands only if projection left it alone.
+        known = bool(torch.isfinite(res.fx_next).all()) and torch.equal(v_next, res.x_next)
+        v = v_next
+        fx = res.fx_next if known else obj(v, zero).double()
+        step += 1
+        if callback is not None:
+            callback(step, used, float(fx[0]))
 
 
 class _SubLedger:

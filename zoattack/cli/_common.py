@@ -6,7 +6,8 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, TypeVar
+from contextvars import ContextVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,8 +16,25 @@ from rich.markup import escape
 from zoattack.device import resolve_device  # noqa: F401  (re-exported for commands)
 from zoattack.errors import ZOAttackError
 
+
+class _DiagnosticsConsole(Console):
+    """The stderr console, minus one stray empty line.
+
+    Rich's ``Progress.stop`` ends every progress display on a console that is not interactive
+    (a pipe, a log file, a test runner) with a bare ``console.print()``. Our progress bars are
+    transient, so that empty line was all they left behind, and when a command failed inside
+    one it came out just before the one-line error. Commands never print a bare empty line on
+    purpose (they print text, or call ``line()``), so a bare call is dropped there.
+    """
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if not objects and not kwargs and not self.is_interactive:
+            return
+        super().print(*objects, **kwargs)
+
+
 out = Console()  # results
-err = Console(stderr=True)  # progress, diagnostics
+err = _DiagnosticsConsole(stderr=True)  # progress, diagnostics
 
 # Exit codes, the same in every command: 0 done, 2 bad input (nothing was run or written),
 # 3 stopped part-way (a failing model, a dead server, Ctrl-C): what finished is kept and
@@ -34,6 +52,7 @@ P_RUN = "Run"
 P_RAY = "Ray executor (--executor ray)"
 P_HTTP = "HTTP"
 P_EXPORT = "Exports"
+P_PROBLEM = "Problem"
 
 # Options every command that builds a victim shares (run, serve).
 DataDirOption = Annotated[
@@ -45,13 +64,24 @@ WeightsOption = Annotated[
 ModelDirOption = Annotated[
     str | None, typer.Option(help="Folder with pretrained files.", rich_help_panel=P_MODEL)
 ]
-_verbose = {"on": False}
 
 T = TypeVar("T")
 
 
-def set_verbose(flag: bool) -> None:
-    _verbose["on"] = flag
+# --verbose lives for one invocation: set by the root command, reset when its context closes,
+# so invocations in one process (tests, library callers) cannot leak it into each other.
+_VERBOSE: ContextVar[bool] = ContextVar("zoattack_verbose", default=False)
+
+
+def request_verbose(ctx: typer.Context, flag: bool) -> None:
+    """Show tracebacks with error lines (``zoattack --verbose``) until ``ctx`` closes."""
+    token = _VERBOSE.set(flag)
+    ctx.call_on_close(lambda: _VERBOSE.reset(token))
+
+
+def verbose_requested() -> bool:
+    """Whether the running command line asked for tracebacks (False outside one)."""
+    return _VERBOSE.get()
 
 
 def fail(message: str) -> typer.Exit:
@@ -70,7 +100,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ZOAttackError, ValueError, FileNotFoundError) as exc:
-        if _verbose["on"]:
+        if verbose_requested():
             traceback.print_exc(file=sys.stderr)
         msg = str(exc) if not isinstance(exc, FileNotFoundError) else f"file not found: {exc}"
         raise fail(msg) from None

@@ -8,7 +8,7 @@ import typer
 
 from zoattack._version import __version__
 from zoattack.cli import batch, defend, list_cmd, optimize, report, run, serve, train
-from zoattack.cli._common import out, set_verbose
+from zoattack.cli._common import EXIT_OK, out, request_verbose
 
 app = typer.Typer(
     name="zoattack",
@@ -23,11 +23,12 @@ app = typer.Typer(
 def _version(value: bool) -> None:
     if value:
         out.print(f"zoattack {__version__}")
-        raise typer.Exit()
+        raise typer.Exit(EXIT_OK)
 
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show tracebacks for errors.")
     ] = False,
@@ -39,7 +40,7 @@ def root(
     ] = False,
 ) -> None:
     """Zeroth-order (query-only) adversarial attacks and black-box defense."""
-    set_verbose(verbose)
+    request_verbose(ctx, verbose)
 
 
 app.command("run")(run.run_command)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from zoattack._version import __version__
 from zoattack.blackbox import COUNTING_RULE, BlackBox
-from zoattack.cli._common import err, guarded, out, resolve_device
+from zoattack.cli._common import P_OPT, P_PROBLEM, err, guarded, out, resolve_device
 from zoattack.functions import get_function, starts
 from zoattack.minimize import minimize
 from zoattack.objective import FunctionObjective
@@ -25,51 +25,46 @@ from zoattack.seeding import make_generator
 # entry, ``optimize_defaults``; `zoattack list optimizers --defaults`).
 UNTUNED_LR = 1e-3
 
-PANEL_OPT = "Optimizer"
-PANEL_PROBLEM = "Problem"
-
 
 @guarded
 def optimize_command(
     function: Annotated[
         str,
         typer.Option(
-            help="Test function (see `zoattack list functions`).", rich_help_panel=PANEL_PROBLEM
+            help="Test function (see `zoattack list functions`).", rich_help_panel=P_PROBLEM
         ),
     ] = "rosenbrock",
-    dim: Annotated[int, typer.Option(help="Dimension d.", rich_help_panel=PANEL_PROBLEM)] = 1000,
+    dim: Annotated[int, typer.Option(help="Dimension d.", rich_help_panel=P_PROBLEM)] = 1000,
     seeds: Annotated[
         int,
         typer.Option(
             help="Independent problems (start points), run as one batch.",
-            rich_help_panel=PANEL_PROBLEM,
+            rich_help_panel=P_PROBLEM,
         ),
     ] = 3,
     budget: Annotated[
-        int, typer.Option(help="Queries per problem.", rich_help_panel=PANEL_PROBLEM)
+        int, typer.Option(help="Queries per problem.", rich_help_panel=P_PROBLEM)
     ] = 3000,
     optimizer: Annotated[
         str,
-        typer.Option(
-            help="Update rule (see `zoattack list optimizers`).", rich_help_panel=PANEL_OPT
-        ),
+        typer.Option(help="Update rule (see `zoattack list optimizers`).", rich_help_panel=P_OPT),
     ] = "lizo",
     estimator: Annotated[
         str | None,
         typer.Option(
             help="Gradient estimator (default: the rule's paper pairing).",
-            rich_help_panel=PANEL_OPT,
+            rich_help_panel=P_OPT,
         ),
     ] = None,
     samples: Annotated[
         int | None,
-        typer.Option("--samples", help="Directions K per step.", rich_help_panel=PANEL_OPT),
+        typer.Option("--samples", help="Directions K per step.", rich_help_panel=P_OPT),
     ] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Step size (default per rule).", rich_help_panel=PANEL_OPT)
+        float | None, typer.Option(help="Step size (default per rule).", rich_help_panel=P_OPT)
     ] = None,
     mu: Annotated[
-        float | None, typer.Option(help="Finite-difference radius.", rich_help_panel=PANEL_OPT)
+        float | None, typer.Option(help="Finite-difference radius.", rich_help_panel=P_OPT)
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the run's generator.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",

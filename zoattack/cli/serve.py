@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from zoattack.cli._common import (
+    P_HTTP,
+    P_MODEL,
     DataDirOption,
     ModelDirOption,
     WeightsOption,
@@ -16,7 +18,6 @@ from zoattack.cli._common import (
     resolve_device,
 )
 
-P_MODEL, P_HTTP = "Model and data", "HTTP"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

@@ -40,6 +40,7 @@ from zoattack.defense.autoencoder import Decoder, Encoder, make_autoencoder
 from zoattack.defense.bridge import PseudoLabelCE, check_scores_blackbox, zo_loss
 from zoattack.defense.denoiser import DnCNN, default_denoiser_config
 from zoattack.defense.io import load_state, save_state, state_dict_prefixed
+from zoattack.estimators.base import GradientEstimator
 from zoattack.seeding import make_generator
 
 METHODS = ("fo-ds", "fo-ae-ds", "zo-ds", "zo-ae-ds")
@@ -183,7 +184,9 @@ def _batches(n: int, batch: int, generator: torch.Generator, device: torch.devic
     return list(perm.split(batch))
 
 
-def _scheduler(opt: torch.optim.Optimizer, config: DefenseConfig):  # type: ignore[no-untyped-def]
+def _scheduler(
+    opt: torch.optim.Optimizer, config: DefenseConfig
+) -> torch.optim.lr_scheduler.StepLR:
     step = config.lr_step if config.lr_step is not None else 10**9
     return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=0.1)
 
@@ -202,6 +205,53 @@ def _check_resume(saved: dict[str, Any], config: DefenseConfig, n: int) -> None:
             f"--resume with different training data: {saved['train_images']} images "
             f"before, {n} now; use the same --train-images or a new --out"
         )
+
+
+@dataclass(eq=False)
+class _Training:
+    """One training run: the fixed parts (set up by :func:`_setup`) and the progress a
+    checkpoint records (``stage``, ``epoch``, ``history``, ``targets``, ``wb_evals``)."""
+
+    config: DefenseConfig
+    blackbox: BlackBox
+    white_box: nn.Module | None
+    x_all: Tensor  # (N, C, H, W) on the training device
+    out: Path
+    arch: dict[str, Any]
+    gen: torch.Generator  # noise, shuffling, estimator directions
+    denoiser: DnCNN
+    enc: Encoder | None
+    dec: Decoder | None
+    estimator: GradientEstimator | None
+    ae_opt: torch.optim.Optimizer | None
+    params: list[nn.Parameter]  # what stage 2 trains: the denoiser (and the encoder)
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    record: dict[str, Any] | None
+    on_step: Callable[[int, int, int, int, float, int], None] | None
+    on_epoch: Callable[[dict[str, Any]], None] | None
+    stage: int = 1
+    epoch: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    targets: Tensor | None = None  # (N,) the black box's top-1 on each clean image
+    wb_evals: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.x_all.shape[0]
+
+    @property
+    def ckpt(self) -> Path:
+        return self.out / CHECKPOINT
+
+    @property
+    def dev(self) -> torch.device:
+        return self.x_all.device
+
+    @property
+    def queries(self) -> int:
+        """Black-box queries plus white-box evaluations so far."""
+        return self.blackbox.total_queries + self.wb_evals
 
 
 def train_defense(
@@ -236,29 +286,78 @@ def train_defense(
     Returns:
         The card written to ``defense.json``.
     """
+    t = _setup(
+        config,
+        blackbox,
+        images,
+        Path(out_dir),
+        white_box=white_box,
+        dev=torch.device(device),
+        record=record,
+        on_step=on_step,
+        on_epoch=on_epoch,
+    )
+    if resume:
+        _restore(t, load_state(t.ckpt))
+    elif t.ckpt.exists():
+        raise ValueError(
+            f"{t.out} already holds a defense checkpoint; pass --resume to continue "
+            "it or choose a new --out"
+        )
+    if t.stage == 1:
+        _pretrain_autoencoder(t)
+        t.stage, t.epoch = 2, 0
+    _freeze_decoder(t)
+    if t.targets is None:
+        t.targets = _pseudo_labels(t)
+    objective = None
+    if config.zeroth_order:
+        objective = PseudoLabelCE(blackbox, t.targets, post=t.dec if config.uses_ae else None)
+    front = DefenseFront(t.denoiser, t.enc, t.dec)
+    while t.epoch < config.epochs:
+        _train_epoch(t, objective)
+        _checkpoint(t)
+        _write_outputs(t, front, done=t.epoch >= config.epochs)
+        if on_epoch is not None:
+            on_epoch(t.history[-1])
+    if not t.history or t.history[-1]["stage"] == 1 or not (t.out / CARD).exists():
+        return _write_outputs(t, front, done=True)
+    card: dict[str, Any] = json.loads((t.out / CARD).read_text())
+    return card
+
+
+def _setup(
+    config: DefenseConfig,
+    blackbox: BlackBox,
+    images: Tensor,
+    out: Path,
+    *,
+    white_box: nn.Module | None,
+    dev: torch.device,
+    record: dict[str, Any] | None,
+    on_step: Callable[[int, int, int, int, float, int], None] | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> _Training:
+    """Validate the inputs and build fresh networks, optimizers and generators."""
     config.validate()
     check_scores_blackbox(blackbox)
     if not config.zeroth_order and white_box is None:
         raise ValueError(
             f"{config.method} is the first-order reference and needs white_box= (the model itself)"
         )
-    dev = torch.device(device)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
-    image_shape = tuple(int(v) for v in images.shape[1:])
-    if blackbox.input_shape is not None and tuple(blackbox.input_shape) != image_shape:
+    c, h, w = (int(v) for v in images.shape[1:])
+    if blackbox.input_shape is not None and tuple(blackbox.input_shape) != (c, h, w):
         raise ValueError(
             f"the black box takes {tuple(blackbox.input_shape)} images but the "
-            f"training images are {image_shape}"
+            f"training images are {(c, h, w)}"
         )
-    n = images.shape[0]
-    x_all = images.to(dev)
     init_gen = make_generator(config.seed)  # weights: CPU, identical on every device
-    gen = make_generator(config.seed, dev)  # noise, shuffling, estimator directions
-    denoiser, enc, dec, arch = build_defense(config, image_shape, init_gen)  # type: ignore[arg-type]
-    if enc is not None and enc.latent >= int(images[0].numel()):
+    gen = make_generator(config.seed, dev)
+    denoiser, enc, dec, arch = build_defense(config, (c, h, w), init_gen)
+    if arch["autoencoder"] is not None and arch["autoencoder"]["latent"] >= c * h * w:
         raise ValueError("latent must be smaller than the image")
     for m in (denoiser, enc, dec):
         if m is not None:
@@ -283,211 +382,193 @@ def train_defense(
     if enc is not None and config.train_encoder:
         params += list(enc.parameters())
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    sched = _scheduler(opt, config)
+    return _Training(
+        config=config,
+        blackbox=blackbox,
+        white_box=white_box,
+        x_all=images.to(dev),
+        out=out,
+        arch=arch,
+        gen=gen,
+        denoiser=denoiser,
+        enc=enc,
+        dec=dec,
+        estimator=estimator,
+        ae_opt=ae_opt,
+        params=params,
+        opt=opt,
+        sched=_scheduler(opt, config),
+        record=record,
+        on_step=on_step,
+        on_epoch=on_epoch,
+    )
 
-    stage, epoch = 1, 0
-    history: list[dict[str, Any]] = []
-    targets: Tensor | None = None
-    wb_evals = 0
-    ckpt = out / CHECKPOINT
-    if resume:
-        saved = load_state(ckpt)
-        _check_resume(saved, config, n)
-        denoiser.load_state_dict(saved["denoiser"])
-        if enc is not None and dec is not None:
-            enc.load_state_dict(saved["encoder"])
-            dec.load_state_dict(saved["decoder"])
-        if ae_opt is not None:
-            ae_opt.load_state_dict(saved["ae_optimizer"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        gen.set_state(saved["generator"].to(gen.get_state().device))
-        blackbox.load_counts(saved["ledger"])
-        if estimator is not None:
-            estimator.load_state_dict(saved["estimator"])
-        stage, epoch = int(saved["stage"]), int(saved["epoch"])
-        history = list(saved["history"])
-        targets = saved["targets"].to(dev) if saved["targets"] is not None else None
-        wb_evals = int(saved["whitebox_evaluations"])
-    elif ckpt.exists():
-        raise ValueError(
-            f"{out} already holds a defense checkpoint; pass --resume to continue "
-            "it or choose a new --out"
-        )
 
-    def checkpoint(stage_: int, epoch_: int) -> None:
-        save_state(
-            ckpt,
-            {
-                "format": FORMAT,
-                "config": config.as_dict(),
-                "train_images": n,
-                "stage": stage_,
-                "epoch": epoch_,
-                "denoiser": denoiser.state_dict(),
-                "encoder": enc.state_dict() if enc is not None else None,
-                "decoder": dec.state_dict() if dec is not None else None,
-                "ae_optimizer": ae_opt.state_dict() if ae_opt is not None else None,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "generator": gen.get_state(),
-                "ledger": blackbox.queries,
-                "estimator": estimator.state_dict() if estimator is not None else {},
-                "history": history,
-                "targets": targets,
-                "whitebox_evaluations": wb_evals,
-            },
-        )
+def _restore(t: _Training, saved: dict[str, Any]) -> None:
+    """Load a checkpoint written by :func:`_checkpoint` into a freshly set-up run."""
+    _check_resume(saved, t.config, t.n)
+    t.denoiser.load_state_dict(saved["denoiser"])
+    if t.enc is not None and t.dec is not None:
+        t.enc.load_state_dict(saved["encoder"])
+        t.dec.load_state_dict(saved["decoder"])
+    if t.ae_opt is not None:
+        t.ae_opt.load_state_dict(saved["ae_optimizer"])
+    t.opt.load_state_dict(saved["optimizer"])
+    t.sched.load_state_dict(saved["scheduler"])
+    t.gen.set_state(saved["generator"].to(t.gen.get_state().device))
+    t.blackbox.load_counts(saved["ledger"])
+    if t.estimator is not None:
+        t.estimator.load_state_dict(saved["estimator"])
+    t.stage, t.epoch = int(saved["stage"]), int(saved["epoch"])
+    t.history = list(saved["history"])
+    t.targets = saved["targets"].to(t.dev) if saved["targets"] is not None else None
+    t.wb_evals = int(saved["whitebox_evaluations"])
 
-    # ---------------------------------------------------------------- stage 1: AE, white-box
-    if enc is not None and dec is not None and ae_opt is not None and stage == 1:
-        enc.train()
-        dec.train()
-        while epoch < config.ae_epochs:
-            t0 = time.perf_counter()
-            total, batches = 0.0, _batches(n, config.batch_size, gen, dev)
-            for step, b in enumerate(batches, 1):
-                x = x_all[b]
-                loss = F.mse_loss(dec(enc(x)), x)
-                ae_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                ae_opt.step()
-                total += float(loss.detach()) * len(b)
-                if on_step is not None:
-                    on_step(
-                        1,
-                        epoch + 1,
-                        step,
-                        len(batches),
-                        float(loss.detach()),
-                        blackbox.total_queries,
-                    )
-            epoch += 1
-            history.append(
-                {
-                    "stage": 1,
-                    "epoch": epoch,
-                    "loss": total / n,
-                    "queries": 0,
-                    "seconds": round(time.perf_counter() - t0, 3),
-                }
-            )
-            checkpoint(1, epoch)
-            if on_epoch is not None:
-                on_epoch(history[-1])
-    if stage == 1:
-        stage, epoch = 2, 0
-    if dec is not None:
-        dec.eval()
-        dec.requires_grad_(False)
-        if not config.train_encoder and enc is not None:
-            enc.requires_grad_(False)
 
-    # ---------------------------------------------------------------- stage 2: denoiser+encoder
-    all_idx = torch.arange(n, device=dev)
-    if targets is None:
-        # The black box's own top-1 on each clean image (1 query per image, once): without
-        # augmentation it never changes, so re-asking every epoch would only burn queries.
-        with torch.no_grad():
-            targets = torch.cat(
-                [
-                    blackbox.query(x_all[b], all_idx[b].cpu()).argmax(-1).to(dev)
-                    for b in all_idx.split(1024)
-                ]
-            )
-    objective = None
-    if config.zeroth_order:
-        objective = PseudoLabelCE(blackbox, targets, post=dec if config.uses_ae else None)
-    front = DefenseFront(denoiser, enc, dec)
-    while epoch < config.epochs:
-        denoiser.train()
-        if enc is not None:
-            enc.train(config.train_encoder)
+def _checkpoint(t: _Training) -> None:
+    """Everything :func:`_restore` needs to continue exactly where this run stands."""
+    save_state(
+        t.ckpt,
+        {
+            "format": FORMAT,
+            "config": t.config.as_dict(),
+            "train_images": t.n,
+            "stage": t.stage,
+            "epoch": t.epoch,
+            "denoiser": t.denoiser.state_dict(),
+            "encoder": t.enc.state_dict() if t.enc is not None else None,
+            "decoder": t.dec.state_dict() if t.dec is not None else None,
+            "ae_optimizer": t.ae_opt.state_dict() if t.ae_opt is not None else None,
+            "optimizer": t.opt.state_dict(),
+            "scheduler": t.sched.state_dict(),
+            "generator": t.gen.get_state(),
+            "ledger": t.blackbox.queries,
+            "estimator": t.estimator.state_dict() if t.estimator is not None else {},
+            "history": t.history,
+            "targets": t.targets,
+            "whitebox_evaluations": t.wb_evals,
+        },
+    )
+
+
+def _pretrain_autoencoder(t: _Training) -> None:
+    """Stage 1 (AE methods): encoder+decoder on clean images with MSE; white-box, no queries.
+    A checkpoint after every epoch; nothing to do for DS methods."""
+    enc, dec, ae_opt = t.enc, t.dec, t.ae_opt
+    if enc is None or dec is None or ae_opt is None:
+        return
+    enc.train()
+    dec.train()
+    while t.epoch < t.config.ae_epochs:
         t0 = time.perf_counter()
-        q0 = blackbox.total_queries + wb_evals
-        total, batches = 0.0, _batches(n, config.batch_size, gen, dev)
+        total, batches = 0.0, _batches(t.n, t.config.batch_size, t.gen, t.dev)
         for step, b in enumerate(batches, 1):
-            x = x_all[b]
-            noisy = x + config.sigma * torch.randn(x.shape, generator=gen, device=dev)
-            d = denoiser(noisy)
-            v = enc(d) if enc is not None else d.clamp(0.0, 1.0)
-            if objective is not None and estimator is not None:
-                per, _ = zo_loss(v, objective, estimator, generator=gen, idx=b)
-            else:
-                assert white_box is not None
-                img = dec(v).clamp(0.0, 1.0) if dec is not None else v
-                per = F.cross_entropy(white_box(img).float(), targets[b], reduction="none")
-                wb_evals += len(b)
-            loss = per.mean()
-            if config.mse_weight > 0:
-                loss = loss + config.mse_weight * F.mse_loss(d, x)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for p, g in zip(params, grads):
-                p.grad = g
-            opt.step()
-            total += float(per.detach().sum())
-            if on_step is not None:
-                on_step(
-                    2,
-                    epoch + 1,
+            x = t.x_all[b]
+            loss = F.mse_loss(dec(enc(x)), x)
+            ae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            ae_opt.step()
+            total += float(loss.detach()) * len(b)
+            if t.on_step is not None:
+                t.on_step(
+                    1,
+                    t.epoch + 1,
                     step,
                     len(batches),
-                    float(per.detach().mean()),
-                    blackbox.total_queries + wb_evals,
+                    float(loss.detach()),
+                    t.blackbox.total_queries,
                 )
-        sched.step()
-        epoch += 1
-        history.append(
+        t.epoch += 1
+        t.history.append(
             {
-                "stage": 2,
-                "epoch": epoch,
-                "loss": total / n,
-                "queries": blackbox.total_queries + wb_evals - q0,
+                "stage": 1,
+                "epoch": t.epoch,
+                "loss": total / t.n,
+                "queries": 0,
                 "seconds": round(time.perf_counter() - t0, 3),
             }
         )
-        checkpoint(2, epoch)
-        card = _write_outputs(
-            out,
-            config,
-            arch,
-            front,
-            history,
-            blackbox,
-            wb_evals,
-            n,
-            record,
-            done=epoch >= config.epochs,
-        )
-        if on_epoch is not None:
-            on_epoch(history[-1])
-    if not history or history[-1]["stage"] == 1 or not (out / CARD).exists():
-        card = _write_outputs(
-            out, config, arch, front, history, blackbox, wb_evals, n, record, done=True
-        )
-    else:
-        card = json.loads((out / CARD).read_text())
-    return card
+        _checkpoint(t)
+        if t.on_epoch is not None:
+            t.on_epoch(t.history[-1])
 
 
-def _write_outputs(
-    out: Path,
-    config: DefenseConfig,
-    arch: dict[str, Any],
-    front: DefenseFront,
-    history: list[dict[str, Any]],
-    blackbox: BlackBox,
-    wb_evals: int,
-    n: int,
-    record: dict[str, Any] | None,
-    *,
-    done: bool,
-) -> dict[str, Any]:
+def _freeze_decoder(t: _Training) -> None:
+    """Stage 2 keeps the decoder fixed (and the encoder too unless ``train_encoder``)."""
+    if t.dec is not None:
+        t.dec.eval()
+        t.dec.requires_grad_(False)
+        if not t.config.train_encoder and t.enc is not None:
+            t.enc.requires_grad_(False)
+
+
+def _pseudo_labels(t: _Training) -> Tensor:
+    """The black box's own top-1 on each clean image ``(N,)`` (1 query per image, once):
+    without augmentation it never changes, so re-asking every epoch would only burn queries."""
+    all_idx = torch.arange(t.n, device=t.dev)
+    with torch.no_grad():
+        return torch.cat(
+            [
+                t.blackbox.query(t.x_all[b], all_idx[b].cpu()).argmax(-1).to(t.dev)
+                for b in all_idx.split(1024)
+            ]
+        )
+
+
+def _train_epoch(t: _Training, objective: PseudoLabelCE | None) -> None:
+    """Stage 2, one epoch: the denoiser (and encoder) on the stability loss, with ZO
+    gradients through ``objective`` or, for FO methods, backpropagation through the model."""
+    config, dev, gen, targets = t.config, t.dev, t.gen, t.targets
+    assert targets is not None
+    t.denoiser.train()
+    if t.enc is not None:
+        t.enc.train(config.train_encoder)
+    t0 = time.perf_counter()
+    q0 = t.queries
+    total, batches = 0.0, _batches(t.n, config.batch_size, gen, dev)
+    for step, b in enumerate(batches, 1):
+        x = t.x_all[b]
+        noisy = x + config.sigma * torch.randn(x.shape, generator=gen, device=dev)
+        d = t.denoiser(noisy)
+        v = t.enc(d) if t.enc is not None else d.clamp(0.0, 1.0)
+        if objective is not None and t.estimator is not None:
+            per, _ = zo_loss(v, objective, t.estimator, generator=gen, idx=b)
+        else:
+            assert t.white_box is not None
+            img = t.dec(v).clamp(0.0, 1.0) if t.dec is not None else v
+            per = F.cross_entropy(t.white_box(img).float(), targets[b], reduction="none")
+            t.wb_evals += len(b)
+        loss = per.mean()
+        if config.mse_weight > 0:
+            loss = loss + config.mse_weight * F.mse_loss(d, x)
+        grads = torch.autograd.grad(loss, t.params, allow_unused=True)
+        for p, g in zip(t.params, grads):
+            p.grad = g
+        t.opt.step()
+        total += float(per.detach().sum())
+        if t.on_step is not None:
+            t.on_step(2, t.epoch + 1, step, len(batches), float(per.detach().mean()), t.queries)
+    t.sched.step()
+    t.epoch += 1
+    t.history.append(
+        {
+            "stage": 2,
+            "epoch": t.epoch,
+            "loss": total / t.n,
+            "queries": t.queries - q0,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+    )
+
+
+def _write_outputs(t: _Training, front: DefenseFront, *, done: bool) -> dict[str, Any]:
+    """Write ``defense.safetensors`` (weights, the card in its metadata) and ``defense.json``."""
     from safetensors.torch import save_file
 
     state = state_dict_prefixed(
         denoiser=front.denoiser, encoder=front.encoder, decoder=front.decoder
     )
+    config, history, blackbox = t.config, t.history, t.blackbox
     zo_steps = [h for h in history if h["stage"] == 2]
     card: dict[str, Any] = {
         "format": FORMAT,
@@ -495,22 +576,22 @@ def _write_outputs(
         "paper": "Zhang et al., How to Robustify Black-Box ML Models? A Zeroth-Order "
         "Optimization Perspective, ICLR 2022",
         "config": config.as_dict(),
-        "architecture": arch,
-        **(record or {}),
-        "train_images": n,
+        "architecture": t.arch,
+        **(t.record or {}),
+        "train_images": t.n,
         "epochs_done": len(zo_steps),
         "complete": done,
         "queries": {
             "train_blackbox": blackbox.total_queries,
-            "whitebox_evaluations": wb_evals,
+            "whitebox_evaluations": t.wb_evals,
             "counting_rule": blackbox.counting_rule,
         },
         "history": history,
         "train_seconds": round(sum(h["seconds"] for h in history), 1),
         "weights_file": WEIGHTS,
     }
-    tmp = out / (WEIGHTS + ".tmp")
+    tmp = t.out / (WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"zoattack_defense": json.dumps(card, sort_keys=True)})
-    tmp.replace(out / WEIGHTS)
-    (out / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    tmp.replace(t.out / WEIGHTS)
+    (t.out / CARD).write_text(json.dumps(card, indent=2) + "\n")
     return card
