@@ -50,11 +50,6 @@ def _train(out, **kw):
     return train_defense(cfg, bb, images, out, **kw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="zoattack/defense/train.py: after the last epoch's checkpoint, a resume skips the "
-    "loop and returns the previous epoch's defense.json/defense.safetensors (issue 10)",
-)
 def test_defend_train_killed_after_the_last_checkpoint_resumes_to_the_final_defense(
     tmp_path, monkeypatch
 ):

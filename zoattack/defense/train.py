@@ -320,10 +320,22 @@ def train_defense(
         _write_outputs(t, front, done=t.epoch >= config.epochs)
         if on_epoch is not None:
             on_epoch(t.history[-1])
-    if not t.history or t.history[-1]["stage"] == 1 or not (t.out / CARD).exists():
+    card = _read_card(t.out / CARD)
+    zo_epochs = sum(1 for h in t.history if h["stage"] == 2)
+    # A process killed between the last checkpoint and its outputs leaves the previous epoch's
+    # card (or a torn one): the checkpoint is the truth, so the outputs are rewritten from it.
+    if card is None or not card.get("complete") or card.get("epochs_done") != zo_epochs:
         return _write_outputs(t, front, done=True)
-    card: dict[str, Any] = json.loads((t.out / CARD).read_text())
     return card
+
+
+def _read_card(path: Path) -> dict[str, Any] | None:
+    """The card at ``path``, or None when it is missing or unreadable (torn by a crash)."""
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) else None
 
 
 def _setup(
@@ -593,5 +605,7 @@ def _write_outputs(t: _Training, front: DefenseFront, *, done: bool) -> dict[str
     tmp = t.out / (WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"zoattack_defense": json.dumps(card, sort_keys=True)})
     tmp.replace(t.out / WEIGHTS)
-    (t.out / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    tmp_card = t.out / (CARD + ".tmp")
+    tmp_card.write_text(json.dumps(card, indent=2) + "\n")
+    tmp_card.replace(t.out / CARD)  # atomic: a crash leaves the old card or the new one
     return card
