@@ -58,6 +58,24 @@ MODELS.add(
         ("smallcnn", "cnn"),
     )
 )
+# Robust victims: the same architectures, adversarially trained (`zoattack train` picks the
+# recipe from "robust"); their weights ship only with a card that records it.
+ROBUST_THREAT = {"norm": "linf", "eps": 0.1}
+MODELS.add(
+    Entry(
+        "small_cnn_robust",
+        SmallCNN,
+        "small_cnn adversarially trained (PGD, Linf 0.1, Madry et al. 2018): a victim "
+        "black-box attacks must work for",
+        {
+            "zoo": True,
+            "trainable": True,
+            "pretrained": _pretrained_flag("small_cnn_robust"),
+            "robust": ROBUST_THREAT,
+            "arch": "small_cnn",
+        },
+    )
+)
 MODELS.add(
     Entry(
         "torchvision",
