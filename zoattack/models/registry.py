@@ -78,6 +78,20 @@ MODELS.add(
 )
 MODELS.add(
     Entry(
+        "resnet20_robust",
+        ResNet20,
+        "resnet20 adversarially trained (PGD, Linf 0.1, Madry et al. 2018)",
+        {
+            "zoo": True,
+            "trainable": True,
+            "pretrained": _pretrained_flag("resnet20_robust"),
+            "robust": ROBUST_THREAT,
+            "arch": "resnet20",
+        },
+    )
+)
+MODELS.add(
+    Entry(
         "torchvision",
         adapters.torchvision_model,
         "torchvision:NAME, any torchvision.models classifier (ImageNet stats inside); "
