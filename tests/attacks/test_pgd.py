@@ -12,6 +12,8 @@ from torch import nn
 from zoattack.attacks.pgd import PGD, check_threat, pgd_examples, random_start, trades_examples
 from zoattack.norms import distance
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _linear(d: int = 16, classes: int = 2, seed: int = 0) -> nn.Linear:
     g = torch.Generator().manual_seed(seed)
