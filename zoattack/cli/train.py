@@ -211,10 +211,10 @@ def _train(
             raise ValueError(f"{flag} must be >= 1, got {value}")
     dev = resolve_device(device)
     # A robust zoo entry (e.g. small_cnn_robust) names its threat model: the default recipe.
-    robust = entry.flags.get("robust") or {}
-    if adv_eps is None and robust:
-        adv_eps = float(robust["eps"])
-        adv_norm = str(robust.get("norm", adv_norm))
+    robust = entry.flags.get("robust")
+    if adv_eps is None and isinstance(robust, str):  # "NORM:EPS"
+        adv_norm, _, eps_text = robust.partition(":")
+        adv_eps = float(eps_text)
     if adv_method is None:
         adv_method = "pgd" if adv_eps is not None else "none"
     adv_method = adv_method.lower()
@@ -355,6 +355,8 @@ def _train(
             "clean_accuracy": round(evaluate(net, head.images, head.labels, device=dev), 5),
             "norm": recipe.adv_norm,
             "eps": recipe.adv_eps,
+            "steps": robust_eval_steps,
+            "restarts": 1,
             "attack": f"white-box PGD-{robust_eval_steps}, 1 random restart, margin loss, "
             f"step 2.5 eps / steps (zoattack.attacks.pgd.PGD, seed {seed})",
             "examples": len(head),

@@ -60,7 +60,7 @@ MODELS.add(
 )
 # Robust victims: the same architectures, adversarially trained (`zoattack train` picks the
 # recipe from "robust"); their weights ship only with a card that records it.
-ROBUST_THREAT = {"norm": "linf", "eps": 0.1}
+ROBUST_THREAT = "linf:0.1"  # NORM:EPS
 MODELS.add(
     Entry(
         "small_cnn_robust",
