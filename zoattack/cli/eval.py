@@ -74,6 +74,15 @@ def eval_command(
     images: Annotated[
         int, typer.Option(help="Attack the first N test images.", rich_help_panel=P_MODEL)
     ] = 100,
+    download: Annotated[
+        bool,
+        typer.Option(
+            "--download",
+            help="Fetch published pretrained weights that are not cached (pinned URL and "
+            "SHA-256, e.g. resnet20 on cifar10).",
+            rich_help_panel=P_MODEL,
+        ),
+    ] = False,
     norm: Annotated[str, typer.Option(help="linf or l2.", rich_help_panel=P_THREAT)] = "linf",
     eps: Annotated[
         float | None,
@@ -142,6 +151,7 @@ def eval_command(
         pretrained=weights is None and ":" not in model,
         device=dev,
         threat_model=threat_model,
+        download=download,
     ).eval()
     gen = make_generator(seed, dev)
     rows: list[dict[str, Any]] = []

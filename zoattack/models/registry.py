@@ -179,8 +179,10 @@ def _create_zoo(
     pretrained: bool,
     generator: torch.Generator | None,
     kwargs: dict[str, Any],
+    download: bool = False,
 ) -> nn.Module:
     path: Path | None = None
+    published = None
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -199,6 +201,13 @@ def _create_zoo(
         candidates = [Path(model_dir).expanduser() / fname] if model_dir is not None else []
         candidates.append(weights_dir() / fname)
         path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            from zoattack.models.download import published_file
+
+            published = published_file(name, ds_name, download=download, model_dir=model_dir)
+        if published is not None:
+            path, pub = published
+            ds_kw = {**ds_kw, "mean": pub.mean, "std": pub.std}
         if path is None:
             raise MissingFileError(
                 f"no pretrained {name} weights for {ds_name}",
@@ -222,7 +231,10 @@ def _create_zoo(
     implied = {k: v for k, v in {**ds_kw, **config}.items() if k in accepted}
     model = cls(**{**implied, **kwargs}, generator=generator)
     if path is not None:
-        load_into(model, read_state_dict(path), path, f"{name} {model.config()}")
+        state = read_state_dict(path)
+        if published is not None:
+            state = published[1].convert(state)
+        load_into(model, state, path, f"{name} {model.config()}")
     return model
 
 
@@ -327,5 +339,6 @@ def create_model(
             pretrained=pretrained,
             generator=generator,
             kwargs=kwargs,
+            download=download,
         )
     return model.to(dev).eval()
