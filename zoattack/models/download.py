@@ -14,7 +14,7 @@ import http.client
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from zoattack.data.files import MissingFileError, shown
 from zoattack.errors import ZOAttackError
+from zoattack.models.weights import _ship_hint
 
 
 class DownloadError(ZOAttackError):
@@ -144,7 +145,12 @@ def fetch(
 
 
 def published_file(
-    model: str, dataset: str, *, download: bool, model_dir: str | Path | None = None
+    model: str,
+    dataset: str,
+    *,
+    download: bool,
+    model_dir: str | Path | None = None,
+    also_expected: Sequence[Path] = (),
 ) -> tuple[Path, Published] | None:
     """The local file of a published checkpoint, fetched when ``download``; None if none is
     published for ``(model, dataset)``.
@@ -168,9 +174,10 @@ def published_file(
             return path, pub
     if not download:
         raise MissingFileError(
-            f"published {model} weights for {dataset}",
-            [shown(p) for p in candidates],
-            f"rerun with --download to fetch {pub.url} (verified, cached there)",
+            f"pretrained {model} weights for {dataset}",
+            [shown(p) for p in [*also_expected, *candidates]],
+            f"rerun with --download to fetch {pub.url} (checked against its pinned SHA-256); "
+            + _ship_hint(model, dataset),
         )
     if pub.sha256 is None:
         raise DownloadError(

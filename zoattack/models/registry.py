@@ -204,7 +204,9 @@ def _create_zoo(
         if path is None:
             from zoattack.models.download import published_file
 
-            published = published_file(name, ds_name, download=download, model_dir=model_dir)
+            published = published_file(
+                name, ds_name, download=download, model_dir=model_dir, also_expected=candidates
+            )
         if published is not None:
             path, pub = published
             ds_kw = {**ds_kw, "mean": pub.mean, "std": pub.std}
