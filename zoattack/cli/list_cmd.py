@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Any
 
 import typer
@@ -46,8 +47,11 @@ def card_accuracy(name: str, pretrained: object) -> str:
         text = f"{ds}: clean {card['test_accuracy']:.1%}"
         rob = card.get("robust_accuracy")
         if rob:
+            steps = rob.get("steps") or "".join(
+                itertools.takewhile(str.isdigit, rob.get("attack", "").partition("PGD-")[2])
+            )
             text += (
-                f", robust {rob['accuracy']:.1%} (PGD-{rob.get('steps', '?')} "
+                f", robust {rob['accuracy']:.1%} (PGD-{steps} "
                 f"{rob['norm']} {rob['eps']:g}, {rob['examples']:,} images)"
             )
         parts.append(text)
