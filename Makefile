@@ -1,26 +1,42 @@
 # Two entry points, both idempotent: `make demo` and `make test`.
 # Set-up uses pip (not uv/poetry) because pip resolves the pinned torch from
-# the local wheel cache on the build machines instead of fetching a CUDA build.
+# the local wheel cache on the build machines instead of fetching a CUDA build;
+# constraints.txt keeps every extra (timm, robustbench, ray) from moving torch.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+EXTRAS := dev,ray,models
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+# Fashion-MNIST (60k train / 10k test) from Debian: the loader tests and `zoattack train`
+# read it here. The package holds only data, so installing it is safe on any Debian.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv data bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+data: $(FASHION_MNIST)
+
+$(FASHION_MNIST):
+	@if command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "no apt-get: Fashion-MNIST loader tests skip here (and fail when CI is set)"; \
+	fi
+
 demo: $(STAMP)
 	$(VENV)/bin/zoattack run --images 100 --budget 1000 --out runs/demo --save-images
 
-test: $(STAMP)
+test: $(STAMP) data
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -80,13 +80,15 @@ def test_registry_listing_and_errors():
     assert list_models() == [
         "resnet20",
         "small_cnn",
+        "small_cnn_robust",
+        "resnet20_robust",
         "torchvision",
         "timm",
         "robustbench",
         "remote",
         "defended",
     ]
-    assert list_models(zoo=True) == ["resnet20", "small_cnn"]
+    assert list_models(zoo=True) == ["resnet20", "small_cnn", "small_cnn_robust", "resnet20_robust"]
     assert MODELS.get("resnet20").description
     with pytest.raises(UnknownNameError, match="did you mean resnet20"):
         create_model("resnet21")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Any
 
 import typer
@@ -75,6 +76,32 @@ def default_rows(kind: str, reg: Registry[Any]) -> tuple[tuple[str, ...], list[t
     raise fail(f"--defaults lists optimizers and models, not {kind}")
 
 
+def card_accuracy(name: str, pretrained: object) -> str:
+    """Clean (and PGD robust) accuracy from the cards of a zoo model's shipped weights."""
+    if not pretrained or not isinstance(pretrained, str):
+        return ""
+    from zoattack.models.weights import load_card
+
+    parts = []
+    for ds in pretrained.split(","):
+        try:
+            card = load_card(name, ds)
+        except FileNotFoundError:
+            continue
+        text = f"{ds}: clean {card['test_accuracy']:.1%}"
+        rob = card.get("robust_accuracy")
+        if rob:
+            steps = rob.get("steps") or "".join(
+                itertools.takewhile(str.isdigit, rob.get("attack", "").partition("PGD-")[2])
+            )
+            text += (
+                f", robust {rob['accuracy']:.1%} (PGD-{steps} "
+                f"{rob['norm']} {rob['eps']:g}, {rob['examples']:,} images)"
+            )
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def list_command(
     kind: Annotated[
         str,
@@ -109,6 +136,11 @@ def list_command(
         header = ("name", "aliases", "description", "flags")
         rows = [(e.name, ", ".join(e.aliases), e.description, _flags(e.flags)) for e in reg]
         title, caption = f"zoattack {key}", None
+        if key == "models":  # what the shipped weights measured, from their cards
+            header = (*header, "accuracy (card)")
+            rows = [
+                (*r, card_accuracy(e.name, e.flags.get("pretrained"))) for r, e in zip(rows, reg)
+            ]
     if markdown:
         out.print(
             "| " + " | ".join(header) + " |\n|" + "---|" * len(header),

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from zoattack._version import __version__
-from zoattack.cli import batch, defend, list_cmd, optimize, report, run, serve, train
+from zoattack.cli import batch, defend, eval, list_cmd, optimize, report, run, serve, train
 from zoattack.cli._common import EXIT_OK, out, request_verbose
 
 app = typer.Typer(
@@ -47,6 +47,7 @@ app.command("run")(run.run_command)
 app.command("list")(list_cmd.list_command)
 app.command("optimize")(optimize.optimize_command)
 app.command("train")(train.train_command)
+app.command("eval")(eval.eval_command)
 app.add_typer(defend.app, name="defend")
 app.command("serve")(serve.serve_command)
 app.command("batch")(batch.batch_command)

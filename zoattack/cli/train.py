@@ -25,6 +25,8 @@ from rich.progress import (
 from zoattack.cli._common import err, fail, guarded, out, resolve_device
 from zoattack.registry import Recipe
 
+P_ADV = "Adversarial training"
+
 
 def _out_path(out_opt: Path | None, model: str, dataset: str) -> Path:
     name = f"{model}_{dataset}.safetensors"
@@ -93,6 +95,46 @@ def train_command(
         int | None,
         _Opt(help="CPU threads (fix it to reproduce bit-identical weights across machines)."),
     ] = None,
+    adv_method: Annotated[
+        str | None,
+        _Opt(
+            help="Adversarial training: pgd (Madry et al.) or trades (Zhang et al.); "
+            "default pgd when --adv-eps is given, else none.",
+            rich_help_panel=P_ADV,
+        ),
+    ] = None,
+    adv_eps: Annotated[
+        float | None,
+        _Opt(help="Radius of the training attack (e.g. 0.1 linf).", rich_help_panel=P_ADV),
+    ] = None,
+    adv_steps: Annotated[
+        int, _Opt(help="Steps of the training attack.", rich_help_panel=P_ADV)
+    ] = 7,
+    adv_norm: Annotated[str, _Opt(help="linf or l2.", rich_help_panel=P_ADV)] = "linf",
+    adv_step_size: Annotated[
+        float | None,
+        _Opt(help="Step of the training attack (default 2.5 eps / steps).", rich_help_panel=P_ADV),
+    ] = None,
+    trades_beta: Annotated[
+        float, _Opt(help="TRADES: weight of the KL term.", rich_help_panel=P_ADV)
+    ] = 6.0,
+    robust_eval_images: Annotated[
+        int,
+        _Opt(
+            help="Measure PGD robust accuracy on the first N test images (0: skip).",
+            rich_help_panel=P_ADV,
+        ),
+    ] = 1000,
+    robust_eval_steps: Annotated[
+        int, _Opt(help="Steps of that PGD evaluation (1 restart).", rich_help_panel=P_ADV)
+    ] = 20,
+    resume: Annotated[
+        bool,
+        _Opt(
+            "--resume",
+            help="Continue from the per-epoch checkpoint next to --out (FILE.ckpt.pt).",
+        ),
+    ] = False,
 ) -> None:
     """Train a zoo victim (with a progress bar), then write safetensors weights + a JSON card."""
     _train(**locals())
@@ -118,11 +160,20 @@ def _train(
     augment: str | None,
     image_size: int | None,
     threads: int | None,
+    adv_method: str | None = None,
+    adv_eps: float | None = None,
+    adv_steps: int = 7,
+    adv_norm: str = "linf",
+    adv_step_size: float | None = None,
+    trades_beta: float = 6.0,
+    robust_eval_images: int = 1000,
+    robust_eval_steps: int = 20,
+    resume: bool = False,
 ) -> None:
     from zoattack.data import dataset_spec, load_dataset
     from zoattack.models import MODELS, count_parameters, create_model, save_weights
     from zoattack.models.card import build_model_card, train_command_line
-    from zoattack.models.training import TrainRecipe, evaluate, train_model
+    from zoattack.models.training import TrainRecipe, evaluate, robust_accuracy, train_model
     from zoattack.seeding import make_generator, seed_everything
 
     entry = MODELS.get(model.partition(":")[0])  # adapters are named prefix:NAME
@@ -136,8 +187,27 @@ def _train(
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     dev = resolve_device(device)
-    # What the shipped weights were trained with (the model's registry entry); flags override.
-    defaults = entry.recipe or Recipe()
+    # A robust zoo entry (e.g. small_cnn_robust) names its threat model: the default recipe.
+    robust = entry.flags.get("robust")
+    if adv_eps is None and isinstance(robust, str):  # "NORM:EPS"
+        adv_norm, _, eps_text = robust.partition(":")
+        adv_eps = float(eps_text)
+    if adv_method is None:
+        adv_method = "pgd" if adv_eps is not None else "none"
+    adv_method = adv_method.lower()
+    if adv_method != "none" and adv_eps is None:
+        raise ValueError(f"--adv-method {adv_method} needs --adv-eps (e.g. 0.1 for linf)")
+    if adv_method == "none" and adv_eps is not None:
+        raise ValueError("--adv-eps is for adversarial training; add --adv-method pgd or trades")
+    if robust_eval_images < 0 or robust_eval_steps < 1:
+        raise ValueError(
+            "--robust-eval-images must be >= 0 and --robust-eval-steps >= 1, got "
+            f"{robust_eval_images} and {robust_eval_steps}"
+        )
+    # What the shipped weights were trained with (the model's registry entry, else its
+    # architecture's, e.g. small_cnn_robust trains like small_cnn); flags override.
+    arch = entry.flags.get("arch")
+    defaults = entry.recipe or (MODELS.get(str(arch)).recipe if arch else None) or Recipe()
     recipe = TrainRecipe(
         epochs=epochs if epochs is not None else defaults.epochs,
         lr=lr if lr is not None else defaults.lr,
@@ -147,8 +217,18 @@ def _train(
         schedule=schedule.lower(),
         augment=(augment or defaults.augment).lower(),
         crop_padding=4 if (spec.size or (0, 0))[0] >= 32 else 2,
+        adv_method=adv_method,
+        adv_norm=adv_norm.lower(),
+        adv_eps=adv_eps if adv_eps is not None else 0.0,
+        adv_steps=adv_steps,
+        adv_step_size=adv_step_size,
+        trades_beta=trades_beta,
     ).validate()
     path = _out_path(out_file, entry.name, spec.name)
+    numel = 1
+    for v in (spec.channels or 1, *(spec.size or (1, 1))):
+        numel *= v
+    recipe.validate(numel if spec.size is not None else None)
     if threads is not None:
         torch.set_num_threads(threads)
     seed_everything(seed)  # only for third-party code; ours draws from `gen`
@@ -167,9 +247,18 @@ def _train(
     err.print(
         f"training {entry.name} ({count_parameters(net):,} params) on {len(train_ds):,} "
         f"{spec.name} images for {recipe.epochs} epoch(s) on {dev}, "
-        f"{torch.get_num_threads()} CPU thread(s)",
+        f"{torch.get_num_threads()} CPU thread(s)"
+        + (
+            f", {recipe.adv_method.upper()} adversarial training ({recipe.adv_norm} eps "
+            f"{recipe.adv_eps:g}, {recipe.adv_steps} steps)"
+            if recipe.adversarial
+            else ""
+        ),
         highlight=False,
     )
+    ckpt = path.with_name(path.stem + ".ckpt.pt")
+    if resume and not ckpt.is_file():
+        raise ValueError(f"--resume: no checkpoint at {ckpt}; run without --resume first")
 
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
@@ -217,13 +306,67 @@ def _train(
             test=test_ds,
             on_step=on_step,
             on_epoch=on_epoch,
+            checkpoint=ckpt,
+            resume=resume,
         )
     assert result.test_accuracy is not None
+    robust_block: dict[str, Any] | None = None
+    if recipe.adversarial and robust_eval_images > 0:
+        head = test_ds.head(min(robust_eval_images, len(test_ds)))
+        err.print(
+            f"measuring PGD-{robust_eval_steps} robust accuracy on {len(head):,} test images",
+            highlight=False,
+        )
+        t_rob = time.perf_counter()
+        rob = robust_accuracy(
+            net,
+            head.images,
+            head.labels,
+            norm=recipe.adv_norm,
+            eps=recipe.adv_eps,
+            steps=robust_eval_steps,
+            generator=make_generator(seed),
+            device=dev,
+        )
+        robust_block = {
+            "accuracy": round(rob, 5),
+            "clean_accuracy": round(evaluate(net, head.images, head.labels, device=dev), 5),
+            "norm": recipe.adv_norm,
+            "eps": recipe.adv_eps,
+            "steps": robust_eval_steps,
+            "restarts": 1,
+            "attack": f"white-box PGD-{robust_eval_steps}, 1 random restart, margin loss, "
+            f"step 2.5 eps / steps (zoattack.attacks.pgd.PGD, seed {seed})",
+            "examples": len(head),
+            "source": f"first {len(head):,} test images ({test_ds.source})",
+            "seconds": round(time.perf_counter() - t_rob, 1),
+            "note": "an upper bound on true robust accuracy; `zoattack eval` with more "
+            "steps and restarts gives a tighter one",
+        }
     first = None
     if len(test_ds) > 1000:  # the bundled Fashion-MNIST subset is the first 1,000 test images
         head = test_ds.head(1000)
         first = evaluate(net, head.images, head.labels, device=dev)
 
+    command = train_command_line(
+        entry.name,
+        spec.name,
+        recipe.as_dict(),
+        seed,
+        limit=limit,
+        test_limit=test_limit,
+        image_size=image_size,
+        threads=threads,
+    )
+    if recipe.adversarial:
+        command += (
+            f" --adv-method {recipe.adv_method} --adv-norm {recipe.adv_norm} --adv-eps "
+            f"{recipe.adv_eps:g} --adv-steps {recipe.adv_steps}"
+            + (f" --adv-step-size {adv_step_size:g}" if adv_step_size is not None else "")
+            + (f" --trades-beta {recipe.trades_beta:g}" if recipe.adv_method == "trades" else "")
+            + f" --robust-eval-images {robust_eval_images} --robust-eval-steps "
+            f"{robust_eval_steps}"
+        )
     card = build_model_card(
         model=entry.name,
         dataset=spec.name,
@@ -241,21 +384,23 @@ def _train(
         history=result.history,
         train_seconds=time.perf_counter() - t0,
         device=str(dev),
-        command=train_command_line(
-            entry.name,
-            spec.name,
-            recipe.as_dict(),
-            seed,
-            limit=limit,
-            test_limit=test_limit,
-            image_size=image_size,
-            threads=threads,
-        ),
+        command=command,
     )
+    if robust_block is not None:
+        card["robust_accuracy"] = robust_block
+    if result.resumed_from_epoch:
+        card["resumed_from_epoch"] = result.resumed_from_epoch
     wpath, cpath = save_weights(net.cpu(), path, card)
+    ckpt.unlink(missing_ok=True)  # the weights and card now hold everything
+    rob_text = (
+        f", PGD robust accuracy {robust_block['accuracy']:.2%} ({recipe.adv_norm} eps "
+        f"{recipe.adv_eps:g}, first {robust_block['examples']:,} test images)"
+        if robust_block is not None
+        else ""
+    )
     out.print(
         f"test accuracy {result.test_accuracy:.2%} on {len(test_ds):,} {spec.name} test "
-        f"images; wrote {wpath} and {cpath}",
+        f"images{rob_text}; wrote {wpath} and {cpath}",
         highlight=False,
         soft_wrap=True,
     )

@@ -61,6 +61,38 @@ MODELS.add(
         recipe=Recipe(epochs=3, lr=1e-3, optimizer="adam", weight_decay=0.0, augment="none"),
     )
 )
+# Robust victims: the same architectures, adversarially trained (`zoattack train` picks the
+# recipe from "robust"); their weights ship only with a card that records it.
+ROBUST_THREAT = "linf:0.1"  # NORM:EPS
+MODELS.add(
+    Entry(
+        "small_cnn_robust",
+        SmallCNN,
+        "small_cnn adversarially trained (PGD, Linf 0.1, Madry et al. 2018): a victim "
+        "black-box attacks must work for",
+        {
+            "zoo": True,
+            "trainable": True,
+            "pretrained": _pretrained_flag("small_cnn_robust"),
+            "robust": ROBUST_THREAT,
+            "arch": "small_cnn",
+        },
+    )
+)
+MODELS.add(
+    Entry(
+        "resnet20_robust",
+        ResNet20,
+        "resnet20 adversarially trained (PGD, Linf 0.1, Madry et al. 2018)",
+        {
+            "zoo": True,
+            "trainable": True,
+            "pretrained": _pretrained_flag("resnet20_robust"),
+            "robust": ROBUST_THREAT,
+            "arch": "resnet20",
+        },
+    )
+)
 MODELS.add(
     Entry(
         "torchvision",
@@ -150,8 +182,10 @@ def _create_zoo(
     pretrained: bool,
     generator: torch.Generator | None,
     kwargs: dict[str, Any],
+    download: bool = False,
 ) -> nn.Module:
     path: Path | None = None
+    published = None
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -170,6 +204,15 @@ def _create_zoo(
         candidates = [Path(model_dir).expanduser() / fname] if model_dir is not None else []
         candidates.append(weights_dir() / fname)
         path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            from zoattack.models.download import published_file
+
+            published = published_file(
+                name, ds_name, download=download, model_dir=model_dir, also_expected=candidates
+            )
+        if published is not None:
+            path, pub = published
+            ds_kw = {**ds_kw, "mean": pub.mean, "std": pub.std}
         if path is None:
             raise MissingFileError(
                 f"no pretrained {name} weights for {ds_name}",
@@ -193,7 +236,10 @@ def _create_zoo(
     implied = {k: v for k, v in {**ds_kw, **config}.items() if k in accepted}
     model = cls(**{**implied, **kwargs}, generator=generator)
     if path is not None:
-        load_into(model, read_state_dict(path), path, f"{name} {model.config()}")
+        state = read_state_dict(path)
+        if published is not None:
+            state = published[1].convert(state)
+        load_into(model, state, path, f"{name} {model.config()}")
     return model
 
 
@@ -298,5 +344,6 @@ def create_model(
             pretrained=pretrained,
             generator=generator,
             kwargs=kwargs,
+            download=download,
         )
     return model.to(dev).eval()

@@ -4,25 +4,42 @@ Everything random (shuffling, augmentation) draws from one ``torch.Generator``; 
 initialised from it too (see :mod:`zoattack.models.zoo`). On CPU, the same seed, data, recipe and
 thread count give bit-identical weights. Data are in-memory tensors, so there is no DataLoader
 and no worker processes.
+
+Adversarial training (``adv_method``): PGD training (Madry et al. ICLR 2018) minimises the
+cross-entropy on PGD examples found inside the eps-ball of each training image; TRADES (Zhang et
+al. ICML 2019) minimises ``CE(f(x), y) + beta * KL(f(x) || f(x'))`` with ``x'`` maximising the
+KL term. Examples are generated with the model in eval mode (BatchNorm statistics are not
+updated by the attack's passes). Training can be resumed per epoch from a checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoattack.attacks.pgd import PGD, check_threat, pgd_examples, trades_examples
 from zoattack.data import ImageDataset
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
+ADV_METHODS = ("none", "pgd", "trades")
+ADV_PAPERS = {
+    "pgd": "Madry, Makelov, Schmidt, Tsipras, Vladu. Towards Deep Learning Models Resistant to "
+    "Adversarial Attacks. ICLR 2018",
+    "trades": "Zhang, Yu, Jiao, Xing, El Ghaoui, Jordan. Theoretically Principled Trade-off "
+    "between Robustness and Accuracy. ICML 2019",
+}
 
 
 @dataclass
@@ -45,8 +62,53 @@ class TrainRecipe:
     augment: str = "none"
     crop_padding: int = 2
     label_smoothing: float = 0.0
+    adv_method: str = "none"
+    adv_norm: str = "linf"
+    adv_eps: float = 0.0
+    adv_steps: int = 7
+    adv_step_size: float | None = None
+    trades_beta: float = 6.0
 
-    def validate(self) -> TrainRecipe:
+    @property
+    def adversarial(self) -> bool:
+        return self.adv_method != "none"
+
+    def validate(self, image_numel: int | None = None) -> TrainRecipe:
+        """Raise ValueError naming the flag of the first bad field; ``image_numel`` (values per
+        image) bounds an L2 ``adv_eps`` by the diagonal of the ``[0, 1]`` box."""
+        self._validate_plain()
+        if self.adv_method not in ADV_METHODS:
+            raise ValueError(
+                f"--adv-method must be one of {', '.join(ADV_METHODS)}, got {self.adv_method!r}"
+            )
+        if not self.adversarial:
+            return self
+        if self.adv_norm not in ("linf", "l2"):
+            raise ValueError(f"--adv-norm must be linf or l2, got {self.adv_norm!r}")
+        if not (self.adv_eps > 0 and math.isfinite(self.adv_eps)):
+            raise ValueError(f"--adv-eps must be a finite number > 0, got {self.adv_eps}")
+        try:
+            check_threat(self.adv_norm, self.adv_eps, image_numel)
+        except ValueError as exc:
+            raise ValueError(f"--adv-eps: {exc}") from None
+        if self.adv_steps < 1:
+            raise ValueError(f"--adv-steps must be >= 1, got {self.adv_steps}")
+        if self.adv_step_size is not None and not (
+            self.adv_step_size > 0 and math.isfinite(self.adv_step_size)
+        ):
+            raise ValueError(f"--adv-step-size must be a number > 0, got {self.adv_step_size}")
+        if not (self.trades_beta > 0 and math.isfinite(self.trades_beta)):
+            raise ValueError(f"--trades-beta must be a number > 0, got {self.trades_beta}")
+        return self
+
+    @property
+    def adv_alpha(self) -> float:
+        """The attack's step size: given, else 2.5 eps / steps (Madry et al.)."""
+        if self.adv_step_size is not None:
+            return self.adv_step_size
+        return 2.5 * self.adv_eps / self.adv_steps
+
+    def _validate_plain(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
         if not self.lr > 0 or not math.isfinite(self.lr):
@@ -69,7 +131,6 @@ class TrainRecipe:
             )
         if self.weight_decay < 0:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        return self
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -82,6 +143,27 @@ class TrainRecipe:
             f" (label smoothing {self.label_smoothing})" if self.label_smoothing else ""
         )
         d.pop("label_smoothing")
+        for k in ("adv_method", "adv_norm", "adv_eps", "adv_steps", "adv_step_size", "trades_beta"):
+            d.pop(k)
+        if self.adversarial:
+            d["adversarial"] = {
+                "method": self.adv_method,
+                "norm": self.adv_norm,
+                "eps": self.adv_eps,
+                "steps": self.adv_steps,
+                "step_size": round(self.adv_alpha, 6),
+                "start": "uniform random in the ball"
+                if self.adv_method == "pgd"
+                else "x + 0.001 N(0, I)",
+                "inner_loss": "cross-entropy" if self.adv_method == "pgd" else "KL(f(x) || f(x'))",
+                **({"beta": self.trades_beta} if self.adv_method == "trades" else {}),
+                "paper": ADV_PAPERS[self.adv_method],
+            }
+            d["loss"] = (
+                "cross-entropy on PGD examples"
+                if self.adv_method == "pgd"
+                else f"TRADES: CE(f(x), y) + {self.trades_beta:g} KL(f(x) || f(x'))"
+            )
         return d
 
 
@@ -90,6 +172,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     test_accuracy: float | None = None
     seconds: float = 0.0
+    resumed_from_epoch: int = 0
 
 
 StepCallback = Callable[[int, int, int, float], None]
@@ -149,6 +232,54 @@ def _optimizer(model: nn.Module, r: TrainRecipe) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
 
 
+def robust_accuracy(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    norm: str,
+    eps: float,
+    steps: int = 20,
+    restarts: int = 1,
+    generator: torch.Generator | None = None,
+    batch_size: int = 500,
+    device: torch.device | str | None = None,
+) -> float:
+    """Accuracy under white-box PGD (margin loss, random start): the share of images the model
+    classifies correctly and PGD does not fool. An upper bound on true robust accuracy."""
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    attack = PGD(norm, eps, steps=steps, restarts=restarts, loss="margin")
+    robust = 0
+    try:
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].to(device)
+            y = labels[i : i + batch_size].to(device)
+            with torch.no_grad():
+                ok = model(x).argmax(1) == y
+            if ok.any():
+                res = attack.perturb(model, x[ok], y[ok], generator=generator)
+                robust += int((~res.success).sum())
+    finally:
+        model.train(was_training)
+    return robust / max(1, len(images))
+
+
+def _recipe_key(recipe: TrainRecipe) -> str:
+    return json.dumps(asdict(recipe), sort_keys=True)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically: a crash while writing leaves the previous epoch's checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def train_model(
     model: nn.Module,
     train: ImageDataset,
@@ -159,13 +290,21 @@ def train_model(
     test: ImageDataset | None = None,
     on_step: StepCallback | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place on ``train``; report test accuracy on ``test`` at the end.
 
+    ``checkpoint``: after every epoch, the model, optimizer, schedule, generator state and
+    history are written there; with ``resume`` an existing checkpoint of the same recipe is
+    loaded and training continues at the next epoch, so the final weights equal those of an
+    uninterrupted run (on CPU, same thread count).
+
     Raises:
-        ValueError: a bad recipe, or a non-finite loss (divergence: lower the learning rate).
+        ValueError: a bad recipe, a checkpoint of another recipe, or a non-finite loss
+            (divergence: lower the learning rate).
     """
-    recipe.validate()
+    recipe.validate(train.images[0].numel() if len(train) else None)
     device = torch.device(device)
     # channels_last makes CPU convolutions ~25% faster here; state dicts saved later are
     # made contiguous again by save_weights.
@@ -182,8 +321,24 @@ def train_model(
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     result = TrainResult()
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    first_epoch = 1
+    if resume and ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state.get("recipe") != _recipe_key(recipe) or state.get("train_examples") != n:
+            raise ValueError(
+                f"--resume: {ckpt} was written by another recipe or training set; "
+                "repeat that run's options or delete the checkpoint"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        result.history = [dict(r) for r in state["history"]]
+        first_epoch = int(state["epoch"]) + 1
+        result.resumed_from_epoch = int(state["epoch"])
     start = time.perf_counter()
-    for epoch in range(1, recipe.epochs + 1):
+    for epoch in range(first_epoch, recipe.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=generator)
@@ -192,8 +347,7 @@ def train_model(
             idx = perm[step * recipe.batch_size : (step + 1) * recipe.batch_size]
             x = augment_batch(train.images[idx], recipe.augment, recipe.crop_padding, generator)
             x, y = x.to(device, memory_format=fmt), train.labels[idx].to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            loss, logits = _batch_loss(model, x, y, recipe, generator)
             if not torch.isfinite(loss):
                 raise ValueError(
                     f"training diverged (loss {loss.item()}) at epoch {epoch} step "
@@ -212,10 +366,26 @@ def train_model(
         row = {
             "epoch": epoch,
             "train_loss": round(loss_sum / max(1, seen), 5),
+            # Adversarial training: accuracy on the training-time adversarial examples (PGD)
+            # or on the clean images (TRADES, whose first term is the clean loss).
             "train_accuracy": round(correct / max(1, seen), 5),
             "seconds": round(time.perf_counter() - t0, 2),
         }
         result.history.append(row)
+        if ckpt is not None:
+            _save_checkpoint(
+                ckpt,
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "generator": generator.get_state(),
+                    "history": result.history,
+                    "recipe": _recipe_key(recipe),
+                    "train_examples": n,
+                },
+            )
         if on_epoch is not None:
             on_epoch(row)
     model.to(memory_format=torch.contiguous_format).eval()
@@ -223,3 +393,46 @@ def train_model(
         result.test_accuracy = evaluate(model, test.images, test.labels, device=device)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _batch_loss(
+    model: nn.Module, x: Tensor, y: Tensor, recipe: TrainRecipe, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """The training loss of one batch and the logits its accuracy is read from."""
+    if not recipe.adversarial:
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing), logits
+    model.eval()  # the attack's passes must not move BatchNorm statistics
+    try:
+        if recipe.adv_method == "pgd":
+            x_adv = pgd_examples(
+                model,
+                x,
+                y,
+                norm=recipe.adv_norm,
+                eps=recipe.adv_eps,
+                steps=recipe.adv_steps,
+                step_size=recipe.adv_alpha,
+                generator=generator,
+            )
+        else:
+            x_adv = trades_examples(
+                model,
+                x,
+                norm=recipe.adv_norm,
+                eps=recipe.adv_eps,
+                steps=recipe.adv_steps,
+                step_size=recipe.adv_alpha,
+                generator=generator,
+            )
+    finally:
+        model.train()
+    if recipe.adv_method == "pgd":
+        logits = model(x_adv)
+        return F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing), logits
+    logits = model(x)
+    kl = F.kl_div(
+        torch.log_softmax(model(x_adv), dim=1), torch.softmax(logits, dim=1), reduction="batchmean"
+    )
+    ce = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+    return ce + recipe.trades_beta * kl, logits
