@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from zoattack.attacks.base import AttackInterrupted, AttackResult, run_attack
-from zoattack.blackbox import COUNTING_RULE, BlackBox
+from zoattack.blackbox import COUNTING_RULE, BlackBox, check_output_kind
 from zoattack.errors import ZOAttackError
 from zoattack.norms import check_norm
 from zoattack.optim import OPTIMIZERS, create_optimizer
@@ -347,6 +347,9 @@ def prepare(
             **(model_options or {}),
         )
     model.eval()
+    # A labels-only model (a `serve --output labels` server) is refused here, before a run
+    # folder is started: score attacks would read its one-hot answers as flat scores.
+    check_output_kind(model, "logits")
     return PreparedJob(
         spec=spec,
         images=data.images,
