@@ -4,7 +4,7 @@ CLI invoker that checks the error contract (exit 0/2/3, no traceback) on every c
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from typer.testing import CliRunner
@@ -50,3 +50,25 @@ def cli(*args: str, **kwargs: Any) -> Any:
 @pytest.fixture(scope="session")
 def zo_cli():
     return cli
+
+
+class Corpus:
+    """Counts the malformed-input cases the robustness tests run (printed at the end)."""
+
+    cases: ClassVar[dict[str, int]] = {}
+
+    @classmethod
+    def add(cls, kind: str, n: int = 1) -> None:
+        cls.cases[kind] = cls.cases.get(kind, 0) + n
+
+
+@pytest.fixture(scope="session")
+def corpus() -> type[Corpus]:
+    return Corpus
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if Corpus.cases:
+        total = sum(Corpus.cases.values())
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(Corpus.cases.items()))
+        terminalreporter.write_line(f"malformed-input corpus: {total} cases ({parts})")
