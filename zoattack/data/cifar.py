@@ -56,6 +56,10 @@ class _ArraysOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
 
 
+class UnreadablePickle(BadFileError, pickle.UnpicklingError):
+    """A batch file the restricted unpickler refused (or could not parse)."""
+
+
 _REDOWNLOAD = (
     "download CIFAR-10 again with torchvision.datasets.CIFAR10(DIR, download=True) and pass "
     "--data-dir DIR"
@@ -67,6 +71,8 @@ def _load_batch(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             d = _ArraysOnly(f, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise UnreadablePickle(path, what, describe(exc), _REDOWNLOAD) from None
     except RecursionError:
         raise BadFileError(path, what, "nested too deeply", _REDOWNLOAD) from None
     except Exception as exc:  # unpickling fails in many types on untrusted bytes
