@@ -3,7 +3,8 @@
 Tables:
 
 * ``jobs``: one line per job key (a hash of the resolved spec): the settings as JSON and as
-  columns, the versions, status (pending, running, finished, failed), timings, scored inputs.
+  columns, the versions, status (pending, running, finished, failed, interrupted: left running
+  by a process that died), timings, scored inputs.
 * ``rows``: one line per image per job, with exactly the fields of `zoattack run`'s
   per_image.csv, ``UNIQUE(job, "index")``.
 * ``batches``: one line per `zoattack batch` invocation (plan text, executor, outcome).
@@ -132,6 +133,7 @@ class ResultStore:
                     "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                 )
             self._check_schema()
+            self.reap_orphans()
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise ValueError(
@@ -153,6 +155,64 @@ class ResultStore:
 
     def close(self) -> None:
         self.conn.close()
+
+    # -- owners ---------------------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def owner_alive(self) -> bool:
+        """Whether a `zoattack batch` holds this store's lock (see :meth:`exclusive`) now.
+
+        The lock is an OS file lock, released by the kernel when its holder dies however it
+        dies (SIGKILL, OOM, power loss of the process), so a free lock means nobody is running
+        the jobs the store calls running.
+        """
+        try:
+            import fcntl
+        except ImportError:  # Windows: no way to tell; never reap
+            return True
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True  # unreadable lock: assume an owner rather than steal its jobs
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the probe's own shared lock
+        return False
+
+    def reap_orphans(self) -> int:
+        """Mark jobs and batches left ``running`` by a dead process as ``interrupted``.
+
+        Done on every open (a rerun, a report), never while a live batch holds the lock. A
+        rerun resumes interrupted jobs from their stored rows like any unfinished job. Returns
+        how many jobs were reaped (0 also when the store is read-only).
+        """
+        running = self.conn.execute(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE status='running') + "
+            "(SELECT COUNT(*) FROM batches WHERE status='running')"
+        ).fetchone()[0]
+        if not running or self.owner_alive():
+            return 0
+        try:
+            with self.transaction() as c:
+                reaped = c.execute(
+                    "UPDATE jobs SET status='interrupted', error=COALESCE(error, ?) "
+                    "WHERE status='running'",
+                    ("its batch process ended without finishing it (killed?)",),
+                ).rowcount
+                c.execute(
+                    "UPDATE batches SET status='interrupted' WHERE status='running'",
+                )
+        except sqlite3.OperationalError:  # a read-only store: report it as it is
+            return 0
+        return int(reaped)
 
     def __enter__(self) -> ResultStore:
         return self
@@ -309,8 +369,7 @@ class ResultStore:
 
         An OS file lock: it is released by the kernel when the holder dies, even by SIGKILL.
         """
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fh = open(lock_path, "a+")
+        fh = open(self.lock_path, "a+")  # noqa: SIM115 (held across the yield)
         try:
             try:
                 import fcntl
