@@ -162,3 +162,12 @@ def test_bad_card_next_to_weights(tmp_path, zo_cli):
         res = zo_cli(*RUN, "--weights", str(w))
         assert res.exit_code == 2 and "m.json" in res.output, (card, res.output)
     _ = io  # keep the import for the corpus helpers
+
+
+@pytest.mark.parametrize("target", ["10", "99999999999999999999", "-1", "²", "sideways"])
+def test_bad_target_is_refused_before_the_run_folder(tmp_path, zo_cli, target):
+    # Found by the corpus: the target was only checked after run.json was written.
+    out = tmp_path / "run"
+    res = zo_cli(*RUN, "--target", target, "--out", str(out))
+    assert res.exit_code == 2 and "--target" in res.output
+    assert not out.exists()

@@ -345,6 +345,7 @@ def prepare(
         )
     assert spec.eps is not None
     check_eps_fits(spec.norm, spec.eps, tuple(data.images.shape[1:]))
+    check_target(spec.target, len(data.classes))
     if model is None:
         model = create_model(
             spec.model,
@@ -382,6 +383,22 @@ def check_budget(budget: int) -> None:
             f"--budget {budget} is beyond what a query ledger can count (at most {MAX_BUDGET:,} "
             "queries per image)"
         )
+
+
+def check_target(target: str | None, classes: int) -> None:
+    """The checks of ``resolve_target`` that need no scores, done before a run folder is
+    started (the attack itself only meets the target after the clean check)."""
+    if target is None or target in ("random", "least-likely", "least_likely"):
+        return
+    if target.isdigit():
+        try:
+            t = int(target)
+        except ValueError:  # str.isdigit() accepts digits int() does not, e.g. "²"
+            t = -1
+        if not 0 <= t < classes:
+            raise ValueError(f"--target class must be in [0, {classes - 1}], got {target}")
+        return
+    raise ValueError(f"--target must be random, least-likely or a class index, got {target!r}")
 
 
 def check_eps_fits(norm: str, eps: float, input_shape: tuple[int, ...]) -> None:
