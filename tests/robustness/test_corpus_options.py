@@ -1,6 +1,6 @@
 """Malformed-input corpus, options: every command fed hostile option values (hypothesis).
 
-Each case must keep the CLI's contract (conftest ``cli``): exit 0, 2 or 3, no traceback,
+Each case must keep the CLI's contract (conftest ``zo_cli``): exit 0, 2 or 3, no traceback,
 no uncaught exception; a refused command (exit 2) leaves no output behind.
 """
 
@@ -12,10 +12,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import cli  # noqa: E402  (tests/robustness is on sys.path for its conftest)
-
 FUZZ = settings(
-    max_examples=15,
+    max_examples=12,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -68,13 +66,13 @@ def refused_leaves_nothing(res, out: Path) -> None:
 
 @FUZZ
 @given(option=st.sampled_from(sorted(RUN_OPTS)), data=st.data())
-def test_run_options(tmp_path, corpus, option, data):
+def test_run_options(tmp_path, corpus, zo_cli, option, data):
     value = data.draw(RUN_OPTS[option])
     if option in ("--budget", "--images") and value.isdigit() and 4 < int(value) < 10**6:
         value = "4"  # a valid large value is just a long run, not a malformed input
     out = tmp_path / f"out{next(_n)}"
     norm = data.draw(st.sampled_from(["linf", "l2"]))
-    res = cli(*RUN_BASE, "--norm", norm, option, value, "--out", str(out))
+    res = zo_cli(*RUN_BASE, "--norm", norm, option, value, "--out", str(out))
     corpus.add("options")
     refused_leaves_nothing(res, out)
 
@@ -96,18 +94,18 @@ OPT_OPTS = {
 
 @FUZZ
 @given(option=st.sampled_from(sorted(OPT_OPTS)), data=st.data())
-def test_optimize_options(corpus, option, data):
+def test_optimize_options(corpus, zo_cli, option, data):
     value = data.draw(OPT_OPTS[option])
     if option in ("--budget", "--dim", "--seeds") and value.isdigit() and int(value) > 50:
         value = "50"
-    cli("optimize", "--dim", "8", "--seeds", "1", "--budget", "40", option, value, "--json")
+    zo_cli("optimize", "--dim", "8", "--seeds", "1", "--budget", "40", option, value, "--json")
     corpus.add("options")
 
 
 @FUZZ
 @given(kind=WORDS, pattern=WORDS)
-def test_list(corpus, kind, pattern):
-    cli("list", kind, pattern)
+def test_list(corpus, zo_cli, kind, pattern):
+    zo_cli("list", kind, pattern)
     corpus.add("options")
 
 
@@ -131,13 +129,13 @@ TRAIN_OPTS = {
 
 @FUZZ
 @given(option=st.sampled_from(sorted(TRAIN_OPTS)), data=st.data())
-def test_train_options(tmp_path, corpus, option, data):
+def test_train_options(tmp_path, corpus, zo_cli, option, data):
     value = data.draw(TRAIN_OPTS[option])
     if option in ("--epochs", "--limit", "--test-limit") and value.isdigit() and int(value) > 1:
         value = "1"
     out = tmp_path / f"w{next(_n)}" / "m.safetensors"
     base = ["train", "--dataset", "digits", "--limit", "16", "--test-limit", "8"]
-    res = cli(*base, "--epochs", "1", "--threads", "1", "--device", "cpu", option, value,
+    res = zo_cli(*base, "--epochs", "1", "--threads", "1", "--device", "cpu", option, value,
               "--out", str(out))  # fmt: skip
     corpus.add("options")
     refused_leaves_nothing(res, out.parent)
@@ -160,10 +158,10 @@ SERVE_BAD = [
 ]
 
 
-def test_serve_bad_options(corpus):
+def test_serve_bad_options(corpus, zo_cli):
     # Only refusals here: a valid serve command would block serving.
     for args in SERVE_BAD:
-        res = cli("serve", "--device", "cpu", *args)
+        res = zo_cli("serve", "--device", "cpu", *args)
         assert res.exit_code == 2, (args, res.output)
         corpus.add("options")
 
