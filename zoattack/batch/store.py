@@ -148,10 +148,50 @@ class ResultStore:
         if not {"meta", "jobs", "rows"} <= names:
             raise sqlite3.DatabaseError("no jobs/rows tables")
         row = self.conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-        if row is None or int(row[0]) > SCHEMA_VERSION:
+        version = str(row[0]) if row is not None else ""
+        if not version.isdecimal():
+            raise sqlite3.DatabaseError(f"no readable schema version ({version[:20]!r})")
+        if int(version) > SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
-                f"schema {row and row[0]} is newer than this zoattack reads ({SCHEMA_VERSION})"
+                f"schema {version} is newer than this zoattack reads ({SCHEMA_VERSION})"
             )
+        self._check_contents()
+
+    def _check_contents(self) -> None:
+        """Every value of the wrong type for its column, found by SQL before a report or a
+        rerun trips over it: a hand-edited or damaged store is one line, not a traceback."""
+        is_num = "typeof({}) IN ('integer', 'real')"
+        is_int = "typeof({})='integer'"
+        json_object = "(CASE WHEN json_valid({0}) THEN json_type({0}) END) IS NOT 'object'"
+        job_checks = {
+            "status": "status NOT IN ('pending','running','finished','failed','interrupted')",
+            "norm": "norm NOT IN ('linf','l2')",
+            "eps": f"NOT {is_num.format('eps')}",
+            "budget": f"NOT {is_int.format('budget')}",
+            "images": f"NOT {is_int.format('images')}",
+            "chunk_size": f"NOT {is_int.format('chunk_size')}",
+            "seed": f"NOT {is_int.format('seed')}",
+            "optimizer": "typeof(optimizer)!='text'",
+            "label": "typeof(label)!='text'",
+            "spec": json_object.format("spec"),
+            "settings": f"settings IS NOT NULL AND {json_object.format('settings')}",
+            "scored_inputs": f"NOT {is_int.format('scored_inputs')}",
+            "seconds": f"NOT {is_num.format('seconds')}",
+        }
+        row_checks = {
+            name: f"NOT {(is_num if kind == 'REAL' else is_int).format(chr(34) + name + chr(34))}"
+            for name, kind in ROW_TYPES.items()
+            if kind != "TEXT"
+        }
+        row_checks["stop_reason"] = "typeof(stop_reason)!='text'"
+        for table, key, checks in (("jobs", "key", job_checks), ("rows", "job", row_checks)):
+            for column, bad in checks.items():
+                hit = self.conn.execute(f"SELECT {key} FROM {table} WHERE {bad} LIMIT 1").fetchone()
+                if hit is not None:
+                    raise sqlite3.DatabaseError(
+                        f"damaged: {table}.{column} of job {str(hit[0])[:16]!r} is not a valid "
+                        "value"
+                    )
 
     def close(self) -> None:
         self.conn.close()

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoattack.blackbox import BlackBox
+from zoattack.data.files import BadFileError, describe
 from zoattack.defense.autoencoder import Decoder, Encoder, make_autoencoder
 from zoattack.defense.bridge import PseudoLabelCE, check_scores_blackbox, zo_loss
 from zoattack.defense.denoiser import DnCNN, default_denoiser_config
@@ -292,23 +293,32 @@ def train_defense(
     ckpt = out / CHECKPOINT
     if resume:
         saved = load_state(ckpt)
-        _check_resume(saved, config, n)
-        denoiser.load_state_dict(saved["denoiser"])
-        if enc is not None and dec is not None:
-            enc.load_state_dict(saved["encoder"])
-            dec.load_state_dict(saved["decoder"])
-        if ae_opt is not None:
-            ae_opt.load_state_dict(saved["ae_optimizer"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        gen.set_state(saved["generator"].to(gen.get_state().device))
-        blackbox.load_counts(saved["ledger"])
-        if estimator is not None:
-            estimator.load_state_dict(saved["estimator"])
-        stage, epoch = int(saved["stage"]), int(saved["epoch"])
-        history = list(saved["history"])
-        targets = saved["targets"].to(dev) if saved["targets"] is not None else None
-        wb_evals = int(saved["whitebox_evaluations"])
+        # The checkpoint is a file on disk: anything in it may be damaged. Settings that do
+        # not match stay _check_resume's own ValueError; any other failure is a bad file.
+        how = "delete it and train from scratch (without --resume)"
+        try:
+            _check_resume(saved, config, n)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise BadFileError(ckpt, "a checkpoint of this defense", describe(exc), how) from None
+        try:
+            denoiser.load_state_dict(saved["denoiser"])
+            if enc is not None and dec is not None:
+                enc.load_state_dict(saved["encoder"])
+                dec.load_state_dict(saved["decoder"])
+            if ae_opt is not None:
+                ae_opt.load_state_dict(saved["ae_optimizer"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            gen.set_state(saved["generator"].to(gen.get_state().device))
+            blackbox.load_counts(saved["ledger"])
+            if estimator is not None:
+                estimator.load_state_dict(saved["estimator"])
+            stage, epoch = int(saved["stage"]), int(saved["epoch"])
+            history = list(saved["history"])
+            targets = saved["targets"].to(dev) if saved["targets"] is not None else None
+            wb_evals = int(saved["whitebox_evaluations"])
+        except Exception as exc:
+            raise BadFileError(ckpt, "a checkpoint of this defense", describe(exc), how) from None
     elif ckpt.exists():
         raise ValueError(
             f"{out} already holds a defense checkpoint; pass --resume to continue "
