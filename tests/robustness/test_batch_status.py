@@ -71,3 +71,17 @@ def test_batch_help_shows_the_table_names(zo_cli):
     text = " ".join(res.output.split())
     assert "[defaults], [grid] and/or [[job]]" in text
     assert "the plan's [batch] out" in text
+
+
+def test_a_damaged_store_is_one_line(tmp_path, zo_cli):
+    # Found by the corpus: a NULL norm made `zoattack report` raise KeyError.
+    import sqlite3
+
+    from zoattack.jobs.attack import AttackSpec
+
+    with ResultStore(tmp_path) as store:
+        store.register_jobs([("k1", "sign", 0, AttackSpec().resolved())])
+    with sqlite3.connect(tmp_path / "results.sqlite") as con:
+        con.execute("UPDATE jobs SET norm=NULL")
+    res = zo_cli("report", str(tmp_path), "--no-plots")
+    assert res.exit_code == 2 and "jobs.norm" in res.output

@@ -288,7 +288,7 @@ TABLE_COLUMNS = {
 }  # fmt: skip
 
 
-@FUZZ
+@settings(FUZZ, max_examples=8)
 @given(
     data=st.data(),
     table=st.sampled_from(sorted(TABLE_COLUMNS)),
@@ -362,7 +362,7 @@ def test_run_folders(tmp_path, corpus, zo_cli, finished_run, name, mode, data):
 # -- defense folders and checkpoints ---------------------------------------------------------
 
 
-@FUZZ
+@settings(FUZZ, max_examples=6)
 @given(
     card=CARD | JSON,
     weights=st.binary(max_size=120),

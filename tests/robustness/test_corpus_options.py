@@ -64,7 +64,7 @@ def refused_leaves_nothing(res, out: Path) -> None:
         assert not out.exists(), f"refused but wrote {sorted(p.name for p in out.iterdir())}"
 
 
-@FUZZ
+@settings(FUZZ, max_examples=30)
 @given(option=st.sampled_from(sorted(RUN_OPTS)), data=st.data())
 def test_run_options(tmp_path, corpus, zo_cli, option, data):
     value = data.draw(RUN_OPTS[option])
@@ -127,7 +127,7 @@ TRAIN_OPTS = {
 }
 
 
-@FUZZ
+@settings(FUZZ, max_examples=6)
 @given(option=st.sampled_from(sorted(TRAIN_OPTS)), data=st.data())
 def test_train_options(tmp_path, corpus, zo_cli, option, data):
     value = data.draw(TRAIN_OPTS[option])

@@ -160,18 +160,21 @@ class ResultStore:
     def _check_contents(self) -> None:
         """Every value of the wrong type for its column, found by SQL before a report or a
         rerun trips over it: a hand-edited or damaged store is one line, not a traceback."""
-        is_num = "typeof({}) IN ('integer', 'real')"
-        is_int = "typeof({})='integer'"
+        # Spec columns may be NULL (a spec leaves them to defaults); when set, typed.
+        is_num = "typeof({0}) IN ('integer', 'real')"
+        is_int = "typeof({0})='integer'"
+        opt_num = "({0} IS NOT NULL AND typeof({0}) NOT IN ('integer', 'real'))"
+        opt_int = "({0} IS NOT NULL AND typeof({0})!='integer')"
         json_object = "(CASE WHEN json_valid({0}) THEN json_type({0}) END) IS NOT 'object'"
         job_checks = {
             "status": "status NOT IN ('pending','running','finished','failed','interrupted')",
-            "norm": "norm NOT IN ('linf','l2')",
-            "eps": f"NOT {is_num.format('eps')}",
-            "budget": f"NOT {is_int.format('budget')}",
-            "images": f"NOT {is_int.format('images')}",
-            "chunk_size": f"NOT {is_int.format('chunk_size')}",
-            "seed": f"NOT {is_int.format('seed')}",
-            "optimizer": "typeof(optimizer)!='text'",
+            "norm": "norm IS NULL OR norm NOT IN ('linf','l2')",
+            "eps": opt_num.format("eps"),
+            "budget": opt_int.format("budget"),
+            "images": opt_int.format("images"),
+            "chunk_size": opt_int.format("chunk_size"),
+            "seed": opt_int.format("seed"),
+            "optimizer": "optimizer IS NOT NULL AND typeof(optimizer)!='text'",
             "label": "typeof(label)!='text'",
             "spec": json_object.format("spec"),
             "settings": f"settings IS NOT NULL AND {json_object.format('settings')}",
