@@ -371,7 +371,11 @@ def _certify(**kw: Any) -> None:
     sigma = kw["sigma"] if kw["sigma"] is not None else float(card["config"]["sigma"])
     check_certify_args(sigma, kw["n0"], kw["n"], kw["alpha"], kw["batch"])
     data_info = card.get("data", {})
-    ds_name = kw["dataset"] or data_info.get("dataset") or card["blackbox"]["dataset"]
+    ds_name = (
+        kw["dataset"] or data_info.get("dataset") or (card.get("blackbox") or {}).get("dataset")
+    )
+    if not ds_name:
+        raise ValueError(f"{kw['defense']} records no data set; pass --dataset")
     start = kw["start"]
     if start is None:
         start = (

@@ -126,15 +126,19 @@ def read_defense_card(card_path: Path) -> dict[str, Any]:
     if not sigma > 0:
         raise bad("config.sigma must be > 0")
     field(card, "method", str, "")
-    bb = field(card, "blackbox", dict, "")
-    for key in ("model", "dataset"):
-        field(bb, key, str, "blackbox.")
-    if bb.get("weights") is not None:
-        field(bb, "weights", str, "blackbox.")
-    if bb.get("num_classes") is not None:
-        field(bb, "num_classes", int, "blackbox.")
+    # A defense trained through the library may record no black box (load_base_model then
+    # says so); one that does must record it with the right types.
+    bb = card.get("blackbox") or {}
+    if not isinstance(bb, dict):
+        raise bad("blackbox is not an object")
+    for key, kind in (("model", str), ("dataset", str), ("weights", str), ("num_classes", int)):
+        if bb.get(key) is not None:
+            field(bb, key, kind, "blackbox.")
     if card.get("data") is not None:
-        field(card, "data", dict, "")
+        data = field(card, "data", dict, "")
+        for key, kind in (("dataset", str), ("split", str), ("start", int), ("count", int)):
+            if data.get(key) is not None:
+                field(data, key, kind, "data.")
     if card.get("classes") is not None:
         field(card, "classes", list, "")
     return card
