@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from zoattack.data.files import BadFileError, MissingFileError, describe, shown
 from zoattack.data.registry import DatasetSpec, ImageDataset, register_dataset, to_float_images
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _GRAY_MODES = {"1", "L", "I", "I;16", "F", "LA"}
@@ -40,7 +44,7 @@ def _root(data_dir: str | None, split: str) -> Path:
     return base
 
 
-def _open_image(path: Path) -> object:
+def _open_image(path: Path) -> Image.Image:
     """The decoded image at ``path``; a file Pillow cannot decode is one line naming it."""
     from PIL import Image
 

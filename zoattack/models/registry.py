@@ -185,15 +185,15 @@ def _create_zoo(
                 stacklevel=3,
             )
         arch = card.get("architecture", {})
-        config = arch.get("config", {}) if isinstance(arch, dict) else None
-        if not isinstance(config, dict):
+        found = arch.get("config", {}) if isinstance(arch, dict) else None
+        if not isinstance(found, dict):
             raise BadFileError(
-                card_path(path),
+                card_path(str(path)),
                 "a zoattack model card",
                 "its architecture.config is not an object",
                 "delete the card (the weights alone still load) or regenerate it",
             )
-        config = dict(config)
+        config = dict(found)
     # Precedence: explicit kwargs > the card that came with the weights > the data set; implied
     # values the architecture does not take (resnet20 has no input size) are dropped.
     accepted = inspect.signature(cls).parameters
@@ -205,7 +205,7 @@ def _create_zoo(
             raise
         # Settings from an untrusted card that the architecture cannot take.
         raise BadFileError(
-            card_path(path),
+            card_path(str(path)),
             "a usable zoattack model card",
             f"its architecture settings {config} do not build {name}: {describe(exc)}",
             "delete the card (the weights alone still load) or regenerate it",
