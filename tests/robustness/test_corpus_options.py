@@ -166,18 +166,37 @@ def test_serve_bad_options(corpus, zo_cli):
         corpus.add("options")
 
 
-CERT_OPTS = {
-    "--sigma": FLOATS,
-    "--n0": INTS,
-    "--n": INTS,
-    "--alpha": FLOATS,
-    "--batch": INTS,
-    "--images": INTS,
-    "--start": INTS,
-    "--skip": INTS,
-    "--radii": WORDS,
-    "--dataset": WORDS,
-    "--seed": INTS,
-    "--threads": INTS,
-    "--device": WORDS,
+# Hostile values only: a valid one would train a defense (seconds each on a busy machine).
+BAD_INTS = st.sampled_from(["0", "-1", str(2**63), "x", ""])
+BAD_FLOATS = st.sampled_from(["nan", "inf", "-inf", "-0.5", "x", "1e999"])
+BAD_WORDS = st.sampled_from(["", "[red]x[/]", "é", "a:b:c", "remote:", "tile:0"])
+DEFEND_OPTS = {
+    "--method": BAD_WORDS,
+    "--sigma": BAD_FLOATS,
+    "--estimator": BAD_WORDS,
+    "--samples": BAD_INTS,
+    "--mu": BAD_FLOATS,
+    "--epochs": BAD_INTS,
+    "--ae-epochs": st.sampled_from(["-1", str(2**63), "x"]),
+    "--batch-size": BAD_INTS,
+    "--lr": BAD_FLOATS,
+    "--latent": BAD_INTS,
+    "--train-images": BAD_INTS,
+    "--output": BAD_WORDS,
+    "--max-batch": BAD_INTS,
+    "--dataset": BAD_WORDS,
+    "--model": BAD_WORDS,
 }
+
+
+@settings(FUZZ, max_examples=20)
+@given(option=st.sampled_from(sorted(DEFEND_OPTS)), data=st.data())
+def test_defend_train_options(tmp_path, corpus, zo_cli, option, data):
+    value = data.draw(DEFEND_OPTS[option])
+    out = tmp_path / f"d{next(_n)}"
+    base = ["defend", "train", "--train-images", "8", "--epochs", "1", "--ae-epochs", "1",
+            "--latent", "8", "--denoiser-depth", "2", "--denoiser-width", "4", "-q", "2",
+            "--device", "cpu", "--threads", "1"]  # fmt: skip
+    res = zo_cli(*base, option, value, "--out", str(out))
+    corpus.add("options")
+    refused_leaves_nothing(res, out)

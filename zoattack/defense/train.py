@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,7 +88,8 @@ class DefenseConfig:
     def validate(self) -> DefenseConfig:
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not self.sigma > 0:
+        # Finite too: an infinite sigma or rate only fails epochs later, after a checkpoint.
+        if not 0 < self.sigma < math.inf:
             raise ValueError(
                 f"--sigma must be > 0 (noise standard deviation in [0,1] pixel "
                 f"units), got {self.sigma}"
@@ -100,12 +102,12 @@ class DefenseConfig:
         if self.ae_epochs < 0:
             raise ValueError(f"--ae-epochs must be >= 0, got {self.ae_epochs}")
         for name in ("lr", "ae_lr", "mu"):
-            if not getattr(self, name) > 0:
+            if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(
-                    f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
+                    f"--{name.replace('_', '-')} must be finite and > 0, got {getattr(self, name)}"
                 )
         for name in ("weight_decay", "ae_weight_decay", "mse_weight"):
-            if not getattr(self, name) >= 0:
+            if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
                 )
