@@ -15,10 +15,39 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from zoattack.errors import InvalidInputError, InvalidScoresError, QueryBudgetExceeded
+from zoattack.errors import (
+    InvalidInputError,
+    InvalidScoresError,
+    LabelsOnlyError,
+    QueryBudgetExceeded,
+)
 
 Output = Literal["logits", "probs", "labels", "scores"]
 COUNTING_RULE = "one query = one input scored by the model, charged to its example; retries and chunks do not add queries"
+
+
+LABELS_ONLY_HINT = (
+    "score-based attacks and defense training need logits or probs; attacking a labels-only "
+    "model needs hard-label (decision-based) attacks"
+)
+
+
+def check_output_kind(model: object, output: str) -> None:
+    """Refuse to read scores from a model that only answers top-1 labels.
+
+    Models that know what they really return (a remote server's ``/info``, a ``ScoreAPI``
+    configured with ``output="labels"``) say so in ``output_kind``; their labels come back as
+    one-hot rows, and a score-based attack on those would spend its budget on flat scores and
+    report a meaningless 0% success.
+    """
+    kind = getattr(model, "output_kind", None)
+    if kind == "labels" and output != "labels":
+        where = getattr(model, "url", None)
+        what = f"the model at {where}" if where else "this model"
+        raise LabelsOnlyError(
+            f"{what} returns top-1 labels only, not scores; {LABELS_ONLY_HINT}, which zoattack "
+            "does not have yet"
+        )
 
 
 class BlackBox:
@@ -30,6 +59,8 @@ class BlackBox:
         output: what callers receive: ``"logits"`` (the model's raw 2-D scores),
             ``"probs"`` (softmax of them), ``"labels"`` (top-1 class, ``int64``), or
             ``"scores"`` (raw output of any shape, e.g. one value per input for a test function).
+            A model whose ``output_kind`` is ``"labels"`` allows only ``"labels"``
+            (:class:`LabelsOnlyError` otherwise).
         max_batch: largest batch handed to the model in one call; bigger calls are chunked.
         budget: queries allowed per example (None: unlimited).
         input_shape: expected per-input shape; checked on every call when given.
@@ -64,6 +95,7 @@ class BlackBox:
             raise ValueError(f"budget must be >= 1 query per example, got {budget}")
         if bounds is not None and not bounds[0] < bounds[1]:
             raise ValueError(f"bounds must satisfy lo < hi, got {bounds}")
+        check_output_kind(model, output)
         self._model = model
         self.output = output
         self.max_batch = int(max_batch)

@@ -29,6 +29,10 @@ class InvalidScoresError(ZOAttackError):
     """The model returned NaN or infinite scores."""
 
 
+class LabelsOnlyError(ZOAttackError):
+    """Scores were asked of a model that only answers top-1 labels."""
+
+
 class InvalidInputError(ZOAttackError, ValueError):
     """Inputs handed to the black box have the wrong shape, dtype or range."""
 

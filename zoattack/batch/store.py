@@ -3,7 +3,8 @@
 Tables:
 
 * ``jobs``: one line per job key (a hash of the resolved spec): the settings as JSON and as
-  columns, the versions, status (pending, running, finished, failed), timings, scored inputs.
+  columns, the versions, status (pending, running, finished, failed, interrupted: left running
+  by a process that died), timings, scored inputs.
 * ``rows``: one line per image per job, with exactly the fields of `zoattack run`'s
   per_image.csv, ``UNIQUE(job, "index")``.
 * ``batches``: one line per `zoattack batch` invocation (plan text, executor, outcome).
@@ -133,6 +134,7 @@ class ResultStore:
                     "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                 )
             self._check_schema()
+            self.reap_orphans()
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise ValueError(
@@ -147,13 +149,114 @@ class ResultStore:
         if not {"meta", "jobs", "rows"} <= names:
             raise sqlite3.DatabaseError("no jobs/rows tables")
         row = self.conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-        if row is None or int(row[0]) > SCHEMA_VERSION:
+        version = str(row[0]) if row is not None else ""
+        if not version.isdecimal():
+            raise sqlite3.DatabaseError(f"no readable schema version ({version[:20]!r})")
+        if int(version) > SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
-                f"schema {row and row[0]} is newer than this zoattack reads ({SCHEMA_VERSION})"
+                f"schema {version} is newer than this zoattack reads ({SCHEMA_VERSION})"
             )
+        self._check_contents()
+
+    def _check_contents(self) -> None:
+        """Every value of the wrong type for its column, found by SQL before a report or a
+        rerun trips over it: a hand-edited or damaged store is one line, not a traceback."""
+        # Spec columns may be NULL (a spec leaves them to defaults); when set, typed.
+        is_num = "typeof({0}) IN ('integer', 'real')"
+        is_int = "typeof({0})='integer'"
+        opt_num = "({0} IS NOT NULL AND typeof({0}) NOT IN ('integer', 'real'))"
+        opt_int = "({0} IS NOT NULL AND typeof({0})!='integer')"
+        json_object = "(CASE WHEN json_valid({0}) THEN json_type({0}) END) IS NOT 'object'"
+        job_checks = {
+            "status": "status NOT IN ('pending','running','finished','failed','interrupted')",
+            "norm": "norm IS NULL OR norm NOT IN ('linf','l2')",
+            "eps": opt_num.format("eps"),
+            "budget": opt_int.format("budget"),
+            "images": opt_int.format("images"),
+            "chunk_size": opt_int.format("chunk_size"),
+            "seed": opt_int.format("seed"),
+            "optimizer": "optimizer IS NOT NULL AND typeof(optimizer)!='text'",
+            "label": "typeof(label)!='text'",
+            "spec": json_object.format("spec"),
+            "settings": f"settings IS NOT NULL AND {json_object.format('settings')}",
+            "scored_inputs": f"NOT {is_int.format('scored_inputs')}",
+            "seconds": f"NOT {is_num.format('seconds')}",
+        }
+        row_checks = {
+            name: f"NOT {(is_num if kind == 'REAL' else is_int).format(chr(34) + name + chr(34))}"
+            for name, kind in ROW_TYPES.items()
+            if kind != "TEXT"
+        }
+        row_checks["stop_reason"] = "typeof(stop_reason)!='text'"
+        for table, key, checks in (("jobs", "key", job_checks), ("rows", "job", row_checks)):
+            for column, bad in checks.items():
+                hit = self.conn.execute(f"SELECT {key} FROM {table} WHERE {bad} LIMIT 1").fetchone()
+                if hit is not None:
+                    raise sqlite3.DatabaseError(
+                        f"damaged: {table}.{column} of job {str(hit[0])[:16]!r} is not a valid "
+                        "value"
+                    )
 
     def close(self) -> None:
         self.conn.close()
+
+    # -- owners ---------------------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def owner_alive(self) -> bool:
+        """Whether a `zoattack batch` holds this store's lock (see :meth:`exclusive`) now.
+
+        The lock is an OS file lock, released by the kernel when its holder dies however it
+        dies (SIGKILL, OOM, power loss of the process), so a free lock means nobody is running
+        the jobs the store calls running.
+        """
+        try:
+            import fcntl
+        except ImportError:  # Windows: no way to tell; never reap
+            return True
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True  # unreadable lock: assume an owner rather than steal its jobs
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the probe's own shared lock
+        return False
+
+    def reap_orphans(self) -> int:
+        """Mark jobs and batches left ``running`` by a dead process as ``interrupted``.
+
+        Done on every open (a rerun, a report), never while a live batch holds the lock. A
+        rerun resumes interrupted jobs from their stored rows like any unfinished job. Returns
+        how many jobs were reaped (0 also when the store is read-only).
+        """
+        running = self.conn.execute(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE status='running') + "
+            "(SELECT COUNT(*) FROM batches WHERE status='running')"
+        ).fetchone()[0]
+        if not running or self.owner_alive():
+            return 0
+        try:
+            with self.transaction() as c:
+                reaped = c.execute(
+                    "UPDATE jobs SET status='interrupted', error=COALESCE(error, ?) "
+                    "WHERE status='running'",
+                    ("its batch process ended without finishing it (killed?)",),
+                ).rowcount
+                c.execute(
+                    "UPDATE batches SET status='interrupted' WHERE status='running'",
+                )
+        except sqlite3.OperationalError:  # a read-only store: report it as it is
+            return 0
+        return int(reaped)
 
     def __enter__(self) -> ResultStore:
         return self
@@ -310,8 +413,7 @@ class ResultStore:
 
         An OS file lock: it is released by the kernel when the holder dies, even by SIGKILL.
         """
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fh = open(lock_path, "a+")
+        fh = open(self.lock_path, "a+")  # noqa: SIM115 (held across the yield)
         try:
             try:
                 import fcntl

@@ -90,18 +90,21 @@ def batch_command(
         Path,
         typer.Argument(
             metavar="PLAN.toml",
-            help="The plan: [defaults], "
-            "[grid] and/or [[job]] tables with the options of "
-            "`zoattack run` (see examples/plan.toml).",
+            # Rich markup would swallow the table names; escape them.
+            help=escape(
+                "The plan: [defaults], [grid] and/or [[job]] tables with the options of "
+                "`zoattack run` (see examples/plan.toml)."
+            ),
         ),
     ],
     out_dir: Annotated[
         Path | None,
         typer.Option(
             "--out",
-            help="Results folder (holds "
-            "results.sqlite); default: the plan's [batch] "
-            "out, else runs/<plan name>.",
+            help=escape(
+                "Results folder (holds results.sqlite); default: the plan's [batch] out, "
+                "else runs/<plan name>."
+            ),
             rich_help_panel=P_RUN,
         ),
     ] = None,

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoattack.data.files import MissingFileError, default_data_root, shown
+from zoattack.data.files import (
+    BadFileError,
+    MissingFileError,
+    default_data_root,
+    describe,
+    shown,
+)
 from zoattack.data.registry import DatasetSpec, ImageDataset, register_dataset, to_float_images
 
 CIFAR10_CLASSES = (
@@ -50,12 +56,52 @@ class _ArraysOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
 
 
+class UnreadablePickle(BadFileError, pickle.UnpicklingError):
+    """A batch file the restricted unpickler refused (or could not parse)."""
+
+
+_REDOWNLOAD = (
+    "download CIFAR-10 again with torchvision.datasets.CIFAR10(DIR, download=True) and pass "
+    "--data-dir DIR"
+)
+
+
 def _load_batch(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        d = _ArraysOnly(f, encoding="latin1").load()
+    what = "a CIFAR-10 batch file (a pickled dict of arrays)"
+    try:
+        with open(path, "rb") as f:
+            d = _ArraysOnly(f, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise UnreadablePickle(path, what, describe(exc), _REDOWNLOAD) from None
+    except RecursionError:
+        raise BadFileError(path, what, "nested too deeply", _REDOWNLOAD) from None
+    except Exception as exc:  # unpickling fails in many types on untrusted bytes
+        raise BadFileError(path, what, describe(exc), _REDOWNLOAD) from None
     if not isinstance(d, dict):
-        raise ValueError(f"{path} is not a CIFAR batch (expected a dict, got {type(d).__name__})")
+        raise BadFileError(path, what, f"it holds a {type(d).__name__}", _REDOWNLOAD)
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def _arrays(batch: dict[str, Any], path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, 3, 32, 32)`` uint8 images and ``(N,)`` labels, checked against each other."""
+    what = "a CIFAR-10 batch file"
+    try:
+        raw = np.asarray(batch["data"])
+        labs = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+        if raw.dtype != np.uint8 or raw.size % 3072:
+            raise ValueError(
+                f"data is {raw.dtype} with {raw.size} values, not uint8 3x32x32 images"
+            )
+        data = raw.reshape(-1, 3, 32, 32)
+        if labs.shape != (len(data),):
+            raise ValueError(f"{len(data)} images but labels shaped {labs.shape}")
+        if len(labs) and (labs.min() < 0 or labs.max() >= len(CIFAR10_CLASSES)):
+            raise ValueError("labels outside 0..9")
+    except KeyError as exc:
+        raise BadFileError(path, what, f"no {exc} entry", _REDOWNLOAD) from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadFileError(path, what, describe(exc), _REDOWNLOAD) from None
+    return data, labs
 
 
 def _folder(data_dir: str | None) -> Path:
@@ -83,9 +129,7 @@ def load_cifar10(
                 "run torchvision.datasets.CIFAR10(DIR, download=True) on a machine with a "
                 "network, copy DIR here and pass --data-dir DIR",
             )
-        batch = _load_batch(path)
-        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labs = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+        data, labs = _arrays(_load_batch(path), path)
         images.append(data)
         labels.append(labs)
         have += len(data)
@@ -95,8 +139,8 @@ def load_cifar10(
     meta = folder / "batches.meta"
     if meta.is_file():
         names = _load_batch(meta).get("label_names")
-        if names:
-            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        if isinstance(names, (list, tuple)) and len(names) == len(CIFAR10_CLASSES):
+            classes = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
     return ImageDataset(
         to_float_images(x), torch.as_tensor(y), classes, "cifar10", split, str(folder)
     )

@@ -41,6 +41,25 @@ class MissingFileError(ZOAttackError, FileNotFoundError):
         return str(self.args[0])
 
 
+class BadFileError(ZOAttackError, ValueError):
+    """A file zoattack was pointed at exists but cannot be what it should be (random bytes, a
+    truncated download, an empty file, a pickle that wants to import code).
+
+    Files are untrusted input: every reader turns its own failure (of whatever type the parser
+    raises) into this one line naming the file, what was expected and what to do.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str, detail: str, how: str) -> None:
+        self.path, self.what, self.detail, self.how = str(path), what, detail, how
+        super().__init__(f"{shown(Path(path))} is not {what} ({detail}); {how}")
+
+
+def describe(exc: BaseException) -> str:
+    """One short line for a parser's exception (its first line, else its type)."""
+    text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def find_file(dirs: Iterable[Path], names: Iterable[str]) -> Path | None:
     """The first ``dir/name`` that is a file, scanning dirs in order and names within each."""
     names = list(names)

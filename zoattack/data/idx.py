@@ -8,10 +8,15 @@ need a writer for tiny fixtures.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from zoattack.data.files import BadFileError, describe
 
 _DTYPES = {
     0x08: np.uint8,
@@ -36,20 +41,41 @@ def read_idx(path: str | Path, limit: int | None = None) -> np.ndarray:
     Compression is detected from the gzip magic bytes, not the file name.
     """
     path = Path(path)
-    with _open(path) as f:
-        header = f.read(4)
-        if len(header) != 4 or header[0] != 0 or header[1] != 0 or header[2] not in _DTYPES:
-            raise ValueError(f"{path} is not an IDX file (bad magic number {header!r})")
-        dtype = np.dtype(_DTYPES[header[2]])
-        ndim = header[3]
-        dims = list(struct.unpack(f">{ndim}I", f.read(4 * ndim)))
-        if limit is not None and dims:
-            dims[0] = min(dims[0], limit)
-        count = int(np.prod(dims)) if dims else 1
-        raw = f.read(count * dtype.itemsize)
+    what = "an IDX file ((Fashion-)MNIST images or labels)"
+    how = "download the data set again, or point --data-dir at a good copy"
+    try:
+        with _open(path) as f:
+            header = f.read(4)
+            if len(header) != 4 or header[0] != 0 or header[1] != 0 or header[2] not in _DTYPES:
+                raise BadFileError(path, what, f"bad magic number {header!r}", how)
+            dtype = np.dtype(_DTYPES[header[2]])
+            ndim = header[3]
+            packed = f.read(4 * ndim)
+            if len(packed) != 4 * ndim:
+                raise BadFileError(path, what, "truncated header", how)
+            dims = list(struct.unpack(f">{ndim}I", packed))
+            if limit is not None and dims:
+                dims[0] = min(dims[0], limit)
+            count = math.prod(dims) if dims else 1
+            # Read what the header claims only in bounded steps: a lying header must not
+            # allocate gigabytes before the file turns out to be short.
+            raw = _read_at_most(f, count * dtype.itemsize)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise BadFileError(path, what, describe(exc), how) from None
     if len(raw) != count * dtype.itemsize:
-        raise ValueError(f"{path} is truncated: expected {count} values of shape {dims}")
+        raise BadFileError(path, what, f"truncated: expected {count} values of shape {dims}", how)
     return np.frombuffer(raw, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _read_at_most(f: Any, size: int, step: int = 1 << 24) -> bytes:
+    parts, left = [], size
+    while left > 0:
+        part = f.read(min(step, left))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def write_idx(path: str | Path, array: np.ndarray, *, compress: bool | None = None) -> Path:

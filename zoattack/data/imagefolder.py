@@ -10,13 +10,18 @@ must share one size unless ``size`` is given, in which case each is resized to s
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from zoattack.data.files import MissingFileError, shown
+from zoattack.data.files import BadFileError, MissingFileError, describe, shown
 from zoattack.data.registry import DatasetSpec, ImageDataset, register_dataset, to_float_images
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _GRAY_MODES = {"1", "L", "I", "I;16", "F", "LA"}
@@ -37,6 +42,24 @@ def _root(data_dir: str | None, split: str) -> Path:
         if (base / sub).is_dir():
             return base / sub
     return base
+
+
+def _open_image(path: Path) -> Image.Image:
+    """The decoded image at ``path``; a file Pillow cannot decode is one line naming it."""
+    from PIL import Image
+
+    how = "remove it from the folder or replace it with a valid image"
+    if path.stat().st_size == 0:
+        raise BadFileError(path, "an image", "the file is empty", how)
+    try:
+        with warnings.catch_warnings():
+            # A decompression bomb is an error here, not a warning: files are untrusted.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return im.copy()
+    except Exception as exc:  # UnidentifiedImageError, truncated data, bombs, codec errors
+        raise BadFileError(path, "a readable image", describe(exc), how) from None
 
 
 def _round_robin(per_class: list[list[Path]], limit: int | None) -> list[tuple[Path, int]]:
@@ -72,9 +95,7 @@ def load_imagefolder(
         )
     pics = []
     for path, _ in picked:
-        with Image.open(path) as im:
-            im.load()
-            pics.append(im.copy())
+        pics.append(_open_image(path))
     gray = all(im.mode in _GRAY_MODES for im in pics)
     arrays = []
     for im in pics:

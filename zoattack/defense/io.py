@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zoattack.data.files import MissingFileError, shown
+from zoattack.data.files import BadFileError, MissingFileError, describe, shown
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
@@ -75,11 +75,15 @@ def load_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError("checkpoint", shown(path), "train first (without --resume)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "zoattack_state" not in meta:
-        raise ValueError(f"{path} is not a zoattack defense checkpoint (no state metadata)")
-    return _unpack(json.loads(meta["zoattack_state"]), load_file(str(path), device="cpu"))
+    how = "delete it and train from scratch (without --resume)"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if "zoattack_state" not in meta:
+            raise ValueError("no state metadata")
+        return _unpack(json.loads(meta["zoattack_state"]), load_file(str(path), device="cpu"))
+    except Exception as exc:  # the Rust parser's, JSON's and the skeleton's errors alike
+        raise BadFileError(path, "a zoattack defense checkpoint", describe(exc), how) from None
 
 
 def state_dict_prefixed(**modules: torch.nn.Module | None) -> dict[str, Tensor]:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoattack.data.files import MissingFileError, shown
+from zoattack.data.files import BadFileError, MissingFileError, describe, shown
 from zoattack.defense.autoencoder import Decoder, Encoder
 from zoattack.defense.denoiser import DnCNN
 from zoattack.defense.io import split_prefixed
@@ -73,15 +73,82 @@ def defense_paths(path: str | Path) -> tuple[Path, Path]:
 def load_front(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[DefenseFront, dict[str, Any]]:
-    """The trained white-box front (denoiser [+ encoder, decoder]) and its card."""
+    """The trained white-box front (denoiser [+ encoder, decoder]) and its card; a damaged
+    folder is one :class:`BadFileError` naming the file."""
+    card_path, wpath = defense_paths(path)
+    card = read_defense_card(card_path)
+    try:
+        return _build_front(card, wpath, device), card
+    except BadFileError:
+        raise
+    except Exception as exc:  # wrong shapes or settings in untrusted files, whatever the type
+        raise BadFileError(
+            wpath.parent, "a usable zoattack defense folder", describe(exc), _RETRAIN
+        ) from None
+
+
+_RETRAIN = "train it again with `zoattack defend train --out DIR`"
+
+
+def read_defense_card(card_path: Path) -> dict[str, Any]:
+    """The defense card, with the type of every field the readers use checked up front."""
+
+    def bad(detail: str) -> BadFileError:
+        return BadFileError(card_path, "a zoattack defense card", detail, _RETRAIN)
+
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError, RecursionError) as exc:
+        raise bad(describe(exc)) from None
+    if not isinstance(card, dict) or not str(card.get("format", "")).startswith("zoattack-defense"):
+        raise bad("no zoattack-defense format field")
+
+    def field(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise bad(f"{where}{key} is missing or of the wrong type")
+        return value
+
+    arch = field(card, "architecture", dict, "")
+    shape = field(arch, "image_shape", list, "architecture.")
+    if len(shape) != 3 or not all(isinstance(d, int) and 0 < d <= 4096 for d in shape):
+        raise bad("architecture.image_shape must be three positive sizes")
+    den = field(arch, "denoiser", dict, "architecture.")
+    for key in ("channels", "depth", "width"):
+        if not 0 < field(den, key, int, "architecture.denoiser.") <= 4096:
+            raise bad(f"architecture.denoiser.{key} is out of range")
+    if arch.get("autoencoder"):
+        ae = field(arch, "autoencoder", dict, "architecture.")
+        if not 0 < field(ae, "latent", int, "architecture.autoencoder.") <= 1 << 20:
+            raise bad("architecture.autoencoder.latent is out of range")
+        field(ae, "arch", str, "architecture.autoencoder.")
+    sigma = field(field(card, "config", dict, ""), "sigma", (int, float), "config.")
+    if not sigma > 0:
+        raise bad("config.sigma must be > 0")
+    field(card, "method", str, "")
+    # A defense trained through the library may record no black box (load_base_model then
+    # says so); one that does must record it with the right types.
+    bb = card.get("blackbox") or {}
+    if not isinstance(bb, dict):
+        raise bad("blackbox is not an object")
+    for key, kind in (("model", str), ("dataset", str), ("weights", str), ("num_classes", int)):
+        if bb.get(key) is not None:
+            field(bb, key, kind, "blackbox.")
+    if card.get("data") is not None:
+        data = field(card, "data", dict, "")
+        for key, kind in (("dataset", str), ("split", str), ("start", int), ("count", int)):
+            if data.get(key) is not None:
+                field(data, key, kind, "data.")
+    if card.get("classes") is not None:
+        field(card, "classes", list, "")
+    return card
+
+
+def _build_front(card: dict[str, Any], wpath: Path, device: torch.device | str) -> DefenseFront:
     from safetensors.torch import load_file
 
     from zoattack.models.weights import load_into
 
-    card_path, wpath = defense_paths(path)
-    card = json.loads(card_path.read_text())
-    if card.get("format", "").split("/")[0] != "zoattack-defense":
-        raise ValueError(f"{card_path} is not a zoattack defense card")
     arch = card["architecture"]
     shape = tuple(arch["image_shape"])
     dcfg = arch["denoiser"]
@@ -99,7 +166,7 @@ def load_front(
         load_into(dec, split_prefixed(state, "decoder"), wpath, f"decoder {acfg}")
     front = DefenseFront(denoiser, enc, dec).to(device).eval()
     front.requires_grad_(False)
-    return front, card
+    return front
 
 
 def load_base_model(card: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoattack.blackbox import BlackBox
+from zoattack.data.files import BadFileError, describe
 from zoattack.defense.autoencoder import Decoder, Encoder, make_autoencoder
 from zoattack.defense.bridge import PseudoLabelCE, check_scores_blackbox, zo_loss
 from zoattack.defense.denoiser import DnCNN, default_denoiser_config
@@ -87,7 +89,8 @@ class DefenseConfig:
     def validate(self) -> DefenseConfig:
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not self.sigma > 0:
+        # Finite too: an infinite sigma or rate only fails epochs later, after a checkpoint.
+        if not 0 < self.sigma < math.inf:
             raise ValueError(
                 f"--sigma must be > 0 (noise standard deviation in [0,1] pixel "
                 f"units), got {self.sigma}"
@@ -100,12 +103,12 @@ class DefenseConfig:
         if self.ae_epochs < 0:
             raise ValueError(f"--ae-epochs must be >= 0, got {self.ae_epochs}")
         for name in ("lr", "ae_lr", "mu"):
-            if not getattr(self, name) > 0:
+            if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(
-                    f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
+                    f"--{name.replace('_', '-')} must be finite and > 0, got {getattr(self, name)}"
                 )
         for name in ("weight_decay", "ae_weight_decay", "mse_weight"):
-            if not getattr(self, name) >= 0:
+            if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
                 )
@@ -418,23 +421,33 @@ def _setup(
 
 def _restore(t: _Training, saved: dict[str, Any]) -> None:
     """Load a checkpoint written by :func:`_checkpoint` into a freshly set-up run."""
-    _check_resume(saved, t.config, t.n)
-    t.denoiser.load_state_dict(saved["denoiser"])
-    if t.enc is not None and t.dec is not None:
-        t.enc.load_state_dict(saved["encoder"])
-        t.dec.load_state_dict(saved["decoder"])
-    if t.ae_opt is not None:
-        t.ae_opt.load_state_dict(saved["ae_optimizer"])
-    t.opt.load_state_dict(saved["optimizer"])
-    t.sched.load_state_dict(saved["scheduler"])
-    t.gen.set_state(saved["generator"].to(t.gen.get_state().device))
-    t.blackbox.load_counts(saved["ledger"])
-    if t.estimator is not None:
-        t.estimator.load_state_dict(saved["estimator"])
-    t.stage, t.epoch = int(saved["stage"]), int(saved["epoch"])
-    t.history = list(saved["history"])
-    t.targets = saved["targets"].to(t.dev) if saved["targets"] is not None else None
-    t.wb_evals = int(saved["whitebox_evaluations"])
+    # The checkpoint is a file on disk: anything in it may be damaged. Settings that do not
+    # match stay _check_resume's own ValueError; any other failure is a bad file.
+    how = "delete it and train from scratch (without --resume)"
+    what = "a checkpoint of this defense"
+    try:
+        _check_resume(saved, t.config, t.n)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BadFileError(t.ckpt, what, describe(exc), how) from None
+    try:
+        t.denoiser.load_state_dict(saved["denoiser"])
+        if t.enc is not None and t.dec is not None:
+            t.enc.load_state_dict(saved["encoder"])
+            t.dec.load_state_dict(saved["decoder"])
+        if t.ae_opt is not None:
+            t.ae_opt.load_state_dict(saved["ae_optimizer"])
+        t.opt.load_state_dict(saved["optimizer"])
+        t.sched.load_state_dict(saved["scheduler"])
+        t.gen.set_state(saved["generator"].to(t.gen.get_state().device))
+        t.blackbox.load_counts(saved["ledger"])
+        if t.estimator is not None:
+            t.estimator.load_state_dict(saved["estimator"])
+        t.stage, t.epoch = int(saved["stage"]), int(saved["epoch"])
+        t.history = list(saved["history"])
+        t.targets = saved["targets"].to(t.dev) if saved["targets"] is not None else None
+        t.wb_evals = int(saved["whitebox_evaluations"])
+    except Exception as exc:
+        raise BadFileError(t.ckpt, what, describe(exc), how) from None
 
 
 def _checkpoint(t: _Training) -> None:

@@ -14,6 +14,7 @@ Chunks are also the unit a distributed executor ships to a worker.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 
 from zoattack.attacks.base import AttackInterrupted, AttackResult, run_attack
-from zoattack.blackbox import BlackBox
+from zoattack.blackbox import BlackBox, check_output_kind
 from zoattack.errors import ZOAttackError
 from zoattack.norms import DEFAULT_EPS, check_norm
 from zoattack.optim import OPTIMIZERS, create_optimizer
@@ -327,8 +328,18 @@ def prepare(
     from zoattack.models import create_model
 
     spec = spec.resolved()
+    check_budget(spec.budget)
     dev = resolve_device(spec.device)
     data = load_dataset(spec.dataset, split="test", data_dir=spec.data_dir, limit=spec.images)
+    if len(data) < spec.images:
+        raise ValueError(
+            f"--images {spec.images:,} asks for more than the {len(data):,} test images of "
+            f"{data.name} ({getattr(data, 'source', '') or 'its files'}); pass --images "
+            f"{len(data)} or fewer"
+        )
+    assert spec.eps is not None
+    check_eps_fits(spec.norm, spec.eps, tuple(data.images.shape[1:]))
+    check_target(spec.target, len(data.classes))
     if model is None:
         model = create_model(
             spec.model,
@@ -341,6 +352,9 @@ def prepare(
             **(model_options or {}),
         )
     model.eval()
+    # A labels-only model (a `serve --output labels` server) is refused here, before a run
+    # folder is started: score attacks would read its one-hot answers as flat scores.
+    check_output_kind(model, "logits")
     return PreparedJob(
         spec=spec,
         images=data.images,
@@ -350,6 +364,55 @@ def prepare(
         device=dev,
         data_source=str(getattr(data, "source", "")),
     )
+
+
+# Ledgers are int64 and "unlimited" is 2**62 there: a budget must stay below both.
+MAX_BUDGET = 2**62 - 1
+
+
+def check_budget(budget: int) -> None:
+    """Refuse a per-image budget the int64 query ledger cannot hold (before anything runs)."""
+    if budget > MAX_BUDGET:
+        raise ValueError(
+            f"--budget {budget} is beyond what a query ledger can count (at most {MAX_BUDGET:,} "
+            "queries per image)"
+        )
+
+
+def check_target(target: str | None, classes: int) -> None:
+    """The checks of ``resolve_target`` that need no scores, done before a run folder is
+    started (the attack itself only meets the target after the clean check)."""
+    if target is None or target in ("random", "least-likely", "least_likely"):
+        return
+    if target.isdigit():
+        try:
+            t = int(target)
+        except ValueError:  # str.isdigit() accepts digits int() does not, e.g. "²"
+            t = -1
+        if not 0 <= t < classes:
+            raise ValueError(f"--target class must be in [0, {classes - 1}], got {target}")
+        return
+    raise ValueError(f"--target must be random, least-likely or a class index, got {target!r}")
+
+
+def check_eps_fits(norm: str, eps: float, input_shape: tuple[int, ...]) -> None:
+    """Refuse an L2 radius larger than any distance inside the [0, 1] box of these inputs.
+
+    No two images in [0, 1]^d are farther apart than sqrt(d) in L2, so a larger eps makes the
+    threat model unconstrained; it is almost always a radius meant for [0, 255] pixels or
+    for another input size. (Linf is bounded by ``check_norm``: eps < 1.)
+    """
+    if norm != "l2":
+        return
+    d = math.prod(input_shape)
+    largest = math.sqrt(d)
+    if eps > largest:
+        shape = "x".join(map(str, input_shape))
+        raise ValueError(
+            f"--eps {eps:g} is larger than any L2 distance between two {shape} images in [0, 1] "
+            f"(at most sqrt({d}) = {largest:.4g}); pixels are in [0, 1], so pick eps <= "
+            f"{largest:.4g} (the default is {DEFAULT_EPS['l2']:g})"
+        )
 
 
 @dataclass

@@ -187,7 +187,9 @@ def certify_defense(
     sigma = sigma if sigma is not None else float(card["config"]["sigma"])
     check_certify_args(sigma, n0, n, alpha, batch)
     data_info = card.get("data", {})
-    ds_name = dataset or data_info.get("dataset") or card["blackbox"]["dataset"]
+    ds_name = dataset or data_info.get("dataset") or (card.get("blackbox") or {}).get("dataset")
+    if not ds_name:
+        raise ValueError(f"{defense} records no data set; pass --dataset")
     on_train_split = data_info.get("split") == "test" and ds_name == data_info.get("dataset")
     if start is None:
         start = data_info.get("start", 0) + data_info.get("count", 0) if on_train_split else 0

@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from zoattack.data import ImageDataset, dataset_spec
-from zoattack.data.files import MissingFileError, shown
+from zoattack.data.files import BadFileError, MissingFileError, describe, shown
 from zoattack.errors import UnknownNameError
 from zoattack.models import adapters
 from zoattack.models.weights import (
     _ship_hint,
+    card_path,
     load_into,
     read_card,
     read_state_dict,
@@ -229,12 +230,32 @@ def _create_zoo(
                 f"{path} was trained on {card.get('dataset')}, used here with {ds_name}",
                 stacklevel=3,
             )
-        config = dict(card.get("architecture", {}).get("config", {}))
+        arch = card.get("architecture", {})
+        found = arch.get("config", {}) if isinstance(arch, dict) else None
+        if not isinstance(found, dict):
+            raise BadFileError(
+                card_path(str(path)),
+                "a zoattack model card",
+                "its architecture.config is not an object",
+                "delete the card (the weights alone still load) or regenerate it",
+            )
+        config = dict(found)
     # Precedence: explicit kwargs > the card that came with the weights > the data set; implied
     # values the architecture does not take (resnet20 has no input size) are dropped.
     accepted = inspect.signature(cls).parameters
     implied = {k: v for k, v in {**ds_kw, **config}.items() if k in accepted}
-    model = cls(**{**implied, **kwargs}, generator=generator)
+    try:
+        model = cls(**{**implied, **kwargs}, generator=generator)
+    except (TypeError, OverflowError, RuntimeError) as exc:
+        if not config:
+            raise
+        # Settings from an untrusted card that the architecture cannot take.
+        raise BadFileError(
+            card_path(str(path)),
+            "a usable zoattack model card",
+            f"its architecture settings {config} do not build {name}: {describe(exc)}",
+            "delete the card (the weights alone still load) or regenerate it",
+        ) from None
     if path is not None:
         state = read_state_dict(path)
         if published is not None:

@@ -19,9 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoattack.data.files import MissingFileError, shown
+from zoattack.data.files import BadFileError, MissingFileError, describe, shown
 
 CARD_FORMAT = "zoattack-model-card/1"
+_REDO = (
+    "it may be truncated or not a weights file at all; download or export it again "
+    "(e.g. `zoattack train --out FILE.safetensors`)"
+)
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")
 
 
@@ -52,15 +56,27 @@ def card_path(weights: str | Path) -> Path:
 def read_card(weights: str | Path) -> dict[str, Any] | None:
     """The card next to ``weights``, else the copy inside a zoattack safetensors file, else None."""
     p = card_path(weights)
+    how = "delete or regenerate it (zoattack train writes the card next to the weights)"
     if p.is_file():
-        return json.loads(p.read_text())
+        try:
+            card = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, OSError, RecursionError) as exc:
+            raise BadFileError(p, "a zoattack model card (JSON)", describe(exc), how) from None
+        if not isinstance(card, dict):
+            raise BadFileError(p, "a zoattack model card", "not a JSON object", how)
+        return card
     if Path(weights).suffix == ".safetensors" and Path(weights).is_file():
         from safetensors import safe_open
 
-        with safe_open(str(weights), framework="pt") as f:
-            meta = f.metadata() or {}
-        if "zoattack_card" in meta:
-            return json.loads(meta["zoattack_card"])
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                meta = f.metadata() or {}
+            card = json.loads(meta["zoattack_card"]) if "zoattack_card" in meta else None
+        except Exception as exc:  # the Rust parser's errors, JSON errors: untrusted bytes
+            raise BadFileError(
+                weights, "a readable .safetensors file", describe(exc), _REDO
+            ) from None
+        return card if isinstance(card, dict) else None
     return None
 
 
@@ -121,7 +137,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors" or (len(head) > 8 and head[8:9] == b"{"):
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        if not head:
+            raise BadFileError(path, "a .safetensors file", "it is empty", _REDO)
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # SafetensorError, OSError, ...: untrusted bytes
+            raise BadFileError(path, "a readable .safetensors file", describe(exc), _REDO) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors are many types; one clear line for the user

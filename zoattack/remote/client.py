@@ -369,6 +369,15 @@ class HTTPScoreModel(nn.Module):
     def close(self) -> None:
         self._http.close()
 
+    @property
+    def output_kind(self) -> str:
+        """What the remote model really answers (``logits``, ``probs`` or ``labels``).
+
+        :class:`zoattack.blackbox.BlackBox` reads it: labels arrive here as one-hot rows, which
+        must never be mistaken for scores by a score-based attack.
+        """
+        return self.output
+
     def extra_repr(self) -> str:
         return (
             f"url={self.url!r}, input_shape={self.input_shape}, classes={self.num_classes}, "

@@ -27,6 +27,7 @@ import binascii
 import hmac
 import io
 import json
+import math
 import socket
 import threading
 import time
@@ -75,15 +76,25 @@ class ServerStats:
             }
 
 
-def decode_batch(body: bytes, content_type: str) -> np.ndarray:
-    """The request body as an array (no shape or range checks yet)."""
+def decode_batch(
+    body: bytes,
+    content_type: str,
+    input_shape: Sequence[int] | None = None,
+    max_batch: int | None = None,
+) -> np.ndarray:
+    """The request body as an array (range checks come later, in :func:`check_batch`).
+
+    A ``.npy`` body's header is checked against ``input_shape`` and ``max_batch`` and against
+    the bytes actually sent before anything is allocated: a header may claim any shape.
+    """
     ctype = content_type.split(";")[0].strip().lower()
     if ctype in (NPY, "application/octet-stream"):
-        return _load_npy(body, "the request body")
+        return _load_npy(body, "the request body", input_shape, max_batch)
     if ctype in ("application/json", ""):
         try:
             payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:
+            # ValueError also covers bad UTF-8 and integers too long to parse.
             raise BadRequest(400, f"the body is not valid JSON ({type(exc).__name__})") from None
         if not isinstance(payload, dict) or not ({"inputs", "npy_b64"} & payload.keys()):
             raise BadRequest(
@@ -96,10 +107,10 @@ def decode_batch(body: bytes, content_type: str) -> np.ndarray:
                 raw = base64.b64decode(payload["npy_b64"], validate=True)
             except (binascii.Error, TypeError, ValueError):
                 raise BadRequest(400, "npy_b64 is not valid base64") from None
-            return _load_npy(raw, "npy_b64")
+            return _load_npy(raw, "npy_b64", input_shape, max_batch)
         try:
             arr = np.asarray(payload["inputs"], dtype=np.float64)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError, RecursionError):
             raise BadRequest(
                 422, "inputs must be a rectangular nested list of numbers (batch, *input_shape)"
             ) from None
@@ -107,11 +118,58 @@ def decode_batch(body: bytes, content_type: str) -> np.ndarray:
     raise BadRequest(415, f"unsupported Content-Type {ctype!r}; send application/json or {NPY}")
 
 
-def _load_npy(raw: bytes, what: str) -> np.ndarray:
+def _load_npy(
+    raw: bytes,
+    what: str,
+    input_shape: Sequence[int] | None = None,
+    max_batch: int | None = None,
+) -> np.ndarray:
+    """A ``.npy`` body as an array, refused from its header alone when it cannot be right.
+
+    ``np.load`` on a byte buffer allocates the whole array the header declares before reading
+    the data, so a 100-byte body claiming a billion images was a MemoryError (HTTP 500). The
+    header is read first; shape, dtype and size are checked against the caps and against the
+    bytes actually sent, and the data is then viewed in place.
+    """
+    from numpy.lib import format as npy_format
+
+    buf = io.BytesIO(raw)
     try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise BadRequest(400, f"{what} is not a readable .npy array ({exc})") from None
+        version = npy_format.read_magic(buf)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(buf)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise BadRequest(400, f"{what} is not a readable .npy array ({detail})") from None
+    if dtype.hasobject or dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+        raise BadRequest(422, f"inputs must be floating point (float16/32/64), got {dtype}")
+    dims = tuple(int(d) for d in shape)
+    if input_shape is not None:
+        want = tuple(int(d) for d in input_shape)
+        if len(dims) != len(want) + 1 or dims[1:] != want:
+            head = "(N, " + ", ".join(map(str, want)) + ")"
+            hint = "; wrap a single input in a batch of one" if dims == want else ""
+            raise BadRequest(422, f"inputs must be shaped {head}, got {dims}{hint}")
+    if max_batch is not None and dims and dims[0] > max_batch:
+        raise BadRequest(
+            413,
+            f"batch of {dims[0]} inputs exceeds this server's max batch of {max_batch}; "
+            "split it (GET /info says the limits)",
+        )
+    count = math.prod(dims)
+    offset = buf.tell()
+    if count * dtype.itemsize != len(raw) - offset:
+        raise BadRequest(
+            400,
+            f"{what} declares {dims} {dtype} ({count * dtype.itemsize:,} bytes of data) but "
+            f"holds {len(raw) - offset:,}; send the whole .npy file",
+        )
+    flat = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(dims, order="F" if fortran else "C").copy()
 
 
 def check_batch(arr: np.ndarray, input_shape: Sequence[int], max_batch: int) -> np.ndarray:
@@ -316,13 +374,13 @@ def create_app(
     ) -> tuple[tuple[bytes, str, int], bool]:
         """(reply, replayed) for one request; runs in a worker thread."""
         if key is None:
-            x = check_batch(decode_batch(body, content_type), shape, max_batch)
+            x = check_batch(decode_batch(body, content_type, shape, max_batch), shape, max_batch)
             return encode_scores(forward(x), want_npy), False
         with replies_lock:
             if key in replies:
                 replies.move_to_end(key)
                 return replies[key], True
-        x = check_batch(decode_batch(body, content_type), shape, max_batch)
+        x = check_batch(decode_batch(body, content_type, shape, max_batch), shape, max_batch)
         with replies_lock:
             if key in replies:  # a racing attempt of the same request got there first
                 return replies[key], True
