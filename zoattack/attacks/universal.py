@@ -128,7 +128,7 @@ def run_universal(
     space = Subspace(subspace, tuple(x0.shape[1:]))
     obj = UniversalObjective(
         # A sub-ledger over the attacked images: their ids in the main ledger are `keep`.
-        _SubLedger(blackbox, keep),
+        _SubLedger(blackbox, keep),  # type: ignore[arg-type]  # duck-types the BlackBox calls used
         x0[keep],
         label[keep],
         norm=norm,

@@ -32,7 +32,7 @@ BUNDLED_TRAIN = 800
 _Opt = typer.Option
 
 
-def _load_train(dataset: str, data_dir: Path | None, limit: int | None):  # type: ignore[no-untyped-def]
+def _load_train(dataset: str, data_dir: Path | None, limit: int | None):
     from zoattack.data import MissingFileError, load_dataset
 
     root = str(data_dir) if data_dir is not None else None

@@ -48,7 +48,7 @@ def read_idx(path: str | Path, limit: int | None = None) -> np.ndarray:
             header = f.read(4)
             if len(header) != 4 or header[0] != 0 or header[1] != 0 or header[2] not in _DTYPES:
                 raise BadFileError(path, what, f"bad magic number {header!r}", how)
-            dtype = np.dtype(_DTYPES[header[2]])
+            dtype = np.dtype(_DTYPES[header[2]])  # type: ignore[call-overload]
             ndim = header[3]
             packed = f.read(4 * ndim)
             if len(packed) != 4 * ndim:

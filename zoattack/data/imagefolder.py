@@ -101,7 +101,7 @@ def load_imagefolder(
     for im in pics:
         im = im.convert("L" if gray else "RGB")
         if size is not None:
-            im = im.resize((size, size), Image.BILINEAR)
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
         a = np.asarray(im, dtype=np.uint8)
         arrays.append(a[None] if gray else a.transpose(2, 0, 1))
     shapes = {a.shape for a in arrays}

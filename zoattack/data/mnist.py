@@ -65,7 +65,7 @@ def _read_split(
     limit: int | None,
     system_dir: Path | None,
     how: str,
-) -> tuple[np.ndarray, np.ndarray, str] | None:
+) -> tuple[np.ndarray, np.ndarray, str]:
     dirs = _candidates(folder, data_dir, system_dir)
     img_name, lab_name = _FILES[split]
     img = find_file(dirs, (img_name + ".gz", img_name))

@@ -66,7 +66,10 @@ def _configure(
     """Check and record the shapes an encoder or decoder is built for."""
     shape = tuple(int(v) for v in image_shape)
     check_ae_shape(arch, shape, latent)  # type: ignore[arg-type]
-    net.image_shape, net.latent, net.arch = shape, int(latent), arch
+    # Plain attributes on an nn.Module (mypy reads every attribute as a submodule or tensor).
+    setattr(net, "image_shape", shape)  # noqa: B010
+    setattr(net, "latent", int(latent))  # noqa: B010
+    setattr(net, "arch", arch)  # noqa: B010
     return shape  # type: ignore[return-value]
 
 

@@ -84,11 +84,11 @@ class DnCNN(nn.Module):
             if m.bias is not None:
                 m.bias.zero_()
         convs[-1].weight.zero_()
-        for m in self.net:
-            if isinstance(m, nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.weight.fill_(1.0)
-                m.bias.zero_()
+        for layer in self.net:
+            if isinstance(layer, nn.BatchNorm2d):
+                layer.reset_running_stats()
+                layer.weight.fill_(1.0)
+                layer.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
         return x - self.net(x)

@@ -305,7 +305,7 @@ def defended_model(
             with torch.no_grad():
                 classes = int(base(torch.zeros(1, *shape, device=device)).shape[-1])
         model = SmoothedDefendedClassifier(
-            model,
+            model,  # type: ignore[arg-type]  # the DefendedClassifier built just above
             sigma=sigma if sigma is not None else card["config"]["sigma"],
             samples=smooth,
             num_classes=classes,

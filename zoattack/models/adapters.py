@@ -92,7 +92,7 @@ def torchvision_model(
     ``model_dir/<file>`` or torch hub's cache ``$TORCH_HOME/hub/checkpoints/<file>`` (the name
     is the last part of the weights URL, e.g. ``resnet18-f37072fd.pth``).
     """
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # type: ignore[import-untyped]
 
     try:
         builder = tvm.get_model_builder(arch)

@@ -23,6 +23,9 @@ class Normalize(nn.Module):
     Shapes: ``(N, C, H, W) -> (N, C, H, W)`` with ``C == len(mean)``.
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std):

@@ -337,7 +337,7 @@ def create_model(
                 download=download,
             )
         else:
-            adapter_kw = {
+            adapter_kw: dict[str, Any] = {
                 k: ds_kw[k] for k in ("in_channels", "num_classes", "mean", "std") if k in ds_kw
             }
             if pretrained and weights is None:  # the library's own head and statistics
@@ -357,7 +357,7 @@ def create_model(
             raise ValueError("threat_model only applies to robustbench:NAME models")
         model = _create_zoo(
             entry.name,
-            entry.factory,
+            entry.factory,  # type: ignore[arg-type]  # zoo entries register ZooModel classes
             ds_name,
             ds_kw,
             weights=weights,

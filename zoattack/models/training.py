@@ -309,7 +309,7 @@ def train_model(
     # channels_last makes CPU convolutions ~25% faster here; state dicts saved later are
     # made contiguous again by save_weights.
     fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    model.to(device=device, memory_format=fmt)
+    model.to(device=device, memory_format=fmt)  # type: ignore[call-overload]
     opt = _optimizer(model, recipe)
     n = len(train)
     steps = n // recipe.batch_size + (1 if n % recipe.batch_size > 1 else 0)  # no batch of 1

@@ -42,6 +42,7 @@ class ZooModel(nn.Module):
     """Common plumbing: the JSON-able constructor arguments that rebuild the model from a card."""
 
     arch: str = ""
+    _config: dict[str, Any]
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)

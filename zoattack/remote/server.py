@@ -513,7 +513,7 @@ class BackgroundServer:
             log_level=log_level,
             lifespan="off",
             access_log=False,
-            timeout_graceful_shutdown=grace,
+            timeout_graceful_shutdown=grace,  # type: ignore[arg-type]
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

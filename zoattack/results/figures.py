@@ -18,7 +18,7 @@ from zoattack.attacks.base import AttackResult
 from zoattack.results.rows import success_curve
 
 
-def plt_module():  # type: ignore[no-untyped-def]
+def plt_module():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -27,7 +27,7 @@ def plt_module():  # type: ignore[no-untyped-def]
     return plt
 
 
-def _show(ax, img: Tensor) -> None:  # type: ignore[no-untyped-def]
+def _show(ax, img: Tensor) -> None:
     img = img.detach().cpu().float()
     if img.shape[0] == 1:
         ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
@@ -130,7 +130,7 @@ def _panels(
     return panels
 
 
-def _grid(n: int):  # type: ignore[no-untyped-def]
+def _grid(n: int):
     plt = plt_module()
     cols = min(3, n)
     rows = math.ceil(n / cols)
@@ -167,7 +167,7 @@ def save_success_curves(path: Path, jobs: Jobs, rows_by_job: RowsByJob) -> Path:
     return _save(plt, fig, path)
 
 
-def _save(plt, fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
+def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
