@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test venv data bench clean
+.PHONY: demo test lint venv data bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,16 @@ $(FASHION_MNIST):
 demo: $(STAMP)
 	$(VENV)/bin/zoattack run --images 100 --budget 1000 --out runs/demo --save-images
 
-test: $(STAMP) data
+test: $(STAMP) data lint
 	$(PY) -m pytest -q
+
+# The gate every change passes: lint and format (ruff), types (mypy on zoattack/), and the
+# layer contract (import-linter: nothing imports upward; see README "Architecture").
+lint: $(STAMP)
+	$(VENV)/bin/ruff check zoattack tests benchmarks
+	$(VENV)/bin/ruff format --check zoattack tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/synthetic.py
