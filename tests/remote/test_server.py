@@ -158,3 +158,56 @@ def test_replay_memory_is_bounded(victim, data, app_for, serve):
                 headers={"Content-Type": "application/x-npy", "Idempotency-Key": key},
             )
         assert http.get("/stats").json()["scored_inputs"] == 6
+
+
+class _Gate(torch.nn.Module):
+    """Blocks the forward of a batch whose first pixel is 1 until released (other batches
+    pass): one request can be held inside the model while others are sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(x.flatten()[0]) == 1.0:
+            self.entered.set()
+            assert self.release.wait(60), "the held request was never released"
+        return torch.zeros(x.shape[0], 10)
+
+
+def test_a_slow_keyed_request_holds_up_no_replay_or_refusal(app_for, serve):
+    """Forwards run one at a time (the model's lock), but a keyed request in the model must not
+    make a replay or a refusal of another keyed request wait (the load test found a global lock
+    held across the forward: every keyed request queued behind the slowest one)."""
+    import threading
+
+    gate = _Gate()
+    npy = "application/x-npy"
+
+    def body(value: float) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, np.full((1, 1, 28, 28), value, np.float32))
+        return buf.getvalue()
+
+    def post(content: bytes, key: str, timeout: float = 30) -> httpx.Response:
+        headers = {"Content-Type": npy, "Idempotency-Key": key}
+        return httpx.post(f"{server.url}/score", content=content, headers=headers, timeout=timeout)
+
+    with serve(app_for(gate)) as server:
+        assert post(body(0.5), "C").status_code == 200
+        held: dict[str, int] = {}
+        t = threading.Thread(target=lambda: held.update(A=post(body(1.0), "A", 60).status_code))
+        t.start()
+        try:
+            assert gate.entered.wait(30)
+            replay = post(body(0.5), "C")
+            assert replay.status_code == 200 and replay.headers.get("X-Replayed") == "1"
+            assert post(b"not a npy file", "D").status_code in (400, 413, 422)
+            assert "A" not in held  # both answered while A was still in the model
+        finally:
+            gate.release.set()
+            t.join(60)
+        assert held["A"] == 200
+        assert httpx.get(f"{server.url}/stats").json()["scored_inputs"] == 2

@@ -74,6 +74,14 @@ def serve_command(
     max_bytes: Annotated[
         int, typer.Option(help="Largest request body in bytes (413 above).", rich_help_panel=P_HTTP)
     ] = 64 * 2**20,
+    max_inflight: Annotated[
+        int,
+        typer.Option(
+            help="Requests read and scored at once; others wait unread, so memory stays near "
+            "this times --max-bytes.",
+            rich_help_panel=P_HTTP,
+        ),
+    ] = 4,
     log_level: Annotated[
         str, typer.Option(help="uvicorn log level.", rich_help_panel=P_HTTP)
     ] = "warning",
@@ -89,6 +97,8 @@ def serve_command(
         raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
     if max_bytes < 1024:
         raise ValueError(f"--max-bytes must be >= 1024, got {max_bytes}")
+    if max_inflight < 1:
+        raise ValueError(f"--max-inflight must be >= 1, got {max_inflight}")
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ValueError(
             f"--log-level must be critical, error, warning, info or debug, got {log_level!r}"
@@ -109,6 +119,7 @@ def serve_command(
             token=token,
             max_batch=max_batch,
             max_bytes=max_bytes,
+            max_inflight=max_inflight,
         )
     except BaseException:
         sock.close()

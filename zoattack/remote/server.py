@@ -22,6 +22,7 @@ a client that retries after a lost reply keeps its count equal to the server's.
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time,
 # and `Request` is imported inside create_app so that importing this module needs no FastAPI.
+import asyncio
 import base64
 import binascii
 import hmac
@@ -245,12 +246,16 @@ def create_app(
     dataset: str | None = None,
     replay_cache: int = 1024,
     replay_bytes: int = 64 * 2**20,
+    max_inflight: int = 4,
 ) -> Any:
     """A FastAPI app scoring batches with ``model`` (images in [0, 1] → ``(N, classes)``).
 
     ``app.state.stats`` is the server-side ledger (:class:`ServerStats`); ``app.state.info``
     what ``GET /info`` answers. The last ``replay_cache`` replies (at most ``replay_bytes``)
-    are kept for requests retried with the same ``Idempotency-Key``.
+    are kept for requests retried with the same ``Idempotency-Key``. At most ``max_inflight``
+    request bodies are read and scored at once; the rest wait unread (the transport's flow
+    control holds them back), so memory stays near ``max_inflight * max_bytes`` however many
+    clients send maximum-size bodies.
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
@@ -261,6 +266,8 @@ def create_app(
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     if max_bytes < 1024:
         raise ValueError(f"max_bytes must be >= 1024, got {max_bytes}")
+    if max_inflight < 1:
+        raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     shape = tuple(int(s) for s in input_shape)
@@ -271,6 +278,8 @@ def create_app(
     # request whose client gave up (its handler may be cancelled) is cached before a retry looks.
     replies: OrderedDict[str, tuple[bytes, str, int]] = OrderedDict()
     replies_lock = threading.Lock()
+    inflight: dict[str, threading.Lock] = {}
+    gate: list[asyncio.Semaphore] = []  # made in the server's event loop, on first use
     held = [0]  # bytes in replies
 
     app = FastAPI(
@@ -380,16 +389,25 @@ def create_app(
             if key in replies:
                 replies.move_to_end(key)
                 return replies[key], True
+            # One lock per key in flight: racing attempts of the same request score it once,
+            # while other requests' forwards (and refusals, replays) never wait behind it.
+            key_lock = inflight.setdefault(key, threading.Lock())
         x = check_batch(decode_batch(body, content_type, shape, max_batch), shape, max_batch)
-        with replies_lock:
-            if key in replies:  # a racing attempt of the same request got there first
-                return replies[key], True
-            reply = encode_scores(forward(x), want_npy)
-            replies[key] = reply
-            held[0] += len(reply[0])
-            # Retries come within seconds: a short memory, bounded in entries and bytes.
-            while len(replies) > replay_cache or (held[0] > replay_bytes and len(replies) > 1):
-                held[0] -= len(replies.popitem(last=False)[1][0])
+        with key_lock:
+            with replies_lock:
+                if key in replies:  # a racing attempt of the same request got there first
+                    return replies[key], True
+            try:
+                reply = encode_scores(forward(x), want_npy)
+            finally:
+                with replies_lock:
+                    inflight.pop(key, None)
+            with replies_lock:
+                replies[key] = reply
+                held[0] += len(reply[0])
+                # Retries come within seconds: a short memory, bounded in entries and bytes.
+                while len(replies) > replay_cache or (held[0] > replay_bytes and len(replies) > 1):
+                    held[0] -= len(replies.popitem(last=False)[1][0])
             return reply, False
 
     @app.post(
@@ -407,15 +425,19 @@ def create_app(
             stats.requests += 1
         if not authorized(request):
             return unauthorized()
+        if not gate:
+            gate.append(asyncio.Semaphore(max_inflight))
         try:
-            body = await read_body(request)
-            (data, media, n), replayed = await run_in_threadpool(
-                handle,
-                body,
-                request.headers.get("content-type", ""),
-                NPY in request.headers.get("accept", ""),
-                request.headers.get("idempotency-key"),
-            )
+            async with gate[0]:
+                body = await read_body(request)
+                (data, media, n), replayed = await run_in_threadpool(
+                    handle,
+                    body,
+                    request.headers.get("content-type", ""),
+                    NPY in request.headers.get("accept", ""),
+                    request.headers.get("idempotency-key"),
+                )
+                del body
         except BadRequest as exc:
             return refuse(exc.status, exc.message)
         headers = {"X-Scored-Inputs": str(n)}
