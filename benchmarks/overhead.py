@@ -248,12 +248,14 @@ def zero_cost_table(args: argparse.Namespace, device: torch.device) -> list[Row]
                     out.append(Row(device.type, size, d, label, None, 0, note="skipped"))
                     continue
                 wall, rows = best_of(
-                    args.repeats, lambda: run_square(net, x, y, args.budget, device)
+                    args.repeats,
+                    lambda net=net, x=x, y=y: run_square(net, x, y, args.budget, device),
                 )
             else:
                 spec = spec_for(rule, est, args.budget)
                 wall, rows = best_of(
-                    args.repeats, lambda spec=spec: run_zo(net, x, y, spec, device)
+                    args.repeats,
+                    lambda net=net, x=x, y=y, spec=spec: run_zo(net, x, y, spec, device),
                 )
             us = wall / max(rows, 1) * 1e6
             if label == REFERENCE:
@@ -368,7 +370,9 @@ def markdown(zero: list[Row], real: list[Row]) -> str:
         lines.append("")
     for dev in sorted({r.device for r in real}):
         rows = [r for r in real if r.device == dev]
-        lines.append(f"Real victims, {dev}: scored inputs/s during the attack / raw batched forward")
+        lines.append(
+            f"Real victims, {dev}: scored inputs/s during the attack / raw batched forward"
+        )
         lines.append("")
         lines.append("| input | victim | images x budget | method | inputs/s | raw/s | ratio |")
         lines.append("|---|---|---|---|---|---|---|")
@@ -440,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump(
                 {
-                    "args": {k: v for k, v in vars(args).items()},
+                    "args": dict(vars(args)),
                     "zero_cost": [r.__dict__ for r in zero],
                     "real": [r.__dict__ for r in real],
                 },

@@ -147,6 +147,7 @@ class LIZOEstimator(StatefulEstimator):
         f0, fresh_vals, actual, queries = query_with_base(
             objective, x, rows, shape, idx, fx, fresh=~reused
         )
+        assert actual is not None
         rows = torch.where(reused.unsqueeze(2), rows, actual)  # what was really probed
         reuse_vals = torch.gather(vals_full, 1, order)
         vals = torch.where(reused, reuse_vals, fresh_vals)
