@@ -273,7 +273,7 @@ class SearchRule(ZORule):
                 raise ValueError(
                     f"the {self.name} rule uses no gradient estimator; do not pass {arg}"
                 )
-        if isinstance(lr, Tensor) or isinstance(lr, bool):
+        if isinstance(lr, (Tensor, bool)):
             raise ValueError(f"lr (the search radius) must be a number, got {type(lr).__name__}")
         self.lr = float(check_lr(lr))
         if lr_decay != "constant":
@@ -345,7 +345,10 @@ class SearchRule(ZORule):
         cand = self._propose(objective, x, first, steps, idx, generator).to(x.dtype)
         loss = objective(cand, idx).to(x.device, torch.float64).reshape(n)
         accept = first | (loss < current)
-        x_next = torch.where(accept.view(shape), cand, x)
+        # Into cand's own buffer when it is the rule's fresh proposal (it always is): an
+        # image-sized allocation per step costs more than the pass itself.
+        fresh = cand is not x and cand.data_ptr() != x.data_ptr()
+        x_next = torch.where(accept.view(shape), cand, x, out=cand if fresh else None)
         fx_next = torch.where(accept, loss, current)
         self.state.set("best", idx, fx_next)
         self._commit(x, idx, first, accept)
@@ -373,8 +376,9 @@ class SearchRule(ZORule):
         """Advance the rule's schedule state after a step (default: nothing)."""
 
     def _grad(self, x_next: Tensor) -> Tensor:
-        """What StepResult.grad reports; search rules estimate no gradient (zeros)."""
-        return torch.zeros_like(x_next)
+        """What StepResult.grad reports; search rules estimate no gradient (zeros: a
+        read-only broadcast view, nothing to fill per step)."""
+        return x_next.new_zeros(()).expand_as(x_next)
 
     def _update(
         self,
