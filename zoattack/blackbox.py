@@ -149,12 +149,18 @@ class BlackBox:
         self._grow(int(hi_id) + 1)
         if int(lo_id) < 0:
             raise InvalidInputError("example ids in owner must be >= 0")
+        # Per-example counts of this call (a bincount, cheaper than unique at these sizes).
+        add = torch.bincount(owner, minlength=len(self._counts))
         if self.budget is not None:
-            ids, cnt = torch.unique(owner, return_counts=True)
-            after = self._counts[ids] + cnt
-            over = after > self.budget
+            after = self._counts + add
+            over = (after > self.budget) & (add > 0)
             if bool(over.any()):
-                raise QueryBudgetExceeded(ids[over].tolist(), self.budget, after[over].tolist())
+                ids = over.nonzero().flatten()
+                raise QueryBudgetExceeded(ids.tolist(), self.budget, after[ids].tolist())
+        if m <= self.max_batch:
+            raw = self._score_chunk(x, owner, add)
+            # A copy for raw outputs, as the chunked path's cat makes: callers own the result.
+            return self._convert(raw) if self.output in ("probs", "labels") else raw.clone()
         outs = []
         with torch.no_grad():
             for start in range(0, m, self.max_batch):
@@ -174,6 +180,20 @@ class BlackBox:
                 )
                 outs.append(raw)
         return self._convert(torch.cat(outs))
+
+    def _score_chunk(self, x: Tensor, owner: Tensor, add: Tensor) -> Tensor:
+        """The whole call as one model batch; ``add`` is its per-example row count."""
+        with torch.no_grad():
+            chunk = x.to(self.device)
+            if self.dtype is not None:
+                chunk = chunk.to(self.dtype)
+            raw = self._model(chunk)
+            if not isinstance(raw, Tensor):
+                raw = torch.as_tensor(raw)
+            self._check_scores(raw, chunk.shape[0])
+        # Charged only once the batch is scored: a failing model does not eat budget.
+        self._counts += add
+        return raw
 
     def _validate(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):

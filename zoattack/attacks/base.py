@@ -89,11 +89,12 @@ class AttackObjective:
         scores = self.blackbox.query(x, owner).to(self.x0.device)
         if self.blackbox.output == "probs":
             scores = scores.clamp_min(1e-30).log()
-        target = self.target[owner] if self.target is not None else None
-        loss = attack_loss(scores, self.label[owner], kind=self.loss, target=target)
+        target = self.target.index_select(0, owner) if self.target is not None else None
+        label = self.label.index_select(0, owner)
+        loss = attack_loss(scores, label, kind=self.loss, target=target)
         pred = scores.argmax(dim=1)
         self._recent = (owner, loss, pred)
-        adv = is_adversarial(pred, self.label[owner], target)
+        adv = is_adversarial(pred, label, target)
         rows = adv.nonzero().flatten()
         if rows.numel():
             rows = rows[~self.found[owner[rows]]]

@@ -288,29 +288,27 @@ class SquareRule(SearchRule):
         s = int(side[0])
         if self.resample and bool((side == s).all()):
             # A candidate equals delta exactly when, per channel, its window already holds
-            # lr * sign: decided on the windows' per-channel min and max, (m, c) numbers, so
-            # the redraws touch no image-sized tensor and the candidate is built once.
+            # lr * sign. That is decided once per step from the windows' per-channel min and
+            # max ("code": +1 all lr, -1 all -lr, 0 mixed), so each redraw costs a few ops
+            # on (m, c) numbers and the candidate is built once.
             windows = delta.unfold(2, s, 1).unfold(3, s, 1)[
                 torch.arange(m, device=delta.device), :, top, left
             ]  # (m, c, s, s)
             low, high = torch.aminmax(windows.flatten(2), dim=2)
-            low, high = low.view(m, c, 1, 1), high.view(m, c, 1, 1)
-
-            def same(rows: Tensor) -> Tensor:
-                fill = self.lr * signs[rows]
-                return ((low[rows] == fill) & (high[rows] == fill)).flatten(1).all(dim=1)
-
-            rows = same(torch.arange(m, device=delta.device)).nonzero().flatten()
+            value = self.lr * torch.ones((), dtype=delta.dtype, device=delta.device)
+            flat = low == high
+            code = torch.where(flat & (low == value), 1.0, 0.0).to(delta.dtype)
+            code[flat & (low == -value)] = -1.0
+            redraw = (code == signs.view(m, c)).all(dim=1)
             for _ in range(RESAMPLE_TRIES):
-                if not rows.numel():
+                k = int(redraw.sum())
+                if not k:
                     break
-                signs[rows] = draw_signs(
-                    (rows.numel(), c, 1, 1), generator, delta.device, delta.dtype
-                )
-                rows = rows[same(rows)]
+                signs[redraw] = draw_signs((k, c, 1, 1), generator, delta.device, delta.dtype)
+                redraw &= (code == signs.view(m, c)).all(dim=1)
             else:
-                if rows.numel():  # the window holds lr * signs exactly; the negation differs
-                    signs[rows] = -signs[rows]
+                if bool(redraw.any()):  # the window holds lr * signs; the negation differs
+                    signs[redraw] = -signs[redraw]
             return torch.where(mask, self.lr * signs, delta)
         cand = torch.where(mask, self.lr * signs, delta)
         if self.resample:
