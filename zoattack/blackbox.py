@@ -18,7 +18,10 @@ from torch import Tensor, nn
 from zoattack.errors import InvalidInputError, InvalidScoresError, QueryBudgetExceeded
 
 Output = Literal["logits", "probs", "labels", "scores"]
-COUNTING_RULE = "one query = one input scored by the model, charged to its example; retries and chunks do not add queries"
+COUNTING_RULE = (
+    "one query = one input scored by the model, charged to its example; "
+    "retries and chunks do not add queries"
+)
 
 
 class BlackBox:
