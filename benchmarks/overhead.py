@@ -27,8 +27,10 @@ batched forward at those batch sizes (1.0 = the tool adds nothing).
 
 Timing: one torch thread (``--threads``), the minimum of ``--repeats`` runs (each run is
 deterministic, so repeats differ only by machine noise); on CUDA every timed region ends with
-a synchronize. ``--device cuda`` (or ``cpu cuda``) adds rows for the GPU; a missing GPU is a
-one-line error, exit code 2.
+a synchronize. ``--clock cpu`` times with this process's CPU time instead of wall time (CPU
+only): on a shared, oversubscribed machine the wall time mostly measures waiting for a core.
+``--device cuda`` (or ``cpu cuda``) adds rows for the GPU; a missing GPU is a one-line error,
+exit code 2.
 
 Run: ``python benchmarks/overhead.py`` (< 10 min on one CPU thread), ``--quick`` (< 2 min),
 ``--device cuda --quick`` on a GPU machine (< 4 min, unattended-safe). ``--json FILE`` writes
@@ -82,10 +84,10 @@ class Counter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self.sync()
-        t0 = time.perf_counter()
+        t0 = now()
         out = self.net(x)
         self.sync()
-        self.model_s += time.perf_counter() - t0
+        self.model_s += now() - t0
         self.rows += x.shape[0]
         self.batches.append(x.shape[0])
         return out
@@ -144,7 +146,7 @@ def run_zo(
     bb = BlackBox(net, output="logits", budget=spec.budget, max_batch=spec.max_batch)
     gen = make_generator(0, device)
     sync(device)
-    t0 = time.perf_counter()
+    t0 = now()
     run_attack(
         bb,
         x,
@@ -158,7 +160,7 @@ def run_zo(
         subspace=spec.subspace,
     )
     sync(device)
-    return time.perf_counter() - t0, net.rows - rows0
+    return now() - t0, net.rows - rows0
 
 
 def run_square(
@@ -183,18 +185,28 @@ def run_square(
     rng = torch.random.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
     sync(device)
-    t0 = time.perf_counter()
+    t0 = now()
     atk.init_hyperparam(x)
     with torch.no_grad():
         net(x)  # the clean check Square.perturb makes
     torch.random.manual_seed(0)  # torchattacks draws from the global RNG; restored below
     atk.attack_single_run(x, y)
     sync(device)
-    wall = time.perf_counter() - t0
+    wall = now() - t0
     torch.random.set_rng_state(rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state_all(cuda_rng)
     return wall, net.rows - rows0
+
+
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
+def now() -> float:
+    """The timing clock: wall time (default) or this process's CPU time (``--clock cpu``,
+    steadier on a shared machine, where waiting for a core is not the tool's cost)."""
+    return _clock()
 
 
 def sync(device: torch.device) -> None:
@@ -316,10 +328,10 @@ def real_victim_table(args: argparse.Namespace, device: torch.device) -> list[Ro
                 for b in net.batches:
                     xb = x[torch.arange(b, device=device) % n]
                     sync(device)
-                    t0 = time.perf_counter()
+                    t0 = now()
                     bare(xb)
                     sync(device)
-                    bare_s += time.perf_counter() - t0
+                    bare_s += now() - t0
             rate = rows / wall
             raw = rows / bare_s
             row = Row(device.type, size, d, method, wall / rows * 1e6, rows, rate / raw)
@@ -399,14 +411,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-victims", action="store_true", help="skip part 2 (real victims)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=list(CLOCK), default="wall")
     p.add_argument("--quick", action="store_true", help="fewer repeats and estimator rows")
     p.add_argument("--json", default=None, help="write every measurement to this file")
     args = p.parse_args(argv)
     if args.images < 1 or args.budget < 12 or args.repeats < 1:
         p.error("--images must be >= 1, --budget >= 12 and --repeats >= 1")
     if args.quick:
+        # Per-input cost is a steady state: fewer images and queries measure the same thing.
         args.repeats = 1
+        args.images = min(args.images, 10)
+        args.budget = min(args.budget, 100)
         args.estimators = [e for e in args.estimators if e in ("gaussian", "block_sign")]
+    if "cuda" in args.device and args.clock == "cpu":
+        p.error("--clock cpu cannot time GPU work; use the wall clock with --device cuda")
     # Real victims: enough steps for a steady state, few enough that a CPU resnet18 at
     # 224x224 (~20 ms per input on one thread) stays within seconds.
     args.victim_images = {"28": 20, "32": 20, "96": 8, "224": 4}
@@ -415,7 +433,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _clock
     args = parse_args(argv)
+    _clock = CLOCK[args.clock]
     torch.set_num_threads(args.threads)
     devices = []
     for name in args.device:
@@ -425,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         devices.append(torch.device(name))
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{args.threads} thread(s); {args.images} images x budget {args.budget}, Linf eps {EPS}",
+        f"{args.threads} thread(s); {args.images} images x budget {args.budget}, Linf eps {EPS}; "
+        f"{args.clock} clock",
         flush=True,
     )
     if not have_torchattacks():
