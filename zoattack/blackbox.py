@@ -156,9 +156,11 @@ class BlackBox:
         add = torch.bincount(owner, minlength=len(self._counts))
         if self.budget is not None:
             after = self._counts + add
-            over = (after > self.budget) & (add > 0)
-            if bool(over.any()):
-                ids = over.nonzero().flatten()
+            if int(after.max()) > self.budget:  # then find who (a loaded ledger may be over)
+                ids = ((after > self.budget) & (add > 0)).nonzero().flatten()
+            else:
+                ids = after[:0]
+            if ids.numel():
                 raise QueryBudgetExceeded(ids.tolist(), self.budget, after[ids].tolist())
         if m <= self.max_batch:
             raw = self._score_chunk(x, owner, add)

@@ -66,7 +66,7 @@ class AttackObjective:
         (every probe grid is: K rows per image), which :func:`to_image` broadcasts instead
         of reading and writing an image-sized copy per row."""
         m = owner.numel()
-        if m == len(self.x0) and bool((owner == self._all_ids(m)).all()):
+        if m == len(self.x0) and torch.equal(owner, self._all_ids(m)):
             return self.x0  # every image once, in order (to_image does not modify it)
         if m > 1:
             ids, counts = torch.unique_consecutive(owner, return_counts=True)

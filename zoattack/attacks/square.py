@@ -325,33 +325,39 @@ class SquareRule(SearchRule):
     def _move_linf(self, delta: Tensor, steps: Tensor, generator: torch.Generator) -> Tensor:
         m, c, h, w = delta.shape
         side = self._sides(steps, h, w)
-        top = _uniform_int(h - side + 1, generator, delta.device)
-        left = _uniform_int(w - side + 1, generator, delta.device)
+        dev = delta.device
+        if generator.device.type == "cpu" and dev.type == "cpu":
+            # One draw for both offsets: a CPU generator's stream is the same either way.
+            top, left = _uniform_int(torch.stack([h - side + 1, w - side + 1]), generator, dev)
+        else:
+            top = _uniform_int(h - side + 1, generator, dev)
+            left = _uniform_int(w - side + 1, generator, dev)
         mask = _window_mask(top, left, side, h, w)
-        signs = draw_signs((m, c, 1, 1), generator, delta.device, delta.dtype)
+        signs = draw_signs((m, c, 1, 1), generator, dev, delta.dtype)
         s = int(side[0])
         if self.resample and bool((side == s).all()):
             # A candidate equals delta exactly when, per channel, its window already holds
-            # lr * sign. That is decided once per step from the windows' per-channel min and
-            # max ("code": +1 all lr, -1 all -lr, 0 mixed), so each redraw costs a few ops
-            # on (m, c) numbers and the candidate is built once.
-            windows = delta.unfold(2, s, 1).unfold(3, s, 1)[
-                torch.arange(m, device=delta.device), :, top, left
-            ]  # (m, c, s, s)
-            low, high = torch.aminmax(windows.flatten(2), dim=2)
-            value = self.lr * torch.ones((), dtype=delta.dtype, device=delta.device)
-            flat = low == high
-            code = torch.where(flat & (low == value), 1.0, 0.0).to(delta.dtype)
-            code[flat & (low == -value)] = -1.0
-            redraw = (code == signs.view(m, c)).all(dim=1)
-            if generator.device.type == "cpu" and delta.device.type == "cpu":
+            # lr * sign: decided from the windows' per-channel min and max, (m, c) numbers,
+            # so the redraws touch no image-sized tensor and the candidate is built once.
+            windows = delta.unfold(2, s, 1).unfold(3, s, 1)[_positions(m, dev), :, top, left]
+            low, high = torch.aminmax(windows.flatten(2), dim=2)  # (m, c)
+            fill = self.lr * signs
+            flat = fill.view(m, c)
+            redraw = ((low == flat) & (high == flat)).all(dim=1)
+            if not bool(redraw.any()):
+                return torch.where(mask, fill, delta)
+            value = self.lr * torch.ones((), dtype=delta.dtype, device=dev)
+            same = low == high
+            code = torch.where(same & (low == value), 1.0, 0.0).to(delta.dtype)
+            code[same & (low == -value)] = -1.0  # +1 all lr, -1 all -lr, 0 mixed
+            if generator.device.type == "cpu" and dev.type == "cpu":
                 _redraw_serial(code, signs, redraw, generator)
                 return torch.where(mask, self.lr * signs, delta)
             for _ in range(RESAMPLE_TRIES):
                 k = int(redraw.sum())
                 if not k:
                     break
-                signs[redraw] = draw_signs((k, c, 1, 1), generator, delta.device, delta.dtype)
+                signs[redraw] = draw_signs((k, c, 1, 1), generator, dev, delta.dtype)
                 redraw &= (code == signs.view(m, c)).all(dim=1)
             else:
                 if bool(redraw.any()):  # the window holds lr * signs; the negation differs
