@@ -132,8 +132,16 @@ def images(n: int, shape: tuple[int, int, int], device: torch.device) -> Tensor:
 
 
 def spec_for(method: str, estimator: str | None, budget: int) -> AttackSpec:
+    # coordinate defaults to every coordinate per step (d + 1 queries, over any budget
+    # here); 10 random coordinates make it a step-sized estimator like the others.
+    samples = 10 if estimator == "coordinate" else None
     return AttackSpec(
-        norm="linf", eps=EPS, budget=budget, optimizer=method, estimator=estimator
+        norm="linf",
+        eps=EPS,
+        budget=budget,
+        optimizer=method,
+        estimator=estimator,
+        samples=samples,
     ).resolved()
 
 
