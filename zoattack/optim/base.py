@@ -45,6 +45,38 @@ class StepResult:
     fx_next: Tensor
 
 
+class _SearchStepResult(StepResult):
+    """A search rule's step: ``grad`` (what the rule reports as its gradient view, which the
+    attack loop never reads) is computed from ``x_next`` on first access, sparing an
+    image-sized pass and allocation per step. ``x_next`` must not be modified before."""
+
+    def __init__(
+        self,
+        *,
+        x_next: Tensor,
+        loss: Tensor | None,
+        queries: Tensor,
+        grad_of: Callable[[Tensor], Tensor],
+        fx_next: Tensor,
+    ) -> None:
+        self._grad_of: Callable[[Tensor], Tensor] | None = grad_of
+        self._grad: Tensor | None = None
+        super().__init__(x_next=x_next, loss=loss, queries=queries, grad=None, fx_next=fx_next)  # type: ignore[arg-type]
+
+    @property  # type: ignore[override]
+    def grad(self) -> Tensor:
+        if self._grad is None and self._grad_of is not None:
+            self._grad, self._grad_of = self._grad_of(self.x_next), None
+        assert self._grad is not None
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        self._grad = value
+        if value is not None:
+            self._grad_of = None
+
+
 def check_lr(lr: float | Tensor) -> float | Tensor:
     if isinstance(lr, Tensor):
         if not bool(torch.isfinite(lr).all()) or bool((lr <= 0).any()):
@@ -352,11 +384,11 @@ class SearchRule(ZORule):
         fx_next = torch.where(accept, loss, current)
         self.state.set("best", idx, fx_next)
         self._commit(x, idx, first, accept)
-        return StepResult(
+        return _SearchStepResult(
             x_next=x_next,
             loss=current,
             queries=torch.ones(n, dtype=torch.int64, device=x.device),
-            grad=self._grad(x_next),
+            grad_of=self._grad,
             fx_next=fx_next,
         )
 
