@@ -417,6 +417,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--estimators", nargs="*", default=list(ESTIMATORS), choices=ESTIMATORS)
     p.add_argument("--victim-rules", nargs="*", default=["sign", "square", "zo_signsgd"])
     p.add_argument("--no-victims", action="store_true", help="skip part 2 (real victims)")
+    p.add_argument("--victims-only", action="store_true", help="skip part 1 (zero-cost)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--clock", choices=list(CLOCK), default="wall")
@@ -463,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     zero: list[Row] = []
     real: list[Row] = []
     for dev in devices:
-        zero += zero_cost_table(args, dev)
+        if not args.victims_only:
+            zero += zero_cost_table(args, dev)
         if not args.no_victims:
             real += real_victim_table(args, dev)
     print()
