@@ -411,7 +411,7 @@ class SquareRule(SearchRule):
                 delta[:, :, r : r + hh, q : q + ww] += (block.unsqueeze(1) * signs)[:, :, :hh, :ww]
         warm = (x != 0).flatten(1).any(dim=1)
         delta[warm] = x[warm].double()
-        return fit_l2(delta, self.lr, x.dtype)
+        return fit_l2(delta, float(self.lr), x.dtype)
 
     def _move_l2(self, delta: Tensor, steps: Tensor, generator: torch.Generator) -> Tensor:
         m, c, h, w = delta.shape
@@ -446,4 +446,4 @@ class SquareRule(SearchRule):
         mass = ((self.lr**2 - img_norm**2).clamp_min(0) / c + both_norm**2).sqrt()
         out = torch.where(both, 0.0, d64)
         out = torch.where(mask1, new / new_norm * mass, out)
-        return fit_l2(out, self.lr, delta.dtype)
+        return fit_l2(out, float(self.lr), delta.dtype)

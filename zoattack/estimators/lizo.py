@@ -84,15 +84,15 @@ class LIZOEstimator(StatefulEstimator):
 
     # ----------------------------------------------------------------- state
     def _load(self, idx: Tensor, n: int, d: int, x: Tensor) -> dict[str, Tensor]:
-        kw = {"device": x.device}
+        dev = x.device
         st = self.state
         return {
-            "valid": st.get("valid", idx, (), dtype=torch.bool, fill=False, **kw),
-            "center": st.get("center", idx, (d,), dtype=x.dtype, **kw),
-            "fc": st.get("fc", idx, (), dtype=torch.float64, **kw),
-            "disp": st.get("disp", idx, (n, d), dtype=x.dtype, **kw),
-            "fvals": st.get("fvals", idx, (n,), dtype=torch.float64, **kw),
-            "gram": st.get("gram", idx, (n, n), dtype=torch.float64, **kw),
+            "valid": st.get("valid", idx, (), dtype=torch.bool, fill=False, device=dev),
+            "center": st.get("center", idx, (d,), dtype=x.dtype, device=dev),
+            "fc": st.get("fc", idx, (), dtype=torch.float64, device=dev),
+            "disp": st.get("disp", idx, (n, d), dtype=x.dtype, device=dev),
+            "fvals": st.get("fvals", idx, (n,), dtype=torch.float64, device=dev),
+            "gram": st.get("gram", idx, (n, n), dtype=torch.float64, device=dev),
         }
 
     # ------------------------------------------------------------- estimate

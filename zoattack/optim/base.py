@@ -175,6 +175,7 @@ class ZORule(abc.ABC):
         n = x.shape[0]
         if idx is None:
             idx = torch.arange(n, device=x.device)
+        assert self.estimator is not None  # search rules override step()
         est = self.estimator.estimate(objective, x, generator=generator, idx=idx, fx=fx)
         steps = self.state.get("step", idx, (), dtype=torch.int64, device=x.device) + 1
         self.state.set("step", idx, steps)
