@@ -23,7 +23,10 @@ from zoattack.errors import (
 )
 
 Output = Literal["logits", "probs", "labels", "scores"]
-COUNTING_RULE = "one query = one input scored by the model, charged to its example; retries and chunks do not add queries"
+COUNTING_RULE = (
+    "one query = one input scored by the model, charged to its example; "
+    "retries and chunks do not add queries"
+)
 
 
 LABELS_ONLY_HINT = (
@@ -181,12 +184,20 @@ class BlackBox:
         self._grow(int(hi_id) + 1)
         if int(lo_id) < 0:
             raise InvalidInputError("example ids in owner must be >= 0")
+        # Per-example counts of this call (a bincount, cheaper than unique at these sizes).
+        add = torch.bincount(owner, minlength=len(self._counts))
         if self.budget is not None:
-            ids, cnt = torch.unique(owner, return_counts=True)
-            after = self._counts[ids] + cnt
-            over = after > self.budget
-            if bool(over.any()):
-                raise QueryBudgetExceeded(ids[over].tolist(), self.budget, after[over].tolist())
+            after = self._counts + add
+            if int(after.max()) > self.budget:  # then find who (a loaded ledger may be over)
+                ids = ((after > self.budget) & (add > 0)).nonzero().flatten()
+            else:
+                ids = after[:0]
+            if ids.numel():
+                raise QueryBudgetExceeded(ids.tolist(), self.budget, after[ids].tolist())
+        if m <= self.max_batch:
+            raw = self._score_chunk(x, owner, add)
+            # A copy for raw outputs, as the chunked path's cat makes: callers own the result.
+            return self._convert(raw) if self.output in ("probs", "labels") else raw.clone()
         outs = []
         with torch.no_grad():
             for start in range(0, m, self.max_batch):
@@ -206,6 +217,20 @@ class BlackBox:
                 )
                 outs.append(raw)
         return self._convert(torch.cat(outs))
+
+    def _score_chunk(self, x: Tensor, owner: Tensor, add: Tensor) -> Tensor:
+        """The whole call as one model batch; ``add`` is its per-example row count."""
+        with torch.no_grad():
+            chunk = x.to(self.device)
+            if self.dtype is not None:
+                chunk = chunk.to(self.dtype)
+            raw = self._model(chunk)
+            if not isinstance(raw, Tensor):
+                raw = torch.as_tensor(raw)
+            self._check_scores(raw, chunk.shape[0])
+        # Charged only once the batch is scored: a failing model does not eat budget.
+        self._counts += add
+        return raw
 
     def _validate(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):

@@ -9,9 +9,7 @@ LOSSES = ("margin", "ce")
 
 
 def _other_max(z: Tensor, cls: Tensor) -> Tensor:
-    masked = z.clone()
-    masked.scatter_(1, cls.view(-1, 1), float("-inf"))
-    return masked.max(dim=1).values
+    return z.scatter(1, cls.view(-1, 1), float("-inf")).amax(dim=1)
 
 
 def attack_loss(

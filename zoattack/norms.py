@@ -21,7 +21,8 @@ def check_norm(norm: str, eps: float) -> str:
 
 
 def project(delta: Tensor, norm: str, eps: float) -> Tensor:
-    """Project perturbations ``(N, ...)`` onto the ``norm`` ball of radius ``eps``."""
+    """Project perturbations ``(N, ...)`` onto the ``norm`` ball of radius ``eps`` (a new
+    tensor; ``delta`` is left alone)."""
     if norm == "linf":
         return delta.clamp(-eps, eps)
     flat = delta.flatten(1)
@@ -42,8 +43,20 @@ def inside(x: Tensor, x0: Tensor, norm: str, eps: float, tol: float = 1e-5) -> T
 
 def to_image(x0: Tensor, delta: Tensor, norm: str, eps: float) -> Tensor:
     """The queried point: ``clip(x0 + P(delta), 0, 1)``. Clipping after projection keeps it
-    in the ball for both norms (each coordinate only moves toward ``x0``)."""
-    return (x0 + project(delta, norm, eps)).clamp(0.0, 1.0)
+    in the ball for both norms (each coordinate only moves toward ``x0``).
+
+    ``x0`` is ``(N, ...)`` like ``delta``, or ``(G, ...)`` when ``delta``'s ``N = G * R`` rows
+    are ``R`` consecutive rows per image of ``x0`` (saves gathering ``x0`` per row).
+    """
+    out = project(delta, norm, eps)
+    # In place on the projection's own buffer: each (N, d) temporary is a pass and, at image
+    # sizes, fresh pages. P(delta) + x0 == x0 + P(delta) bit for bit.
+    if x0.shape[0] == out.shape[0]:
+        out.add_(x0)
+    else:
+        g = x0.shape[0]
+        out.view(g, out.shape[0] // g, *out.shape[1:]).add_(x0.unsqueeze(1))
+    return out.clamp_(0.0, 1.0)
 
 
 __all__ = ["NORMS", "check_norm", "distance", "inside", "project", "to_image"]

@@ -41,7 +41,8 @@ class FunctionObjective:
 
 
 def evaluate_grid(objective: Objective, cand: Tensor, idx: Tensor) -> Tensor:
-    """Evaluate candidates ``(N, K, *shape)`` for examples ``idx`` ``(N,)`` in one call -> ``(N, K)``."""
+    """Evaluate candidates ``(N, K, *shape)`` for examples ``idx`` ``(N,)`` in one call
+    -> ``(N, K)``."""
     n, k = cand.shape[:2]
     owner = idx.reshape(n, 1).expand(n, k).reshape(-1)
     out = objective(cand.reshape(n * k, *cand.shape[2:]), owner)
@@ -52,9 +53,14 @@ def evaluate_ragged(objective: Objective, cand: Tensor, keep: Tensor, idx: Tenso
     """Evaluate only ``cand[keep]`` (``keep`` is a bool ``(N, K)`` mask) -> ``(N, K)`` with NaN
     where nothing was queried. Lets examples spend different numbers of queries in one call."""
     n, k = keep.shape
+    kept = int(keep.sum())
+    if kept == n * k:
+        # Everything is scored (the usual call): the grid goes as a view, no gathered copy
+        # of image-sized rows; the objective sees the same rows in the same order.
+        return evaluate_grid(objective, cand, idx).to(device=cand.device, dtype=torch.float64)
     owner = idx.reshape(n, 1).expand(n, k)[keep]
     out = torch.full((n, k), float("nan"), dtype=torch.float64, device=cand.device)
-    if bool(keep.any()):
+    if kept:
         vals = objective(cand[keep], owner)
         out[keep] = vals.to(device=cand.device, dtype=torch.float64)
     return out

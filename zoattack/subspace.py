@@ -75,6 +75,12 @@ class Subspace:
         until its expansion fits, a feasible point rather than the Euclidean projection.
         """
         if norm == "linf" and not self.spec.startswith("dct:"):
+            if v.device.type == "cpu" and v.numel():
+                # Usually nothing is outside (the rules' steps stay in the ball): a read-only
+                # check spares the image-sized copy. (On GPUs the check would be a sync.)
+                low, high = (float(t) for t in torch.aminmax(v))
+                if -eps <= low and high <= eps:
+                    return v
             return v.clamp(-eps, eps)
         delta = self.expand(v).flatten(1)
         size = delta.abs().max(dim=1).values if norm == "linf" else delta.norm(dim=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 
 import pytest
 import torch
@@ -142,7 +143,7 @@ def test_relizo_readme_snippet_runs_unchanged_and_lowers_the_loss():
             loss = criterion(logits, label)
             return loss
 
-        for data, label in dataloader:
+        for data, label in dataloader:  # noqa: B007  (the ReLIZO README loop, verbatim)
             optimizer.zero_grad()
             optimizer.step(closure=partial(_closure, data))
         losses["end"] = criterion(model(x_all), y_all).item()
@@ -379,5 +380,5 @@ def test_lizo_face_armijo_never_goes_uphill():
     for _ in range(20):
         opt.step(closure)
         values.append(closure().item())
-    assert all(b <= a for a, b in zip(values, values[1:]))
+    assert all(b <= a for a, b in itertools.pairwise(values))
     assert values[-1] < values[0]

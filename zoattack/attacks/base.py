@@ -59,10 +59,28 @@ class AttackObjective:
         )
 
     def images(self, v: Tensor, owner: Tensor) -> Tensor:
+        return to_image(self._clean_rows(owner), self.subspace.expand(v), self.norm, self.eps)
+
+    def _clean_rows(self, owner: Tensor) -> Tensor:
+        """``x0[owner]``, or just one row per image when ``owner`` is runs of equal length
+        (every probe grid is: K rows per image), which :func:`to_image` broadcasts instead
+        of reading and writing an image-sized copy per row."""
+        m = owner.numel()
+        if m == len(self.x0) and torch.equal(owner, self._all_ids(m)):
+            return self.x0  # every image once, in order (to_image does not modify it)
+        if m > 1:
+            ids, counts = torch.unique_consecutive(owner, return_counts=True)
+            r = m // ids.numel()
+            if r > 1 and ids.numel() * r == m and bool((counts == r).all()):
+                return self.x0.index_select(0, ids)
         # index_select: the same rows as x0[owner] at a fraction of the cost.
-        return to_image(
-            self.x0.index_select(0, owner), self.subspace.expand(v), self.norm, self.eps
-        )
+        return self.x0.index_select(0, owner)
+
+    def _all_ids(self, n: int) -> Tensor:
+        ids = getattr(self, "_ids", None)
+        if ids is None or len(ids) != n:
+            ids = self._ids = torch.arange(n, device=self.x0.device)
+        return ids
 
     def score(self, v: Tensor, owner: Tensor) -> tuple[Tensor, Tensor]:
         """``(losses (M,), predictions (M,))``; records the first adversarial per image."""
@@ -71,11 +89,12 @@ class AttackObjective:
         scores = self.blackbox.query(x, owner).to(self.x0.device)
         if self.blackbox.output == "probs":
             scores = scores.clamp_min(1e-30).log()
-        target = self.target[owner] if self.target is not None else None
-        loss = attack_loss(scores, self.label[owner], kind=self.loss, target=target)
+        target = self.target.index_select(0, owner) if self.target is not None else None
+        label = self.label.index_select(0, owner)
+        loss = attack_loss(scores, label, kind=self.loss, target=target)
         pred = scores.argmax(dim=1)
         self._recent = (owner, loss, pred)
-        adv = is_adversarial(pred, self.label[owner], target)
+        adv = is_adversarial(pred, label, target)
         rows = adv.nonzero().flatten()
         if rows.numel():
             rows = rows[~self.found[owner[rows]]]

@@ -170,15 +170,19 @@ class SignRule(SearchRule):
         lo, hi = block_bounds(level, chunk, d)
         # Kept for _commit, which SearchRule.step calls right after scoring these candidates.
         self._pending = (idx, level, chunk, hi)
-        flip = (ranks >= lo.unsqueeze(1)) & (ranks < hi.unsqueeze(1))
+        flip = ranks >= lo.unsqueeze(1)
+        flip &= ranks < hi.unsqueeze(1)
         # The flipped sign is -1 where exactly one of "x < 0" and "in the chunk" holds.
-        negative = flip != (x < 0).reshape(n, d)
-        cand = torch.where(negative, -1.0, 1.0).to(x.dtype)
+        negative = flip.ne_((x < 0).reshape(n, d))
         m = int(first.sum())
-        if m:
-            init = self._start_signs(x, m, generator).reshape(m, d)
-            warm = x[first].reshape(m, d).sign()
-            cand[first] = torch.where(warm != 0, warm, init)
+        if not m:
+            # lr * (+-1) in x's dtype, written once (no sign tensor, no second pass).
+            pos = torch.tensor(self.lr, dtype=x.dtype, device=x.device) * 1.0
+            return torch.where(negative, -pos, pos).view_as(x)
+        cand = torch.where(negative, -1.0, 1.0).to(x.dtype)
+        init = self._start_signs(x, m, generator).reshape(m, d)
+        warm = x[first].reshape(m, d).sign()
+        cand[first] = torch.where(warm != 0, warm, init)
         return self.lr * cand.view_as(x)
 
     def _commit(self, x: Tensor, idx: Tensor, first: Tensor, accept: Tensor) -> None:

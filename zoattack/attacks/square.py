@@ -37,7 +37,7 @@ def window_side(p: float, h: int, w: int, norm: str) -> int:
     """Side of the square window for fraction ``p`` of an ``h x w`` image:
     ``round(sqrt(p h w))``, at least 1 (Linf) or the next odd number >= 3 (L2), at most
     ``min(h, w) - 1`` (the official caps)."""
-    s = int(round(math.sqrt(p * h * w)))
+    s = round(math.sqrt(p * h * w))
     if norm == "l2":
         s = max(s, 3)
         s += 1 - s % 2
@@ -96,6 +96,50 @@ def _uniform_int(high: Tensor, generator: torch.Generator, device: torch.device)
         high.shape, generator=generator, device=generator.device, dtype=torch.float64
     ).to(device)
     return torch.minimum((u * high).floor().long(), high - 1)
+
+
+def _redraw_serial(code: Tensor, signs: Tensor, redraw: Tensor, generator: torch.Generator) -> None:
+    """Square's sign redraws for rows ``redraw`` of ``signs`` ``(m, c, 1, 1)``, in place,
+    exactly as the per-try loop makes them, for a CPU generator.
+
+    The loop draws ``c`` signs for each row still unchanged, try after try, until no row is
+    (after ``RESAMPLE_TRIES`` tries the rest are negated). A CPU generator yields the same
+    stream whether drawn in one call or many, so one pool is drawn, the tries are replayed on
+    Python numbers (a handful of rows and channels), and the generator is then advanced by
+    exactly the draws the loop would have made. Per try that saves ~10 tensor ops, which at
+    28x28 (one channel, half of all 1-pixel windows need a redraw) were most of a step.
+    """
+    rows = redraw.nonzero().flatten().tolist()
+    if not rows:
+        return
+    c = code.shape[1]
+    saved = generator.get_state()
+    pool = torch.randint(0, 2, (len(rows) * c * RESAMPLE_TRIES,), generator=generator).tolist()
+    generator.set_state(saved)
+    codes = code.tolist()
+    current = signs.view(-1, c).tolist()
+    final: dict[int, list[float]] = {r: current[r] for r in rows}
+    used = 0
+    active = rows
+    for _ in range(RESAMPLE_TRIES):
+        if not active:
+            break
+        still = []
+        for r in active:
+            new = [2.0 * b - 1.0 for b in pool[used : used + c]]
+            used += c
+            final[r] = new
+            if all(codes[r][j] == new[j] for j in range(c)):
+                still.append(r)
+        active = still
+    else:
+        for r in active:  # the window holds lr * signs; the negation differs
+            final[r] = [-v for v in final[r]]
+    torch.randint(0, 2, (used,), generator=generator)  # the draws the loop made
+    ids = list(final)
+    signs[torch.tensor(ids, device=signs.device)] = torch.tensor(
+        [final[r] for r in ids], dtype=signs.dtype, device=signs.device
+    ).view(len(ids), c, 1, 1)
 
 
 def applied_perturbation(objective: Objective, x: Tensor, idx: Tensor) -> Tensor:
@@ -283,10 +327,44 @@ class SquareRule(SearchRule):
     def _move_linf(self, delta: Tensor, steps: Tensor, generator: torch.Generator) -> Tensor:
         m, c, h, w = delta.shape
         side = self._sides(steps, h, w)
-        top = _uniform_int(h - side + 1, generator, delta.device)
-        left = _uniform_int(w - side + 1, generator, delta.device)
+        dev = delta.device
+        if generator.device.type == "cpu" and dev.type == "cpu":
+            # One draw for both offsets: a CPU generator's stream is the same either way.
+            top, left = _uniform_int(torch.stack([h - side + 1, w - side + 1]), generator, dev)
+        else:
+            top = _uniform_int(h - side + 1, generator, dev)
+            left = _uniform_int(w - side + 1, generator, dev)
         mask = _window_mask(top, left, side, h, w)
-        signs = draw_signs((m, c, 1, 1), generator, delta.device, delta.dtype)
+        signs = draw_signs((m, c, 1, 1), generator, dev, delta.dtype)
+        s = int(side[0])
+        if self.resample and bool((side == s).all()):
+            # A candidate equals delta exactly when, per channel, its window already holds
+            # lr * sign: decided from the windows' per-channel min and max, (m, c) numbers,
+            # so the redraws touch no image-sized tensor and the candidate is built once.
+            windows = delta.unfold(2, s, 1).unfold(3, s, 1)[_positions(m, dev), :, top, left]
+            low, high = torch.aminmax(windows.flatten(2), dim=2)  # (m, c)
+            fill = self.lr * signs
+            flat = fill.view(m, c)
+            redraw = ((low == flat) & (high == flat)).all(dim=1)
+            if not bool(redraw.any()):
+                return torch.where(mask, fill, delta)
+            value = self.lr * torch.ones((), dtype=delta.dtype, device=dev)
+            same = low == high
+            code = torch.where(same & (low == value), 1.0, 0.0).to(delta.dtype)
+            code[same & (low == -value)] = -1.0  # +1 all lr, -1 all -lr, 0 mixed
+            if generator.device.type == "cpu" and dev.type == "cpu":
+                _redraw_serial(code, signs, redraw, generator)
+                return torch.where(mask, self.lr * signs, delta)
+            for _ in range(RESAMPLE_TRIES):
+                k = int(redraw.sum())
+                if not k:
+                    break
+                signs[redraw] = draw_signs((k, c, 1, 1), generator, dev, delta.dtype)
+                redraw &= (code == signs.view(m, c)).all(dim=1)
+            else:
+                if bool(redraw.any()):  # the window holds lr * signs; the negation differs
+                    signs[redraw] = -signs[redraw]
+            return torch.where(mask, self.lr * signs, delta)
         cand = torch.where(mask, self.lr * signs, delta)
         if self.resample:
             # Only rows whose window was unchanged are redrawn; the others keep their
@@ -335,7 +413,7 @@ class SquareRule(SearchRule):
                 delta[:, :, r : r + hh, q : q + ww] += (block.unsqueeze(1) * signs)[:, :, :hh, :ww]
         warm = (x != 0).flatten(1).any(dim=1)
         delta[warm] = x[warm].double()
-        return fit_l2(delta, self.lr, x.dtype)
+        return fit_l2(delta, float(self.lr), x.dtype)
 
     def _move_l2(self, delta: Tensor, steps: Tensor, generator: torch.Generator) -> Tensor:
         m, c, h, w = delta.shape
@@ -370,4 +448,4 @@ class SquareRule(SearchRule):
         mass = ((self.lr**2 - img_norm**2).clamp_min(0) / c + both_norm**2).sqrt()
         out = torch.where(both, 0.0, d64)
         out = torch.where(mask1, new / new_norm * mass, out)
-        return fit_l2(out, self.lr, delta.dtype)
+        return fit_l2(out, float(self.lr), delta.dtype)

@@ -100,7 +100,8 @@ class GradientEstimator(abc.ABC):
     @abc.abstractmethod
     def queries_per_call(self, dim: int) -> int:
         """Exact queries per example for one call on a ``dim``-dimensional problem when
-        ``f(x)`` is not supplied (stateful estimators: the cost with empty state, an upper bound)."""
+        ``f(x)`` is not supplied (stateful estimators: the cost with empty state, an upper
+        bound)."""
 
     def estimate(
         self,
@@ -193,29 +194,63 @@ def query_with_base(
     idx: Tensor,
     fx: Tensor,
     fresh: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    *,
+    need_actual: bool = True,
+    consume: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """Score ``x`` (where ``fx`` is unknown) and ``x + disp`` in one ragged call.
 
     Args:
         x: ``(N, d)``; disp: ``(N, K, d)`` displacements; fresh: bool ``(N, K)``, which
             displacements to score (default all).
+        consume: ``disp`` is the caller's temporary and may be overwritten (the probe
+            points are built in its memory).
+        need_actual: return the displacement actually applied (else None, saving a pass
+            over ``(N, K, d)``).
 
     Returns:
         ``(f0, vals, actual, queries)``: ``f(x)`` ``(N,)``, values ``(N, K)`` (NaN where not
-        scored), the displacement actually applied after rounding ``(N, K, d)``, and queries
-        per example.
+        scored), the displacement actually applied after rounding ``(N, K, d)`` (or None),
+        and queries per example.
     """
-    n, k, _ = disp.shape
-    pts = x.unsqueeze(1) + disp
-    actual = pts - x.unsqueeze(1)
+    # In place where allowed: a fresh (N, K, d) buffer per step costs page faults as well
+    # as a pass. disp + x == x + disp bit for bit.
+    pts = disp.add_(x.unsqueeze(1)) if consume else x.unsqueeze(1) + disp
+    actual = pts - x.unsqueeze(1) if need_actual else None
+    f0, vals, queries = query_points(objective, x, pts, shape, idx, fx, fresh)
+    return f0, vals, actual, queries
+
+
+def query_points(
+    objective: Objective,
+    x: Tensor,
+    pts: Tensor,
+    shape: torch.Size,
+    idx: Tensor,
+    fx: Tensor,
+    fresh: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Score ``x`` (where ``fx`` is unknown) and the probe points ``pts`` ``(N, K, d)`` in
+    one ragged call -> ``(f0, vals, queries)`` as :func:`query_with_base`."""
+    n, k, _ = pts.shape
+    base = torch.isnan(fx)
+    if fresh is None and not bool(base.any()):
+        # The usual call (f(x) known): the probes alone, with no concatenated copy.
+        vals = evaluate_ragged(
+            objective,
+            pts.view(n, k, *shape),
+            torch.ones(n, k, dtype=torch.bool, device=x.device),
+            idx,
+        )
+        return fx, vals, torch.full((n,), k, dtype=torch.int64, device=x.device)
     cand = torch.cat([x.unsqueeze(1), pts], dim=1)
     keep = torch.ones(n, k + 1, dtype=torch.bool, device=x.device)
-    keep[:, 0] = torch.isnan(fx)
+    keep[:, 0] = base
     if fresh is not None:
         keep[:, 1:] = fresh
     vals = evaluate_ragged(objective, cand.reshape(n, k + 1, *shape), keep, idx)
-    f0 = torch.where(torch.isnan(fx), vals[:, 0], fx)
-    return f0, vals[:, 1:], actual, keep.sum(dim=1)
+    f0 = torch.where(base, vals[:, 0], fx)
+    return f0, vals[:, 1:], keep.sum(dim=1)
 
 
 def query_pairs(
@@ -223,7 +258,11 @@ def query_pairs(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Score ``x + disp`` and ``x - disp`` in one call -> ``(f_plus, f_minus, queries)``."""
     n, k, _ = disp.shape
-    cand = torch.cat([x.unsqueeze(1) + disp, x.unsqueeze(1) - disp], dim=1)
+    cand = torch.empty(
+        n, 2 * k, disp.shape[2], dtype=torch.promote_types(x.dtype, disp.dtype), device=x.device
+    )
+    torch.add(x.unsqueeze(1), disp, out=cand[:, :k])
+    torch.sub(x.unsqueeze(1), disp, out=cand[:, k:])
     keep = torch.ones(n, 2 * k, dtype=torch.bool, device=x.device)
     vals = evaluate_ragged(objective, cand.reshape(n, 2 * k, *shape), keep, idx)
     return vals[:, :k], vals[:, k:], keep.sum(dim=1)
@@ -287,7 +326,9 @@ def two_point_estimate(
     """``scale/K * sum_k D_k u_k`` for given directions ``u`` ``(N, K, d)``."""
     k = u.shape[1]
     if difference == "forward":
-        f0, vals, _, q = query_with_base(objective, x, mu * u, shape, idx, fx)
+        f0, vals, _, q = query_with_base(
+            objective, x, mu * u, shape, idx, fx, need_actual=False, consume=True
+        )
         diffs = (vals - f0.unsqueeze(1)) / mu
         loss: Tensor | None = f0
     else:

@@ -9,7 +9,7 @@ from zoattack.estimators.base import (
     Estimate,
     StatefulEstimator,
     check_mu_resolvable,
-    query_with_base,
+    query_points,
 )
 from zoattack.estimators.registry import ESTIMATORS
 from zoattack.objective import Objective
@@ -87,6 +87,51 @@ class BlockSignEstimator(StatefulEstimator):
             return ids
         return ids.reshape(shape).transpose(-1, -2).reshape(-1)
 
+    def _shifted_positions(self, shape: torch.Size, offset: Tensor, device: torch.device) -> Tensor:
+        """``(order_position(i) - offset) % d`` for every flat coordinate ``i``: ``(n, d)``
+        int32. Coordinate ``perm[p]`` sits at shifted position ``(p - offset) % d``."""
+        d = int(torch.Size(shape).numel())
+        key = (tuple(shape), str(device))
+        cache = self.__dict__.setdefault("_position_cache", {})
+        if key not in cache:
+            perm = self._permutation(shape, device)
+            place = torch.empty_like(perm)
+            place[perm] = torch.arange(d, device=device)
+            cache.clear()
+            cache[key] = place.to(torch.int32)
+        place = cache[key]
+        rot = place.unsqueeze(0) - offset.to(torch.int32).unsqueeze(1)
+        return rot.add_(d).remainder_(d)
+
+    @staticmethod
+    def _interval_gram(weights: Tensor, rot: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        """``G[n, p, q]`` = sum of ``weights[n, i]`` over coordinates whose shifted position
+        lies in both ``[lo_p, hi_p)`` and ``[lo_q, hi_q)``: ``(n, k, k)`` float64."""
+        n, d = weights.shape
+        ordered = torch.zeros(n, d + 1, dtype=weights.dtype, device=weights.device)
+        ordered[:, 1:].scatter_(1, rot.long(), weights)
+        prefix = ordered.cumsum_(1)
+        start = torch.maximum(lo.unsqueeze(2), lo.unsqueeze(1)).view(n, -1)
+        stop = torch.minimum(hi.unsqueeze(2), hi.unsqueeze(1)).view(n, -1)
+        sums = prefix.gather(1, stop.clamp_min(start)) - prefix.gather(1, start)
+        k = lo.shape[1]
+        return torch.where(stop > start, sums, 0.0).view(n, k, k)
+
+    @staticmethod
+    def _interval_sums_at(w: Tensor, rot: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        """Per coordinate, the sum of ``w[n, p]`` over blocks ``p`` containing its shifted
+        position: ``(n, d)`` float64, exactly 0 outside every block."""
+        n, d = rot.shape
+        diff = torch.zeros(n, d + 1, dtype=w.dtype, device=w.device)
+        diff.scatter_add_(1, lo, w).scatter_add_(1, hi, -w)
+        cover = torch.zeros(n, d + 1, dtype=torch.int32, device=w.device)
+        one = torch.ones_like(lo, dtype=torch.int32)
+        cover.scatter_add_(1, lo, one).scatter_add_(1, hi, -one)
+        # Counted in integers, so coordinates outside every block get an exact 0 rather
+        # than the rounding left when a running float sum subtracts a block's weight.
+        at = torch.where(cover.cumsum_(1)[:, :d] > 0, diff.cumsum_(1)[:, :d], 0.0)
+        return at.gather(1, rot.long())
+
     @staticmethod
     def _levels(d: int) -> list[int]:
         counts, c = [], 1
@@ -124,22 +169,33 @@ class BlockSignEstimator(StatefulEstimator):
         level = torch.searchsorted(starts, block, right=True) - 1
         c = counts[level]
         j = block - starts[level]
-        lo, hi = (j * d) // c, ((j + 1) * d) // c
-        pos = (torch.arange(d, device=dev) - offset.unsqueeze(1)) % d  # (n, d)
-        inside = (pos.unsqueeze(1) >= lo.unsqueeze(2)) & (pos.unsqueeze(1) < hi.unsqueeze(2))
-        perm = self._permutation(shape, dev)
-        mask = torch.zeros_like(inside)
-        mask[:, :, perm] = inside
+        lo, hi = (j * d) // c, ((j + 1) * d) // c  # block = shifted positions [lo, hi)
+        # Shifted position of every coordinate, (n, d); int32 halves the traffic of the
+        # (n, k, d) comparisons below (d < 2**31).
+        rot = self._shifted_positions(shape, offset, dev)
+        mask = rot.unsqueeze(1) >= lo.to(rot.dtype).unsqueeze(2)
+        mask &= rot.unsqueeze(1) < hi.to(rot.dtype).unsqueeze(2)
         flip = torch.where(x > 0, -1.0, 1.0).to(x.dtype)
-        dirs = mask.to(x.dtype) * flip.unsqueeze(1)  # (n, k, d)
-        f0, vals, actual, q = query_with_base(objective, x, self.mu * dirs, shape, idx, fx)
-        size = mask.sum(dim=2).clamp_min(1).double()
+        # A probe moves its block to x + mu s and leaves the rest at x: the same points as
+        # x + mu * (mask * s), built in one pass with no (n, k, d) direction tensor.
+        moved = x + self.mu * flip  # (n, d)
+        probes = torch.where(mask, moved.unsqueeze(1), x.unsqueeze(1))
+        f0, vals, q = query_points(objective, x, probes, shape, idx, fx)
+        del probes
+        size = (hi - lo).clamp_min(1).double()
         lengths = self.mu * size.sqrt()
         b = (vals - f0.unsqueeze(1)) / lengths
-        u = actual.double() / lengths.unsqueeze(2)
-        gram = u @ u.transpose(1, 2)
-        coef = torch.linalg.pinv(gram, hermitian=True) @ b.unsqueeze(2)
-        grad = (u.transpose(1, 2) @ coef).squeeze(2).to(x.dtype)
+        # The minimum-norm solution g = U^T pinv(U U^T) b with unit rows u_B = a 1_B / |B|^.5
+        # (a = the displacement actually applied, moved - x after rounding). Blocks of one
+        # call share the shift, so any two are nested or disjoint intervals of shifted
+        # positions: U U^T and U^T w follow from interval sums of a^2 and of w, in (n, d)
+        # work instead of (n, k, d) float64 products.
+        a = (moved - x).double()
+        gram = self._interval_gram(a * a, rot, lo, hi) / (
+            lengths.unsqueeze(2) * lengths.unsqueeze(1)
+        )
+        coef = (torch.linalg.pinv(gram, hermitian=True) @ b.unsqueeze(2)).squeeze(2)
+        grad = (a * self._interval_sums_at(coef / lengths, rot, lo, hi)).to(x.dtype)
         self.state.set("cursor", idx, cursor + k)
         self.state.set("offset", idx, offset)
         self.state.set("pass", idx, now)

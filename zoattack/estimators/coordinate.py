@@ -88,7 +88,9 @@ class CoordinateEstimator(GradientEstimator):
             disp = torch.zeros(n, c.shape[1], d, dtype=x.dtype, device=x.device)
             disp.scatter_(2, c.unsqueeze(2), self.mu)
             if self.difference == "forward":
-                f0, vals, _, qn = query_with_base(objective, x, disp, shape, idx, f0)
+                f0, vals, _, qn = query_with_base(
+                    objective, x, disp, shape, idx, f0, need_actual=False, consume=True
+                )
                 diffs = (vals - f0.unsqueeze(1)) / self.mu
             else:
                 fp, fm, qn = query_pairs(objective, x, disp, shape, idx)

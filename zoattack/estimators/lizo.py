@@ -84,15 +84,15 @@ class LIZOEstimator(StatefulEstimator):
 
     # ----------------------------------------------------------------- state
     def _load(self, idx: Tensor, n: int, d: int, x: Tensor) -> dict[str, Tensor]:
-        kw = {"device": x.device}
+        dev = x.device
         st = self.state
         return {
-            "valid": st.get("valid", idx, (), dtype=torch.bool, fill=False, **kw),
-            "center": st.get("center", idx, (d,), dtype=x.dtype, **kw),
-            "fc": st.get("fc", idx, (), dtype=torch.float64, **kw),
-            "disp": st.get("disp", idx, (n, d), dtype=x.dtype, **kw),
-            "fvals": st.get("fvals", idx, (n,), dtype=torch.float64, **kw),
-            "gram": st.get("gram", idx, (n, n), dtype=torch.float64, **kw),
+            "valid": st.get("valid", idx, (), dtype=torch.bool, fill=False, device=dev),
+            "center": st.get("center", idx, (d,), dtype=x.dtype, device=dev),
+            "fc": st.get("fc", idx, (), dtype=torch.float64, device=dev),
+            "disp": st.get("disp", idx, (n, d), dtype=x.dtype, device=dev),
+            "fvals": st.get("fvals", idx, (n,), dtype=torch.float64, device=dev),
+            "gram": st.get("gram", idx, (n, n), dtype=torch.float64, device=dev),
         }
 
     # ------------------------------------------------------------- estimate
@@ -147,6 +147,7 @@ class LIZOEstimator(StatefulEstimator):
         f0, fresh_vals, actual, queries = query_with_base(
             objective, x, rows, shape, idx, fx, fresh=~reused
         )
+        assert actual is not None
         rows = torch.where(reused.unsqueeze(2), rows, actual)  # what was really probed
         reuse_vals = torch.gather(vals_full, 1, order)
         vals = torch.where(reused, reuse_vals, fresh_vals)

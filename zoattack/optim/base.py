@@ -45,6 +45,38 @@ class StepResult:
     fx_next: Tensor
 
 
+class _SearchStepResult(StepResult):
+    """A search rule's step: ``grad`` (what the rule reports as its gradient view, which the
+    attack loop never reads) is computed from ``x_next`` on first access, sparing an
+    image-sized pass and allocation per step. ``x_next`` must not be modified before."""
+
+    def __init__(
+        self,
+        *,
+        x_next: Tensor,
+        loss: Tensor | None,
+        queries: Tensor,
+        grad_of: Callable[[Tensor], Tensor],
+        fx_next: Tensor,
+    ) -> None:
+        self._grad_of: Callable[[Tensor], Tensor] | None = grad_of
+        self._grad: Tensor | None = None
+        super().__init__(x_next=x_next, loss=loss, queries=queries, grad=None, fx_next=fx_next)  # type: ignore[arg-type]
+
+    @property
+    def grad(self) -> Tensor:
+        if self._grad is None and self._grad_of is not None:
+            self._grad, self._grad_of = self._grad_of(self.x_next), None
+        assert self._grad is not None
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        self._grad = value
+        if value is not None:
+            self._grad_of = None
+
+
 def check_lr(lr: float | Tensor) -> float | Tensor:
     if isinstance(lr, Tensor):
         if not bool(torch.isfinite(lr).all()) or bool((lr <= 0).any()):
@@ -143,6 +175,7 @@ class ZORule(abc.ABC):
         n = x.shape[0]
         if idx is None:
             idx = torch.arange(n, device=x.device)
+        assert self.estimator is not None  # search rules override step()
         est = self.estimator.estimate(objective, x, generator=generator, idx=idx, fx=fx)
         steps = self.state.get("step", idx, (), dtype=torch.int64, device=x.device) + 1
         self.state.set("step", idx, steps)
@@ -273,7 +306,7 @@ class SearchRule(ZORule):
                 raise ValueError(
                     f"the {self.name} rule uses no gradient estimator; do not pass {arg}"
                 )
-        if isinstance(lr, Tensor) or isinstance(lr, bool):
+        if isinstance(lr, (Tensor, bool)):
             raise ValueError(f"lr (the search radius) must be a number, got {type(lr).__name__}")
         self.lr = float(check_lr(lr))
         if lr_decay != "constant":
@@ -345,15 +378,18 @@ class SearchRule(ZORule):
         cand = self._propose(objective, x, first, steps, idx, generator).to(x.dtype)
         loss = objective(cand, idx).to(x.device, torch.float64).reshape(n)
         accept = first | (loss < current)
-        x_next = torch.where(accept.view(shape), cand, x)
+        # Into cand's own buffer when it is the rule's fresh proposal (it always is): an
+        # image-sized allocation per step costs more than the pass itself.
+        fresh = cand is not x and cand.data_ptr() != x.data_ptr()
+        x_next = torch.where(accept.view(shape), cand, x, out=cand if fresh else None)
         fx_next = torch.where(accept, loss, current)
         self.state.set("best", idx, fx_next)
         self._commit(x, idx, first, accept)
-        return StepResult(
+        return _SearchStepResult(
             x_next=x_next,
             loss=current,
             queries=torch.ones(n, dtype=torch.int64, device=x.device),
-            grad=self._grad(x_next),
+            grad_of=self._grad,
             fx_next=fx_next,
         )
 
@@ -373,8 +409,9 @@ class SearchRule(ZORule):
         """Advance the rule's schedule state after a step (default: nothing)."""
 
     def _grad(self, x_next: Tensor) -> Tensor:
-        """What StepResult.grad reports; search rules estimate no gradient (zeros)."""
-        return torch.zeros_like(x_next)
+        """What StepResult.grad reports; search rules estimate no gradient (zeros: a
+        read-only broadcast view, nothing to fill per step)."""
+        return x_next.new_zeros(()).expand_as(x_next)
 
     def _update(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -101,6 +101,7 @@ class LIZORule(ZORule):
 
     def max_queries_per_step(self, dim: int) -> int:
         extra = self.max_line_search if self.line_search else 0
+        assert self.estimator is not None
         return self.estimator.queries_per_call(dim) + extra
 
     def _update(
@@ -161,7 +162,7 @@ class LIZO(ZOOptimizer):
 
     rule_name = "lizo"
     rule_keys = ("strict_lr",)
-    arg_names = {
+    arg_names: ClassVar[dict[str, str]] = {
         "num_samples": "num_sample_per_step",
         "mu": "sample_norm",
         "orthogonal": "orthogonal_sample",

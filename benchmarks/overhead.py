@@ -1,0 +1,489 @@
+#!/usr/bin/env python
+"""The attack loop's own cost per scored input, from 28x28 to 224x224 (issue 16).
+
+Part 1, zero-cost victim: adaptive average pooling + a linear layer, so the forward is nearly
+free and the wall time is the tool's own work. Its bias puts class 0 far ahead of the rest, so
+no image is ever fooled and every attack spends its whole budget at full batch (the steady
+state, not a mix of batch sizes). ``--images`` random images (20), budget ``--budget`` (200)
+per image, Linf eps 0.05, margin loss, through the library exactly as ``zoattack run`` does:
+``AttackSpec(optimizer=..., estimator=...).resolved().make_rule()`` + ``run_attack``.
+torchattacks' Square (``n_queries = budget - 2``, p_init 0.8, margin, one restart) runs in
+the same process on the same model and tensors. Reported: microseconds of wall time per
+scored input (a counting wrapper around the model counts the rows), the ratio to
+torchattacks' Square at that size, and per method the exponent ``b`` of a least-squares fit
+``cost ~ d^b`` over the sizes (and between the two largest sizes, where fixed per-step Python
+cost no longer hides the per-coordinate work).
+
+Rows: torchattacks Square; zoattack ``square`` and ``sign``; every gradient rule with its
+default (tuned) estimator; and ``zo_sgd`` with each estimator (``--estimators``).
+
+Part 2, real victims (``--victims``): the bundled ``small_cnn`` (Fashion-MNIST weights) at
+1x28x28, ``resnet20`` with random weights on a 3x32x32 input, torchvision ``resnet18`` with
+random weights at 3x96x96 and 3x224x224 (predictions do not matter for cost). Each attack
+runs on a few images (labels = the clean predictions) with a model wrapper that records the
+batch sizes it was handed; afterwards the same sequence of batches is replayed through the
+bare model. Reported: scored inputs per second during the attack and the ratio to the raw
+batched forward at those batch sizes (1.0 = the tool adds nothing).
+
+Timing: one torch thread (``--threads``), the minimum of ``--repeats`` runs (each run is
+deterministic, so repeats differ only by machine noise); on CUDA every timed region ends with
+a synchronize. ``--clock cpu`` times with this process's CPU time instead of wall time (CPU
+only): on a shared, oversubscribed machine the wall time mostly measures waiting for a core.
+``--device cuda`` (or ``cpu cuda``) adds rows for the GPU; a missing GPU is a one-line error,
+exit code 2.
+
+Run: ``python benchmarks/overhead.py`` (< 10 min on one CPU thread), ``--quick`` (< 2 min),
+``--device cuda --quick`` on a GPU machine (< 4 min, unattended-safe). ``--json FILE`` writes
+every measurement. Needs ``torchattacks==3.5.1`` (``pip install -e .[bench]``); without it
+the Square column is "skipped" and the ratios are blank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zoattack.attacks import run_attack
+from zoattack.blackbox import BlackBox
+from zoattack.jobs.attack import AttackSpec
+from zoattack.seeding import make_generator
+
+SIZES: dict[str, tuple[int, int, int]] = {
+    "28": (1, 28, 28),
+    "32": (3, 32, 32),
+    "96": (3, 96, 96),
+    "224": (3, 224, 224),
+}
+RULES = ("square", "sign", "zo_sgd", "zo_signsgd", "zo_adamm", "radazo", "lizo")
+SEARCH = ("square", "sign")
+ESTIMATORS = ("gaussian", "sphere", "rademacher", "coordinate", "dap", "lizo", "block_sign")
+EPS = 0.05
+REFERENCE = "torchattacks Square"
+
+
+class Counter(nn.Module):
+    """Counts the rows a model scores and records each call's batch size and model time."""
+
+    def __init__(self, net: nn.Module, sync: Callable[[], None]) -> None:
+        super().__init__()
+        self.net = net
+        self.sync = sync
+        self.rows = 0
+        self.batches: list[int] = []
+        self.model_s = 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.sync()
+        t0 = now()
+        out = self.net(x)
+        self.sync()
+        self.model_s += now() - t0
+        self.rows += x.shape[0]
+        self.batches.append(x.shape[0])
+        return out
+
+
+def zero_cost_victim(shape: tuple[int, int, int], device: torch.device) -> nn.Module:
+    """Pool to 2x2 + linear; class 0 leads by 1000 so nothing within eps ever fools it."""
+    c = shape[0]
+    gen = torch.Generator().manual_seed(0)
+    lin = nn.Linear(4 * c, 10)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(10, 4 * c, generator=gen))
+        lin.bias.zero_()
+        lin.bias[0] = 1000.0
+    return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), lin).to(device).eval()
+
+
+def real_victim(size: str, device: torch.device) -> tuple[str, nn.Module]:
+    gen = torch.Generator().manual_seed(0)
+    if size == "28":
+        from zoattack.models import create_model
+
+        net = create_model("small_cnn", dataset="fashion-mnist", pretrained=True)
+        return "small_cnn (bundled)", net.to(device).eval()
+    if size == "32":
+        from zoattack.models import create_model
+
+        net = create_model("resnet20", in_channels=3, num_classes=10, generator=gen)
+        return "resnet20 (random)", net.to(device).eval()
+    import torchvision
+
+    torch_state = torch.random.get_rng_state()
+    torch.manual_seed(0)  # torchvision initialises from the global RNG; restored below
+    net = torchvision.models.resnet18(weights=None)
+    torch.random.set_rng_state(torch_state)
+    return "torchvision resnet18 (random)", net.to(device).eval()
+
+
+def images(n: int, shape: tuple[int, int, int], device: torch.device) -> Tensor:
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(n, *shape, generator=gen).to(device)
+
+
+def spec_for(method: str, estimator: str | None, budget: int) -> AttackSpec:
+    # coordinate defaults to every coordinate per step (d + 1 queries, over any budget
+    # here); 10 random coordinates make it a step-sized estimator like the others.
+    samples = 10 if estimator == "coordinate" else None
+    return AttackSpec(
+        norm="linf",
+        eps=EPS,
+        budget=budget,
+        optimizer=method,
+        estimator=estimator,
+        samples=samples,
+    ).resolved()
+
+
+def run_zo(
+    net: Counter, x: Tensor, y: Tensor, spec: AttackSpec, device: torch.device
+) -> tuple[float, int]:
+    """One ``run_attack`` as ``zoattack run`` makes it -> (wall seconds, rows scored)."""
+    assert spec.eps is not None and spec.subspace is not None
+    rows0 = net.rows
+    bb = BlackBox(net, output="logits", budget=spec.budget, max_batch=spec.max_batch)
+    gen = make_generator(0, device)
+    sync(device)
+    t0 = now()
+    run_attack(
+        bb,
+        x,
+        y,
+        spec.make_rule(),
+        generator=gen,
+        norm=spec.norm,
+        eps=spec.eps,
+        budget=spec.budget,
+        loss=spec.loss,
+        subspace=spec.subspace,
+    )
+    sync(device)
+    return now() - t0, net.rows - rows0
+
+
+def run_square(
+    net: Counter, x: Tensor, y: Tensor, budget: int, device: torch.device
+) -> tuple[float, int]:
+    """torchattacks' Square as ``benchmarks/attack.py`` runs it -> (wall seconds, rows)."""
+    import torchattacks
+
+    rows0 = net.rows
+    atk = torchattacks.Square(
+        net,
+        norm="Linf",
+        eps=EPS,
+        n_queries=budget - 2,
+        n_restarts=1,
+        p_init=0.8,
+        loss="margin",
+        resc_schedule=True,
+        seed=0,
+        verbose=False,
+    )
+    rng = torch.random.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    sync(device)
+    t0 = now()
+    atk.init_hyperparam(x)
+    with torch.no_grad():
+        net(x)  # the clean check Square.perturb makes
+    torch.random.manual_seed(0)  # torchattacks draws from the global RNG; restored below
+    atk.attack_single_run(x, y)
+    sync(device)
+    wall = now() - t0
+    torch.random.set_rng_state(rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    return wall, net.rows - rows0
+
+
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
+def now() -> float:
+    """The timing clock: wall time (default) or this process's CPU time (``--clock cpu``,
+    steadier on a shared machine, where waiting for a core is not the tool's cost)."""
+    return _clock()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_of(repeats: int, fn: Callable[[], tuple[float, int]]) -> tuple[float, int]:
+    runs = [fn() for _ in range(repeats)]
+    return min(r[0] for r in runs), runs[0][1]
+
+
+def have_torchattacks() -> bool:
+    try:
+        import torchattacks  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@dataclass
+class Row:
+    device: str
+    size: str
+    d: int
+    method: str
+    us_per_input: float | None
+    rows: int
+    ratio: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def zero_cost_table(args: argparse.Namespace, device: torch.device) -> list[Row]:
+    out: list[Row] = []
+    methods: list[tuple[str, str, str | None]] = [(REFERENCE, "", None)]
+    methods += [(m, m, None) for m in args.rules]
+    methods += [(f"zo_sgd+{e}", "zo_sgd", e) for e in args.estimators]
+    ta = have_torchattacks()
+    for size in args.sizes:
+        shape = SIZES[size]
+        d = math.prod(shape)
+        net = Counter(zero_cost_victim(shape, device), lambda: sync(device))
+        x = images(args.images, shape, device)
+        with torch.no_grad():
+            y = net.net(x).argmax(1)
+        ref: float | None = None
+        for label, rule, est in methods:
+            if label == REFERENCE:
+                if not ta:
+                    out.append(Row(device.type, size, d, label, None, 0, note="skipped"))
+                    continue
+                wall, rows = best_of(
+                    args.repeats,
+                    lambda net=net, x=x, y=y: run_square(net, x, y, args.budget, device),
+                )
+            else:
+                spec = spec_for(rule, est, args.budget)
+                wall, rows = best_of(
+                    args.repeats,
+                    lambda net=net, x=x, y=y, spec=spec: run_zo(net, x, y, spec, device),
+                )
+            us = wall / max(rows, 1) * 1e6
+            if label == REFERENCE:
+                ref = us
+            row = Row(device.type, size, d, label, us, rows)
+            row.ratio = us / ref if ref else None
+            out.append(row)
+            print(
+                f"  [{device.type} {size}] {label:<22} {us:9.1f} us/input "
+                f"({rows} inputs, {wall:.2f} s)",
+                flush=True,
+            )
+    return out
+
+
+def fit_exponent(points: list[tuple[int, float]]) -> float | None:
+    """Least-squares slope of log(cost) on log(d)."""
+    pts = [(math.log(d), math.log(c)) for d, c in points if c and c > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx else None
+
+
+def exponents(rows: list[Row]) -> dict[tuple[str, str], tuple[float | None, float | None]]:
+    out = {}
+    for dev, method in {(r.device, r.method) for r in rows}:
+        pts = sorted(
+            (r.d, r.us_per_input)
+            for r in rows
+            if r.device == dev and r.method == method and r.us_per_input
+        )
+        out[(dev, method)] = (fit_exponent(pts), fit_exponent(pts[-2:]))  # type: ignore[arg-type]
+    return out
+
+
+def real_victim_table(args: argparse.Namespace, device: torch.device) -> list[Row]:
+    out: list[Row] = []
+    for size in args.sizes:
+        shape = SIZES[size]
+        d = math.prod(shape)
+        name, bare = real_victim(size, device)
+        n, budget = args.victim_images[size], args.victim_budget[size]
+        x = images(n, shape, device)
+        with torch.no_grad():
+            y = bare(x).argmax(1)
+        for method in args.victim_rules:
+            net = Counter(bare, lambda: sync(device))
+            spec = spec_for(method, None, budget)
+            with torch.no_grad():
+                bare(x[:1])  # warm-up
+            wall, rows = run_zo(net, x, y, spec, device)
+            # The same batches through the bare model, right after (same machine state).
+            bare_s = 0.0
+            with torch.no_grad():
+                for b in net.batches:
+                    xb = x[torch.arange(b, device=device) % n]
+                    sync(device)
+                    t0 = now()
+                    bare(xb)
+                    sync(device)
+                    bare_s += now() - t0
+            rate = rows / wall
+            raw = rows / bare_s
+            row = Row(device.type, size, d, method, wall / rows * 1e6, rows, rate / raw)
+            row.extra = {
+                "victim": name,
+                "images": n,
+                "budget": budget,
+                "inputs_per_s": rate,
+                "raw_inputs_per_s": raw,
+                "model_share": net.model_s / wall,
+            }
+            out.append(row)
+            print(
+                f"  [{device.type} {size}] {name} {method:<10} {rate:8.1f} inputs/s, raw "
+                f"{raw:8.1f}/s, ratio {rate / raw:.3f}",
+                flush=True,
+            )
+    return out
+
+
+def markdown(zero: list[Row], real: list[Row]) -> str:
+    lines = []
+    for dev in sorted({r.device for r in zero}):
+        rows = [r for r in zero if r.device == dev]
+        sizes = [s for s in SIZES if any(r.size == s for r in rows)]
+        methods = list(dict.fromkeys(r.method for r in rows))
+        exps = exponents(rows)
+        head = "| method | " + " | ".join(
+            f"{'x'.join(map(str, SIZES[s]))} (d={math.prod(SIZES[s]):,})" for s in sizes
+        )
+        lines.append(f"Zero-cost victim, {dev}: us per scored input (x torchattacks Square)")
+        lines.append("")
+        lines.append(head + " | exponent (all / top two) |")
+        lines.append("|---" * (len(sizes) + 2) + "|")
+        for m in methods:
+            cells = []
+            for s in sizes:
+                r = next((r for r in rows if r.method == m and r.size == s), None)
+                if r is None or r.us_per_input is None:
+                    cells.append(r.note if r else "")
+                elif m == REFERENCE or r.ratio is None:
+                    cells.append(f"{r.us_per_input:,.0f}")
+                else:
+                    cells.append(f"{r.us_per_input:,.0f} ({r.ratio:.2f}x)")
+            b_all, b_top = exps.get((dev, m), (None, None))
+            fmt = lambda b: "-" if b is None else f"{b:.2f}"  # noqa: E731
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {fmt(b_all)} / {fmt(b_top)} |")
+        lines.append("")
+    for dev in sorted({r.device for r in real}):
+        rows = [r for r in real if r.device == dev]
+        lines.append(
+            f"Real victims, {dev}: scored inputs/s during the attack / raw batched forward"
+        )
+        lines.append("")
+        lines.append("| input | victim | images x budget | method | inputs/s | raw/s | ratio |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in rows:
+            e = r.extra
+            lines.append(
+                f"| {'x'.join(map(str, SIZES[r.size]))} | {e['victim']} | "
+                f"{e['images']} x {e['budget']} | {r.method} | {e['inputs_per_s']:,.1f} | "
+                f"{e['raw_inputs_per_s']:,.1f} | {r.ratio:.3f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", nargs="+", default=["cpu"], choices=["cpu", "cuda"])
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--images", type=int, default=20)
+    p.add_argument("--budget", type=int, default=200)
+    p.add_argument("--rules", nargs="*", default=list(RULES), choices=RULES)
+    p.add_argument("--estimators", nargs="*", default=list(ESTIMATORS), choices=ESTIMATORS)
+    p.add_argument("--victim-rules", nargs="*", default=["sign", "square", "zo_signsgd"])
+    p.add_argument("--no-victims", action="store_true", help="skip part 2 (real victims)")
+    p.add_argument("--victims-only", action="store_true", help="skip part 1 (zero-cost)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=list(CLOCK), default="wall")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and estimator rows")
+    p.add_argument("--json", default=None, help="write every measurement to this file")
+    args = p.parse_args(argv)
+    if args.images < 1 or args.budget < 12 or args.repeats < 1:
+        p.error("--images must be >= 1, --budget >= 12 and --repeats >= 1")
+    if args.quick:
+        # Per-input cost is a steady state: fewer images and queries measure the same thing.
+        args.repeats = 1
+        args.images = min(args.images, 10)
+        args.budget = min(args.budget, 100)
+        args.estimators = [e for e in args.estimators if e in ("gaussian", "block_sign")]
+    if "cuda" in args.device and args.clock == "cpu":
+        p.error("--clock cpu cannot time GPU work; use the wall clock with --device cuda")
+    # Real victims: enough steps for a steady state, few enough that a CPU resnet18 at
+    # 224x224 (~20 ms per input on one thread) stays within seconds.
+    args.victim_images = {"28": 20, "32": 20, "96": 8, "224": 4}
+    args.victim_budget = {"28": 200, "32": 100, "96": 40, "224": 24 if not args.quick else 12}
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    global _clock
+    args = parse_args(argv)
+    _clock = CLOCK[args.clock]
+    torch.set_num_threads(args.threads)
+    devices = []
+    for name in args.device:
+        if name == "cuda" and not torch.cuda.is_available():
+            print("error: --device cuda given but torch sees no CUDA device", file=sys.stderr)
+            return 2
+        devices.append(torch.device(name))
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{args.threads} thread(s); {args.images} images x budget {args.budget}, Linf eps {EPS}; "
+        f"{args.clock} clock",
+        flush=True,
+    )
+    if not have_torchattacks():
+        print("torchattacks not installed: the Square column is skipped", flush=True)
+    t0 = time.perf_counter()
+    zero: list[Row] = []
+    real: list[Row] = []
+    for dev in devices:
+        if not args.victims_only:
+            zero += zero_cost_table(args, dev)
+        if not args.no_victims:
+            real += real_victim_table(args, dev)
+    print()
+    print(markdown(zero, real))
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "args": dict(vars(args)),
+                    "zero_cost": [r.__dict__ for r in zero],
+                    "real": [r.__dict__ for r in real],
+                },
+                f,
+                indent=1,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
