@@ -18,7 +18,7 @@ from zoattack.blackbox import BlackBox
 from zoattack.losses import attack_loss, is_adversarial
 from zoattack.norms import check_norm, project
 from zoattack.optim.base import ZORule
-from zoattack.subspace import Subspace
+from zoattack.subspace import Subspace, SubspaceSchedule
 
 
 class UniversalObjective:
@@ -127,7 +127,10 @@ def run_universal(
     keep = correct.nonzero().flatten()
     # A sub-ledger over the attacked images: their ids in the main ledger are `keep`.
     sub = _SubLedger(blackbox, keep)
-    space = Subspace(subspace, tuple(x0.shape[1:]))
+    # A coarse-to-fine schedule ("tile:7>full") switches on the queries spent per image, as
+    # in per-image attacks (the rules' Linf defaults are schedules).
+    schedule = SubspaceSchedule(subspace, tuple(x0.shape[1:]), budget)
+    space = schedule.spaces[0]
     obj = UniversalObjective(
         sub,
         x0[keep],
@@ -148,6 +151,16 @@ def run_universal(
         used = int((blackbox.queries_of(keep.cpu()) - start_q[keep.cpu()]).max())
         if used + cost > budget or obj.best_key[0] == len(keep):
             break
+        new = schedule.spaces[schedule.stage(used)] if len(schedule.spaces) > 1 else space
+        if new is not space:
+            # Refine: the same perturbation in the finer space, moments carried over.
+            old = space
+            v = new.project(new.restrict(old.expand(v)), norm, eps)
+            rule.carry_over(lambda t: new.restrict(old.expand(t)), tuple(old.var_shape))
+            space = obj.subspace = new
+            cost = rule.max_queries_per_step(space.dim) + 1
+            fx = obj(v, zero).double()
+            continue
         res = rule.step(obj, v, generator=generator, idx=zero, fx=fx)
         v_next = space.project(res.x_next, norm, eps)
         known = bool(torch.isfinite(res.fx_next).all()) and torch.equal(v_next, res.x_next)
