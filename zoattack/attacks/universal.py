@@ -156,7 +156,9 @@ def run_universal(
             # Refine: the same perturbation in the finer space, moments carried over.
             old = space
             v = new.project(new.restrict(old.expand(v)), norm, eps)
-            rule.carry_over(lambda t: new.restrict(old.expand(t)), tuple(old.var_shape))
+            rule.carry_over(
+                lambda t, new=new, old=old: new.restrict(old.expand(t)), tuple(old.var_shape)
+            )
             space = obj.subspace = new
             cost = rule.max_queries_per_step(space.dim) + 1
             fx = obj(v, zero).double()
