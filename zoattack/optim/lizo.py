@@ -34,7 +34,7 @@ def lizo_update(x: Tensor, grad: Tensor, lr: Tensor | float, strict_lr: bool = F
     # because LIZO's raw estimate is about n/d of the gradient.
     norm_defaults={
         "linf": Tuned(lr=100.0, subspace="tile:7>tile:14>full", estimator="lizo", mu=0.5),
-        "l2": Tuned(lr=0.25, subspace="dct:14", estimator="lizo"),
+        "l2": Tuned(lr=0.05, subspace="dct:14", estimator="lizo"),
     },
     optimize_defaults=Tuned(lr=1.0),
 )

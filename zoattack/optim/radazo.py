@@ -52,7 +52,7 @@ def radazo_update(
     # Tuned settings; how they were measured: docs/TUNING.md.
     norm_defaults={
         "linf": Tuned(lr=0.25, subspace="tile:7>tile:14>full", estimator="sphere", mu=0.5),
-        "l2": Tuned(lr=0.025, subspace="dct:14", estimator="sphere"),
+        "l2": Tuned(lr=0.005, subspace="dct:14", estimator="sphere"),
     },
     optimize_defaults=Tuned(lr=1e-3),
 )

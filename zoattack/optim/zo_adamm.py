@@ -46,7 +46,7 @@ def zo_adamm_update(
     # Tuned settings; how they were measured: docs/TUNING.md.
     norm_defaults={
         "linf": Tuned(lr=1.0, subspace="tile:7>tile:14>full", estimator="sphere", mu=0.5),
-        "l2": Tuned(lr=0.025, subspace="dct:14", estimator="sphere"),
+        "l2": Tuned(lr=0.005, subspace="dct:14", estimator="sphere"),
     },
     optimize_defaults=Tuned(lr=3e-3),
 )

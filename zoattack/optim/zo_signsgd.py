@@ -32,7 +32,7 @@ def zo_signsgd_update(
         "linf": Tuned(
             lr=1.0, subspace="tile:7>tile:14>full", estimator="sphere", mu=0.5, momentum=0.9
         ),
-        "l2": Tuned(lr=0.025, subspace="dct:14", estimator="sphere"),
+        "l2": Tuned(lr=0.01, subspace="dct:14", estimator="sphere"),
     },
     optimize_defaults=Tuned(lr=3e-3),
 )
