@@ -8,7 +8,7 @@ evaluation images (the first 100 correctly classified, all below index 120). Vic
 margin loss, untargeted. Each trial is one ``run_attack`` call; results are printed as JSON
 lines and, with ``--out FILE``, written to FILE.
 
-Run: ``python benchmarks/tune_rules.py --rule lizo --norm linf --grid 'SUB|LR|MU|MOM|K' ...``
+Run: ``python benchmarks/tune_rules.py --rule lizo --norm linf --grid 'SUB|LR|MU|MOM|K|DIFF' ...``
 (lr and mu in units of eps; empty fields take the registry default).
 """
 
@@ -38,7 +38,9 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=200)
     p.add_argument("--images", type=int, default=50)
     p.add_argument("--estimator", default=None)
-    p.add_argument("--grid", nargs="+", default=["|||"], help="SUBSPACE|LR|MU|MOMENTUM|SAMPLES")
+    p.add_argument(
+        "--grid", nargs="+", default=["|||"], help="SUBSPACE|LR|MU|MOMENTUM|SAMPLES|DIFFERENCE"
+    )
     p.add_argument("--out", default=None)
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -51,7 +53,7 @@ def main() -> None:
     x, y = x[ok][: a.images], y[ok][: a.images]
     rows = []
     for cell in a.grid:
-        sub, lr, mu, mom, k = (cell.split("|") + ["", "", "", "", ""])[:5]
+        sub, lr, mu, mom, k, diff = (cell.split("|") + [""] * 6)[:6]
         base = AttackSpec(norm=a.norm, eps=a.eps, optimizer=a.rule, estimator=a.estimator)
         eps = base.resolved().eps
         assert eps is not None
@@ -66,6 +68,7 @@ def main() -> None:
             mu=float(mu) * eps if mu else None,
             momentum=float(mom) if mom else None,
             samples=int(k) if k else None,
+            difference=diff or None,
         ).resolved()
         bb = BlackBox(net, output="logits", budget=a.budget, input_shape=tuple(x.shape[1:]))
         t0 = time.perf_counter()
@@ -93,6 +96,7 @@ def main() -> None:
             "mu_eps": None if spec.mu is None else spec.mu / eps,
             "momentum": spec.momentum,
             "samples": spec.samples,
+            "difference": spec.difference,
             "success": round(float(s.double().mean()), 3),
             "images": len(y),
             "median_q": float(q.median()) if len(q) else None,

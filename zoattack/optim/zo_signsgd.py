@@ -30,7 +30,12 @@ def zo_signsgd_update(
     # Tuned settings; how they were measured: docs/TUNING.md.
     norm_defaults={
         "linf": Tuned(
-            lr=1.0, subspace="tile:7>tile:14>full", estimator="sphere", mu=0.5, momentum=0.9
+            lr=1.0,
+            subspace="tile:7>tile:14>full",
+            estimator="sphere",
+            mu=0.5,
+            momentum=0.9,
+            difference="central",
         ),
         "l2": Tuned(lr=0.01, subspace="dct:14", estimator="sphere"),
     },
