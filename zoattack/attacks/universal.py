@@ -156,9 +156,7 @@ def run_universal(
             # Refine: the same perturbation in the finer space, moments carried over.
             old = space
             v = new.project(new.restrict(old.expand(v)), norm, eps)
-            rule.carry_over(
-                lambda t, new=new, old=old: new.restrict(old.expand(t)), tuple(old.var_shape)
-            )
+            rule.carry_over(_refine_map(new, old), tuple(old.var_shape))
             space = obj.subspace = new
             cost = rule.max_queries_per_step(space.dim) + 1
             fx = obj(v, zero).double()
@@ -184,6 +182,11 @@ def run_universal(
         linf=float(delta.abs().max()),
         l2=float(delta.norm()),
     )
+
+
+def _refine_map(new: Subspace, old: Subspace) -> Callable[[Tensor], Tensor]:
+    """Re-express an old-space variable (moments too) in the new space."""
+    return lambda t: new.restrict(old.expand(t))
 
 
 class _SubLedger:
