@@ -147,6 +147,7 @@ def list_command(
         out.print(
             "| " + " | ".join(header) + " |\n|" + "---|" * len(header),
             highlight=False,
+            soft_wrap=True,  # a Markdown row must stay on one line whatever the terminal
         )
         for r in rows:
             out.print(
