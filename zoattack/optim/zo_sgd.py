@@ -26,7 +26,7 @@ def zo_sgd_update(x: Tensor, grad: Tensor, lr: Tensor | float) -> Tensor:
     # Tuned settings; how they were measured: docs/TUNING.md.
     norm_defaults={
         "linf": Tuned(
-            lr=10.0,
+            lr=0.3,
             subspace="tile:7>tile:14>full",
             estimator="gaussian",
             mu=0.5,
