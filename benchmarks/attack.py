@@ -12,10 +12,12 @@ What it measures (every number comes from this one run; nothing is hard-coded):
   (:func:`zoattack.attacks.run_attack` on a :class:`zoattack.blackbox.BlackBox`). The gradient
   rules (zo_sgd, zo_signsgd, zo_adamm, radazo, lizo) get a configuration chosen on *held-out*
   images (the next ``--tune-images`` correctly classified test images, never the evaluated
-  ones): the subspace among full / tile:7 / tile:14 / dct:14 at the CLI's default lr, then lr x
-  {0.5, 2} (``--tune full``), then a few estimator / momentum / line-search alternatives. The
-  choice is printed and written to ``tuning.json``; ``--configs FILE`` reuses it. The search
-  rules ``square`` and ``sign`` (Linf only) take lr = eps, the norm and the budget, as the CLI.
+  ones): the subspace among full / tile:7 / tile:14 / dct:14 / tile:7>tile:14>full at the CLI's
+  default lr, then lr x {0.5, 2} (``--tune full``), then a few difference / momentum /
+  line-search alternatives (never another estimator: each rule keeps its paper's, issue 12).
+  The choice is printed and written to ``tuning.json``; ``--configs FILE`` reuses it. The
+  search rules ``square`` and ``sign`` (Linf only) take lr = eps, the norm and the budget, as
+  the CLI.
 * Peers on the same tensors in the same process: torchattacks' Square, ART's SquareAttack and
   ART's ZooAttack (``--peers``; a peer that is not installed is a "skipped" row).
 
@@ -108,7 +110,7 @@ GRADIENT_RULES = _ordered([e.name for e in OPTIMIZERS if not e.flags.get("search
 SEARCH_RULES = _ordered(OPTIMIZERS.names(search=True))
 ALL_METHODS = GRADIENT_RULES + SEARCH_RULES
 PEERS = ("torchattacks_square", "art_square", "art_zoo")
-SUBSPACES = ("full", "tile:7", "tile:14", "dct:14")
+SUBSPACES = ("full", "tile:7", "tile:14", "dct:14", "tile:7>tile:14>full")
 REFERENCE = "torchattacks_square"
 VICTIM_FILES: dict[str, dict[str, str]] = {}
 
@@ -770,15 +772,16 @@ def tune(
         for mult in (0.5, 2.0):
             consider(Config(subspace=base.subspace, lr_mult=mult, source="tuned"))
     base = best
+    # Alternatives keep the rule's paper estimator (issue 12): the other finite difference
+    # (LIZO's estimator is forward-only), ZO-signSGD's momentum, ReLIZO's Armijo search.
     extras: list[Config] = []
-    if method == "radazo" or method == "zo_adamm":
-        extras = [Config(base.subspace, base.lr_mult, estimator="gaussian", source="tuned")]
-    elif method == "zo_signsgd":
-        extras = [Config(base.subspace, base.lr_mult, momentum=0.9, source="tuned")]
-    elif method == "lizo":
+    if method == "lizo":
         extras = [Config(base.subspace, base.lr_mult, line_search="armijo", source="tuned")]
-    elif method == "zo_sgd":
-        extras = [Config(base.subspace, base.lr_mult, estimator="sphere", source="tuned")]
+    else:
+        other = "forward" if (base.difference or "forward") == "central" else "central"
+        extras = [Config(base.subspace, base.lr_mult, difference=other, source="tuned")]
+        if method == "zo_signsgd":
+            extras.append(Config(base.subspace, base.lr_mult, momentum=0.9, source="tuned"))
     for cfg in extras:
         consider(cfg)
     assert best is not None

@@ -21,6 +21,7 @@ from zoattack.jobs.attack import (
     run_job,
     summarize_rows,
 )
+from zoattack.optim import OPTIMIZERS
 
 SMALL = dict(images=10, budget=60, chunk_size=4, device="cpu")
 
@@ -70,7 +71,9 @@ def test_spec_defaults_follow_norm():
     l2 = AttackSpec(norm="L2").resolved()
     assert (l2.norm, l2.optimizer, l2.eps) == ("l2", "square", 1.5)
     lizo = AttackSpec(optimizer="lizo", norm="l2").resolved()
-    assert lizo.subspace == "dct:14" and lizo.lr == pytest.approx(0.25 * 1.5)
+    tuned = OPTIMIZERS.get("lizo").tuned("l2")
+    assert tuned.lr is not None and lizo.subspace == tuned.subspace
+    assert lizo.lr == pytest.approx(tuned.lr * 1.5) and lizo.estimator == "lizo"
     # Resolving twice changes nothing (stored specs are compared on resume).
     assert lizo.resolved() == lizo
 

@@ -18,7 +18,7 @@ from zoattack.blackbox import BlackBox
 from zoattack.losses import attack_loss, is_adversarial
 from zoattack.norms import check_norm, project
 from zoattack.optim.base import ZORule
-from zoattack.subspace import Subspace
+from zoattack.subspace import Subspace, SubspaceSchedule
 
 
 class UniversalObjective:
@@ -125,7 +125,10 @@ def run_universal(
     start_q = blackbox.queries_of(torch.arange(m)).clone()
     correct = _attackable(blackbox, x0, label, target)
     keep = correct.nonzero().flatten()
-    space = Subspace(subspace, tuple(x0.shape[1:]))
+    # A coarse-to-fine schedule ("tile:7>full") switches on the queries spent per image, as
+    # in per-image attacks (the rules' Linf defaults are schedules).
+    schedule = SubspaceSchedule(subspace, tuple(x0.shape[1:]), budget)
+    space = schedule.spaces[0]
     obj = UniversalObjective(
         # A sub-ledger over the attacked images: their ids in the main ledger are `keep`.
         _SubLedger(blackbox, keep),  # type: ignore[arg-type]  # duck-types the BlackBox calls used
@@ -141,7 +144,7 @@ def run_universal(
     _search(
         obj,
         rule,
-        space,
+        schedule,
         spent=lambda: blackbox.queries_of(keep.cpu()) - start_q[keep.cpu()],
         generator=generator,
         budget=budget,
@@ -177,15 +180,18 @@ def _attackable(blackbox: BlackBox, x0: Tensor, label: Tensor, target: Tensor | 
 def _search(
     obj: UniversalObjective,
     rule: ZORule,
-    space: Subspace,
+    schedule: SubspaceSchedule,
     *,
     spent: Callable[[], Tensor],
     generator: torch.Generator,
     budget: int,
     callback: Callable[[int, int, float], None] | None,
 ) -> None:
-    """Step one variable (in ``space``) until the next step might overrun ``budget`` for the
-    image that has spent most (``spent()``) or every image is fooled; ``obj`` keeps the best."""
+    """Step one variable until the next step might overrun ``budget`` for the image that has
+    spent most (``spent()``) or every image is fooled; ``obj`` keeps the best. The variable
+    lives in the schedule's space for the queries spent, refined (moments carried over) at
+    each switch."""
+    space = schedule.spaces[0]
     v = torch.zeros(1, *space.var_shape, dtype=obj.x0.dtype, device=obj.x0.device)
     zero = torch.zeros(1, dtype=torch.long, device=obj.x0.device)
     fx = obj(v, zero).double()
@@ -196,6 +202,16 @@ def _search(
         used = int(spent().max())
         if used + cost > budget or obj.best_key[0] == attacked:
             break
+        new = schedule.spaces[schedule.stage(used)] if len(schedule.spaces) > 1 else space
+        if new is not space:
+            # Refine: the same perturbation in the finer space, moments carried over.
+            old = space
+            v = new.project(new.restrict(old.expand(v)), obj.norm, obj.eps)
+            rule.carry_over(_refine_map(new, old), tuple(old.var_shape))
+            space = obj.subspace = new
+            cost = rule.max_queries_per_step(space.dim) + 1
+            fx = obj(v, zero).double()
+            continue
         res = rule.step(obj, v, generator=generator, idx=zero, fx=fx)
         v_next = space.project(res.x_next, obj.norm, obj.eps)
         # A rule's own value of its next point stands only if projection left it alone.
@@ -205,6 +221,11 @@ def _search(
         step += 1
         if callback is not None:
             callback(step, used, float(fx[0]))
+
+
+def _refine_map(new: Subspace, old: Subspace) -> Callable[[Tensor], Tensor]:
+    """Re-express an old-space variable (moments too) in the new space."""
+    return lambda t: new.restrict(old.expand(t))
 
 
 class _SubLedger:

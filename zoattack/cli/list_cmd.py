@@ -44,11 +44,26 @@ def _value(value: Any, of_eps: bool) -> str:
     return str(value)
 
 
+def paper_estimator(entry: Entry[Any]) -> str | None:
+    """The estimator the rule's paper pairs it with (None for estimator-free search rules)."""
+    if entry.flags.get("search"):
+        return None
+    return getattr(entry.factory, "default_estimator", None)
+
+
+def _estimator_cell(entry: Entry[Any], estimator: str | None) -> str:
+    """``lizo*`` (the paper's, marked), or ``block_sign (paper: sphere)`` for a swap."""
+    paper = paper_estimator(entry)
+    if paper is None:
+        return estimator or ""
+    if estimator is None or estimator == paper:
+        return f"{paper}*"
+    return f"{estimator} (paper: {paper})"
+
+
 def _tuned_row(entry: Entry[Any], setting: str, tuned: Tuned, of_eps: bool) -> tuple[str, ...]:
     cells = [_value(getattr(tuned, c), of_eps and c in ("lr", "mu")) for c in TUNED_COLUMNS]
-    paper = getattr(entry.factory, "default_estimator", None)
-    if tuned.estimator is None and paper and not entry.flags.get("search"):
-        cells[TUNED_COLUMNS.index("estimator")] = f"{paper}*"
+    cells[TUNED_COLUMNS.index("estimator")] = _estimator_cell(entry, tuned.estimator)
     return (entry.name, setting, *cells, "yes" if tuned.default else "")
 
 
@@ -102,6 +117,17 @@ def card_accuracy(name: str, pretrained: object) -> str:
     return "; ".join(parts)
 
 
+def _default_estimators(entry: Entry[Any]) -> str:
+    """The estimator a rule runs when no --estimator is given: its paper's (``*``) in every
+    norm, or per norm where a tuned entry differs; empty for search rules."""
+    if paper_estimator(entry) is None:
+        return ""
+    cells = {_estimator_cell(entry, entry.tuned(n).estimator) for n in NORMS}
+    if len(cells) == 1:
+        return cells.pop()
+    return ", ".join(f"{n}: {_estimator_cell(entry, entry.tuned(n).estimator)}" for n in NORMS)
+
+
 def list_command(
     kind: Annotated[
         str,
@@ -127,7 +153,8 @@ def list_command(
         header, rows = default_rows(key, reg)
         title = f"zoattack {key}: defaults"
         caption = (
-            "lr and mu in units of eps under a norm; * the rule's paper estimator; "
+            "lr and mu in units of eps under a norm; * the rule's paper estimator (runs unless "
+            "--estimator is given; a swapped one names the paper's); "
             "how they were measured: docs/TUNING.md"
             if key == "optimizers"
             else "the shipped weights' recipe; any `zoattack train` flag overrides"
@@ -135,6 +162,13 @@ def list_command(
     else:
         header = ("name", "aliases", "description", "flags")
         rows = [(e.name, ", ".join(e.aliases), e.description, _flags(e.flags)) for e in reg]
+        if key == "optimizers":
+            # Which estimator each rule runs by default (its paper's, in every norm, unless a
+            # norm's tuned entry swaps it, which that column of --defaults labels).
+            header = ("name", "aliases", "estimator", "description", "flags")
+            rows = [
+                (r[0], r[1], _default_estimators(e), *r[2:]) for r, e in zip(rows, reg, strict=True)
+            ]
         title, caption = f"zoattack {key}", None
         if key == "models":  # what the shipped weights measured, from their cards
             header = (*header, "accuracy (card)")
@@ -145,6 +179,7 @@ def list_command(
         out.print(
             "| " + " | ".join(header) + " |\n|" + "---|" * len(header),
             highlight=False,
+            soft_wrap=True,  # a Markdown row must stay on one line whatever the terminal
         )
         for r in rows:
             out.print(

@@ -284,6 +284,8 @@ def run_command(
         typer.echo(summary_json(report.settings, report.summary))
         return
     out.print(summary_table(report.title, report.summary, report.keys))
+    if report.settings.get("method"):  # which estimator and tricks ran (also in run.json)
+        out.print(f"method: {escape(str(report.settings['method']))}", soft_wrap=True)
     out.print(f"[dim]counting rule: {report.summary['counting_rule']}[/]")
     if report.folder is not None and report.written:
         out.print(f"wrote {report.folder}/{', '.join(report.written)}")

@@ -168,6 +168,12 @@ class AttackSpec:
             momentum = tuned.momentum if momentum is None else momentum
             mu = tuned_mu(rule, norm, eps) if mu is None else mu
             difference = tuned.difference if difference is None else difference
+        if rule == "lizo" and estimator in (None, "lizo") and _stochastic_model(self.model):
+            raise ValueError(
+                "lizo reuses earlier queries, which is only sound on a deterministic objective; "
+                f"--model {self.model} draws fresh noise on every query (smooth=): pass "
+                "--estimator gaussian (no reuse) or pick another --optimizer"
+            )
         if search:
             _check_search_options(
                 rule,
@@ -211,6 +217,14 @@ class AttackSpec:
             difference=self.difference,
             momentum=self.momentum,
         )
+
+
+def _stochastic_model(model: str) -> bool:
+    """Whether ``model`` names a randomized victim (a smoothed defense scores every input on
+    fresh noise), on which reused function values are stale. Remote models are not known."""
+    return model.startswith("defended:") and any(
+        opt.strip().startswith("smooth=") for opt in model.split(",")[1:]
+    )
 
 
 def _check_search_options(
@@ -275,6 +289,7 @@ class PreparedJob:
 
         return {
             **effective_settings(self.spec),
+            "method": method_of(self.spec),
             "images": len(self.labels),
             "device": str(self.device),
             "zoattack": __version__,
@@ -300,6 +315,44 @@ def effective_settings(spec: AttackSpec) -> dict[str, Any]:
         "mu": est.mu if est is not None else None,
         "difference": est.difference if est is not None else None,
     }
+
+
+def method_of(spec: AttackSpec) -> str:
+    """What ran, in words: the rule, its estimator (and whether it is the rule's paper
+    estimator), LIZO's reuse, and the tricks (subspace or schedule, lr, mu, momentum).
+
+    E.g. ``"lizo (estimator lizo, the paper's; reuse on, bound 2 lr, cap 50%; subspace
+    tile:7>full; lr 0.1; mu 0.01)"``. A swapped estimator is labelled as such, so a tuned
+    variant never passes for the paper's method."""
+    if _is_search(spec):
+        return f"{spec.optimizer} (search rule, radius {spec.lr:g}, full image)"
+    rule = spec.make_rule()
+    est = rule.estimator
+    assert est is not None
+    paper = type(rule).default_estimator
+    parts = [
+        f"estimator {est.name}, the paper's"
+        if est.name == paper
+        else f"estimator {est.name} instead of the paper's {paper}"
+    ]
+    bound = getattr(est, "reuse_distance_bound", None)
+    if bound is not None:
+        parts.append(
+            f"reuse on, bound {bound:g}, cap {getattr(est, 'max_reuse_rate', 0):.0%}"
+            if bound > 0
+            else "reuse off"
+        )
+    parts.append(f"{est.num_samples} samples, {est.difference} differences")
+    parts.append(f"subspace {spec.subspace}")
+    parts.append(f"lr {spec.lr:g}")
+    parts.append(f"mu {est.mu:g}")
+    momentum = getattr(rule, "momentum", None)
+    betas = getattr(rule, "beta1", None)
+    if momentum:
+        parts.append(f"momentum {momentum:g}")
+    elif betas is not None:
+        parts.append(f"momentum {betas:g} (betas {betas:g}, {getattr(rule, 'beta2', 0):g})")
+    return f"{spec.optimizer} ({'; '.join(parts)})"
 
 
 def spec_label(spec: AttackSpec) -> str:

@@ -26,14 +26,15 @@ def lizo_update(x: Tensor, grad: Tensor, lr: Tensor | float, strict_lr: bool = F
 
 @OPTIMIZERS.register(
     "lizo",
-    description="ReLIZO: linear-interpolation estimate with query reuse (Wang et al. 2024)",
+    description="ReLIZO: linear-interpolation estimate with query reuse (Wang et al. 2024); "
+    "reuse needs a deterministic objective",
     aliases=("relizo",),
     flags={"adaptive": False, "sign": False},
     # Tuned settings; how they were measured: docs/TUNING.md. The synthetic lr is large
     # because LIZO's raw estimate is about n/d of the gradient.
     norm_defaults={
-        "linf": Tuned(lr=1000.0, subspace="full", estimator="block_sign", mu=2.0),
-        "l2": Tuned(lr=0.25, subspace="dct:14"),
+        "linf": Tuned(lr=100.0, subspace="tile:7>tile:14>full", estimator="lizo", mu=0.5),
+        "l2": Tuned(lr=0.05, subspace="dct:14", estimator="lizo"),
     },
     optimize_defaults=Tuned(lr=1.0),
 )
@@ -53,6 +54,13 @@ class LIZORule(ZORule):
     ``max_line_search=10``.
     Shapes: ``x`` ``(N, *shape)``; estimator state ``(N_total, n, d)``.
     Queries per step and example: ``1 + n - n_reused`` plus at most ``max_line_search``.
+
+    Reuse is only sound on a deterministic objective: a reused value was measured at an old
+    probe and is taken as that probe's value now. On a randomized objective (a smoothed
+    defense, a mini-batched loss) it is stale and biases the estimate, so `zoattack run`
+    refuses ``lizo`` with its estimator on a ``smooth=`` defended model (pass
+    ``reuse_distance_bound=0`` here, or another estimator). Attacks: the per-norm defaults
+    (``norm_defaults``) keep the ``lizo`` estimator and reuse in every norm.
     """
 
     name = "lizo"

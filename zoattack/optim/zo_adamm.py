@@ -45,8 +45,14 @@ def zo_adamm_update(
     flags={"adaptive": True, "sign": False},
     # Tuned settings; how they were measured: docs/TUNING.md.
     norm_defaults={
-        "linf": Tuned(lr=2.0, subspace="full", estimator="block_sign", mu=2.0),
-        "l2": Tuned(lr=0.025, subspace="dct:14", estimator="gaussian"),
+        "linf": Tuned(
+            lr=0.25,
+            subspace="tile:7>tile:14>full",
+            estimator="sphere",
+            mu=0.5,
+            difference="central",
+        ),
+        "l2": Tuned(lr=0.005, subspace="dct:14", estimator="sphere"),
     },
     optimize_defaults=Tuned(lr=3e-3),
 )

@@ -25,8 +25,14 @@ def zo_sgd_update(x: Tensor, grad: Tensor, lr: Tensor | float) -> Tensor:
     flags={"adaptive": False, "sign": False},
     # Tuned settings; how they were measured: docs/TUNING.md.
     norm_defaults={
-        "linf": Tuned(lr=100.0, subspace="full", estimator="block_sign", mu=2.0),
-        "l2": Tuned(lr=0.5, subspace="tile:7"),
+        "linf": Tuned(
+            lr=0.3,
+            subspace="tile:7>tile:14>full",
+            estimator="gaussian",
+            mu=0.5,
+            difference="central",
+        ),
+        "l2": Tuned(lr=0.005, subspace="dct:14", estimator="gaussian"),
     },
     optimize_defaults=Tuned(lr=3e-2),
 )

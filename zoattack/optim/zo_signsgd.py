@@ -29,8 +29,15 @@ def zo_signsgd_update(
     flags={"adaptive": False, "sign": True},
     # Tuned settings; how they were measured: docs/TUNING.md.
     norm_defaults={
-        "linf": Tuned(lr=2.0, subspace="full", estimator="block_sign", mu=2.0),
-        "l2": Tuned(lr=0.025, subspace="dct:14"),
+        "linf": Tuned(
+            lr=1.0,
+            subspace="tile:7>tile:14>full",
+            estimator="sphere",
+            mu=0.5,
+            momentum=0.9,
+            difference="central",
+        ),
+        "l2": Tuned(lr=0.01, subspace="dct:14", estimator="sphere"),
     },
     optimize_defaults=Tuned(lr=3e-3),
 )
