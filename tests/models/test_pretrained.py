@@ -30,7 +30,7 @@ def bundled():
 
 def test_both_fashion_mnist_models_ship():
     # The robust victim has its own tests (test_robust_victim.py).
-    robust = [("small_cnn_robust", "fashion-mnist")]
+    robust = [("small_cnn_robust", "fashion-mnist"), ("resnet20_robust", "fashion-mnist")]
     assert sorted(shipped_weights()) == sorted(SHIPPED + robust)
 
 
