@@ -1,5 +1,6 @@
-"""The shipped robust victims (small_cnn_robust, resnet20_robust): selectable by name, its card's recipe and accuracies reproduce on
-the bundled images, and it is far more robust to white-box PGD than the plain small_cnn."""
+"""The shipped robust victims (small_cnn_robust, resnet20_robust): selectable by name, each
+card's recipe and accuracies reproduce on the bundled images, and each is far more robust to
+white-box PGD than its plain counterpart."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ from zoattack.models.weights import file_sha256, load_card, weights_dir
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-ROBUST = {"small_cnn_robust": ("SmallCNN", "small_cnn"), "resnet20_robust": ("ResNet20", "resnet20")}
+# name -> (architecture class, the plain model it is compared with)
+ROBUST = {
+    "small_cnn_robust": ("SmallCNN", "small_cnn"),
+    "resnet20_robust": ("ResNet20", "resnet20"),
+}
 
 
 @pytest.fixture(scope="module")
