@@ -64,6 +64,12 @@ WeightsOption = Annotated[
 ModelDirOption = Annotated[
     str | None, typer.Option(help="Folder with pretrained files.", rich_help_panel=P_MODEL)
 ]
+DatasetOption = Annotated[
+    str, typer.Option(help="Data set (see `zoattack list datasets`).", rich_help_panel=P_MODEL)
+]
+ThreatModelOption = Annotated[
+    str | None, typer.Option(help="robustbench threat model.", rich_help_panel=P_MODEL)
+]
 
 T = TypeVar("T")
 

@@ -16,7 +16,9 @@ from zoattack.cli._common import (
     P_OUT,
     P_THREAT,
     DataDirOption,
+    DatasetOption,
     ModelDirOption,
+    ThreatModelOption,
     WeightsOption,
     err,
     guarded,
@@ -44,15 +46,11 @@ def run_command(
             rich_help_panel=P_MODEL,
         ),
     ] = "small_cnn",
-    dataset: Annotated[
-        str, typer.Option(help="Data set (see `zoattack list datasets`).", rich_help_panel=P_MODEL)
-    ] = "fashion-mnist",
+    dataset: DatasetOption = "fashion-mnist",
     data_dir: DataDirOption = None,
     weights: WeightsOption = None,
     model_dir: ModelDirOption = None,
-    threat_model: Annotated[
-        str | None, typer.Option(help="robustbench threat model.", rich_help_panel=P_MODEL)
-    ] = None,
+    threat_model: ThreatModelOption = None,
     token: Annotated[
         str | None,
         typer.Option(
