@@ -33,8 +33,9 @@ $(FASHION_MNIST):
 	  echo "no apt-get: Fashion-MNIST loader tests skip here (and fail when CI is set)"; \
 	fi
 
+# --overwrite: the demo is meant to be rerun; a user's own --out is never replaced silently.
 demo: $(STAMP)
-	$(VENV)/bin/zoattack run --images 100 --budget 1000 --out runs/demo --save-images
+	$(VENV)/bin/zoattack run --images 100 --budget 1000 --out runs/demo --save-images --overwrite
 
 test: $(STAMP) data lint
 	$(PY) -m pytest -q
