@@ -3,8 +3,6 @@
 FastAPI, uvicorn and httpx are imported only when a server or client is built.
 """
 
-import torch
-
 from zoattack.models.registry import MODELS
 from zoattack.registry import Entry
 from zoattack.remote.client import (
@@ -32,15 +30,11 @@ __all__ = [
 ]
 
 
-def _remote_model(url: str, **kwargs: object) -> torch.nn.Module:
-    return remote_model(url, **kwargs)  # type: ignore[arg-type]
-
-
 # The model registry knows nothing of HTTP: this plug-in adds its prefix to it.
 MODELS.add(
     Entry(
         "remote",
-        _remote_model,
+        remote_model,
         "remote:http://HOST:PORT, a model served by `zoattack serve` (or a compatible "
         "score API), queried over HTTP with retries; counts match the server's",
         {"adapter": True, "remote": True},
