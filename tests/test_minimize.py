@@ -122,3 +122,24 @@ def test_bad_budget(zo):
     fn, obj, _, x0 = problem(zo)
     with pytest.raises(ValueError, match="budget"):
         minimize(obj, x0, create_optimizer("zo_sgd", lr=0.1), generator=make_generator(0), budget=0)
+
+
+def test_blown_up_iterates_stop_as_diverged_and_keep_their_ledger(zo):
+    fn, obj, bb, x0 = problem(zo, n=3)
+    x0 = x0.float()  # float32 resolution is reached after a few exploding steps
+    rule = create_optimizer("zo_sgd", lr=50.0, estimator="gaussian")
+    res = minimize(obj, x0, rule, generator=make_generator(0), budget=10**6)
+    assert res.stop_reason == ["diverged"] * 3
+    assert torch.equal(res.queries, bb.queries)  # the refused step scored nothing
+    assert bool((fn(res.x) > 100 * fn(x0)).all())  # checked outside the ledger
+    assert bool((res.steps >= 1).all())
+
+
+def test_a_radius_below_resolution_at_the_start_is_still_an_error(zo):
+    from zoattack.errors import PrecisionError
+
+    fn, obj, bb, x0 = problem(zo, n=2)
+    rule = create_optimizer("zo_sgd", lr=0.01, estimator="gaussian", mu=1e-12)
+    with pytest.raises(PrecisionError, match="resolution"):
+        minimize(obj, (x0 * 1e3).float(), rule, generator=make_generator(0), budget=100)
+    assert int(bb.queries.sum()) == 0

@@ -33,6 +33,10 @@ class LabelsOnlyError(ZOAttackError):
     """Scores were asked of a model that only answers top-1 labels."""
 
 
+class PrecisionError(ZOAttackError, ValueError):
+    """A finite-difference probe would be lost to floating-point rounding at the current point."""
+
+
 class InvalidInputError(ZOAttackError, ValueError):
     """Inputs handed to the black box have the wrong shape, dtype or range."""
 

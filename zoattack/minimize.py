@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from zoattack.errors import PrecisionError
 from zoattack.objective import Objective
 from zoattack.optim.base import ZORule
 
@@ -23,7 +24,9 @@ class MinimizeResult:
         queries: queries spent per example ``(N,)`` (the black box's count).
         steps: steps taken per example ``(N,)``.
         history: ``(queries, loss)`` pairs per example, one per step (for loss-vs-queries curves).
-        stop_reason: per example, ``"budget"``, ``"steps"`` or ``"target"``.
+        stop_reason: per example, ``"budget"``, ``"steps"``, ``"target"`` or ``"diverged"``
+            (its loss rose above its start until the rule's finite differences fell below
+            floating-point resolution; usually a step size too large for the problem).
     """
 
     x: Tensor
@@ -48,7 +51,9 @@ def minimize(
 ) -> MinimizeResult:
     """Minimise ``objective`` from ``x0`` ``(N, *shape)`` with ``rule`` until each example's
     queries would exceed ``budget`` (a step is only started if its worst-case cost fits),
-    ``max_steps`` pass, or its loss reaches ``target``.
+    ``max_steps`` pass, or its loss reaches ``target``. An example whose iterates blow up
+    (loss above its first value when the rule's probes drop below float resolution) stops
+    with ``"diverged"`` and keeps what it spent; the rest of the batch goes on.
 
     Examples that stop drop out of the batch and spend nothing more.
     ``callback(step, queries, loss)`` is called after every step (for progress bars).
@@ -63,6 +68,8 @@ def minimize(
     start_q = ledger.queries_of(idx_all.cpu()).clone()
     fx = torch.full((n,), float("nan"), dtype=torch.float64, device=x.device)
     last = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)
+    first = torch.full((n,), float("nan"), dtype=torch.float64, device=x.device)
+    scale0 = x.flatten(1).abs().amax(dim=1).double()
     steps = torch.zeros(n, dtype=torch.int64)
     active = torch.ones(n, dtype=torch.bool)
     reasons = [""] * n
@@ -82,12 +89,28 @@ def minimize(
         if not bool(active.any()):
             break
         ids = active.nonzero().flatten().to(x.device)
-        res = rule.step(objective, x[ids], generator=generator, idx=ids, fx=fx[ids])
+        try:
+            res = rule.step(objective, x[ids], generator=generator, idx=ids, fx=fx[ids])
+        except PrecisionError:
+            # The batch shares one float scale: drop the examples that blew up and retry the
+            # rest. Nothing is spent by the refused step (the check runs before scoring).
+            # Blown up = loss seen rising, or (after a single step, before a second loss is
+            # known) the point 100x further out than any scale the start had.
+            scale = x.flatten(1).abs().amax(dim=1).double()
+            far = scale > 100.0 * scale0.clamp(min=1.0)
+            grown = ((last > first) | far).cpu() & active & (steps > 0)
+            if not bool(grown.any()):
+                raise
+            for i in grown.nonzero().flatten().tolist():
+                reasons[i] = "diverged"
+            active &= ~grown
+            continue
         x_next = project(res.x_next) if project is not None else res.x_next
         moved = (x_next != res.x_next).flatten(1).any(dim=1)
         x[ids] = x_next
         if res.loss is not None:
             last[ids] = res.loss.double()
+            first[ids] = torch.where(first[ids].isnan(), last[ids], first[ids])
         # A known f(x_next) is only valid if projection left the point unchanged.
         fx[ids] = torch.where(moved, torch.full_like(res.fx_next, float("nan")), res.fx_next)
         steps[ids.cpu()] += 1

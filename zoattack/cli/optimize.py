@@ -168,3 +168,10 @@ def optimize_command(
         f"{summary['queries_per_second']:,} queries/s; wall {wall:.2f}s"
     )
     out.print(f"[dim]counting rule: {COUNTING_RULE}[/]")
+    diverged = res.stop_reason.count("diverged")
+    if diverged:
+        err.print(
+            f"[yellow]warning:[/] {diverged} of {seeds} problems diverged (loss rose above its "
+            f"start until the finite differences fell below float resolution); lower --lr "
+            f"(this run used {summary['lr']})"
+        )

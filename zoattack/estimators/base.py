@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from zoattack._state import PerExampleState
+from zoattack.errors import PrecisionError
 from zoattack.objective import Objective, evaluate_ragged
 
 DIFFERENCES = ("forward", "central")
@@ -56,7 +57,7 @@ def check_mu_resolvable(x: Tensor, step: float, mu: float, dtype: torch.dtype) -
     ulp = torch.finfo(dtype).eps * max(scale, torch.finfo(dtype).tiny)
     if step < 16 * ulp:
         need = 16 * ulp * mu / step
-        raise ValueError(
+        raise PrecisionError(
             f"mu={mu:g} is below {dtype} resolution here: a typical coordinate moves by "
             f"{step:.3g} at |x| up to {scale:.3g} (spacing {ulp:.3g}); use mu >= {need:.2g} "
             "or float64 inputs"
