@@ -24,6 +24,21 @@ RUN_KEYS = (
     "wall_seconds",
     "scored_inputs_per_second",
 )
+# ... and for a hard-label (decision) attack: distances reached, queries to reach eps.
+DECISION_RUN_KEYS = (
+    "initially_correct",
+    "successes",
+    "success_rate",
+    "median_distance_at_budget",
+    "median_queries_success",
+    "mean_queries_success",
+    "mean_queries_all",
+    "median_linf_success",
+    "median_l2_success",
+    "no_start",
+    "wall_seconds",
+    "scored_inputs_per_second",
+)
 
 
 def format_value(val: Any) -> str:
