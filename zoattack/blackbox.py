@@ -49,8 +49,7 @@ def check_output_kind(model: object, output: str) -> None:
         where = getattr(model, "url", None)
         what = f"the model at {where}" if where else "this model"
         raise LabelsOnlyError(
-            f"{what} returns top-1 labels only, not scores; {LABELS_ONLY_HINT}: "
-            f"use {DECISION_HINT}"
+            f"{what} returns top-1 labels only, not scores; {LABELS_ONLY_HINT}: use {DECISION_HINT}"
         )
 
 
@@ -68,9 +67,7 @@ class LabelsOnly(nn.Module):
         super().__init__()
         # Not registered as a submodule: parameters() of the wrapper expose nothing either.
         object.__setattr__(self, "_inner", model)
-        param = (
-            next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
-        )
+        param = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
         self._device = param.device if param is not None else torch.device("cpu")
         self._dtype = param.dtype if param is not None else None
 

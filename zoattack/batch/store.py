@@ -58,7 +58,10 @@ ROW_TYPES = {
     "linf": "REAL",
     "l2": "REAL",
     "stop_reason": "TEXT",
+    "queries_to_eps": "INTEGER",
 }
+# Row columns added after the first schema: (name, SQL default) for stores made before them.
+ADDED_ROW_COLUMNS = {"queries_to_eps": "-1"}
 assert tuple(ROW_TYPES) == CSV_FIELDS  # the store's rows are run's CSV rows
 
 _SCHEMA = f"""
@@ -133,6 +136,7 @@ class ResultStore:
                 self.conn.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                 )
+            self._add_columns()
             self._check_schema()
             self.reap_orphans()
         except sqlite3.DatabaseError as exc:
@@ -141,6 +145,19 @@ class ResultStore:
                 f"{self.path} is not a zoattack result store ({exc}); point at "
                 "the --out folder of `zoattack batch`"
             ) from None
+
+    def _add_columns(self) -> None:
+        """Give a store made by an earlier version the row columns added since (with their
+        default: an old row's value is unknown, e.g. queries_to_eps -1 reads as its queries)."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(rows)")}
+        if not have:
+            return  # not a store at all: _check_schema says so
+        for name, default in ADDED_ROW_COLUMNS.items():
+            if name not in have:
+                self.conn.execute(
+                    f'ALTER TABLE rows ADD COLUMN "{name}" {ROW_TYPES[name]} NOT NULL '
+                    f"DEFAULT {default}"
+                )
 
     def _check_schema(self) -> None:
         names = {

@@ -82,9 +82,11 @@ def resolve_decision(spec: AttackSpec) -> AttackSpec:
         if value is not None and f not in takes:
             if f == "subspace" and value == "full":
                 continue
-            what = "the core's options" if name == "opt" else ", ".join(
-                "--" + k for k in takes
-            ) or "no options"
+            what = (
+                "the core's options"
+                if name == "opt"
+                else ", ".join("--" + k for k in takes) or "no options"
+            )
             raise ValueError(
                 f"--{f} does not apply to --attack {name} (it takes {what}); drop --{f}"
             )
@@ -147,8 +149,7 @@ def decision_method(spec: AttackSpec) -> str:
     if spec.attack == "opt":
         kw = opts.get("rule_kwargs") or {}
         parts.append(
-            f"rule {spec.optimizer}, "
-            + ", ".join(f"{k} {v}" for k, v in sorted(kw.items()))
+            f"rule {spec.optimizer}, " + ", ".join(f"{k} {v}" for k, v in sorted(kw.items()))
         )
     for key in ("subspace", "k", "tol"):
         if key in opts:
@@ -164,7 +165,9 @@ def decision_label(spec: AttackSpec) -> str:
     """How tables name a decision attack: ``hsja``, or ``opt:lizo+lizo`` for OPT's rule."""
     if spec.attack != "opt":
         return str(spec.attack)
-    est = spec.estimator or (OPTIMIZERS.get(str(spec.optimizer)).factory.default_estimator)
+    kw = effective_options(spec).get("rule_kwargs") or {}
+    factory = OPTIMIZERS.get(str(spec.optimizer)).factory
+    est = kw.get("estimator") or getattr(factory, "default_estimator", None) or "default"
     return f"opt:{spec.optimizer}+{est}"
 
 
@@ -235,7 +238,9 @@ def load_starts(path: str | Path, shape: tuple[int, ...], images: int) -> Tensor
     return x
 
 
-def draw_targets(target: str | None, label: Tensor, classes: int, gen: torch.Generator) -> Tensor | None:
+def draw_targets(
+    target: str | None, label: Tensor, classes: int, gen: torch.Generator
+) -> Tensor | None:
     """Target classes ``(N,)``: None (untargeted), a class index, or ``random`` (uniform over
     the other classes, from the chunk's generator)."""
     if target is None:
