@@ -158,14 +158,14 @@ def _type_names(annotation: Any) -> set[str]:
 
 
 def _describe_type(names: set[str]) -> str:
-    words = {"str": "a string", "int": "an integer", "float": "a number"}
-    return " or ".join(words[n] for n in ("str", "int", "float") if n in names)
+    words = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
+    return " or ".join(words[n] for n in ("str", "int", "float", "bool") if n in names)
 
 
 def _check_value(key: str, value: Any, names: set[str], where: str) -> Any:
     """``value`` converted to the field's type (ints become floats for float fields)."""
     if isinstance(value, bool):
-        ok = False
+        ok = "bool" in names
     elif isinstance(value, str):
         ok = "str" in names
     elif isinstance(value, int):

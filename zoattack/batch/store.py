@@ -103,6 +103,14 @@ _ROW_SQL = (
 )
 
 
+def _row_values(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A row's values in column order; a column added later may be absent (its default)."""
+    return tuple(
+        row[f] if f in row or f not in ADDED_ROW_COLUMNS else int(ADDED_ROW_COLUMNS[f])
+        for f in CSV_FIELDS
+    )
+
+
 def locate(results: str | Path) -> Path:
     """The database of a results folder (or the .sqlite file itself); it must exist."""
     p = Path(results).expanduser()
@@ -352,7 +360,7 @@ class ResultStore:
         """
         with self.transaction() as c:
             before = c.total_changes
-            c.executemany(_ROW_SQL, [(key, *(r[f] for f in CSV_FIELDS)) for r in rows])
+            c.executemany(_ROW_SQL, [(key, *_row_values(r)) for r in rows])
             added = c.total_changes - before
             c.execute(
                 "UPDATE jobs SET scored_inputs=scored_inputs+?, seconds=seconds+? WHERE key=?",
