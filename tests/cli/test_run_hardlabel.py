@@ -85,6 +85,10 @@ def test_hard_label_run_writes_rows_curves_and_json(tmp_path):
     done = invoke(*args, "--resume", "--json")
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["summary"]["successes"] == s["successes"]
+    # `zoattack report` on the run folder shows the distance columns too
+    rep = runner.invoke(app, ["report", str(out)])
+    assert rep.exit_code == 0, rep.output
+    assert "median distance at budget" in " ".join(rep.output.split())
 
 
 def test_opt_runs_any_core_rule_in_a_subspace(tmp_path):

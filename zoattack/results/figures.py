@@ -16,7 +16,7 @@ from torch import Tensor
 
 from zoattack.attacks.base import AttackResult
 from zoattack.attacks.hardlabel.oracle import DecisionResult
-from zoattack.results.rows import success_curve
+from zoattack.results.rows import queries_to_success, success_curve
 
 
 def plt_module():
@@ -122,7 +122,9 @@ def distance_curve(
     for i, curve in enumerate(curves):
         for q, d in curve:  # checkpoints are in query order, distances non-increasing
             grid[i, q_t >= q] = d
-    quant = torch.quantile(grid, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64), dim=0)
+    # "lower": the median of an even count is the lower middle value, as in the summary
+    probs = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    quant = torch.quantile(grid, probs, dim=0, interpolation="lower")
     return qs, quant[0].tolist(), quant[1].tolist(), quant[2].tolist()
 
 
@@ -216,7 +218,7 @@ def save_success_curves(path: Path, jobs: Jobs, rows_by_job: RowsByJob) -> Path:
         top = pk[-1]
         for label, rows in curves.items():
             attacked = [r for r in rows if r["stop_reason"] != "misclassified"]
-            q = [int(r["queries"]) for r in attacked if int(r["success"])]
+            q = [int(queries_to_success(r)) for r in attacked if int(r["success"])]
             xs, ys = success_curve(q, len(attacked), top)
             ax.step(xs, ys, where="post", label=label)
         ax.set_title(_title(pk), fontsize=9)
@@ -245,7 +247,7 @@ def save_query_histograms(path: Path, jobs: Jobs, rows_by_job: RowsByJob, bins: 
         top = pk[-1]
         edges = [top * i / bins for i in range(bins + 1)]
         for label, rows in curves.items():
-            q = [int(r["queries"]) for r in rows if int(r["success"])]
+            q = [int(queries_to_success(r)) for r in rows if int(r["success"])]
             if q:
                 ax.hist(q, bins=edges, histtype="step", linewidth=1.4, label=f"{label} ({len(q)})")
         ax.set_title(_title(pk), fontsize=9)
