@@ -82,11 +82,7 @@ def resolve_decision(spec: AttackSpec) -> AttackSpec:
         if value is not None and f not in takes:
             if f == "subspace" and value == "full":
                 continue
-            what = (
-                "the core's options"
-                if name == "opt"
-                else ", ".join("--" + k for k in takes) or "no options"
-            )
+            what = ", ".join("--" + k for k in takes) or "no options"
             raise ValueError(
                 f"--{f} does not apply to --attack {name} (it takes {what}); drop --{f}"
             )
