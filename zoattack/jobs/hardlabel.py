@@ -34,7 +34,7 @@ from zoattack.attacks.hardlabel import (
     create_decision_attack,
     target_starts,
 )
-from zoattack.blackbox import DECISION_HINT, BlackBox
+from zoattack.blackbox import DECISION_HINT, BlackBox, LabelsOnly
 from zoattack.errors import QueryBudgetExceeded, ZOAttackError
 from zoattack.norms import DEFAULT_EPS, check_norm
 from zoattack.optim import OPTIMIZERS
@@ -267,6 +267,8 @@ def run_decision_chunk(
         budget=s.budget,
         max_batch=s.max_batch,
         input_shape=tuple(x.shape[1:]),
+        # the wrapper hides the parameters the black box would take the device from
+        device=job.model.device if isinstance(job.model, LabelsOnly) else None,
     )
     target = draw_targets(s.target, y, len(job.classes), gen)
     x_init = None
