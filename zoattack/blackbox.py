@@ -33,6 +33,7 @@ LABELS_ONLY_HINT = (
     "score-based attacks and defense training need logits or probs; attacking a labels-only "
     "model needs hard-label (decision-based) attacks"
 )
+DECISION_HINT = "--attack hsja, sign_opt, rays or opt (see `zoattack list attacks`)"
 
 
 def check_output_kind(model: object, output: str) -> None:
@@ -48,9 +49,53 @@ def check_output_kind(model: object, output: str) -> None:
         where = getattr(model, "url", None)
         what = f"the model at {where}" if where else "this model"
         raise LabelsOnlyError(
-            f"{what} returns top-1 labels only, not scores; {LABELS_ONLY_HINT}, which zoattack "
-            "does not have yet"
+            f"{what} returns top-1 labels only, not scores; {LABELS_ONLY_HINT}: use {DECISION_HINT}"
         )
+
+
+class LabelsOnly(nn.Module):
+    """A model seen through its top-1 label only (`zoattack run --labels-only`).
+
+    ``forward`` returns one-hot rows of the wrapped model's argmax, so even code holding this
+    module cannot read a score; ``output_kind = "labels"`` makes :class:`BlackBox` refuse
+    any output but ``"labels"``. Shapes: ``(M, *input_shape)`` -> ``(M, classes)`` in {0, 1}.
+    """
+
+    output_kind = "labels"
+
+    def __init__(self, model: nn.Module | Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        # Not registered as a submodule: parameters() of the wrapper expose nothing either.
+        object.__setattr__(self, "_inner", model)
+        param = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+        self._device = param.device if param is not None else torch.device("cpu")
+        self._dtype = param.dtype if param is not None else None
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def train(self, mode: bool = True) -> LabelsOnly:
+        inner = object.__getattribute__(self, "_inner")
+        if isinstance(inner, nn.Module):
+            inner.train(mode)
+        return super().train(mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        inner = object.__getattribute__(self, "_inner")
+        x = x.to(self._device)
+        if self._dtype is not None:
+            x = x.to(self._dtype)
+        raw = inner(x)
+        if not isinstance(raw, Tensor):
+            raw = torch.as_tensor(raw)
+        if raw.dim() != 2:
+            raise InvalidScoresError(
+                f"a classifier must return (batch, classes) scores, got {tuple(raw.shape)}"
+            )
+        if raw.is_floating_point() and not bool(torch.isfinite(raw).all()):
+            raise InvalidScoresError("model returned NaN/inf scores; check the model")
+        return nn.functional.one_hot(raw.argmax(dim=1), raw.shape[1]).to(torch.float32)
 
 
 class BlackBox:

@@ -25,6 +25,7 @@ def row(i: int, **kw) -> dict:
         linf=0.1,
         l2=1.25,
         stop_reason="success",
+        queries_to_eps=7 + i,
     )
     return {**base, **kw}
 

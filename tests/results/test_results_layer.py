@@ -21,6 +21,7 @@ def _row(i: int, **kw: object) -> dict[str, object]:
         "linf": 0.1,
         "l2": 1.0,
         "stop_reason": "success",
+        "queries_to_eps": 10 + i,
     }
     base.update(kw)
     return base

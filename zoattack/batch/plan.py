@@ -33,10 +33,13 @@ from zoattack.jobs.attack import AttackSpec
 TABLES = ("batch", "defaults", "grid", "job")
 BATCH_KEYS: dict[str, type] = {"name": str, "out": str}
 # Resolved against the plan's folder, so a plan runs the same from any working directory.
-PATH_FIELDS = ("data_dir", "weights", "model_dir")
+PATH_FIELDS = ("data_dir", "weights", "model_dir", "init_from")
 # Settings that change where or how fast a job runs, not its rows (as for `run --resume`):
 # they stay out of the job key, so rerunning a plan on a GPU keeps the CPU's finished work.
 KEY_EXCLUDES = ("device", "max_batch")
+# Settings added after plans existed, left out of the key at their default so the jobs of
+# older stores keep their keys (and their finished work).
+KEY_DEFAULTS: dict[str, Any] = {"attack": None, "labels_only": False, "init_from": None}
 # Shown in job listings when they differ between jobs, in this order.
 LISTED = (
     "model",
@@ -52,12 +55,18 @@ LISTED = (
     "loss",
     "lr",
     "subspace",
+    "attack",
+    "labels_only",
 )
 
 
 def job_key(spec: AttackSpec) -> str:
     """A stable 16-hex-digit name for a resolved spec (its result-relevant settings)."""
-    values = {k: v for k, v in spec.as_dict().items() if k not in KEY_EXCLUDES}
+    values = {
+        k: v
+        for k, v in spec.as_dict().items()
+        if k not in KEY_EXCLUDES and not (k in KEY_DEFAULTS and v == KEY_DEFAULTS[k])
+    }
     blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -73,9 +82,12 @@ class PlanJob:
 
     @property
     def label(self) -> str:
+        from zoattack.jobs.attack import spec_label
         from zoattack.optim import OPTIMIZERS
 
         s = self.spec
+        if s.attack is not None:
+            return spec_label(s)
         search = bool(OPTIMIZERS.get(str(s.optimizer)).flags.get("search"))
         return str(s.optimizer) if s.estimator is None or search else f"{s.optimizer}+{s.estimator}"
 
@@ -146,14 +158,14 @@ def _type_names(annotation: Any) -> set[str]:
 
 
 def _describe_type(names: set[str]) -> str:
-    words = {"str": "a string", "int": "an integer", "float": "a number"}
-    return " or ".join(words[n] for n in ("str", "int", "float") if n in names)
+    words = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
+    return " or ".join(words[n] for n in ("str", "int", "float", "bool") if n in names)
 
 
 def _check_value(key: str, value: Any, names: set[str], where: str) -> Any:
     """``value`` converted to the field's type (ints become floats for float fields)."""
     if isinstance(value, bool):
-        ok = False
+        ok = "bool" in names
     elif isinstance(value, str):
         ok = "str" in names
     elif isinstance(value, int):

@@ -9,6 +9,7 @@ and figures drawn from them live in :mod:`zoattack.results` (re-exported here).
 from __future__ import annotations
 
 import csv
+import json
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,8 +28,18 @@ from zoattack.results.tables import (  # noqa: F401  (the report's tables live i
     group_table,
     job_table,
     markdown_table,
+    present_columns,
     write_csv,
 )
+
+
+def _decision_norm(job: Mapping[str, Any]) -> str | None:
+    """The norm of a hard-label job (its rows' distances are what it minimised), else None."""
+    try:
+        spec = json.loads(job.get("spec") or "{}")
+    except (TypeError, ValueError):
+        return None
+    return str(job["norm"]) if isinstance(spec, dict) and spec.get("attack") else None
 
 
 class Results:
@@ -55,7 +66,10 @@ class Results:
         for job in self.jobs:
             rows: list[Mapping[str, Any]] = list(self.rows.get(job["key"], []))
             s = summarize_rows(
-                rows, wall_seconds=job["seconds"] or 0.0, scored_inputs=job["scored_inputs"] or 0
+                rows,
+                wall_seconds=job["seconds"] or 0.0,
+                scored_inputs=job["scored_inputs"] or 0,
+                decision_norm=_decision_norm(job),
             )
             line = {k: job.get(k) for k in SETTING_KEYS}
             line.update({k: s.get(k) for k in METRIC_KEYS if k in s})
@@ -78,7 +92,9 @@ class Results:
         out = []
         for values, jobs in pooled.items():
             rows: list[Mapping[str, Any]] = [r for j in jobs for r in self.rows.get(j["key"], [])]
-            s = summarize_rows(rows, wall_seconds=0.0, scored_inputs=0)
+            s = summarize_rows(
+                rows, wall_seconds=0.0, scored_inputs=0, decision_norm=_decision_norm(jobs[0])
+            )
             line = dict(zip(GROUP_KEYS, values, strict=True))
             line.update(
                 {
@@ -92,6 +108,7 @@ class Results:
                     )
                 }
             )
+            line["median_distance_at_budget"] = s.get("median_distance_at_budget")
             line.update(
                 jobs=len(jobs),
                 seeds=len({j["seed"] for j in jobs}),
@@ -123,11 +140,16 @@ def to_markdown(results: Results) -> str:
         "",
         "## Jobs",
         "",
-        markdown_table(COLUMNS, results.summaries()),
+        markdown_table(present_columns(COLUMNS, lines := results.summaries()), lines),
     ]
     groups = results.groups()
     if any(g["jobs"] > 1 for g in groups):
-        parts += ["", "## Pooled over seeds", "", markdown_table(GROUP_COLUMNS, groups)]
+        parts += [
+            "",
+            "## Pooled over seeds",
+            "",
+            markdown_table(present_columns(GROUP_COLUMNS, groups), groups),
+        ]
     return "\n".join(parts) + "\n"
 
 

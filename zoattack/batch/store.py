@@ -58,7 +58,10 @@ ROW_TYPES = {
     "linf": "REAL",
     "l2": "REAL",
     "stop_reason": "TEXT",
+    "queries_to_eps": "INTEGER",
 }
+# Row columns added after the first schema: (name, SQL default) for stores made before them.
+ADDED_ROW_COLUMNS = {"queries_to_eps": "-1"}
 assert tuple(ROW_TYPES) == CSV_FIELDS  # the store's rows are run's CSV rows
 
 _SCHEMA = f"""
@@ -100,6 +103,14 @@ _ROW_SQL = (
 )
 
 
+def _row_values(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A row's values in column order; a column added later may be absent (its default)."""
+    return tuple(
+        row[f] if f in row or f not in ADDED_ROW_COLUMNS else int(ADDED_ROW_COLUMNS[f])
+        for f in CSV_FIELDS
+    )
+
+
 def locate(results: str | Path) -> Path:
     """The database of a results folder (or the .sqlite file itself); it must exist."""
     p = Path(results).expanduser()
@@ -133,6 +144,7 @@ class ResultStore:
                 self.conn.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                 )
+            self._add_columns()
             self._check_schema()
             self.reap_orphans()
         except sqlite3.DatabaseError as exc:
@@ -141,6 +153,19 @@ class ResultStore:
                 f"{self.path} is not a zoattack result store ({exc}); point at "
                 "the --out folder of `zoattack batch`"
             ) from None
+
+    def _add_columns(self) -> None:
+        """Give a store made by an earlier version the row columns added since (with their
+        default: an old row's value is unknown, e.g. queries_to_eps -1 reads as its queries)."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(rows)")}
+        if not have:
+            return  # not a store at all: _check_schema says so
+        for name, default in ADDED_ROW_COLUMNS.items():
+            if name not in have:
+                self.conn.execute(
+                    f'ALTER TABLE rows ADD COLUMN "{name}" {ROW_TYPES[name]} NOT NULL '
+                    f"DEFAULT {default}"
+                )
 
     def _check_schema(self) -> None:
         names = {
@@ -335,7 +360,7 @@ class ResultStore:
         """
         with self.transaction() as c:
             before = c.total_changes
-            c.executemany(_ROW_SQL, [(key, *(r[f] for f in CSV_FIELDS)) for r in rows])
+            c.executemany(_ROW_SQL, [(key, *_row_values(r)) for r in rows])
             added = c.total_changes - before
             c.execute(
                 "UPDATE jobs SET scored_inputs=scored_inputs+?, seconds=seconds+? WHERE key=?",

@@ -44,6 +44,7 @@ EVAL_FIELDS = (
     "linf",
     "l2",
     "stop_reason",
+    "queries_to_eps",  # run's schema: -1, a white-box attack makes no queries
     "gradient_calls",
 )
 WHITE_BOX_RULE = (
@@ -189,6 +190,7 @@ def eval_command(
                     "linf": round(float(linf[i]), 6),
                     "l2": round(float(l2[i]), 6),
                     "stop_reason": reason,
+                    "queries_to_eps": -1,
                     "gradient_calls": int(calls[i]),
                 }
             )

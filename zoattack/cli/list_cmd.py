@@ -14,6 +14,7 @@ from zoattack.registry import Entry, Registry, Tuned
 
 
 def _registries() -> dict[str, Registry[Any]]:
+    from zoattack.attacks.hardlabel import DECISION_ATTACKS
     from zoattack.data import DATASETS
     from zoattack.estimators import ESTIMATORS
     from zoattack.functions import FUNCTIONS
@@ -26,7 +27,24 @@ def _registries() -> dict[str, Registry[Any]]:
         "functions": FUNCTIONS,
         "models": MODELS,
         "datasets": DATASETS,
+        "attacks": DECISION_ATTACKS,  # with the score-based rules: see attack_rows
     }
+
+
+def attack_rows() -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Every attack `zoattack run` can run, and what it needs of the model: score-based
+    rules (--optimizer) read scores; hard-label attacks (--attack) need only labels."""
+    from zoattack.attacks.hardlabel import DECISION_ATTACKS
+    from zoattack.optim import OPTIMIZERS
+
+    rows: list[tuple[str, ...]] = []
+    for e in OPTIMIZERS:
+        norms = e.flags.get("norms") or NORMS
+        rows.append((e.name, f"--optimizer {e.name}", "scores", ", ".join(norms), e.description))
+    for d in DECISION_ATTACKS:
+        norms = d.flags.get("norms") or NORMS
+        rows.append((d.name, f"--attack {d.name}", "labels only", ", ".join(norms), d.description))
+    return ("name", "option", "needs", "norms", "description"), rows
 
 
 def _flags(flags: dict[str, Any]) -> str:
@@ -131,7 +149,9 @@ def _default_estimators(entry: Entry[Any]) -> str:
 def list_command(
     kind: Annotated[
         str,
-        typer.Argument(help="What to list: estimators, optimizers, functions, models, datasets."),
+        typer.Argument(
+            help="What to list: attacks, estimators, optimizers, functions, models, datasets."
+        ),
     ],
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
     defaults: Annotated[
@@ -149,7 +169,14 @@ def list_command(
     if key not in regs:
         raise fail(f"cannot list '{kind}'; choose one of: {', '.join(regs)}")
     reg = regs[key]
-    if defaults:
+    if key == "attacks" and not defaults:
+        header, rows = attack_rows()
+        title: str = "zoattack attacks: what each needs of the model"
+        caption: str | None = (
+            "score-based rules read logits or probs; hard-label attacks need only the "
+            "top-1 label (a labels-only model, or any model with --labels-only)"
+        )
+    elif defaults:
         header, rows = default_rows(key, reg)
         title = f"zoattack {key}: defaults"
         caption = (

@@ -16,7 +16,9 @@ def report_command(
     results: Annotated[
         Path,
         typer.Argument(
-            metavar="RESULTS", help="A `zoattack batch` results folder, or its results.sqlite."
+            metavar="RESULTS",
+            help="A `zoattack batch` results folder, or its results.sqlite (or one "
+            "`zoattack run --out` folder: its summary).",
         ),
     ],
     markdown: Annotated[
@@ -74,6 +76,9 @@ def report_command(
         write_rows_csv,
     )
 
+    if (results / "summary.json").is_file() and not (results / "results.sqlite").exists():
+        _run_folder(results, as_json)
+        return
     res = Results(results)
     summaries = res.summaries()
     groups = res.groups()
@@ -98,7 +103,29 @@ def report_command(
         out.print(group_table(groups))
     out.print(
         "[dim]success: over initially-correct images; q and dist: over successes; "
+        "dist@budget (hard-label jobs): median final distance over attacked images; "
         "one query = one input scored[/]"
     )
     for path in written:
         out.print(f"wrote {path}")
+
+
+def _run_folder(folder: Path, as_json: bool) -> None:
+    """The summary of one `zoattack run --out` folder (hard-label runs with distances)."""
+    from zoattack.results.tables import DECISION_RUN_KEYS, RUN_KEYS, summary_table
+
+    try:
+        doc = json.loads((folder / "summary.json").read_text())
+        settings, summary = dict(doc["settings"]), dict(doc["summary"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{folder}/summary.json is not a zoattack run summary ({exc})") from None
+    if as_json:
+        typer.echo(json.dumps({"settings": settings, "summary": summary}, default=str))
+        return
+    hard = bool(settings.get("attack"))
+    name = settings.get("attack") or settings.get("optimizer")
+    title = f"{folder}: {name}{' (hard-label)' if hard else ''} vs {settings.get('model')}"
+    out.print(summary_table(title, summary, DECISION_RUN_KEYS if hard else RUN_KEYS))
+    if settings.get("method"):
+        out.print(f"method: {settings['method']}", soft_wrap=True, markup=False)
+    out.print(f"counting rule: {summary.get('counting_rule')}", markup=False)

@@ -36,6 +36,8 @@ from zoattack.seeding import seed_everything
 # Defaults live in each rule's registry entry (zoattack list optimizers --defaults).
 __all__ = ["run_command"]
 
+P_HARD = "Hard-label attacks"
+
 
 @guarded
 def run_command(
@@ -192,8 +194,42 @@ def run_command(
             rich_help_panel=P_OUT,
         ),
     ] = False,
+    # -- hard-label (decision-based) attacks (issue 13) ------------------------------------
+    attack: Annotated[
+        str | None,
+        typer.Option(
+            help="A hard-label attack instead of a score-based rule: hsja, sign_opt, rays, "
+            "or opt (--optimizer/--estimator/--subspace pick its core rule). It sees labels "
+            "only: the model must answer labels (serve --output labels) or pass --labels-only.",
+            rich_help_panel=P_HARD,
+            show_default=False,
+        ),
+    ] = None,
+    labels_only: Annotated[
+        bool,
+        typer.Option(
+            "--labels-only",
+            help="Show the model to the --attack through its top-1 label only (scores never "
+            "reach attack code).",
+            rich_help_panel=P_HARD,
+        ),
+    ] = False,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            help="Start images of the --attack (.pt/.npy/.png: N x C x H x W, or one image "
+            "for all; in [0, 1]). Default with --target: a data-set image of the target class.",
+            rich_help_panel=P_HARD,
+            show_default=False,
+        ),
+    ] = None,
+    # -- end hard-label options ------------------------------------------------------------
 ) -> None:
-    """Attack a model you may only query; report success rate and per-image queries."""
+    """Attack a model you may only query; report success rate and per-image queries.
+
+    Score-based rules (--optimizer) read logits; hard-label attacks (--attack) read labels
+    only and minimise the distance to the decision boundary."""
     spec = AttackSpec(
         model=model,
         dataset=dataset,
@@ -219,6 +255,9 @@ def run_command(
         device=device,
         max_batch=max_batch,
         chunk_size=chunk_size,
+        attack=attack,
+        labels_only=labels_only,
+        init_from=init_from,
     )
     remote_opts = {
         k: v

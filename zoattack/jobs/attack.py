@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from zoattack.attacks.base import AttackInterrupted, AttackResult, run_attack
-from zoattack.blackbox import BlackBox, check_output_kind
+from zoattack.attacks.hardlabel.oracle import DecisionResult
+from zoattack.blackbox import DECISION_HINT, BlackBox, LabelsOnly, check_output_kind
 from zoattack.errors import ZOAttackError
 from zoattack.norms import DEFAULT_EPS, check_norm
 from zoattack.optim import OPTIMIZERS, create_optimizer
@@ -35,6 +36,7 @@ from zoattack.registry import Tuned
 # The row schema lives in the results layer; re-exported for callers of this module.
 from zoattack.results.rows import (  # noqa: F401
     CSV_FIELDS,
+    DECISION_COUNTING_RULE,
     ROW_COUNTING_RULE,
     rows_of,
     summarize_rows,
@@ -110,6 +112,12 @@ class AttackSpec:
     device: str = "auto"
     max_batch: int = 4096
     chunk_size: int = DEFAULT_CHUNK
+    # -- hard-label (decision-based) attacks: zoattack/jobs/hardlabel.py ---------------------
+    # attack: a decision attack (sign_opt, hsja, rays, opt) instead of a score-based rule;
+    # labels_only: show the model to it through its top-1 label only; init_from: start images.
+    attack: str | None = None
+    labels_only: bool = False
+    init_from: str | None = None
 
     @classmethod
     def field_types(cls) -> dict[str, Any]:
@@ -144,18 +152,20 @@ class AttackSpec:
         norm = self.norm.lower()
         eps = DEFAULT_EPS.get(norm, 0.0) if self.eps is None else float(self.eps)
         norm = check_norm(norm, eps)
-        if self.images < 1:
-            raise ValueError(f"--images must be >= 1, got {self.images}")
-        if self.budget < 2:
-            raise ValueError(f"--budget must be >= 2 queries per image, got {self.budget}")
-        if self.chunk_size < 1:
-            raise ValueError(f"--chunk-size must be >= 1, got {self.chunk_size}")
-        if self.max_batch < 1:
-            raise ValueError(f"--max-batch must be >= 1, got {self.max_batch}")
-        if self.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {self.seed}")
-        if self.loss not in ("margin", "ce"):
-            raise ValueError(f"--loss must be margin or ce, got {self.loss!r}")
+        self._check_common()
+        if self.attack is not None:
+            from zoattack.jobs.hardlabel import resolve_decision
+
+            return resolve_decision(self)
+        if self.labels_only:
+            raise ValueError(
+                "--labels-only hides the scores, which score-based attacks need: add "
+                f"{DECISION_HINT}"
+            )
+        if self.init_from is not None:
+            raise ValueError(
+                f"--init-from gives the start images of a hard-label attack: add {DECISION_HINT}"
+            )
         entry = OPTIMIZERS.get(self.optimizer or default_optimizer(norm))
         rule = entry.name
         search = bool(entry.flags.get("search"))
@@ -201,6 +211,21 @@ class AttackSpec:
         )
         spec.make_rule()  # invalid hyperparameters fail here, before any model is built
         return spec
+
+    def _check_common(self) -> None:
+        """Checks every attack (score-based or hard-label) shares."""
+        if self.images < 1:
+            raise ValueError(f"--images must be >= 1, got {self.images}")
+        if self.budget < 2:
+            raise ValueError(f"--budget must be >= 2 queries per image, got {self.budget}")
+        if self.chunk_size < 1:
+            raise ValueError(f"--chunk-size must be >= 1, got {self.chunk_size}")
+        if self.max_batch < 1:
+            raise ValueError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if self.loss not in ("margin", "ce"):
+            raise ValueError(f"--loss must be margin or ce, got {self.loss!r}")
 
     def make_rule(self) -> ZORule:
         """A fresh rule (no memory) for these resolved settings."""
@@ -278,6 +303,10 @@ class PreparedJob:
     model: torch.nn.Module
     device: torch.device
     data_source: str = ""
+    # hard-label jobs: --init-from starts (all images), or the data-set pool that targeted
+    # starts are drawn from (images, labels)
+    starts: Tensor | None = None
+    pool: tuple[Tensor, Tensor] | None = None
 
     @property
     def label(self) -> str:
@@ -295,7 +324,9 @@ class PreparedJob:
             "zoattack": __version__,
             "torch": torch.__version__,
             "data_source": self.data_source,
-            "counting_rule": ROW_COUNTING_RULE,
+            "counting_rule": ROW_COUNTING_RULE
+            if self.spec.attack is None
+            else DECISION_COUNTING_RULE,
         }
 
     def chunks(self) -> list[tuple[int, int]]:
@@ -306,6 +337,10 @@ def effective_settings(spec: AttackSpec) -> dict[str, Any]:
     """A resolved spec's settings with the values its rule really uses (the estimator's own
     defaults for samples, mu and difference filled in): two specs run the same attack exactly
     when these agree (device and max_batch aside). Needs no data or model."""
+    if spec.attack is not None:
+        from zoattack.jobs.hardlabel import effective_options
+
+        return {**spec.as_dict(), "attack_options": effective_options(spec)}
     rule = spec.make_rule()
     est = rule.estimator
     return {
@@ -324,6 +359,10 @@ def method_of(spec: AttackSpec) -> str:
     E.g. ``"lizo (estimator lizo, the paper's; reuse on, bound 2 lr, cap 50%; subspace
     tile:7>full; lr 0.1; mu 0.01)"``. A swapped estimator is labelled as such, so a tuned
     variant never passes for the paper's method."""
+    if spec.attack is not None:
+        from zoattack.jobs.hardlabel import decision_method
+
+        return decision_method(spec)
     if _is_search(spec):
         return f"{spec.optimizer} (search rule, radius {spec.lr:g}, full image)"
     rule = spec.make_rule()
@@ -356,13 +395,20 @@ def method_of(spec: AttackSpec) -> str:
 
 
 def spec_label(spec: AttackSpec) -> str:
-    """How tables name a resolved spec's attack: the rule, plus its estimator if it has one."""
+    """How tables name a resolved spec's attack: the rule, plus its estimator if it has one
+    (a hard-label attack: its name, ``opt:RULE+ESTIMATOR`` for OPT)."""
+    if spec.attack is not None:
+        from zoattack.jobs.hardlabel import decision_label
+
+        return decision_label(spec)
     if spec.estimator is None or _is_search(spec):
         return str(spec.optimizer)
     return f"{spec.optimizer}+{spec.estimator}"
 
 
 def _is_search(spec: AttackSpec) -> bool:
+    if spec.attack is not None:
+        return False
     return bool(OPTIMIZERS.get(spec.optimizer or "sign").flags.get("search"))
 
 
@@ -405,9 +451,26 @@ def prepare(
             **(model_options or {}),
         )
     model.eval()
-    # A labels-only model (a `serve --output labels` server) is refused here, before a run
-    # folder is started: score attacks would read its one-hot answers as flat scores.
-    check_output_kind(model, "logits")
+    starts: Tensor | None = None
+    pool: tuple[Tensor, Tensor] | None = None
+    if spec.attack is None:
+        # A labels-only model (a `serve --output labels` server) is refused here, before a run
+        # folder is started: score attacks would read its one-hot answers as flat scores.
+        check_output_kind(model, "logits")
+    else:  # hard-label: the attack code gets the model's labels only
+        from zoattack.jobs.hardlabel import POOL, check_model_for_decision, load_starts
+
+        check_model_for_decision(spec, model)
+        if spec.labels_only and getattr(model, "output_kind", None) != "labels":
+            model = LabelsOnly(model).eval()
+        shape = tuple(data.images.shape[1:])
+        if spec.init_from is not None:
+            starts = load_starts(spec.init_from, shape, len(data.labels))
+        elif spec.target is not None:
+            more = load_dataset(
+                spec.dataset, split="test", data_dir=spec.data_dir, limit=max(POOL, spec.images)
+            )
+            pool = (more.images, more.labels)
     return PreparedJob(
         spec=spec,
         images=data.images,
@@ -416,6 +479,8 @@ def prepare(
         model=model,
         device=dev,
         data_source=str(getattr(data, "source", "")),
+        starts=starts,
+        pool=pool,
     )
 
 
@@ -473,7 +538,7 @@ class ChunkOutcome:
     chunk: int
     start: int
     rows: list[dict[str, Any]]
-    result: AttackResult
+    result: AttackResult | DecisionResult
     scored_inputs: int
     seconds: float
 
@@ -485,6 +550,10 @@ def run_chunk(
 
     Raises :class:`AttackInterrupted` (with the images it finished) when the model fails.
     """
+    if job.spec.attack is not None:
+        from zoattack.jobs.hardlabel import run_decision_chunk
+
+        return run_decision_chunk(job, chunk, progress=progress)
     s = job.spec
     start, stop = job.chunks()[chunk]
     x = job.images[start:stop].to(job.device)
@@ -636,8 +705,12 @@ def run_job(
     return outcome
 
 
-def merge_results(results: list[AttackResult]) -> AttackResult:
-    """Concatenate chunk results (in order) into one."""
+def merge_results(results: list[Any]) -> Any:
+    """Concatenate chunk results (in order) into one (hard-label results too)."""
+    if results and isinstance(results[0], DecisionResult):
+        from zoattack.jobs.hardlabel import merge_decision_results
+
+        return merge_decision_results(results)
     cat = torch.cat
     return AttackResult(
         x_adv=cat([r.x_adv for r in results]),

@@ -33,7 +33,7 @@ from zoattack.jobs.attack import (
 )
 from zoattack.results.folder import RunFolder
 from zoattack.results.rows import summarize_rows
-from zoattack.results.tables import RUN_KEYS
+from zoattack.results.tables import DECISION_RUN_KEYS, RUN_KEYS
 
 # Settings that change where or how fast an attack runs, not its results.
 RESUME_MAY_DIFFER = ("device", "max_batch")
@@ -54,10 +54,15 @@ class RunReport:
 
 
 def _title(spec: AttackSpec) -> str:
+    kind = " (hard-label)" if spec.attack is not None else ""
     return (
-        f"{spec_label(spec)} vs {spec.model} on {spec.dataset}: {spec.norm} eps={spec.eps:g}, "
-        f"budget {spec.budget:,}"
+        f"{spec_label(spec)}{kind} vs {spec.model} on {spec.dataset}: {spec.norm} "
+        f"eps={spec.eps:g}, budget {spec.budget:,}"
     )
+
+
+def _keys(spec: AttackSpec) -> tuple[str, ...]:
+    return DECISION_RUN_KEYS if spec.attack is not None else RUN_KEYS
 
 
 def resume_differences(recorded: Mapping[str, Any], spec: AttackSpec) -> list[str]:
@@ -151,6 +156,11 @@ def run_attack_job(
         out=out, resume=resume, overwrite=overwrite, universal=universal, save_images=save_images
     )
     spec = spec.resolved()
+    if universal and spec.attack is not None:
+        raise ValueError(
+            "--universal runs score-based rules; a hard-label --attack finds one "
+            "perturbation per image (drop --universal)"
+        )
     folder = RunFolder(out) if out is not None else None
     if folder is not None:  # before loading anything: fail fast, touch nothing
         if resume:
@@ -161,7 +171,7 @@ def run_attack_job(
                     title=_title(spec),
                     settings=dict(stored.get("settings") or {}),
                     summary=dict(stored["summary"]),
-                    keys=RUN_KEYS,
+                    keys=_keys(spec),
                     folder=folder.path,
                     already_complete=True,
                 )
@@ -199,7 +209,12 @@ def run_attack_job(
         raise JobInterrupted(str(exc) + where, exc.rows, exc.scored_inputs) from exc.__cause__
     wall = time.perf_counter() - t0
     rows = sorted([*done_rows, *outcome.rows], key=lambda r: int(r["index"]))
-    base = summarize_rows(rows, wall_seconds=wall, scored_inputs=outcome.scored_inputs)
+    base = summarize_rows(
+        rows,
+        wall_seconds=wall,
+        scored_inputs=outcome.scored_inputs,
+        decision_norm=spec.norm if spec.attack is not None else None,
+    )
     summary: dict[str, Any] = {}
     for key, value in base.items():  # this session's rate; every part's queries in the total
         if key == "scored_inputs":
@@ -209,7 +224,7 @@ def run_attack_job(
             summary[key] = value
     if resume:
         summary["resumed_with_images"] = len(done)
-    report = RunReport(title=_title(spec), settings=settings, summary=summary, keys=RUN_KEYS)
+    report = RunReport(title=_title(spec), settings=settings, summary=summary, keys=_keys(spec))
     if folder is not None:
         folder.finish(rows, summary, settings)
         report.folder = folder.path
@@ -226,9 +241,23 @@ def run_attack_job(
                 folder.path / "success_vs_queries.png",
                 merged,
                 spec.budget,
-                label=str(spec.optimizer),
+                label=spec_label(spec) if spec.attack is not None else str(spec.optimizer),
             )
             report.written += ["examples.png", "success_vs_queries.png"]
+        if spec.attack is not None and outcome.chunks:
+            # The distance curve is what a decision attack optimises: written with every --out.
+            from zoattack.results.figures import save_distance_curve
+
+            assert spec.eps is not None
+            save_distance_curve(
+                folder.path / "distance_vs_queries.png",
+                merge_results([c.result for c in outcome.chunks]),
+                spec.budget,
+                norm=spec.norm,
+                eps=spec.eps,
+                label=spec_label(spec),
+            )
+            report.written.append("distance_vs_queries.png")
     return report
 
 

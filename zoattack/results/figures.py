@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from zoattack.attacks.base import AttackResult
-from zoattack.results.rows import success_curve
+from zoattack.attacks.hardlabel.oracle import DecisionResult
+from zoattack.results.rows import queries_to_success, success_curve
 
 
 def plt_module():
@@ -76,11 +77,19 @@ def save_image_grid(
     return path
 
 
-def save_success_curve(path: Path, result: AttackResult, budget: int, label: str = "") -> Path:
-    """Fraction of initially-correct images fooled within q queries, for q up to the budget."""
+def save_success_curve(
+    path: Path, result: AttackResult | DecisionResult, budget: int, label: str = ""
+) -> Path:
+    """Fraction of initially-correct images fooled within q queries, for q up to the budget
+    (a decision attack's image counts from the query where its distance first fell to eps)."""
     plt = plt_module()
+    q_succ = (
+        result.queries_to_eps[result.success.cpu()]
+        if isinstance(result, DecisionResult)
+        else result.queries[result.success]
+    )
     xs, ys = success_curve(
-        [int(q) for q in result.queries[result.success].tolist()],
+        [int(q) for q in q_succ.tolist()],
         int(result.clean_correct.sum()),
         budget,
     )
@@ -93,6 +102,61 @@ def save_success_curve(path: Path, result: AttackResult, budget: int, label: str
     ax.grid(alpha=0.3)
     if label:
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def distance_curve(
+    curves: Sequence[Sequence[tuple[int, float]]], budget: int, points: int = 200
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Median and quartiles over images of the best distance reached within q queries, at
+    ``points`` values of q up to ``budget``; an image with no adversarial point yet counts as
+    infinite (a quantile may be inf: not drawn). Returns ``(qs, q25, median, q75)``."""
+    qs = [budget * k / (points - 1) for k in range(points)]
+    if not curves:
+        return qs, [], [], []
+    grid = torch.full((len(curves), points), float("inf"), dtype=torch.float64)
+    q_t = torch.tensor(qs, dtype=torch.float64)
+    for i, curve in enumerate(curves):
+        for q, d in curve:  # checkpoints are in query order, distances non-increasing
+            grid[i, q_t >= q] = d
+    # "lower": the median of an even count is the lower middle value, as in the summary
+    probs = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    quant = torch.quantile(grid, probs, dim=0, interpolation="lower")
+    return qs, quant[0].tolist(), quant[1].tolist(), quant[2].tolist()
+
+
+def save_distance_curve(
+    path: Path,
+    result: DecisionResult,
+    budget: int,
+    *,
+    norm: str,
+    eps: float,
+    label: str = "",
+) -> Path:
+    """Best distance vs queries per image of a decision attack (median, quartile band) over
+    initially-correct images, with ``eps`` drawn; the companion of the success curve."""
+    plt = plt_module()
+    keep = result.clean_correct.cpu().tolist()
+    curves = [c for c, k in zip(result.curve, keep, strict=True) if k]
+    qs, lo, med, hi = distance_curve(curves, budget)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if med:
+        finite = [i for i, v in enumerate(med) if math.isfinite(v)]
+        ax.plot([qs[i] for i in finite], [med[i] for i in finite], label=label or "median")
+        band = [i for i in finite if math.isfinite(hi[i])]
+        ax.fill_between(
+            [qs[i] for i in band], [lo[i] for i in band], [hi[i] for i in band], alpha=0.25
+        )
+    ax.axhline(eps, color="gray", linestyle="--", linewidth=1, label=f"eps {eps:g}")
+    ax.set_xlabel("queries per image")
+    ax.set_ylabel(f"best {norm} distance (median, 25-75%)")
+    ax.set_xlim(0, budget)
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -154,7 +218,7 @@ def save_success_curves(path: Path, jobs: Jobs, rows_by_job: RowsByJob) -> Path:
         top = pk[-1]
         for label, rows in curves.items():
             attacked = [r for r in rows if r["stop_reason"] != "misclassified"]
-            q = [int(r["queries"]) for r in attacked if int(r["success"])]
+            q = [int(queries_to_success(r)) for r in attacked if int(r["success"])]
             xs, ys = success_curve(q, len(attacked), top)
             ax.step(xs, ys, where="post", label=label)
         ax.set_title(_title(pk), fontsize=9)
@@ -183,7 +247,7 @@ def save_query_histograms(path: Path, jobs: Jobs, rows_by_job: RowsByJob, bins: 
         top = pk[-1]
         edges = [top * i / bins for i in range(bins + 1)]
         for label, rows in curves.items():
-            q = [int(r["queries"]) for r in rows if int(r["success"])]
+            q = [int(queries_to_success(r)) for r in rows if int(r["success"])]
             if q:
                 ax.hist(q, bins=edges, histtype="step", linewidth=1.4, label=f"{label} ({len(q)})")
         ax.set_title(_title(pk), fontsize=9)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from zoattack.results.log import PartLog, RowLog, write_json
-from zoattack.results.rows import CSV_FIELDS
+from zoattack.results.rows import CSV_FIELDS, FIELD_DEFAULTS
 
 # Every file a run writes: a folder holding any of them holds a run.
 RUN_FILES = (
@@ -26,6 +26,7 @@ RUN_FILES = (
     "summary.json",
     "examples.png",
     "success_vs_queries.png",
+    "distance_vs_queries.png",
     "delta.safetensors",
 )
 
@@ -33,7 +34,7 @@ RUN_FILES = (
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.rows = RowLog(self.path / "per_image.csv", CSV_FIELDS)
+        self.rows = RowLog(self.path / "per_image.csv", CSV_FIELDS, defaults=FIELD_DEFAULTS)
         self.parts = PartLog(self.path / "parts.jsonl")
         self.csv_path = self.rows.path
         self.meta_path = self.path / "run.json"

@@ -34,10 +34,12 @@ class RowLog:
         path: str | Path,
         fields: Sequence[str],
         parse: Callable[[Mapping[str, str]], dict[str, Any]] | None = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.fields = tuple(fields)
         self.parse = parse
+        self.defaults = dict(defaults or {})
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -48,7 +50,17 @@ class RowLog:
             return []
         rows: dict[int, dict[str, Any]] = {}
         with self.path.open(newline="") as fh:
-            for raw in csv.DictReader(fh):
+            reader = csv.DictReader(fh)
+            # A column this version added is absent from an older file's header: its rows
+            # take the column's default instead of being dropped as torn.
+            absent = {
+                k: self.defaults[k]
+                for k in self.fields
+                if k in self.defaults and k not in (reader.fieldnames or ())
+            }
+            for raw in reader:
+                if absent:
+                    raw = {**raw, **{k: str(v) for k, v in absent.items()}}
                 if any(raw.get(k) in (None, "") for k in self.fields):
                     continue
                 try:

@@ -24,6 +24,21 @@ RUN_KEYS = (
     "wall_seconds",
     "scored_inputs_per_second",
 )
+# ... and for a hard-label (decision) attack: distances reached, queries to reach eps.
+DECISION_RUN_KEYS = (
+    "initially_correct",
+    "successes",
+    "success_rate",
+    "median_distance_at_budget",
+    "median_queries_success",
+    "mean_queries_success",
+    "mean_queries_all",
+    "median_linf_success",
+    "median_l2_success",
+    "no_start",
+    "wall_seconds",
+    "scored_inputs_per_second",
+)
 
 
 def format_value(val: Any) -> str:
@@ -82,6 +97,7 @@ METRIC_KEYS = (
     "median_queries_success",
     "mean_queries_all",
     "median_distortion_success",
+    "median_distance_at_budget",
     "median_linf_success",
     "median_l2_success",
     "scored_inputs",
@@ -102,6 +118,7 @@ COLUMNS = (
     ("mean q", "mean_queries_success"),
     ("median q", "median_queries_success"),
     ("median dist", "median_distortion_success"),
+    ("dist@budget", "median_distance_at_budget"),
     ("scored", "scored_inputs"),
     ("seconds", "seconds"),
 )
@@ -118,7 +135,20 @@ GROUP_COLUMNS = (
     ("mean q", "mean_queries_success"),
     ("median q", "median_queries_success"),
     ("median dist", "median_distortion_success"),
+    ("dist@budget", "median_distance_at_budget"),
 )
+# Shown only when some line has a value (hard-label jobs): score-only tables stay as they were.
+OPTIONAL_COLUMNS = ("median_distance_at_budget",)
+
+
+def present_columns(
+    columns: Sequence[tuple[str, str]], lines: Sequence[Mapping[str, Any]]
+) -> list[tuple[str, str]]:
+    return [
+        (h, k)
+        for h, k in columns
+        if k not in OPTIONAL_COLUMNS or any(line.get(k) is not None for line in lines)
+    ]
 
 
 def fmt(value: Any, key: str = "") -> str:
@@ -154,8 +184,9 @@ def job_table(
     summaries: Sequence[Mapping[str, Any]], title: str = "jobs", *, compact: bool = True
 ) -> Table:
     """Rich table, one section per (model, optimizer) group."""
+    present = present_columns(COLUMNS, summaries)
     columns, caption = (
-        _compact(COLUMNS, summaries, ("label", "success_rate")) if compact else (list(COLUMNS), "")
+        _compact(present, summaries, ("label", "success_rate")) if compact else (present, "")
     )
     table = Table(title=title, caption=caption or None)
     for header, key in columns:
@@ -172,7 +203,9 @@ def job_table(
 
 
 def group_table(groups: Sequence[Mapping[str, Any]], title: str = "pooled over seeds") -> Table:
-    columns, caption = _compact(GROUP_COLUMNS, groups, ("label", "success_rate"))
+    columns, caption = _compact(
+        present_columns(GROUP_COLUMNS, groups), groups, ("label", "success_rate")
+    )
     table = Table(title=title, caption=caption or None)
     for header, key in columns:
         table.add_column(header, justify="left" if key in _LEFT else "right")

@@ -21,7 +21,7 @@ from zoattack.blackbox import BlackBox
 from zoattack.norms import check_norm
 from zoattack.registry import Registry
 
-DECISION_ATTACKS: Registry[DecisionAttack] = Registry("decision attack")
+DECISION_ATTACKS: Registry[DecisionAttack] = Registry("attack")  # `zoattack list attacks`
 
 
 @dataclass

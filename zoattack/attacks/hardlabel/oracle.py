@@ -79,6 +79,8 @@ class LabelOracle:
         dev = x0.device
         self.best_dist = torch.full((n,), float("inf"), dtype=torch.float64, device=dev)
         self.x_best = x0.clone()
+        # the model's label of x_best (as answered when it was asked; -1 until found)
+        self.best_pred = torch.full((n,), -1, dtype=torch.int64, device=dev)
         self.found = torch.zeros(n, dtype=torch.bool, device=dev)
         self.queries_to_eps = torch.full((n,), -1, dtype=torch.int64)
         self.curve: list[list[tuple[int, float]]] = [[] for _ in range(n)]
@@ -133,11 +135,12 @@ class LabelOracle:
         owner = owner.to(self.x0.device)
         if not points.shape[0]:
             return torch.zeros(0, dtype=torch.bool, device=self.x0.device)
-        adv = self.is_adversarial(self.labels(points, owner), owner)
-        self._record(points, owner, adv)
+        pred = self.labels(points, owner)
+        adv = self.is_adversarial(pred, owner)
+        self._record(points, owner, adv, pred)
         return adv
 
-    def _record(self, points: Tensor, owner: Tensor, adv: Tensor) -> None:
+    def _record(self, points: Tensor, owner: Tensor, adv: Tensor, pred: Tensor) -> None:
         rows = adv.nonzero().flatten()
         if not rows.numel():
             return
@@ -153,6 +156,7 @@ class LabelOracle:
             # the first row of image i reaching its minimum this call
             hit = rows[(own == i) & (dist == best[i])][0]
             self.x_best[i] = points[hit]
+            self.best_pred[i] = pred[hit]
             self.best_dist[i] = best[i]
             self.found[i] = True
             q = int(spent[j])
@@ -175,6 +179,8 @@ class DecisionResult:
         l2, linf: both distances of ``x_adv`` (inf where none found) ``(N,)``.
         queries: queries spent per image ``(N,)``, clean check included.
         queries_to_eps: queries spent when the distance first fell to ``eps``, -1 if never.
+        final_pred: the model's label of ``x_adv`` as answered when that point was asked
+            (no extra query); the clean prediction where nothing adversarial was found.
         curve: per image, ``(queries, best distance)`` checkpoints, distance non-increasing.
         stop_reason: per image, one of ``misclassified``, ``no_start``, ``budget``,
             ``steps``, ``success`` (only with ``stop_at_eps``).
@@ -195,6 +201,7 @@ class DecisionResult:
     norm: str = "l2"
     eps: float = 0.0
     clean_correct: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    final_pred: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
     def median_distance(self) -> float:
         """Median distance over the initially-correct images (inf counts as a failure)."""
@@ -240,4 +247,5 @@ def build_result(oracle: LabelOracle, clean_pred: Tensor, reasons: list[str]) ->
         norm=oracle.norm,
         eps=oracle.eps,
         clean_correct=clean_correct,
+        final_pred=torch.where(found, oracle.best_pred, clean_pred),
     )
