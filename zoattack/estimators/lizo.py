@@ -209,7 +209,8 @@ class LIZOEstimator(StatefulEstimator):
         # What was really probed: (x + delta) - x after rounding; reused rows stay as they are.
         torch.sub(pts, x.unsqueeze(1), out=pts)
         if used:
-            pts[:, :used] = torch.where(reused[:, :used].unsqueeze(2), rows[:, :used], pts[:, :used])
+            keep = reused[:, :used].unsqueeze(2)
+            pts[:, :used] = torch.where(keep, rows[:, :used], pts[:, :used])
         rows = pts
         reuse_vals = torch.gather(vals_full, 1, order)
         vals = torch.where(reused, reuse_vals, fresh_vals)
