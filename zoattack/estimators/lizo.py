@@ -187,7 +187,8 @@ class LIZOEstimator(StatefulEstimator):
             rows.mul_(self.mu)  # the fresh probes mu * w
             if used:
                 reuse = self._reuse_rows(old["disp"], s, order[:, :used])
-                rows[:, :used] = torch.where(reused[:, :used].unsqueeze(2), reuse, rows[:, :used])
+                head = rows[:, :used]
+                torch.where(reused[:, :used].unsqueeze(2), reuse, head, out=head)
 
         # Score x (where f(x) is unknown) and the fresh probes x + rows.
         pts = ws.get("pts", (batch, n, d), x.dtype, dev)
@@ -209,8 +210,8 @@ class LIZOEstimator(StatefulEstimator):
         # What was really probed: (x + delta) - x after rounding; reused rows stay as they are.
         torch.sub(pts, x.unsqueeze(1), out=pts)
         if used:
-            keep = reused[:, :used].unsqueeze(2)
-            pts[:, :used] = torch.where(keep, rows[:, :used], pts[:, :used])
+            head = pts[:, :used]
+            torch.where(reused[:, :used].unsqueeze(2), rows[:, :used], head, out=head)
         rows = pts
         reuse_vals = torch.gather(vals_full, 1, order)
         vals = torch.where(reused, reuse_vals, fresh_vals)
@@ -258,11 +259,14 @@ class LIZOEstimator(StatefulEstimator):
     def _reuse_rows(disp: Tensor, s: Tensor, order: Tensor) -> Tensor:
         """``D_j + s`` for candidate ``j = order`` ``(B, m)`` (0: the old center, ``D = 0``;
         ``j >= 1``: stored probe ``j - 1``) -> ``(B, m, d)``."""
-        d = disp.shape[2]
-        out = torch.gather(disp, 1, (order - 1).clamp_min(0).unsqueeze(2).expand(-1, -1, d))
+        batch, n, d = disp.shape
+        m = order.shape[1]
+        # Whole rows through a flat index_select (row copies), not an element-wise gather.
+        src = (order - 1).clamp_min(0) + n * torch.arange(batch, device=order.device).unsqueeze(1)
+        out = disp.reshape(batch * n, d).index_select(0, src.flatten()).view(batch, m, d)
         center = order == 0
         if bool(center.any()):
-            out.masked_fill_(center.unsqueeze(2), 0.0)
+            out[center] = 0.0
         return out.add_(s.unsqueeze(1))
 
     def _orthogonal_rows(
