@@ -396,15 +396,26 @@ def _step(run: _Run, state: _LoopState) -> None:
     """One rule step for every active image, then the iterate check where it is needed."""
     obj, v, fx, last_pred = run.obj, state.v, state.fx, state.last_pred
     ids = state.active.nonzero().flatten()
-    # index_select/index_copy_ (ids are distinct) cost a fraction of advanced indexing.
-    res = run.rule.step(obj, v.index_select(0, ids), generator=run.generator, idx=ids, fx=fx[ids])
+    # Every image active (ids = 0..N-1; the usual step): the rule reads v itself (rules never
+    # write their input), sparing an image-sized gather. Otherwise index_select/index_copy_
+    # (ids are distinct), a fraction of advanced indexing's cost.
+    whole = ids.numel() == len(v)
+    x_in = v if whole else v.index_select(0, ids)
+    res = run.rule.step(obj, x_in, generator=run.generator, idx=ids, fx=fx[ids])
     done = obj.found[ids]
     # Keep the variable inside the ball (in variable space; expansion preserves Linf).
     v_next = state.space.project(res.x_next, run.norm, run.eps)
-    v.index_copy_(0, ids, v_next.to(v.dtype))
+    if v_next is not v:
+        if whole:
+            v.copy_(v_next)
+        else:
+            v.index_copy_(0, ids, v_next.to(v.dtype))
     # Rules that scored their own next point (greedy search, line search) hand back its
     # loss; projection must have left that point alone for the value to stand.
-    moved = (v_next != res.x_next).flatten(1).any(dim=1)
+    if v_next is res.x_next:
+        moved = torch.zeros(len(ids), dtype=torch.bool, device=v.device)
+    else:
+        moved = (v_next != res.x_next).flatten(1).any(dim=1)
     known = torch.isfinite(res.fx_next) & ~moved & ~done
     if bool(known.any()):
         known_ids, known_fx = ids[known], res.fx_next[known]
