@@ -52,6 +52,7 @@ class AttackObjective:
         self.found = torch.zeros(n, dtype=torch.bool, device=x0.device)
         self.x_adv = x0.clone()
         self.adv_pred = label.clone()
+        self._rows_buf: Tensor | None = None  # scratch rows of x0 (see _clean_rows)
         self._recent: tuple[Tensor, Tensor, Tensor] = (
             label[:0],
             x0.new_zeros(0).double(),
@@ -73,8 +74,15 @@ class AttackObjective:
             r = m // ids.numel()
             if r > 1 and ids.numel() * r == m and bool((counts == r).all()):
                 return self.x0.index_select(0, ids)
-        # index_select: the same rows as x0[owner] at a fraction of the cost.
-        return self.x0.index_select(0, owner)
+        # index_select: the same rows as x0[owner] at a fraction of the cost, into a buffer
+        # kept between calls (to_image only reads it): at image sizes a fresh (M, d) tensor
+        # per call costs page faults as well as the copy.
+        buf = self._rows_buf
+        if buf is None or len(buf) < m:
+            shape = (m, *self.x0.shape[1:])
+            buf = self._rows_buf = torch.empty(shape, dtype=self.x0.dtype, device=self.x0.device)
+        out = buf[:m]
+        return torch.index_select(self.x0, 0, owner, out=out)
 
     def _all_ids(self, n: int) -> Tensor:
         ids = getattr(self, "_ids", None)
