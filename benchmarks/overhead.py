@@ -20,10 +20,13 @@ default (tuned) estimator; and ``zo_sgd`` with each estimator (``--estimators``)
 Part 2, real victims (``--victims``): the bundled ``small_cnn`` (Fashion-MNIST weights) at
 1x28x28, ``resnet20`` with random weights on a 3x32x32 input, torchvision ``resnet18`` with
 random weights at 3x96x96 and 3x224x224 (predictions do not matter for cost). Each attack
-runs on a few images (labels = the clean predictions) with a model wrapper that records the
-batch sizes it was handed; afterwards the same sequence of batches is replayed through the
-bare model. Reported: scored inputs per second during the attack and the ratio to the raw
-batched forward at those batch sizes (1.0 = the tool adds nothing).
+runs on a batch of images (labels = the clean predictions; 500 at 28x28, ``zoattack run``'s
+default ``--chunk-size``, 100 / 16 / 8 at the larger sizes, ``--victim-images`` to override)
+with a model wrapper that records the batch sizes it was handed and the time spent inside
+the model; afterwards the same sequence of batches is replayed through the bare model.
+Reported: scored inputs per second during the attack, the ratio to the raw batched forward
+at those batch sizes (1.0 = the tool adds nothing) and the share of the attack's time spent
+inside the model (the same quantity without the replay's run-to-run noise).
 
 Timing: one torch thread (``--threads``), the minimum of ``--repeats`` runs (each run is
 deterministic, so repeats differ only by machine noise); on CUDA every timed region ends with
@@ -55,7 +58,7 @@ from torch import Tensor, nn
 
 from zoattack.attacks import run_attack
 from zoattack.blackbox import BlackBox
-from zoattack.jobs.attack import AttackSpec
+from zoattack.jobs.attack import DEFAULT_CHUNK, AttackSpec
 from zoattack.seeding import make_generator
 
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -328,7 +331,7 @@ def real_victim_table(args: argparse.Namespace, device: torch.device) -> list[Ro
             net = Counter(bare, lambda: sync(device))
             spec = spec_for(method, None, budget)
             with torch.no_grad():
-                bare(x[:1])  # warm-up
+                bare(x)  # warm-up at the first batch size (oneDNN builds kernels per shape)
             wall, rows = run_zo(net, x, y, spec, device)
             # The same batches through the bare model, right after (same machine state).
             bare_s = 0.0
@@ -394,14 +397,16 @@ def markdown(zero: list[Row], real: list[Row]) -> str:
             f"Real victims, {dev}: scored inputs/s during the attack / raw batched forward"
         )
         lines.append("")
-        lines.append("| input | victim | images x budget | method | inputs/s | raw/s | ratio |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append(
+            "| input | victim | images x budget | method | inputs/s | raw/s | ratio | in model |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|")
         for r in rows:
             e = r.extra
             lines.append(
                 f"| {'x'.join(map(str, SIZES[r.size]))} | {e['victim']} | "
                 f"{e['images']} x {e['budget']} | {r.method} | {e['inputs_per_s']:,.1f} | "
-                f"{e['raw_inputs_per_s']:,.1f} | {r.ratio:.3f} |"
+                f"{e['raw_inputs_per_s']:,.1f} | {r.ratio:.3f} | {e['model_share']:.3f} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -418,12 +423,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--victim-rules", nargs="*", default=["sign", "square", "zo_signsgd"])
     p.add_argument("--no-victims", action="store_true", help="skip part 2 (real victims)")
     p.add_argument("--victims-only", action="store_true", help="skip part 1 (zero-cost)")
+    p.add_argument(
+        "--victim-images",
+        dest="victim_images_all",
+        type=int,
+        default=None,
+        help="images per real-victim attack at every size (default: 500 at 28x28, "
+        "`zoattack run`'s chunk size; 100 / 16 / 8 at 32 / 96 / 224)",
+    )
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--clock", choices=list(CLOCK), default="wall")
     p.add_argument("--quick", action="store_true", help="fewer repeats and estimator rows")
     p.add_argument("--json", default=None, help="write every measurement to this file")
     args = p.parse_args(argv)
+    if args.victim_images_all is not None and args.victim_images_all < 1:
+        p.error("--victim-images must be >= 1")
     if args.images < 1 or args.budget < 12 or args.repeats < 1:
         p.error("--images must be >= 1, --budget >= 12 and --repeats >= 1")
     if args.quick:
@@ -434,10 +449,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.estimators = [e for e in args.estimators if e in ("gaussian", "block_sign")]
     if "cuda" in args.device and args.clock == "cpu":
         p.error("--clock cpu cannot time GPU work; use the wall clock with --device cuda")
-    # Real victims: enough steps for a steady state, few enough that a CPU resnet18 at
-    # 224x224 (~20 ms per input on one thread) stays within seconds.
-    args.victim_images = {"28": 20, "32": 20, "96": 8, "224": 4}
-    args.victim_budget = {"28": 200, "32": 100, "96": 40, "224": 24 if not args.quick else 12}
+    # Real victims: as many images per batch as `zoattack run` attacks together (its default
+    # --chunk-size, 500) where the model is cheap (28x28), fewer where one forward already
+    # dwarfs a step's own cost; budgets short enough that a CPU resnet18 at 224x224 (~20 ms
+    # per input on one thread) stays within seconds. --victim-images N overrides the counts
+    # (the 20-image batches of the earlier table: --victim-images 20).
+    images = {"28": DEFAULT_CHUNK, "32": 100, "96": 16, "224": 8}
+    if args.quick:
+        images = {k: max(v // 2, 4) for k, v in images.items()}
+    if args.victim_images_all is not None:
+        images = dict.fromkeys(images, args.victim_images_all)
+    args.victim_images = images
+    args.victim_budget = {"28": 50, "32": 50, "96": 20, "224": 12}
     return args
 
 

@@ -3,14 +3,20 @@ step-by-step forms they replace: same probes, same estimates, same draws, same i
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch import Tensor
 
 import zoattack.attacks.square as square_mod
 from zoattack import BlackBox, FunctionObjective, make_generator
 from zoattack.attacks.square import SquareRule, _redraw_serial
+from zoattack.estimators.base import Estimate, check_mu_resolvable, query_with_base
 from zoattack.estimators.block_sign import BlockSignEstimator
+from zoattack.estimators.lizo import LIZOEstimator
 from zoattack.norms import project, to_image
+from zoattack.objective import Objective
 from zoattack.optim.base import draw_signs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -157,3 +163,165 @@ def test_to_image_broadcasts_clean_rows_per_group():
         want = (x0.repeat_interleave(4, 0) + project(delta, norm, eps)).clamp(0, 1)
         assert torch.equal(to_image(x0, delta, norm, eps), want)
         assert torch.equal(to_image(x0.repeat_interleave(4, 0), delta, norm, eps), want)
+
+
+class DenseLIZO(LIZOEstimator):
+    """The LIZO estimate as written before issue 16: a fresh (B, n, d) tensor per operation,
+    reuse rows gathered for every slot, probes concatenated with x and gathered by mask."""
+
+    def _estimate(  # the pre-issue-16 form, one (B, n, d) temporary per operation
+        self,
+        objective: Objective,
+        x: Tensor,
+        shape: torch.Size,
+        generator: torch.Generator,
+        idx: Tensor,
+        fx: Tensor,
+    ) -> Estimate:
+        batch, d = x.shape
+        n = min(self.num_samples, d)
+        check_mu_resolvable(x, self.mu, self.mu, x.dtype)
+        old = self._load(idx, n, d, x)
+        dev = x.device
+
+        # Reuse candidates: slot 0 is the old center, slots 1..n its probes. Their Gram
+        # matrix relative to x follows from the stored one without touching the d-dim rows.
+        s = old["center"] - x  # (B, d)
+        dfull = torch.cat([torch.zeros_like(old["disp"][:, :1]), old["disp"]], dim=1)
+        t = torch.einsum("bid,bd->bi", dfull.double(), s.double())  # (B, n+1)
+        ss = (s.double() ** 2).sum(1)
+        gfull = torch.zeros(batch, n + 1, n + 1, dtype=torch.float64, device=dev)
+        gfull[:, 1:, 1:] = old["gram"]
+        gdelta = gfull + t.unsqueeze(2) + t.unsqueeze(1) + ss.view(-1, 1, 1)
+        dist = gdelta.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()  # (B, n+1)
+        vals_full = torch.cat([old["fc"].unsqueeze(1), old["fvals"]], dim=1)
+        eligible = (
+            old["valid"].unsqueeze(1)
+            & (dist < self.reuse_distance_bound)
+            & (dist > 1e-12 * (1.0 + x.double().norm(dim=1, keepdim=True)))
+            & torch.isfinite(vals_full)
+        )
+        cap = math.floor(self.max_reuse_rate * n)
+        order = torch.where(eligible, dist, torch.inf).argsort(dim=1)[:, :n]  # (B, n)
+        n_reused = eligible.sum(1).clamp(max=cap)  # (B,)
+        slot = torch.arange(n, device=dev).unsqueeze(0)
+        reused = slot < n_reused.unsqueeze(1)  # (B, n)
+
+        reuse_rows = torch.gather(dfull, 1, order.unsqueeze(2).expand(-1, -1, d)) + s.unsqueeze(1)
+        fresh_dir = torch.randn(
+            batch, n, d, generator=generator, device=generator.device, dtype=x.dtype
+        )
+        if self.orthogonal:
+            stacked = torch.where(reused.unsqueeze(2), reuse_rows, fresh_dir)
+            q, _ = torch.linalg.qr(stacked.transpose(1, 2).double())
+            fresh_dir = q.transpose(1, 2).to(x.dtype) * math.sqrt(d)
+        rows = torch.where(reused.unsqueeze(2), reuse_rows, self.mu * fresh_dir)
+
+        f0, fresh_vals, actual, queries = query_with_base(
+            objective, x, rows, shape, idx, fx, fresh=~reused
+        )
+        assert actual is not None
+        rows = torch.where(reused.unsqueeze(2), rows, actual)  # what was really probed
+        reuse_vals = torch.gather(vals_full, 1, order)
+        vals = torch.where(reused, reuse_vals, fresh_vals)
+
+        # Gram of the probe rows: reused block from the update above, explicit products
+        # only for slots that hold a fresh probe in some example.
+        gram = torch.gather(
+            torch.gather(gdelta, 1, order.unsqueeze(2).expand(-1, -1, n + 1)),
+            2,
+            order.unsqueeze(1).expand(-1, n, -1),
+        )
+        first_new = int(n_reused.min())
+        if first_new < n:
+            rows64 = rows.double()
+            cross = torch.einsum("bid,bjd->bij", rows64, rows64[:, first_new:])
+            both_reused = reused.unsqueeze(2) & reused[:, first_new:].unsqueeze(1)
+            gram[:, :, first_new:] = torch.where(both_reused, gram[:, :, first_new:], cross)
+            gram[:, first_new:, :] = gram[:, :, first_new:].transpose(1, 2).clone()
+        r = gram.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()  # (B, n)
+        rinv = torch.where(r > 0, 1.0 / r, torch.zeros_like(r))
+        a = gram * rinv.unsqueeze(2) * rinv.unsqueeze(1)
+        b = (vals - f0.unsqueeze(1)) * rinv
+        # Cut-off at the rows' own precision: near-duplicate float32 rows must not amplify noise.
+        rtol = 100 * torch.finfo(x.dtype).eps
+        alpha = torch.linalg.pinv(a, hermitian=True, rtol=rtol) @ b.unsqueeze(2)
+        grad = torch.einsum("bi,bid->bd", (alpha.squeeze(2) * rinv).to(x.dtype), rows)
+
+        ok = torch.isfinite(grad).all(dim=1) & torch.isfinite(f0)
+        grad = torch.where(ok.unsqueeze(1), grad, torch.zeros_like(grad))
+        st = self.state
+        st.set("valid", idx, ok)
+        st.set("center", idx, x)
+        st.set("fc", idx, f0)
+        st.set("disp", idx, rows)
+        st.set("fvals", idx, vals)
+        st.set("gram", idx, gram)
+        self.last_reused = n_reused
+        return Estimate(grad=grad, loss=f0, queries=queries)
+
+
+def lizo_pair(**kwargs):
+    return LIZOEstimator(**kwargs), DenseLIZO(**kwargs)
+
+
+@pytest.mark.parametrize("orthogonal", [False, True])
+def test_lizo_buffered_estimate_matches_the_dense_form(orthogonal):
+    """Several steps with reuse (and a step on a subset of the examples): the same probes
+    queried, the same estimates and the same stored state, bit for bit."""
+    d, n_ex = 300, 4
+    target = torch.linspace(-1, 1, d)
+
+    def quadratic(z):
+        return ((z.flatten(1) - target) ** 2).sum(1)
+
+    fast, dense = lizo_pair(
+        num_samples=6, mu=0.05, reuse_distance_bound=5.0, max_reuse_rate=0.5, orthogonal=orthogonal
+    )
+    seen = {"fast": [], "dense": []}
+    out = {}
+    for name, est in (("fast", fast), ("dense", dense)):
+        gen = make_generator(0, "cpu")
+
+        def record(z, name=name):
+            seen[name].append(z.clone())
+            return quadratic(z)
+
+        obj = FunctionObjective(BlackBox(record, output="scores", bounds=None))
+        x = torch.zeros(n_ex, 3, 10, 10)
+        grads, reused = [], []
+        for step in range(5):
+            idx = torch.arange(n_ex) if step != 3 else torch.tensor([0, 2])
+            xs = x[idx]
+            fx = None if step == 0 else quadratic(xs).double()
+            e = est.estimate(obj, xs, generator=gen, idx=idx, fx=fx)
+            grads.append(e.grad)
+            reused.append(est.last_reused.clone())
+            x[idx] = xs - 0.01 * e.grad
+        out[name] = (grads, reused, {k: v.clone() for k, v in est.state.tensors.items()})
+    assert any(int(r.sum()) for r in out["fast"][1]), "no probe was reused: the test is vacuous"
+    for a, b in zip(seen["fast"], seen["dense"], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(out["fast"][0], out["dense"][0], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(out["fast"][1], out["dense"][1], strict=True):
+        assert torch.equal(a, b)
+    for key, value in out["dense"][2].items():
+        assert torch.equal(out["fast"][2][key], value), key
+
+
+def test_linf_projection_leaves_a_float32_step_of_eps_in_place():
+    """``float32(0.05) > 0.05``: a sign/square step of exactly eps must not count as outside
+    the ball (that forced a clamp copy and a compare pass per step); anything beyond the
+    clamp's own float32 bound is still clamped."""
+    from zoattack.subspace import Subspace
+
+    space = Subspace("full", (1, 4, 4))
+    v = torch.full((2, 1, 4, 4), 0.05)
+    v[0, 0, 0, 0] = -0.05
+    assert float(v.max()) > 0.05
+    assert space.project(v, "linf", 0.05) is v
+    over = v.clone()
+    over[1, 0, 1, 1] = torch.nextafter(torch.tensor(0.05), torch.tensor(1.0))
+    out = space.project(over, "linf", 0.05)
+    assert out is not over and torch.equal(out, v)

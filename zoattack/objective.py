@@ -61,6 +61,9 @@ def evaluate_ragged(objective: Objective, cand: Tensor, keep: Tensor, idx: Tenso
     owner = idx.reshape(n, 1).expand(n, k)[keep]
     out = torch.full((n, k), float("nan"), dtype=torch.float64, device=cand.device)
     if kept:
-        vals = objective(cand[keep], owner)
+        # The kept rows through a flat index_select (row copies): cand[keep] gathers
+        # element by element, a large share of a step at image sizes.
+        rows = keep.flatten().nonzero().flatten()
+        vals = objective(cand.flatten(0, 1).index_select(0, rows), owner)
         out[keep] = vals.to(device=cand.device, dtype=torch.float64)
     return out

@@ -79,7 +79,10 @@ class Subspace:
                 # Usually nothing is outside (the rules' steps stay in the ball): a read-only
                 # check spares the image-sized copy. (On GPUs the check would be a sync.)
                 low, high = (float(t) for t in torch.aminmax(v))
-                if -eps <= low and high <= eps:
+                # The clamp bounds in v's dtype: a float32 step of exactly eps sits at
+                # float32(eps), which may lie above the Python float eps yet is not moved.
+                bound = float(torch.tensor(eps, dtype=v.dtype)) if v.is_floating_point() else eps
+                if -bound <= low and high <= bound:
                     return v
             return v.clamp(-eps, eps)
         delta = self.expand(v).flatten(1)

@@ -52,6 +52,7 @@ class AttackObjective:
         self.found = torch.zeros(n, dtype=torch.bool, device=x0.device)
         self.x_adv = x0.clone()
         self.adv_pred = label.clone()
+        self._rows_buf: Tensor | None = None  # scratch rows of x0 (see _clean_rows)
         self._recent: tuple[Tensor, Tensor, Tensor] = (
             label[:0],
             x0.new_zeros(0).double(),
@@ -73,8 +74,15 @@ class AttackObjective:
             r = m // ids.numel()
             if r > 1 and ids.numel() * r == m and bool((counts == r).all()):
                 return self.x0.index_select(0, ids)
-        # index_select: the same rows as x0[owner] at a fraction of the cost.
-        return self.x0.index_select(0, owner)
+        # index_select: the same rows as x0[owner] at a fraction of the cost, into a buffer
+        # kept between calls (to_image only reads it): at image sizes a fresh (M, d) tensor
+        # per call costs page faults as well as the copy.
+        buf = self._rows_buf
+        if buf is None or len(buf) < m:
+            shape = (m, *self.x0.shape[1:])
+            buf = self._rows_buf = torch.empty(shape, dtype=self.x0.dtype, device=self.x0.device)
+        out = buf[:m]
+        return torch.index_select(self.x0, 0, owner, out=out)
 
     def _all_ids(self, n: int) -> Tensor:
         ids = getattr(self, "_ids", None)
@@ -396,15 +404,26 @@ def _step(run: _Run, state: _LoopState) -> None:
     """One rule step for every active image, then the iterate check where it is needed."""
     obj, v, fx, last_pred = run.obj, state.v, state.fx, state.last_pred
     ids = state.active.nonzero().flatten()
-    # index_select/index_copy_ (ids are distinct) cost a fraction of advanced indexing.
-    res = run.rule.step(obj, v.index_select(0, ids), generator=run.generator, idx=ids, fx=fx[ids])
+    # Every image active (ids = 0..N-1; the usual step): the rule reads v itself (rules never
+    # write their input), sparing an image-sized gather. Otherwise index_select/index_copy_
+    # (ids are distinct), a fraction of advanced indexing's cost.
+    whole = ids.numel() == len(v)
+    x_in = v if whole else v.index_select(0, ids)
+    res = run.rule.step(obj, x_in, generator=run.generator, idx=ids, fx=fx[ids])
     done = obj.found[ids]
     # Keep the variable inside the ball (in variable space; expansion preserves Linf).
     v_next = state.space.project(res.x_next, run.norm, run.eps)
-    v.index_copy_(0, ids, v_next.to(v.dtype))
+    if v_next is not v:
+        if whole:
+            v.copy_(v_next)
+        else:
+            v.index_copy_(0, ids, v_next.to(v.dtype))
     # Rules that scored their own next point (greedy search, line search) hand back its
     # loss; projection must have left that point alone for the value to stand.
-    moved = (v_next != res.x_next).flatten(1).any(dim=1)
+    if v_next is res.x_next:
+        moved = torch.zeros(len(ids), dtype=torch.bool, device=v.device)
+    else:
+        moved = (v_next != res.x_next).flatten(1).any(dim=1)
     known = torch.isfinite(res.fx_next) & ~moved & ~done
     if bool(known.any()):
         known_ids, known_fx = ids[known], res.fx_next[known]

@@ -338,3 +338,36 @@ def two_point_estimate(
         loss = None if bool(torch.isnan(fx).any()) else fx
     grad = torch.einsum("nk,nkd->nd", diffs.to(x.dtype), u) * (scale / k)
     return Estimate(grad=grad, loss=loss, queries=q)
+
+
+class Workspace:
+    """Scratch buffers an estimator reuses from call to call.
+
+    At image sizes a fresh ``(N, K, d)`` temporary is tens of megabytes: the allocator maps
+    new pages for it and the first touch of each page faults, which cost more than the
+    arithmetic itself (up to 3x a pass). A buffer is handed out again for the next call of the
+    same shape, so nothing in it survives a call; never give one to code that may keep it.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: Any) -> Tensor:
+        """A contiguous ``shape`` buffer (uninitialised; the leading rows of a larger one)."""
+        buf = self._bufs.get(name)
+        if (
+            buf is None
+            or buf.dtype != dtype
+            or buf.device != torch.device(device)
+            or tuple(buf.shape[1:]) != tuple(shape[1:])
+            or len(buf) < shape[0]
+        ):
+            buf = self._bufs[name] = torch.empty(shape, dtype=dtype, device=device)
+        return buf if len(buf) == shape[0] else buf[: shape[0]]
+
+    def swap(self, name: str, buf: Tensor) -> None:
+        """Hand ``buf`` (a tensor the caller no longer uses) in as the next ``name`` buffer."""
+        self._bufs[name] = buf
+
+    def clear(self) -> None:
+        self._bufs.clear()

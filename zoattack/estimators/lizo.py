@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -10,12 +11,12 @@ from torch import Tensor
 from zoattack.estimators.base import (
     Estimate,
     StatefulEstimator,
+    Workspace,
     check_mu_resolvable,
     check_positive,
-    query_with_base,
 )
 from zoattack.estimators.registry import ESTIMATORS
-from zoattack.objective import Objective
+from zoattack.objective import Objective, evaluate_ragged
 
 
 @ESTIMATORS.register(
@@ -78,9 +79,19 @@ class LIZOEstimator(StatefulEstimator):
         self.reuse_distance_bound = bound
         self.max_reuse_rate = float(max_reuse_rate)
         self.orthogonal = bool(orthogonal)
+        self._ws = Workspace()
 
     def queries_per_call(self, dim: int) -> int:
         return min(self.num_samples, dim) + 1
+
+    def reset(self, mask: Tensor | None = None) -> None:
+        super().reset(mask)
+        if mask is None:
+            self._ws.clear()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._ws.clear()
 
     # ----------------------------------------------------------------- state
     def _load(self, idx: Tensor, n: int, d: int, x: Tensor) -> dict[str, Tensor]:
@@ -90,10 +101,35 @@ class LIZOEstimator(StatefulEstimator):
             "valid": st.get("valid", idx, (), dtype=torch.bool, fill=False, device=dev),
             "center": st.get("center", idx, (d,), dtype=x.dtype, device=dev),
             "fc": st.get("fc", idx, (), dtype=torch.float64, device=dev),
-            "disp": st.get("disp", idx, (n, d), dtype=x.dtype, device=dev),
+            "disp": self._disp(idx, n, d, x),
             "fvals": st.get("fvals", idx, (n,), dtype=torch.float64, device=dev),
             "gram": st.get("gram", idx, (n, n), dtype=torch.float64, device=dev),
         }
+
+    def _whole(self, idx: Tensor) -> Tensor | None:
+        """The stored displacements themselves when ``idx`` is every stored example in order
+        (the usual step: nothing finished yet), else None. Read-only for the caller."""
+        t = self.state.tensors.get("disp")
+        if t is None or len(t) != idx.numel() or not bool(idx.numel()):
+            return None
+        ids = torch.arange(len(t), device=idx.device)
+        return t if torch.equal(idx, ids) else None
+
+    def _disp(self, idx: Tensor, n: int, d: int, x: Tensor) -> Tensor:
+        t = self._whole(idx)
+        if t is not None and t.shape[1:] == (n, d) and t.dtype == x.dtype and t.device == x.device:
+            return t  # no (N, n, d) copy: only read until _store_disp replaces it
+        return self.state.get("disp", idx, (n, d), dtype=x.dtype, device=x.device)
+
+    def _store_disp(self, idx: Tensor, rows: Tensor) -> None:
+        """Store this call's probe rows. When they replace the whole stored tensor, the
+        buffer itself becomes the state and the old state the next call's buffer (no copy)."""
+        old = self._whole(idx)
+        if old is not None and old.shape == rows.shape and rows._base is None:
+            self.state.tensors["disp"] = rows
+            self._ws.swap("pts", old)
+        else:
+            self.state.set("disp", idx, rows)
 
     # ------------------------------------------------------------- estimate
     def _estimate(
@@ -105,18 +141,26 @@ class LIZOEstimator(StatefulEstimator):
         idx: Tensor,
         fx: Tensor,
     ) -> Estimate:
+        # Every (B, n, d) pass counts at image sizes (d = 150,528 at 224x224): the
+        # displacements are read in place, scratch tensors live in reused buffers, reuse
+        # rows are built only for the slots that can hold one, and probes are scored
+        # straight from their buffer. The arithmetic is the same, operation for operation.
         batch, d = x.shape
         n = min(self.num_samples, d)
         check_mu_resolvable(x, self.mu, self.mu, x.dtype)
         old = self._load(idx, n, d, x)
         dev = x.device
+        ws = self._ws
 
         # Reuse candidates: slot 0 is the old center, slots 1..n its probes. Their Gram
         # matrix relative to x follows from the stored one without touching the d-dim rows.
         s = old["center"] - x  # (B, d)
-        dfull = torch.cat([torch.zeros_like(old["disp"][:, :1]), old["disp"]], dim=1)
-        t = torch.einsum("bid,bd->bi", dfull.double(), s.double())  # (B, n+1)
-        ss = (s.double() ** 2).sum(1)
+        dfull = ws.get("dfull64", (batch, n + 1, d), torch.float64, dev)
+        dfull[:, 0].zero_()
+        dfull[:, 1:].copy_(old["disp"])
+        s64 = s.double()
+        t = torch.einsum("bid,bd->bi", dfull, s64)  # (B, n+1)
+        ss = (s64**2).sum(1)
         gfull = torch.zeros(batch, n + 1, n + 1, dtype=torch.float64, device=dev)
         gfull[:, 1:, 1:] = old["gram"]
         gdelta = gfull + t.unsqueeze(2) + t.unsqueeze(1) + ss.view(-1, 1, 1)
@@ -133,22 +177,42 @@ class LIZOEstimator(StatefulEstimator):
         n_reused = eligible.sum(1).clamp(max=cap)  # (B,)
         slot = torch.arange(n, device=dev).unsqueeze(0)
         reused = slot < n_reused.unsqueeze(1)  # (B, n)
+        used = int(n_reused.max())  # reused rows sit in the first `used` slots
 
-        reuse_rows = torch.gather(dfull, 1, order.unsqueeze(2).expand(-1, -1, d)) + s.unsqueeze(1)
-        fresh_dir = torch.randn(
-            batch, n, d, generator=generator, device=generator.device, dtype=x.dtype
-        )
         if self.orthogonal:
-            stacked = torch.where(reused.unsqueeze(2), reuse_rows, fresh_dir)
-            q, _ = torch.linalg.qr(stacked.transpose(1, 2).double())
-            fresh_dir = q.transpose(1, 2).to(x.dtype) * math.sqrt(d)
-        rows = torch.where(reused.unsqueeze(2), reuse_rows, self.mu * fresh_dir)
+            rows = self._orthogonal_rows(old["disp"], s, order, reused, generator, x)
+        else:
+            rows = ws.get("rows", (batch, n, d), x.dtype, dev)
+            torch.randn(batch, n, d, generator=generator, out=rows)
+            rows.mul_(self.mu)  # the fresh probes mu * w
+            if used:
+                reuse = self._reuse_rows(old["disp"], s, order[:, :used])
+                head = rows[:, :used]
+                torch.where(reused[:, :used].unsqueeze(2), reuse, head, out=head)
 
-        f0, fresh_vals, actual, queries = query_with_base(
-            objective, x, rows, shape, idx, fx, fresh=~reused
-        )
-        assert actual is not None
-        rows = torch.where(reused.unsqueeze(2), rows, actual)  # what was really probed
+        # Score x (where f(x) is unknown) and the fresh probes x + rows.
+        pts = ws.get("pts", (batch, n, d), x.dtype, dev)
+        torch.add(x.unsqueeze(1), rows, out=pts)
+        fresh = ~reused
+        base = torch.isnan(fx)
+        if bool(base.any()):
+            cand = torch.cat([x.unsqueeze(1), pts], dim=1)
+            keep = torch.ones(batch, n + 1, dtype=torch.bool, device=dev)
+            keep[:, 0] = base
+            keep[:, 1:] = fresh
+            scored = evaluate_ragged(objective, cand.reshape(batch, n + 1, *shape), keep, idx)
+            f0 = torch.where(base, scored[:, 0], fx)
+            fresh_vals = scored[:, 1:]
+            queries = keep.sum(dim=1)
+        else:
+            fresh_vals = evaluate_ragged(objective, pts.view(batch, n, *shape), fresh, idx)
+            f0, queries = fx, fresh.sum(dim=1)
+        # What was really probed: (x + delta) - x after rounding; reused rows stay as they are.
+        torch.sub(pts, x.unsqueeze(1), out=pts)
+        if used:
+            head = pts[:, :used]
+            torch.where(reused[:, :used].unsqueeze(2), rows[:, :used], head, out=head)
+        rows = pts
         reuse_vals = torch.gather(vals_full, 1, order)
         vals = torch.where(reused, reuse_vals, fresh_vals)
 
@@ -161,7 +225,11 @@ class LIZOEstimator(StatefulEstimator):
         )
         first_new = int(n_reused.min())
         if first_new < n:
-            rows64 = rows.double()
+            if rows.dtype == torch.float64:
+                rows64 = rows
+            else:
+                rows64 = ws.get("rows64", (batch, n, d), torch.float64, dev)
+                rows64.copy_(rows)
             cross = torch.einsum("bid,bjd->bij", rows64, rows64[:, first_new:])
             both_reused = reused.unsqueeze(2) & reused[:, first_new:].unsqueeze(1)
             gram[:, :, first_new:] = torch.where(both_reused, gram[:, :, first_new:], cross)
@@ -181,8 +249,43 @@ class LIZOEstimator(StatefulEstimator):
         st.set("valid", idx, ok)
         st.set("center", idx, x)
         st.set("fc", idx, f0)
-        st.set("disp", idx, rows)
+        self._store_disp(idx, rows)
         st.set("fvals", idx, vals)
         st.set("gram", idx, gram)
         self.last_reused = n_reused
         return Estimate(grad=grad, loss=f0, queries=queries)
+
+    @staticmethod
+    def _reuse_rows(disp: Tensor, s: Tensor, order: Tensor) -> Tensor:
+        """``D_j + s`` for candidate ``j = order`` ``(B, m)`` (0: the old center, ``D = 0``;
+        ``j >= 1``: stored probe ``j - 1``) -> ``(B, m, d)``."""
+        batch, n, d = disp.shape
+        m = order.shape[1]
+        # Whole rows through a flat index_select (row copies), not an element-wise gather.
+        src = (order - 1).clamp_min(0) + n * torch.arange(batch, device=order.device).unsqueeze(1)
+        out = disp.reshape(batch * n, d).index_select(0, src.flatten()).view(batch, m, d)
+        center = order == 0
+        if bool(center.any()):
+            out[center] = 0.0
+        return out.add_(s.unsqueeze(1))
+
+    def _orthogonal_rows(
+        self,
+        disp: Tensor,
+        s: Tensor,
+        order: Tensor,
+        reused: Tensor,
+        generator: torch.Generator,
+        x: Tensor,
+    ) -> Tensor:
+        """Reused rows, the other slots orthonormal to them (QR), scaled to ``mu sqrt(d)``."""
+        batch, n = reused.shape
+        d = x.shape[1]
+        reuse_rows = self._reuse_rows(disp, s, order)
+        fresh_dir = torch.randn(
+            batch, n, d, generator=generator, device=generator.device, dtype=x.dtype
+        )
+        stacked = torch.where(reused.unsqueeze(2), reuse_rows, fresh_dir)
+        q, _ = torch.linalg.qr(stacked.transpose(1, 2).double())
+        fresh_dir = q.transpose(1, 2).to(x.dtype) * math.sqrt(d)
+        return torch.where(reused.unsqueeze(2), reuse_rows, self.mu * fresh_dir)
