@@ -110,6 +110,9 @@ class AttackSpec:
     device: str = "auto"
     max_batch: int = 4096
     chunk_size: int = DEFAULT_CHUNK
+    # Transfer prior (P-RGF): a local white-box surrogate model and its weights.
+    prior: str | None = None
+    prior_weights: str | None = None
 
     @classmethod
     def field_types(cls) -> dict[str, Any]:
@@ -162,12 +165,15 @@ class AttackSpec:
         # Search rules tune only their radius (lr); they estimate nothing and search the image.
         tuned = Tuned() if search else entry.tuned(norm)
         subspace = self.subspace or tuned.subspace or "full"
-        estimator = self.estimator or tuned.estimator
+        _check_prior(self, rule, search)
+        estimator = self.estimator or ("prior" if self.prior else tuned.estimator)
         momentum, mu, difference = self.momentum, self.mu, self.difference
         if estimator == tuned.estimator:  # tuned together with that estimator only
             momentum = tuned.momentum if momentum is None else momentum
             mu = tuned_mu(rule, norm, eps) if mu is None else mu
             difference = tuned.difference if difference is None else difference
+        if estimator in ("prior", "p_rgf", "prgf") and mu is None:
+            mu = PRIOR_MU * eps
         if rule == "lizo" and estimator in (None, "lizo") and _stochastic_model(self.model):
             raise ValueError(
                 "lizo reuses earlier queries, which is only sound on a deterministic objective; "
@@ -216,6 +222,36 @@ class AttackSpec:
             mu=self.mu,
             difference=self.difference,
             momentum=self.momentum,
+        )
+
+
+# The prior estimator's probe radius as a fraction of eps: the radius tuned for the sphere
+# estimator of zo_adamm, radazo and zo_signsgd (same convention: unit directions, mu = radius).
+PRIOR_MU = 0.5
+
+
+def _check_prior(spec: AttackSpec, rule: str, search: bool) -> None:
+    """--prior needs a gradient rule and a model whose gradient can be taken locally;
+    --estimator prior needs --prior."""
+    est = (spec.estimator or "").lower().replace("-", "_")
+    if spec.prior is None:
+        if spec.prior_weights is not None:
+            raise ValueError("--prior-weights gives the --prior model's weights; pass --prior MODEL")
+        if est in ("prior", "p_rgf", "prgf"):
+            raise ValueError(
+                "--estimator prior biases directions toward a surrogate's gradient: pass "
+                "--prior MODEL (a local model, e.g. small_cnn or resnet20)"
+            )
+        return
+    if search:
+        raise ValueError(
+            f"the {rule} rule uses no gradient estimator, so it cannot use --prior; pick a "
+            "gradient rule (--optimizer zo_adamm, radazo, lizo, zo_signsgd or zo_sgd)"
+        )
+    if spec.prior.startswith("remote:"):
+        raise ValueError(
+            f"--prior {spec.prior}: a surrogate must be a local model (its gradient is taken "
+            "white-box); pass a zoo name or a local file-backed model"
         )
 
 
@@ -278,6 +314,7 @@ class PreparedJob:
     model: torch.nn.Module
     device: torch.device
     data_source: str = ""
+    surrogate: torch.nn.Module | None = None  # the --prior model (white-box, local)
 
     @property
     def label(self) -> str:
@@ -346,6 +383,14 @@ def method_of(spec: AttackSpec) -> str:
     parts.append(f"subspace {spec.subspace}")
     parts.append(f"lr {spec.lr:g}")
     parts.append(f"mu {est.mu:g}")
+    if spec.prior:
+        weights = f", weights {spec.prior_weights}" if spec.prior_weights else ""
+        parts.append(
+            f"transfer prior: surrogate {spec.prior}{weights} (white-box, local; its gradients "
+            "cost no victim queries)"
+            if est.name == "prior"
+            else f"surrogate {spec.prior} loaded but unused by the {est.name} estimator"
+        )
     momentum = getattr(rule, "momentum", None)
     betas = getattr(rule, "beta1", None)
     if momentum:
@@ -405,6 +450,17 @@ def prepare(
             **(model_options or {}),
         )
     model.eval()
+    surrogate = None
+    if spec.prior is not None:
+        surrogate = create_model(
+            spec.prior,
+            dataset=data,
+            weights=spec.prior_weights,
+            model_dir=spec.model_dir,
+            pretrained=spec.prior_weights is None and ":" not in spec.prior,
+            device=dev,
+        )
+        surrogate.eval().requires_grad_(False)
     # A labels-only model (a `serve --output labels` server) is refused here, before a run
     # folder is started: score attacks would read its one-hot answers as flat scores.
     check_output_kind(model, "logits")
@@ -416,6 +472,7 @@ def prepare(
         model=model,
         device=dev,
         data_source=str(getattr(data, "source", "")),
+        surrogate=surrogate,
     )
 
 
@@ -521,6 +578,7 @@ def run_chunk(
             target=s.target,
             subspace=s.subspace,
             callback=cb,
+            surrogate=job.surrogate,
         )
     except AttackInterrupted as exc:
         # The queries of a cut-short chunk were spent too: the run's ledger counts them.

@@ -151,6 +151,8 @@ def run_attack_job(
         out=out, resume=resume, overwrite=overwrite, universal=universal, save_images=save_images
     )
     spec = spec.resolved()
+    if universal and spec.prior is not None:
+        raise ValueError("--prior works with per-image attacks only, not --universal")
     folder = RunFolder(out) if out is not None else None
     if folder is not None:  # before loading anything: fail fast, touch nothing
         if resume:
