@@ -236,7 +236,9 @@ def _check_prior(spec: AttackSpec, rule: str, search: bool) -> None:
     est = (spec.estimator or "").lower().replace("-", "_")
     if spec.prior is None:
         if spec.prior_weights is not None:
-            raise ValueError("--prior-weights gives the --prior model's weights; pass --prior MODEL")
+            raise ValueError(
+                "--prior-weights gives the --prior model's weights; pass --prior MODEL"
+            )
         if est in ("prior", "p_rgf", "prgf"):
             raise ValueError(
                 "--estimator prior biases directions toward a surrogate's gradient: pass "
