@@ -347,8 +347,13 @@ def effective_settings(spec: AttackSpec) -> dict[str, Any]:
     when these agree (device and max_batch aside). Needs no data or model."""
     rule = spec.make_rule()
     est = rule.estimator
+    base = spec.as_dict()
+    # No transfer prior: the settings keep their earlier shape (older records compare equal).
+    for key in ("prior", "prior_weights"):
+        if base[key] is None:
+            del base[key]
     return {
-        **spec.as_dict(),
+        **base,
         "estimator": est.name if est is not None else None,
         "samples": est.num_samples if est is not None else None,
         "mu": est.mu if est is not None else None,
