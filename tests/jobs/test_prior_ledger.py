@@ -54,3 +54,20 @@ def test_without_surrogate_the_prior_estimator_refuses(digits_victim):
         run_attack(
             bb, x[:2], y[:2], rule, generator=make_generator(0), norm="linf", eps=0.1, budget=50
         )
+
+
+def test_prior_keeps_the_rules_tuned_tricks_and_takes_the_sphere_radius():
+    from zoattack.jobs.attack import PRIOR_MU, AttackSpec
+    from zoattack.optim import OPTIMIZERS
+
+    for rule in ("zo_signsgd", "zo_adamm", "lizo"):
+        spec = AttackSpec(optimizer=rule, norm="linf", prior="small_cnn").resolved()
+        tuned = OPTIMIZERS.get(rule).tuned("linf")
+        assert spec.estimator == "prior"
+        assert spec.momentum == tuned.momentum and spec.subspace == tuned.subspace
+        assert spec.mu == pytest.approx(PRIOR_MU * 0.1)
+    # An explicit --estimator wins over --prior.
+    assert (
+        AttackSpec(optimizer="zo_adamm", prior="small_cnn", estimator="sphere").resolved().estimator
+        == "sphere"
+    )

@@ -172,8 +172,12 @@ class AttackSpec:
             momentum = tuned.momentum if momentum is None else momentum
             mu = tuned_mu(rule, norm, eps) if mu is None else mu
             difference = tuned.difference if difference is None else difference
-        if estimator in ("prior", "p_rgf", "prgf") and mu is None:
-            mu = PRIOR_MU * eps
+        if estimator in ("prior", "p_rgf", "prgf"):
+            # The rule's own tricks (its tuned momentum) carry over; the probe radius is the
+            # sphere estimator's (same convention), since the tuned mu/difference belong to
+            # the tuned estimator.
+            mu = PRIOR_MU * eps if mu is None else mu
+            momentum = tuned.momentum if momentum is None else momentum
         if rule == "lizo" and estimator in (None, "lizo") and _stochastic_model(self.model):
             raise ValueError(
                 "lizo reuses earlier queries, which is only sound on a deterministic objective; "
