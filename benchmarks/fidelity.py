@@ -413,11 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--universal-images", type=int, default=100)
     p.add_argument("--tune-images", type=int, default=20)
     p.add_argument("--iters", type=int, default=500)
-    p.add_argument("--tune-iters", type=int, default=200)
+    p.add_argument("--tune-iters", type=int, default=None, help="default: --iters")
     p.add_argument("--directions", type=int, default=8)
     p.add_argument("--mu", type=float, default=0.005)
     p.add_argument("--lam", type=float, default=10.0)
-    p.add_argument("--target-l2", type=float, default=3.0)
+    p.add_argument("--target-l2", type=float, default=2.0)
     # per image
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--budget", type=int, default=1000)
@@ -426,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     p.add_argument("--no-prior", dest="with_prior", action="store_false")
     args = p.parse_args(argv)
+    # Calibrate at the evaluated length: distortion keeps growing with iterations.
+    args.tune_iters = args.tune_iters or args.iters
     set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
