@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -38,6 +39,39 @@ class FunctionObjective:
                 "it must return one scalar per input"
             )
         return out.reshape(-1)
+
+
+# A white-box stand-in's gradient at points ``(M, *shape)`` of examples ``owner`` ``(M,)``,
+# same shape as the points. Computed locally (a surrogate model): never a query of the victim.
+SurrogateGradient = Callable[[Tensor, Tensor], Tensor]
+
+
+def surrogate_gradient_of(objective: Objective) -> SurrogateGradient | None:
+    """The objective's transfer prior (its ``surrogate_gradient`` method), or None.
+
+    Priors travel with the objective because only the objective knows how a point maps to
+    the surrogate's input (the attack's subspace, projection and clean image); estimators
+    that use one (``prior``) ask for it here and stay model-free.
+    """
+    fn = getattr(objective, "surrogate_gradient", None)
+    return fn if callable(fn) else None
+
+
+class WithSurrogate:
+    """``objective`` plus a transfer prior ``gradient(points, owner)``: scores still go through
+    ``objective`` (and its black box, which counts them); the prior costs no query."""
+
+    def __init__(self, objective: Objective, gradient: SurrogateGradient, name: str = "") -> None:
+        self.objective = objective
+        self.blackbox = objective.blackbox
+        self._gradient = gradient
+        self.surrogate_name = name
+
+    def __call__(self, points: Tensor, owner: Tensor) -> Tensor:
+        return self.objective(points, owner)
+
+    def surrogate_gradient(self, points: Tensor, owner: Tensor) -> Tensor:
+        return self._gradient(points, owner)
 
 
 def evaluate_grid(objective: Objective, cand: Tensor, idx: Tensor) -> Tensor:

@@ -39,6 +39,7 @@ class AttackObjective:
         subspace: Subspace,
         loss: str = "margin",
         target: Tensor | None = None,
+        surrogate: torch.nn.Module | None = None,
     ) -> None:
         if blackbox.output not in ("logits", "probs"):
             raise ValueError(
@@ -48,6 +49,12 @@ class AttackObjective:
         self.blackbox = blackbox
         self.x0, self.label, self.target = x0, label, target
         self.norm, self.eps, self.subspace, self.loss = norm, eps, subspace, loss
+        self.surrogate = surrogate
+        # The transfer prior the ``prior`` estimator asks for (zoattack.objective
+        # .surrogate_gradient_of); None without a surrogate model.
+        self.surrogate_gradient: Callable[[Tensor, Tensor], Tensor] | None = (
+            self._surrogate_gradient if surrogate is not None else None
+        )
         n = x0.shape[0]
         self.found = torch.zeros(n, dtype=torch.bool, device=x0.device)
         self.x_adv = x0.clone()
@@ -120,6 +127,25 @@ class AttackObjective:
 
     def __call__(self, points: Tensor, owner: Tensor) -> Tensor:
         return self.score(points, owner)[0]
+
+    def _surrogate_gradient(self, v: Tensor, owner: Tensor) -> Tensor:
+        """Gradient of the same attack loss on the surrogate's scores, with respect to the
+        variables ``v`` ``(M, *var_shape)`` (through the subspace, projection and clip).
+        White-box and local: the black box, and so the victim's ledger, never sees it."""
+        assert self.surrogate is not None
+        owner = owner.to(self.x0.device)
+        with torch.enable_grad():
+            var = v.detach().clone().requires_grad_(True)
+            x = to_image(
+                self.x0.index_select(0, owner), self.subspace.expand(var), self.norm, self.eps
+            )
+            scores = self.surrogate(x)
+            target = self.target.index_select(0, owner) if self.target is not None else None
+            loss = attack_loss(
+                scores, self.label.index_select(0, owner), kind=self.loss, target=target
+            )
+            (grad,) = torch.autograd.grad(loss.sum(), var)
+        return grad.detach()
 
     def recent_pred(self, ids: Tensor, loss: Tensor, fallback: Tensor) -> Tensor:
         """Prediction at the point of the latest call whose loss equals ``loss`` (per image
@@ -256,13 +282,15 @@ def run_attack(
     subspace: str = "full",
     max_steps: int | None = None,
     callback: Callable[[int, AttackResult | None, Tensor], None] | None = None,
+    surrogate: torch.nn.Module | None = None,
 ) -> AttackResult:
     """Attack images ``x0`` ``(N, C, H, W)`` in [0, 1] with labels ``(N,)`` as one batch.
 
     Each image may spend ``budget`` queries (checked before each step against the rule's
     worst-case cost plus the iterate check). Images the model misclassifies at the start are
     skipped (``stop_reason="misclassified"``; for targeted attacks also images already of
-    the target class); finished images spend nothing more.
+    the target class); finished images spend nothing more. ``surrogate``: a local white-box
+    model whose gradient the ``prior`` estimator uses (never queried through the black box).
     """
     norm = check_norm(norm, eps)
     if budget < 2:
@@ -276,7 +304,15 @@ def run_attack(
     schedule = SubspaceSchedule(subspace, tuple(x0.shape[1:]), budget)
     space = schedule.spaces[0]
     obj = AttackObjective(
-        blackbox, x0, label, norm=norm, eps=eps, subspace=space, loss=loss, target=None
+        blackbox,
+        x0,
+        label,
+        norm=norm,
+        eps=eps,
+        subspace=space,
+        loss=loss,
+        target=None,
+        surrogate=surrogate,
     )
     idx = torch.arange(n, device=dev)
     idx_cpu = idx.cpu()

@@ -141,6 +141,26 @@ def run_command(
             rich_help_panel=P_OPT,
         ),
     ] = None,
+    # --- transfer prior (P-RGF) ---
+    prior: Annotated[
+        str | None,
+        typer.Option(
+            help="A local surrogate model (e.g. small_cnn, resnet20, torchvision:NAME) whose "
+            "gradient biases the directions (P-RGF); sets --estimator prior unless given. "
+            "White-box and local: costs no queries of the victim.",
+            rich_help_panel=P_OPT,
+            show_default=False,
+        ),
+    ] = None,
+    prior_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights file for the --prior model (default: its shipped weights).",
+            rich_help_panel=P_OPT,
+            show_default=False,
+        ),
+    ] = None,
+    # --- end transfer prior ---
     universal: Annotated[
         bool,
         typer.Option(
@@ -258,6 +278,8 @@ def run_command(
         attack=attack,
         labels_only=labels_only,
         init_from=init_from,
+        prior=prior,
+        prior_weights=prior_weights,
     )
     remote_opts = {
         k: v

@@ -11,6 +11,7 @@ from zoattack.estimators import (  # noqa: F401
     dap,
     gaussian,
     lizo,
+    prior,
     rademacher,
     sphere,
 )

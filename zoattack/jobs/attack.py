@@ -118,6 +118,9 @@ class AttackSpec:
     attack: str | None = None
     labels_only: bool = False
     init_from: str | None = None
+    # Transfer prior (P-RGF): a local white-box surrogate model and its weights.
+    prior: str | None = None
+    prior_weights: str | None = None
 
     @classmethod
     def field_types(cls) -> dict[str, Any]:
@@ -172,12 +175,19 @@ class AttackSpec:
         # Search rules tune only their radius (lr); they estimate nothing and search the image.
         tuned = Tuned() if search else entry.tuned(norm)
         subspace = self.subspace or tuned.subspace or "full"
-        estimator = self.estimator or tuned.estimator
+        _check_prior(self, rule, search)
+        estimator = self.estimator or ("prior" if self.prior else tuned.estimator)
         momentum, mu, difference = self.momentum, self.mu, self.difference
         if estimator == tuned.estimator:  # tuned together with that estimator only
             momentum = tuned.momentum if momentum is None else momentum
             mu = tuned_mu(rule, norm, eps) if mu is None else mu
             difference = tuned.difference if difference is None else difference
+        if estimator in ("prior", "p_rgf", "prgf"):
+            # The rule's own tricks (its tuned momentum) carry over; the probe radius is the
+            # sphere estimator's (same convention), since the tuned mu/difference belong to
+            # the tuned estimator.
+            mu = PRIOR_MU * eps if mu is None else mu
+            momentum = tuned.momentum if momentum is None else momentum
         if rule == "lizo" and estimator in (None, "lizo") and _stochastic_model(self.model):
             raise ValueError(
                 "lizo reuses earlier queries, which is only sound on a deterministic objective; "
@@ -244,6 +254,38 @@ class AttackSpec:
         )
 
 
+# The prior estimator's probe radius as a fraction of eps: the radius tuned for the sphere
+# estimator of zo_adamm, radazo and zo_signsgd (same convention: unit directions, mu = radius).
+PRIOR_MU = 0.5
+
+
+def _check_prior(spec: AttackSpec, rule: str, search: bool) -> None:
+    """--prior needs a gradient rule and a model whose gradient can be taken locally;
+    --estimator prior needs --prior."""
+    est = (spec.estimator or "").lower().replace("-", "_")
+    if spec.prior is None:
+        if spec.prior_weights is not None:
+            raise ValueError(
+                "--prior-weights gives the --prior model's weights; pass --prior MODEL"
+            )
+        if est in ("prior", "p_rgf", "prgf"):
+            raise ValueError(
+                "--estimator prior biases directions toward a surrogate's gradient: pass "
+                "--prior MODEL (a local model, e.g. small_cnn or resnet20)"
+            )
+        return
+    if search:
+        raise ValueError(
+            f"the {rule} rule uses no gradient estimator, so it cannot use --prior; pick a "
+            "gradient rule (--optimizer zo_adamm, radazo, lizo, zo_signsgd or zo_sgd)"
+        )
+    if spec.prior.startswith("remote:"):
+        raise ValueError(
+            f"--prior {spec.prior}: a surrogate must be a local model (its gradient is taken "
+            "white-box); pass a zoo name or a local file-backed model"
+        )
+
+
 def _stochastic_model(model: str) -> bool:
     """Whether ``model`` names a randomized victim (a smoothed defense scores every input on
     fresh noise), on which reused function values are stale. Remote models are not known."""
@@ -307,6 +349,7 @@ class PreparedJob:
     # starts are drawn from (images, labels)
     starts: Tensor | None = None
     pool: tuple[Tensor, Tensor] | None = None
+    surrogate: torch.nn.Module | None = None  # the --prior model (white-box, local)
 
     @property
     def label(self) -> str:
@@ -343,8 +386,13 @@ def effective_settings(spec: AttackSpec) -> dict[str, Any]:
         return {**spec.as_dict(), "attack_options": effective_options(spec)}
     rule = spec.make_rule()
     est = rule.estimator
+    base = spec.as_dict()
+    # No transfer prior: the settings keep their earlier shape (older records compare equal).
+    for key in ("prior", "prior_weights"):
+        if base[key] is None:
+            del base[key]
     return {
-        **spec.as_dict(),
+        **base,
         "estimator": est.name if est is not None else None,
         "samples": est.num_samples if est is not None else None,
         "mu": est.mu if est is not None else None,
@@ -385,6 +433,14 @@ def method_of(spec: AttackSpec) -> str:
     parts.append(f"subspace {spec.subspace}")
     parts.append(f"lr {spec.lr:g}")
     parts.append(f"mu {est.mu:g}")
+    if spec.prior:
+        weights = f", weights {spec.prior_weights}" if spec.prior_weights else ""
+        parts.append(
+            f"transfer prior: surrogate {spec.prior}{weights} (white-box, local; its gradients "
+            "cost no victim queries)"
+            if est.name == "prior"
+            else f"surrogate {spec.prior} loaded but unused by the {est.name} estimator"
+        )
     momentum = getattr(rule, "momentum", None)
     betas = getattr(rule, "beta1", None)
     if momentum:
@@ -451,6 +507,17 @@ def prepare(
             **(model_options or {}),
         )
     model.eval()
+    surrogate = None
+    if spec.prior is not None:
+        surrogate = create_model(
+            spec.prior,
+            dataset=data,
+            weights=spec.prior_weights,
+            model_dir=spec.model_dir,
+            pretrained=spec.prior_weights is None and ":" not in spec.prior,
+            device=dev,
+        )
+        surrogate.eval().requires_grad_(False)
     starts: Tensor | None = None
     pool: tuple[Tensor, Tensor] | None = None
     if spec.attack is None:
@@ -481,6 +548,7 @@ def prepare(
         data_source=str(getattr(data, "source", "")),
         starts=starts,
         pool=pool,
+        surrogate=surrogate,
     )
 
 
@@ -590,6 +658,7 @@ def run_chunk(
             target=s.target,
             subspace=s.subspace,
             callback=cb,
+            surrogate=job.surrogate,
         )
     except AttackInterrupted as exc:
         # The queries of a cut-short chunk were spent too: the run's ledger counts them.

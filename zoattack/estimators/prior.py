@@ -1,0 +1,197 @@
+"""P-RGF: random gradient-free estimates biased toward a transfer prior (a surrogate's gradient)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from zoattack.estimators.base import (
+    Estimate,
+    StatefulEstimator,
+    check_mu_resolvable,
+    query_points,
+)
+from zoattack.estimators.registry import ESTIMATORS
+from zoattack.objective import Objective, surrogate_gradient_of
+
+
+def optimal_lambda(alpha2: Tensor, d: int, q: int) -> Tensor:
+    """P-RGF's bias weight ``lambda*`` for ``q`` directions in ``d`` dimensions, given the
+    squared cosine ``alpha2`` between the prior and the true gradient (Cheng et al. 2019).
+
+    It maximises ``(E[g]^T grad)^2 / E||g||^2`` (equivalently minimises
+    ``min_b E||grad - b g||^2``) over ``lambda`` in [0, 1] for unit directions
+    ``u = sqrt(lambda) v + sqrt(1 - lambda) w``, ``w`` uniform on the unit sphere of v's
+    orthogonal complement (tests check the closed form against a brute-force maximisation):
+
+    - ``0`` when ``alpha2 <= 1 / (d + 2q - 2)`` (the prior is worse than a random direction);
+    - ``1`` when ``alpha2 >= (2q - 1) / (d + 2q - 2)`` (the prior alone beats q samples);
+    - else ``(1 - a)(a (d + 2q - 2) - 1) / (2 a d q - a^2 d (d + 2q - 2) - 1)``, ``a = alpha2``.
+    """
+    a = alpha2.clamp(0.0, 1.0)
+    big = d + 2 * q - 2
+    num = (1 - a) * (a * big - 1)
+    den = 2 * a * d * q - a * a * d * big - 1
+    mid = (num / torch.where(den > 0, den, torch.ones_like(den))).clamp(0.0, 1.0)
+    lam = torch.where(a <= 1.0 / big, torch.zeros_like(a), mid)
+    return torch.where(a >= (2 * q - 1) / big, torch.ones_like(a), lam)
+
+
+@ESTIMATORS.register(
+    "prior",
+    description="P-RGF: directions biased toward a local surrogate's gradient (needs --prior); "
+    "bias weight from queries",
+    aliases=("p_rgf", "prgf"),
+    flags={"stateful": True, "random": True, "surrogate": True},
+)
+class PriorEstimator(StatefulEstimator):
+    """Prior-guided random gradient-free estimator, P-RGF (Cheng, Dong, Pang, Su & Zhu,
+    NeurIPS 2019), with the bias weight chosen adaptively as in the paper.
+
+    Per call and example, with ``v`` the unit gradient of a white-box surrogate at ``x``
+    (the objective's ``surrogate_gradient``; computed locally, never a victim query):
+
+    1. ``D_v = (f(x + mu v) - f(x)) / mu`` estimates ``v^T grad`` (1 query).
+    2. ``||grad||^2 = d/S sum_s ((f(x + mu z_s) - f(x)) / mu)^2``, ``z_s`` uniform on the
+       unit sphere (``E[(z^T grad)^2] = ||grad||^2 / d``), refreshed every ``norm_every``
+       calls of an example with ``S = norm_samples`` queries and cached in between (the
+       norm moves slowly; the official code does the same).
+    3. ``alpha = D_v / ||grad||`` and ``lambda = optimal_lambda(alpha^2, d, q)``.
+    4. ``u_i = sqrt(lambda) v + sqrt(1 - lambda) w_i``, ``w_i`` uniform on the unit sphere
+       orthogonal to ``v``; ``g = c/q sum_i (f(x + mu u_i) - f(x))/mu u_i`` (q queries).
+       Where ``lambda = 1`` every ``u_i`` is ``v``: ``g = c D_v v`` and no further query.
+
+    Scale ``c = 1/m`` with ``m = lambda alpha^2 + (1 - lambda)(1 - alpha^2)/(d - 1)`` makes
+    ``E[g]^T grad = ||grad||^2`` as for the unbiased estimators (the paper leaves the scale
+    free: its attacks take sign or normalised steps); at ``lambda = 0`` it is the sphere RGE
+    on v's complement, so learning rates tuned for ``sphere`` carry over. Where the prior
+    is flat (a zero surrogate gradient) the call is the plain sphere RGE (``q + 1``).
+
+    Without a surrogate on the objective the estimator refuses to run: P-RGF without a prior
+    is plain RGF, which is ``sphere``.
+
+    Defaults: ``num_samples=q=10``, ``mu=1e-3`` (probe radius, as ``sphere``),
+    ``norm_samples=10``, ``norm_every=10``, forward differences only.
+    Shapes: ``x`` ``(N, *shape)`` -> grad ``(N, *shape)``.
+    Queries per call and example: ``1`` (f(x), unless supplied) ``+ 1`` (the prior's
+    derivative) ``+ S`` (every ``norm_every`` calls) ``+ q`` (unless ``lambda = 1``).
+    Per-example state: the cached gradient norm and the call counter. Diagnostics of the
+    latest call: ``last_alpha``, ``last_lambda`` ``(N,)``.
+    """
+
+    name = "prior"
+    supports_central = False
+
+    def __init__(
+        self,
+        *,
+        num_samples: int = 10,
+        mu: float = 1e-3,
+        difference: str = "forward",
+        norm_samples: int = 10,
+        norm_every: int = 10,
+    ) -> None:
+        super().__init__(num_samples=num_samples, mu=mu, difference=difference)
+        for arg, value in (("norm_samples", norm_samples), ("norm_every", norm_every)):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"{arg} must be an integer >= 1, got {value}")
+        self.norm_samples = int(norm_samples)
+        self.norm_every = int(norm_every)
+        self.last_alpha: Tensor | None = None
+        self.last_lambda: Tensor | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"PriorEstimator(num_samples={self.num_samples}, mu={self.mu:g}, "
+            f"norm_samples={self.norm_samples}, norm_every={self.norm_every})"
+        )
+
+    def queries_per_call(self, dim: int) -> int:
+        return 2 + self.norm_samples + self.num_samples
+
+    def _unit_sphere(
+        self, n: int, k: int, d: int, gen: torch.Generator, dtype: torch.dtype
+    ) -> Tensor:
+        z = torch.randn(n, k, d, generator=gen, device=gen.device, dtype=dtype)
+        return z / z.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+
+    def _estimate(
+        self,
+        objective: Objective,
+        x: Tensor,
+        shape: torch.Size,
+        generator: torch.Generator,
+        idx: Tensor,
+        fx: Tensor,
+    ) -> Estimate:
+        n, d = x.shape
+        q, s, mu = self.num_samples, self.norm_samples, self.mu
+        prior_fn = surrogate_gradient_of(objective)
+        if prior_fn is None:
+            raise ValueError(
+                "the prior estimator needs a surrogate model's gradient (zoattack run --prior "
+                "MODEL; in the library an objective with surrogate_gradient, e.g. WithSurrogate)"
+            )
+        check_mu_resolvable(x, mu / math.sqrt(d), mu, x.dtype)
+        dev, dt = x.device, x.dtype
+        with torch.enable_grad():
+            v = prior_fn(x.view(n, *shape), idx)
+        v = v.detach().reshape(n, d).to(device=dev, dtype=dt)
+        vnorm = v.norm(dim=1)
+        # A flat (or broken) prior carries no direction: that example runs the sphere RGE.
+        flat = ~torch.isfinite(vnorm) | (vnorm <= torch.finfo(dt).tiny ** 0.5)
+        vhat = torch.where(
+            flat.unsqueeze(1), torch.zeros_like(v), v / vnorm.clamp_min(1e-300).unsqueeze(1)
+        )
+        if d == 1:  # no orthogonal complement: the prior is the only direction
+            flat = torch.zeros_like(flat)
+
+        age = self.state.get("age", idx, (), dtype=torch.int64, device=dev)
+        gnorm2 = self.state.get(
+            "gnorm2", idx, (), dtype=torch.float64, device=dev, fill=float("nan")
+        )
+        refresh = ((age % self.norm_every == 0) | torch.isnan(gnorm2)) & ~flat
+
+        # Stage 1: f(x) where unknown, the prior's probe and the norm probes, in one call.
+        z = self._unit_sphere(n, s, d, generator, dt)
+        pts = torch.cat([vhat.unsqueeze(1), z], dim=1).mul_(mu).add_(x.unsqueeze(1))
+        fresh = torch.cat([(~flat).unsqueeze(1), refresh.unsqueeze(1).expand(n, s)], dim=1)
+        f0, vals, q1 = query_points(objective, x, pts, shape, idx, fx, fresh)
+        dv = (vals[:, 0] - f0) / mu
+        dz = (vals[:, 1:] - f0.unsqueeze(1)) / mu
+        fresh_norm = dz.pow(2).mean(dim=1) * d
+        gnorm2 = torch.where(refresh, fresh_norm, gnorm2)
+        self.state.set("gnorm2", idx, gnorm2)
+        self.state.set("age", idx, age + (~flat).long())
+        dv = torch.where(flat, torch.zeros_like(dv), dv)
+        g2 = torch.nan_to_num(gnorm2, nan=0.0)
+        # A stale norm can fall below |D_v|: the cosine is then taken as 1.
+        alpha2 = torch.where(
+            g2 > dv * dv, dv * dv / g2.clamp_min(1e-300), (dv != 0).to(torch.float64)
+        )
+        lam = torch.ones_like(alpha2) if d == 1 else optimal_lambda(alpha2, d, q)
+        lam = torch.where(flat, torch.zeros_like(lam), lam)
+        only_prior = (lam >= 1.0) & ~flat
+
+        # Stage 2: q directions mixing the prior with its random complement.
+        w = torch.randn(n, q, d, generator=generator, device=generator.device, dtype=dt)
+        w = w - (w * vhat.unsqueeze(1)).sum(-1, keepdim=True) * vhat.unsqueeze(1)
+        w = w / w.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dt).tiny)
+        sl = lam.to(dt).sqrt().view(n, 1, 1)
+        u = sl * vhat.unsqueeze(1) + (1 - sl * sl).clamp_min(0).sqrt() * w
+        need = (~only_prior).unsqueeze(1).expand(n, q)
+        q2 = torch.zeros(n, dtype=torch.int64, device=dev)
+        du = torch.zeros(n, q, dtype=torch.float64, device=dev)
+        if bool(need.any()):
+            _, vals2, q2 = query_points(objective, x, x.unsqueeze(1) + mu * u, shape, idx, f0, need)
+            du = torch.nan_to_num((vals2 - f0.unsqueeze(1)) / mu, nan=0.0)
+        m = lam * alpha2 + (1 - lam) * (1 - alpha2) / max(d - 1, 1)
+        c = torch.where(flat, torch.full_like(m, float(d)), 1.0 / m.clamp_min(1e-300))
+        mixed = torch.einsum("nk,nkd->nd", du.to(dt), u) / q
+        single = dv.to(dt).unsqueeze(1) * vhat
+        grad = torch.where(only_prior.unsqueeze(1), single, mixed) * c.to(dt).unsqueeze(1)
+        self.last_alpha = torch.where(flat, torch.zeros_like(alpha2), alpha2.sqrt() * dv.sign())
+        self.last_lambda = lam
+        return Estimate(grad=grad, loss=f0, queries=q1 + q2)
