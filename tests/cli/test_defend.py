@@ -348,8 +348,11 @@ def test_defend_paper_setting_at_3x32x32(tmp_path, dataset):
     res = runner.invoke(
         app,
         ["defend", "certify", "--defense", str(d), *args, "--n0", "4", "--n", "16"]
-        + ["--images", "2", "--batch", "16", "--device", "cpu", "--out", str(tmp_path / "c")],
+        + ["--images", "2", "--batch", "16", "--group", "2", "--device", "cpu"]
+        + ["--out", str(tmp_path / "c")],
     )
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((tmp_path / "c" / "certify.csv").open()))
     assert [int(r["queries"]) for r in rows] == [20, 20]
+    tp = json.loads((tmp_path / "c" / "certify.json").read_text())["throughput"]
+    assert tp["images_per_second"] > 0 and tp["queries_per_image"] == 20

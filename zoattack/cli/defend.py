@@ -303,6 +303,15 @@ def _train(**kw: Any) -> None:
     )
 
 
+def _rate(tp: dict[str, Any]) -> str:
+    parts = []
+    if tp.get("images_per_second"):
+        parts.append(f"{tp['images_per_second']:.3g} images/s")
+    if tp.get("queries_per_certified_image"):
+        parts.append(f"{tp['queries_per_certified_image']:,.0f} queries per certified image")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 @app.command("certify")
 def certify_command(
     defense: Annotated[Path, _Opt(help="Folder written by `zoattack defend train`.")],
@@ -312,7 +321,14 @@ def certify_command(
     n0: Annotated[int, _Opt("--n0", help="Draws that pick the class.")] = 100,
     n: Annotated[int, _Opt("--n", help="Draws that certify it.")] = 10_000,
     alpha: Annotated[float, _Opt(help="Failure probability of the certificate.")] = 0.001,
-    batch: Annotated[int, _Opt(help="Noisy copies scored per black-box call.")] = 1000,
+    batch: Annotated[int, _Opt(help="Noisy copies of each image per round.")] = 1000,
+    group: Annotated[
+        int,
+        _Opt(
+            help="Images certified together: their noisy copies share black-box calls "
+            "(group x batch inputs per call; each image keeps its own noise)."
+        ),
+    ] = 1,
     images: Annotated[int, _Opt(help="How many test images to certify.")] = 100,
     start: Annotated[
         int | None,
@@ -328,7 +344,7 @@ def certify_command(
     radii: Annotated[str, _Opt(help="Radii for the certified-accuracy table.")] = "0,0.25,0.5,0.75",
     seed: Annotated[int, _Opt(help="Seeds the noise (per image: seed and index).")] = 0,
     device: Annotated[str, _Opt(help="auto, cpu or cuda.")] = "auto",
-    threads: Annotated[int | None, _Opt(help="CPU threads.")] = None,
+    threads: Annotated[int | None, _Opt(help="CPU threads (default: all cores).")] = None,
     out_dir: Annotated[
         Path | None, _Opt("--out", help="Output folder (default: DEFENSE/certify-sigmaS).")
     ] = None,
@@ -385,6 +401,7 @@ def _certify(**kw: Any) -> None:
             out=kw["out_dir"],
             resume=kw["resume"],
             overwrite=kw["overwrite"],
+            group=kw["group"],
             on_note=lambda msg: progress.console.print(msg, highlight=False, soft_wrap=True),
             on_start=lambda total: progress.update(task, total=total, visible=True),
             on_image=on_image,
@@ -402,7 +419,9 @@ def _certify(**kw: Any) -> None:
         f"abstained {res['abstained']}/{len(rows)}; queries: training "
         f"{report.train_queries['blackbox']:,} (black box)"
         + (f" + {wb:,} white-box" if wb else "")
-        + f", certification {res['queries']['certify_blackbox']:,}; wrote {report.out}",
+        + f", certification {res['queries']['certify_blackbox']:,}"
+        + _rate(res.get("throughput") or {})
+        + f"; wrote {report.out}",
         highlight=False,
         soft_wrap=True,
     )
