@@ -227,8 +227,11 @@ def main() -> None:
                     "blackbox": {
                         "model": a.model,
                         "dataset": dataset,
-                        "weights": None if a.dim == 784 and a.victim_weights is None else str(
-                            a.victim_weights or a.out / "victim" / f"{a.model}_{dataset}.safetensors"
+                        "weights": None
+                        if a.dim == 784 and a.victim_weights is None
+                        else str(
+                            a.victim_weights
+                            or a.out / "victim" / f"{a.model}_{dataset}.safetensors"
                         ),
                         "output": "logits",
                         "num_classes": 10,
@@ -242,13 +245,15 @@ def main() -> None:
                     },
                     "classes": train.classes,
                 },
-                on_epoch=lambda r, n=name: print(
-                    f"  {n} {'AE ' if r['stage'] == 1 else ''}epoch {r['epoch']}: loss "
-                    f"{r['loss']:.4f}, {r['queries']:,} queries, {r['seconds']:.0f} s",
-                    flush=True,
-                )
-                if r["stage"] == 2 or r["epoch"] == a.ae_epochs
-                else None,
+                on_epoch=lambda r, n=name: (
+                    print(
+                        f"  {n} {'AE ' if r['stage'] == 1 else ''}epoch {r['epoch']}: loss "
+                        f"{r['loss']:.4f}, {r['queries']:,} queries, {r['seconds']:.0f} s",
+                        flush=True,
+                    )
+                    if r["stage"] == 2 or r["epoch"] == a.ae_epochs
+                    else None
+                ),
             )
             print(f"{name}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
         front, _ = load_front(d)

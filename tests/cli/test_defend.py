@@ -356,3 +356,17 @@ def test_defend_paper_setting_at_3x32x32(tmp_path, dataset):
     assert [int(r["queries"]) for r in rows] == [20, 20]
     tp = json.loads((tmp_path / "c" / "certify.json").read_text())["throughput"]
     assert tp["images_per_second"] > 0 and tp["queries_per_image"] == 20
+
+
+def test_defend_train_validation_and_augmentation_options(tmp_path):
+    d = tmp_path / "def"
+    res = runner.invoke(
+        app, ["defend", "train", *TINY, "--val-images", "4", "--augment", "flip", "--out", str(d)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "kept epoch 1" in res.output
+    card = json.loads((d / "defense.json").read_text())
+    assert card["selection"]["val_images"] == 4 and card["selection"]["reference"] == "labels"
+    assert card["config"]["augment"] == "flip" and card["train_images"] == 20
+    res = runner.invoke(app, ["defend", "train", *TINY, "--augment", "rot", "--out", str(d)])
+    assert res.exit_code == 2 and "--augment must be one of" in res.output
