@@ -111,3 +111,17 @@ def test_run_records_the_view(tmp_path):
     assert res.exit_code == 0, res.output
     text = json.dumps(json.loads((out / "run.json").read_text()))
     assert "fashion-mnist@3x32x32" in text
+
+
+def test_batch_plan_accepts_views_and_rejects_bad_ones(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        '[defaults]\nmodel = "small_cnn"\ndataset = "fashion-mnist@3x32x32"\nimages = 2\n'
+        'budget = 10\n[grid]\nseed = [0, 1]\n'
+    )
+    res = CliRunner().invoke(app, ["batch", str(plan), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "fashion-mnist@3x32x32" in res.output or "2 job" in res.output
+    plan.write_text(plan.read_text().replace("@3x32x32", "@3x32"))
+    res = CliRunner().invoke(app, ["batch", str(plan), "--dry-run"])
+    assert res.exit_code == 2 and "CxHxW" in res.output and "Traceback" not in res.output
