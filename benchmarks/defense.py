@@ -156,6 +156,13 @@ def main() -> None:
     p.add_argument("--cert-images", type=int, default=100)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--ae-epochs", type=int, default=30)
+    p.add_argument(
+        "--ae-images",
+        type=int,
+        default=None,
+        help="pretrain the autoencoder (white-box, no queries) on the first N train images "
+        "(default: the training images)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--denoiser-depth", type=int, default=None)
@@ -184,6 +191,12 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
 
     train, test, cert_idx, split = _data(a, dataset)
+    ae_x = None
+    if a.ae_images is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ae_x = load_dataset(dataset, split=split["train_split"], limit=a.ae_images).images
+        split["autoencoder"] = f"{split['train_split']} split images 0..{len(ae_x) - 1}"
     model, victim = _victim(a, dataset)
     shape = train.image_shape
     print(
@@ -191,7 +204,8 @@ def main() -> None:
         f"train: {split['train']}; certify: {split['certify']}\n"
         f"sigma {a.sigma}, N0 {a.n0}, N {a.n}, alpha {a.alpha} (max certifiable radius "
         f"{max_radius(a.sigma, a.n, a.alpha):.3f}); epochs {a.epochs} (AE {a.ae_epochs}), batch "
-        f"{a.batch_size}, lr {a.lr:g}; {a.threads} thread(s), {group} image(s) per call",
+        f"{a.batch_size}, lr {a.lr:g}; {a.threads} thread(s), {group} image(s) per call"
+        + (f"; autoencoder pretrained on {split['autoencoder']}" if ae_x is not None else ""),
         flush=True,
     )
 

@@ -117,7 +117,7 @@ def test_batch_plan_accepts_views_and_rejects_bad_ones(tmp_path):
     plan = tmp_path / "plan.toml"
     plan.write_text(
         '[defaults]\nmodel = "small_cnn"\ndataset = "fashion-mnist@3x32x32"\nimages = 2\n'
-        'budget = 10\n[grid]\nseed = [0, 1]\n'
+        "budget = 10\n[grid]\nseed = [0, 1]\n"
     )
     res = CliRunner().invoke(app, ["batch", str(plan), "--dry-run"])
     assert res.exit_code == 0, res.output

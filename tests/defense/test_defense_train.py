@@ -214,3 +214,15 @@ def test_augmentation_requeries_pseudo_labels(tmp_path):
     bb = BlackBox(_victim(), output="logits", input_shape=SHAPE)
     train_defense(_cfg(estimator="sphere", samples=2, augment="crop+flip"), bb, _images(), tmp_path)
     assert bb.queries.tolist() == [1 + 2 * (1 + 3)] * 12
+
+
+def test_autoencoder_pretrains_on_its_own_images_without_queries(tmp_path):
+    """ae_images: stage 1 sees more images (white-box, free); stage 2's queries are unchanged."""
+    bb = BlackBox(_victim(), output="logits", input_shape=SHAPE)
+    cfg = _cfg(estimator="sphere", samples=2, epochs=1)
+    card = train_defense(cfg, bb, _images(), tmp_path / "a", ae_images=_images(30))
+    assert card["autoencoder_pretraining_images"] == 30
+    assert bb.queries.tolist() == [1 + 3] * 12
+    with pytest.raises(ValueError, match="ae_images must be"):
+        train_defense(cfg, bb, _images(), tmp_path / "b", ae_images=torch.rand(3, 2, 8, 8))
+    assert not (tmp_path / "b").exists()

@@ -269,6 +269,7 @@ class _Training:
     y_val: Tensor | None = None  # (V,) their labels (or the black box's clean top-1)
     best: dict[str, Any] | None = None  # the best validation epoch: number, accuracy, weights
     labels_given: bool = False
+    ae_x: Tensor | None = None  # stage-1 images when they differ from the training images
 
     @property
     def n(self) -> int:
@@ -301,6 +302,7 @@ def train_defense(
     on_step: Callable[[int, int, int, int, float, int], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     labels: Tensor | None = None,
+    ae_images: Tensor | None = None,
 ) -> dict[str, Any]:
     """Train a defense for ``blackbox`` on clean ``images`` ``(N, C, H, W)`` in [0, 1].
 
@@ -317,6 +319,9 @@ def train_defense(
         record: extra JSON facts for the card (black box name/weights, data source...).
         on_step: ``(stage, epoch, step, steps, loss, queries_so_far)`` after every step.
         on_epoch: the history row after every epoch (after the checkpoint is written).
+        ae_images: ``(M, C, H, W)`` images for the autoencoder's pretraining (stage 1, white-box
+            MSE, no queries) instead of ``images``: the paper pretrains it on the whole
+            training set while query-paid stage 2 may afford far fewer images.
         labels: ``(N,)`` true labels, used only to score the validation images when
             ``config.val_images`` > 0 (without them, the black box's top-1 on each clean
             validation image, 1 query each, is the reference).
@@ -330,6 +335,14 @@ def train_defense(
     Returns:
         The card written to ``defense.json``.
     """
+    if ae_images is not None and (
+        ae_images.dim() != 4 or tuple(ae_images.shape[1:]) != tuple(images.shape[1:])
+    ):
+        # Checked before _setup creates out_dir: a refused call leaves nothing behind.
+        raise ValueError(
+            f"ae_images must be (M, {', '.join(map(str, images.shape[1:]))}), got "
+            f"{tuple(ae_images.shape)}"
+        )
     t = _setup(
         config,
         blackbox,
@@ -342,6 +355,8 @@ def train_defense(
         on_epoch=on_epoch,
         labels=labels,
     )
+    if ae_images is not None:
+        t.ae_x = ae_images.to(t.dev)
     if resume:
         _restore(t, load_state(t.ckpt))
     elif t.ckpt.exists():
@@ -555,9 +570,10 @@ def _pretrain_autoencoder(t: _Training) -> None:
     dec.train()
     while t.epoch < t.config.ae_epochs:
         t0 = time.perf_counter()
-        total, batches = 0.0, _batches(t.n, t.config.batch_size, t.gen, t.dev)
+        ae_x = t.ae_x if t.ae_x is not None else t.x_all
+        total, batches = 0.0, _batches(ae_x.shape[0], t.config.batch_size, t.gen, t.dev)
         for step, b in enumerate(batches, 1):
-            x = t.x_all[b]
+            x = ae_x[b]
             loss = F.mse_loss(dec(enc(x)), x)
             ae_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -577,7 +593,7 @@ def _pretrain_autoencoder(t: _Training) -> None:
             {
                 "stage": 1,
                 "epoch": t.epoch,
-                "loss": total / t.n,
+                "loss": total / ae_x.shape[0],
                 "queries": 0,
                 "seconds": round(time.perf_counter() - t0, 3),
             }
@@ -746,6 +762,8 @@ def _write_outputs(t: _Training, front: DefenseFront, *, done: bool) -> dict[str
         "train_seconds": round(sum(h["seconds"] for h in history), 1),
         "weights_file": WEIGHTS,
     }
+    if t.ae_x is not None:
+        card["autoencoder_pretraining_images"] = int(t.ae_x.shape[0])
     if t.x_val is not None:
         card["selection"] = {
             "val_images": t.x_val.shape[0],
