@@ -259,6 +259,7 @@ def main() -> None:
                     },
                     "classes": train.classes,
                 },
+                ae_images=ae_x,
                 on_epoch=lambda r, n=name: (
                     print(
                         f"  {n} {'AE ' if r['stage'] == 1 else ''}epoch {r['epoch']}: loss "
