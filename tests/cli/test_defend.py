@@ -268,3 +268,105 @@ def test_train_resume_with_nothing_to_resume_leaves_no_folder(tmp_path):
     assert res.exit_code == 2, res.output
     assert "nothing to resume" in res.stderr and "Traceback" not in res.output
     assert not new.exists()
+
+
+def _cifar_folder(root, n_train=40, n_test=8):
+    """A tiny CIFAR-10 'python version' folder in torchvision's layout."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        data = rng.integers(0, 256, (n_train // 5, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n_train // 5).tolist()
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps({"data": data, "labels": labels}))
+    test = {"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8), "labels": [0] * n_test}
+    (folder / "test_batch").write_bytes(pickle.dumps(test))
+    return root
+
+
+@pytest.mark.parametrize(
+    "dataset", ["cifar10", "fashion-mnist@3x32x32"], ids=["cifar10-files", "fmnist-view"]
+)
+def test_defend_paper_setting_at_3x32x32(tmp_path, dataset):
+    """The paper's CIFAR set-up end to end: 192-d CIFAR autoencoder, 17x64 DnCNN, CGE over
+    the latent, on CIFAR-10 files a user has (written here) and on the 3x32x32 view."""
+    from safetensors.torch import save_file
+
+    from zoattack.data import load_dataset
+    from zoattack.models import create_model
+
+    args = []
+    if dataset == "cifar10":
+        root = _cifar_folder(tmp_path / "data")
+        args = ["--data-dir", str(root)]
+    data = load_dataset(dataset, split="test", limit=2, data_dir=args[1] if args else None)
+    net = create_model("small_cnn", dataset=data, generator=torch.Generator().manual_seed(0))
+    weights = tmp_path / "victim.safetensors"
+    save_file(net.state_dict(), str(weights))
+    d = tmp_path / "def"
+    res = runner.invoke(
+        app,
+        [
+            "defend",
+            "train",
+            "--model",
+            "small_cnn",
+            "--weights",
+            str(weights),
+            "--dataset",
+            dataset,
+            *args,
+            "--train-images",
+            "4",
+            "--ae-epochs",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--out",
+            str(d),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    card = json.loads((d / "defense.json").read_text())
+    arch = card["architecture"]
+    assert arch["image_shape"] == [3, 32, 32]
+    assert arch["autoencoder"] == {"arch": "cifar", "image_shape": [3, 32, 32], "latent": 192}
+    assert (arch["denoiser"]["depth"], arch["denoiser"]["width"]) == (17, 64)
+    assert card["blackbox"]["dataset"] == dataset
+    # Pseudo-labels (4) + full forward CGE over 192 latent coordinates: 193 per image and step.
+    assert card["queries"]["train_blackbox"] == 4 + 4 * 193
+    res = runner.invoke(
+        app,
+        ["defend", "certify", "--defense", str(d), *args, "--n0", "4", "--n", "16"]
+        + ["--images", "2", "--batch", "16", "--group", "2", "--device", "cpu"]
+        + ["--out", str(tmp_path / "c")],
+    )
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "c" / "certify.csv").open()))
+    assert [int(r["queries"]) for r in rows] == [20, 20]
+    tp = json.loads((tmp_path / "c" / "certify.json").read_text())["throughput"]
+    assert tp["images_per_second"] > 0 and tp["queries_per_image"] == 20
+
+
+def test_defend_train_validation_and_augmentation_options(tmp_path):
+    d = tmp_path / "def"
+    res = runner.invoke(
+        app, ["defend", "train", *TINY, "--val-images", "4", "--augment", "flip", "--out", str(d)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "kept epoch 1" in res.output
+    card = json.loads((d / "defense.json").read_text())
+    assert card["selection"]["val_images"] == 4 and card["selection"]["reference"] == "labels"
+    assert card["config"]["augment"] == "flip" and card["train_images"] == 20
+    res = runner.invoke(app, ["defend", "train", *TINY, "--augment", "rot", "--out", str(d)])
+    assert res.exit_code == 2 and "--augment must be one of" in res.output

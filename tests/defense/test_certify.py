@@ -127,3 +127,29 @@ def test_certify_images_rows_resume_and_ledger(tmp_path):
     assert len(resumed) == 4
     with pytest.raises(ValueError, match="--resume"):
         certify_images(smooth2, x, y, idx, tmp_path / "b.csv", n0=20, n=300)
+
+
+@pytest.mark.parametrize("group", [2, 5])
+def test_grouped_certification_equals_one_at_a_time(tmp_path, group):
+    """Images certified together share black-box calls but keep their own noise: the rows
+    (timings aside) and every image's ledger equal one-at-a-time certification's."""
+    model = Halfspace().eval()
+    xs = torch.stack([model.point_at(d) for d in (0.3, -0.1, 0.02, 5.0, -0.4)])
+    labels = torch.tensor([1, 0, 1, 1, 0])
+    idx = [3, 10, 11, 12, 20]
+
+    def run(g, name):
+        bb = BlackBox(model, output="labels", bounds=None, input_shape=SHAPE)
+        smooth = Smooth(blackbox_classifier(bb), 2, 0.25, batch=300)
+        rows = certify_images(
+            smooth, xs, labels, idx, tmp_path / name, n0=50, n=700, blackbox=bb, group=g
+        )
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows], bb
+
+    one, bb1 = run(1, "one.csv")
+    many, bbk = run(group, "many.csv")
+    assert many == one
+    assert bbk.queries.tolist() == bb1.queries.tolist()
+    assert all(r["queries"] == 750 for r in many)
+    with pytest.raises(ValueError, match="--group must be >= 1"):
+        run(0, "zero.csv")

@@ -152,3 +152,77 @@ def test_trained_front_reloads(tmp_path):
     with pytest.raises(ValueError, match="records no black box"):
         defended_model(str(tmp_path))
     assert isinstance(DefendedClassifier(front, _victim())(x), torch.Tensor)
+
+
+def test_validation_split_keeps_the_best_epoch_and_resumes_exactly(tmp_path):
+    """--val-images: the last V images are held out (never trained on, V queries per epoch),
+    defense.safetensors holds the best validation epoch's weights, and an interrupted run
+    resumes to the same weights, history and ledger."""
+    cfg = _cfg(epochs=3, estimator="sphere", samples=2, val_images=4)
+    labels = torch.arange(12) % 4
+    bb = BlackBox(_victim(), output="logits", input_shape=SHAPE)
+    card = train_defense(cfg, bb, _images(), tmp_path / "ref", labels=labels)
+    rows = [h for h in card["history"] if h["stage"] == 2]
+    accs = [h["val_accuracy"] for h in rows]
+    sel = card["selection"]
+    assert sel["val_images"] == 4 and sel["reference"] == "labels"
+    assert sel["best_val_accuracy"] == max(accs)
+    assert sel["best_epoch"] == accs.index(max(accs)) + 1
+    # 8 training images: 1 pseudo-label each + 3 epochs x (1 + q=2); 4 held out: 1 per epoch.
+    assert bb.queries.tolist() == [1 + 3 * 3] * 8 + [3] * 4
+    assert card["config"]["val_images"] == 4
+    # The kept weights are the best epoch's, not necessarily the last's.
+    best = load_file(str(tmp_path / "ref" / "defense.safetensors"))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(row):
+        if (row["stage"], row["epoch"]) == (2, 2):
+            raise Stop
+
+    bb2 = BlackBox(_victim(), output="logits", input_shape=SHAPE)
+    with pytest.raises(Stop):
+        train_defense(cfg, bb2, _images(), tmp_path / "cut", labels=labels, on_epoch=stop_at_2)
+    bb3 = BlackBox(_victim(), output="logits", input_shape=SHAPE)
+    got = train_defense(cfg, bb3, _images(), tmp_path / "cut", labels=labels, resume=True)
+    assert got["selection"] == sel and got["queries"] == card["queries"]
+    again = load_file(str(tmp_path / "cut" / "defense.safetensors"))
+    assert best.keys() == again.keys() and all(torch.equal(best[k], again[k]) for k in best)
+    with pytest.raises(ValueError, match="leaves no training images"):
+        train_defense(_cfg(val_images=12), bb, _images(), tmp_path / "bad")
+
+
+def test_without_the_new_options_the_config_is_unchanged():
+    """Cards and checkpoints written before --val-images/--augment existed still resume."""
+    d = _cfg().as_dict()
+    assert "val_images" not in d and "augment" not in d
+    assert _cfg(augment="flip").as_dict()["augment"] == "flip"
+    with pytest.raises(ValueError, match="--augment must be one of"):
+        _cfg(augment="rotate").validate()
+
+
+def test_augmentation_requeries_pseudo_labels(tmp_path):
+    """With augmentation each step asks the black box for the augmented image's top-1."""
+    from zoattack.defense.train import augment_images
+
+    x = _images(4)
+    flipped = augment_images(x, "flip", make_generator(0))
+    assert all(torch.equal(f, o) or torch.equal(f, o.flip(-1)) for f, o in zip(flipped, x))
+    cropped = augment_images(x, "crop", make_generator(0))
+    assert cropped.shape == x.shape and not torch.equal(cropped, x)
+    bb = BlackBox(_victim(), output="logits", input_shape=SHAPE)
+    train_defense(_cfg(estimator="sphere", samples=2, augment="crop+flip"), bb, _images(), tmp_path)
+    assert bb.queries.tolist() == [1 + 2 * (1 + 3)] * 12
+
+
+def test_autoencoder_pretrains_on_its_own_images_without_queries(tmp_path):
+    """ae_images: stage 1 sees more images (white-box, free); stage 2's queries are unchanged."""
+    bb = BlackBox(_victim(), output="logits", input_shape=SHAPE)
+    cfg = _cfg(estimator="sphere", samples=2, epochs=1)
+    card = train_defense(cfg, bb, _images(), tmp_path / "a", ae_images=_images(30))
+    assert card["autoencoder_pretraining_images"] == 30
+    assert bb.queries.tolist() == [1 + 3] * 12
+    with pytest.raises(ValueError, match="ae_images must be"):
+        train_defense(cfg, bb, _images(), tmp_path / "b", ae_images=torch.rand(3, 2, 8, 8))
+    assert not (tmp_path / "b").exists()

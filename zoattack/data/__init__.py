@@ -3,6 +3,10 @@
 Registered names (``zoattack list datasets``): ``fashion-mnist`` (first 1,000 test images ship
 with the package), ``mnist``, ``cifar10`` (torchvision on-disk layouts), ``digits``
 (scikit-learn, always available) and ``imagefolder``. Use :func:`load_dataset`.
+
+Any of them can be seen at another input size: ``NAME@CxHxW`` (e.g. ``fashion-mnist@3x32x32``,
+Fashion-MNIST at CIFAR-10's 3x32x32) resizes and sets the channel count; see
+:mod:`zoattack.data.views`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from zoattack.data.registry import (
     list_datasets,
     load_dataset,
 )
+from zoattack.data.views import apply_view, split_view
 
 # Loader modules register on import; this order is `zoattack list datasets`' order.
 for _module in ("mnist", "cifar", "digits", "imagefolder"):
@@ -29,8 +34,10 @@ __all__ = [
     "DatasetSpec",
     "ImageDataset",
     "MissingFileError",
+    "apply_view",
     "dataset_spec",
     "list_datasets",
     "load_bundled_fashion_mnist",
     "load_dataset",
+    "split_view",
 ]

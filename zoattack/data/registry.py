@@ -109,10 +109,17 @@ def register_dataset(
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-    """The :class:`DatasetSpec` registered as ``name`` (aliases and ``-``/``_`` accepted)."""
-    factory = DATASETS.get(name).factory
+    """The :class:`DatasetSpec` registered as ``name`` (aliases and ``-``/``_`` accepted).
+
+    ``NAME@CxHxW`` is a view of ``NAME`` resized to ``HxW`` with ``C`` channels (see
+    :mod:`zoattack.data.views`); a malformed view is a ValueError naming the expected form.
+    """
+    from zoattack.data.views import split_view, view_spec
+
+    base, shape = split_view(name)
+    factory = DATASETS.get(base).factory
     assert isinstance(factory, DatasetSpec)
-    return factory
+    return factory if shape is None else view_spec(factory, shape)
 
 
 def load_dataset(
@@ -126,7 +133,8 @@ def load_dataset(
     """Load ``split`` of data set ``name`` as float32 images in [0, 1] and int64 labels.
 
     Args:
-        name: a registered name (see :func:`list_datasets`), e.g. ``"fashion-mnist"``.
+        name: a registered name (see :func:`list_datasets`), e.g. ``"fashion-mnist"``, or a
+            view of one, ``"fashion-mnist@3x32x32"`` (resized, grey repeated to RGB).
         split: ``"train"`` or ``"test"``.
         data_dir: the root to read from; each loader documents its layout. None uses the
             loader's default (``$ZOATTACK_DATA_DIR`` or ``./data``, or a system/bundled copy).

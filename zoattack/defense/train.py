@@ -52,6 +52,8 @@ CARD = "defense.json"
 FORMAT = "zoattack-defense/1"
 # What may differ between an interrupted run and its --resume: only how far to go.
 _RESUMABLE = ("epochs",)
+AUGMENTS = ("none", "crop", "flip", "crop+flip")
+_OPTIONAL = {"val_images": 0, "augment": "none"}
 
 
 @dataclass
@@ -85,6 +87,12 @@ class DefenseConfig:
     denoiser_depth: int | None = None
     denoiser_width: int | None = None
     seed: int = 0
+    # The authors' training practice, opt-in (defaults reproduce the runs made before them):
+    # hold out the last ``val_images`` training images and keep the epoch whose smoothed
+    # validation accuracy is best; augment each batch (random crop / horizontal flip), which
+    # re-asks the black box for each augmented image's top-1 (1 query per image and step).
+    val_images: int = 0
+    augment: str = "none"
 
     def validate(self) -> DefenseConfig:
         if self.method not in METHODS:
@@ -118,6 +126,12 @@ class DefenseConfig:
             raise ValueError(f"--samples must be >= 1, got {self.samples}")
         if self.seed < 0:
             raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if self.val_images < 0:
+            raise ValueError(f"--val-images must be >= 0, got {self.val_images}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(
+                f"--augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}"
+            )
         return self
 
     @property
@@ -129,7 +143,13 @@ class DefenseConfig:
         return self.method.startswith("zo")
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # Left out at their defaults, so cards and checkpoints written before these options
+        # existed still match (--resume compares configs key by key).
+        for key, default in _OPTIONAL.items():
+            if d[key] == default:
+                del d[key]
+        return d
 
 
 def build_defense(
@@ -196,12 +216,19 @@ def _scheduler(
 
 def _check_resume(saved: dict[str, Any], config: DefenseConfig, n: int) -> None:
     now = config.as_dict()
-    diff = [k for k in now if k not in _RESUMABLE and saved["config"].get(k) != now[k]]
+    keys = [*now, *(k for k in saved["config"] if k not in now)]
+    diff = [
+        k
+        for k in keys
+        if k not in _RESUMABLE
+        and saved["config"].get(k, _OPTIONAL.get(k)) != now.get(k, _OPTIONAL.get(k))
+    ]
     if diff:
         k = diff[0]
         raise ValueError(
-            f"--resume with different settings: {k} was {saved['config'].get(k)!r}, "
-            f"now {now[k]!r}; rerun with the original settings or a new --out"
+            f"--resume with different settings: {k} was "
+            f"{saved['config'].get(k, _OPTIONAL.get(k))!r}, now "
+            f"{now.get(k, _OPTIONAL.get(k))!r}; rerun with the original settings or a new --out"
         )
     if saved["train_images"] != n:
         raise ValueError(
@@ -238,6 +265,11 @@ class _Training:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     targets: Tensor | None = None  # (N,) the black box's top-1 on each clean image
     wb_evals: int = 0
+    x_val: Tensor | None = None  # (V, C, H, W) held-out images (config.val_images)
+    y_val: Tensor | None = None  # (V,) their labels (or the black box's clean top-1)
+    best: dict[str, Any] | None = None  # the best validation epoch: number, accuracy, weights
+    labels_given: bool = False
+    ae_x: Tensor | None = None  # stage-1 images when they differ from the training images
 
     @property
     def n(self) -> int:
@@ -269,6 +301,8 @@ def train_defense(
     record: dict[str, Any] | None = None,
     on_step: Callable[[int, int, int, int, float, int], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    labels: Tensor | None = None,
+    ae_images: Tensor | None = None,
 ) -> dict[str, Any]:
     """Train a defense for ``blackbox`` on clean ``images`` ``(N, C, H, W)`` in [0, 1].
 
@@ -285,10 +319,30 @@ def train_defense(
         record: extra JSON facts for the card (black box name/weights, data source...).
         on_step: ``(stage, epoch, step, steps, loss, queries_so_far)`` after every step.
         on_epoch: the history row after every epoch (after the checkpoint is written).
+        ae_images: ``(M, C, H, W)`` images for the autoencoder's pretraining (stage 1, white-box
+            MSE, no queries) instead of ``images``: the paper pretrains it on the whole
+            training set while query-paid stage 2 may afford far fewer images.
+        labels: ``(N,)`` true labels, used only to score the validation images when
+            ``config.val_images`` > 0 (without them, the black box's top-1 on each clean
+            validation image, 1 query each, is the reference).
+
+    With ``config.val_images = V`` the last V images are held out: after every stage-2 epoch
+    the defended classifier is scored on them under one Gaussian draw (the same draw every
+    epoch; V queries, charged to those images), and ``defense.safetensors`` holds the best
+    epoch's weights (the card's ``selection`` says which). The checkpoint keeps the latest
+    weights, so ``--resume`` continues training from there.
 
     Returns:
         The card written to ``defense.json``.
     """
+    if ae_images is not None and (
+        ae_images.dim() != 4 or tuple(ae_images.shape[1:]) != tuple(images.shape[1:])
+    ):
+        # Checked before _setup creates out_dir: a refused call leaves nothing behind.
+        raise ValueError(
+            f"ae_images must be (M, {', '.join(map(str, images.shape[1:]))}), got "
+            f"{tuple(ae_images.shape)}"
+        )
     t = _setup(
         config,
         blackbox,
@@ -299,7 +353,10 @@ def train_defense(
         record=record,
         on_step=on_step,
         on_epoch=on_epoch,
+        labels=labels,
     )
+    if ae_images is not None:
+        t.ae_x = ae_images.to(t.dev)
     if resume:
         _restore(t, load_state(t.ckpt))
     elif t.ckpt.exists():
@@ -313,12 +370,16 @@ def train_defense(
     _freeze_decoder(t)
     if t.targets is None:
         t.targets = _pseudo_labels(t)
+    if t.x_val is not None and t.y_val is None:
+        t.y_val = _val_reference(t)
     objective = None
     if config.zeroth_order:
         objective = PseudoLabelCE(blackbox, t.targets, post=t.dec if config.uses_ae else None)
     front = DefenseFront(t.denoiser, t.enc, t.dec)
     while t.epoch < config.epochs:
         _train_epoch(t, objective)
+        if t.x_val is not None:
+            _validate(t, front)
         _checkpoint(t)
         _write_outputs(t, front, done=t.epoch >= config.epochs)
         if on_epoch is not None:
@@ -352,6 +413,7 @@ def _setup(
     record: dict[str, Any] | None,
     on_step: Callable[[int, int, int, int, float, int], None] | None,
     on_epoch: Callable[[dict[str, Any]], None] | None,
+    labels: Tensor | None = None,
 ) -> _Training:
     """Validate the inputs and build fresh networks, optimizers and generators."""
     config.validate()
@@ -364,6 +426,19 @@ def _setup(
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
     c, h, w = (int(v) for v in images.shape[1:])
+    x_val = y_val = None
+    if config.val_images:
+        if config.val_images >= images.shape[0]:
+            raise ValueError(
+                f"--val-images {config.val_images} leaves no training images out of "
+                f"{images.shape[0]}; hold out fewer or pass more --train-images"
+            )
+        if labels is not None and labels.shape != images.shape[:1]:
+            raise ValueError(f"labels must be ({images.shape[0]},), got {tuple(labels.shape)}")
+        x_val = images[-config.val_images :].to(dev)
+        if labels is not None:
+            y_val = labels[-config.val_images :].to(dev)
+        images = images[: -config.val_images]
     if blackbox.input_shape is not None and tuple(blackbox.input_shape) != (c, h, w):
         raise ValueError(
             f"the black box takes {tuple(blackbox.input_shape)} images but the "
@@ -416,6 +491,9 @@ def _setup(
         record=record,
         on_step=on_step,
         on_epoch=on_epoch,
+        x_val=x_val,
+        y_val=y_val,
+        labels_given=labels is not None,
     )
 
 
@@ -446,6 +524,11 @@ def _restore(t: _Training, saved: dict[str, Any]) -> None:
         t.history = list(saved["history"])
         t.targets = saved["targets"].to(t.dev) if saved["targets"] is not None else None
         t.wb_evals = int(saved["whitebox_evaluations"])
+        if t.x_val is not None:
+            t.y_val = (
+                saved["val_targets"].to(t.dev) if saved.get("val_targets") is not None else None
+            )
+            t.best = saved.get("best")
     except Exception as exc:
         raise BadFileError(t.ckpt, what, describe(exc), how) from None
 
@@ -472,6 +555,7 @@ def _checkpoint(t: _Training) -> None:
             "history": t.history,
             "targets": t.targets,
             "whitebox_evaluations": t.wb_evals,
+            **({"val_targets": t.y_val, "best": t.best} if t.x_val is not None else {}),
         },
     )
 
@@ -486,9 +570,10 @@ def _pretrain_autoencoder(t: _Training) -> None:
     dec.train()
     while t.epoch < t.config.ae_epochs:
         t0 = time.perf_counter()
-        total, batches = 0.0, _batches(t.n, t.config.batch_size, t.gen, t.dev)
+        ae_x = t.ae_x if t.ae_x is not None else t.x_all
+        total, batches = 0.0, _batches(ae_x.shape[0], t.config.batch_size, t.gen, t.dev)
         for step, b in enumerate(batches, 1):
-            x = t.x_all[b]
+            x = ae_x[b]
             loss = F.mse_loss(dec(enc(x)), x)
             ae_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -508,7 +593,7 @@ def _pretrain_autoencoder(t: _Training) -> None:
             {
                 "stage": 1,
                 "epoch": t.epoch,
-                "loss": total / t.n,
+                "loss": total / ae_x.shape[0],
                 "queries": 0,
                 "seconds": round(time.perf_counter() - t0, 3),
             }
@@ -553,6 +638,10 @@ def _train_epoch(t: _Training, objective: PseudoLabelCE | None) -> None:
     total, batches = 0.0, _batches(t.n, config.batch_size, gen, dev)
     for step, b in enumerate(batches, 1):
         x = t.x_all[b]
+        if config.augment != "none":
+            x = augment_images(x, config.augment, gen)
+            with torch.no_grad():  # the authors' pseudo-label: f's top-1 on the augmented image
+                targets[b] = t.blackbox.query(x, b.cpu()).argmax(-1).to(dev)
         noisy = x + config.sigma * torch.randn(x.shape, generator=gen, device=dev)
         d = t.denoiser(noisy)
         v = t.enc(d) if t.enc is not None else d.clamp(0.0, 1.0)
@@ -586,6 +675,62 @@ def _train_epoch(t: _Training, objective: PseudoLabelCE | None) -> None:
     )
 
 
+def augment_images(x: Tensor, mode: str, generator: torch.Generator) -> Tensor:
+    """Random crop (zero padding 4 for images 32 pixels or larger, else 2) and/or horizontal
+    flip, per image, drawn from ``generator``: the authors' CIFAR-10 augmentation.
+    ``(N, C, H, W) -> (N, C, H, W)``."""
+    n, _, h, w = x.shape
+    if "crop" in mode:
+        pad = 4 if min(h, w) >= 32 else 2
+        padded = F.pad(x, (pad, pad, pad, pad))
+        off = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator, device=x.device)
+        x = torch.stack(
+            [padded[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(off.tolist())]
+        )
+    if "flip" in mode:
+        flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def _val_idx(t: _Training) -> Tensor:
+    """Ledger ids of the validation images: right after the training images."""
+    assert t.x_val is not None
+    return torch.arange(t.n, t.n + t.x_val.shape[0])
+
+
+def _val_reference(t: _Training) -> Tensor:
+    """Without labels: the black box's top-1 on each clean validation image (1 query each)."""
+    assert t.x_val is not None
+    with torch.no_grad():
+        return t.blackbox.query(t.x_val, _val_idx(t)).argmax(-1).to(t.dev)
+
+
+def _validate(t: _Training, front: DefenseFront) -> None:
+    """Score the defended classifier on the held-out images under one Gaussian draw (the same
+    draw every epoch, from its own generator, so epochs compare and training is unchanged);
+    remember the best epoch's weights."""
+    assert t.x_val is not None and t.y_val is not None
+    gen = make_generator(t.config.seed + 7919, t.dev)
+    front.eval()
+    with torch.no_grad():
+        noisy = t.x_val + t.config.sigma * torch.randn(t.x_val.shape, generator=gen, device=t.dev)
+        pred = t.blackbox.query(front(noisy), _val_idx(t)).argmax(-1).to(t.dev)
+    acc = float((pred == t.y_val).float().mean())
+    t.history[-1]["val_accuracy"] = round(acc, 6)
+    if t.best is None or acc > t.best["accuracy"]:
+        t.best = {
+            "epoch": t.epoch,
+            "accuracy": acc,
+            "weights": {
+                k: v.detach().clone()
+                for k, v in state_dict_prefixed(
+                    denoiser=t.denoiser, encoder=t.enc, decoder=t.dec
+                ).items()
+            },
+        }
+
+
 def _write_outputs(t: _Training, front: DefenseFront, *, done: bool) -> dict[str, Any]:
     """Write ``defense.safetensors`` (weights, the card in its metadata) and ``defense.json``."""
     from safetensors.torch import save_file
@@ -593,6 +738,8 @@ def _write_outputs(t: _Training, front: DefenseFront, *, done: bool) -> dict[str
     state = state_dict_prefixed(
         denoiser=front.denoiser, encoder=front.encoder, decoder=front.decoder
     )
+    if t.best is not None:
+        state = dict(t.best["weights"])
     config, history, blackbox = t.config, t.history, t.blackbox
     zo_steps = [h for h in history if h["stage"] == 2]
     card: dict[str, Any] = {
@@ -615,6 +762,17 @@ def _write_outputs(t: _Training, front: DefenseFront, *, done: bool) -> dict[str
         "train_seconds": round(sum(h["seconds"] for h in history), 1),
         "weights_file": WEIGHTS,
     }
+    if t.ae_x is not None:
+        card["autoencoder_pretraining_images"] = int(t.ae_x.shape[0])
+    if t.x_val is not None:
+        card["selection"] = {
+            "val_images": t.x_val.shape[0],
+            "reference": "labels" if t.labels_given else "black box top-1 on clean images",
+            "rule": "best smoothed validation accuracy (one fixed Gaussian draw), first best "
+            "epoch on ties; defense.safetensors holds that epoch's weights",
+            "best_epoch": t.best["epoch"] if t.best is not None else None,
+            "best_val_accuracy": t.best["accuracy"] if t.best is not None else None,
+        }
     tmp = t.out / (WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"zoattack_defense": json.dumps(card, sort_keys=True)})
     tmp.replace(t.out / WEIGHTS)
