@@ -68,6 +68,7 @@ from zoattack.defense.model import load_front  # noqa: E402
 from zoattack.defense.train import DefenseConfig, train_defense  # noqa: E402
 from zoattack.jobs.certify import certify_images, read_rows, throughput  # noqa: E402
 from zoattack.models import create_model  # noqa: E402
+from zoattack.models.weights import weights_dir, weights_filename  # noqa: E402
 
 METHODS = {
     "fo-ds": {"method": "fo-ds"},
@@ -105,7 +106,8 @@ def _se(p: float, n: int) -> float:
 
 
 def _victim(a: argparse.Namespace, dataset: str):
-    if a.dim == 784 and a.victim_weights is None:
+    if a.victim_weights is None and (weights_dir() / weights_filename(a.model, dataset)).is_file():
+        # Both sizes ship a victim (the 3x32x32 one made with VICTIM_TRAIN's command).
         return create_model(a.model, dataset=dataset, pretrained=True), f"shipped {a.model}"
     path = a.victim_weights or a.out / "victim" / f"{a.model}_{dataset}.safetensors"
     if not Path(path).is_file():
@@ -198,6 +200,7 @@ def main() -> None:
             ae_x = load_dataset(dataset, split=split["train_split"], limit=a.ae_images).images
         split["autoencoder"] = f"{split['train_split']} split images 0..{len(ae_x) - 1}"
     model, victim = _victim(a, dataset)
+    victim_path = str(a.victim_weights or a.out / "victim" / f"{a.model}_{dataset}.safetensors")
     shape = train.image_shape
     print(
         f"dim {a.dim} ({dataset}, {'x'.join(map(str, shape))}); black box {a.model}: {victim}\n"
@@ -241,12 +244,7 @@ def main() -> None:
                     "blackbox": {
                         "model": a.model,
                         "dataset": dataset,
-                        "weights": None
-                        if a.dim == 784 and a.victim_weights is None
-                        else str(
-                            a.victim_weights
-                            or a.out / "victim" / f"{a.model}_{dataset}.safetensors"
-                        ),
+                        "weights": None if victim.startswith("shipped") else victim_path,
                         "output": "logits",
                         "num_classes": 10,
                     },
