@@ -56,6 +56,7 @@ class SignOPTAttack(DecisionAttack):
         alpha: float = 0.2,
         beta: float = 0.001,
         subspace: str = "full",
+        saturate: float | None = None,
         tol: float = 1e-5,
         n_init: int = 10,
         max_init: int = 100,
@@ -67,6 +68,7 @@ class SignOPTAttack(DecisionAttack):
         self.alpha = check_float("alpha", alpha)
         self.beta = check_float("beta", beta)
         self.subspace = subspace
+        self.saturate = None if saturate is None else check_float("saturate", saturate, high=1.0)
         self.tol = check_float("tol", tol, high=1.0)
         self.n_init = check_int("n_init", n_init)
         self.max_init = max(check_int("max_init", max_init), self.n_init)
@@ -74,12 +76,17 @@ class SignOPTAttack(DecisionAttack):
         self.alpha_min = check_float("alpha_min", alpha_min)
         self.alpha_max = check_float("alpha_max", alpha_max)
 
+    def _saturate(self, norm: str) -> float | None:
+        if self.saturate is not None and norm != "linf":
+            raise ValueError("saturate shapes Linf rays only; drop it for L2")
+        return self.saturate
+
     def _attack(self, run: Run) -> None:
         oracle = run.oracle
         x0 = oracle.x0
         dev = x0.device
         space = Subspace(self.subspace, tuple(x0.shape[1:]))
-        obj = BoundaryDistance(oracle, space, tol=self.tol)
+        obj = BoundaryDistance(oracle, space, saturate=self._saturate(oracle.norm), tol=self.tol)
         ids = run.ids()
         if run.x_init is not None:
             theta0, g0 = targeted_start(obj, ids, run.x_init.index_select(0, ids))
