@@ -12,7 +12,10 @@ adversarial was found); median queries at which the distance first fell to eps (
 images that got there); the median distance after 1,000 queries of the same run (the curve's
 checkpoint; only for budgets above 1,000); throughput = scored inputs per wall second of the
 whole attack / the victim's bare forward rate on the same batch sizes (``RawProfile`` replays
-the attack's batch-size histogram), so 1.0 means the attack costs nothing beyond the model.
+the attack's batch-size histogram), so 1.0 means the attack costs nothing beyond the model;
+model share = seconds inside the victim's forward during the attack / wall seconds, the same
+ratio measured under the same machine load (the replay runs at another moment; on a loaded
+shared machine it can exceed 1).
 
 Query accounting, one rule for everyone: every input the model scores counts, charged to its
 image (the clean check, starts, every probe and bisection step). zoattack: the BlackBox
@@ -52,13 +55,22 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "opt+zo_adamm": ("opt", {"optimizer": "zo_adamm"}),
     "opt+radazo": ("opt", {"optimizer": "radazo"}),
     "opt+lizo": ("opt", {"optimizer": "lizo"}),
+    # Linf only: the opt-in saturated ray (half the coordinates at the full radius)
+    "sign_opt+sat": ("sign_opt", {"saturate": 0.5}),
+    "opt+zo_sgd+sat": ("opt", {"optimizer": "zo_sgd", "saturate": 0.5}),
+    "opt+zo_adamm+sat": ("opt", {"optimizer": "zo_adamm", "saturate": 0.5}),
+    "opt+radazo+sat": ("opt", {"optimizer": "radazo", "saturate": 0.5}),
+    "opt+lizo+sat": ("opt", {"optimizer": "lizo", "saturate": 0.5}),
     "sign_opt@dct14": ("sign_opt", {"subspace": "dct:14"}),
     "hsja@dct14": ("hsja", {"subspace": "dct:14"}),
     "opt+zo_sgd@dct14": ("opt", {"optimizer": "zo_sgd", "subspace": "dct:14"}),
     "opt+lizo@dct14": ("opt", {"optimizer": "lizo", "subspace": "dct:14"}),
     "opt+radazo@dct14": ("opt", {"optimizer": "radazo", "subspace": "dct:14"}),
 }
-DEFAULT_METHODS = "sign_opt,hsja,rays,opt+zo_sgd,opt+zo_adamm,opt+radazo,opt+lizo"
+DEFAULT_METHODS = (
+    "sign_opt,hsja,rays,opt+zo_sgd,opt+zo_adamm,opt+radazo,opt+lizo,"
+    "sign_opt+sat,opt+zo_sgd+sat,opt+zo_adamm+sat,opt+radazo+sat,opt+lizo+sat"
+)
 PEERS = ("art_hsja", "art_signopt", "fb_hsja")
 CHECKPOINT = 1000  # distance after this many queries, read off longer runs' curves
 
@@ -168,6 +180,7 @@ def run_peer(name, model, x, y, norm, eps, budget) -> dict[str, Any]:
         "scored": scored,
         "seconds": secs,
         "batches": dict(meter.batches),
+        "model_seconds": meter.model_seconds,
         "max_queries": None,
     }
 
@@ -217,6 +230,7 @@ def run_ours(name, model, x, y, norm, eps, budget, seed) -> dict[str, Any]:
         "scored": meter.rows,
         "seconds": secs,
         "batches": dict(meter.batches),
+        "model_seconds": meter.model_seconds,
         "recheck_flips": flips,
         "max_queries": int(res.queries.max()),
     }
@@ -234,6 +248,7 @@ def summarise(out: dict[str, Any], raw: RawProfile, eps: float, budget: int) -> 
         "scored": out["scored"],
         "seconds": round(out["seconds"], 1),
         "throughput_ratio": raw_s / max(out["seconds"], 1e-9),
+        "model_share": out["model_seconds"] / max(out["seconds"], 1e-9),
         "mean_batch": out["scored"] / max(sum(out["batches"].values()), 1),
     }
     if "recheck_flips" in out:
@@ -288,7 +303,8 @@ def main() -> None:
                 eps = args.eps_l2 if norm == "l2" else args.eps_linf
                 head = {"model": model_name, "budget": budget, "norm": norm, "images": len(x)}
                 for name in methods:
-                    if METHODS[name][0] == "rays" and norm != "linf":
+                    linf_only = METHODS[name][0] == "rays" or "saturate" in METHODS[name][1]
+                    if linf_only and norm != "linf":
                         continue
                     out = run_ours(name, model, x, y, norm, eps, budget, args.seed)
                     emit({**head, "method": name, **summarise(out, raw, eps, budget)})
@@ -312,6 +328,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         "med q->eps",
         "med dist @1k",
         "thru/raw",
+        "model share",
         "s",
     )
 
@@ -330,6 +347,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             cell(r["median_queries_to_eps"], ".0f"),
             cell(r["median_distance_at_1k"], ".3f"),
             cell(r["throughput_ratio"], ".2f"),
+            cell(r.get("model_share"), ".2f"),
             cell(r["seconds"], ".0f"),
         )
         for r in rows
