@@ -302,17 +302,17 @@ def main() -> None:
             for norm in args.norms.split(","):
                 eps = args.eps_l2 if norm == "l2" else args.eps_linf
                 head = {"model": model_name, "budget": budget, "norm": norm, "images": len(x)}
+                for peer in peers:
+                    if peer == "art_signopt" and norm != "l2":
+                        continue  # ART's SignOPT is L2 only
+                    out = run_peer(peer, model, x, y, norm, eps, budget)
+                    emit({**head, "method": peer, **summarise(out, raw, eps, budget)})
                 for name in methods:
                     linf_only = METHODS[name][0] == "rays" or "saturate" in METHODS[name][1]
                     if linf_only and norm != "linf":
                         continue
                     out = run_ours(name, model, x, y, norm, eps, budget, args.seed)
                     emit({**head, "method": name, **summarise(out, raw, eps, budget)})
-                for peer in peers:
-                    if peer == "art_signopt" and norm != "l2":
-                        continue  # ART's SignOPT is L2 only
-                    out = run_peer(peer, model, x, y, norm, eps, budget)
-                    emit({**head, "method": peer, **summarise(out, raw, eps, budget)})
     print_table(rows)
 
 
