@@ -55,6 +55,12 @@ class OPTAttack(DecisionAttack):
     Defaults: ``optimizer="zo_sgd"``; rule options from :data:`RULE_DEFAULTS` (overridden by
     ``lr``, ``estimator``, ``num_samples``, ``mu``, ``optimizer_kwargs``); ``subspace="full"``;
     ``tol=1e-3`` (relative); ``n_init=10``, ``max_init=100``. ``theta`` starts at unit L2 norm.
+    Linf: ``g`` is the Linf distance along ``theta / ||theta||_inf`` (the paper's ray); there
+    every random perturbation of a noise-like start raises ``max |theta_i|``, and on 5
+    held-out small_cnn images no rule moved off its start in 1,000 queries (median 0.41 at
+    lr 0.01, 0.1 and 1). ``saturate=q`` (opt-in, Linf only): the saturated ray of
+    :func:`~zoattack.attacks.hardlabel.boundary.saturated_directions` (median 0.13-0.14 at
+    q = 0.5 with zo_sgd or lizo).
     Shapes: images ``(N, C, H, W)``; ``theta`` ``(N, *var_shape)``.
     Query cost per step and image: the estimator's evaluations (``K+1`` for forward
     differences) times ~8 questions each; a step starts only if its expected cost fits.

@@ -43,6 +43,13 @@ class SignOPTAttack(DecisionAttack):
     more precise than ``beta`` moves it - at 1e-3 the signs were mostly noise);
     ``max_backtracks=4``, ``alpha_min=1e-4``, ``alpha_max=2.0``. The last step of an image uses
     whatever directions its budget still pays for.
+    Linf: ``g`` is the Linf distance along ``theta / ||theta||_inf`` (the authors' Linf code,
+    ``OPT_attack_sign_SGD_lf``; their ``theta``/``u`` are Linf-normalised, ours L2-normalised,
+    which only rescales ``beta``). ``saturate=q`` (opt-in, Linf only, labelled ``+sat`` in
+    benchmarks) uses :func:`~zoattack.attacks.hardlabel.boundary.saturated_directions`
+    instead: the share ``q`` of largest ``|theta_i|`` at the full radius. On 5 held-out
+    small_cnn images (test 300-499, 1,000 queries, eps 0.1) the median Linf distance went
+    0.38 (paper ray) -> 0.14 / 0.12 / 0.12 at q = 0.25 / 0.5 / 0.75.
     Shapes: images ``(N, C, H, W)``; ``theta`` ``(N, *var_shape)`` of ``subspace``.
     Query cost per step and image: ``K`` sign questions + 1 per backtrack + ~8 for the search.
     """
