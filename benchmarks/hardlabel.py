@@ -156,7 +156,7 @@ def peer_attack(name: str, counter: PeerCounter, shape: tuple[int, ...], norm: s
 
 def run_peer(name, model, x, y, norm, eps, budget) -> dict[str, Any]:
     meter = Meter(model)
-    counter = PeerCounter(meter, norm, eps, budget)
+    counter = PeerCounter(meter, norm, eps, budget).eval()
     attack = peer_attack(name, counter, tuple(x.shape[1:]), norm, budget)
     dists, at_cp, qs, scored = [], [], [], 0
     t = time.perf_counter()
