@@ -21,6 +21,7 @@ from zoattack.models.weights import file_sha256
 from zoattack.seeding import make_generator
 
 SHIPPED = [("resnet20", "fashion-mnist"), ("small_cnn", "fashion-mnist")]
+VIEWS = [("resnet20", "fashion-mnist@3x32x32")]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,9 @@ def bundled():
 def test_both_fashion_mnist_models_ship():
     # The robust victim has its own tests (test_robust_victim.py).
     robust = [("small_cnn_robust", "fashion-mnist"), ("resnet20_robust", "fashion-mnist")]
-    assert sorted(shipped_weights()) == sorted(SHIPPED + robust)
+    # The 3x32x32 view's victim (issue 15, benchmarks/defense.py --dim 3072).
+    view = [("resnet20", "fashion-mnist@3x32x32")]
+    assert sorted(shipped_weights()) == sorted(SHIPPED + robust + view)
 
 
 @pytest.mark.parametrize("name, dataset", SHIPPED)
@@ -130,3 +133,20 @@ def test_plain_torch_checkpoint_loads_with_weights_only(tmp_path):
 def test_missing_weights_file_names_the_path(tmp_path):
     with pytest.raises(MissingFileError, match=str(tmp_path / "gone.safetensors")):
         create_model("resnet20", dataset="digits", weights=tmp_path / "gone.safetensors")
+
+
+@pytest.mark.parametrize("name, dataset", VIEWS)
+def test_shipped_view_victim_matches_its_card(name, dataset):
+    from zoattack.data import load_dataset
+
+    card = load_card(name, dataset)
+    path = weights_dir() / f"{name}_{dataset}.safetensors"
+    assert card["sha256"] == file_sha256(path)
+    assert card["model"] == name and card["dataset"] == dataset
+    assert card["input"]["shape"] == [3, 32, 32]
+    model = create_model(name, dataset=dataset, pretrained=True)
+    assert count_parameters(model) == card["param_count"]
+    data = load_dataset(dataset, split="test", limit=1000)  # the bundled 1,000, viewed
+    assert tuple(data.images.shape[1:]) == (3, 32, 32)
+    acc = evaluate(model, data.images, data.labels)
+    assert acc == pytest.approx(card["test_accuracy_first_1000"], abs=0.003)

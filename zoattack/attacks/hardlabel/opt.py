@@ -7,7 +7,13 @@ from typing import Any
 
 import torch
 
-from zoattack.attacks.hardlabel.base import DECISION_ATTACKS, DecisionAttack, Run, check_int
+from zoattack.attacks.hardlabel.base import (
+    DECISION_ATTACKS,
+    DecisionAttack,
+    Run,
+    check_float,
+    check_int,
+)
 from zoattack.attacks.hardlabel.boundary import BoundaryDistance, random_start, targeted_start
 from zoattack.optim import create_optimizer
 from zoattack.optim.base import ZORule
@@ -49,6 +55,12 @@ class OPTAttack(DecisionAttack):
     Defaults: ``optimizer="zo_sgd"``; rule options from :data:`RULE_DEFAULTS` (overridden by
     ``lr``, ``estimator``, ``num_samples``, ``mu``, ``optimizer_kwargs``); ``subspace="full"``;
     ``tol=1e-3`` (relative); ``n_init=10``, ``max_init=100``. ``theta`` starts at unit L2 norm.
+    Linf: ``g`` is the Linf distance along ``theta / ||theta||_inf`` (the paper's ray); there
+    every random perturbation of a noise-like start raises ``max |theta_i|``, and on 5
+    held-out small_cnn images no rule moved off its start in 1,000 queries (median 0.41 at
+    lr 0.01, 0.1 and 1). ``saturate=q`` (opt-in, Linf only): the saturated ray of
+    :func:`~zoattack.attacks.hardlabel.boundary.saturated_directions` (median 0.13-0.14 at
+    q = 0.5 with zo_sgd or lizo).
     Shapes: images ``(N, C, H, W)``; ``theta`` ``(N, *var_shape)``.
     Query cost per step and image: the estimator's evaluations (``K+1`` for forward
     differences) times ~8 questions each; a step starts only if its expected cost fits.
@@ -67,6 +79,7 @@ class OPTAttack(DecisionAttack):
         difference: str | None = None,
         optimizer_kwargs: dict[str, Any] | None = None,
         subspace: str = "full",
+        saturate: float | None = None,
         tol: float = 1e-3,
         n_init: int = 10,
         max_init: int = 100,
@@ -82,6 +95,7 @@ class OPTAttack(DecisionAttack):
         self.optimizer = optimizer
         self.make_rule()  # fail on bad names or options now, not after the start search
         self.subspace = subspace
+        self.saturate = None if saturate is None else check_float("saturate", saturate, high=1.0)
         self.tol = float(tol)
         self.n_init = check_int("n_init", n_init)
         self.max_init = max(check_int("max_init", max_init), self.n_init)
@@ -92,11 +106,16 @@ class OPTAttack(DecisionAttack):
             raise ValueError(f"OPT needs a gradient-based rule; {self.optimizer} is a search rule")
         return rule
 
+    def _saturate(self, norm: str) -> float | None:
+        if self.saturate is not None and norm != "linf":
+            raise ValueError("saturate shapes Linf rays only; drop it for L2")
+        return self.saturate
+
     def _attack(self, run: Run) -> None:
         oracle = run.oracle
         x0 = oracle.x0
         space = Subspace(self.subspace, tuple(x0.shape[1:]))
-        obj = BoundaryDistance(oracle, space, tol=self.tol)
+        obj = BoundaryDistance(oracle, space, saturate=self._saturate(oracle.norm), tol=self.tol)
         ids = run.ids()
         if run.x_init is not None:
             theta0, g0 = targeted_start(obj, ids, run.x_init.index_select(0, ids))

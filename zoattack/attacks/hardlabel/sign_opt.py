@@ -43,6 +43,13 @@ class SignOPTAttack(DecisionAttack):
     more precise than ``beta`` moves it - at 1e-3 the signs were mostly noise);
     ``max_backtracks=4``, ``alpha_min=1e-4``, ``alpha_max=2.0``. The last step of an image uses
     whatever directions its budget still pays for.
+    Linf: ``g`` is the Linf distance along ``theta / ||theta||_inf`` (the authors' Linf code,
+    ``OPT_attack_sign_SGD_lf``; their ``theta``/``u`` are Linf-normalised, ours L2-normalised,
+    which only rescales ``beta``). ``saturate=q`` (opt-in, Linf only, labelled ``+sat`` in
+    benchmarks) uses :func:`~zoattack.attacks.hardlabel.boundary.saturated_directions`
+    instead: the share ``q`` of largest ``|theta_i|`` at the full radius. On 5 held-out
+    small_cnn images (test 300-499, 1,000 queries, eps 0.1) the median Linf distance went
+    0.38 (paper ray) -> 0.14 / 0.12 / 0.12 at q = 0.25 / 0.5 / 0.75.
     Shapes: images ``(N, C, H, W)``; ``theta`` ``(N, *var_shape)`` of ``subspace``.
     Query cost per step and image: ``K`` sign questions + 1 per backtrack + ~8 for the search.
     """
@@ -56,6 +63,7 @@ class SignOPTAttack(DecisionAttack):
         alpha: float = 0.2,
         beta: float = 0.001,
         subspace: str = "full",
+        saturate: float | None = None,
         tol: float = 1e-5,
         n_init: int = 10,
         max_init: int = 100,
@@ -67,6 +75,7 @@ class SignOPTAttack(DecisionAttack):
         self.alpha = check_float("alpha", alpha)
         self.beta = check_float("beta", beta)
         self.subspace = subspace
+        self.saturate = None if saturate is None else check_float("saturate", saturate, high=1.0)
         self.tol = check_float("tol", tol, high=1.0)
         self.n_init = check_int("n_init", n_init)
         self.max_init = max(check_int("max_init", max_init), self.n_init)
@@ -74,12 +83,17 @@ class SignOPTAttack(DecisionAttack):
         self.alpha_min = check_float("alpha_min", alpha_min)
         self.alpha_max = check_float("alpha_max", alpha_max)
 
+    def _saturate(self, norm: str) -> float | None:
+        if self.saturate is not None and norm != "linf":
+            raise ValueError("saturate shapes Linf rays only; drop it for L2")
+        return self.saturate
+
     def _attack(self, run: Run) -> None:
         oracle = run.oracle
         x0 = oracle.x0
         dev = x0.device
         space = Subspace(self.subspace, tuple(x0.shape[1:]))
-        obj = BoundaryDistance(oracle, space, tol=self.tol)
+        obj = BoundaryDistance(oracle, space, saturate=self._saturate(oracle.norm), tol=self.tol)
         ids = run.ids()
         if run.x_init is not None:
             theta0, g0 = targeted_start(obj, ids, run.x_init.index_select(0, ids))
