@@ -77,7 +77,14 @@ WHITE_BOX = "pgd"
 
 
 def run_pgd(
-    net: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, steps: int, restarts: int, seed: int
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    norm: str,
+    eps: float,
+    steps: int,
+    restarts: int,
+    seed: int,
 ) -> tuple[Tensor, Tensor, float, str]:
     """Per image: verified success and gradient calls (to first success, or all of them)."""
     atk = PGD(norm, eps, steps=steps, restarts=restarts, loss="margin")
