@@ -34,6 +34,7 @@ Run: ``python benchmarks/robust.py --quick`` (a few minutes), or the issue's ful
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -126,7 +127,46 @@ def row(
         "cost_unit": "gradient calls" if kind == "white-box" else "queries",
         "wall_s": wall,
         "notes": notes,
+        # Per image, so runs on disjoint image ranges (--offset) merge exactly (--merge).
+        "per_image_success": [int(v) for v in success.tolist()],
+        "per_image_cost": [int(v) for v in cost.tolist()],
     }
+
+
+def merge(files: list[Path]) -> list[dict]:
+    """Rows of several runs on disjoint image ranges, pooled per (victim, norm, budget, method):
+    successes and per-image costs concatenated, medians recomputed, wall times summed."""
+    pooled: dict[tuple, dict] = {}
+    for f in files:
+        data = json.loads(f.read_text())
+        for r in data["rows"]:
+            key = (r["victim"], r["norm"], r["budget"], r["method"])
+            if key not in pooled:
+                pooled[key] = {**r, "per_image_success": [], "per_image_cost": [], "wall_s": 0.0}
+            p = pooled[key]
+            p["per_image_success"] += r["per_image_success"]
+            p["per_image_cost"] += r["per_image_cost"]
+            p["wall_s"] += r["wall_s"]
+    out = []
+    for p in pooled.values():
+        ok = torch.tensor(p["per_image_success"], dtype=torch.bool)
+        cost = torch.tensor(p["per_image_cost"], dtype=torch.long)
+        out.append(
+            row(
+                p["victim"],
+                p["norm"],
+                p["eps"],
+                p["budget"],
+                p["method"],
+                p["kind"],
+                p["config"],
+                ok,
+                cost,
+                p["wall_s"],
+                p["notes"],
+            )
+        )
+    return out
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -183,7 +223,7 @@ def verdicts(rows: list[dict]) -> list[str]:
         zo = [r for r in g if r["kind"] == "zoattack" and r["success_pct"] is not None]
         pgd = next((r for r in g if r["method"] == WHITE_BOX), None)
         ta = next((r for r in g if r["method"] == PEER), None)
-        if not zo:
+        if len(zo) < 2:
             continue
         best = max(zo, key=lambda r: r["success_pct"])
         worst = min(zo, key=lambda r: r["success_pct"])
@@ -220,6 +260,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", nargs="+", type=int, default=[1000, 10000])
     p.add_argument("--images", type=int, default=100)
     p.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="skip the first K initially-correct images (split one size into runs that "
+        "--merge pools)",
+    )
+    p.add_argument(
         "--images-at",
         nargs="*",
         default=[],
@@ -238,6 +285,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write results.json/.csv/table.md here")
     p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="pool results.json files of runs on disjoint images (--offset) into one table",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="small_cnn_robust, linf, budget 1000, 20 images, PGD 20 x 2 (a few minutes)",
@@ -252,6 +307,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        rows = merge(args.merge)
+        lines = [*table(rows), "", *verdicts(rows)]
+        for line in lines:
+            log(line)
+        if args.out is not None:
+            d = out_dir(args.out)
+            write_json(d / "results.json", {"merged": [str(f) for f in args.merge], "rows": rows})
+            (d / "table.md").write_text("\n".join(lines) + "\n")
+        return 0
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
@@ -268,18 +333,22 @@ def main(argv: list[str] | None = None) -> int:
     meta = metadata(args={k: str(v) for k, v in vars(args).items()})
 
     def save() -> None:
-        if args.out is None:
+        if args.out is None or not rows:
             return
         d = out_dir(args.out)
         write_json(d / "results.json", {"metadata": meta, "rows": rows})
-        write_csv(d / "results.csv", rows)
+        write_csv(d / "results.csv", rows, [k for k in rows[0] if not k.startswith("per_")])
         lines = [*table(rows), "", *verdicts(rows)]
         (d / "table.md").write_text("\n".join(lines) + "\n")
 
     for victim in args.victims:
         net = create_model(victim, dataset=args.dataset, pretrained=True, device="cpu").eval()
-        x_all, y_all, _, _, span = select_images(net, args.dataset, args.images, 0)
-        log(f"\n== {victim}: {len(y_all)} initially-correct images (first {span} test images)")
+        x_all, y_all, _, _, span = select_images(net, args.dataset, args.offset + args.images, 0)
+        x_all, y_all = x_all[args.offset :], y_all[args.offset :]
+        log(
+            f"\n== {victim}: {len(y_all)} initially-correct images (numbers {args.offset}.."
+            f"{args.offset + len(y_all) - 1} among the correct ones; first {span} test images)"
+        )
         for norm in args.norms:
             eps = eps_of[norm]
             ok_pgd, calls_pgd, wall_pgd, desc = run_pgd(
