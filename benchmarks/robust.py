@@ -29,6 +29,10 @@ points at 1,000; best and worst zoattack attack >= 10 points apart.
 
 Run: ``python benchmarks/robust.py --quick`` (a few minutes), or the issue's full size
 ``python benchmarks/robust.py --images 100 --budgets 1000 10000 --threads 1 --out bench_robust``.
+On a small machine split it: ``--images 20 --offset 20`` runs correct images 20..39, and
+``--merge A/results.json B/results.json`` pools runs on disjoint images exactly (per-image
+successes and costs are kept in results.json). Stochastic attacks draw their randomness per
+batch, so a split run is a different random draw from the unsplit one, not the same numbers.
 """
 
 from __future__ import annotations
