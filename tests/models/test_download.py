@@ -4,15 +4,22 @@ authors' format loaded into the zoo architecture."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import io
+import json
+import pickle
 import threading
+from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from zoattack.cli.main import app
 from zoattack.data.files import MissingFileError
 from zoattack.models import create_model
 from zoattack.models import download as dl
@@ -146,3 +153,131 @@ def test_missing_pin_refuses_to_download(monkeypatch, tmp_path):
             create_model("resnet20", dataset="cifar10", pretrained=True, download=True)
     else:
         assert len(pub.sha256) == 64
+
+
+# ----------------------------------------------------------------------------- the CLI
+# `zoattack run` / `zoattack eval --model resnet20 --dataset cifar10 --download` end to end:
+# a tiny CIFAR-10 test batch on disk, the published checkpoint served from 127.0.0.1.
+
+runner = CliRunner()
+
+
+def _cifar_test_batch(root: Path, n: int = 3) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    data = np.random.default_rng(0).integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"labels": [i % 10 for i in range(n)], "data": data}, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f, protocol=2)
+    return folder
+
+
+@pytest.fixture()
+def published(server, tmp_path, monkeypatch):
+    """The published resnet20/cifar10 entry pointed at the local server; returns its body."""
+    url, files = server
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    blob = _authors_checkpoint(ResNet20(3, 10, generator=torch.Generator().manual_seed(0)))
+    files.files["/resnet20.th"] = blob
+    pub = dl.Published(
+        url=url + "/resnet20.th",
+        sha256=sha(blob),
+        filename="resnet20-test.th",
+        source="test",
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        rename=(("linear.", "fc."),),
+    )
+    monkeypatch.setitem(dl.PUBLISHED, ("resnet20", "cifar10"), pub)
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet20-test.th"
+    return {"pub": pub, "blob": blob, "cached": cached, "files": files, "url": url}
+
+
+def _cli(command: str, tmp_path: Path, *extra: str):
+    data = tmp_path / "data"
+    if not data.exists():
+        _cifar_test_batch(data)
+    base = [command, "--model", "resnet20", "--dataset", "cifar10", "--data-dir", str(data)]
+    base += ["--images", "2", "--device", "cpu"]
+    base += ["--budget", "20"] if command == "run" else ["--steps", "2", "--restarts", "1"]
+    return runner.invoke(app, [*base, *extra])
+
+
+def _one_error_line(res) -> str:
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert "Traceback" not in res.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_cli_download_only_when_asked_then_cached(command, published, tmp_path):
+    line = _one_error_line(_cli(command, tmp_path))
+    assert "--download" in line and "resnet20-test.th" in line
+    assert published["files"].hits == [] and not published["cached"].exists()
+    res = _cli(command, tmp_path, "--download", "--json")
+    assert res.exit_code == 0, res.output
+    assert published["cached"].read_bytes() == published["blob"]
+    settings = json.loads(res.stdout)["settings"]
+    assert "download" not in settings and "sha256" not in settings  # reaching, not results
+    # Cached and verified: later runs need neither the network nor --download.
+    assert _cli(command, tmp_path, "--json").exit_code == 0
+    assert published["files"].hits == ["/resnet20.th"]
+
+
+def test_cli_checksum_mismatch_exits_2_and_keeps_nothing(published, tmp_path):
+    published["files"].files["/resnet20.th"] = b"tampered" + published["blob"]
+    line = _one_error_line(_cli("run", tmp_path, "--download"))
+    assert "checksum mismatch" in line and published["pub"].sha256 in line
+    assert not published["cached"].parent.exists() or not any(published["cached"].parent.iterdir())
+
+
+def test_cli_interrupted_download_exits_2_and_keeps_the_good_file(published, tmp_path):
+    # A good copy in --model-dir is used as is; the broken server is never asked.
+    good = tmp_path / "mine" / "resnet20-test.th"
+    good.parent.mkdir()
+    good.write_bytes(published["blob"])
+    published["files"].truncate.add("/resnet20.th")
+    assert _cli("run", tmp_path, "--download", "--model-dir", str(good.parent)).exit_code == 0
+    assert published["files"].hits == []
+    line = _one_error_line(_cli("run", tmp_path, "--download"))
+    assert "stopped at" in line or "cannot download" in line
+    assert good.read_bytes() == published["blob"] and not published["cached"].exists()
+    assert not any(published["cached"].parent.glob("*.part"))
+
+
+def test_cli_offline_names_where_the_file_was_expected(published, tmp_path, monkeypatch):
+    offline = dataclasses.replace(published["pub"], url="http://127.0.0.1:9/resnet20.th")
+    monkeypatch.setitem(dl.PUBLISHED, ("resnet20", "cifar10"), offline)
+    line = _one_error_line(_cli("run", tmp_path, "--download"))
+    assert "offline" in line and str(published["cached"]) in line
+
+
+def test_cli_unpinned_checkpoint_needs_the_users_sha256(published, tmp_path, monkeypatch):
+    unpinned = dataclasses.replace(published["pub"], sha256=None)
+    monkeypatch.setitem(dl.PUBLISHED, ("resnet20", "cifar10"), unpinned)
+    line = _one_error_line(_cli("run", tmp_path, "--download"))
+    assert "no SHA-256 is pinned" in line and "--sha256" in line
+    assert published["files"].hits == []  # refused before any byte was fetched
+    line = _one_error_line(_cli("run", tmp_path, "--download", "--sha256", "0" * 64))
+    assert "checksum mismatch" in line and not published["cached"].exists()
+    line = _one_error_line(_cli("run", tmp_path, "--download", "--sha256", "abc"))
+    assert "64 hex digits" in line
+    good = sha(published["blob"]).upper()  # as some tools print it
+    assert _cli("run", tmp_path, "--download", "--sha256", good).exit_code == 0
+    assert published["cached"].read_bytes() == published["blob"]
+    # The user's checksum also guards the cached file.
+    line = _one_error_line(_cli("run", tmp_path, "--sha256", "1" * 64))
+    assert "does not match the --sha256" in line
+
+
+def test_cli_sha256_must_agree_with_a_pin_and_needs_published_weights(published, tmp_path):
+    line = _one_error_line(_cli("run", tmp_path, "--download", "--sha256", "2" * 64))
+    assert "disagrees with the SHA-256 pinned" in line
+    res = runner.invoke(
+        app,
+        ["run", "--model", "small_cnn", "--images", "2", "--budget", "10", "--sha256", "3" * 64],
+    )
+    assert "--sha256" in _one_error_line(res)

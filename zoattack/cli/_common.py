@@ -70,6 +70,35 @@ DatasetOption = Annotated[
 ThreatModelOption = Annotated[
     str | None, typer.Option(help="robustbench threat model.", rich_help_panel=P_MODEL)
 ]
+# Published weights (zoattack/models/download.py): fetched only when asked, always verified.
+DownloadOption = Annotated[
+    bool,
+    typer.Option(
+        "--download",
+        help="Fetch published pretrained weights that are not cached (pinned URL and "
+        "SHA-256, e.g. resnet20 on cifar10), into the torch hub cache.",
+        rich_help_panel=P_MODEL,
+    ),
+]
+Sha256Option = Annotated[
+    str | None,
+    typer.Option(
+        "--sha256",
+        help="SHA-256 of published weights you verified, for a checkpoint without a pinned "
+        "checksum (a pinned one must agree); the downloaded or cached file is checked against it.",
+        rich_help_panel=P_MODEL,
+        show_default=False,
+    ),
+]
+
+
+def download_options(download: bool, sha256: str | None) -> dict[str, Any]:
+    """The model-factory keywords of --download/--sha256 (empty when neither is given)."""
+    opts: dict[str, Any] = {"download": True} if download else {}
+    if sha256 is not None:
+        opts["sha256"] = sha256
+    return opts
+
 
 T = TypeVar("T")
 

@@ -26,9 +26,12 @@ from zoattack.cli._common import (
     P_THREAT,
     DataDirOption,
     DatasetOption,
+    DownloadOption,
     ModelDirOption,
+    Sha256Option,
     ThreatModelOption,
     WeightsOption,
+    download_options,
     err,
     guarded,
     out,
@@ -73,15 +76,8 @@ def eval_command(
     images: Annotated[
         int, typer.Option(help="Attack the first N test images.", rich_help_panel=P_MODEL)
     ] = 100,
-    download: Annotated[
-        bool,
-        typer.Option(
-            "--download",
-            help="Fetch published pretrained weights that are not cached (pinned URL and "
-            "SHA-256, e.g. resnet20 on cifar10).",
-            rich_help_panel=P_MODEL,
-        ),
-    ] = False,
+    download: DownloadOption = False,
+    sha256: Sha256Option = None,
     norm: Annotated[str, typer.Option(help="linf or l2.", rich_help_panel=P_THREAT)] = "linf",
     eps: Annotated[
         float | None,
@@ -150,7 +146,7 @@ def eval_command(
         pretrained=weights is None and ":" not in model,
         device=dev,
         threat_model=threat_model,
-        download=download,
+        **download_options(download, sha256),
     ).eval()
     gen = make_generator(seed, dev)
     rows: list[dict[str, Any]] = []

@@ -17,9 +17,12 @@ from zoattack.cli._common import (
     P_THREAT,
     DataDirOption,
     DatasetOption,
+    DownloadOption,
     ModelDirOption,
+    Sha256Option,
     ThreatModelOption,
     WeightsOption,
+    download_options,
     err,
     guarded,
     out,
@@ -53,6 +56,8 @@ def run_command(
     weights: WeightsOption = None,
     model_dir: ModelDirOption = None,
     threat_model: ThreatModelOption = None,
+    download: DownloadOption = False,
+    sha256: Sha256Option = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -291,6 +296,8 @@ def run_command(
         }.items()
         if v is not None
     }
+    # How the weights are reached, not what the run does: never part of the recorded settings.
+    remote_opts.update(download_options(download, sha256))
     seed_everything(seed)  # third-party code only; zoattack draws from per-chunk generators
     with Progress(
         TextColumn("[bold]{task.description}"),

@@ -185,7 +185,8 @@ def run_attack_job(
         else:
             folder.check_new(overwrite=overwrite)
     remote_opts = dict(model_options or {})
-    if remote_opts and not spec.model.startswith("remote:"):
+    # --download/--sha256 reach published weights of any model; the rest are remote: options.
+    if set(remote_opts) - {"download", "sha256"} and not spec.model.startswith("remote:"):
         raise ValueError("--token/--timeout/--retries/--max-rps apply to --model remote:URL only")
     job = prepare(spec, model=model, model_options=remote_opts)
     settings = job.settings()

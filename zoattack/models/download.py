@@ -144,6 +144,16 @@ def fetch(
     return dest
 
 
+def check_sha256(text: str) -> str:
+    """``text`` as a lower-case SHA-256 hex digest; ValueError naming the problem otherwise."""
+    digest = text.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(
+            f"--sha256 must be 64 hex digits (the output of `sha256sum FILE`), got {text!r}"
+        )
+    return digest
+
+
 def published_file(
     model: str,
     dataset: str,
@@ -151,24 +161,40 @@ def published_file(
     download: bool,
     model_dir: str | Path | None = None,
     also_expected: Sequence[Path] = (),
+    sha256: str | None = None,
 ) -> tuple[Path, Published] | None:
     """The local file of a published checkpoint, fetched when ``download``; None if none is
     published for ``(model, dataset)``.
 
-    A file already at ``model_dir/FILENAME`` or in the torch hub cache is used as is (checked
-    against the pin when there is one).
+    ``sha256`` is the user's own checksum (``--sha256``): it stands in for a missing pin and
+    must agree with a pinned one. A file already at ``model_dir/FILENAME`` or in the torch hub
+    cache is used as is, checked against the pin or ``sha256`` when there is one (a file the
+    user placed there without either is theirs, like ``--weights FILE``).
     """
     pub = PUBLISHED.get((model, dataset))
     if pub is None:
+        if sha256 is not None:
+            raise ValueError(
+                f"--sha256 applies to published weights ({published_list()}), not {model} on "
+                f"{dataset}"
+            )
         return None
+    mine = check_sha256(sha256) if sha256 is not None else None
+    if pub.sha256 is not None and mine is not None and mine != pub.sha256:
+        raise DownloadError(
+            f"--sha256 {mine} disagrees with the SHA-256 pinned for {pub.url} ({pub.sha256}); "
+            "drop --sha256 to use the pin"
+        )
+    expected = pub.sha256 or mine
     candidates = [Path(model_dir).expanduser() / pub.filename] if model_dir is not None else []
     cached = hub_checkpoint_dir() / pub.filename
     candidates.append(cached)
     for path in candidates:
         if path.is_file():
-            if pub.sha256 is not None and sha256_of(path) != pub.sha256:
+            if expected is not None and sha256_of(path) != expected:
+                how = "the pinned" if pub.sha256 is not None else "the --sha256"
                 raise DownloadError(
-                    f"{path} does not match the pinned SHA-256 {pub.sha256}; delete it and "
+                    f"{shown(path)} does not match {how} SHA-256 {expected}; delete it and "
                     "rerun with --download"
                 )
             return path, pub
@@ -176,23 +202,35 @@ def published_file(
         raise MissingFileError(
             f"pretrained {model} weights for {dataset}",
             [shown(p) for p in [*also_expected, *candidates]],
-            f"rerun with --download to fetch {pub.url} (checked against its pinned SHA-256); "
+            (
+                f"rerun with --download to fetch {pub.url} (checked against its pinned SHA-256); "
+                if pub.sha256
+                else f"rerun with --download --sha256 HEX to fetch {pub.url} (no SHA-256 is "
+                "pinned for it: HEX is the checksum of a copy you trust); "
+            )
             + _ship_hint(model, dataset),
         )
-    if pub.sha256 is None:
+    if expected is None:
         raise DownloadError(
             f"no SHA-256 is pinned for {pub.url}, so zoattack will not download it "
-            f"unverified; fetch it yourself and put it at {shown(cached)}"
+            "unverified; pass --sha256 HEX (the checksum of a copy you trust) with --download, "
+            f"or fetch it yourself and put it at {shown(cached)}"
         )
-    return fetch(pub.url, cached, pub.sha256), pub
+    return fetch(pub.url, cached, expected), pub
+
+
+def published_list() -> str:
+    return ", ".join(f"{m} on {d}" for m, d in PUBLISHED)
 
 
 __all__ = [
     "PUBLISHED",
     "DownloadError",
     "Published",
+    "check_sha256",
     "fetch",
     "hub_checkpoint_dir",
     "published_file",
+    "published_list",
     "sha256_of",
 ]

@@ -184,9 +184,14 @@ def _create_zoo(
     generator: torch.Generator | None,
     kwargs: dict[str, Any],
     download: bool = False,
+    sha256: str | None = None,
 ) -> nn.Module:
     path: Path | None = None
     published = None
+    if sha256 is not None and (weights is not None or not pretrained):
+        raise ValueError(
+            "--sha256 checks published pretrained weights; it does not apply with --weights"
+        )
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -205,11 +210,21 @@ def _create_zoo(
         candidates = [Path(model_dir).expanduser() / fname] if model_dir is not None else []
         candidates.append(weights_dir() / fname)
         path = next((p for p in candidates if p.is_file()), None)
+        if path is not None and sha256 is not None:
+            raise ValueError(
+                f"--sha256 checks published checkpoints; {name} on {ds_name} loads {shown(path)}"
+                " (zoattack's own weights), so drop --sha256"
+            )
         if path is None:
             from zoattack.models.download import published_file
 
             published = published_file(
-                name, ds_name, download=download, model_dir=model_dir, also_expected=candidates
+                name,
+                ds_name,
+                download=download,
+                model_dir=model_dir,
+                also_expected=candidates,
+                sha256=sha256,
             )
         if published is not None:
             path, pub = published
@@ -274,6 +289,7 @@ def create_model(
     device: str | torch.device = "cpu",
     threat_model: str | None = None,
     download: bool = False,
+    sha256: str | None = None,
     generator: torch.Generator | None = None,
     **kwargs: Any,
 ) -> nn.Module:
@@ -295,7 +311,10 @@ def create_model(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a ``torch.device``.
         threat_model: robustbench only: ``Linf`` (default), ``L2`` or ``corruptions``.
         download: allow adapters to fetch missing pretrained files over the network; without
-            it a missing file raises :class:`MissingFileError` immediately.
+            it a missing file raises :class:`MissingFileError` immediately. Zoo models fetch
+            only published checkpoints, pinned by URL and SHA-256 (``zoattack.models.download``).
+        sha256: the checksum of a published checkpoint the user verified, for one without a
+            pinned SHA-256 (a pinned one must agree); the cached or downloaded file must match.
         generator: initialises zoo weights (no global RNG); OS entropy when None.
         kwargs: passed to the architecture (e.g. ``shortcut="B"`` for resnet20, ``mean``/``std``).
 
@@ -313,6 +332,11 @@ def create_model(
     dev = _device(device)
     ds_name, ds_kw = _dataset_kwargs(dataset)
     if entry.flags.get("adapter"):
+        if sha256 is not None:
+            raise ValueError(
+                f"--sha256 checks published zoo checkpoints; {entry.name}: models use their "
+                "library's own files"
+            )
         if not sep or not arch:
             raise ValueError(
                 f"{entry.name} is an adapter: use {entry.name}:NAME, e.g. "
@@ -366,5 +390,6 @@ def create_model(
             generator=generator,
             kwargs=kwargs,
             download=download,
+            sha256=sha256,
         )
     return model.to(dev).eval()
