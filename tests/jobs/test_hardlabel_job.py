@@ -96,6 +96,15 @@ def test_opt_takes_the_core_rule_estimator_and_subspace():
     assert "rule lizo" in method_of(s) and "tile:7" in method_of(s)
 
 
+@pytest.mark.parametrize("norm, picked", [("l2", "sign_opt"), ("linf", "rays"), ("Linf", "rays")])
+def test_auto_picks_the_benchmarked_attack_per_norm(norm, picked):
+    s = spec(attack="auto", norm=norm).resolved()
+    assert s.attack == picked
+    from zoattack.jobs.attack import effective_settings
+
+    assert effective_settings(s)["attack"] == picked  # run.json names what ran, not "auto"
+
+
 def test_a_decision_attack_on_a_scores_model_needs_labels_only():
     with pytest.raises(ValueError, match="--labels-only"):
         prepare(spec(attack="hsja", labels_only=False))

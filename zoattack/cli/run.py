@@ -224,7 +224,8 @@ def run_command(
         str | None,
         typer.Option(
             help="A hard-label attack instead of a score-based rule: hsja, sign_opt, rays, "
-            "or opt (--optimizer/--estimator/--subspace pick its core rule). It sees labels "
+            "opt (--optimizer/--estimator/--subspace pick its core rule), or auto (sign_opt "
+            "at L2, rays at Linf, as benchmarked). It sees labels "
             "only: the model must answer labels (serve --output labels) or pass --labels-only.",
             rich_help_panel=P_HARD,
             show_default=False,
