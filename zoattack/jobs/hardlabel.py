@@ -348,10 +348,10 @@ def merge_decision_results(results: list[DecisionResult]) -> DecisionResult:
 
 
 __all__ = [
-    "DEFAULT_ATTACK",
     "ATTACK_OPTIONS",
     "DECISION_COUNTING_RULE",
     "DECISION_HINT",
+    "DEFAULT_ATTACK",
     "check_model_for_decision",
     "decision_label",
     "decision_method",
