@@ -151,6 +151,10 @@ class AttackObjective:
         """Prediction at the point of the latest call whose loss equals ``loss`` (per image
         in ``ids``); ``fallback`` where no such row exists (the point was scored earlier)."""
         owner, losses, preds = self._recent
+        if owner.shape == ids.shape and torch.equal(owner, ids):
+            # The latest call scored exactly these images, once each, in this order (ids are
+            # distinct): the match below is diagonal, so compare row by row.
+            return torch.where(losses == loss, preds, fallback)
         match = (owner.unsqueeze(0) == ids.unsqueeze(1)) & (
             losses.unsqueeze(0) == loss.unsqueeze(1)
         )
@@ -456,16 +460,20 @@ def _step(run: _Run, state: _LoopState) -> None:
             v.index_copy_(0, ids, v_next.to(v.dtype))
     # Rules that scored their own next point (greedy search, line search) hand back its
     # loss; projection must have left that point alone for the value to stand.
-    if v_next is res.x_next:
-        moved = torch.zeros(len(ids), dtype=torch.bool, device=v.device)
-    else:
-        moved = (v_next != res.x_next).flatten(1).any(dim=1)
-    known = torch.isfinite(res.fx_next) & ~moved & ~done
-    if bool(known.any()):
+    known = torch.isfinite(res.fx_next) & ~done
+    if v_next is not res.x_next:
+        known &= ~(v_next != res.x_next).flatten(1).any(dim=1)
+    n_known = int(known.sum())
+    if whole and n_known == len(ids):
+        # Every image's next loss is known (a search rule's usual step): plain copies, and
+        # no iterate check to prepare.
+        fx.copy_(res.fx_next)
+        last_pred.copy_(obj.recent_pred(ids, res.fx_next, last_pred))
+    elif n_known:
         known_ids, known_fx = ids[known], res.fx_next[known]
         fx[known_ids] = known_fx
         last_pred[known_ids] = obj.recent_pred(known_ids, known_fx, last_pred[known_ids])
-    live = ids[~done & ~known]
+    live = ids[~done & ~known] if n_known < len(ids) else ids[:0]
     if live.numel():
         # An iterate check the budget cannot pay for is skipped: the image stops next round.
         used = run.blackbox.queries_of(live.cpu()) - run.start_q[live.cpu()]
