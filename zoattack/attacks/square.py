@@ -81,8 +81,24 @@ def _cached_bump(s: int, device: torch.device) -> Tensor:
     return square_bump(s).to(device)
 
 
-def _window_mask(top: Tensor, left: Tensor, side: Tensor, h: int, w: int) -> Tensor:
-    """Bool masks ``(M, 1, h, w)`` of the windows ``[top, top+side) x [left, left+side)``."""
+@functools.lru_cache(maxsize=64)
+def _spans(s: int, n: int, device: torch.device) -> Tensor:
+    """Bool ``(n - s + 1, n)``: row ``t`` marks positions ``[t, t + s)``. Built once per
+    side; shared, so never modified."""
+    pos = torch.arange(n, device=device)
+    start = torch.arange(n - s + 1, device=device).unsqueeze(1)
+    return (pos >= start) & (pos < start + s)
+
+
+def _window_mask(
+    top: Tensor, left: Tensor, side: Tensor, h: int, w: int, s: int | None = None
+) -> Tensor:
+    """Bool masks ``(M, 1, h, w)`` of the windows ``[top, top+side) x [left, left+side)``;
+    ``s``: the side when every window has it (rows of a cached table then, 4 ops in all)."""
+    if s is not None:
+        r = _spans(s, h, top.device).index_select(0, top)
+        c = _spans(s, w, top.device).index_select(0, left)
+        return (r.unsqueeze(2) & c.unsqueeze(1)).unsqueeze(1)
     rows = _positions(h, top.device)
     cols = _positions(w, top.device)
     r = (rows >= top.unsqueeze(1)) & (rows < (top + side).unsqueeze(1))
@@ -334,10 +350,11 @@ class SquareRule(SearchRule):
         else:
             top = _uniform_int(h - side + 1, generator, dev)
             left = _uniform_int(w - side + 1, generator, dev)
-        mask = _window_mask(top, left, side, h, w)
-        signs = draw_signs((m, c, 1, 1), generator, dev, delta.dtype)
         s = int(side[0])
-        if self.resample and bool((side == s).all()):
+        uniform = bool((side == s).all())
+        mask = _window_mask(top, left, side, h, w, s if uniform else None)
+        signs = draw_signs((m, c, 1, 1), generator, dev, delta.dtype)
+        if self.resample and uniform:
             # A candidate equals delta exactly when, per channel, its window already holds
             # lr * sign: decided from the windows' per-channel min and max, (m, c) numbers,
             # so the redraws touch no image-sized tensor and the candidate is built once.
