@@ -398,11 +398,11 @@ def _loop(run: _Run, state: _LoopState) -> None:
     cost = run.step_cost(state.space)
     while bool(state.active.any()):
         spent = run.spent().to(state.v.device)
-        _retire_over_budget(run, state, spent, cost)
+        retired = _retire_over_budget(run, state, spent, cost)
         if run.max_steps is not None and state.step >= run.max_steps:
             state.stop(state.active, "steps")
             break
-        if not bool(state.active.any()):
+        if retired and not bool(state.active.any()):
             break
         schedule = run.schedule
         stage = schedule.stage(int(spent[state.active].max())) if len(schedule.spaces) > 1 else 0
@@ -416,12 +416,14 @@ def _loop(run: _Run, state: _LoopState) -> None:
             run.callback(state.step, None, run.spent())
 
 
-def _retire_over_budget(run: _Run, state: _LoopState, spent: Tensor, cost: int) -> None:
-    """Stop images that could not pay for one more worst-case step."""
+def _retire_over_budget(run: _Run, state: _LoopState, spent: Tensor, cost: int) -> bool:
+    """Stop images that could not pay for one more worst-case step; True if any stopped."""
     broke = state.active & (spent + cost > run.budget)
     if bool(broke.any()):
         state.stop(broke, "budget")
         state.active &= ~broke
+        return True
+    return False
 
 
 def _refine(run: _Run, state: _LoopState, new: Subspace) -> None:
@@ -449,8 +451,8 @@ def _step(run: _Run, state: _LoopState) -> None:
     # (ids are distinct), a fraction of advanced indexing's cost.
     whole = ids.numel() == len(v)
     x_in = v if whole else v.index_select(0, ids)
-    res = run.rule.step(obj, x_in, generator=run.generator, idx=ids, fx=fx[ids])
-    done = obj.found[ids]
+    res = run.rule.step(obj, x_in, generator=run.generator, idx=ids, fx=fx.index_select(0, ids))
+    done = obj.found.index_select(0, ids)
     # Keep the variable inside the ball (in variable space; expansion preserves Linf).
     v_next = state.space.project(res.x_next, run.norm, run.eps)
     if v_next is not v:
