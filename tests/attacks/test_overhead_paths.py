@@ -99,3 +99,17 @@ def test_recent_pred_matches_the_general_path():
         int(pred[2]),
         int(pred[0]),
     ]
+
+
+def test_queries_of_follows_in_place_changes_of_idx():
+    # queries_of remembers the row count of the id tensor it was last given; an in-place
+    # change of that tensor must be seen, and negative ids keep indexing's meaning.
+    bb = BlackBox(torch.nn.Sequential(torch.nn.Linear(2, 3)).eval(), output="logits")
+    ids = torch.tensor([0, 3])
+    assert bb.queries_of(ids).tolist() == [0, 0]
+    bb.query(torch.rand(3, 2), torch.tensor([3, 3, 0]))
+    assert bb.queries_of(ids).tolist() == [1, 2]
+    ids[0] = 5
+    assert bb.queries_of(ids).tolist() == [0, 2]
+    assert len(bb.queries) == 6
+    assert bb.queries_of(torch.tensor([-1, 3])).tolist() == [0, 2]
