@@ -18,8 +18,9 @@ class PerExampleState:
         self.fills: dict[str, float | bool] = {}
         # A rule reads and writes several tensors with the same ``idx`` each step; its row
         # count is remembered (keyed on the tensor and its in-place version) to spare a
-        # reduction and a sync per access.
-        self._need: tuple[Tensor, int, int] | None = None
+        # reduction and a sync per access. The last field says whether ``idx`` is every row
+        # 0..need-1 in order (the usual step), which :meth:`set` writes with a plain copy.
+        self._need: tuple[Tensor, int, int, bool] | None = None
 
     @property
     def size(self) -> int:
@@ -54,11 +55,25 @@ class PerExampleState:
         if memo is not None and memo[0] is idx and memo[1] == idx._version:
             return memo[2]
         need = int(idx.max()) + 1 if idx.numel() else 0
-        self._need = (idx, idx._version, need)
+        whole = need == idx.numel() and torch.equal(
+            idx, torch.arange(need, dtype=idx.dtype, device=idx.device)
+        )
+        self._need = (idx, idx._version, need, whole)
         return need
 
     def set(self, name: str, idx: Tensor, value: Tensor) -> None:
         t = self.tensors[name]
+        memo = self._need
+        if (
+            memo is not None
+            and memo[3]
+            and memo[0] is idx
+            and memo[1] == idx._version
+            and len(t) == memo[2]
+            and value.shape == t.shape
+        ):
+            t.copy_(value)  # rows 0..len(t)-1 in order: the same values, without indexing
+            return
         t[idx.to(t.device)] = value.to(t.dtype)
 
     def reset(self, mask: Tensor | None = None) -> None:

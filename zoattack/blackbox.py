@@ -165,6 +165,7 @@ class BlackBox:
         )
         self.dtype = dtype if dtype is not None else (param.dtype if param is not None else None)
         self._counts = torch.zeros(0, dtype=torch.int64)
+        self._of_memo: tuple[Tensor, int, int, bool] | None = None  # see queries_of
 
     # ----------------------------------------------------------------- ledger
     @property
@@ -177,8 +178,23 @@ class BlackBox:
         return int(self._counts.sum())
 
     def queries_of(self, idx: Tensor) -> Tensor:
-        self._grow(int(idx.max()) + 1 if idx.numel() else 0)
-        return self._counts[idx.cpu()]
+        idx = idx.cpu()
+        if idx.dtype != torch.int64:
+            self._grow(int(idx.max()) + 1 if idx.numel() else 0)
+            return self._counts[idx]
+        # The attack loop asks for the same id tensor every step: its row count (and whether
+        # index_select may read it: int64, no negative ids) is remembered, keyed on the
+        # tensor and its in-place version, sparing a reduction and a sync per call.
+        memo = self._of_memo
+        if memo is None or memo[0] is not idx or memo[1] != idx._version:
+            if idx.numel():
+                lo, hi = (int(t) for t in torch.aminmax(idx))
+                memo = (idx, idx._version, hi + 1, lo >= 0)
+            else:
+                memo = (idx, idx._version, 0, False)
+            self._of_memo = memo
+        self._grow(memo[2])
+        return self._counts.index_select(0, idx) if memo[3] else self._counts[idx]
 
     def remaining(self, idx: Tensor) -> Tensor:
         """Queries each example in ``idx`` may still spend (a large number when unlimited)."""

@@ -151,6 +151,10 @@ class AttackObjective:
         """Prediction at the point of the latest call whose loss equals ``loss`` (per image
         in ``ids``); ``fallback`` where no such row exists (the point was scored earlier)."""
         owner, losses, preds = self._recent
+        if owner.shape == ids.shape and torch.equal(owner, ids):
+            # The latest call scored exactly these images, once each, in this order (ids are
+            # distinct): the match below is diagonal, so compare row by row.
+            return torch.where(losses == loss, preds, fallback)
         match = (owner.unsqueeze(0) == ids.unsqueeze(1)) & (
             losses.unsqueeze(0) == loss.unsqueeze(1)
         )
@@ -394,11 +398,11 @@ def _loop(run: _Run, state: _LoopState) -> None:
     cost = run.step_cost(state.space)
     while bool(state.active.any()):
         spent = run.spent().to(state.v.device)
-        _retire_over_budget(run, state, spent, cost)
+        retired = _retire_over_budget(run, state, spent, cost)
         if run.max_steps is not None and state.step >= run.max_steps:
             state.stop(state.active, "steps")
             break
-        if not bool(state.active.any()):
+        if retired and not bool(state.active.any()):
             break
         schedule = run.schedule
         stage = schedule.stage(int(spent[state.active].max())) if len(schedule.spaces) > 1 else 0
@@ -412,12 +416,14 @@ def _loop(run: _Run, state: _LoopState) -> None:
             run.callback(state.step, None, run.spent())
 
 
-def _retire_over_budget(run: _Run, state: _LoopState, spent: Tensor, cost: int) -> None:
-    """Stop images that could not pay for one more worst-case step."""
+def _retire_over_budget(run: _Run, state: _LoopState, spent: Tensor, cost: int) -> bool:
+    """Stop images that could not pay for one more worst-case step; True if any stopped."""
     broke = state.active & (spent + cost > run.budget)
     if bool(broke.any()):
         state.stop(broke, "budget")
         state.active &= ~broke
+        return True
+    return False
 
 
 def _refine(run: _Run, state: _LoopState, new: Subspace) -> None:
@@ -445,8 +451,8 @@ def _step(run: _Run, state: _LoopState) -> None:
     # (ids are distinct), a fraction of advanced indexing's cost.
     whole = ids.numel() == len(v)
     x_in = v if whole else v.index_select(0, ids)
-    res = run.rule.step(obj, x_in, generator=run.generator, idx=ids, fx=fx[ids])
-    done = obj.found[ids]
+    res = run.rule.step(obj, x_in, generator=run.generator, idx=ids, fx=fx.index_select(0, ids))
+    done = obj.found.index_select(0, ids)
     # Keep the variable inside the ball (in variable space; expansion preserves Linf).
     v_next = state.space.project(res.x_next, run.norm, run.eps)
     if v_next is not v:
@@ -456,16 +462,20 @@ def _step(run: _Run, state: _LoopState) -> None:
             v.index_copy_(0, ids, v_next.to(v.dtype))
     # Rules that scored their own next point (greedy search, line search) hand back its
     # loss; projection must have left that point alone for the value to stand.
-    if v_next is res.x_next:
-        moved = torch.zeros(len(ids), dtype=torch.bool, device=v.device)
-    else:
-        moved = (v_next != res.x_next).flatten(1).any(dim=1)
-    known = torch.isfinite(res.fx_next) & ~moved & ~done
-    if bool(known.any()):
+    known = torch.isfinite(res.fx_next) & ~done
+    if v_next is not res.x_next:
+        known &= ~(v_next != res.x_next).flatten(1).any(dim=1)
+    n_known = int(known.sum())
+    if whole and n_known == len(ids):
+        # Every image's next loss is known (a search rule's usual step): plain copies, and
+        # no iterate check to prepare.
+        fx.copy_(res.fx_next)
+        last_pred.copy_(obj.recent_pred(ids, res.fx_next, last_pred))
+    elif n_known:
         known_ids, known_fx = ids[known], res.fx_next[known]
         fx[known_ids] = known_fx
         last_pred[known_ids] = obj.recent_pred(known_ids, known_fx, last_pred[known_ids])
-    live = ids[~done & ~known]
+    live = ids[~done & ~known] if n_known < len(ids) else ids[:0]
     if live.numel():
         # An iterate check the budget cannot pay for is skipped: the image stops next round.
         used = run.blackbox.queries_of(live.cpu()) - run.start_q[live.cpu()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -109,6 +110,7 @@ class SignRule(SearchRule):
         self.block_order = block_order
         self._rank_cache: dict[tuple[Any, ...], Tensor] = {}
         self._pending: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self._radius_cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
     def __repr__(self) -> str:
         return f"SignRule(lr={self.lr!r}, start={self.start!r}, block_order={self.block_order!r})"
@@ -164,7 +166,7 @@ class SignRule(SearchRule):
         idx: Tensor,
         generator: torch.Generator,
     ) -> Tensor:
-        n, d = x.shape[0], x[0].numel()
+        n, d = x.shape[0], math.prod(x.shape[1:])
         ranks = self._ranks(x, idx, first, generator)
         level, chunk = self._levels(x, idx)
         lo, hi = block_bounds(level, chunk, d)
@@ -177,28 +179,37 @@ class SignRule(SearchRule):
         m = int(first.sum())
         if not m:
             # lr * (+-1) in x's dtype, written once (no sign tensor, no second pass).
-            pos = torch.tensor(self.lr, dtype=x.dtype, device=x.device) * 1.0
-            return torch.where(negative, -pos, pos).view_as(x)
+            pos, neg = self._radius(x)
+            return torch.where(negative, neg, pos).view_as(x)
         cand = torch.where(negative, -1.0, 1.0).to(x.dtype)
         init = self._start_signs(x, m, generator).reshape(m, d)
         warm = x[first].reshape(m, d).sign()
         cand[first] = torch.where(warm != 0, warm, init)
         return self.lr * cand.view_as(x)
 
+    def _radius(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``lr`` and ``-lr`` as 0-dim tensors of ``x``'s dtype, built once per dtype and
+        device (shared, so never modified)."""
+        key = (x.dtype, x.device)
+        pair = self._radius_cache.get(key)
+        if pair is None:
+            pos = torch.tensor(self.lr, dtype=x.dtype, device=x.device) * 1.0
+            pair = self._radius_cache[key] = (pos, -pos)
+        return pair
+
     def _commit(self, x: Tensor, idx: Tensor, first: Tensor, accept: Tensor) -> None:
-        d = x[0].numel()
+        d = math.prod(x.shape[1:])
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] is idx:
             _, level, chunk, end = pending
         else:
             level, chunk = self._levels(x, idx)
             _, end = block_bounds(level, chunk, d)
-        parts = torch.ones_like(level) << level
         nxt = chunk + 1
-        up = (nxt >= parts) | (end >= d)
+        up = (nxt >= (1 << level)) | (end >= d)
         new_level = torch.where(up, level + 1, level)
-        new_level = torch.where(new_level > finest_level(d), torch.zeros_like(level), new_level)
-        new_chunk = torch.where(up, torch.zeros_like(chunk), nxt)
+        new_level = torch.where(new_level > finest_level(d), 0, new_level)
+        new_chunk = torch.where(up, 0, nxt)
         # The first step scores the start point and leaves the schedule at (level 0, chunk 0).
         self.state.set("level", idx, torch.where(first, level, new_level))
         self.state.set("chunk", idx, torch.where(first, chunk, new_chunk))

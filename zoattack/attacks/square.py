@@ -81,8 +81,31 @@ def _cached_bump(s: int, device: torch.device) -> Tensor:
     return square_bump(s).to(device)
 
 
-def _window_mask(top: Tensor, left: Tensor, side: Tensor, h: int, w: int) -> Tensor:
-    """Bool masks ``(M, 1, h, w)`` of the windows ``[top, top+side) x [left, left+side)``."""
+@functools.lru_cache(maxsize=64)
+def _spans(s: int, n: int, device: torch.device) -> Tensor:
+    """Bool ``(n - s + 1, n)``: row ``t`` marks positions ``[t, t + s)``. Built once per
+    side; shared, so never modified."""
+    pos = torch.arange(n, device=device)
+    start = torch.arange(n - s + 1, device=device).unsqueeze(1)
+    return (pos >= start) & (pos < start + s)
+
+
+@functools.lru_cache(maxsize=64)
+def _offset_highs(s: int, m: int, h: int, w: int, device: torch.device) -> Tensor:
+    """``(2, m)`` int64: the number of window positions ``h - s + 1`` (row 0) and
+    ``w - s + 1`` (row 1) per example. Shared, so never modified."""
+    return torch.tensor([[h - s + 1] * m, [w - s + 1] * m], dtype=torch.int64, device=device)
+
+
+def _window_mask(
+    top: Tensor, left: Tensor, side: Tensor, h: int, w: int, s: int | None = None
+) -> Tensor:
+    """Bool masks ``(M, 1, h, w)`` of the windows ``[top, top+side) x [left, left+side)``;
+    ``s``: the side when every window has it (rows of a cached table then, 4 ops in all)."""
+    if s is not None:
+        r = _spans(s, h, top.device).index_select(0, top)
+        c = _spans(s, w, top.device).index_select(0, left)
+        return (r.unsqueeze(2) & c.unsqueeze(1)).unsqueeze(1)
     rows = _positions(h, top.device)
     cols = _positions(w, top.device)
     r = (rows >= top.unsqueeze(1)) & (rows < (top + side).unsqueeze(1))
@@ -275,16 +298,20 @@ class SquareRule(SearchRule):
             )
 
     def _sides(self, steps: Tensor, h: int, w: int) -> Tensor:
+        return self._sides_and_common(steps, h, w)[0]
+
+    def _sides_and_common(self, steps: Tensor, h: int, w: int) -> tuple[Tensor, int | None]:
+        """Window sides per example ``(M,)`` and the side they all share (None if not)."""
         lo, hi = (int(t) for t in torch.aminmax(steps))
         if lo == hi:  # the usual case: examples attacked together share their step count
-            return torch.full_like(
-                steps, window_side(p_schedule(self.p_init, lo - 2, self.budget), h, w, self.norm)
-            )
+            s = window_side(p_schedule(self.p_init, lo - 2, self.budget), h, w, self.norm)
+            return torch.full_like(steps, s), s
         sides = torch.empty_like(steps)
         for t in steps.unique().tolist():
             p = p_schedule(self.p_init, int(t) - 2, self.budget)
             sides[steps == t] = window_side(p, h, w, self.norm)
-        return sides
+        first = int(sides[0])
+        return sides, first if bool((sides == first).all()) else None
 
     def _propose(
         self,
@@ -326,18 +353,23 @@ class SquareRule(SearchRule):
 
     def _move_linf(self, delta: Tensor, steps: Tensor, generator: torch.Generator) -> Tensor:
         m, c, h, w = delta.shape
-        side = self._sides(steps, h, w)
+        side, common = self._sides_and_common(steps, h, w)
         dev = delta.device
         if generator.device.type == "cpu" and dev.type == "cpu":
             # One draw for both offsets: a CPU generator's stream is the same either way.
-            top, left = _uniform_int(torch.stack([h - side + 1, w - side + 1]), generator, dev)
+            highs = (
+                _offset_highs(common, m, h, w, dev)
+                if common is not None
+                else torch.stack([h - side + 1, w - side + 1])
+            )
+            top, left = _uniform_int(highs, generator, dev)
         else:
             top = _uniform_int(h - side + 1, generator, dev)
             left = _uniform_int(w - side + 1, generator, dev)
-        mask = _window_mask(top, left, side, h, w)
+        mask = _window_mask(top, left, side, h, w, common)
         signs = draw_signs((m, c, 1, 1), generator, dev, delta.dtype)
-        s = int(side[0])
-        if self.resample and bool((side == s).all()):
+        if self.resample and common is not None:
+            s = common
             # A candidate equals delta exactly when, per channel, its window already holds
             # lr * sign: decided from the windows' per-channel min and max, (m, c) numbers,
             # so the redraws touch no image-sized tensor and the candidate is built once.
@@ -349,9 +381,8 @@ class SquareRule(SearchRule):
             if not bool(redraw.any()):
                 return torch.where(mask, fill, delta)
             value = self.lr * torch.ones((), dtype=delta.dtype, device=dev)
-            same = low == high
-            code = torch.where(same & (low == value), 1.0, 0.0).to(delta.dtype)
-            code[same & (low == -value)] = -1.0  # +1 all lr, -1 all -lr, 0 mixed
+            # +1 all lr, -1 all -lr, 0 mixed (|low| == lr: low is lr or -lr, its sign says which)
+            code = torch.where((low == high) & (low.abs() == value), low.sign(), 0.0)
             if generator.device.type == "cpu" and dev.type == "cpu":
                 _redraw_serial(code, signs, redraw, generator)
                 return torch.where(mask, self.lr * signs, delta)
