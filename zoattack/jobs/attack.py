@@ -775,21 +775,17 @@ def run_job(
 
 
 def merge_results(results: list[Any]) -> Any:
-    """Concatenate chunk results (in order) into one (hard-label results too)."""
-    if results and isinstance(results[0], DecisionResult):
-        from zoattack.jobs.hardlabel import merge_decision_results
-
-        return merge_decision_results(results)
-    cat = torch.cat
-    return AttackResult(
-        x_adv=cat([r.x_adv for r in results]),
-        label=cat([r.label for r in results]),
-        clean_pred=cat([r.clean_pred for r in results]),
-        final_pred=cat([r.final_pred for r in results]),
-        success=cat([r.success for r in results]),
-        queries=cat([r.queries for r in results]),
-        stop_reason=[s for r in results for s in r.stop_reason],
-        linf=cat([r.linf for r in results]),
-        l2=cat([r.l2 for r in results]),
-        clean_correct=cat([r.clean_correct for r in results]),
-    )
+    """Concatenate chunk results (in order) into one: per-image tensors and lists are joined,
+    run-wide values (norm, eps) come from the first chunk. Serves score-based
+    :class:`AttackResult` and hard-label ``DecisionResult`` alike (both dataclasses)."""
+    first = results[0]
+    merged: dict[str, Any] = {}
+    for f in dataclasses.fields(first):
+        value = getattr(first, f.name)
+        if isinstance(value, Tensor):
+            merged[f.name] = torch.cat([getattr(r, f.name) for r in results])
+        elif isinstance(value, list):
+            merged[f.name] = [item for r in results for item in getattr(r, f.name)]
+        else:
+            merged[f.name] = value
+    return type(first)(**merged)

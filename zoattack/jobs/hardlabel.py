@@ -30,7 +30,6 @@ from zoattack.attacks.base import AttackInterrupted
 from zoattack.attacks.hardlabel import (
     DECISION_ATTACKS,
     DecisionAttack,
-    DecisionResult,
     create_decision_attack,
     target_starts,
 )
@@ -323,30 +322,6 @@ def run_decision_chunk(
     )
 
 
-def merge_decision_results(results: list[DecisionResult]) -> DecisionResult:
-    """Concatenate chunk results (in order) into one."""
-    cat = torch.cat
-    first = results[0]
-    return DecisionResult(
-        x_adv=cat([r.x_adv for r in results]),
-        label=cat([r.label for r in results]),
-        clean_pred=cat([r.clean_pred for r in results]),
-        found=cat([r.found for r in results]),
-        success=cat([r.success for r in results]),
-        distance=cat([r.distance for r in results]),
-        l2=cat([r.l2 for r in results]),
-        linf=cat([r.linf for r in results]),
-        queries=cat([r.queries for r in results]),
-        queries_to_eps=cat([r.queries_to_eps for r in results]),
-        curve=[c for r in results for c in r.curve],
-        stop_reason=[s for r in results for s in r.stop_reason],
-        norm=first.norm,
-        eps=first.eps,
-        clean_correct=cat([r.clean_correct for r in results]),
-        final_pred=cat([r.final_pred for r in results]),
-    )
-
-
 __all__ = [
     "ATTACK_OPTIONS",
     "DECISION_COUNTING_RULE",
@@ -358,7 +333,6 @@ __all__ = [
     "draw_targets",
     "load_starts",
     "make_attack",
-    "merge_decision_results",
     "resolve_decision",
     "run_decision_chunk",
 ]
