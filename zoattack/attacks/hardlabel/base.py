@@ -11,6 +11,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from zoattack.attacks.hardlabel.boundary import BoundaryDistance, random_start, targeted_start
 from zoattack.attacks.hardlabel.oracle import (
     DecisionResult,
     LabelOracle,
@@ -175,6 +176,22 @@ class DecisionAttack(abc.ABC):
     def after_start(self, run: Run, start_found: Tensor) -> None:
         """End images ``run.ids()`` whose start search failed (bool mask over all N)."""
         run.stop(~start_found & run.active, "no_start")
+
+    def find_starts(
+        self, run: Run, obj: BoundaryDistance, *, n_init: int, max_init: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Starts on the boundary-distance objective for ``run.ids()``: the targeted start
+        images when the run has them, else OPT's uniform-noise directions; images with none
+        end as ``no_start``. Returns ``(ids, theta0, g0)`` (``g0`` inf where none was found)."""
+        ids = run.ids()
+        if run.x_init is not None:
+            theta0, g0 = targeted_start(obj, ids, run.x_init.index_select(0, ids))
+        else:
+            theta0, g0 = random_start(obj, ids, run.generator, n_init=n_init, max_init=max_init)
+        found = torch.zeros_like(run.active)
+        found[ids] = g0.isfinite()
+        self.after_start(run, found)
+        return ids, theta0, g0
 
 
 def check_int(name: str, value: int, low: int = 1) -> int:

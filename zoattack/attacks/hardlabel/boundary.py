@@ -132,6 +132,13 @@ def unit_directions(delta: Tensor, norm: str) -> Tensor:
     return delta / size.clamp_min(tiny).view(-1, *[1] * (delta.dim() - 1))
 
 
+def linf_saturate(saturate: float | None, norm: str) -> float | None:
+    """``saturate`` for a run at ``norm``: it shapes Linf rays only (refused for L2)."""
+    if saturate is not None and norm != "linf":
+        raise ValueError("saturate shapes Linf rays only; drop it for L2")
+    return saturate
+
+
 def saturated_directions(delta: Tensor, saturate: float) -> Tensor:
     """Linf ray directions that spend the whole radius on the ``saturate`` share of the
     coordinates where ``|delta|`` is largest: ``clamp(delta / s, -1, 1)`` per row, ``s`` the

@@ -17,8 +17,6 @@ from zoattack.attacks.hardlabel.base import (
 from zoattack.attacks.hardlabel.boundary import (
     BoundaryDistance,
     line_search,
-    random_start,
-    targeted_start,
     unit_directions,
 )
 from zoattack.norms import distance
@@ -88,16 +86,7 @@ class HSJAAttack(DecisionAttack):
         norm = oracle.norm
         obj = BoundaryDistance(oracle)
         self._space = Subspace(self.subspace, tuple(x0.shape[1:]))
-        ids = run.ids()
-        if run.x_init is not None:
-            theta0, g0 = targeted_start(obj, ids, run.x_init.index_select(0, ids))
-        else:
-            theta0, g0 = random_start(
-                obj, ids, run.generator, n_init=self.n_init, max_init=self.max_init
-            )
-        found = torch.zeros_like(run.active)
-        found[ids] = g0.isfinite()
-        self.after_start(run, found)
+        ids, theta0, g0 = self.find_starts(run, obj, n_init=self.n_init, max_init=self.max_init)
         xb = x0.clone()
         ok = g0.isfinite()
         if bool(ok.any()):

@@ -11,7 +11,7 @@ from zoattack.attacks.hardlabel.base import (
     check_float,
     check_int,
 )
-from zoattack.attacks.hardlabel.boundary import BoundaryDistance, random_start, targeted_start
+from zoattack.attacks.hardlabel.boundary import BoundaryDistance, linf_saturate
 from zoattack.subspace import Subspace
 
 
@@ -83,27 +83,15 @@ class SignOPTAttack(DecisionAttack):
         self.alpha_min = check_float("alpha_min", alpha_min)
         self.alpha_max = check_float("alpha_max", alpha_max)
 
-    def _saturate(self, norm: str) -> float | None:
-        if self.saturate is not None and norm != "linf":
-            raise ValueError("saturate shapes Linf rays only; drop it for L2")
-        return self.saturate
-
     def _attack(self, run: Run) -> None:
         oracle = run.oracle
         x0 = oracle.x0
         dev = x0.device
         space = Subspace(self.subspace, tuple(x0.shape[1:]))
-        obj = BoundaryDistance(oracle, space, saturate=self._saturate(oracle.norm), tol=self.tol)
-        ids = run.ids()
-        if run.x_init is not None:
-            theta0, g0 = targeted_start(obj, ids, run.x_init.index_select(0, ids))
-        else:
-            theta0, g0 = random_start(
-                obj, ids, run.generator, n_init=self.n_init, max_init=self.max_init
-            )
-        found = torch.zeros_like(run.active)
-        found[ids] = g0.isfinite()
-        self.after_start(run, found)
+        obj = BoundaryDistance(
+            oracle, space, saturate=linf_saturate(self.saturate, oracle.norm), tol=self.tol
+        )
+        ids, theta0, g0 = self.find_starts(run, obj, n_init=self.n_init, max_init=self.max_init)
         n = oracle.n
         theta = torch.zeros(n, *space.var_shape, dtype=x0.dtype, device=dev)
         theta[ids] = _unit(theta0)
