@@ -611,6 +611,17 @@ class ChunkOutcome:
     seconds: float
 
 
+def chunk_inputs(job: PreparedJob, chunk: int) -> tuple[Tensor, Tensor, torch.Generator]:
+    """Images and labels of ``chunk`` on the job's device, and the chunk's own generator
+    (seeded from the spec's seed and the chunk index, so a resumed chunk redraws the same)."""
+    from zoattack.seeding import make_generator
+
+    start, stop = job.chunks()[chunk]
+    x = job.images[start:stop].to(job.device)
+    y = job.labels[start:stop].to(job.device)
+    return x, y, make_generator(chunk_seed(job.spec.seed, chunk), job.device)
+
+
 def run_chunk(
     job: PreparedJob, chunk: int, *, progress: Callable[[int], None] | None = None
 ) -> ChunkOutcome:
@@ -624,11 +635,7 @@ def run_chunk(
         return run_decision_chunk(job, chunk, progress=progress)
     s = job.spec
     start, stop = job.chunks()[chunk]
-    x = job.images[start:stop].to(job.device)
-    y = job.labels[start:stop].to(job.device)
-    from zoattack.seeding import make_generator
-
-    gen = make_generator(chunk_seed(s.seed, chunk), job.device)
+    x, y, gen = chunk_inputs(job, chunk)
     blackbox = BlackBox(
         job.model,
         output="logits",

@@ -259,14 +259,11 @@ def run_decision_chunk(
     """Attack one chunk with the spec's decision attack (deterministic given the settings
     and the chunk index). A failing model raises :class:`AttackInterrupted` (no partial rows:
     the chunk is redone on resume)."""
-    from zoattack.jobs.attack import ChunkOutcome, chunk_seed
-    from zoattack.seeding import make_generator
+    from zoattack.jobs.attack import ChunkOutcome, chunk_inputs
 
     s = job.spec
     start, stop = job.chunks()[chunk]
-    x = job.images[start:stop].to(job.device)
-    y = job.labels[start:stop].to(job.device)
-    gen = make_generator(chunk_seed(s.seed, chunk), job.device)
+    x, y, gen = chunk_inputs(job, chunk)
     blackbox = BlackBox(
         job.model,
         output="labels",
