@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -46,6 +47,35 @@ def block_bounds(level: Tensor, chunk: Tensor, d: int) -> tuple[Tensor, Tensor]:
 def finest_level(d: int) -> int:
     """``ceil(log2 d)``: the level whose chunks are single coordinates."""
     return max(d - 1, 0).bit_length()
+
+
+@functools.lru_cache(maxsize=8)
+def schedule_tables(d: int, levels: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The level/chunk schedule as tables over heap nodes ``i = 2**level + chunk`` for
+    levels ``0..levels - 1``: ``(lo (T, 1), hi (T, 1), next (T,))`` with ``T = 2**levels``,
+    the bounds of :func:`block_bounds` and the node the search moves to after ``i``.
+
+    A step then reads its chunk with two row lookups and advances with a third instead of
+    re-deriving both from (level, chunk) with a dozen small ops. ``levels`` may exceed
+    ``finest_level(d) + 1`` (nodes a larger variable left behind); those nodes follow the
+    same rule as the arithmetic (the next one is at level 0). Shared, so never modified.
+    """
+    finest = finest_level(d)
+    nodes = torch.arange(1 << levels, dtype=torch.int64)
+    level = torch.zeros_like(nodes)
+    for h in range(1, levels):
+        level[1 << h :] += 1
+    level[0] = 0  # node 0 is unused (reset fills 1, the root)
+    chunk = nodes - (torch.ones_like(level) << level)
+    chunk[0] = 0
+    lo, hi = block_bounds(level, chunk, d)
+    nxt = chunk + 1
+    up = (nxt >= (torch.ones_like(level) << level)) | (hi >= d)
+    new_level = torch.where(up, level + 1, level)
+    new_level = torch.where(new_level > finest, 0, new_level)
+    new_chunk = torch.where(up, 0, nxt)
+    following = (torch.ones_like(new_level) << new_level) + new_chunk
+    return lo.view(-1, 1).to(device), hi.view(-1, 1).to(device), following.to(device)
 
 
 @OPTIMIZERS.register(
@@ -109,7 +139,9 @@ class SignRule(SearchRule):
         self.start = start
         self.block_order = block_order
         self._rank_cache: dict[tuple[Any, ...], Tensor] = {}
-        self._pending: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self._pending: tuple[Tensor, Tensor, Tensor, int] | None = None
+        # Table size (levels) of the schedule: at least what any stored node needs.
+        self._levels_seen = 0
         self._radius_cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
     def __repr__(self) -> str:
@@ -151,10 +183,19 @@ class SignRule(SearchRule):
             return draw_signs((m, c, 1, w), generator, x.device, x.dtype).expand(m, c, h, w)
         return draw_signs((m, *shape), generator, x.device, x.dtype)
 
-    def _levels(self, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        level = self.state.get("level", idx, (), dtype=torch.int64, device=x.device)
-        chunk = self.state.get("chunk", idx, (), dtype=torch.int64, device=x.device)
-        return level, chunk
+    def _schedule(self, x: Tensor, idx: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """Each example's schedule node ``2**level + chunk`` ``(N,)`` (1, the root, at the
+        start or after a reset) and the tables for this variable size."""
+        node = self.state.get("node", idx, (), dtype=torch.int64, device=x.device, fill=1)
+        d = math.prod(x.shape[1:])
+        self._levels_seen = max(self._levels_seen, finest_level(d) + 1)
+        return node, schedule_tables(d, self._levels_seen, x.device)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        node = self.state.tensors.get("node")
+        if node is not None and node.numel():
+            self._levels_seen = max(self._levels_seen, int(node.max()).bit_length())
 
     # ----------------------------------------------------------------- the search
     def _propose(
@@ -168,15 +209,14 @@ class SignRule(SearchRule):
     ) -> Tensor:
         n, d = x.shape[0], math.prod(x.shape[1:])
         ranks = self._ranks(x, idx, first, generator)
-        level, chunk = self._levels(x, idx)
-        lo, hi = block_bounds(level, chunk, d)
-        # Kept for _commit, which SearchRule.step calls right after scoring these candidates.
-        self._pending = (idx, level, chunk, hi)
-        flip = ranks >= lo.unsqueeze(1)
-        flip &= ranks < hi.unsqueeze(1)
-        # The flipped sign is -1 where exactly one of "x < 0" and "in the chunk" holds.
-        negative = flip.ne_((x < 0).reshape(n, d))
+        node, (lo_of, hi_of, next_of) = self._schedule(x, idx)
         m = int(first.sum())
+        # Kept for _commit, which SearchRule.step calls right after scoring these candidates.
+        self._pending = (idx, node, next_of, m)
+        flip = ranks >= lo_of.index_select(0, node)
+        flip &= ranks < hi_of.index_select(0, node)
+        # The flipped sign is -1 where exactly one of "x < 0" and "in the chunk" holds.
+        negative = flip.ne_((x < 0).view(n, d) if x.is_contiguous() else (x < 0).reshape(n, d))
         if not m:
             # lr * (+-1) in x's dtype, written once (no sign tensor, no second pass).
             pos, neg = self._radius(x)
@@ -198,21 +238,17 @@ class SignRule(SearchRule):
         return pair
 
     def _commit(self, x: Tensor, idx: Tensor, first: Tensor, accept: Tensor) -> None:
-        d = math.prod(x.shape[1:])
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] is idx:
-            _, level, chunk, end = pending
+            _, node, next_of, m = pending
         else:
-            level, chunk = self._levels(x, idx)
-            _, end = block_bounds(level, chunk, d)
-        nxt = chunk + 1
-        up = (nxt >= (1 << level)) | (end >= d)
-        new_level = torch.where(up, level + 1, level)
-        new_level = torch.where(new_level > finest_level(d), 0, new_level)
-        new_chunk = torch.where(up, 0, nxt)
-        # The first step scores the start point and leaves the schedule at (level 0, chunk 0).
-        self.state.set("level", idx, torch.where(first, level, new_level))
-        self.state.set("chunk", idx, torch.where(first, chunk, new_chunk))
+            node, (_, _, next_of) = self._schedule(x, idx)
+            m = int(first.sum())
+        new = next_of.index_select(0, node)
+        if m:
+            # The first step scores the start point and leaves the schedule at the root.
+            new = torch.where(first, node, new)
+        self.state.set("node", idx, new)
 
     def _grad(self, x_next: Tensor) -> Tensor:
         return torch.where(x_next < 0, 1.0, -1.0).to(x_next.dtype)
