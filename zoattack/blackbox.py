@@ -235,28 +235,33 @@ class BlackBox:
         m = x.shape[0]
         if owner is None:
             owner = torch.arange(m)
-        owner = owner.reshape(-1).to("cpu", torch.int64)
+        if owner.dim() != 1:
+            owner = owner.reshape(-1)
+        owner = owner.to("cpu", torch.int64)
         if owner.numel() != m:
             raise InvalidInputError(f"owner has {owner.numel()} entries for {m} inputs")
         self._validate(x)
         if m == 0:
             return self._empty_output(x)
-        lo_id, hi_id = torch.aminmax(owner)
-        self._grow(int(hi_id) + 1)
-        if int(lo_id) < 0:
-            raise InvalidInputError("example ids in owner must be >= 0")
         # Per-example counts of this call (a bincount, cheaper than unique at these sizes).
-        add = torch.bincount(owner, minlength=len(self._counts))
+        # Its length is max(highest id + 1, ledger length), so it also says how far the ledger
+        # must grow, and it refuses negative ids itself: no separate min/max pass and sync.
+        try:
+            add = torch.bincount(owner, minlength=len(self._counts))
+        except RuntimeError:
+            if bool((owner < 0).any()):
+                raise InvalidInputError("example ids in owner must be >= 0") from None
+            raise
+        self._grow(len(add))
+        after: Tensor | None = None
         if self.budget is not None:
             after = self._counts + add
             if int(after.max()) > self.budget:  # then find who (a loaded ledger may be over)
                 ids = ((after > self.budget) & (add > 0)).nonzero().flatten()
-            else:
-                ids = after[:0]
-            if ids.numel():
-                raise QueryBudgetExceeded(ids.tolist(), self.budget, after[ids].tolist())
+                if ids.numel():
+                    raise QueryBudgetExceeded(ids.tolist(), self.budget, after[ids].tolist())
         if m <= self.max_batch:
-            raw = self._score_chunk(x, owner, add)
+            raw = self._score_chunk(x, owner, add, after)
             # A copy for raw outputs, as the chunked path's cat makes: callers own the result.
             return self._convert(raw) if self.output in ("probs", "labels") else raw.clone()
         outs = []
@@ -279,8 +284,11 @@ class BlackBox:
                 outs.append(raw)
         return self._convert(torch.cat(outs))
 
-    def _score_chunk(self, x: Tensor, owner: Tensor, add: Tensor) -> Tensor:
-        """The whole call as one model batch; ``add`` is its per-example row count."""
+    def _score_chunk(
+        self, x: Tensor, owner: Tensor, add: Tensor, after: Tensor | None = None
+    ) -> Tensor:
+        """The whole call as one model batch; ``add`` is its per-example row count and
+        ``after`` (when given) the ledger plus ``add``, already computed for the budget check."""
         with torch.no_grad():
             chunk = x.to(self.device)
             if self.dtype is not None:
@@ -290,7 +298,10 @@ class BlackBox:
                 raw = torch.as_tensor(raw)
             self._check_scores(raw, chunk.shape[0])
         # Charged only once the batch is scored: a failing model does not eat budget.
-        self._counts += add
+        if after is not None and after.shape == self._counts.shape:
+            self._counts = after  # the same sums; nothing else holds the ledger tensor
+        else:
+            self._counts += add
         return raw
 
     def _validate(self, x: Tensor) -> None:

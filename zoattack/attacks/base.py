@@ -7,6 +7,7 @@ that point was queried, so it is a legitimate adversarial example inside the thr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -60,6 +61,7 @@ class AttackObjective:
         self.x_adv = x0.clone()
         self.adv_pred = label.clone()
         self._rows_buf: Tensor | None = None  # scratch rows of x0 (see _clean_rows)
+        self._ids: Tensor | None = None  # 0..N-1 (see _all_ids; run_attack passes its own)
         self._recent: tuple[Tensor, Tensor, Tensor] = (
             label[:0],
             x0.new_zeros(0).double(),
@@ -74,7 +76,7 @@ class AttackObjective:
         (every probe grid is: K rows per image), which :func:`to_image` broadcasts instead
         of reading and writing an image-sized copy per row."""
         m = owner.numel()
-        if m == len(self.x0) and torch.equal(owner, self._all_ids(m)):
+        if m == len(self.x0) and (owner is self._ids or torch.equal(owner, self._all_ids(m))):
             return self.x0  # every image once, in order (to_image does not modify it)
         if m > 1:
             ids, counts = torch.unique_consecutive(owner, return_counts=True)
@@ -92,7 +94,7 @@ class AttackObjective:
         return torch.index_select(self.x0, 0, owner, out=out)
 
     def _all_ids(self, n: int) -> Tensor:
-        ids = getattr(self, "_ids", None)
+        ids = self._ids
         if ids is None or len(ids) != n:
             ids = self._ids = torch.arange(n, device=self.x0.device)
         return ids
@@ -151,7 +153,7 @@ class AttackObjective:
         """Prediction at the point of the latest call whose loss equals ``loss`` (per image
         in ``ids``); ``fallback`` where no such row exists (the point was scored earlier)."""
         owner, losses, preds = self._recent
-        if owner.shape == ids.shape and torch.equal(owner, ids):
+        if owner is ids or (owner.shape == ids.shape and torch.equal(owner, ids)):
             # The latest call scored exactly these images, once each, in this order (ids are
             # distinct): the match below is diagonal, so compare row by row.
             return torch.where(losses == loss, preds, fallback)
@@ -265,6 +267,9 @@ class _LoopState:
     reasons: list[str]  # per image: "" while running, then the stop reason
     space: Subspace  # the subspace v lives in
     step: int = 0
+    # (active tensor, its version, active ids, any active): what _active_ids and
+    # _any_active last read; valid while ``active`` is that tensor, unmodified.
+    _seen: tuple[Tensor, int, Tensor | None, bool | None] | None = field(default=None, repr=False)
 
     def stop(self, images: Tensor, reason: str) -> None:
         for i in images.nonzero().flatten().tolist():
@@ -319,6 +324,7 @@ def run_attack(
         surrogate=surrogate,
     )
     idx = torch.arange(n, device=dev)
+    obj._ids = idx  # the same tensor the loop hands out when every image is active
     idx_cpu = idx.cpu()
     start_q = blackbox.queries_of(idx_cpu).clone()
     clean_pred, fx = _clean_check(blackbox, obj, x0, label, idx, target, generator, loss)
@@ -396,13 +402,13 @@ def _clean_check(
 def _loop(run: _Run, state: _LoopState) -> None:
     """Step every active image until it succeeds, runs out of budget or of steps."""
     cost = run.step_cost(state.space)
-    while bool(state.active.any()):
+    while _any_active(state):
         spent = run.spent().to(state.v.device)
         retired = _retire_over_budget(run, state, spent, cost)
         if run.max_steps is not None and state.step >= run.max_steps:
             state.stop(state.active, "steps")
             break
-        if retired and not bool(state.active.any()):
+        if retired and not _any_active(state):
             break
         schedule = run.schedule
         stage = schedule.stage(int(spent[state.active].max())) if len(schedule.spaces) > 1 else 0
@@ -418,12 +424,49 @@ def _loop(run: _Run, state: _LoopState) -> None:
 
 def _retire_over_budget(run: _Run, state: _LoopState, spent: Tensor, cost: int) -> bool:
     """Stop images that could not pay for one more worst-case step; True if any stopped."""
-    broke = state.active & (spent + cost > run.budget)
+    broke = spent.gt(run.budget - cost)
+    broke &= state.active
     if bool(broke.any()):
         state.stop(broke, "budget")
         state.active &= ~broke
         return True
     return False
+
+
+def _seen(state: _LoopState) -> tuple[Tensor, int, Tensor | None, bool | None] | None:
+    seen = state._seen
+    if seen is not None and seen[0] is state.active and seen[1] == state.active._version:
+        return seen
+    return None
+
+
+def _any_active(state: _LoopState) -> bool:
+    """``bool(state.active.any())``, read again only after ``active`` changed (a step that
+    finishes no image leaves it alone, so the usual step needs no reduction and sync)."""
+    seen = _seen(state)
+    if seen is not None and seen[3] is not None:
+        return seen[3]
+    if seen is not None and seen[2] is not None:
+        anyone = bool(seen[2].numel())
+    else:
+        anyone = bool(state.active.any())
+    ids = seen[2] if seen is not None else None
+    state._seen = (state.active, state.active._version, ids, anyone)
+    return anyone
+
+
+def _active_ids(run: _Run, state: _LoopState) -> Tensor:
+    """Ids of the active images, recomputed only after ``active`` changed. When every image
+    is active this is ``run.idx`` itself: the same tensor step after step, which the
+    per-example state, the ledger and the objective recognise without comparing values."""
+    seen = _seen(state)
+    if seen is not None and seen[2] is not None:
+        return seen[2]
+    ids = state.active.nonzero().flatten()
+    if ids.numel() == len(run.idx):
+        ids = run.idx
+    state._seen = (state.active, state.active._version, ids, bool(ids.numel()))
+    return ids
 
 
 def _refine(run: _Run, state: _LoopState, new: Subspace) -> None:
@@ -445,14 +488,17 @@ def _refine(run: _Run, state: _LoopState, new: Subspace) -> None:
 def _step(run: _Run, state: _LoopState) -> None:
     """One rule step for every active image, then the iterate check where it is needed."""
     obj, v, fx, last_pred = run.obj, state.v, state.fx, state.last_pred
-    ids = state.active.nonzero().flatten()
+    ids = _active_ids(run, state)
     # Every image active (ids = 0..N-1; the usual step): the rule reads v itself (rules never
-    # write their input), sparing an image-sized gather. Otherwise index_select/index_copy_
-    # (ids are distinct), a fraction of advanced indexing's cost.
+    # write their input), sparing an image-sized gather; a search rule reads fx itself too.
+    # Otherwise index_select/index_copy_ (ids are distinct), a fraction of advanced
+    # indexing's cost.
     whole = ids.numel() == len(v)
     x_in = v if whole else v.index_select(0, ids)
-    res = run.rule.step(obj, x_in, generator=run.generator, idx=ids, fx=fx.index_select(0, ids))
-    done = obj.found.index_select(0, ids)
+    fx_in = fx if whole and run.check == 0 else fx.index_select(0, ids)
+    res = run.rule.step(obj, x_in, generator=run.generator, idx=ids, fx=fx_in)
+    # Every image active: none had been found before this step, so found is done.
+    done = obj.found if whole else obj.found.index_select(0, ids)
     # Keep the variable inside the ball (in variable space; expansion preserves Linf).
     v_next = state.space.project(res.x_next, run.norm, run.eps)
     if v_next is not v:
@@ -462,11 +508,14 @@ def _step(run: _Run, state: _LoopState) -> None:
             v.index_copy_(0, ids, v_next.to(v.dtype))
     # Rules that scored their own next point (greedy search, line search) hand back its
     # loss; projection must have left that point alone for the value to stand.
-    known = torch.isfinite(res.fx_next) & ~done
+    # finite > done is "finite and not done" for bools; |f| < inf is isfinite (NaN compares
+    # False), each in fewer ops than the spelled-out form.
+    known = res.fx_next.abs().lt(math.inf).gt_(done)
     if v_next is not res.x_next:
         known &= ~(v_next != res.x_next).flatten(1).any(dim=1)
-    n_known = int(known.sum())
-    if whole and n_known == len(ids):
+    every = bool(known.all())
+    n_known = len(ids) if every else int(known.sum())
+    if whole and every:
         # Every image's next loss is known (a search rule's usual step): plain copies, and
         # no iterate check to prepare.
         fx.copy_(res.fx_next)
@@ -475,20 +524,23 @@ def _step(run: _Run, state: _LoopState) -> None:
         known_ids, known_fx = ids[known], res.fx_next[known]
         fx[known_ids] = known_fx
         last_pred[known_ids] = obj.recent_pred(known_ids, known_fx, last_pred[known_ids])
-    live = ids[~done & ~known] if n_known < len(ids) else ids[:0]
-    if live.numel():
-        # An iterate check the budget cannot pay for is skipped: the image stops next round.
-        used = run.blackbox.queries_of(live.cpu()) - run.start_q[live.cpu()]
-        live = live[(used < run.budget).to(live.device)]
-    if live.numel():
-        f_new, p_new = obj.score(v[live], live)  # the iterate check: 1 query per image
-        fx[live] = f_new.double()
-        last_pred[live] = p_new
-        done = obj.found[ids]
+    if not every:
+        live = ids[~done & ~known]
+        if live.numel():
+            # An iterate check the budget cannot pay for is skipped: the image stops next round.
+            used = run.blackbox.queries_of(live.cpu()) - run.start_q[live.cpu()]
+            live = live[(used < run.budget).to(live.device)]
+        if live.numel():
+            f_new, p_new = obj.score(v[live], live)  # the iterate check: 1 query per image
+            fx[live] = f_new.double()
+            last_pred[live] = p_new
+            done = obj.found[ids]
     if bool(done.any()):
         for i in ids[done].tolist():
             state.reasons[i] = "success"
-    state.active &= ~obj.found
+        # Only images of this step can have been found (ids are the active ones), so active
+        # changes only here.
+        state.active &= ~obj.found
 
 
 def _result(run: _Run, state: _LoopState) -> AttackResult:

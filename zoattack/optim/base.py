@@ -48,20 +48,33 @@ class StepResult:
 class _SearchStepResult(StepResult):
     """A search rule's step: ``grad`` (what the rule reports as its gradient view, which the
     attack loop never reads) is computed from ``x_next`` on first access, sparing an
-    image-sized pass and allocation per step. ``x_next`` must not be modified before."""
+    image-sized pass and allocation per step. ``x_next`` must not be modified before.
+    ``queries`` (always one per example) is likewise built on first access."""
 
     def __init__(
         self,
         *,
         x_next: Tensor,
         loss: Tensor | None,
-        queries: Tensor,
         grad_of: Callable[[Tensor], Tensor],
         fx_next: Tensor,
     ) -> None:
         self._grad_of: Callable[[Tensor], Tensor] | None = grad_of
         self._grad: Tensor | None = None
-        super().__init__(x_next=x_next, loss=loss, queries=queries, grad=None, fx_next=fx_next)  # type: ignore[arg-type]
+        self._queries: Tensor | None = None
+        super().__init__(x_next=x_next, loss=loss, queries=None, grad=None, fx_next=fx_next)  # type: ignore[arg-type]
+
+    @property
+    def queries(self) -> Tensor:
+        """One query per example (built on first access: the attack loop never reads it)."""
+        if self._queries is None:
+            n = self.x_next.shape[0]
+            self._queries = torch.ones(n, dtype=torch.int64, device=self.x_next.device)
+        return self._queries
+
+    @queries.setter
+    def queries(self, value: Tensor | None) -> None:
+        self._queries = value
 
     @property
     def grad(self) -> Tensor:
@@ -369,14 +382,16 @@ class SearchRule(ZORule):
         best = self.state.get(
             "best", idx, (), dtype=torch.float64, device=x.device, fill=float("nan")
         )
-        known = (
-            fx.to(x.device, torch.float64)
-            if fx is not None
-            else torch.full((n,), float("nan"), dtype=torch.float64, device=x.device)
-        )
-        current = torch.where(torch.isfinite(known), known, best)
+        if fx is None:
+            current = best  # a fresh gather: the state is only written by set() below
+        else:
+            known = fx.to(x.device, torch.float64)
+            # |f| < inf is isfinite (NaN compares False) in two ops instead of four.
+            current = torch.where(known.abs().lt(math.inf), known, best)
         cand = self._propose(objective, x, first, steps, idx, generator).to(x.dtype)
-        loss = objective(cand, idx).to(x.device, torch.float64).reshape(n)
+        loss = objective(cand, idx).to(x.device, torch.float64)
+        if loss.shape != (n,):
+            loss = loss.reshape(n)
         accept = first | (loss < current)
         # Into cand's own buffer when it is the rule's fresh proposal (it always is): an
         # image-sized allocation per step costs more than the pass itself.
@@ -385,13 +400,7 @@ class SearchRule(ZORule):
         fx_next = torch.where(accept, loss, current)
         self.state.set("best", idx, fx_next)
         self._commit(x, idx, first, accept)
-        return _SearchStepResult(
-            x_next=x_next,
-            loss=current,
-            queries=torch.ones(n, dtype=torch.int64, device=x.device),
-            grad_of=self._grad,
-            fx_next=fx_next,
-        )
+        return _SearchStepResult(x_next=x_next, loss=current, grad_of=self._grad, fx_next=fx_next)
 
     @abc.abstractmethod
     def _propose(
