@@ -9,7 +9,8 @@ LOSSES = ("margin", "ce")
 
 
 def _other_max(z: Tensor, cls: Tensor) -> Tensor:
-    return z.scatter(1, cls.view(-1, 1), float("-inf")).amax(dim=1)
+    """``max_{j != cls} z_j`` per row; ``cls`` is ``(M, 1)``."""
+    return z.scatter(1, cls, float("-inf")).amax(dim=1)
 
 
 def attack_loss(
@@ -23,9 +24,9 @@ def attack_loss(
     """
     z = scores.double()
     if kind == "margin":
-        if target is None:
-            return z.gather(1, label.view(-1, 1)).squeeze(1) - _other_max(z, label)
-        return _other_max(z, target) - z.gather(1, target.view(-1, 1)).squeeze(1)
+        cls = (label if target is None else target).view(-1, 1)
+        true = z.gather(1, cls).squeeze(1)
+        return true - _other_max(z, cls) if target is None else _other_max(z, cls) - true
     if kind == "ce":
         logp = torch.log_softmax(z, dim=1)
         if target is None:

@@ -106,8 +106,11 @@ class AttackObjective:
         scores = self.blackbox.query(x, owner).to(self.x0.device)
         if self.blackbox.output == "probs":
             scores = scores.clamp_min(1e-30).log()
-        target = self.target.index_select(0, owner) if self.target is not None else None
-        label = self.label.index_select(0, owner)
+        if owner is self._ids:  # every image once, in order: the rows are the tables
+            target, label = self.target, self.label
+        else:
+            target = self.target.index_select(0, owner) if self.target is not None else None
+            label = self.label.index_select(0, owner)
         loss = attack_loss(scores, label, kind=self.loss, target=target)
         pred = scores.argmax(dim=1)
         self._recent = (owner, loss, pred)
@@ -535,7 +538,8 @@ def _step(run: _Run, state: _LoopState) -> None:
             fx[live] = f_new.double()
             last_pred[live] = p_new
             done = obj.found[ids]
-    if bool(done.any()):
+    # Every next loss known means no image was done (known excludes them).
+    if not every and bool(done.any()):
         for i in ids[done].tolist():
             state.reasons[i] = "success"
         # Only images of this step can have been found (ids are the active ones), so active

@@ -153,7 +153,7 @@ class SignRule(SearchRule):
         shared by all examples. Chunks are rank ranges, so a step's flip mask is two
         comparisons rather than a scatter through the order."""
         shape = tuple(x.shape[1:])
-        d = x[0].numel()
+        d = math.prod(shape)
         if self.block_order == "random":
             perm = self.state.get("perm", idx, (d,), dtype=torch.int64, device=x.device)
             m = int(first.sum())
