@@ -91,21 +91,31 @@ def _spans(s: int, n: int, device: torch.device) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _offset_highs(s: int, m: int, h: int, w: int, device: torch.device) -> Tensor:
+def _span_tables(s: int, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """:func:`_spans` of rows as ``(h - s + 1, 1, h, 1)`` and of columns as
+    ``(w - s + 1, 1, 1, w)``: one row of each, and-ed, is a window mask ``(1, h, w)`` with
+    no reshaping. Shared, so never modified."""
+    return _spans(s, h, device).view(-1, 1, h, 1), _spans(s, w, device).view(-1, 1, 1, w)
+
+
+@functools.lru_cache(maxsize=64)
+def _offset_highs(s: int, m: int, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """``(2, m)`` int64: the number of window positions ``h - s + 1`` (row 0) and
-    ``w - s + 1`` (row 1) per example. Shared, so never modified."""
-    return torch.tensor([[h - s + 1] * m, [w - s + 1] * m], dtype=torch.int64, device=device)
+    ``w - s + 1`` (row 1) per example, and the same minus one (the largest offsets).
+    Shared, so never modified."""
+    highs = torch.tensor([[h - s + 1] * m, [w - s + 1] * m], dtype=torch.int64, device=device)
+    return highs, highs - 1
 
 
 def _window_mask(
-    top: Tensor, left: Tensor, side: Tensor, h: int, w: int, s: int | None = None
+    top: Tensor, left: Tensor, side: Tensor | None, h: int, w: int, s: int | None = None
 ) -> Tensor:
     """Bool masks ``(M, 1, h, w)`` of the windows ``[top, top+side) x [left, left+side)``;
-    ``s``: the side when every window has it (rows of a cached table then, 4 ops in all)."""
+    ``s``: the side when every window has it (rows of cached tables then, 3 ops in all)."""
     if s is not None:
-        r = _spans(s, h, top.device).index_select(0, top)
-        c = _spans(s, w, top.device).index_select(0, left)
-        return (r.unsqueeze(2) & c.unsqueeze(1)).unsqueeze(1)
+        rows, cols = _span_tables(s, h, w, top.device)
+        return rows.index_select(0, top) & cols.index_select(0, left)
+    assert side is not None
     rows = _positions(h, top.device)
     cols = _positions(w, top.device)
     r = (rows >= top.unsqueeze(1)) & (rows < (top + side).unsqueeze(1))
@@ -113,12 +123,16 @@ def _window_mask(
     return (r.unsqueeze(2) & c.unsqueeze(1)).unsqueeze(1)
 
 
-def _uniform_int(high: Tensor, generator: torch.Generator, device: torch.device) -> Tensor:
-    """Uniform integers in ``[0, high)`` per entry of ``high`` ``(M,)``."""
+def _uniform_int(
+    high: Tensor, generator: torch.Generator, device: torch.device, top: Tensor | None = None
+) -> Tensor:
+    """Uniform integers in ``[0, high)`` per entry of ``high`` ``(M,)``; ``top``: ``high - 1``
+    when the caller has it."""
     u = torch.rand(
         high.shape, generator=generator, device=generator.device, dtype=torch.float64
     ).to(device)
-    return torch.minimum((u * high).floor().long(), high - 1)
+    # u * high >= 0, where truncation toward zero (.long()) is floor.
+    return torch.minimum((u * high).long(), high - 1 if top is None else top)
 
 
 def _redraw_serial(code: Tensor, signs: Tensor, redraw: Tensor, generator: torch.Generator) -> None:
@@ -300,12 +314,16 @@ class SquareRule(SearchRule):
     def _sides(self, steps: Tensor, h: int, w: int) -> Tensor:
         return self._sides_and_common(steps, h, w)[0]
 
-    def _sides_and_common(self, steps: Tensor, h: int, w: int) -> tuple[Tensor, int | None]:
-        """Window sides per example ``(M,)`` and the side they all share (None if not)."""
+    def _sides_and_common(
+        self, steps: Tensor, h: int, w: int, *, lazy: bool = False
+    ) -> tuple[Tensor, int | None]:
+        """Window sides per example ``(M,)`` and the side they all share (None if not);
+        ``lazy``: the caller uses the sides only when they differ (``steps`` stands in
+        for them when they do not)."""
         lo, hi = (int(t) for t in torch.aminmax(steps))
         if lo == hi:  # the usual case: examples attacked together share their step count
             s = window_side(p_schedule(self.p_init, lo - 2, self.budget), h, w, self.norm)
-            return torch.full_like(steps, s), s
+            return (steps if lazy else torch.full_like(steps, s)), s
         sides = torch.empty_like(steps)
         for t in steps.unique().tolist():
             p = p_schedule(self.p_init, int(t) - 2, self.budget)
@@ -353,20 +371,21 @@ class SquareRule(SearchRule):
 
     def _move_linf(self, delta: Tensor, steps: Tensor, generator: torch.Generator) -> Tensor:
         m, c, h, w = delta.shape
-        side, common = self._sides_and_common(steps, h, w)
+        side, common = self._sides_and_common(steps, h, w, lazy=True)
         dev = delta.device
         if generator.device.type == "cpu" and dev.type == "cpu":
             # One draw for both offsets: a CPU generator's stream is the same either way.
-            highs = (
-                _offset_highs(common, m, h, w, dev)
-                if common is not None
-                else torch.stack([h - side + 1, w - side + 1])
-            )
-            top, left = _uniform_int(highs, generator, dev)
+            if common is not None:
+                highs, last = _offset_highs(common, m, h, w, dev)
+                top, left = _uniform_int(highs, generator, dev, last)
+            else:
+                top, left = _uniform_int(torch.stack([h - side + 1, w - side + 1]), generator, dev)
         else:
+            if common is not None:
+                side = torch.full_like(steps, common)
             top = _uniform_int(h - side + 1, generator, dev)
             left = _uniform_int(w - side + 1, generator, dev)
-        mask = _window_mask(top, left, side, h, w, common)
+        mask = _window_mask(top, left, None if common is not None else side, h, w, common)
         signs = draw_signs((m, c, 1, 1), generator, dev, delta.dtype)
         if self.resample and common is not None:
             s = common
@@ -380,12 +399,12 @@ class SquareRule(SearchRule):
             redraw = ((low == flat) & (high == flat)).all(dim=1)
             if not bool(redraw.any()):
                 return torch.where(mask, fill, delta)
-            value = self.lr * torch.ones((), dtype=delta.dtype, device=dev)
-            # +1 all lr, -1 all -lr, 0 mixed (|low| == lr: low is lr or -lr, its sign says which)
-            code = torch.where((low == high) & (low.abs() == value), low.sign(), 0.0)
+            # A window's code: +1 all lr, -1 all -lr, 0 mixed. Only rows being redrawn read it,
+            # and their windows hold lr * signs in every channel: their code is the signs.
             if generator.device.type == "cpu" and dev.type == "cpu":
-                _redraw_serial(code, signs, redraw, generator)
+                _redraw_serial(signs.view(m, c), signs, redraw, generator)
                 return torch.where(mask, self.lr * signs, delta)
+            code = signs.view(m, c).clone()
             for _ in range(RESAMPLE_TRIES):
                 k = int(redraw.sum())
                 if not k:
