@@ -44,6 +44,11 @@ class LIZOEstimator(StatefulEstimator):
     new to some example get explicit inner products. The small solve runs in float64 with a
     pseudo-inverse, so duplicate or dependent rows are harmless.
 
+    Randomness: directions are drawn only for the slots that take a fresh probe (one
+    ``(k, d)`` Gaussian draw, example-then-slot order; the whole ``(N, n, d)`` block when
+    nothing is reused): the same i.i.d. distribution as drawing every slot, half the draws
+    at the default reuse rate.
+
     Reuse assumes a deterministic objective: set ``reuse_distance_bound=0`` for stochastic
     ones (mini-batched losses, randomized defenses).
 
@@ -183,9 +188,18 @@ class LIZOEstimator(StatefulEstimator):
             rows = self._orthogonal_rows(old["disp"], s, order, reused, generator, x)
         else:
             rows = ws.get("rows", (batch, n, d), x.dtype, dev)
-            torch.randn(batch, n, d, generator=generator, out=rows)
-            rows.mul_(self.mu)  # the fresh probes mu * w
-            if used:
+            if not used:
+                torch.randn(batch, n, d, generator=generator, out=rows)
+                rows.mul_(self.mu)  # the fresh probes mu * w
+            else:
+                # Directions only for the slots that take a fresh probe (n - n_reused per
+                # example, in example-then-slot order): i.i.d. N(0, I) rows as before, without
+                # drawing the reused slots' directions only to overwrite them.
+                slots = (~reused).flatten().nonzero().flatten()
+                draws = ws.get("draws", (slots.numel(), d), x.dtype, dev)
+                torch.randn(draws.shape, generator=generator, out=draws)
+                draws.mul_(self.mu)
+                rows.view(batch * n, d).index_copy_(0, slots, draws)
                 reuse = self._reuse_rows(old["disp"], s, order[:, :used])
                 head = rows[:, :used]
                 torch.where(reused[:, :used].unsqueeze(2), reuse, head, out=head)
