@@ -42,11 +42,11 @@ class PerExampleState:
         if t is None or tuple(t.shape[1:]) != tuple(shape):
             t = torch.full((need, *shape), fill, dtype=dtype, device=device)
             self.fills[name] = fill
-        elif len(t) < need:
-            pad = torch.full((need - len(t), *shape), fill, dtype=t.dtype, device=t.device)
+        elif t.shape[0] < need:
+            pad = torch.full((need - t.shape[0], *shape), fill, dtype=t.dtype, device=t.device)
             t = torch.cat([t, pad])
         self.tensors[name] = t
-        ids = idx.to(t.device)
+        ids = idx if idx.device == t.device else idx.to(t.device)
         # index_select: the rows t[ids] gives, without advanced indexing's overhead.
         return t.index_select(0, ids) if ids.dtype == torch.int64 else t[ids]
 
@@ -69,7 +69,7 @@ class PerExampleState:
             and memo[3]
             and memo[0] is idx
             and memo[1] == idx._version
-            and len(t) == memo[2]
+            and t.shape[0] == memo[2]
             and value.shape == t.shape
         ):
             t.copy_(value)  # rows 0..len(t)-1 in order: the same values, without indexing

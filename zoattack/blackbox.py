@@ -214,8 +214,8 @@ class BlackBox:
         self._counts = counts.detach().to("cpu", torch.int64).clone()
 
     def _grow(self, size: int) -> None:
-        if size > len(self._counts):
-            pad = torch.zeros(size - len(self._counts), dtype=torch.int64)
+        if size > self._counts.shape[0]:
+            pad = torch.zeros(size - self._counts.shape[0], dtype=torch.int64)
             self._counts = torch.cat([self._counts, pad])
 
     # ---------------------------------------------------------------- queries
@@ -247,12 +247,12 @@ class BlackBox:
         # Its length is max(highest id + 1, ledger length), so it also says how far the ledger
         # must grow, and it refuses negative ids itself: no separate min/max pass and sync.
         try:
-            add = torch.bincount(owner, minlength=len(self._counts))
+            add = torch.bincount(owner, minlength=self._counts.shape[0])
         except RuntimeError:
             if bool((owner < 0).any()):
                 raise InvalidInputError("example ids in owner must be >= 0") from None
             raise
-        self._grow(len(add))
+        self._grow(add.shape[0])
         after: Tensor | None = None
         if self.budget is not None:
             after = self._counts + add

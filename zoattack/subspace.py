@@ -8,6 +8,7 @@ DCT-II per channel (Guo et al. 2019's low-frequency attacks); ``full`` searches 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -81,7 +82,7 @@ class Subspace:
                 low, high = (float(t) for t in torch.aminmax(v))
                 # The clamp bounds in v's dtype: a float32 step of exactly eps sits at
                 # float32(eps), which may lie above the Python float eps yet is not moved.
-                bound = float(torch.tensor(eps, dtype=v.dtype)) if v.is_floating_point() else eps
+                bound = _bound_in(eps, v.dtype) if v.is_floating_point() else eps
                 if -bound <= low and high <= bound:
                     return v
             return v.clamp(-eps, eps)
@@ -112,6 +113,13 @@ class Subspace:
         sums.index_add_(2, owner, flat)
         counts = torch.bincount(owner, minlength=k * k).to(delta.dtype)
         return (sums / counts).view(*flat.shape[:2], k, k)
+
+
+@functools.lru_cache(maxsize=32)
+def _bound_in(eps: float, dtype: torch.dtype) -> float:
+    """``eps`` rounded to ``dtype`` (what a clamp to eps in that dtype compares against),
+    computed once per pair: the attack loop asks every step."""
+    return float(torch.tensor(eps, dtype=dtype))
 
 
 class SubspaceSchedule:

@@ -76,7 +76,7 @@ class AttackObjective:
         (every probe grid is: K rows per image), which :func:`to_image` broadcasts instead
         of reading and writing an image-sized copy per row."""
         m = owner.numel()
-        if m == len(self.x0) and (owner is self._ids or torch.equal(owner, self._all_ids(m))):
+        if m == self.x0.shape[0] and (owner is self._ids or torch.equal(owner, self._all_ids(m))):
             return self.x0  # every image once, in order (to_image does not modify it)
         if m > 1:
             ids, counts = torch.unique_consecutive(owner, return_counts=True)
@@ -466,7 +466,7 @@ def _active_ids(run: _Run, state: _LoopState) -> Tensor:
     if seen is not None and seen[2] is not None:
         return seen[2]
     ids = state.active.nonzero().flatten()
-    if ids.numel() == len(run.idx):
+    if ids.numel() == run.idx.shape[0]:
         ids = run.idx
     state._seen = (state.active, state.active._version, ids, bool(ids.numel()))
     return ids
@@ -496,7 +496,7 @@ def _step(run: _Run, state: _LoopState) -> None:
     # write their input), sparing an image-sized gather; a search rule reads fx itself too.
     # Otherwise index_select/index_copy_ (ids are distinct), a fraction of advanced
     # indexing's cost.
-    whole = ids.numel() == len(v)
+    whole = ids.numel() == v.shape[0]
     x_in = v if whole else v.index_select(0, ids)
     fx_in = fx if whole and run.check == 0 else fx.index_select(0, ids)
     res = run.rule.step(obj, x_in, generator=run.generator, idx=ids, fx=fx_in)
@@ -517,7 +517,7 @@ def _step(run: _Run, state: _LoopState) -> None:
     if v_next is not res.x_next:
         known &= ~(v_next != res.x_next).flatten(1).any(dim=1)
     every = bool(known.all())
-    n_known = len(ids) if every else int(known.sum())
+    n_known = ids.shape[0] if every else int(known.sum())
     if whole and every:
         # Every image's next loss is known (a search rule's usual step): plain copies, and
         # no iterate check to prepare.
