@@ -155,11 +155,16 @@ class SignRule(SearchRule):
         shape = tuple(x.shape[1:])
         d = math.prod(shape)
         if self.block_order == "random":
+            held = self.state.tensors.get("perm")
             perm = self.state.get("perm", idx, (d,), dtype=torch.int64, device=x.device)
-            m = int(first.sum())
+            # A variable of a new size (a subspace refine) voids every stored permutation:
+            # each example draws a new one (the zero rows left would scatter into only one
+            # rank and leave the others uninitialised).
+            draw = first if held is None or held.shape[1:] == (d,) else torch.ones_like(first)
+            m = int(draw.sum())
             if m:
                 keys = torch.rand(m, d, generator=generator, device=generator.device)
-                perm[first] = keys.argsort(dim=1).to(x.device)
+                perm[draw] = keys.argsort(dim=1).to(x.device)
                 self.state.set("perm", idx, perm)
             ranks = torch.empty_like(perm)
             return ranks.scatter_(1, perm, torch.arange(d, device=x.device).expand_as(perm))
