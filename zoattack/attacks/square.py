@@ -135,9 +135,16 @@ def _uniform_int(
     return torch.minimum((u * high).long(), high - 1 if top is None else top)
 
 
-def _redraw_serial(code: Tensor, signs: Tensor, redraw: Tensor, generator: torch.Generator) -> None:
+def _redraw_serial(
+    code: Tensor,
+    signs: Tensor,
+    redraw: Tensor,
+    generator: torch.Generator,
+    where: Tensor | None = None,
+) -> None:
     """Square's sign redraws for rows ``redraw`` of ``signs`` ``(m, c, 1, 1)``, in place,
-    exactly as the per-try loop makes them, for a CPU generator.
+    exactly as the per-try loop makes them, for a CPU generator (``where``: ``redraw``'s
+    nonzero ids, when the caller has them).
 
     The loop draws ``c`` signs for each row still unchanged, try after try, until no row is
     (after ``RESAMPLE_TRIES`` tries the rest are negated). A CPU generator yields the same
@@ -146,7 +153,7 @@ def _redraw_serial(code: Tensor, signs: Tensor, redraw: Tensor, generator: torch
     exactly the draws the loop would have made. Per try that saves ~10 tensor ops, which at
     28x28 (one channel, half of all 1-pixel windows need a redraw) were most of a step.
     """
-    rows = redraw.nonzero().flatten().tolist()
+    rows = (redraw.nonzero().flatten() if where is None else where).tolist()
     if not rows:
         return
     c = code.shape[1]
@@ -315,12 +322,18 @@ class SquareRule(SearchRule):
         return self._sides_and_common(steps, h, w)[0]
 
     def _sides_and_common(
-        self, steps: Tensor, h: int, w: int, *, lazy: bool = False
+        self,
+        steps: Tensor,
+        h: int,
+        w: int,
+        *,
+        lazy: bool = False,
+        span: tuple[int, int] | None = None,
     ) -> tuple[Tensor, int | None]:
         """Window sides per example ``(M,)`` and the side they all share (None if not);
         ``lazy``: the caller uses the sides only when they differ (``steps`` stands in
-        for them when they do not)."""
-        lo, hi = (int(t) for t in torch.aminmax(steps))
+        for them when they do not); ``span``: ``steps``' (min, max) when already known."""
+        lo, hi = span if span is not None else (int(t) for t in torch.aminmax(steps))
         if lo == hi:  # the usual case: examples attacked together share their step count
             s = window_side(p_schedule(self.p_init, lo - 2, self.budget), h, w, self.norm)
             return (steps if lazy else torch.full_like(steps, s)), s
@@ -340,9 +353,11 @@ class SquareRule(SearchRule):
         idx: Tensor,
         generator: torch.Generator,
     ) -> Tensor:
+        lo, hi = (int(t) for t in torch.aminmax(steps))
+        if lo > 1:  # the usual step: every example moves, no gather and scatter needed
+            # (the step counts' range also gives the window side: one sync for both)
+            return self._move(objective, x, steps, idx, generator, (lo, hi))
         m = int(first.sum())
-        if not m:  # the usual step: every example moves, no gather and scatter needed
-            return self._move(objective, x, steps, idx, generator)
         cand = torch.empty_like(x)
         start = self._start_linf if self.norm == "linf" else self._start_l2
         cand[first] = start(x[first], generator)
@@ -358,9 +373,10 @@ class SquareRule(SearchRule):
         steps: Tensor,
         idx: Tensor,
         generator: torch.Generator,
+        span: tuple[int, int] | None = None,
     ) -> Tensor:
         if self.norm == "linf":
-            return self._move_linf(x, steps, generator)
+            return self._move_linf(x, steps, generator, span)
         return self._move_l2(applied_perturbation(objective, x, idx), steps, generator)
 
     # ------------------------------------------------------------------------ Linf
@@ -369,9 +385,15 @@ class SquareRule(SearchRule):
         stripes = draw_signs((m, c, 1, w), generator, x.device, x.dtype).expand(m, c, h, w)
         return self.lr * torch.where(x != 0, x.sign(), stripes)
 
-    def _move_linf(self, delta: Tensor, steps: Tensor, generator: torch.Generator) -> Tensor:
+    def _move_linf(
+        self,
+        delta: Tensor,
+        steps: Tensor,
+        generator: torch.Generator,
+        span: tuple[int, int] | None = None,
+    ) -> Tensor:
         m, c, h, w = delta.shape
-        side, common = self._sides_and_common(steps, h, w, lazy=True)
+        side, common = self._sides_and_common(steps, h, w, lazy=True, span=span)
         dev = delta.device
         if generator.device.type == "cpu" and dev.type == "cpu":
             # One draw for both offsets: a CPU generator's stream is the same either way.
@@ -397,12 +419,13 @@ class SquareRule(SearchRule):
             fill = self.lr * signs
             flat = fill.view(m, c)
             redraw = ((low == flat) & (high == flat)).all(dim=1)
-            if not bool(redraw.any()):
+            rows = redraw.nonzero().flatten()  # one sync: whether any, and which
+            if not rows.numel():
                 return torch.where(mask, fill, delta)
             # A window's code: +1 all lr, -1 all -lr, 0 mixed. Only rows being redrawn read it,
             # and their windows hold lr * signs in every channel: their code is the signs.
             if generator.device.type == "cpu" and dev.type == "cpu":
-                _redraw_serial(signs.view(m, c), signs, redraw, generator)
+                _redraw_serial(signs.view(m, c), signs, redraw, generator, rows)
                 return torch.where(mask, self.lr * signs, delta)
             code = signs.view(m, c).clone()
             for _ in range(RESAMPLE_TRIES):
