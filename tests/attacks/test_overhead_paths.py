@@ -245,7 +245,7 @@ def test_loop_memos_give_the_results_of_recomputing(monkeypatch, method):
 
     fast_steps: list = []
     fast = run(fast_steps)
-    monkeypatch.setattr(base, "_seen", lambda state: None)
+    monkeypatch.setattr(base, "_memo", lambda state: None)
     monkeypatch.setattr(base, "_active_ids", lambda run, state: state.active.nonzero().flatten())
     slow_steps: list = []
     slow = run(slow_steps)

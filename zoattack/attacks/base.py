@@ -272,7 +272,7 @@ class _LoopState:
     step: int = 0
     # (active tensor, its version, active ids, any active): what _active_ids and
     # _any_active last read; valid while ``active`` is that tensor, unmodified.
-    _seen: tuple[Tensor, int, Tensor | None, bool | None] | None = field(default=None, repr=False)
+    _seen: tuple[Tensor, int, Tensor | None, bool] | None = field(default=None, repr=False)
 
     def stop(self, images: Tensor, reason: str) -> None:
         for i in images.nonzero().flatten().tolist():
@@ -436,7 +436,8 @@ def _retire_over_budget(run: _Run, state: _LoopState, spent: Tensor, cost: int) 
     return False
 
 
-def _seen(state: _LoopState) -> tuple[Tensor, int, Tensor | None, bool | None] | None:
+def _memo(state: _LoopState) -> tuple[Tensor, int, Tensor | None, bool] | None:
+    """``state._seen`` while ``active`` is still the tensor it was read from, unmodified."""
     seen = state._seen
     if seen is not None and seen[0] is state.active and seen[1] == state.active._version:
         return seen
@@ -446,15 +447,11 @@ def _seen(state: _LoopState) -> tuple[Tensor, int, Tensor | None, bool | None] |
 def _any_active(state: _LoopState) -> bool:
     """``bool(state.active.any())``, read again only after ``active`` changed (a step that
     finishes no image leaves it alone, so the usual step needs no reduction and sync)."""
-    seen = _seen(state)
-    if seen is not None and seen[3] is not None:
+    seen = _memo(state)
+    if seen is not None:
         return seen[3]
-    if seen is not None and seen[2] is not None:
-        anyone = bool(seen[2].numel())
-    else:
-        anyone = bool(state.active.any())
-    ids = seen[2] if seen is not None else None
-    state._seen = (state.active, state.active._version, ids, anyone)
+    anyone = bool(state.active.any())
+    state._seen = (state.active, state.active._version, None, anyone)
     return anyone
 
 
@@ -462,7 +459,7 @@ def _active_ids(run: _Run, state: _LoopState) -> Tensor:
     """Ids of the active images, recomputed only after ``active`` changed. When every image
     is active this is ``run.idx`` itself: the same tensor step after step, which the
     per-example state, the ledger and the objective recognise without comparing values."""
-    seen = _seen(state)
+    seen = _memo(state)
     if seen is not None and seen[2] is not None:
         return seen[2]
     ids = state.active.nonzero().flatten()
