@@ -78,6 +78,18 @@ def schedule_tables(d: int, levels: int, device: torch.device) -> tuple[Tensor, 
     return lo.view(-1, 1).to(device), hi.view(-1, 1).to(device), following.to(device)
 
 
+# Up to this many levels the tables are also kept as Python lists (16,384 nodes), so a step
+# whose examples share one node reads its chunk without a tensor lookup and sync.
+_LIST_LEVELS = 14
+
+
+@functools.lru_cache(maxsize=8)
+def _schedule_lists(d: int, levels: int) -> tuple[list[int], list[int], list[int]]:
+    """:func:`schedule_tables` as Python lists ``(lo, hi, next)``. Shared, never modified."""
+    lo, hi, nxt = schedule_tables(d, levels, torch.device("cpu"))
+    return lo.flatten().tolist(), hi.flatten().tolist(), nxt.tolist()
+
+
 @OPTIMIZERS.register(
     "sign",
     description="SignHunter: greedy block sign flips at the Linf vertex "
@@ -139,7 +151,11 @@ class SignRule(SearchRule):
         self.start = start
         self.block_order = block_order
         self._rank_cache: dict[tuple[Any, ...], Tensor] = {}
-        self._pending: tuple[Tensor, Tensor, Tensor, int] | None = None
+        self._pending: tuple[Tensor, Tensor, Tensor, int, int | None] | None = None
+        # (node table, its version, idx, its version, the node rows idx all hold or None when
+        # they differ): examples attacked together move through the schedule in step, and
+        # then a step's chunk is one range of ranks for all of them (see _shared_node).
+        self._shared: tuple[Tensor, int, Tensor, int, int | None] | None = None
         # Table size (levels) of the schedule: at least what any stored node needs.
         self._levels_seen = 0
         self._radius_cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
@@ -196,8 +212,39 @@ class SignRule(SearchRule):
         self._levels_seen = max(self._levels_seen, finest_level(d) + 1)
         return node, schedule_tables(d, self._levels_seen, x.device)
 
+    def _shared_node(self, node: Tensor, idx: Tensor) -> int | None:
+        """The node every example in ``idx`` is at, or None when they differ: read from
+        ``node`` (rows ``idx`` of the table) once, then followed by :meth:`_commit`."""
+        t = self.state.tensors["node"]
+        memo = self._shared
+        if (
+            memo is not None
+            and memo[0] is t
+            and memo[1] == t._version
+            and memo[2] is idx
+            and memo[3] == idx._version
+        ):
+            return memo[4]
+        lo, hi = (int(v) for v in torch.aminmax(node)) if node.numel() else (0, 1)
+        value = lo if lo == hi else None
+        self._shared = (t, t._version, idx, idx._version, value)
+        return value
+
+    def _node_row(self, tables: tuple[Tensor, Tensor, Tensor], d: int, u: int) -> tuple[int, int]:
+        """``(lo, hi)`` of node ``u``."""
+        if self._levels_seen <= _LIST_LEVELS:
+            lo, hi, _ = _schedule_lists(d, self._levels_seen)
+            return lo[u], hi[u]
+        return int(tables[0][u, 0]), int(tables[1][u, 0])
+
+    def _next_node(self, next_of: Tensor, d: int, u: int) -> int:
+        if self._levels_seen <= _LIST_LEVELS:
+            return _schedule_lists(d, self._levels_seen)[2][u]
+        return int(next_of[u])
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        self._shared = None
         node = self.state.tensors.get("node")
         if node is not None and node.numel():
             self._levels_seen = max(self._levels_seen, int(node.max()).bit_length())
@@ -214,14 +261,24 @@ class SignRule(SearchRule):
     ) -> Tensor:
         n, d = x.shape[0], math.prod(x.shape[1:])
         ranks = self._ranks(x, idx, first, generator)
-        node, (lo_of, hi_of, next_of) = self._schedule(x, idx)
+        node, tables = self._schedule(x, idx)
+        lo_of, hi_of, next_of = tables
         m = int(first.sum())
+        shared = self._shared_node(node, idx) if ranks.dim() == 1 else None
         # Kept for _commit, which SearchRule.step calls right after scoring these candidates.
-        self._pending = (idx, node, next_of, m)
-        flip = ranks >= lo_of.index_select(0, node)
-        flip &= ranks < hi_of.index_select(0, node)
-        # The flipped sign is -1 where exactly one of "x < 0" and "in the chunk" holds.
-        negative = flip.ne_((x < 0).view(n, d) if x.is_contiguous() else (x < 0).reshape(n, d))
+        self._pending = (idx, node, next_of, m, shared)
+        below = (x < 0).view(n, d) if x.is_contiguous() else (x < 0).reshape(n, d)
+        if shared is not None:
+            # One chunk for every example: its mask is built once over d, not per example.
+            lo, hi = self._node_row(tables, d, shared)
+            flip = ranks >= lo
+            flip &= ranks < hi
+            negative = below.ne_(flip)
+        else:
+            flip = ranks >= lo_of.index_select(0, node)
+            flip &= ranks < hi_of.index_select(0, node)
+            # The flipped sign is -1 where exactly one of "x < 0" and "in the chunk" holds.
+            negative = flip.ne_(below)
         if not m:
             # lr * (+-1) in x's dtype, written once (no sign tensor, no second pass).
             pos, neg = self._radius(x)
@@ -245,15 +302,28 @@ class SignRule(SearchRule):
     def _commit(self, x: Tensor, idx: Tensor, first: Tensor, accept: Tensor) -> None:
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] is idx:
-            _, node, next_of, m = pending
+            _, node, next_of, m, shared = pending
         else:
             node, (_, _, next_of) = self._schedule(x, idx)
-            m = int(first.sum())
+            m, shared = int(first.sum()), None
+            self._shared = None
         new = next_of.index_select(0, node)
         if m:
             # The first step scores the start point and leaves the schedule at the root.
             new = torch.where(first, node, new)
         self.state.set("node", idx, new)
+        # Follow the shared node: rows idx all moved to its successor (or, all at their first
+        # step, stayed); mixed rows are taken to stay mixed (the general path is always right).
+        memo = self._shared
+        if memo is None or memo[2] is not idx:
+            return
+        if shared is not None and m and m != node.numel():
+            self._shared = None  # some rows moved, some stayed: read the table again
+            return
+        if shared is not None and not m:
+            shared = self._next_node(next_of, math.prod(x.shape[1:]), shared)
+        t = self.state.tensors["node"]
+        self._shared = (t, t._version, idx, idx._version, shared)
 
     def _grad(self, x_next: Tensor) -> Tensor:
         return torch.where(x_next < 0, 1.0, -1.0).to(x_next.dtype)
