@@ -153,13 +153,31 @@ def _redraw_serial(
     exactly the draws the loop would have made. Per try that saves ~10 tensor ops, which at
     28x28 (one channel, half of all 1-pixel windows need a redraw) were most of a step.
     """
-    rows = (redraw.nonzero().flatten() if where is None else where).tolist()
+    at = redraw.nonzero().flatten() if where is None else where
+    rows = at.tolist()
     if not rows:
         return
     c = code.shape[1]
     saved = generator.get_state()
     pool = torch.randint(0, 2, (len(rows) * c * RESAMPLE_TRIES,), generator=generator).tolist()
     generator.set_state(saved)
+    if c == 1:
+        # One channel: a redraw ends at the first draw that differs from the window's sign,
+        # or with its negation after the last try; either way the new sign is -code. Only
+        # how many draws the tries take depends on the bits.
+        flat = code.reshape(-1)
+        pending = [1 if v > 0 else 0 for v in flat.index_select(0, at).tolist()]
+        used = 0
+        for _ in range(RESAMPLE_TRIES):
+            if not pending:
+                break
+            bits = pool[used : used + len(pending)]
+            used += len(pending)
+            pending = [p for p, b in zip(pending, bits, strict=True) if b == p]
+        torch.randint(0, 2, (used,), generator=generator)  # the draws the loop made
+        view = signs.view(-1)
+        view.index_copy_(0, at, flat.index_select(0, at).neg())
+        return
     codes = code.tolist()
     current = signs.view(-1, c).tolist()
     final: dict[int, list[float]] = {r: current[r] for r in rows}
