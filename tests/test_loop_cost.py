@@ -436,3 +436,43 @@ def test_search_step_op_count_stays_low(method):
 
     per_step = (ops(52) - ops(12)) / 40
     assert per_step <= OPS_PER_STEP[method], f"{method}: {per_step:.1f} ops per step"
+
+
+@pytest.mark.parametrize("shape, s", [((5, 1, 6, 6), 1), ((5, 3, 7, 9), 3), ((4, 3, 8, 8), 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_painted_windows_equal_the_masked_where(shape, s, channels_last):
+    from zoattack.attacks.square import _window_mask, paint_windows
+
+    g = torch.Generator().manual_seed(0)
+    m, c, h, w = shape
+    delta = torch.randn(shape, generator=g)
+    if channels_last:
+        delta = delta.to(memory_format=torch.channels_last)
+    top = torch.randint(0, h - s + 1, (m,), generator=g)
+    left = torch.randint(0, w - s + 1, (m,), generator=g)
+    fill = torch.randn(m, c, 1, 1, generator=g)
+    want = torch.where(_window_mask(top, left, None, h, w, s), fill, delta)
+    got = paint_windows(delta, top, left, s, fill)
+    assert torch.equal(got, want) and got.data_ptr() != delta.data_ptr()
+
+
+@pytest.mark.parametrize("resample", [True, False])
+def test_square_linf_moves_are_the_masked_form(resample):
+    """Linf moves (painted windows): values stay +-lr, only one square per example changes,
+    and with resampling every candidate differs from delta."""
+    rule = SquareRule(lr=0.05, budget=100, resample=resample)
+    g = make_generator(0)
+    delta = 0.05 * draw_signs((16, 3, 9, 9), g, torch.device("cpu"), torch.float32)
+    for step in (2, 20, 60, 99):
+        cand = rule._move_linf(delta, torch.full((16,), step), g)
+        moved = (cand != delta).any(dim=1)  # (m, h, w): pixels of the window that changed
+        assert bool((cand.abs() == 0.05).all())
+        rows = moved.flatten(1).any(dim=1)
+        if resample:
+            assert bool(rows.all())  # every candidate differs from delta
+        # What changed is one square per example.
+        for r in range(16):
+            ys, xs = moved[r].nonzero(as_tuple=True)
+            if ys.numel():
+                area = (int(ys.max() - ys.min()) + 1) * (int(xs.max() - xs.min()) + 1)
+                assert ys.numel() <= area and int(ys.max() - ys.min()) < 9

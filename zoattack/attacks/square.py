@@ -107,6 +107,26 @@ def _offset_highs(s: int, m: int, h: int, w: int, device: torch.device) -> tuple
     return highs, highs - 1
 
 
+@functools.lru_cache(maxsize=64)
+def _window_offsets(s: int, w: int, device: torch.device) -> Tensor:
+    """Flat offsets ``(1, 1, s * s)`` of an ``s x s`` window's pixels from its top-left pixel
+    in a row-major ``(h, w)`` image. Shared, so never modified."""
+    ar = torch.arange(s, device=device)
+    return (ar.view(s, 1) * w + ar).view(1, 1, s * s)
+
+
+def paint_windows(delta: Tensor, top: Tensor, left: Tensor, s: int, fill: Tensor) -> Tensor:
+    """``delta`` ``(m, c, h, w)`` with each example's ``s x s`` window at ``(top, left)`` set to
+    its ``fill`` ``(m, c, 1, 1)``: ``where(window mask, fill, delta)`` as a copy and a scatter
+    of the window pixels, without building and reading an image-sized mask."""
+    m, c, h, w = delta.shape
+    cand = delta.clone(memory_format=torch.contiguous_format)
+    at = (top * w + left).view(m, 1, 1) + _window_offsets(s, w, delta.device)
+    k = s * s
+    cand.view(m, c, h * w).scatter_(2, at.expand(m, c, k), fill.view(m, c, 1).expand(m, c, k))
+    return cand
+
+
 def _window_mask(
     top: Tensor, left: Tensor, side: Tensor | None, h: int, w: int, s: int | None = None
 ) -> Tensor:
@@ -425,8 +445,9 @@ class SquareRule(SearchRule):
                 side = torch.full_like(steps, common)
             top = _uniform_int(h - side + 1, generator, dev)
             left = _uniform_int(w - side + 1, generator, dev)
-        mask = _window_mask(top, left, None if common is not None else side, h, w, common)
         signs = draw_signs((m, c, 1, 1), generator, dev, delta.dtype)
+        if common is not None and not self.resample:
+            return paint_windows(delta, top, left, common, self.lr * signs)
         if self.resample and common is not None:
             s = common
             # A candidate equals delta exactly when, per channel, its window already holds
@@ -439,12 +460,12 @@ class SquareRule(SearchRule):
             redraw = ((low == flat) & (high == flat)).all(dim=1)
             rows = redraw.nonzero().flatten()  # one sync: whether any, and which
             if not rows.numel():
-                return torch.where(mask, fill, delta)
+                return paint_windows(delta, top, left, s, fill)
             # A window's code: +1 all lr, -1 all -lr, 0 mixed. Only rows being redrawn read it,
             # and their windows hold lr * signs in every channel: their code is the signs.
             if generator.device.type == "cpu" and dev.type == "cpu":
                 _redraw_serial(signs.view(m, c), signs, redraw, generator, rows)
-                return torch.where(mask, self.lr * signs, delta)
+                return paint_windows(delta, top, left, s, self.lr * signs)
             code = signs.view(m, c).clone()
             for _ in range(RESAMPLE_TRIES):
                 k = int(redraw.sum())
@@ -455,7 +476,8 @@ class SquareRule(SearchRule):
             else:
                 if bool(redraw.any()):  # the window holds lr * signs; the negation differs
                     signs[redraw] = -signs[redraw]
-            return torch.where(mask, self.lr * signs, delta)
+            return paint_windows(delta, top, left, s, self.lr * signs)
+        mask = _window_mask(top, left, side, h, w)
         cand = torch.where(mask, self.lr * signs, delta)
         if self.resample:
             # Only rows whose window was unchanged are redrawn; the others keep their
