@@ -345,8 +345,11 @@ def run_attack(
         clean_correct=clean_correct,
         check=0 if rule.estimator is None else 1,
     )
+    v0 = start_point(rule, space, n, norm, eps, generator, x0.dtype, dev)
+    if v0 is not None:  # away from the clean image: its loss is unknown until scored
+        fx = torch.full_like(fx, float("nan"))
     state = _LoopState(
-        v=torch.zeros(n, *space.var_shape, device=dev, dtype=x0.dtype),
+        v=v0 if v0 is not None else torch.zeros(n, *space.var_shape, device=dev, dtype=x0.dtype),
         fx=fx,
         active=clean_correct.clone(),
         last_pred=clean_pred.clone(),
@@ -404,6 +407,7 @@ def _loop(run: _Run, state: _LoopState) -> None:
             break
         if retired and not bool(state.active.any()):
             break
+        run.rule.set_progress(spent / run.budget)  # for budget-relative lr / mu schedules
         schedule = run.schedule
         stage = schedule.stage(int(spent[state.active].max())) if len(schedule.spaces) > 1 else 0
         if schedule.spaces[stage] is not state.space:
@@ -414,6 +418,33 @@ def _loop(run: _Run, state: _LoopState) -> None:
         state.step += 1
         if run.callback is not None:
             run.callback(state.step, None, run.spent())
+
+
+def start_point(
+    rule: ZORule,
+    space: Subspace,
+    n: int,
+    norm: str,
+    eps: float,
+    generator: torch.Generator,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor | None:
+    """The first iterate ``(n, *var_shape)`` a gradient rule asked for (``rule.start``), or
+    None for the clean image. ``stripes``: Square's initialisation (Andriushchenko et al.,
+    ECCV 2020): one random sign per column of each channel of the variable, over its full
+    height; ``vertex``: i.i.d. signs. At the Linf radius (a vertex of the ball), scaled onto
+    the sphere for L2. Drawn in the variable's space (for tiles: columns of tiles)."""
+    start = getattr(rule, "start", "zero")
+    if start == "zero" or rule.estimator is None:
+        return None
+    shape = tuple(space.var_shape)
+    draw = (shape[0], 1, shape[2]) if start == "stripes" and len(shape) == 3 else shape
+    bits = torch.randint(0, 2, (n, *draw), generator=generator, device=generator.device)
+    signs = (bits * 2 - 1).to(device=device, dtype=dtype).expand(n, *shape).contiguous()
+    # Every expansion of +-eps coordinates has L2 norm >= eps: the projection lands on the
+    # sphere for l2 and leaves the vertex alone for Linf.
+    return space.project(signs * eps, norm, eps)
 
 
 def _retire_over_budget(run: _Run, state: _LoopState, spent: Tensor, cost: int) -> bool:
