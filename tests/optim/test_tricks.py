@@ -27,9 +27,18 @@ class Split:
         return torch.where(owner == 0, torch.ones_like(quad), quad)
 
 
-@pytest.mark.parametrize("bad", [{"start": "corner"}, {"restart": -1}, {"restart": 2.5},
-                                 {"mu_decay": 0.0}, {"mu_decay": 1.5},
-                                 {"lr_decay": "cosine"}, {"momentum": 1.0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"start": "corner"},
+        {"restart": -1},
+        {"restart": 2.5},
+        {"mu_decay": 0.0},
+        {"mu_decay": 1.5},
+        {"lr_decay": "cosine"},
+        {"momentum": 1.0},
+    ],
+)
 @pytest.mark.parametrize("rule", GRADIENT)
 def test_bad_trick_values_are_refused(rule, bad):
     if "momentum" in bad and rule in ("zo_adamm", "radazo"):
@@ -108,7 +117,9 @@ def test_without_a_driver_the_schedules_stay_at_their_start():
 def test_stripes_start_is_a_vertex_constant_down_each_column(norm, eps):
     rule = create_optimizer("zo_signsgd", lr=0.1, start="stripes")
     space = Subspace("tile:7", (1, 28, 28))
-    v = start_point(rule, space, 4, norm, eps, make_generator(0), torch.float32, torch.device("cpu"))
+    v = start_point(
+        rule, space, 4, norm, eps, make_generator(0), torch.float32, torch.device("cpu")
+    )
     assert v is not None and v.shape == (4, 1, 7, 7)
     assert bool((v == v[:, :, :1, :]).all())  # one sign per column, over the full height
     if norm == "linf":
@@ -119,7 +130,9 @@ def test_stripes_start_is_a_vertex_constant_down_each_column(norm, eps):
     w = start_point(vert, space, 4, "linf", 0.1, make_generator(0), torch.float32, v.device)
     assert w is not None and not bool((w == w[:, :, :1, :]).all())
     zero = create_optimizer("zo_signsgd", lr=0.1)
-    assert start_point(zero, space, 4, "linf", 0.1, make_generator(0), torch.float32, v.device) is None
+    assert (
+        start_point(zero, space, 4, "linf", 0.1, make_generator(0), torch.float32, v.device) is None
+    )
 
 
 class Counting(nn.Module):
@@ -181,8 +194,15 @@ def test_stripes_start_is_scored_as_the_first_query(digits_victim):
     bb = BlackBox(victim, output="logits", budget=50, input_shape=tuple(x.shape[1:]))
     rule = create_optimizer("zo_sgd", lr=0.05, mu=0.02, start="stripes", num_samples=3)
     res = run_attack(
-        bb, x[:6], y[:6], rule, generator=make_generator(4), norm="linf", eps=0.05,
-        budget=50, max_steps=1,
+        bb,
+        x[:6],
+        y[:6],
+        rule,
+        generator=make_generator(4),
+        norm="linf",
+        eps=0.05,
+        budget=50,
+        max_steps=1,
     )
     space = Subspace("full", tuple(x.shape[1:]))
     v0 = start_point(rule, space, 6, "linf", 0.05, make_generator(4), x.dtype, x.device)
