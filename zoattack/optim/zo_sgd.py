@@ -44,6 +44,8 @@ def check_momentum(momentum: float) -> float:
             estimator="gaussian",
             mu=0.5,
             difference="central",
+            # Held-out (test 300+, 100 images, Linf 0.1, 1k): 63% -> 72%; not at L2 (77 -> 76%).
+            momentum=0.9,
         ),
         "l2": Tuned(lr=0.005, subspace="dct:14", estimator="gaussian"),
     },
