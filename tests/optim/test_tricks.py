@@ -212,3 +212,35 @@ def test_stripes_start_is_scored_as_the_first_query(digits_victim):
     attacked = res.clean_correct
     assert torch.allclose(first[attacked], want[attacked])
     assert int(res.queries[attacked].min()) >= 2
+
+
+class BoxLinear:
+    """``w . clamp(p, -1, 1)``: scores its own projection of every point, like the attack
+    objective; ``feasible`` says which point that is."""
+
+    def __init__(self, w: Tensor, with_feasible: bool) -> None:
+        self.w = w
+        if with_feasible:
+            self.feasible = lambda points, owner: points.clamp(-1.0, 1.0)
+
+    def __call__(self, points: Tensor, owner: Tensor) -> Tensor:
+        return (points.clamp(-1.0, 1.0).double() * self.w.double()).sum(1)
+
+
+def test_lizo_interpolates_the_displacements_the_objective_really_scored():
+    from zoattack.estimators import create_estimator
+
+    d = 6
+    w = torch.arange(1.0, d + 1, dtype=torch.float64)
+    x = torch.ones(1, d)  # a vertex: every probe leaves the box in about half its coordinates
+    errs = {}
+    for feasible in (True, False):
+        est = create_estimator("lizo", num_samples=d, mu=0.3)
+        g = est.estimate(BoxLinear(w, feasible), x, generator=make_generator(0)).grad[0]
+        stored = est.state.tensors["disp"][0].double()
+        actual = (x + stored).clamp(-1, 1) - x  # what the objective really scored
+        # The exact answer for a linear f: w projected onto the span of those displacements.
+        proj = actual.T @ torch.linalg.pinv(actual @ actual.T) @ actual @ w
+        errs[feasible] = float((g.double() - proj).norm() / proj.norm())
+    assert errs[True] < 1e-4
+    assert errs[False] > 0.1  # raw rows describe points that were never scored

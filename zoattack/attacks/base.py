@@ -128,6 +128,12 @@ class AttackObjective:
     def __call__(self, points: Tensor, owner: Tensor) -> Tensor:
         return self.score(points, owner)[0]
 
+    def feasible(self, points: Tensor, owner: Tensor) -> Tensor:
+        """The variables ``(M, *var_shape)`` moved into the threat ball, as :meth:`images`
+        moves them before scoring (the [0, 1] pixel clip, which needs the image, is left to
+        scoring). Estimators that interpolate displacements (LIZO) probe these points."""
+        return self.subspace.project(points, self.norm, self.eps)
+
     def _surrogate_gradient(self, v: Tensor, owner: Tensor) -> Tensor:
         """Gradient of the same attack loss on the surrogate's scores, with respect to the
         variables ``v`` ``(M, *var_shape)`` (through the subspace, projection and clip).

@@ -34,10 +34,7 @@ def lizo_update(x: Tensor, grad: Tensor, lr: Tensor | float, strict_lr: bool = F
     # Tuned settings; how they were measured: docs/TUNING.md. The synthetic lr is large
     # because LIZO's raw estimate is about n/d of the gradient.
     norm_defaults={
-        # momentum: held-out (test 300+, 100 images, Linf 0.1, 1k) 53% -> 64%; not at L2.
-        "linf": Tuned(
-            lr=100.0, subspace="tile:7>tile:14>full", estimator="lizo", mu=0.5, momentum=0.9
-        ),
+        "linf": Tuned(lr=100.0, subspace="tile:7>tile:14>full", estimator="lizo", mu=0.5),
         "l2": Tuned(lr=0.05, subspace="dct:14", estimator="lizo"),
     },
     optimize_defaults=Tuned(lr=1.0),
