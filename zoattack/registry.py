@@ -26,9 +26,10 @@ class Tuned:
 
     Under a norm, ``lr`` and ``mu`` are fractions of eps (they scale with the radius; a search
     rule's ``lr`` is its radius, 1.0 = eps); for the synthetic functions they are absolute.
-    ``mu``, ``momentum`` and ``difference`` were tuned with ``estimator`` and apply only when
-    that estimator runs. ``default``: this rule is the attack a bare `zoattack run` uses for
-    this norm. None: the rule's or estimator's own default.
+    ``mu``, ``momentum``, ``difference`` and the tricks (``start``, ``restart``, ``mu_decay``,
+    ``lr_decay``) were tuned with ``estimator`` and apply only when that estimator runs.
+    ``default``: this rule is the attack a bare `zoattack run` uses for this norm. None: the
+    rule's or estimator's own default.
     """
 
     lr: float | None = None
@@ -37,6 +38,12 @@ class Tuned:
     mu: float | None = None
     momentum: float | None = None
     difference: str | None = None
+    # Generic tricks of the gradient rules (zoattack/optim/base.py ZORule): first iterate,
+    # restart patience, smoothing-radius decay, lr schedule.
+    start: str | None = None
+    restart: int | None = None
+    mu_decay: float | None = None
+    lr_decay: str | None = None
     default: bool = False
 
     def as_dict(self) -> dict[str, Any]:

@@ -133,6 +133,12 @@ class AttackObjective:
     def __call__(self, points: Tensor, owner: Tensor) -> Tensor:
         return self.score(points, owner)[0]
 
+    def feasible(self, points: Tensor, owner: Tensor) -> Tensor:
+        """The variables ``(M, *var_shape)`` moved into the threat ball, as :meth:`images`
+        moves them before scoring (the [0, 1] pixel clip, which needs the image, is left to
+        scoring). Estimators that interpolate displacements (LIZO) probe these points."""
+        return self.subspace.project(points, self.norm, self.eps)
+
     def _surrogate_gradient(self, v: Tensor, owner: Tensor) -> Tensor:
         """Gradient of the same attack loss on the surrogate's scores, with respect to the
         variables ``v`` ``(M, *var_shape)`` (through the subspace, projection and clip).
@@ -354,8 +360,11 @@ def run_attack(
         clean_correct=clean_correct,
         check=0 if rule.estimator is None else 1,
     )
+    v0 = start_point(rule, space, n, norm, eps, generator, x0.dtype, dev)
+    if v0 is not None:  # away from the clean image: its loss is unknown until scored
+        fx = torch.full_like(fx, float("nan"))
     state = _LoopState(
-        v=torch.zeros(n, *space.var_shape, device=dev, dtype=x0.dtype),
+        v=v0 if v0 is not None else torch.zeros(n, *space.var_shape, device=dev, dtype=x0.dtype),
         fx=fx,
         active=clean_correct.clone(),
         last_pred=clean_pred.clone(),
@@ -413,6 +422,7 @@ def _loop(run: _Run, state: _LoopState) -> None:
             break
         if retired and not _any_active(state):
             break
+        run.rule.set_progress(spent / run.budget)  # for budget-relative lr / mu schedules
         schedule = run.schedule
         stage = schedule.stage(int(spent[state.active].max())) if len(schedule.spaces) > 1 else 0
         if schedule.spaces[stage] is not state.space:
@@ -423,6 +433,33 @@ def _loop(run: _Run, state: _LoopState) -> None:
         state.step += 1
         if run.callback is not None:
             run.callback(state.step, None, run.spent())
+
+
+def start_point(
+    rule: ZORule,
+    space: Subspace,
+    n: int,
+    norm: str,
+    eps: float,
+    generator: torch.Generator,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor | None:
+    """The first iterate ``(n, *var_shape)`` a gradient rule asked for (``rule.start``), or
+    None for the clean image. ``stripes``: Square's initialisation (Andriushchenko et al.,
+    ECCV 2020): one random sign per column of each channel of the variable, over its full
+    height; ``vertex``: i.i.d. signs. At the Linf radius (a vertex of the ball), scaled onto
+    the sphere for L2. Drawn in the variable's space (for tiles: columns of tiles)."""
+    start = getattr(rule, "start", "zero")
+    if start == "zero" or rule.estimator is None:
+        return None
+    shape = tuple(space.var_shape)
+    draw = (shape[0], 1, shape[2]) if start == "stripes" and len(shape) == 3 else shape
+    bits = torch.randint(0, 2, (n, *draw), generator=generator, device=generator.device)
+    signs = (bits * 2 - 1).to(device=device, dtype=dtype).expand(n, *shape).contiguous()
+    # Every expansion of +-eps coordinates has L2 norm >= eps: the projection lands on the
+    # sphere for l2 and leaves the vertex alone for Linf.
+    return space.project(signs * eps, norm, eps)
 
 
 def _retire_over_budget(run: _Run, state: _LoopState, spent: Tensor, cost: int) -> bool:

@@ -39,7 +39,16 @@ PATH_FIELDS = ("data_dir", "weights", "model_dir", "init_from")
 KEY_EXCLUDES = ("device", "max_batch")
 # Settings added after plans existed, left out of the key at their default so the jobs of
 # older stores keep their keys (and their finished work).
-KEY_DEFAULTS: dict[str, Any] = {"attack": None, "labels_only": False, "init_from": None}
+KEY_DEFAULTS: dict[str, Any] = {
+    "attack": None,
+    "labels_only": False,
+    "init_from": None,
+    # the gradient rules' generic tricks (issue 12), None when neither given nor tuned
+    "start": None,
+    "restart": None,
+    "mu_decay": None,
+    "lr_decay": None,
+}
 # Shown in job listings when they differ between jobs, in this order.
 LISTED = (
     "model",

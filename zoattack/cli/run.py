@@ -134,7 +134,8 @@ def run_command(
     momentum: Annotated[
         float | None,
         typer.Option(
-            help="zo_signsgd: running average of the estimates before the sign (e.g. 0.9).",
+            help="zo_signsgd, zo_sgd, lizo: running average of the estimates before the step "
+            "(e.g. 0.9).",
             rich_help_panel=P_OPT,
         ),
     ] = None,
@@ -144,6 +145,43 @@ def run_command(
             help="full, tile:K (a CxKxK variable upsampled) or dct:K (lowest KxK DCT "
             "frequencies); A>B>C refines coarse-to-fine, e.g. tile:7>tile:14>full.",
             rich_help_panel=P_OPT,
+        ),
+    ] = None,
+    # --- generic tricks of the gradient rules (ZORule; tuned values per rule and norm) ---
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="Gradient rules' first iterate: zero (the clean image), stripes (Square's "
+            "vertical-stripe vertex) or vertex (random signs); scored as a query.",
+            rich_help_panel=P_OPT,
+            show_default=False,
+        ),
+    ] = None,
+    restart: Annotated[
+        int | None,
+        typer.Option(
+            help="Gradient rules: restart an image from its best point with fresh rule state "
+            "after this many steps without improvement (0: off).",
+            rich_help_panel=P_OPT,
+            show_default=False,
+        ),
+    ] = None,
+    mu_decay: Annotated[
+        float | None,
+        typer.Option(
+            help="Gradient rules: the smoothing radius decays geometrically from mu to "
+            "mu*R over the budget (1: constant).",
+            rich_help_panel=P_OPT,
+            show_default=False,
+        ),
+    ] = None,
+    lr_decay: Annotated[
+        str | None,
+        typer.Option(
+            help="Gradient rules' lr schedule: constant, sqrt (lr/sqrt(t)) or halving (halve "
+            "at APGD's budget checkpoints).",
+            rich_help_panel=P_OPT,
+            show_default=False,
         ),
     ] = None,
     # --- transfer prior (P-RGF) ---
@@ -277,6 +315,10 @@ def run_command(
         difference=difference,
         momentum=momentum,
         subspace=subspace,
+        start=start,
+        restart=restart,
+        mu_decay=mu_decay,
+        lr_decay=lr_decay,
         seed=seed,
         device=device,
         max_batch=max_batch,

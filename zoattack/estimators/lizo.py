@@ -52,6 +52,13 @@ class LIZOEstimator(StatefulEstimator):
     Reuse assumes a deterministic objective: set ``reuse_distance_bound=0`` for stochastic
     ones (mini-batched losses, randomized defenses).
 
+    Constrained objectives: if the objective has ``feasible(points, owner)`` (the attack
+    objective does: its projection onto the threat ball), fresh probes are projected before
+    they are scored and the projected displacement is the row interpolated. Without this, at
+    a vertex of an Linf ball about half of each probe's coordinates are clipped by the
+    objective and the linear system describes points that were never queried (at Linf 0.1 on
+    small_cnn, held-out images: 53% -> 69% success at 1,000 queries; L2 unchanged).
+
     Defaults: ``num_samples=8`` (n, capped at d), ``mu=1e-3``, ``reuse_distance_bound=None``
     (reuse off; the ``lizo`` update rule sets ``2*lr``), ``max_reuse_rate=0.5``,
     ``orthogonal=False``. Forward differences only.
@@ -210,6 +217,13 @@ class LIZOEstimator(StatefulEstimator):
         # Score x (where f(x) is unknown) and the fresh probes x + rows.
         pts = ws.get("pts", (batch, n, d), x.dtype, dev)
         torch.add(x.unsqueeze(1), rows, out=pts)
+        feasible = getattr(objective, "feasible", None)
+        if feasible is not None:
+            # A constrained objective scores its own projection of a probe, so the displacement
+            # the interpolation must use is the projected one (below, pts - x); the raw row
+            # would attribute the change in f to coordinates the ball clipped away.
+            owners = idx.repeat_interleave(n)
+            pts.copy_(feasible(pts.view(batch * n, *shape), owners).reshape(batch, n, d))
         fresh = ~reused
         base = torch.isnan(fx)
         if bool(base.any()):

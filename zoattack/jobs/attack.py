@@ -108,6 +108,12 @@ class AttackSpec:
     difference: str | None = None
     momentum: float | None = None
     subspace: str | None = None
+    # Generic tricks of the gradient rules (ZORule): first iterate (zero, stripes, vertex),
+    # restart patience in steps (0 off), smoothing-radius decay mu -> mu*r, lr schedule.
+    start: str | None = None
+    restart: int | None = None
+    mu_decay: float | None = None
+    lr_decay: str | None = None
     seed: int = 0
     device: str = "auto"
     max_batch: int = 4096
@@ -178,10 +184,12 @@ class AttackSpec:
         _check_prior(self, rule, search)
         estimator = self.estimator or ("prior" if self.prior else tuned.estimator)
         momentum, mu, difference = self.momentum, self.mu, self.difference
+        tricks = {k: getattr(self, k) for k in TRICKS}
         if estimator == tuned.estimator:  # tuned together with that estimator only
             momentum = tuned.momentum if momentum is None else momentum
             mu = tuned_mu(rule, norm, eps) if mu is None else mu
             difference = tuned.difference if difference is None else difference
+            tricks = {k: getattr(tuned, k) if v is None else v for k, v in tricks.items()}
         if estimator in ("prior", "p_rgf", "prgf"):
             # The rule's own tricks (its tuned momentum) carry over; the probe radius is the
             # sphere estimator's (same convention), since the tuned mu/difference belong to
@@ -206,6 +214,12 @@ class AttackSpec:
                 samples=self.samples,
                 mu=self.mu,
             )
+            for key in TRICKS:
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"the {rule} rule is a search rule; --{key.replace('_', '-')} belongs "
+                        "to the gradient rules (zo_sgd, zo_signsgd, zo_adamm, radazo, lizo)"
+                    )
         lr = self.lr if self.lr is not None else default_lr(rule, norm, eps)
         spec = dataclasses.replace(
             self,
@@ -218,6 +232,7 @@ class AttackSpec:
             mu=mu,
             difference=difference,
             lr=float(lr),
+            **tricks,
         )
         spec.make_rule()  # invalid hyperparameters fail here, before any model is built
         return spec
@@ -251,7 +266,13 @@ class AttackSpec:
             mu=self.mu,
             difference=self.difference,
             momentum=self.momentum,
+            **{k: getattr(self, k) for k in TRICKS},
         )
+
+
+# The AttackSpec fields that are the gradient rules' generic tricks (ZORule options of the
+# same names); None: the rule's tuned value, else off.
+TRICKS = ("start", "restart", "mu_decay", "lr_decay")
 
 
 # The prior estimator's probe radius as a fraction of eps: the radius tuned for the sphere
@@ -388,7 +409,7 @@ def effective_settings(spec: AttackSpec) -> dict[str, Any]:
     est = rule.estimator
     base = spec.as_dict()
     # No transfer prior: the settings keep their earlier shape (older records compare equal).
-    for key in ("prior", "prior_weights"):
+    for key in ("prior", "prior_weights", *TRICKS):
         if base[key] is None:
             del base[key]
     return {
@@ -447,7 +468,27 @@ def method_of(spec: AttackSpec) -> str:
         parts.append(f"momentum {momentum:g}")
     elif betas is not None:
         parts.append(f"momentum {betas:g} (betas {betas:g}, {getattr(rule, 'beta2', 0):g})")
+    parts.extend(trick_words(rule))
     return f"{spec.optimizer} ({'; '.join(parts)})"
+
+
+def trick_words(rule: ZORule) -> list[str]:
+    """The generic tricks a gradient rule runs with, in words (none: an empty list)."""
+    out = []
+    if rule.start != "zero":
+        out.append(f"start at a random {rule.start} vertex (scored as a query)")
+    if rule.restart:
+        out.append(
+            f"restart from the best point with fresh state after {rule.restart} steps "
+            "without improvement"
+        )
+    if rule.mu_decay != 1.0:
+        out.append(f"mu decays geometrically to {rule.mu_decay:g} x over the budget")
+    if rule.lr_decay == "halving":
+        out.append("lr halves at APGD's checkpoints (0.22, 0.41, ... of the budget)")
+    elif rule.lr_decay == "sqrt":
+        out.append("lr / sqrt(t)")
+    return out
 
 
 def spec_label(spec: AttackSpec) -> str:

@@ -22,8 +22,27 @@ from zoattack.estimators import create_estimator
 from zoattack.estimators.base import GradientEstimator
 from zoattack.objective import Objective
 
-LR_DECAYS = ("constant", "sqrt")
+LR_DECAYS = ("constant", "sqrt", "halving")
 SEARCH_NORMS = ("linf", "l2")
+# Where a gradient rule's first iterate sits (read by the attack loop, zoattack/attacks/base.py):
+# the clean image, or one scored vertex of the Linf ball (Square's vertical stripes, or i.i.d.
+# signs), the surface of the L2 ball for l2.
+STARTS = ("zero", "stripes", "vertex")
+# Rule state a restart keeps: its own bookkeeping (the restart's best point and stall counter).
+_RESTART_KEEP = ("best_f", "best_x", "stall")
+
+
+def apgd_checkpoints(limit: float = 1.0) -> list[float]:
+    """APGD's checkpoints as fractions of the budget (Croce & Hein, ICML 2020): the first at
+    0.22, each gap 0.03 shorter than the one before, never under 0.06; those below ``limit``."""
+    points, prev, cur = [], 0.0, 0.22
+    while cur < limit:
+        points.append(cur)
+        prev, cur = cur, cur + max(cur - prev - 0.03, 0.06)
+    return points
+
+
+_CHECKPOINTS = torch.tensor(apgd_checkpoints(), dtype=torch.float64)
 
 
 @dataclass
@@ -109,6 +128,35 @@ def check_betas(betas: tuple[float, float]) -> tuple[float, float]:
     return float(betas[0]), float(betas[1])
 
 
+def check_start(start: str) -> str:
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
+    return start
+
+
+def check_restart(restart: int) -> int:
+    if isinstance(restart, bool) or not isinstance(restart, int) or restart < 0:
+        raise ValueError(
+            f"restart (steps without improvement before a restart) must be an integer >= 0 "
+            f"(0: off), got {restart!r}"
+        )
+    return restart
+
+
+def check_mu_decay(mu_decay: float) -> float:
+    if not (isinstance(mu_decay, (int, float)) and math.isfinite(mu_decay) and 0 < mu_decay <= 1):
+        raise ValueError(
+            f"mu_decay (the smoothing radius's final fraction) must be in (0, 1], got {mu_decay}"
+        )
+    return float(mu_decay)
+
+
+def halving_factor(progress: Tensor) -> Tensor:
+    """``0.5**j``, ``j`` the APGD checkpoints each budget fraction in ``progress`` has passed."""
+    passed = (progress.unsqueeze(-1) >= _CHECKPOINTS.to(progress.device)).sum(-1)
+    return torch.pow(0.5, passed.to(torch.float64))
+
+
 def check_eps(eps: float) -> float:
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps}")
@@ -125,7 +173,25 @@ class ZORule(abc.ABC):
         num_samples, mu, difference: forwarded to the estimator when it is built by name
             (None keeps the estimator's default).
         estimator_kwargs: further estimator options.
-        lr_decay: ``"constant"`` or ``"sqrt"`` (``lr/sqrt(t)``, as in ZO-AdaMM's code).
+        lr_decay: ``"constant"``, ``"sqrt"`` (``lr/sqrt(t)``, as in ZO-AdaMM's code) or
+            ``"halving"`` (``lr * 0.5**j`` after the ``j``-th of APGD's budget-relative
+            checkpoints 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 of each example's
+            budget; :func:`apgd_checkpoints`).
+        start: where an attack's first iterate sits (:data:`STARTS`): ``"zero"`` (the clean
+            image), ``"stripes"`` (Square's init: one random sign per column of each channel,
+            over the full height, at the radius) or ``"vertex"`` (i.i.d. signs). Read by
+            the attack loop; that point is scored as the first query, like Square's.
+        restart: patience ``K`` (0: off). An example whose best loss (over the points the rule
+            stepped from) has not improved for ``K`` steps restarts: its rule and estimator
+            state (momentum, Adam moments, LIZO buffers, step counter) is reset and its next
+            iterate is its best point. Per example; the others are untouched.
+        mu_decay: ``r`` in ``mu_t = mu * r**p``, ``p`` the fraction of the budget spent by the
+            most advanced active example (the convention of the subspace schedule): the
+            smoothing radius decays geometrically from ``mu`` to ``mu * r``. 1: constant.
+
+    Budget-relative schedules (``lr_decay="halving"``, ``mu_decay``) read the fraction of the
+    budget each example has spent, which the attack loop reports through
+    :meth:`set_progress`; a rule never told (e.g. `zoattack optimize`) stays at ``p = 0``.
     """
 
     name: ClassVar[str] = ""
@@ -142,11 +208,18 @@ class ZORule(abc.ABC):
         difference: str | None = None,
         estimator_kwargs: dict[str, Any] | None = None,
         lr_decay: str = "constant",
+        start: str = "zero",
+        restart: int = 0,
+        mu_decay: float = 1.0,
     ) -> None:
         self.lr = check_lr(lr)
         if lr_decay not in LR_DECAYS:
-            raise ValueError(f"lr_decay must be 'constant' or 'sqrt', got {lr_decay!r}")
+            raise ValueError(f"lr_decay must be one of {', '.join(LR_DECAYS)}, got {lr_decay!r}")
         self.lr_decay = lr_decay
+        self.start = check_start(start)
+        self.restart = check_restart(restart)
+        self.mu_decay = check_mu_decay(mu_decay)
+        self.progress: Tensor | None = None
         if isinstance(estimator, GradientEstimator):
             if num_samples is not None or mu is not None or estimator_kwargs:
                 raise ValueError("pass num_samples/mu/estimator_kwargs only with an estimator name")
@@ -161,6 +234,18 @@ class ZORule(abc.ABC):
             }
             self.estimator = create_estimator(name, **kwargs)
         self.state = PerExampleState()
+        self._mu0 = float(self.estimator.mu)
+
+    def set_progress(self, progress: Tensor | None) -> None:
+        """The fraction of the budget each example (global id) has spent, ``(N_total,)``;
+        what the budget-relative schedules read. The attack loop calls it before each step."""
+        self.progress = progress
+
+    def _progress(self, idx: Tensor) -> Tensor:
+        """Per-example budget fraction of ``idx`` (zeros when no driver reported one)."""
+        if self.progress is None:
+            return torch.zeros(idx.shape, dtype=torch.float64, device=idx.device)
+        return self.progress.to(idx.device, torch.float64).index_select(0, idx)
 
     def _estimator_defaults(self, name: str) -> dict[str, Any]:
         """Rule-specific estimator options (e.g. LIZO's reuse radius tied to lr)."""
@@ -189,13 +274,19 @@ class ZORule(abc.ABC):
         if idx is None:
             idx = torch.arange(n, device=x.device)
         assert self.estimator is not None  # search rules override step()
+        if self.mu_decay != 1.0:
+            self.estimator.mu = self._scheduled_mu(idx)
         est = self.estimator.estimate(objective, x, generator=generator, idx=idx, fx=fx)
         steps = self.state.get("step", idx, (), dtype=torch.int64, device=x.device) + 1
         self.state.set("step", idx, steps)
-        lr = self._lr(steps, x)
+        lr = self._lr(steps, x, idx)
         x_next, extra, fx_next = self._update(objective, x, est.grad, est.loss, idx, steps, lr)
         if fx_next is None:
             fx_next = torch.full((n,), float("nan"), dtype=torch.float64, device=x.device)
+        if self.restart:
+            at = est.loss if est.loss is not None else fx
+            if at is not None:
+                x_next, fx_next = self._restart_stuck(x, at, x_next, fx_next, idx)
         return StepResult(
             x_next=x_next.to(x.dtype),
             loss=est.loss,
@@ -204,15 +295,64 @@ class ZORule(abc.ABC):
             fx_next=fx_next,
         )
 
-    def _lr(self, steps: Tensor, x: Tensor) -> Tensor:
+    def _lr(self, steps: Tensor, x: Tensor, idx: Tensor | None = None) -> Tensor:
         shape = (-1,) + (1,) * (x.dim() - 1)
-        factor = (
-            torch.ones_like(steps, dtype=x.dtype)
-            if self.lr_decay == "constant"
-            else steps.to(x.dtype).rsqrt()
-        )
+        if self.lr_decay == "sqrt":
+            factor = steps.to(x.dtype).rsqrt()
+        elif self.lr_decay == "halving" and idx is not None:
+            factor = halving_factor(self._progress(idx)).to(x.dtype)
+        else:
+            factor = torch.ones_like(steps, dtype=x.dtype)
         lr = self.lr if not isinstance(self.lr, Tensor) else self.lr.to(x.device, x.dtype)
         return factor.view(shape) * lr
+
+    def _scheduled_mu(self, idx: Tensor) -> float:
+        """``mu0 * r**p`` at the most advanced example's budget fraction ``p`` (one radius per
+        estimator call, as one subspace stage serves the whole batch)."""
+        p = self._progress(idx)
+        frac = float(p.max().clamp(0.0, 1.0)) if p.numel() else 0.0
+        return self._mu0 * self.mu_decay**frac
+
+    def _restart_stuck(
+        self, x: Tensor, fx: Tensor, x_next: Tensor, fx_next: Tensor, idx: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Track each example's best point; restart those stalled for ``restart`` steps.
+
+        ``fx`` is the loss at ``x`` (NaN: unknown, counts as no improvement). A restarted
+        example's state rows (bar the best point itself) and estimator rows are reset, and
+        its next iterate is its best point, whose loss is known (``fx_next``)."""
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        dev = x.device
+        best_f = self.state.get("best_f", idx, (), dtype=torch.float64, device=dev, fill=math.inf)
+        best_x = self._moment("best_x", idx, x)
+        stall = self.state.get("stall", idx, (), dtype=torch.int64, device=dev)
+        f = fx.to(dev, torch.float64).reshape(-1)
+        better = torch.isfinite(f) & (f < best_f)
+        best_f = torch.where(better, f, best_f)
+        best_x = torch.where(better.view(shape), x, best_x)
+        stall = torch.where(better, torch.zeros_like(stall), stall + 1)
+        stuck = stall >= self.restart
+        self.state.set("best_f", idx, best_f)
+        self.state.set("best_x", idx, best_x)
+        if bool(stuck.any()):
+            stall = torch.where(stuck, torch.zeros_like(stall), stall)
+            self.restart_state(idx[stuck])
+            x_next = torch.where(stuck.view(shape), best_x.to(x_next.dtype), x_next)
+            fx_next = torch.where(stuck, best_f, fx_next)
+            self.restarts = getattr(self, "restarts", 0) + int(stuck.sum())
+        self.state.set("stall", idx, stall)
+        return x_next, fx_next
+
+    def restart_state(self, ids: Tensor) -> None:
+        """Forget the rule's and the estimator's memory of examples ``ids`` (global), but not
+        the restart bookkeeping (best point, stall counter)."""
+        for name, t in self.state.tensors.items():
+            if name in _RESTART_KEEP:
+                continue
+            rows = ids.to(t.device)
+            t[rows[rows < len(t)]] = self.state.fills[name]
+        if self.estimator is not None:
+            self.estimator.reset(ids)
 
     @abc.abstractmethod
     def _update(

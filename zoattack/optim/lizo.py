@@ -11,6 +11,7 @@ from zoattack.objective import Objective
 from zoattack.optim.base import ZORule, check_lr
 from zoattack.optim.registry import OPTIMIZERS
 from zoattack.optim.torch_face import ZOOptimizer, _estimator_args
+from zoattack.optim.zo_sgd import check_momentum, heavy_ball
 from zoattack.registry import Tuned
 
 LINE_SEARCHES = (None, "armijo")
@@ -51,7 +52,7 @@ class LIZORule(ZORule):
     Defaults: ``lr`` required; estimator ``lizo`` with ``num_samples=8``, ``mu=1e-3``,
     ``reuse_distance_bound=2*lr``, ``max_reuse_rate=0.5``, ``orthogonal=False``;
     ``strict_lr=False``, ``line_search=None``, ``c1=1e-4``, ``shrink=0.2``,
-    ``max_line_search=10``.
+    ``max_line_search=10``, ``momentum=0``.
     Shapes: ``x`` ``(N, *shape)``; estimator state ``(N_total, n, d)``.
     Queries per step and example: ``1 + n - n_reused`` plus at most ``max_line_search``.
 
@@ -78,9 +79,11 @@ class LIZORule(ZORule):
         c1: float = 1e-4,
         shrink: float = 0.2,
         max_line_search: int = 10,
+        momentum: float = 0.0,
         **kwargs: Any,
     ) -> None:
         lr = check_lr(lr)
+        self.momentum = check_momentum(momentum)
         scalar_lr = float(lr.max()) if isinstance(lr, Tensor) else lr
         self._lizo_options = {
             "reuse_distance_bound": 2 * scalar_lr
@@ -122,6 +125,9 @@ class LIZORule(ZORule):
         steps: Tensor,
         lr: Tensor,
     ) -> tuple[Tensor, Tensor | int, Tensor | None]:
+        if self.momentum:
+            grad = heavy_ball(grad, self._moment("m", idx, x), self.momentum)
+            self.state.set("m", idx, grad)
         x_next = lizo_update(x, grad, lr, self.strict_lr)
         if self.line_search is None or loss is None:
             return x_next, 0, None
