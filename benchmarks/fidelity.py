@@ -315,7 +315,7 @@ def part_per_image(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]
         name: create_model(name, dataset="fashion-mnist", pretrained=True)
         .eval()
         .requires_grad_(False)
-        for name in ("small_cnn", "resnet20")
+        for name in {"small_cnn", "resnet20", *args.priors} - {"other"}
     }
     rows: list[dict[str, Any]] = []
     verdicts = []
@@ -332,14 +332,16 @@ def part_per_image(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]
                 log(f"{victim} {norm} {r}")
                 rows.append(r)
                 own[rule] = r["success"]
-                if args.with_prior:
-                    p = OTHER[victim]
+                for p in args.priors if args.with_prior else ():
+                    p = OTHER[victim] if p == "other" else p
+                    if p == victim:
+                        continue
                     r = per_image(
                         victim, norm, rule, p, net, models[p], x, y, args.budget, args.seed
                     )
                     log(f"{victim} {norm} {r}")
                     rows.append(r)
-                    with_prior[rule] = r["success"]
+                    with_prior[f"{rule}+{p}"] = r["success"]
             s = sq["success"]
             for rule, v in own.items():
                 hit = v >= s - 0.05
@@ -384,12 +386,18 @@ def part_alignment(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]
         name: create_model(name, dataset="fashion-mnist", pretrained=True)
         .eval()
         .requires_grad_(False)
-        for name in OTHER
+        for name in {*OTHER, *args.priors} - {"other"}
     }
     cos = torch.nn.functional.cosine_similarity
     rows = []
-    for victim in args.victims:
-        net, sur = models[victim], models[OTHER[victim]]
+    pairs = [
+        (victim, OTHER[victim] if p == "other" else p)
+        for victim in args.victims
+        for p in args.priors
+        if p != victim
+    ]
+    for victim, sname in pairs:
+        net, sur = models[victim], models[sname]
         x, y = correct_images(net, 0, args.images)
         for sp in ("full", "tile:14", "tile:7"):
             space = Subspace(sp, tuple(x.shape[1:]))
@@ -410,13 +418,14 @@ def part_alignment(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]
             prior_g = obj.surrogate_gradient(v, ids).flatten(1).double()
             row = {
                 "victim": victim,
-                "surrogate": OTHER[victim],
+                "surrogate": sname,
                 "subspace": sp,
                 "dim": space.dim,
                 "cos_surrogate": float(cos(prior_g, true).median()),
             }
             for name, key in (("sphere", "cos_sphere"), ("prior", "cos_prgf")):
-                est = create_estimator(name, num_samples=10, mu=0.05)
+                # the radius and difference `zoattack run` uses at Linf 0.1 (eps/2, central)
+                est = create_estimator(name, num_samples=10, mu=0.05, difference="central")
                 g = est.estimate(obj, v, generator=make_generator(args.seed), idx=ids).grad
                 row[key] = float(cos(g.flatten(1).double(), true).median())
             row["lambda"] = float(est.last_lambda.median())  # type: ignore[attr-defined]
@@ -473,6 +482,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--norms", nargs="+", default=["linf", "l2"], choices=list(EPS))
     p.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     p.add_argument("--no-prior", dest="with_prior", action="store_false")
+    p.add_argument(
+        "--priors",
+        nargs="+",
+        default=["other"],
+        help="surrogates for the +prior rows: 'other' (the other bundled model) or model names "
+        "(e.g. small_cnn_robust)",
+    )
     args = p.parse_args(argv)
     # Calibrate at the evaluated length: distortion keeps growing with iterations.
     args.tune_iters = args.tune_iters or args.iters

@@ -52,9 +52,7 @@ def test_surrogate_gradient_is_autograd_of_the_same_objective(data, norm, eps, s
     sur = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()  # a different model
     sp = Subspace(space, (1, 4, 4))
     bb = BlackBox(victim)
-    obj = UniversalObjective(
-        bb, x, y, norm=norm, eps=eps, subspace=sp, kappa=0.5, surrogate=sur
-    )
+    obj = UniversalObjective(bb, x, y, norm=norm, eps=eps, subspace=sp, kappa=0.5, surrogate=sur)
     pts = 0.4 * torch.randn(3, *sp.var_shape, generator=gen)
     got = obj.surrogate_gradient(pts, torch.zeros(3, dtype=torch.long))
     # the same objective written out directly, on the surrogate's scores
@@ -72,7 +70,12 @@ def test_surrogate_gradient_is_autograd_of_the_same_objective(data, norm, eps, s
 def test_victim_as_its_own_prior_gives_the_objectives_gradient(data):
     victim, x, y = data
     obj = UniversalObjective(
-        BlackBox(victim), x, y, norm="linf", eps=0.3, subspace=Subspace("full", (1, 4, 4)),
+        BlackBox(victim),
+        x,
+        y,
+        norm="linf",
+        eps=0.3,
+        subspace=Subspace("full", (1, 4, 4)),
         surrogate=victim,
     )
     pts = torch.zeros(1, 1, 4, 4)
@@ -90,7 +93,14 @@ def test_universal_with_prior_exact_ledger_and_surrogate_never_charged(data):
     bb = BlackBox(net, budget=60)
     rule = create_optimizer("zo_signsgd", lr=0.1, estimator="prior", num_samples=4, mu=0.05)
     res = run_universal(
-        bb, x, y, rule, generator=make_generator(0), norm="linf", eps=0.3, budget=60,
+        bb,
+        x,
+        y,
+        rule,
+        generator=make_generator(0),
+        norm="linf",
+        eps=0.3,
+        budget=60,
         surrogate=sur,
     )
     assert sur.rows > 0  # the prior ran...
@@ -108,8 +118,15 @@ def test_universal_prior_is_deterministic_and_needs_a_surrogate(data):
     def go(seed: int, surrogate: nn.Module | None):
         rule = create_optimizer("zo_adamm", lr=0.05, estimator="prior", num_samples=3, mu=0.05)
         return run_universal(
-            BlackBox(victim), x, y, rule, generator=make_generator(seed), norm="l2", eps=1.0,
-            budget=30, surrogate=surrogate,
+            BlackBox(victim),
+            x,
+            y,
+            rule,
+            generator=make_generator(seed),
+            norm="l2",
+            eps=1.0,
+            budget=30,
+            surrogate=surrogate,
         )
 
     sur = linear(-0.5, 1.0, 0.7)

@@ -90,6 +90,7 @@ def test_universal_with_prior_runs_and_names_the_surrogate(tmp_path):
     summary = data["summary"]
     assert summary["surrogate"] == "resnet20" and data["settings"]["estimator"] == "prior"
     # one evaluation scores each attacked image once; the clean check once per image
-    assert summary["scored_inputs"] == summary["images"] + summary["evaluations"] * summary[
-        "initially_correct"
-    ]
+    assert (
+        summary["scored_inputs"]
+        == summary["images"] + summary["evaluations"] * summary["initially_correct"]
+    )

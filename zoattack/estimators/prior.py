@@ -51,34 +51,48 @@ class PriorEstimator(StatefulEstimator):
     NeurIPS 2019), with the bias weight chosen adaptively as in the paper.
 
     Per call and example, with ``v`` the unit gradient of a white-box surrogate at ``x``
-    (the objective's ``surrogate_gradient``; computed locally, never a victim query):
+    (the objective's ``surrogate_gradient``; computed locally, never a victim query), and
+    ``D(u)`` the finite difference along a unit ``u`` at radius ``mu`` (forward
+    ``(f(x + mu u) - f(x))/mu``, or central ``(f(x + mu u) - f(x - mu u))/(2 mu)``):
 
-    1. ``D_v = (f(x + mu v) - f(x)) / mu`` estimates ``v^T grad`` (1 query).
-    2. ``||grad||^2 = d/S sum_s ((f(x + mu z_s) - f(x)) / mu)^2``, ``z_s`` uniform on the
-       unit sphere (``E[(z^T grad)^2] = ||grad||^2 / d``), refreshed every ``norm_every``
-       calls of an example with ``S = norm_samples`` queries and cached in between (the
-       norm moves slowly; the official code does the same).
-    3. ``alpha = D_v / ||grad||`` and ``lambda = optimal_lambda(alpha^2, d, q)``.
+    1. ``D_v = D(v)`` estimates ``v^T grad`` (1 query; 2 central).
+    2. ``||grad||^2`` from unbiased samples: ``d D(z)^2`` for ``z`` uniform on the unit
+       sphere (``E[(z^T grad)^2] = ||grad||^2 / d``). ``norm_estimate="pooled"`` (default)
+       keeps a per-example pool, decayed by ``norm_decay`` per call, of these and of the
+       samples the mixed probes of step 4 give for free: ``c_i = (D(u_i) - sqrt(lambda)
+       D_v)/sqrt(1 - lambda)`` is ``w_i^T grad`` with ``w_i`` uniform on v's complement, so
+       ``D_v^2 + (d - 1) c_i^2`` is unbiased too (pooled where ``lambda <= 0.9``). ``S =
+       norm_samples`` fresh sphere probes are spent only when the pool is empty or has
+       gained nothing for ``norm_every`` calls. ``norm_estimate="fresh"`` is the earlier
+       behaviour (and the official code's): S fresh probes every ``norm_every`` calls,
+       cached in between. On held-out Fashion-MNIST images the pool cut the median
+       |log| error of ``||grad||^2`` from 0.44 to 0.29 (zo_sgd, Linf) and spends fewer
+       queries; see README "Fidelity".
+    3. ``alpha = D_v / ||grad||`` and ``lambda = min(optimal_lambda(alpha^2, d, q),
+       lambda_cap)`` (the paper's closed form; ``lambda_cap=1`` is the paper).
     4. ``u_i = sqrt(lambda) v + sqrt(1 - lambda) w_i``, ``w_i`` uniform on the unit sphere
-       orthogonal to ``v``; ``g = c/q sum_i (f(x + mu u_i) - f(x))/mu u_i`` (q queries).
+       orthogonal to ``v``; ``g = c/q sum_i D(u_i) u_i`` (q queries; 2q central).
        Where ``lambda = 1`` every ``u_i`` is ``v``: ``g = c D_v v`` and no further query.
 
     Scale ``c = 1/m`` with ``m = lambda alpha^2 + (1 - lambda)(1 - alpha^2)/(d - 1)`` makes
     ``E[g]^T grad = ||grad||^2`` as for the unbiased estimators (the paper leaves the scale
     free: its attacks take sign or normalised steps); at ``lambda = 0`` it is the sphere RGE
     on v's complement, so learning rates tuned for ``sphere`` carry over. Where the prior
-    is flat (a zero surrogate gradient) the call is the plain sphere RGE (``q + 1``).
+    is flat (a zero surrogate gradient) the call is the plain sphere RGE.
 
     Without a surrogate on the objective the estimator refuses to run: P-RGF without a prior
     is plain RGF, which is ``sphere``.
 
-    Defaults: ``num_samples=q=10``, ``mu=1e-3`` (probe radius, as ``sphere``),
-    ``norm_samples=10``, ``norm_every=10``, forward differences only.
+    Defaults: ``num_samples=q=10``, ``mu=1e-3`` (probe radius, as ``sphere``), forward
+    differences, ``norm_samples=10``, ``norm_every=10``, ``norm_estimate="pooled"``,
+    ``norm_decay=0.8``, ``lambda_cap=1``. (`zoattack run --prior` passes the radius and
+    difference tuned for ``sphere`` under the norm: eps/2 central at Linf, 1e-3 forward at L2.)
     Shapes: ``x`` ``(N, *shape)`` -> grad ``(N, *shape)``.
-    Queries per call and example: ``1`` (f(x), unless supplied) ``+ 1`` (the prior's
-    derivative) ``+ S`` (every ``norm_every`` calls) ``+ q`` (unless ``lambda = 1``).
-    Per-example state: the cached gradient norm and the call counter. Diagnostics of the
-    latest call: ``last_alpha``, ``last_lambda`` ``(N,)``.
+    Queries per call and example, with ``k = 1`` forward or ``2`` central: ``1`` (f(x),
+    unless supplied) ``+ k`` (the prior's derivative) ``+ k S`` (when the norm is
+    re-measured) ``+ k q`` (unless ``lambda = 1``).
+    Per-example state: the norm pool (or cached norm) and a call counter. Diagnostics of
+    the latest call: ``last_alpha``, ``last_lambda``, ``last_gnorm2`` ``(N,)``.
     """
 
     name = "prior"
