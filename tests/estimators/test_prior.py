@@ -288,3 +288,22 @@ def test_every_rule_descends_with_a_good_prior(zo, rule):
         x = res.x_next
     assert bool((fn(x) < f_start).all()), (fn(x), f_start)
     assert bb.queries.tolist() == spent.tolist()
+
+
+def test_feasible_prior_drops_only_what_the_projection_would_undo():
+    from zoattack.objective import feasible_prior
+
+    eps = 1.0
+    # L2: on the sphere with -grad pointing out, the radial part goes; inside, or pointing
+    # in, the prior is untouched
+    var = torch.tensor([[0.6, 0.8, 0.0], [0.3, 0.4, 0.0], [0.6, 0.8, 0.0]], dtype=F64)
+    grad = torch.tensor([[-1.0, -1.0, 1.0], [-1.0, -1.0, 1.0], [1.0, 1.0, 1.0]], dtype=F64)
+    out = feasible_prior(grad, var, var, "l2", eps, coordinatewise=True)
+    assert float(out[0] @ var[0]) == pytest.approx(0.0, abs=1e-12)  # tangent
+    torch.testing.assert_close(out[0] - grad[0], -(grad[0] @ var[0]) * var[0])
+    torch.testing.assert_close(out[1:], grad[1:])
+    # Linf (clamp): coordinates at +-eps whose descent direction points out are zeroed
+    var = torch.tensor([[1.0, -1.0, 0.5, 1.0]], dtype=F64)
+    grad = torch.tensor([[-2.0, 3.0, -4.0, 5.0]], dtype=F64)
+    out = feasible_prior(grad, var, var, "linf", eps, coordinatewise=True)
+    torch.testing.assert_close(out, torch.tensor([[0.0, 0.0, -4.0, 5.0]], dtype=F64))

@@ -17,6 +17,7 @@ from torch import Tensor
 from zoattack.blackbox import BlackBox
 from zoattack.losses import attack_loss, is_adversarial
 from zoattack.norms import check_norm, project
+from zoattack.objective import feasible_prior
 from zoattack.optim.base import ZORule
 from zoattack.subspace import Subspace, SubspaceSchedule
 
@@ -90,7 +91,14 @@ class UniversalObjective:
             losses = attack_loss(scores, self.label.repeat(p), kind=self.loss, target=target)
             value = losses.view(p, m).clamp_min(-self.kappa).mean(dim=1)
             (grad,) = torch.autograd.grad(value.sum(), var)
-        return grad.detach()
+        return feasible_prior(
+            grad.detach(),
+            points,
+            self.subspace.expand(points.detach()),
+            self.norm,
+            self.eps,
+            coordinatewise=not self.subspace.spec.startswith("dct:"),
+        )
 
     def _keep_best(self, delta: Tensor, fooled: Tensor, value: Tensor) -> None:
         """Remember the best candidate scored so far: most images fooled, then lowest loss
