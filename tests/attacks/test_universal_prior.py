@@ -1,6 +1,6 @@
 """`--prior` with `--universal`: the universal objective's surrogate gradient is autograd of the
-same objective on the surrogate, it never reaches the black box, and the victim's ledger stays
-exact while the prior estimator runs."""
+same objective on the surrogate (less what points out of the ball at its boundary), it never
+reaches the black box, and the victim's ledger stays exact while the prior estimator runs."""
 
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ def test_surrogate_gradient_is_autograd_of_the_same_objective(data, norm, eps, s
     sp = Subspace(space, (1, 4, 4))
     bb = BlackBox(victim)
     obj = UniversalObjective(bb, x, y, norm=norm, eps=eps, subspace=sp, kappa=0.5, surrogate=sur)
+    # off the ball's boundary (strictly inside or outside, where autograd through the
+    # projection has no outward part), so the feasibility step of the prior changes nothing
     pts = 0.4 * torch.randn(3, *sp.var_shape, generator=gen)
     got = obj.surrogate_gradient(pts, torch.zeros(3, dtype=torch.long))
     # the same objective written out directly, on the surrogate's scores
@@ -134,3 +136,32 @@ def test_universal_prior_is_deterministic_and_needs_a_surrogate(data):
     assert torch.equal(a.delta, b.delta) and torch.equal(a.queries, b.queries)
     with pytest.raises(ValueError, match="surrogate"):
         go(3, None)
+
+
+def test_on_the_boundary_the_prior_keeps_only_feasible_directions(data):
+    victim, x, y = data
+    sur = linear(-0.5, 1.0, 0.7)
+    obj = UniversalObjective(
+        BlackBox(victim),
+        x,
+        y,
+        norm="l2",
+        eps=1.0,
+        subspace=Subspace("full", (1, 4, 4)),
+        surrogate=sur,
+    )
+    ids = torch.zeros(1, dtype=torch.long)
+    cut = 0
+    for sign in (1.0, -1.0):
+        on = torch.full((1, 1, 4, 4), 0.25 * sign)  # ||delta|| = 1 = eps: on the sphere
+        g_in = obj.surrogate_gradient(0.999 * on, ids)  # just inside: the raw gradient
+        g_on = obj.surrogate_gradient(on, ids)
+        if float((g_in * on).sum()) < 0:
+            # the descent direction points out, which the projection would undo: only the
+            # tangent part is left
+            assert float((g_on * on).sum()) == pytest.approx(0.0, abs=1e-6)
+            torch.testing.assert_close(g_on, g_in - (g_in * on).sum() * on, atol=1e-5, rtol=0)
+            cut += 1
+        else:  # pointing inward: untouched
+            torch.testing.assert_close(g_on, g_in, atol=1e-5, rtol=0)
+    assert cut == 1
