@@ -7,17 +7,19 @@ test images, objective ``lam/M sum_i max(margin_i(clip(x_i + delta)), -kappa) + 
 (kappa 0, lam ``--lam``), box constraint by clipping the images to [0, 1]; ``--iters``
 iterations of ZO-SGD (gaussian RGE), ZO-signSGD (sphere RGE), ZO-AdaMM (sphere RGE), R-AdaZO
 (sphere RGE) and ReLIZO (LIZO with reuse), ``--directions`` directions each. Each method's lr
-is chosen from a grid so that its final L2 distortion is closest to ``--target-l2`` on
-*held-out* images (test images from index 300 on, never the evaluated ones), as the paper
-equalised distortion. Reported: success (fraction of the evaluated images the final delta
-fools), final L2, objective evaluations per step and, for ReLIZO, the reuse rate
-(``1 - fresh probes / n`` per step).
+is searched (grid bracket, then regula falsi on log lr / log L2, :func:`calibrate_lr`) until
+its final L2 distortion on *held-out* images (test images from index 300 on, never the
+evaluated ones) is within ``--l2-tol`` of ``--target-l2``, as the paper equalised distortion.
+Reported: success (fraction of the evaluated images the final delta fools), final L2 (held
+out and evaluated), objective evaluations per step and the reuse rate
+(``1 - fresh probes / n`` per step; ReLIZO only reuses).
 
 Part ``per-image``: per-image untargeted attacks at Linf 0.1 and L2 1.5 with ``--budget``
 queries on the bundled ``small_cnn`` and ``resnet20``: every gradient rule with its own
 (paper) estimator and the CLI's tuned settings, the same rule with the transfer prior
-(``prior`` estimator, surrogate = the other bundled model: small_cnn for resnet20 and the
-reverse), and torchattacks' Square in the same run, on the same tensors. Query accounting is
+(``prior`` estimator; surrogates from ``--priors``: ``other`` = the other bundled model,
+small_cnn for resnet20 and the reverse, or any model name such as ``small_cnn_robust``), and
+torchattacks' Square in the same run, on the same tensors. Query accounting is
 the black box's ledger (every scored input counts); Square's is its own counter + 1 clean
 check (benchmarks/attack.py explains and cross-checks it).
 
