@@ -57,6 +57,37 @@ def surrogate_gradient_of(objective: Objective) -> SurrogateGradient | None:
     return fn if callable(fn) else None
 
 
+def feasible_prior(
+    grad: Tensor, var: Tensor, expanded: Tensor, norm: str, eps: float, *, coordinatewise: bool
+) -> Tensor:
+    """A transfer prior ``grad`` ``(M, *var_shape)`` at variables ``var`` kept in a ``norm``
+    ball of radius ``eps``, with the part removed whose descent direction ``-grad`` points out
+    of the ball where ``var`` lies on its boundary (``expanded``: the variables' images).
+
+    An attack objective scores the projected point, so outward moves from the boundary change
+    nothing and the attack loop projects them away; a prior pointing there makes P-RGF take
+    large-lambda steps that the projection undoes (measured on held-out images: small_cnn
+    victim, small_cnn_robust prior, L2: alpha ~0.48, lambda = 1 on 74% of the steps, which
+    changed the loss by -0.0003 per step against -0.12 for lambda = 0 steps). Linf with
+    ``coordinatewise`` (full/tile spaces, where the projection is a clamp): coordinates at
+    +-eps pushing outward are zeroed; otherwise (L2, or Linf on dct where the projection is
+    a rescale): the outward radial component (along ``var``) is removed.
+    """
+    n = grad.shape[0]
+    g, x = grad.reshape(n, -1), var.reshape(n, -1).to(grad.dtype)
+    edge = eps * (1 - 1e-4)
+    if norm == "linf" and coordinatewise:
+        # -g_j points outward where g_j and x_j have opposite signs
+        out = (x.abs() >= edge) & (g * x.sign() < 0)
+        return torch.where(out, torch.zeros_like(g), g).view_as(grad)
+    e = expanded.reshape(n, -1)
+    size = e.norm(dim=1) if norm == "l2" else e.abs().amax(dim=1)
+    r = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+    c = (g * r).sum(dim=1, keepdim=True)
+    out = (size >= edge).unsqueeze(1) & (c < 0)
+    return torch.where(out, g - c * r, g).view_as(grad)
+
+
 class WithSurrogate:
     """``objective`` plus a transfer prior ``gradient(points, owner)``: scores still go through
     ``objective`` (and its black box, which counts them); the prior costs no query."""

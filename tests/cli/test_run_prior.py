@@ -70,7 +70,6 @@ def test_explicit_estimator_wins_over_prior_and_says_the_surrogate_is_unused():
         (("--estimator", "prior"), "--prior MODEL"),
         (("--prior-weights", "w.safetensors"), "--prior MODEL"),
         (("--prior", "small_cnn", "--optimizer", "sign"), "cannot use --prior"),
-        (("--prior", "small_cnn", "--universal"), "per-image"),
         (("--prior", "remote:http://127.0.0.1:9"), "local model"),
         (("--prior", "small_cnn", "--attack", "hsja", "--labels-only"), "--attack"),
     ],
@@ -80,3 +79,18 @@ def test_bad_prior_exits_2_with_one_line(args, needle):
     assert res.exit_code == 2, res.output
     assert needle in res.output
     assert "Traceback" not in res.output
+
+
+def test_universal_with_prior_runs_and_names_the_surrogate(tmp_path):
+    out = tmp_path / "u"
+    res = run("--model", "small_cnn", "--prior", "resnet20", "--universal", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "transfer prior: surrogate resnet20" in " ".join(res.output.split())
+    data = json.loads((out / "summary.json").read_text())
+    summary = data["summary"]
+    assert summary["surrogate"] == "resnet20" and data["settings"]["estimator"] == "prior"
+    # one evaluation scores each attacked image once; the clean check once per image
+    assert (
+        summary["scored_inputs"]
+        == summary["images"] + summary["evaluations"] * summary["initially_correct"]
+    )

@@ -122,7 +122,9 @@ def test_lambda_comes_from_the_queries_as_in_the_paper(zo):
     torch.testing.assert_close(first[:, 1], x + mu * v / v.norm(), rtol=0, atol=1e-12)
 
 
-def test_ledger_is_exact_and_the_surrogate_is_never_charged(zo):
+@pytest.mark.parametrize("norm_estimate", ["pooled", "fresh"])
+@pytest.mark.parametrize("difference", ["forward", "central"])
+def test_ledger_is_exact_and_the_surrogate_is_never_charged(zo, norm_estimate, difference):
     d, n, q, s_norm, every = 10, 3, 5, 4, 3
     fn, x, _, v = quadratic_setup(zo, d, n, cos=0.3)
     obj, bb = zo.objective_for(fn)
@@ -133,24 +135,82 @@ def test_ledger_is_exact_and_the_surrogate_is_never_charged(zo):
         return v.expand(len(p), d).clone() + 0.01 * p  # depends on the point
 
     wrapped = WithSurrogate(obj, prior)
-    est = create_estimator("prior", num_samples=q, mu=1e-3, norm_samples=s_norm, norm_every=every)
+    est = create_estimator(
+        "prior",
+        num_samples=q,
+        mu=1e-3,
+        norm_samples=s_norm,
+        norm_every=every,
+        norm_estimate=norm_estimate,
+        difference=difference,
+    )
+    per = 1 if difference == "forward" else 2
     gen = make_generator(0)
     total = torch.zeros(n, dtype=torch.int64)
-    for step in range(7):
+    age = torch.zeros(n, dtype=torch.int64)  # pooled: calls since the pool gained samples
+    for step in range(9):
         before = bb.queries.clone() if len(bb.queries) else torch.zeros(n, dtype=torch.int64)
         fx = None if step == 0 else fn(x)
         res = est.estimate(wrapped, x, generator=gen, fx=fx)
         spent = bb.queries - before
         assert res.queries.tolist() == spent.tolist()
-        lam_one = (est.last_lambda >= 1).long()
-        refresh = s_norm if step % every == 0 else 0
+        lam = est.last_lambda
+        lam_one = (lam >= 1).long()
+        if norm_estimate == "fresh":
+            refresh = torch.full((n,), step % every == 0)
+        else:
+            refresh = (age >= every) | (step == 0)
+            age = torch.where(refresh | (lam <= 0.9), 0, age + 1)
         base = 1 if step == 0 else 0
-        expected = base + 1 + refresh + q * (1 - lam_one)
+        expected = base + per * (1 + s_norm * refresh.long() + q * (1 - lam_one))
         assert res.queries.tolist() == expected.tolist()
         total += res.queries
     assert bb.queries.tolist() == total.tolist()
-    assert est.queries_per_call(d) == 2 + s_norm + q
-    assert surrogate_calls == [n] * 7  # computed every call, charged never
+    assert est.queries_per_call(d) == 1 + per * (1 + s_norm + q)
+    assert surrogate_calls == [n] * 9  # computed every call, charged never
+
+
+def test_pooled_norm_is_unbiased_and_beats_fresh_probes(zo):
+    """Every mixed probe's complement part gives an unbiased ||grad||^2 sample: on a linear
+    function (exact differences) the pooled estimate stays unbiased and, after a few calls,
+    is far less noisy than S fresh probes at the same query cost per call or less."""
+    d, n, q = 40, 400, 10
+    fn = zo.Linear(d, seed=1)
+    x = zo.points(d, seed=2).expand(n, d).clone()
+    g = fn.grad(x[:1])[0]
+    r = torch.randn(d, generator=torch.Generator().manual_seed(4), dtype=F64)
+    r -= (r @ g) / (g @ g) * g
+    v = 0.3 * g / g.norm() + math.sqrt(1 - 0.09) * r / r.norm()  # mid-range lambda
+    errs = {}
+    for mode in ("pooled", "fresh"):
+        obj, bb = zo.objective_for(fn)
+        wrapped = WithSurrogate(obj, lambda p, o: v.expand(len(p), d).clone())
+        est = create_estimator("prior", num_samples=q, mu=1e-3, norm_estimate=mode)
+        gen = make_generator(0)
+        for _ in range(6):
+            est.estimate(wrapped, x, generator=gen, fx=fn(x))
+            lam = est.last_lambda
+        assert est.last_gnorm2 is not None
+        ratio = est.last_gnorm2 / g.pow(2).sum()
+        if mode == "pooled":
+            assert float(ratio.mean()) == pytest.approx(1.0, abs=0.08)  # unbiased
+            assert bool(((lam > 0) & (lam < 1)).float().mean() > 0.5)  # mixed probes pooled
+            assert int(bb.queries.max()) <= 6 * (1 + q) + 10 + 1  # S probes once only
+        errs[mode] = float(ratio.log().abs().median())
+    assert errs["pooled"] < 0.6 * errs["fresh"], errs
+
+
+def test_central_difference_reads_the_prior_exactly_on_a_quadratic(zo):
+    """Central differences are exact on a quadratic: alpha * ||grad|| is v^T grad exactly."""
+    d, n = 12, 4
+    fn, x, g, v = quadratic_setup(zo, d, n, cos=0.5)
+    obj, _ = zo.objective_for(fn)
+    wrapped = WithSurrogate(obj, lambda p, o: v.expand(len(p), d).clone())
+    est = create_estimator("prior", num_samples=4, mu=0.1, difference="central")
+    est.estimate(wrapped, x, generator=make_generator(0))
+    assert est.last_alpha is not None and est.last_gnorm2 is not None
+    got = est.last_alpha * est.last_gnorm2.sqrt()
+    torch.testing.assert_close(got, (v / v.norm() @ g).expand(n), rtol=1e-8, atol=1e-8)
 
 
 def test_flat_prior_is_the_sphere_rge_and_no_surrogate_is_refused(zo):
@@ -191,7 +251,10 @@ def test_same_seed_identical_and_global_rng_untouched(zo):
     [
         ({"norm_samples": 0}, "norm_samples"),
         ({"norm_every": 1.5}, "norm_every"),
-        ({"difference": "central"}, "central"),
+        ({"difference": "backward"}, "difference"),
+        ({"norm_estimate": "cached"}, "norm_estimate"),
+        ({"norm_decay": 1.0}, "norm_decay"),
+        ({"lambda_cap": 0.0}, "lambda_cap"),
         ({"mu": 0.0}, "mu"),
     ],
 )
@@ -225,3 +288,22 @@ def test_every_rule_descends_with_a_good_prior(zo, rule):
         x = res.x_next
     assert bool((fn(x) < f_start).all()), (fn(x), f_start)
     assert bb.queries.tolist() == spent.tolist()
+
+
+def test_feasible_prior_drops_only_what_the_projection_would_undo():
+    from zoattack.objective import feasible_prior
+
+    eps = 1.0
+    # L2: on the sphere with -grad pointing out, the radial part goes; inside, or pointing
+    # in, the prior is untouched
+    var = torch.tensor([[0.6, 0.8, 0.0], [0.3, 0.4, 0.0], [0.6, 0.8, 0.0]], dtype=F64)
+    grad = torch.tensor([[-1.0, -1.0, 1.0], [-1.0, -1.0, 1.0], [1.0, 1.0, 1.0]], dtype=F64)
+    out = feasible_prior(grad, var, var, "l2", eps, coordinatewise=True)
+    assert float(out[0] @ var[0]) == pytest.approx(0.0, abs=1e-12)  # tangent
+    torch.testing.assert_close(out[0] - grad[0], -(grad[0] @ var[0]) * var[0])
+    torch.testing.assert_close(out[1:], grad[1:])
+    # Linf (clamp): coordinates at +-eps whose descent direction points out are zeroed
+    var = torch.tensor([[1.0, -1.0, 0.5, 1.0]], dtype=F64)
+    grad = torch.tensor([[-2.0, 3.0, -4.0, 5.0]], dtype=F64)
+    out = feasible_prior(grad, var, var, "linf", eps, coordinatewise=True)
+    torch.testing.assert_close(out, torch.tensor([[0.0, 0.0, -4.0, 5.0]], dtype=F64))

@@ -56,17 +56,35 @@ def test_without_surrogate_the_prior_estimator_refuses(digits_victim):
         )
 
 
-def test_prior_keeps_the_rules_tuned_tricks_and_takes_the_sphere_radius():
-    from zoattack.jobs.attack import PRIOR_MU, AttackSpec
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.5)])
+def test_prior_keeps_the_rules_tuned_tricks_and_takes_the_sphere_radius(norm, eps):
+    """The prior probes unit directions as `sphere` does: it takes the radius and difference
+    tuned for sphere under the norm (the rule's own where its tuned estimator is sphere)."""
+    from zoattack.jobs.attack import PRIOR_REF, AttackSpec
     from zoattack.optim import OPTIMIZERS
 
-    for rule in ("zo_signsgd", "zo_adamm", "lizo"):
-        spec = AttackSpec(optimizer=rule, norm="linf", prior="small_cnn").resolved()
-        tuned = OPTIMIZERS.get(rule).tuned("linf")
+    for rule in ("zo_sgd", "zo_signsgd", "zo_adamm", "radazo", "lizo"):
+        spec = AttackSpec(optimizer=rule, norm=norm, eps=eps, prior="small_cnn").resolved()
+        tuned = OPTIMIZERS.get(rule).tuned(norm)
+        ref = tuned if tuned.estimator == "sphere" else OPTIMIZERS.get(PRIOR_REF).tuned(norm)
+        assert ref.estimator == "sphere"
         assert spec.estimator == "prior"
         assert spec.momentum == tuned.momentum and spec.subspace == tuned.subspace
-        assert spec.mu == pytest.approx(PRIOR_MU * 0.1)
-    # An explicit --estimator wins over --prior.
+        assert spec.mu == (None if ref.mu is None else pytest.approx(ref.mu * eps))
+        assert spec.difference == ref.difference
+        est = spec.make_rule().estimator
+        sphere = AttackSpec(optimizer=PRIOR_REF, norm=norm, eps=eps, estimator="sphere").resolved()
+        if rule == PRIOR_REF:  # the very radius and difference the sphere runs with
+            assert sphere.make_rule().estimator is not None and est is not None
+            assert (est.mu, est.difference) == (
+                sphere.make_rule().estimator.mu,
+                sphere.make_rule().estimator.difference,
+            )
+
+
+def test_explicit_estimator_wins_over_prior():
+    from zoattack.jobs.attack import AttackSpec
+
     assert (
         AttackSpec(optimizer="zo_adamm", prior="small_cnn", estimator="sphere").resolved().estimator
         == "sphere"

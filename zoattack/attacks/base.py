@@ -18,6 +18,7 @@ from zoattack.blackbox import BlackBox
 from zoattack.errors import QueryBudgetExceeded, ZOAttackError
 from zoattack.losses import attack_loss, is_adversarial
 from zoattack.norms import check_norm, distance, inside, to_image
+from zoattack.objective import feasible_prior
 from zoattack.optim.base import ZORule
 from zoattack.subspace import Subspace, SubspaceSchedule
 
@@ -156,7 +157,14 @@ class AttackObjective:
                 scores, self.label.index_select(0, owner), kind=self.loss, target=target
             )
             (grad,) = torch.autograd.grad(loss.sum(), var)
-        return grad.detach()
+        return feasible_prior(
+            grad.detach(),
+            v,
+            self.subspace.expand(v.detach()),
+            self.norm,
+            self.eps,
+            coordinatewise=not self.subspace.spec.startswith("dct:"),
+        )
 
     def recent_pred(self, ids: Tensor, loss: Tensor, fallback: Tensor) -> Tensor:
         """Prediction at the point of the latest call whose loss equals ``loss`` (per image

@@ -17,6 +17,7 @@ from torch import Tensor
 from zoattack.blackbox import BlackBox
 from zoattack.losses import attack_loss, is_adversarial
 from zoattack.norms import check_norm, project
+from zoattack.objective import feasible_prior
 from zoattack.optim.base import ZORule
 from zoattack.subspace import Subspace, SubspaceSchedule
 
@@ -25,7 +26,10 @@ class UniversalObjective:
     """``f(delta) = mean_i max(loss_i(clip(x_i + P(delta))), -kappa)`` over the images.
 
     ``kappa`` caps how much an already-fooled image contributes (C&W-style), so the search
-    spends its effort on images that still resist.
+    spends its effort on images that still resist. With a ``surrogate`` model the objective
+    also offers ``surrogate_gradient`` (the transfer prior of the ``prior`` estimator): the
+    gradient of this same objective with the surrogate's scores in place of the victim's,
+    taken locally by autograd; it never touches the black box, so it costs no query.
     """
 
     def __init__(
@@ -40,8 +44,12 @@ class UniversalObjective:
         loss: str = "margin",
         target: Tensor | None = None,
         kappa: float = 0.0,
+        surrogate: torch.nn.Module | None = None,
     ) -> None:
         self.blackbox, self.x0, self.label, self.target = blackbox, x0, label, target
+        self.surrogate = surrogate
+        if surrogate is not None:
+            self.surrogate_gradient = self._surrogate_gradient
         self.norm, self.eps, self.subspace, self.loss, self.kappa = norm, eps, subspace, loss, kappa
         self.images_idx = torch.arange(x0.shape[0])
         self.best_delta = torch.zeros_like(x0[0])
@@ -66,6 +74,31 @@ class UniversalObjective:
         self.evaluations += p
         self._keep_best(delta, fooled, value)
         return value
+
+    def _surrogate_gradient(self, points: Tensor, owner: Tensor) -> Tensor:
+        """``(P, *var_shape)``: autograd of the same objective (projection, subspace, clip,
+        loss, kappa cap, mean over the images) on the surrogate's scores. Local and
+        white-box: the black box, the best-candidate record and the evaluation count never
+        see it."""
+        assert self.surrogate is not None
+        p, m = points.shape[0], self.x0.shape[0]
+        with torch.enable_grad():
+            var = points.detach().clone().requires_grad_(True)
+            delta = project(self.subspace.expand(var), self.norm, self.eps)
+            imgs = (self.x0.unsqueeze(0) + delta.unsqueeze(1)).clamp(0.0, 1.0)
+            scores = self.surrogate(imgs.reshape(p * m, *self.x0.shape[1:]))
+            target = self.target.repeat(p) if self.target is not None else None
+            losses = attack_loss(scores, self.label.repeat(p), kind=self.loss, target=target)
+            value = losses.view(p, m).clamp_min(-self.kappa).mean(dim=1)
+            (grad,) = torch.autograd.grad(value.sum(), var)
+        return feasible_prior(
+            grad.detach(),
+            points,
+            self.subspace.expand(points.detach()),
+            self.norm,
+            self.eps,
+            coordinatewise=not self.subspace.spec.startswith("dct:"),
+        )
 
     def _keep_best(self, delta: Tensor, fooled: Tensor, value: Tensor) -> None:
         """Remember the best candidate scored so far: most images fooled, then lowest loss
@@ -108,11 +141,14 @@ def run_universal(
     subspace: str = "full",
     kappa: float = 0.0,
     callback: Callable[[int, int, float], None] | None = None,
+    surrogate: torch.nn.Module | None = None,
 ) -> UniversalResult:
     """Search one perturbation fooling as many of ``x0`` ``(M, C, H, W)`` as possible.
 
     ``budget`` is queries per image; the clean check costs each image one query, and only
     images the model gets right take part (others are reported as not fooled).
+    ``surrogate``: a local white-box model whose gradient of the same universal objective
+    the ``prior`` estimator uses (never queried through the black box).
     """
     norm = check_norm(norm, eps)
     if budget < 3:
@@ -140,6 +176,7 @@ def run_universal(
         loss=loss,
         target=None if target is None else target[keep],
         kappa=kappa,
+        surrogate=surrogate,
     )
     _search(
         obj,

@@ -33,7 +33,7 @@ from zoattack.jobs.attack import AttackSpec
 TABLES = ("batch", "defaults", "grid", "job")
 BATCH_KEYS: dict[str, type] = {"name": str, "out": str}
 # Resolved against the plan's folder, so a plan runs the same from any working directory.
-PATH_FIELDS = ("data_dir", "weights", "model_dir", "init_from")
+PATH_FIELDS = ("data_dir", "weights", "model_dir", "init_from", "prior_weights")
 # Settings that change where or how fast a job runs, not its rows (as for `run --resume`):
 # they stay out of the job key, so rerunning a plan on a GPU keeps the CPU's finished work.
 KEY_EXCLUDES = ("device", "max_batch")
@@ -270,21 +270,33 @@ def check_names(spec: AttackSpec) -> None:
     from zoattack.data import dataset_spec
     from zoattack.models import MODELS
 
-    prefix, sep, _ = spec.model.partition(":")
-    entry = MODELS.get(prefix)
-    if sep and not entry.flags.get("adapter"):
-        raise ValueError(
-            f"model '{spec.model}': {prefix} is a zoo model, not an adapter "
-            "prefix; write just its name"
-        )
-    if not sep and entry.flags.get("adapter"):
-        raise ValueError(f"model '{spec.model}' is an adapter prefix; write {prefix}:NAME")
+    # The victim and the --prior surrogate (a model name like any other).
+    for what, name, weights in (
+        ("model", spec.model, spec.weights),
+        ("prior", spec.prior, spec.prior_weights),
+    ):
+        if name is None:
+            continue
+        prefix, sep, _ = name.partition(":")
+        try:
+            entry = MODELS.get(prefix)
+        except UnknownNameError as exc:
+            if what == "model":
+                raise
+            raise ValueError(f"prior (the surrogate model): {exc.args[0]}") from None
+        if sep and not entry.flags.get("adapter"):
+            raise ValueError(
+                f"{what} '{name}': {prefix} is a zoo model, not an adapter "
+                "prefix; write just its name"
+            )
+        if not sep and entry.flags.get("adapter"):
+            raise ValueError(f"{what} '{name}' is an adapter prefix; write {prefix}:NAME")
+        if weights is not None and not Path(weights).is_file():
+            raise ValueError(
+                f"{'weights' if what == 'model' else 'prior_weights'} file {weights} does not "
+                "exist; fix the path (relative paths are taken from the plan's folder)"
+            )
     dataset_spec(spec.dataset)
-    if spec.weights is not None and not Path(spec.weights).is_file():
-        raise ValueError(
-            f"weights file {spec.weights} does not exist; fix the path (relative "
-            "paths are taken from the plan's folder)"
-        )
     for key in ("data_dir", "model_dir"):
         value = getattr(spec, key)
         if value is not None and not Path(value).is_dir():

@@ -191,10 +191,17 @@ class AttackSpec:
             difference = tuned.difference if difference is None else difference
             tricks = {k: getattr(tuned, k) if v is None else v for k, v in tricks.items()}
         if estimator in ("prior", "p_rgf", "prgf"):
-            # The rule's own tricks (its tuned momentum) carry over; the probe radius is the
-            # sphere estimator's (same convention), since the tuned mu/difference belong to
-            # the tuned estimator.
-            mu = PRIOR_MU * eps if mu is None else mu
+            # The rule's own tricks (its tuned momentum) carry over. The prior probes unit
+            # directions, as `sphere` does, so it takes the radius and difference tuned for
+            # `sphere` under this norm (the rule's own when it runs sphere): the radius tuned
+            # at Linf (eps/2, central) is 500x the one tuned at L2 (1e-3, forward), and a
+            # forward difference at eps/2 inflates the norm estimate ~10x (held-out images).
+            ref = tuned if tuned.estimator == "sphere" else OPTIMIZERS.get(PRIOR_REF).tuned(norm)
+            if ref.estimator == "sphere":
+                mu = (None if ref.mu is None else ref.mu * eps) if mu is None else mu
+                difference = ref.difference if difference is None else difference
+            else:  # no sphere tuning to borrow: the earlier convention
+                mu = PRIOR_MU * eps if mu is None else mu
             momentum = tuned.momentum if momentum is None else momentum
         if rule == "lizo" and estimator in (None, "lizo") and _stochastic_model(self.model):
             raise ValueError(
@@ -278,6 +285,9 @@ TRICKS = ("start", "restart", "mu_decay", "lr_decay")
 # The prior estimator's probe radius as a fraction of eps: the radius tuned for the sphere
 # estimator of zo_adamm, radazo and zo_signsgd (same convention: unit directions, mu = radius).
 PRIOR_MU = 0.5
+# The rule whose sphere tuning (radius, difference) the prior borrows when the rule itself
+# was tuned with another estimator.
+PRIOR_REF = "zo_adamm"
 
 
 def _check_prior(spec: AttackSpec, rule: str, search: bool) -> None:

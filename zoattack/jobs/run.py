@@ -161,8 +161,6 @@ def run_attack_job(
             "--universal runs score-based rules; a hard-label --attack finds one "
             "perturbation per image (drop --universal)"
         )
-    if universal and spec.prior is not None:
-        raise ValueError("--prior works with per-image attacks only, not --universal")
     if spec.prior is not None and spec.attack is not None:
         raise ValueError(
             "--prior biases gradient estimates of score-based rules; a hard-label --attack "

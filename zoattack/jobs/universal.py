@@ -77,6 +77,7 @@ def run_universal_job(job: PreparedJob) -> UniversalOutcome:
         loss=spec.loss,
         target=tgt,
         subspace=spec.subspace,
+        surrogate=job.surrogate,
     )
     wall = time.perf_counter() - t0
     summary = {
@@ -92,4 +93,7 @@ def run_universal_job(job: PreparedJob) -> UniversalOutcome:
         "scored_inputs": blackbox.total_queries,
         "counting_rule": UNIVERSAL_COUNTING_RULE,
     }
+    if spec.prior is not None:
+        # The surrogate's gradients are local autograd passes: not in scored_inputs.
+        summary["surrogate"] = spec.prior
     return UniversalOutcome(delta=res.delta, result=res, summary=summary)
