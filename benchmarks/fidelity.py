@@ -261,9 +261,11 @@ def per_image(
     y: Tensor,
     budget: int,
     seed: int,
+    estimator: str | None = None,
 ) -> dict[str, Any]:
+    # ``estimator`` swaps the rule's own (a labelled variant row: DAP in the grid).
     spec = AttackSpec(
-        model=victim, norm=norm, optimizer=rule, budget=budget, prior=prior
+        model=victim, norm=norm, optimizer=rule, budget=budget, prior=prior, estimator=estimator
     ).resolved()
     bb = BlackBox(net, output="logits", budget=budget, input_shape=tuple(x.shape[1:]))
     t0 = time.perf_counter()
@@ -334,6 +336,12 @@ def part_per_image(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]
                 log(f"{victim} {norm} {r}")
                 rows.append(r)
                 own[rule] = r["success"]
+                for est in args.estimators:
+                    r = per_image(
+                        victim, norm, rule, None, net, None, x, y, args.budget, args.seed, est
+                    )
+                    log(f"{victim} {norm} {r}")
+                    rows.append(r)
                 for p in args.priors if args.with_prior else ():
                     p = OTHER[victim] if p == "other" else p
                     if p == victim:
@@ -484,6 +492,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--norms", nargs="+", default=["linf", "l2"], choices=list(EPS))
     p.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     p.add_argument("--no-prior", dest="with_prior", action="store_false")
+    p.add_argument(
+        "--estimators",
+        nargs="*",
+        default=["dap"],
+        help="estimators swapped into every rule as extra, labelled rows (default: dap; "
+        "give no names to skip)",
+    )
     p.add_argument(
         "--priors",
         nargs="+",
