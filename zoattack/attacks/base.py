@@ -430,7 +430,8 @@ def _loop(run: _Run, state: _LoopState) -> None:
             break
         if retired and not _any_active(state):
             break
-        run.rule.set_progress(spent / run.budget)  # for budget-relative lr / mu schedules
+        if run.rule.reads_progress:  # budget-relative lr / mu schedules; else a wasted op per step
+            run.rule.set_progress(spent / run.budget)
         schedule = run.schedule
         stage = schedule.stage(int(spent[state.active].max())) if len(schedule.spaces) > 1 else 0
         if schedule.spaces[stage] is not state.space:

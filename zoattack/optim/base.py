@@ -197,6 +197,7 @@ class ZORule(abc.ABC):
     name: ClassVar[str] = ""
     default_estimator: ClassVar[str] = "gaussian"
     estimator: GradientEstimator | None  # None only for SearchRule subclasses
+    mu_decay: float = 1.0  # search rules have no radius to decay
 
     def __init__(
         self,
@@ -235,6 +236,11 @@ class ZORule(abc.ABC):
             self.estimator = create_estimator(name, **kwargs)
         self.state = PerExampleState()
         self._mu0 = float(self.estimator.mu)
+
+    @property
+    def reads_progress(self) -> bool:
+        """Whether a budget-relative schedule (lr halving, mu decay) reads :meth:`set_progress`."""
+        return self.lr_decay == "halving" or self.mu_decay != 1.0
 
     def set_progress(self, progress: Tensor | None) -> None:
         """The fraction of the budget each example (global id) has spent, ``(N_total,)``;
