@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 NORMS = ("linf", "l2")
@@ -41,20 +42,33 @@ def inside(x: Tensor, x0: Tensor, norm: str, eps: float, tol: float = 1e-5) -> T
     return in_box & (distance(x, x0, norm) <= eps * (1 + tol) + tol * 1e-3)
 
 
-def to_image(x0: Tensor, delta: Tensor, norm: str, eps: float) -> Tensor:
+def to_image(
+    x0: Tensor, delta: Tensor, norm: str, eps: float, *, projected: bool = False
+) -> Tensor:
     """The queried point: ``clip(x0 + P(delta), 0, 1)``. Clipping after projection keeps it
     in the ball for both norms (each coordinate only moves toward ``x0``).
 
     ``x0`` is ``(N, ...)`` like ``delta``, or ``(G, ...)`` when ``delta``'s ``N = G * R`` rows
     are ``R`` consecutive rows per image of ``x0`` (saves gathering ``x0`` per row).
+    ``projected``: the caller guarantees ``P(delta) == delta`` bit for bit (an Linf clamp
+    already applied: clamping is idempotent), so the projection pass is skipped.
     """
+    g = x0.shape[0]
+    if projected:
+        # delta + x0 into a fresh tensor: the same sums as P(delta) + x0 below.
+        if g == delta.shape[0]:
+            out = torch.add(delta, x0)
+        else:
+            out = torch.add(
+                delta.reshape(g, delta.shape[0] // g, *delta.shape[1:]), x0.unsqueeze(1)
+            ).view(delta.shape)
+        return out.clamp_(0.0, 1.0)
     out = project(delta, norm, eps)
     # In place on the projection's own buffer: each (N, d) temporary is a pass and, at image
     # sizes, fresh pages. P(delta) + x0 == x0 + P(delta) bit for bit.
-    if x0.shape[0] == out.shape[0]:
+    if g == out.shape[0]:
         out.add_(x0)
     else:
-        g = x0.shape[0]
         out.view(g, out.shape[0] // g, *out.shape[1:]).add_(x0.unsqueeze(1))
     return out.clamp_(0.0, 1.0)
 

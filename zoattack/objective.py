@@ -105,7 +105,12 @@ class WithSurrogate:
         return self._gradient(points, owner)
 
 
-def evaluate_grid(objective: Objective, cand: Tensor, idx: Tensor) -> Tensor:
+# What evaluate_grid / evaluate_ragged call: an objective, or a scoring method of one (e.g.
+# an attack objective's ``score_feasible`` for points it has already projected).
+Scorer = Callable[[Tensor, Tensor], Tensor]
+
+
+def evaluate_grid(objective: Objective | Scorer, cand: Tensor, idx: Tensor) -> Tensor:
     """Evaluate candidates ``(N, K, *shape)`` for examples ``idx`` ``(N,)`` in one call
     -> ``(N, K)``."""
     n, k = cand.shape[:2]
@@ -114,7 +119,9 @@ def evaluate_grid(objective: Objective, cand: Tensor, idx: Tensor) -> Tensor:
     return out.reshape(n, k)
 
 
-def evaluate_ragged(objective: Objective, cand: Tensor, keep: Tensor, idx: Tensor) -> Tensor:
+def evaluate_ragged(
+    objective: Objective | Scorer, cand: Tensor, keep: Tensor, idx: Tensor
+) -> Tensor:
     """Evaluate only ``cand[keep]`` (``keep`` is a bool ``(N, K)`` mask) -> ``(N, K)`` with NaN
     where nothing was queried. Lets examples spend different numbers of queries in one call."""
     n, k = keep.shape

@@ -69,8 +69,25 @@ class AttackObjective:
             label[:0],
         )
 
-    def images(self, v: Tensor, owner: Tensor) -> Tensor:
-        return to_image(self._clean_rows(owner), self.subspace.expand(v), self.norm, self.eps)
+    def images(self, v: Tensor, owner: Tensor, *, projected: bool = False) -> Tensor:
+        """The queried images of variables ``v``. ``projected``: ``v`` is already in the ball
+        (:meth:`feasible` / :meth:`feasible_` output, or the loop's projected iterate)."""
+        return to_image(
+            self._clean_rows(owner),
+            self.subspace.expand(v),
+            self.norm,
+            self.eps,
+            projected=projected and self._clamp_projects,
+        )
+
+    @property
+    def _clamp_projects(self) -> bool:
+        """Linf on full/tile spaces: the projection is a clamp, in variable space (the
+        subspace's) and in image space (the scoring's) alike. Clamping is idempotent and
+        nearest expansion copies values, so a variable that went through it scores the same
+        without a second clamp, bit for bit. (The L2 / DCT rescales are not exactly
+        idempotent in floating point: there scoring projects again, as before.)"""
+        return self.norm == "linf" and not self.subspace.spec.startswith("dct:")
 
     def _clean_rows(self, owner: Tensor) -> Tensor:
         """``x0[owner]``, or just one row per image when ``owner`` is runs of equal length
@@ -100,10 +117,11 @@ class AttackObjective:
             ids = self._ids = torch.arange(n, device=self.x0.device)
         return ids
 
-    def score(self, v: Tensor, owner: Tensor) -> tuple[Tensor, Tensor]:
-        """``(losses (M,), predictions (M,))``; records the first adversarial per image."""
+    def score(self, v: Tensor, owner: Tensor, *, projected: bool = False) -> tuple[Tensor, Tensor]:
+        """``(losses (M,), predictions (M,))``; records the first adversarial per image.
+        ``projected``: as in :meth:`images`."""
         owner = owner.to(self.x0.device)
-        x = self.images(v, owner)
+        x = self.images(v, owner, projected=projected)
         scores = self.blackbox.query(x, owner).to(self.x0.device)
         if self.blackbox.output == "probs":
             scores = scores.clamp_min(1e-30).log()
@@ -139,6 +157,17 @@ class AttackObjective:
         moves them before scoring (the [0, 1] pixel clip, which needs the image, is left to
         scoring). Estimators that interpolate displacements (LIZO) probe these points."""
         return self.subspace.project(points, self.norm, self.eps)
+
+    def feasible_(self, points: Tensor, owner: Tensor) -> Tensor:
+        """:meth:`feasible` in place on ``points`` (returned); the same values bit for bit."""
+        if self._clamp_projects:
+            return points.clamp_(-self.eps, self.eps)
+        return points.copy_(self.feasible(points, owner))
+
+    def score_feasible(self, points: Tensor, owner: Tensor) -> Tensor:
+        """Losses of points :meth:`feasible` (or :meth:`feasible_`) returned: the same values
+        as calling the objective on them, without projecting them a second time."""
+        return self.score(points, owner, projected=True)[0]
 
     def _surrogate_gradient(self, v: Tensor, owner: Tensor) -> Tensor:
         """Gradient of the same attack loss on the surrogate's scores, with respect to the
@@ -557,7 +586,8 @@ def _step(run: _Run, state: _LoopState) -> None:
     # finite > done is "finite and not done" for bools; |f| < inf is isfinite (NaN compares
     # False), each in fewer ops than the spelled-out form.
     known = res.fx_next.abs().lt(math.inf).gt_(done)
-    if v_next is not res.x_next:
+    # (A gradient rule knows no next loss: no image-sized compare for nothing.)
+    if v_next is not res.x_next and bool(known.any()):
         known &= ~(v_next != res.x_next).flatten(1).any(dim=1)
     every = bool(known.all())
     n_known = ids.shape[0] if every else int(known.sum())
@@ -577,7 +607,11 @@ def _step(run: _Run, state: _LoopState) -> None:
             used = run.blackbox.queries_of(live.cpu()) - run.start_q[live.cpu()]
             live = live[(used < run.budget).to(live.device)]
         if live.numel():
-            f_new, p_new = obj.score(v[live], live)  # the iterate check: 1 query per image
+            # The iterate check, 1 query per image. v was projected above (it always is: the
+            # start point and every refinement are too), so scoring need not project it again;
+            # every image live: v itself, no gathered copy.
+            v_live = v if live.numel() == v.shape[0] else v.index_select(0, live)
+            f_new, p_new = obj.score(v_live, live, projected=True)
             fx[live] = f_new.double()
             last_pred[live] = p_new
             done = obj.found[ids]

@@ -16,7 +16,7 @@ from zoattack.estimators.base import (
     check_positive,
 )
 from zoattack.estimators.registry import ESTIMATORS
-from zoattack.objective import Objective, evaluate_ragged
+from zoattack.objective import Objective, Scorer, evaluate_ragged
 
 
 @ESTIMATORS.register(
@@ -217,13 +217,7 @@ class LIZOEstimator(StatefulEstimator):
         # Score x (where f(x) is unknown) and the fresh probes x + rows.
         pts = ws.get("pts", (batch, n, d), x.dtype, dev)
         torch.add(x.unsqueeze(1), rows, out=pts)
-        feasible = getattr(objective, "feasible", None)
-        if feasible is not None:
-            # A constrained objective scores its own projection of a probe, so the displacement
-            # the interpolation must use is the projected one (below, pts - x); the raw row
-            # would attribute the change in f to coordinates the ball clipped away.
-            owners = idx.repeat_interleave(n)
-            pts.copy_(feasible(pts.view(batch * n, *shape), owners).reshape(batch, n, d))
+        scorer = self._project(objective, pts, idx, n, shape)
         fresh = ~reused
         base = torch.isnan(fx)
         if bool(base.any()):
@@ -231,12 +225,14 @@ class LIZOEstimator(StatefulEstimator):
             keep = torch.ones(batch, n + 1, dtype=torch.bool, device=dev)
             keep[:, 0] = base
             keep[:, 1:] = fresh
+            # x itself is not known to be feasible: the objective projects the lot (the
+            # probes are projected again, as before the fused path existed).
             scored = evaluate_ragged(objective, cand.reshape(batch, n + 1, *shape), keep, idx)
             f0 = torch.where(base, scored[:, 0], fx)
             fresh_vals = scored[:, 1:]
             queries = keep.sum(dim=1)
         else:
-            fresh_vals = evaluate_ragged(objective, pts.view(batch, n, *shape), fresh, idx)
+            fresh_vals = evaluate_ragged(scorer, pts.view(batch, n, *shape), fresh, idx)
             f0, queries = fx, fresh.sum(dim=1)
         # What was really probed: (x + delta) - x after rounding; reused rows stay as they are.
         torch.sub(pts, x.unsqueeze(1), out=pts)
@@ -295,6 +291,33 @@ class LIZOEstimator(StatefulEstimator):
         st.set("gram", idx, gram)
         self.last_reused = n_reused
         return Estimate(grad=grad, loss=f0, queries=queries)
+
+    @staticmethod
+    def _project(
+        objective: Objective, pts: Tensor, idx: Tensor, n: int, shape: torch.Size
+    ) -> Objective | Scorer:
+        """Move the probes ``pts`` ``(B, n, d)`` into the objective's feasible set in place
+        and return what scores them.
+
+        A constrained objective scores its own projection of a probe, so the displacement
+        the interpolation must use is the projected one (pts - x); the raw row would
+        attribute the change in f to coordinates the ball clipped away. An objective with
+        ``feasible_``/``score_feasible`` (the attack objective) projects in place and then
+        scores the projected points without projecting them again (exact: it re-projects
+        wherever its projection is not idempotent bit for bit)."""
+        feasible = getattr(objective, "feasible", None)
+        if feasible is None:
+            return objective
+        batch = pts.shape[0]
+        flat = pts.view(batch * n, *shape)
+        owners = idx.repeat_interleave(n)
+        in_place = getattr(objective, "feasible_", None)
+        scorer = getattr(objective, "score_feasible", None)
+        if in_place is not None and scorer is not None:
+            in_place(flat, owners)
+            return scorer
+        pts.copy_(feasible(flat, owners).reshape(pts.shape))
+        return objective
 
     def _dfull64(self, disp: Tensor, batch: int, n: int, d: int, dev: torch.device) -> Tensor:
         """``(B, n + 1, d)`` float64: a zero row (the old center) then the stored probes. The
