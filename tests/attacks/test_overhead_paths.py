@@ -298,15 +298,17 @@ def _pooled_victim(channels: int):
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 96, 96)], ids=str)
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("optimizer, estimator", [("lizo", None), ("zo_sgd", "lizo")])
-def test_scoring_projected_points_once_changes_nothing(
-    monkeypatch, shape, norm, optimizer, estimator
-):
-    # LIZO projects its probes in place and the attack objective scores them (and the loop's
-    # projected iterates) without a second projection where that is exact (Linf clamps on
-    # full/tile spaces; lizo's Linf default runs tile:7 > tile:14 > full, which 32 and 96 do
-    # not divide). Against the old path (a projected copy, then scoring projects again), the
-    # runs must agree bit for bit, seed after seed, fooled images included.
+@pytest.mark.parametrize("path", ["projection", "blocks"])
+def test_lizo_fast_paths_change_nothing(monkeypatch, shape, norm, optimizer, estimator, path):
+    # projection: LIZO projects its probes in place and the attack objective scores them
+    # (and the loop's projected iterates) without a second projection where that is exact
+    # (Linf clamps on full/tile spaces; lizo's Linf default runs tile:7 > tile:14 > full,
+    # which 32 and 96 do not divide), against a projected copy that scoring projects again.
+    # blocks: steps where every example reuses as many rows build, score and store the fresh
+    # probes as one block, against the slot-by-slot path. Either way the runs must agree bit
+    # for bit, seed after seed, fooled images included.
     from zoattack.attacks import base
+    from zoattack.estimators.lizo import LIZOEstimator
     from zoattack.jobs.attack import AttackSpec
 
     net = _pooled_victim(shape[0])
@@ -336,9 +338,13 @@ def test_scoring_projected_points_once_changes_nothing(
         return out
 
     fused = runs()
-    monkeypatch.setattr(base.AttackObjective, "_clamp_projects", property(lambda self: False))
-    monkeypatch.delattr(base.AttackObjective, "feasible_")
-    monkeypatch.delattr(base.AttackObjective, "score_feasible")
+    if path == "projection":
+        no = property(lambda self: False)
+        monkeypatch.setattr(base.AttackObjective, "_clamp_projects", no)
+        monkeypatch.delattr(base.AttackObjective, "feasible_")
+        monkeypatch.delattr(base.AttackObjective, "score_feasible")
+    else:
+        monkeypatch.setattr(LIZOEstimator, "_by_blocks", False)
     old = runs()
     if norm == "linf" and optimizer == "lizo":  # finished and running images mixed
         assert 0 < sum(int(r.success.sum()) for r in fused) < 18

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -16,7 +16,7 @@ from zoattack.estimators.base import (
     check_positive,
 )
 from zoattack.estimators.registry import ESTIMATORS
-from zoattack.objective import Objective, Scorer, evaluate_ragged
+from zoattack.objective import Objective, Scorer, evaluate_grid, evaluate_ragged
 
 
 @ESTIMATORS.register(
@@ -69,6 +69,9 @@ class LIZOEstimator(StatefulEstimator):
 
     name = "lizo"
     supports_central = False
+    # The one-block path for steps where every example reuses as many rows (see
+    # _block_probes); tests turn it off to compare with the slot-by-slot path.
+    _by_blocks: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -138,13 +141,14 @@ class LIZOEstimator(StatefulEstimator):
             return t  # no (N, n, d) copy: only read until _store_disp replaces it
         return self.state.get("disp", idx, (n, d), dtype=x.dtype, device=x.device)
 
-    def _store_disp(self, idx: Tensor, rows: Tensor) -> None:
-        """Store this call's probe rows. When they replace the whole stored tensor, the
-        buffer itself becomes the state and the old state the next call's buffer (no copy)."""
+    def _store_disp(self, idx: Tensor, rows: Tensor, buffer: str) -> None:
+        """Store this call's probe rows (the workspace's ``buffer``). When they replace the
+        whole stored tensor, the buffer itself becomes the state and the old state the next
+        call's buffer (no copy)."""
         old = self._whole(idx)
         if old is not None and old.shape == rows.shape and rows._base is None:
             self.state.tensors["disp"] = rows
-            self._ws.swap("pts", old)
+            self._ws.swap(buffer, old)
         else:
             self.state.set("disp", idx, rows)
 
@@ -193,55 +197,72 @@ class LIZOEstimator(StatefulEstimator):
         slot = torch.arange(n, device=dev).unsqueeze(0)
         reused = slot < n_reused.unsqueeze(1)  # (B, n)
         used = int(n_reused.max())  # reused rows sit in the first `used` slots
-
-        if self.orthogonal:
-            rows = self._orthogonal_rows(old["disp"], s, order, reused, generator, x)
-        else:
-            rows = ws.get("rows", (batch, n, d), x.dtype, dev)
-            if not used:
-                torch.randn(batch, n, d, generator=generator, out=rows)
-                rows.mul_(self.mu)  # the fresh probes mu * w
-            else:
-                # Directions only for the slots that take a fresh probe (n - n_reused per
-                # example, in example-then-slot order): i.i.d. N(0, I) rows as before, without
-                # drawing the reused slots' directions only to overwrite them.
-                slots = (~reused).flatten().nonzero().flatten()
-                draws = ws.get("draws", (slots.numel(), d), x.dtype, dev)
-                torch.randn(draws.shape, generator=generator, out=draws)
-                draws.mul_(self.mu)
-                rows.view(batch * n, d).index_copy_(0, slots, draws)
-                reuse = self._reuse_rows(old["disp"], s, order[:, :used])
-                head = rows[:, :used]
-                torch.where(reused[:, :used].unsqueeze(2), reuse, head, out=head)
-
-        # Score x (where f(x) is unknown) and the fresh probes x + rows.
-        pts = ws.get("pts", (batch, n, d), x.dtype, dev)
-        torch.add(x.unsqueeze(1), rows, out=pts)
-        scorer = self._project(objective, pts, idx, n, shape)
-        fresh = ~reused
+        first_new = int(n_reused.min())
         base = torch.isnan(fx)
-        if bool(base.any()):
-            cand = torch.cat([x.unsqueeze(1), pts], dim=1)
-            keep = torch.ones(batch, n + 1, dtype=torch.bool, device=dev)
-            keep[:, 0] = base
-            keep[:, 1:] = fresh
-            # x itself is not known to be feasible: the objective projects the lot (the
-            # probes are projected again, as before the fused path existed).
-            scored = evaluate_ragged(objective, cand.reshape(batch, n + 1, *shape), keep, idx)
-            f0 = torch.where(base, scored[:, 0], fx)
-            fresh_vals = scored[:, 1:]
-            queries = keep.sum(dim=1)
-        else:
-            fresh_vals = evaluate_ragged(scorer, pts.view(batch, n, *shape), fresh, idx)
-            f0, queries = fx, fresh.sum(dim=1)
-        # What was really probed: (x + delta) - x after rounding; reused rows stay as they are.
-        torch.sub(pts, x.unsqueeze(1), out=pts)
-        if used:
-            head = pts[:, :used]
-            torch.where(reused[:, :used].unsqueeze(2), rows[:, :used], head, out=head)
-        rows = pts
+        has_base = bool(base.any())
         reuse_vals = torch.gather(vals_full, 1, order)
-        vals = torch.where(reused, reuse_vals, fresh_vals)
+        store_as = "pts"
+        if self._by_blocks and first_new == used and not has_base and not self.orthogonal:
+            # The usual step: every example reuses as many rows as the others and f(x) is
+            # known, so the fresh probes are one block (slots used..n-1 of each example),
+            # built, scored and turned into rows in place; reused rows are written once.
+            rows = ws.get("rows", (batch, n, d), x.dtype, dev)
+            fresh_vals = self._block_probes(
+                objective, x, rows, old["disp"], s, order, used, generator, idx, shape
+            )
+            vals = reuse_vals.clone()
+            vals[:, used:] = fresh_vals
+            f0, queries = fx, n - n_reused
+            store_as = "rows"
+        else:
+            # Examples reuse different numbers of rows (or f(x) is unknown): slot by slot.
+            if self.orthogonal:
+                rows = self._orthogonal_rows(old["disp"], s, order, reused, generator, x)
+            else:
+                rows = ws.get("rows", (batch, n, d), x.dtype, dev)
+                if not used:
+                    torch.randn(batch, n, d, generator=generator, out=rows)
+                    rows.mul_(self.mu)  # the fresh probes mu * w
+                else:
+                    # Directions only for the slots that take a fresh probe (n - n_reused
+                    # per example, in example-then-slot order): i.i.d. N(0, I) rows as
+                    # before, without drawing the reused slots' directions only to
+                    # overwrite them.
+                    slots = (~reused).flatten().nonzero().flatten()
+                    draws = ws.get("draws", (slots.numel(), d), x.dtype, dev)
+                    torch.randn(draws.shape, generator=generator, out=draws)
+                    draws.mul_(self.mu)
+                    rows.view(batch * n, d).index_copy_(0, slots, draws)
+                    reuse = self._reuse_rows(old["disp"], s, order[:, :used])
+                    head = rows[:, :used]
+                    torch.where(reused[:, :used].unsqueeze(2), reuse, head, out=head)
+
+            # Score x (where f(x) is unknown) and the fresh probes x + rows.
+            pts = ws.get("pts", (batch, n, d), x.dtype, dev)
+            torch.add(x.unsqueeze(1), rows, out=pts)
+            scorer = self._project(objective, pts, idx, n, shape)
+            fresh = ~reused
+            if has_base:
+                cand = torch.cat([x.unsqueeze(1), pts], dim=1)
+                keep = torch.ones(batch, n + 1, dtype=torch.bool, device=dev)
+                keep[:, 0] = base
+                keep[:, 1:] = fresh
+                # x itself is not known to be feasible: the objective projects the lot (the
+                # probes are projected again, as before the fused path existed).
+                scored = evaluate_ragged(objective, cand.reshape(batch, n + 1, *shape), keep, idx)
+                f0 = torch.where(base, scored[:, 0], fx)
+                fresh_vals = scored[:, 1:]
+                queries = keep.sum(dim=1)
+            else:
+                fresh_vals = evaluate_ragged(scorer, pts.view(batch, n, *shape), fresh, idx)
+                f0, queries = fx, fresh.sum(dim=1)
+            # What was really probed: (x + delta) - x after rounding; reused rows stay.
+            torch.sub(pts, x.unsqueeze(1), out=pts)
+            if used:
+                head = pts[:, :used]
+                torch.where(reused[:, :used].unsqueeze(2), rows[:, :used], head, out=head)
+            rows = pts
+            vals = torch.where(reused, reuse_vals, fresh_vals)
 
         # Gram of the probe rows: reused block from the update above, explicit products
         # only for slots that hold a fresh probe in some example.
@@ -250,7 +271,6 @@ class LIZOEstimator(StatefulEstimator):
             2,
             order.unsqueeze(1).expand(-1, n, -1),
         )
-        first_new = int(n_reused.min())
         nxt: Tensor | None = None
         if first_new < n:
             if rows.dtype == torch.float64:
@@ -280,7 +300,7 @@ class LIZOEstimator(StatefulEstimator):
         st.set("valid", idx, ok)
         st.set("center", idx, x)
         st.set("fc", idx, f0)
-        self._store_disp(idx, rows)
+        self._store_disp(idx, rows, store_as)
         self._disp64_of = None
         if nxt is not None and len(nxt) == batch and st.tensors["disp"] is rows:
             nxt[:, 0].zero_()
@@ -330,19 +350,53 @@ class LIZOEstimator(StatefulEstimator):
         dfull[:, 1:].copy_(disp)
         return dfull
 
+    def _block_probes(
+        self,
+        objective: Objective,
+        x: Tensor,
+        rows: Tensor,
+        disp: Tensor,
+        s: Tensor,
+        order: Tensor,
+        used: int,
+        generator: torch.Generator,
+        idx: Tensor,
+        shape: torch.Size,
+    ) -> Tensor:
+        """Fill ``rows`` ``(B, n, d)`` when every example reuses ``used`` rows: slots
+        ``:used`` the reused rows, slots ``used:`` fresh probes, which are scored; returns
+        their values ``(B, n - used)`` float64.
+
+        The same numbers as the slot-by-slot path (the same draws in the same order, the same
+        points scored in the same order by the same owners, the same roundings), with each
+        pass over the fresh rows made once: no reused slot is offset, projected or restored."""
+        batch, n, d = rows.shape
+        k = n - used
+        fresh = self._ws.get("fresh", (batch, k, d), x.dtype, x.device)
+        torch.randn(fresh.shape, generator=generator, out=fresh)
+        fresh.mul_(self.mu).add_(x.unsqueeze(1))  # x + mu w (addition commutes bit for bit)
+        scorer = self._project(objective, fresh, idx, k, shape)
+        vals = evaluate_grid(scorer, fresh.view(batch, k, *shape), idx)
+        torch.sub(fresh, x.unsqueeze(1), out=rows[:, used:])
+        if used:
+            self._reuse_rows(disp, s, order[:, :used], out=rows[:, :used])
+        return vals.to(device=x.device, dtype=torch.float64)
+
     @staticmethod
-    def _reuse_rows(disp: Tensor, s: Tensor, order: Tensor) -> Tensor:
+    def _reuse_rows(disp: Tensor, s: Tensor, order: Tensor, out: Tensor | None = None) -> Tensor:
         """``D_j + s`` for candidate ``j = order`` ``(B, m)`` (0: the old center, ``D = 0``;
-        ``j >= 1``: stored probe ``j - 1``) -> ``(B, m, d)``."""
+        ``j >= 1``: stored probe ``j - 1``) -> ``(B, m, d)`` (into ``out`` when given)."""
         batch, n, d = disp.shape
         m = order.shape[1]
         # Whole rows through a flat index_select (row copies), not an element-wise gather.
         src = (order - 1).clamp_min(0) + n * torch.arange(batch, device=order.device).unsqueeze(1)
-        out = disp.reshape(batch * n, d).index_select(0, src.flatten()).view(batch, m, d)
+        got = disp.reshape(batch * n, d).index_select(0, src.flatten()).view(batch, m, d)
         center = (order == 0).flatten().nonzero().flatten()
         if center.numel():  # whole rows: index_fill_ writes only those (a bool mask reads all)
-            out.view(batch * m, d).index_fill_(0, center, 0.0)
-        return out.add_(s.unsqueeze(1))
+            got.view(batch * m, d).index_fill_(0, center, 0.0)
+        if out is None:
+            return got.add_(s.unsqueeze(1))
+        return torch.add(got, s.unsqueeze(1), out=out)
 
     def _orthogonal_rows(
         self,
