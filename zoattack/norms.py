@@ -43,7 +43,13 @@ def inside(x: Tensor, x0: Tensor, norm: str, eps: float, tol: float = 1e-5) -> T
 
 
 def to_image(
-    x0: Tensor, delta: Tensor, norm: str, eps: float, *, projected: bool = False
+    x0: Tensor,
+    delta: Tensor,
+    norm: str,
+    eps: float,
+    *,
+    projected: bool = False,
+    consume: bool = False,
 ) -> Tensor:
     """The queried point: ``clip(x0 + P(delta), 0, 1)``. Clipping after projection keeps it
     in the ball for both norms (each coordinate only moves toward ``x0``).
@@ -51,10 +57,16 @@ def to_image(
     ``x0`` is ``(N, ...)`` like ``delta``, or ``(G, ...)`` when ``delta``'s ``N = G * R`` rows
     are ``R`` consecutive rows per image of ``x0`` (saves gathering ``x0`` per row).
     ``projected``: the caller guarantees ``P(delta) == delta`` bit for bit (an Linf clamp
-    already applied: clamping is idempotent), so the projection pass is skipped.
+    already applied: clamping is idempotent), so the projection pass is skipped; with
+    ``consume`` as well, ``delta`` is a temporary of the caller's that becomes the image
+    (written in place, no fresh image-sized tensor).
     """
     g = x0.shape[0]
-    if projected:
+    if not projected:
+        out = project(delta, norm, eps)
+    elif consume and delta.is_contiguous():
+        out = delta
+    else:
         # delta + x0 into a fresh tensor: the same sums as P(delta) + x0 below.
         if g == delta.shape[0]:
             out = torch.add(delta, x0)
@@ -63,7 +75,6 @@ def to_image(
                 delta.reshape(g, delta.shape[0] // g, *delta.shape[1:]), x0.unsqueeze(1)
             ).view(delta.shape)
         return out.clamp_(0.0, 1.0)
-    out = project(delta, norm, eps)
     # In place on the projection's own buffer: each (N, d) temporary is a pass and, at image
     # sizes, fresh pages. P(delta) + x0 == x0 + P(delta) bit for bit.
     if g == out.shape[0]:

@@ -72,12 +72,14 @@ class AttackObjective:
     def images(self, v: Tensor, owner: Tensor, *, projected: bool = False) -> Tensor:
         """The queried images of variables ``v``. ``projected``: ``v`` is already in the ball
         (:meth:`feasible` / :meth:`feasible_` output, or the loop's projected iterate)."""
+        delta = self.subspace.expand(v)
         return to_image(
             self._clean_rows(owner),
-            self.subspace.expand(v),
+            delta,
             self.norm,
             self.eps,
             projected=projected and self._clamp_projects,
+            consume=delta is not v,  # a tile expansion is a fresh tensor: built on in place
         )
 
     @property

@@ -379,18 +379,30 @@ class LIZOEstimator(StatefulEstimator):
         vals = evaluate_grid(scorer, fresh.view(batch, k, *shape), idx)
         torch.sub(fresh, x.unsqueeze(1), out=rows[:, used:])
         if used:
-            self._reuse_rows(disp, s, order[:, :used], out=rows[:, :used])
+            scratch = self._ws.get("gather", (batch * used, d), x.dtype, x.device)
+            self._reuse_rows(disp, s, order[:, :used], out=rows[:, :used], scratch=scratch)
         return vals.to(device=x.device, dtype=torch.float64)
 
     @staticmethod
-    def _reuse_rows(disp: Tensor, s: Tensor, order: Tensor, out: Tensor | None = None) -> Tensor:
+    def _reuse_rows(
+        disp: Tensor,
+        s: Tensor,
+        order: Tensor,
+        out: Tensor | None = None,
+        scratch: Tensor | None = None,
+    ) -> Tensor:
         """``D_j + s`` for candidate ``j = order`` ``(B, m)`` (0: the old center, ``D = 0``;
-        ``j >= 1``: stored probe ``j - 1``) -> ``(B, m, d)`` (into ``out`` when given)."""
+        ``j >= 1``: stored probe ``j - 1``) -> ``(B, m, d)`` (into ``out`` when given; the
+        rows are gathered into ``scratch`` ``(B * m, d)`` when given)."""
         batch, n, d = disp.shape
         m = order.shape[1]
         # Whole rows through a flat index_select (row copies), not an element-wise gather.
         src = (order - 1).clamp_min(0) + n * torch.arange(batch, device=order.device).unsqueeze(1)
-        got = disp.reshape(batch * n, d).index_select(0, src.flatten()).view(batch, m, d)
+        flat = disp.reshape(batch * n, d)
+        if scratch is None:
+            got = flat.index_select(0, src.flatten()).view(batch, m, d)
+        else:
+            got = torch.index_select(flat, 0, src.flatten(), out=scratch).view(batch, m, d)
         center = (order == 0).flatten().nonzero().flatten()
         if center.numel():  # whole rows: index_fill_ writes only those (a bool mask reads all)
             got.view(batch * m, d).index_fill_(0, center, 0.0)
