@@ -183,6 +183,25 @@ def test_refining_a_tiling_keeps_the_perturbation():
     torch.testing.assert_close(fine.expand(fine.restrict(delta)), delta, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("k", [1, 3, 7, 14, 16, 28])
+@pytest.mark.parametrize("hw", [(28, 28), (32, 32), (96, 96), (224, 224), (30, 17)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_tile_expansion_is_nearest_interpolation_bit_for_bit(k, hw, dtype):
+    # Tiles expand through cached per-axis index maps (row gathers), not F.interpolate: the
+    # same pixels must come out, for sizes K divides and sizes it does not (7, 14 into 32, 96).
+    h, w = hw
+    if k > min(h, w):
+        pytest.skip("K larger than the image")
+    space = Subspace(f"tile:{k}", (3, h, w))
+    v = _rand(k + h, 5, *space.var_shape).to(dtype)
+    want = torch.nn.functional.interpolate(v, size=hw, mode="nearest")
+    assert torch.equal(space.expand(v), want)
+    # With autograd the interpolation itself runs (its backward feeds the surrogate prior).
+    var = v.clone().requires_grad_(True)
+    got = space.expand(var)
+    assert torch.equal(got.detach(), want) and got.grad_fn is not None
+
+
 def test_expand_follows_the_variables_dtype():
     space = Subspace("dct:3", SHAPE)
     assert space.expand(torch.zeros(1, *space.var_shape)).dtype == torch.float32

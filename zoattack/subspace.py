@@ -66,7 +66,15 @@ class Subspace:
             rows = self._rows.to(v.device, v.dtype)
             cols = self._cols.to(v.device, v.dtype)
             return torch.einsum("kh,nckl,lw->nchw", rows, v, cols)
-        return F.interpolate(v, size=self.image_shape[1:], mode="nearest")
+        h, w = self.image_shape[1:]
+        if v.requires_grad and torch.is_grad_enabled():
+            # (Autograd: interpolate's own backward, whose sums the surrogate prior reads.)
+            return F.interpolate(v, size=(h, w), mode="nearest")
+        # The same copy as nearest interpolation, through its own per-axis source maps: a
+        # column gather on the small variable, then whole output rows gathered (row copies),
+        # instead of a per-pixel index computation (5x cheaper at 3x32x32).
+        rows, cols = _nearest_maps(self.var_shape[1], h, w, v.device)
+        return v.index_select(3, cols).index_select(2, rows)
 
     def project(self, v: Tensor, norm: str, eps: float) -> Tensor:
         """Keep the variable's expansion inside the ``norm`` ball of radius ``eps``.
@@ -113,6 +121,16 @@ class Subspace:
         sums.index_add_(2, owner, flat)
         counts = torch.bincount(owner, minlength=k * k).to(delta.dtype)
         return (sums / counts).view(*flat.shape[:2], k, k)
+
+
+@functools.lru_cache(maxsize=32)
+def _nearest_maps(k: int, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Source row ``(h,)`` and column ``(w,)`` of each output pixel of a nearest ``k x k`` ->
+    ``h x w`` upsampling, read off ``F.interpolate`` itself (so it is its rounding)."""
+    src = torch.arange(k, dtype=torch.float32)
+    rows = F.interpolate(src.view(1, 1, k, 1), size=(h, 1), mode="nearest").view(h)
+    cols = F.interpolate(src.view(1, 1, 1, k), size=(1, w), mode="nearest").view(w)
+    return rows.long().to(device), cols.long().to(device)
 
 
 @functools.lru_cache(maxsize=32)
