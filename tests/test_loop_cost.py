@@ -476,3 +476,51 @@ def test_square_linf_moves_are_the_masked_form(resample):
             if ys.numel():
                 area = (int(ys.max() - ys.min()) + 1) * (int(xs.max() - xs.min()) + 1)
                 assert ys.numel() <= area and int(ys.max() - ys.min()) < 9
+
+
+def masked_move_linf(rule: SquareRule, delta: Tensor, step: int, g: torch.Generator) -> Tensor:
+    """A Square Linf move in its plainest form: the window as an image-sized mask, and a
+    sign redraw try by try while the candidate equals delta (the reference for the one-draw,
+    flat-index form the rule uses on CPU)."""
+    m, c, h, w = delta.shape
+    p = square_mod.p_schedule(rule.p_init, step - 2, rule.budget)
+    s = square_mod.window_side(p, h, w, "linf")
+    highs = torch.tensor([[h - s + 1] * m, [w - s + 1] * m])
+    u = torch.rand((2, m), generator=g, dtype=torch.float64)
+    top, left = torch.minimum((u * highs).long(), highs - 1)
+    signs = draw_signs((m, c, 1, 1), g, delta.device, delta.dtype)
+    mask = square_mod._window_mask(top, left, torch.full((m,), s), h, w)
+    cand = torch.where(mask, rule.lr * signs, delta)
+    rows = (cand == delta).flatten(1).all(dim=1).nonzero().flatten()
+    for _ in range(square_mod.RESAMPLE_TRIES):
+        if not rows.numel():
+            break
+        signs[rows] = draw_signs((rows.numel(), c, 1, 1), g, delta.device, delta.dtype)
+        cand[rows] = torch.where(mask[rows], rule.lr * signs[rows], delta[rows])
+        rows = rows[(cand[rows] == delta[rows]).flatten(1).all(dim=1)]
+    else:
+        if rows.numel():
+            signs[rows] = -signs[rows]
+            cand[rows] = torch.where(mask[rows], rule.lr * signs[rows], delta[rows])
+    return cand
+
+
+@pytest.mark.parametrize("shape", [(12, 1, 6, 6), (12, 1, 28, 28), (10, 3, 8, 8), (8, 3, 32, 32)])
+def test_square_linf_move_is_the_masked_form_draw_for_draw(shape):
+    # Stripes, as Square starts: windows often already hold the drawn signs (above all with
+    # one channel), so redraws happen. Candidates and the generator's state must match the
+    # plain form's after every step, windows of every side from the first to the smallest.
+    rule = SquareRule(lr=0.05, budget=200)
+    m, c, h, w = shape
+    for seed in range(6):
+        g = make_generator(seed)
+        delta = 0.05 * draw_signs((m, c, 1, w), g, torch.device("cpu"), torch.float32)
+        delta = delta.expand(shape).contiguous()
+        ref_g = make_generator(100 + seed)
+        ref_g.set_state(g.get_state())
+        for step in range(2, 200, 7):
+            cand = rule._move_linf(delta, torch.full((m,), step), g)
+            want = masked_move_linf(rule, delta, step, ref_g)
+            assert torch.equal(cand, want), (seed, step)
+            assert torch.equal(g.get_state(), ref_g.get_state())
+            delta = cand

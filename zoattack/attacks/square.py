@@ -107,6 +107,13 @@ def _offset_highs(s: int, m: int, h: int, w: int, device: torch.device) -> tuple
     return highs, highs - 1
 
 
+@functools.lru_cache(maxsize=16)
+def _row_major(w: int, device: torch.device) -> Tensor:
+    """``[[w, 1]]`` int64: ``_row_major(w) @ [top; left]`` is the flat index of each
+    ``(top, left)`` in a row-major image of width ``w``. Shared, so never modified."""
+    return torch.tensor([[w, 1]], dtype=torch.int64, device=device)
+
+
 @functools.lru_cache(maxsize=64)
 def _window_offsets(s: int, w: int, device: torch.device) -> Tensor:
     """Flat offsets ``(1, 1, s * s)`` of an ``s x s`` window's pixels from its top-left pixel
@@ -178,26 +185,20 @@ def _redraw_serial(
     if not rows:
         return
     c = code.shape[1]
-    saved = generator.get_state()
-    pool = torch.randint(0, 2, (len(rows) * c * RESAMPLE_TRIES,), generator=generator).tolist()
-    generator.set_state(saved)
     if c == 1:
         # One channel: a redraw ends at the first draw that differs from the window's sign,
         # or with its negation after the last try; either way the new sign is -code. Only
         # how many draws the tries take depends on the bits.
         flat = code.reshape(-1)
-        pending = [1 if v > 0 else 0 for v in flat.index_select(0, at).tolist()]
-        used = 0
-        for _ in range(RESAMPLE_TRIES):
-            if not pending:
-                break
-            bits = pool[used : used + len(pending)]
-            used += len(pending)
-            pending = [p for p, b in zip(pending, bits, strict=True) if b == p]
-        torch.randint(0, 2, (used,), generator=generator)  # the draws the loop made
+        _replay_one_channel(
+            [1 if v > 0 else 0 for v in flat.index_select(0, at).tolist()], generator
+        )
         view = signs.view(-1)
         view.index_copy_(0, at, flat.index_select(0, at).neg())
         return
+    saved = generator.get_state()
+    pool = torch.randint(0, 2, (len(rows) * c * RESAMPLE_TRIES,), generator=generator).tolist()
+    generator.set_state(saved)
     codes = code.tolist()
     current = signs.view(-1, c).tolist()
     final: dict[int, list[float]] = {r: current[r] for r in rows}
@@ -222,6 +223,23 @@ def _redraw_serial(
     signs[torch.tensor(ids, device=signs.device)] = torch.tensor(
         [final[r] for r in ids], dtype=signs.dtype, device=signs.device
     ).view(len(ids), c, 1, 1)
+
+
+def _replay_one_channel(pending: list[int], generator: torch.Generator) -> None:
+    """Advance a CPU ``generator`` by the sign draws the one-channel redraw loop makes for
+    windows whose current sign bits are ``pending`` (1: +, 0: -): each try draws one bit per
+    window still pending, and a window stays pending while its draw repeats its bit."""
+    saved = generator.get_state()
+    pool = torch.randint(0, 2, (len(pending) * RESAMPLE_TRIES,), generator=generator).tolist()
+    generator.set_state(saved)
+    used = 0
+    for _ in range(RESAMPLE_TRIES):
+        if not pending:
+            break
+        bits = pool[used : used + len(pending)]
+        used += len(pending)
+        pending = [p for p, b in zip(pending, bits, strict=True) if b == p]
+    torch.randint(0, 2, (used,), generator=generator)  # the draws the loop made
 
 
 def applied_perturbation(objective: Objective, x: Tensor, idx: Tensor) -> Tensor:
@@ -433,7 +451,10 @@ class SquareRule(SearchRule):
         m, c, h, w = delta.shape
         side, common = self._sides_and_common(steps, h, w, lazy=True, span=span)
         dev = delta.device
-        if generator.device.type == "cpu" and dev.type == "cpu":
+        on_cpu = generator.device.type == "cpu" and dev.type == "cpu"
+        if on_cpu and common is not None and self.resample:
+            return self._move_linf_common(delta, common, generator)
+        if on_cpu:
             # One draw for both offsets: a CPU generator's stream is the same either way.
             if common is not None:
                 highs, last = _offset_highs(common, m, h, w, dev)
@@ -496,6 +517,44 @@ class SquareRule(SearchRule):
                     signs[rows] = -signs[rows]
                     self._fill_windows(cand, rows, mask, signs, delta)
         return cand
+
+    def _move_linf_common(self, delta: Tensor, s: int, generator: torch.Generator) -> Tensor:
+        """:meth:`_move_linf`'s usual step (CPU, every window of side ``s``, redraws on) in
+        fewer ops, drawing and deciding exactly as the general form: the same ``(2, m)``
+        uniform draw for the offsets, the same sign draw, the same redraw rule (a window
+        already holding ``lr * signs`` in every channel), the same painted candidate.
+
+        The window pixels are addressed once by flat index (top-left ``top * w + left`` plus
+        the window's offsets): read to decide the redraws, written to paint the candidate."""
+        m, c, h, w = delta.shape
+        dev = delta.device
+        highs, last = _offset_highs(s, m, h, w, dev)
+        # (u * high).long() is floor (u * high >= 0); the minimum guards the top offset.
+        u = torch.rand((2, m), generator=generator, dtype=torch.float64)
+        corner = _row_major(w, dev) @ torch.minimum((u * highs).long(), last)  # (1, m)
+        k = s * s
+        at = (corner.view(m, 1, 1) + _window_offsets(s, w, dev)).expand(m, c, k)
+        # The signs as draw_signs makes them: the same integer draws, as floats, to +-1.
+        signs = torch.randint(0, 2, (m, c, 1, 1), generator=generator, dtype=delta.dtype)
+        signs.mul_(2).sub_(1)
+        fill = self.lr * signs
+        flat = delta.reshape(m, c, h * w)
+        held = flat.gather(2, at) == fill.view(m, c, 1)  # (m, c, k)
+        rows = held.view(m, c * k).all(dim=1).nonzero().flatten()  # one sync: which redraw
+        if rows.numel():
+            if c == 1:
+                # The redrawn sign is the opposite one (see _redraw_serial): flip those fills.
+                ids = rows.tolist()
+                bits = signs.view(m).tolist()
+                _replay_one_channel([1 if bits[r] > 0 else 0 for r in ids], generator)
+                one = fill.view(m)
+                one.index_copy_(0, rows, one.index_select(0, rows).neg())
+            else:
+                _redraw_serial(signs.view(m, c), signs, rows, generator, rows)
+                fill = self.lr * signs
+        cand = flat.clone(memory_format=torch.contiguous_format)
+        cand.scatter_(2, at, fill.view(m, c, 1).expand(m, c, k))
+        return cand.view(m, c, h, w)
 
     def _fill_windows(
         self, cand: Tensor, rows: Tensor, mask: Tensor, signs: Tensor, delta: Tensor
