@@ -108,6 +108,13 @@ def _offset_highs(s: int, m: int, h: int, w: int, device: torch.device) -> tuple
 
 
 @functools.lru_cache(maxsize=16)
+def _sign_values(lr: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``lr * [-1, 1]`` in ``dtype``: indexed by a sign bit, Square's window fill. Shared,
+    so never modified."""
+    return lr * torch.tensor([-1.0, 1.0], dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=16)
 def _row_major(w: int, device: torch.device) -> Tensor:
     """``[[w, 1]]`` int64: ``_row_major(w) @ [top; left]`` is the flat index of each
     ``(top, left)`` in a row-major image of width ``w``. Shared, so never modified."""
@@ -528,28 +535,31 @@ class SquareRule(SearchRule):
         the window's offsets): read to decide the redraws, written to paint the candidate."""
         m, c, h, w = delta.shape
         dev = delta.device
-        highs, last = _offset_highs(s, m, h, w, dev)
-        # (u * high).long() is floor (u * high >= 0); the minimum guards the top offset.
+        highs, _ = _offset_highs(s, m, h, w, dev)
+        # _uniform_int's draw, without its minimum: torch.rand's float64 u is at most
+        # 1 - 2**-53, and u * high then rounds below high for every integer high (more than
+        # half an ulp below it, or exactly representable when high is a power of two), so
+        # floor (.long(), as u * high >= 0) never reaches high.
         u = torch.rand((2, m), generator=generator, dtype=torch.float64)
-        corner = _row_major(w, dev) @ torch.minimum((u * highs).long(), last)  # (1, m)
+        corner = _row_major(w, dev) @ (u * highs).long()  # (1, m): top * w + left
         k = s * s
         at = (corner.view(m, 1, 1) + _window_offsets(s, w, dev)).expand(m, c, k)
-        # The signs as draw_signs makes them: the same integer draws, as floats, to +-1.
-        signs = torch.randint(0, 2, (m, c, 1, 1), generator=generator, dtype=delta.dtype)
-        signs.mul_(2).sub_(1)
-        fill = self.lr * signs
+        # draw_signs' integer draws; lr * sign looked up (+-lr in delta's dtype, the values
+        # lr * signs takes) rather than computed through scalar ops.
+        bits = torch.randint(0, 2, (m * c,), generator=generator)
+        fill = _sign_values(self.lr, delta.dtype, dev).index_select(0, bits).view(m, c, 1, 1)
         flat = delta.reshape(m, c, h * w)
         held = flat.gather(2, at) == fill.view(m, c, 1)  # (m, c, k)
         rows = held.view(m, c * k).all(dim=1).nonzero().flatten()  # one sync: which redraw
         if rows.numel():
             if c == 1:
                 # The redrawn sign is the opposite one (see _redraw_serial): flip those fills.
-                ids = rows.tolist()
-                bits = signs.view(m).tolist()
-                _replay_one_channel([1 if bits[r] > 0 else 0 for r in ids], generator)
+                drawn = bits.tolist()
+                _replay_one_channel([drawn[r] for r in rows.tolist()], generator)
                 one = fill.view(m)
                 one.index_copy_(0, rows, one.index_select(0, rows).neg())
             else:
+                signs = (bits * 2 - 1).to(delta.dtype).view(m, c, 1, 1)  # draw_signs' values
                 _redraw_serial(signs.view(m, c), signs, rows, generator, rows)
                 fill = self.lr * signs
         cand = flat.clone(memory_format=torch.contiguous_format)
