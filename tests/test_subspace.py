@@ -183,15 +183,21 @@ def test_refining_a_tiling_keeps_the_perturbation():
     torch.testing.assert_close(fine.expand(fine.restrict(delta)), delta, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("k", [1, 3, 7, 14, 16, 28])
-@pytest.mark.parametrize("hw", [(28, 28), (32, 32), (96, 96), (224, 224), (30, 17)], ids=str)
+@pytest.mark.parametrize(
+    "k, hw",
+    [
+        (k, hw)
+        for hw in [(28, 28), (32, 32), (96, 96), (224, 224), (30, 17)]
+        for k in [1, 3, 7, 14, 16, 28]
+        if k <= min(hw)
+    ],
+    ids=str,
+)
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_tile_expansion_is_nearest_interpolation_bit_for_bit(k, hw, dtype):
     # Tiles expand through cached per-axis index maps (row gathers), not F.interpolate: the
     # same pixels must come out, for sizes K divides and sizes it does not (7, 14 into 32, 96).
     h, w = hw
-    if k > min(h, w):
-        pytest.skip("K larger than the image")
     space = Subspace(f"tile:{k}", (3, h, w))
     v = _rand(k + h, 5, *space.var_shape).to(dtype)
     want = torch.nn.functional.interpolate(v, size=hw, mode="nearest")
