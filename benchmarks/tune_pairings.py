@@ -46,6 +46,8 @@ def main() -> int:
     p.add_argument("--mults", type=float, nargs="*", default=[1.0])
     p.add_argument("--lrs", type=float, nargs="*", default=[], help="fractions of eps")
     p.add_argument("--own", action="store_true", help="also run the rule's own estimator")
+    p.add_argument("--mu-frac", type=float, default=None, help="probe radius, fraction of eps")
+    p.add_argument("--difference", default=None, help="forward or central")
     args = p.parse_args()
     set_threads(1)
     net = create_model(args.victim, dataset="fashion-mnist", pretrained=True).eval()
@@ -79,6 +81,8 @@ def main() -> int:
             estimator=est,
             prior=prior,
             lr=frac * eps,
+            mu=None if est is None or args.mu_frac is None else args.mu_frac * eps,
+            difference=None if est is None else args.difference,
         ).resolved()
         bb = BlackBox(net, output="logits", budget=args.budget, input_shape=tuple(x.shape[1:]))
         t0 = time.perf_counter()
@@ -102,6 +106,8 @@ def main() -> int:
             "prior": prior or "",
             "norm": args.norm,
             "lr_frac": frac,
+            "mu": spec.make_rule().estimator.mu,  # type: ignore[union-attr]
+            "difference": spec.difference,
             "mult": round(frac / own_lr, 4),
             "success": round(float(res.success.float().mean()), 3),
             "median_q": float(q.median()) if len(q) else math.nan,

@@ -120,7 +120,7 @@ def lr_origin(
     if paired is not None and paired.lr is not None:
         return (
             float(paired.lr) * eps,
-            f"tuned for the {entry.name}+{est} pairing under {norm} (held-out images)",
+            f"tuned for the {entry.name}+{est} pairing under {norm} on held-out images",
         )
     return (
         float(tuned.lr) * eps,
@@ -237,6 +237,11 @@ class AttackSpec:
             mu = tuned_mu(rule, norm, eps) if mu is None else mu
             difference = tuned.difference if difference is None else difference
             tricks = {k: getattr(tuned, k) if v is None else v for k, v in tricks.items()}
+        elif (paired := entry.tuned_pairing(str(canonical_estimator(estimator)), norm)) is not None:
+            # Tuned for this rule with this estimator (held-out images); lr: lr_origin.
+            momentum = paired.momentum if momentum is None else momentum
+            mu = (None if paired.mu is None else paired.mu * eps) if mu is None else mu
+            difference = paired.difference if difference is None else difference
         if estimator in ("prior", "p_rgf", "prgf"):
             # The rule's own tricks (its tuned momentum) carry over. The prior probes unit
             # directions, as `sphere` does, so it takes the radius and difference tuned for

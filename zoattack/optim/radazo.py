@@ -44,6 +44,16 @@ def radazo_update(
     return x - lr * mhat / (vhat.sqrt() + eps), m, v
 
 
+# The rule run with an estimator other than its own (issue 12): tuned on held-out test
+# images (index >= 300, small_cnn, 60 images, 1,000 queries, resnet20 as the prior;
+# benchmarks/tune_pairings.py, docs/TUNING.md). lr and mu are fractions of eps.
+# L2: the own lr (73% both; 0.3x 65% / 73% with 2.6x the queries).
+PAIRINGS = {
+    "prior": {"l2": Tuned(lr=0.005)},
+    "dap": {"l2": Tuned(lr=0.005)},
+}
+
+
 @OPTIMIZERS.register(
     "radazo",
     description="R-AdaZO: second moment from the first moment (Shu et al. 2025)",
@@ -61,6 +71,7 @@ def radazo_update(
         "l2": Tuned(lr=0.005, subspace="dct:14", estimator="sphere"),
     },
     optimize_defaults=Tuned(lr=1e-3),
+    pairing_defaults=PAIRINGS,
 )
 class RAdaZORule(ZORule):
     """R-AdaZO (Shu, Zhang, He & Dai, ICML 2025).
