@@ -154,7 +154,8 @@ def test_dry_run_listing_shows_legacy_jobs_as_finished(tmp_path, reference, tiny
 
     plan, _, ref = reference
     copy_store(ref, tmp_path / "s")
-    rekey(tmp_path / "s" / "results.sqlite", {j.key: scheme_key(j.spec, SESSION3) for j in plan.jobs})
+    old = {j.key: scheme_key(j.spec, SESSION3) for j in plan.jobs}
+    rekey(tmp_path / "s" / "results.sqlite", old)
     (tmp_path / "plan.toml").write_text(tiny + PLAN)
     res = CliRunner().invoke(
         app, ["batch", str(tmp_path / "plan.toml"), "--out", str(tmp_path / "s"), "--dry-run"]

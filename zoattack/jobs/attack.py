@@ -91,9 +91,7 @@ def canonical_estimator(name: str | None) -> str | None:
         return name
 
 
-def lr_origin(
-    rule: str, norm: str, eps: float, estimator: str | None = None
-) -> tuple[float, str]:
+def lr_origin(rule: str, norm: str, eps: float, estimator: str | None = None) -> tuple[float, str]:
     """The lr ``rule`` runs with under ``norm`` when no --lr is given, and where it comes from.
 
     A learning rate is tuned for one estimator's scale: LIZO's estimate is about n/d of the
