@@ -19,7 +19,10 @@ queries on the bundled ``small_cnn`` and ``resnet20``: every gradient rule with 
 (paper) estimator and the CLI's tuned settings, the same rule with the transfer prior
 (``prior`` estimator; surrogates from ``--priors``: ``other`` = the other bundled model,
 small_cnn for resnet20 and the reverse, or any model name such as ``small_cnn_robust``), and
-torchattacks' Square in the same run, on the same tensors. Query accounting is
+torchattacks' Square in the same run, on the same tensors. A swapped estimator (the prior,
+``--estimators`` rows) runs with the lr `zoattack run` resolves for that (rule, estimator,
+norm) pairing: tuned on held-out images (``pairing_defaults``, docs/TUNING.md), not the
+rule's own-estimator lr. Query accounting is
 the black box's ledger (every scored input counts); Square's is its own counter + 1 clean
 check (benchmarks/attack.py explains and cross-checks it).
 

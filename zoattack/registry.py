@@ -81,6 +81,10 @@ class Entry(Generic[T]):
             attacks; a norm not listed has none.
         optimize_defaults: tuned settings for `zoattack optimize` (synthetic functions).
         recipe: training defaults (trainable models only).
+        pairing_defaults: tuned settings of the rule run with an estimator other than its
+            ``norm_defaults`` one, ``{estimator: {norm: Tuned}}`` (an lr tuned for one
+            estimator's scale is wrong for another's: LIZO's estimate is about n/d of the
+            gradient, the unbiased ones the whole of it).
     """
 
     name: str
@@ -92,10 +96,16 @@ class Entry(Generic[T]):
     norm_defaults: Mapping[str, Tuned] = field(default_factory=dict)
     optimize_defaults: Tuned | None = None
     recipe: Recipe | None = None
+    pairing_defaults: Mapping[str, Mapping[str, Tuned]] = field(default_factory=dict)
 
     def tuned(self, norm: str) -> Tuned:
         """The tuned settings under ``norm`` (all None when there are none)."""
         return self.norm_defaults.get(norm, Tuned())
+
+    def tuned_pairing(self, estimator: str, norm: str) -> Tuned | None:
+        """The settings tuned for this rule with ``estimator`` (canonical name) under
+        ``norm``; None: that pairing was never tuned."""
+        return self.pairing_defaults.get(estimator, {}).get(norm)
 
 
 class Registry(Generic[T]):
@@ -117,6 +127,7 @@ class Registry(Generic[T]):
         norm_defaults: Mapping[str, Tuned] | None = None,
         optimize_defaults: Tuned | None = None,
         recipe: Recipe | None = None,
+        pairing_defaults: Mapping[str, Mapping[str, Tuned]] | None = None,
     ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Class decorator registering ``factory`` under ``name``."""
 
@@ -132,6 +143,7 @@ class Registry(Generic[T]):
                     dict(norm_defaults or {}),
                     optimize_defaults,
                     recipe,
+                    {k: dict(v) for k, v in (pairing_defaults or {}).items()},
                 )
             )
             return factory
@@ -139,7 +151,8 @@ class Registry(Generic[T]):
         return deco
 
     def add(self, entry: Entry[T]) -> None:
-        bad = sorted(set(entry.norm_defaults) - set(NORMS))
+        paired = {n for by_norm in entry.pairing_defaults.values() for n in by_norm}
+        bad = sorted((set(entry.norm_defaults) | paired) - set(NORMS))
         if bad:  # a misspelt norm would silently leave the rule untuned
             raise ValueError(
                 f"{self.kind} '{entry.name}': norm_defaults for unknown norm(s) "

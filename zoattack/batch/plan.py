@@ -16,11 +16,12 @@ for values, so lines are found by scanning the text for the key inside its table
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,22 @@ KEY_DEFAULTS: dict[str, Any] = {
     "restart": None,
     "mu_decay": None,
     "lr_decay": None,
+    # the transfer prior (issue 12, session 3): keyed at None from then until this entry
+    # existed, see LEGACY_KEY_SCHEMES
+    "prior": None,
+    "prior_weights": None,
 }
+# Earlier job-key schemes that a store may hold finished work under, newest first: (what,
+# the KEY_DEFAULTS entries that scheme still keyed at their default). Every scheme not listed
+# gives the current key:
+# - before issue 12 session 3 (no prior fields at all): the current key;
+# - session 3 until prior/prior_weights joined KEY_DEFAULTS: "prior": null and
+#   "prior_weights": null were keyed, so every job without a prior had another key.
+# A store's jobs keep the key they were written under (:func:`adopt_stored_keys`), so a store
+# stays readable by the version that wrote it.
+LEGACY_KEY_SCHEMES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("issue 12 session 3: prior and prior_weights keyed when unset", ("prior", "prior_weights")),
+)
 # Shown in job listings when they differ between jobs, in this order.
 LISTED = (
     "model",
@@ -69,15 +85,45 @@ LISTED = (
 )
 
 
-def job_key(spec: AttackSpec) -> str:
-    """A stable 16-hex-digit name for a resolved spec (its result-relevant settings)."""
+def job_key(spec: AttackSpec, *, keyed: tuple[str, ...] = ()) -> str:
+    """A stable 16-hex-digit name for a resolved spec (its result-relevant settings).
+
+    ``keyed``: KEY_DEFAULTS entries to key even at their default (a legacy scheme)."""
     values = {
         k: v
         for k, v in spec.as_dict().items()
-        if k not in KEY_EXCLUDES and not (k in KEY_DEFAULTS and v == KEY_DEFAULTS[k])
+        if k not in KEY_EXCLUDES
+        and not (k in KEY_DEFAULTS and k not in keyed and v == KEY_DEFAULTS[k])
     }
     blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def legacy_keys(spec: AttackSpec) -> list[str]:
+    """The keys earlier schemes (LEGACY_KEY_SCHEMES, newest first) gave ``spec``, where they
+    differ from its current key."""
+    now = job_key(spec)
+    out: list[str] = []
+    for _, keyed in LEGACY_KEY_SCHEMES:
+        key = job_key(spec, keyed=keyed)
+        if key != now and key not in out:
+            out.append(key)
+    return out
+
+
+def adopt_stored_keys(plan: Plan, stored: Collection[str]) -> Plan:
+    """``plan`` with each job named by the key its work is stored under in a store holding
+    job keys ``stored``: the current key when the store has it (or has neither), else the
+    first legacy key it has. Finished jobs of stores written by earlier versions are then
+    skipped and partly done ones resume, instead of running again under a new key."""
+    stored = set(stored)
+    jobs = []
+    for job in plan.jobs:
+        key = job.key
+        if key not in stored:
+            key = next((k for k in legacy_keys(job.spec) if k in stored), key)
+        jobs.append(job if key == job.key else dataclasses.replace(job, key=key))
+    return dataclasses.replace(plan, jobs=jobs)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from zoattack.batch.executors import (
     Reporter,
     Work,
 )
-from zoattack.batch.plan import Plan, PlanJob
+from zoattack.batch.plan import Plan, PlanJob, adopt_stored_keys
 from zoattack.batch.store import ResultStore
 
 
@@ -57,9 +57,11 @@ def run_batch(
     """Run every unfinished job of ``plan`` into ``store``; resumable at any point.
 
     A job whose model fails is marked ``failed`` (its finished images kept) and the batch goes
-    on; KeyboardInterrupt stops it after storing what was reported.
+    on; KeyboardInterrupt stops it after storing what was reported. Jobs the store holds
+    under an earlier key scheme keep that key (:func:`~zoattack.batch.plan.adopt_stored_keys`).
     """
     t0 = time.perf_counter()
+    plan = adopt_stored_keys(plan, store.job_keys())
     store.register_jobs((j.key, j.label, j.position, j.spec) for j in plan.jobs)
     works, skipped = pending_work(plan, store)
     outcome = BatchOutcome(jobs=len(plan.jobs), skipped=skipped)

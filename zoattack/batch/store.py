@@ -394,6 +394,10 @@ class ResultStore:
             for r in self.conn.execute("SELECT * FROM jobs ORDER BY position, created_at, key")
         ]
 
+    def job_keys(self) -> set[str]:
+        """The keys of every job recorded here."""
+        return {str(r[0]) for r in self.conn.execute("SELECT key FROM jobs")}
+
     def done_indices(self, key: str) -> set[int]:
         return {
             int(r[0]) for r in self.conn.execute('SELECT "index" FROM rows WHERE job=?', (key,))

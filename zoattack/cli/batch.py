@@ -54,7 +54,7 @@ class RichReporter:
 
 
 def _job_listing(plan: Any, store_path: Path) -> Table:
-    from zoattack.batch.plan import varying_settings
+    from zoattack.batch.plan import adopt_stored_keys, varying_settings
     from zoattack.batch.store import ResultStore
 
     stored: dict[str, int] = {}
@@ -63,6 +63,7 @@ def _job_listing(plan: Any, store_path: Path) -> Table:
         with ResultStore(store_path, create=False) as store:
             stored = store.row_counts()
             status = {j["key"]: j["status"] for j in store.jobs()}
+        plan = adopt_stored_keys(plan, status)  # jobs stored under an earlier key scheme
     shown = varying_settings(plan.jobs) or ["model", "optimizer", "norm", "eps"]
     shown = [k for k in shown if k != "optimizer"]
     table = Table(title=f"{plan.name}: {len(plan.jobs)} jobs")
@@ -145,7 +146,7 @@ def batch_command(
 ) -> None:
     """Run a plan of attacks into a resumable result store (rerun to continue)."""
     from zoattack.batch.executors import EXECUTORS, make_executor
-    from zoattack.batch.plan import load_plan
+    from zoattack.batch.plan import adopt_stored_keys, load_plan
     from zoattack.batch.runner import run_batch
     from zoattack.batch.store import DB_NAME, ResultStore
 
@@ -168,6 +169,8 @@ def batch_command(
         executor, address=address, workers=workers, max_retries=max_retries
     )
     store = ResultStore(folder)
+    # Jobs a store holds under an earlier key scheme keep that key (also in the results table).
+    plan = adopt_stored_keys(plan, store.job_keys())
     try:
         with store.exclusive():
             columns = (

@@ -71,14 +71,59 @@ def tuned_mu(rule: str, norm: str, eps: float) -> float | None:
     return None if mu is None else mu * eps
 
 
-def default_lr(rule: str, norm: str, eps: float) -> float:
+def default_lr(rule: str, norm: str, eps: float, estimator: str | None = None) -> float:
     """The tuned fraction of eps from the rule's registry entry; untuned: search rules (flag
-    ``search``: sign, square) take their radius eps, gradient rules eps/2."""
+    ``search``: sign, square) take their radius eps, gradient rules eps/2. With ``estimator``
+    (the one that runs): the lr tuned for that pairing where the rule was tuned with another
+    estimator (:func:`lr_origin` says which)."""
+    return lr_origin(rule, norm, eps, estimator)[0]
+
+
+def canonical_estimator(name: str | None) -> str | None:
+    """The registry name of an estimator (aliases and spellings resolved); None stays None."""
+    if name is None:
+        return None
+    from zoattack.estimators import ESTIMATORS
+
+    try:
+        return ESTIMATORS.get(name).name
+    except ZOAttackError:  # an unknown name is reported where the rule is built
+        return name
+
+
+def lr_origin(rule: str, norm: str, eps: float, estimator: str | None = None) -> tuple[float, str]:
+    """The lr ``rule`` runs with under ``norm`` when no --lr is given, and where it comes from.
+
+    A learning rate is tuned for one estimator's scale: LIZO's estimate is about n/d of the
+    gradient, the unbiased ones (sphere, gaussian, dap, prior) the whole of it, so lizo's lr
+    steps about d/n times too far with the prior or DAP (48% vs 80% at L2, small_cnn). Order:
+    the rule's own tuned lr when ``estimator`` is the one it was tuned with (or None); else
+    the lr tuned for the (rule, estimator, norm) pairing in the registry
+    (``pairing_defaults``, measured on held-out images, docs/TUNING.md); else the rule's own
+    lr, labelled as tuned for another estimator.
+    """
     entry = OPTIMIZERS.get(rule)
-    lr = entry.tuned(norm).lr
-    if lr is None:
-        lr = 1.0 if entry.flags.get("search") else UNTUNED_LR
-    return float(lr) * eps
+    tuned = entry.tuned(norm)
+    if entry.flags.get("search"):
+        if tuned.lr is None:
+            return 1.0 * eps, "untuned: the radius eps"
+        return float(tuned.lr) * eps, f"tuned for {entry.name} under {norm}"
+    own = tuned.estimator or getattr(entry.factory, "default_estimator", None)
+    est = canonical_estimator(estimator)
+    if tuned.lr is None:
+        return UNTUNED_LR * eps, f"untuned: eps/{1 / UNTUNED_LR:g}"
+    if est is None or own is None or est == own:
+        return float(tuned.lr) * eps, f"tuned for {entry.name}+{own or est} under {norm}"
+    paired = entry.tuned_pairing(est, norm)
+    if paired is not None and paired.lr is not None:
+        return (
+            float(paired.lr) * eps,
+            f"tuned for the {entry.name}+{est} pairing under {norm} on held-out images",
+        )
+    return (
+        float(tuned.lr) * eps,
+        f"{entry.name}'s lr tuned with {own}, not re-tuned for {est}",
+    )
 
 
 @dataclass(frozen=True)
@@ -190,6 +235,11 @@ class AttackSpec:
             mu = tuned_mu(rule, norm, eps) if mu is None else mu
             difference = tuned.difference if difference is None else difference
             tricks = {k: getattr(tuned, k) if v is None else v for k, v in tricks.items()}
+        elif (paired := entry.tuned_pairing(str(canonical_estimator(estimator)), norm)) is not None:
+            # Tuned for this rule with this estimator (held-out images); lr: lr_origin.
+            momentum = paired.momentum if momentum is None else momentum
+            mu = (None if paired.mu is None else paired.mu * eps) if mu is None else mu
+            difference = paired.difference if difference is None else difference
         if estimator in ("prior", "p_rgf", "prgf"):
             # The rule's own tricks (its tuned momentum) carry over. The prior probes unit
             # directions, as `sphere` does, so it takes the radius and difference tuned for
@@ -227,7 +277,7 @@ class AttackSpec:
                         f"the {rule} rule is a search rule; --{key.replace('_', '-')} belongs "
                         "to the gradient rules (zo_sgd, zo_signsgd, zo_adamm, radazo, lizo)"
                     )
-        lr = self.lr if self.lr is not None else default_lr(rule, norm, eps)
+        lr = self.lr if self.lr is not None else default_lr(rule, norm, eps, estimator)
         spec = dataclasses.replace(
             self,
             norm=norm,
@@ -393,6 +443,11 @@ class PreparedJob:
         return {
             **effective_settings(self.spec),
             "method": method_of(self.spec),
+            **(
+                {"lr_source": lr_source(self.spec)}
+                if self.spec.attack is None and self.spec.lr is not None
+                else {}
+            ),
             "images": len(self.labels),
             "device": str(self.device),
             "zoattack": __version__,
@@ -462,7 +517,7 @@ def method_of(spec: AttackSpec) -> str:
         )
     parts.append(f"{est.num_samples} samples, {est.difference} differences")
     parts.append(f"subspace {spec.subspace}")
-    parts.append(f"lr {spec.lr:g}")
+    parts.append(f"lr {spec.lr:g} ({lr_source(spec)})")
     parts.append(f"mu {est.mu:g}")
     if spec.prior:
         weights = f", weights {spec.prior_weights}" if spec.prior_weights else ""
@@ -480,6 +535,14 @@ def method_of(spec: AttackSpec) -> str:
         parts.append(f"momentum {betas:g} (betas {betas:g}, {getattr(rule, 'beta2', 0):g})")
     parts.extend(trick_words(rule))
     return f"{spec.optimizer} ({'; '.join(parts)})"
+
+
+def lr_source(spec: AttackSpec) -> str:
+    """Where a resolved score-based spec's lr came from: the default it resolves to (see
+    :func:`lr_origin`) when it equals that, else the user's --lr."""
+    assert spec.optimizer is not None and spec.eps is not None and spec.lr is not None
+    lr, origin = lr_origin(spec.optimizer, spec.norm, spec.eps, spec.estimator)
+    return origin if math.isclose(spec.lr, lr, rel_tol=1e-12) else "set by --lr"
 
 
 def trick_words(rule: ZORule) -> list[str]:
