@@ -6,7 +6,9 @@ Part ``universal`` (ReLIZO Table 1 protocol, Wang et al. NeurIPS 2024 §4.3, fol
 test images, objective ``lam/M sum_i max(margin_i(clip(x_i + delta)), -kappa) + ||delta||_2^2``
 (kappa 0, lam ``--lam``), box constraint by clipping the images to [0, 1]; ``--iters``
 iterations of ZO-SGD (gaussian RGE), ZO-signSGD (sphere RGE), ZO-AdaMM (sphere RGE), R-AdaZO
-(sphere RGE) and ReLIZO (LIZO with reuse), ``--directions`` directions each. Each method's lr
+(sphere RGE) and ReLIZO (LIZO with reuse), ``--directions`` directions each, with the options of
+the recipe the paper followed (``--recipe code``, :data:`RECIPES`: ZO-AdaMM's universal.py lr
+decay and betas for its three methods). Each method's lr
 is searched (grid bracket, then regula falsi on log lr / log L2, :func:`calibrate_lr`) until
 its final L2 distortion on *held-out* images (test images from index 300 on, never the
 evaluated ones) is within ``--l2-tol`` of ``--target-l2``, as the paper equalised distortion.
@@ -68,6 +70,19 @@ LR_GRID = {  # searched per rule on the held-out images
     "radazo": [3e-4, 1e-3, 3e-3, 1e-2],
     "lizo": [0.03, 0.1, 0.3, 1.0],
 }
+# Rule options of the universal protocol. ReLIZO's Table 1 follows ZO-AdaMM's setup, whose
+# universal.py runs ZO-SGD, ZO-signSGD and ZO-AdaMM with lr/sqrt(t+1), and ZO-AdaMM with
+# beta2 = 0.3 dividing by sqrt(v) (not vhat) (ESTIMATORS.md 2.1-2.3). ReLIZO (its README's
+# optimizer) and R-AdaZO (its official code) keep a constant lr and their own defaults.
+# "plain": every rule with its library defaults and a constant lr (the earlier runs).
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "code": {
+        "zo_sgd": {"lr_decay": "sqrt"},
+        "zo_signsgd": {"lr_decay": "sqrt"},
+        "zo_adamm": {"lr_decay": "sqrt", "betas": (0.9, 0.3), "step_uses": "v"},
+    },
+    "plain": {},
+}
 OTHER = {"small_cnn": "resnet20", "resnet20": "small_cnn"}
 EPS = {"linf": 0.1, "l2": 1.5}
 
@@ -111,7 +126,8 @@ def universal_run(
 ) -> dict[str, Any]:
     bb = BlackBox(net, output="logits", input_shape=tuple(x.shape[1:]), max_batch=8192)
     obj = PenaltyUniversal(bb, x, y, args.lam)
-    rule = create_optimizer(rule_name, lr=lr, num_samples=args.directions, mu=args.mu)
+    extra = RECIPES[getattr(args, "recipe", "code")].get(rule_name, {})
+    rule = create_optimizer(rule_name, lr=lr, num_samples=args.directions, mu=args.mu, **extra)
     gen = make_generator(args.seed)
     delta = torch.zeros(1, *x.shape[1:])
     ids = torch.zeros(1, dtype=torch.long)
@@ -485,6 +501,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--directions", type=int, default=8)
     p.add_argument("--mu", type=float, default=0.005)
     p.add_argument("--lam", type=float, default=10.0)
+    p.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        default="code",
+        help="universal rule options: 'code' = ZO-AdaMM universal.py's (lr/sqrt(t+1) for "
+        "ZO-SGD/signSGD/AdaMM, AdaMM beta2 0.3 on sqrt(v)); 'plain' = library defaults",
+    )
     p.add_argument("--target-l2", type=float, default=2.0)
     p.add_argument("--l2-tol", type=float, default=0.05, help="relative, for the lr search")
     p.add_argument("--calib-steps", type=int, default=6, help="regula falsi runs per rule")
@@ -525,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         report["universal"] = rows
         text.append(
             f"## Universal (ReLIZO Table 1 protocol), small_cnn, {args.universal_images} "
-            f"images, {args.iters} iterations\n\n{table}"
+            f"images, {args.iters} iterations, recipe {args.recipe}\n\n{table}"
         )
     if "per-image" in args.parts:
         rows, table = part_per_image(args)
