@@ -239,3 +239,15 @@ def write_csv(
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def held_out(net: nn.Module, start: int, n: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` Fashion-MNIST test images from index ``start`` that ``net`` classifies
+    correctly: the held-out images tuning runs on (never the benchmarks' first images)."""
+    from zoattack.data import load_dataset
+
+    ds = load_dataset("fashion-mnist", split="test", limit=start + 4 * n)
+    x, y = ds.images[start:], ds.labels[start:]
+    with torch.no_grad():
+        ok = (net(x).argmax(1) == y).nonzero().flatten()[:n]
+    return x[ok], y[ok]

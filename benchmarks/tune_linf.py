@@ -17,12 +17,10 @@ import math
 import time
 from typing import Any
 
-import torch
-from _common import set_threads
+from _common import held_out, set_threads
 
 from zoattack.attacks import run_attack
 from zoattack.blackbox import BlackBox
-from zoattack.data import load_dataset
 from zoattack.jobs.attack import AttackSpec
 from zoattack.models import create_model
 from zoattack.optim import create_optimizer
@@ -60,11 +58,7 @@ def main() -> int:
     set_threads(1)
     net = create_model(args.victim, dataset="fashion-mnist", pretrained=True).eval()
     net.requires_grad_(False)
-    ds = load_dataset("fashion-mnist", split="test", limit=args.start + 4 * args.images)
-    x, y = ds.images[args.start :], ds.labels[args.start :]
-    with torch.no_grad():
-        ok = (net(x).argmax(1) == y).nonzero().flatten()[: args.images]
-    x, y = x[ok], y[ok]
+    x, y = held_out(net, args.start, args.images)
     overrides = _pairs(args.set)
     spec = AttackSpec(
         model=args.victim, norm=args.norm, optimizer=args.rule, budget=args.budget, **overrides

@@ -20,12 +20,10 @@ import json
 import math
 import time
 
-import torch
-from _common import set_threads
+from _common import held_out, set_threads
 
 from zoattack.attacks import run_attack
 from zoattack.blackbox import BlackBox
-from zoattack.data import load_dataset
 from zoattack.jobs.attack import AttackSpec, lr_origin
 from zoattack.models import create_model
 from zoattack.optim import OPTIMIZERS
@@ -56,11 +54,7 @@ def main() -> int:
     if args.prior:
         sur = create_model(args.prior, dataset="fashion-mnist", pretrained=True).eval()
         sur.requires_grad_(False)
-    ds = load_dataset("fashion-mnist", split="test", limit=args.start + 4 * args.images)
-    x, y = ds.images[args.start :], ds.labels[args.start :]
-    with torch.no_grad():
-        ok = (net(x).argmax(1) == y).nonzero().flatten()[: args.images]
-    x, y = x[ok], y[ok]
+    x, y = held_out(net, args.start, args.images)
     base = AttackSpec(model=args.victim, norm=args.norm, optimizer=args.rule, budget=args.budget)
     eps = base.resolved().eps
     assert eps is not None
