@@ -5,11 +5,11 @@ twenty bytes of body, so a 50 MB body of empty lists took 1.7 GB before any shap
 refuse it. Here the body's brackets and commas are counted first (no allocation): for a batch
 shaped ``(N, *input_shape)`` they are fixed by ``N``, so a body that cannot be such a batch, or
 holds more than ``max_batch`` inputs, is refused before anything is built. The body is then
-checked and parsed in slices of about a MiB: every character is a number character, a bracket,
+checked and parsed in slices of 256 KiB: every character is a number character, a bracket,
 a comma or whitespace; the brackets and commas are exactly the skeleton of the declared shape;
 each number sits alone between a ``[``/``,`` and a ``,``/``]``. The numbers go from each slice's
 text to the output array with ``np.fromstring``. Working memory beyond the body and the result
-is a few MiB.
+is a few MiB (about ten times a slice).
 
 Bodies of another form (other keys, ``npy_b64``, strings, ``true``, ``NaN``) go to ``json.loads``
 only when they hold few JSON values (:data:`FALLBACK_VALUES`), so memory stays bounded there
@@ -30,7 +30,7 @@ FALLBACK_VALUES = 65_536
 # Bodies up to this size that the fast decoder refuses are parsed again with json.loads, so
 # their refusal says exactly what is wrong (33x of 256 KiB: bounded).
 SMALL_BODY = 256 * 1024
-SLICE = 1 << 20  # bytes of body checked and parsed at a time
+SLICE = 1 << 18  # bytes of body checked and parsed at a time (working memory ~10x this)
 
 _PREFIX = re.compile(rb'\s*\{\s*"inputs"\s*:\s*')
 _WS, _NUM, _OPEN, _CLOSE, _COMMA, _BAD = 0, 1, 2, 3, 4, 255
@@ -143,7 +143,8 @@ def decode_inputs(
         if not len(solid):
             pos = stop
             continue
-        before = np.concatenate(([prev], solid[:-1])).astype(np.uint8)
+        before = np.empty_like(solid)
+        before[0], before[1:] = prev, solid[:-1]
         is_num = solid == _NUM
         was_num = before == _NUM
         starts = is_num & ~was_num
@@ -151,10 +152,13 @@ def decode_inputs(
         if int(np.count_nonzero(starts)) != raw_starts:
             raise NotABatch(not_batch)
         # A number follows '[' or ','; what follows a number is ',' or ']'.
-        if not np.isin(before[starts], (_OPEN, _COMMA)).all():
+        after_num = before[starts]
+        if not ((after_num == _OPEN) | (after_num == _COMMA)).all():
             raise NotABatch(not_batch)
-        if not np.isin(solid[was_num & ~is_num], (_CLOSE, _COMMA)).all():
+        ends = solid[was_num & ~is_num]
+        if not ((ends == _CLOSE) | (ends == _COMMA)).all():
             raise NotABatch(not_batch)
+        del after_num, ends, before, was_num
         struct = solid[~is_num]
         k = len(struct)
         if seen + k > n_struct:
