@@ -19,7 +19,8 @@ Phases (each against a fresh server process on 127.0.0.1, port chosen by the OS)
 * ``mem`` (only when asked for): ``--mem-clients`` bodies of ``--mem-mb`` MB each sent at once
   (``--max-inflight`` = that count, the cap just above the body), one fresh server per body
   kind: ``json-lists`` (``{"inputs": [[], [], ...]}``), ``json-floats`` (json.dumps of floats),
-  ``npy`` (float32) -- read and decoded whole, then refused for their range (422) -- and
+  ``json-short`` (every number ``1.5``), ``npy`` (float32) -- read and decoded whole, then
+  refused for their range (422) -- and
   ``npy-scored`` (a batch of 4096 images, scored). The server's peak RSS over its idle RSS,
   and that growth over the bytes in flight. ``--server-code DIR`` runs another checkout's
   server (give it twice to compare): issue 24's figures are
@@ -476,7 +477,7 @@ def run_phase(
 
 
 # ----------------------------------------------------------------------------- memory phase
-MEM_KINDS = ("json-lists", "json-floats", "npy", "npy-scored")
+MEM_KINDS = ("json-lists", "json-floats", "json-short", "npy", "npy-scored")
 
 
 def mem_body(kind: str, size: int, max_batch: int) -> tuple[bytes, int, int]:
@@ -484,7 +485,9 @@ def mem_body(kind: str, size: int, max_batch: int) -> tuple[bytes, int, int]:
 
     ``json-lists``: ``{"inputs": [[], [], ...]}``, no number at all (refused: not a batch).
     ``json-floats``: ``{"inputs": nested lists}`` of random floats in [1, 2) as json.dumps
-    writes them; ``npy``: a float32 ``.npy`` of random values in [1, 2). Both are read and
+    writes them (~20 bytes a number); ``json-short``: the same with every number ``1.5`` (5
+    bytes a number: the most numbers, hence the largest array, per byte of body); ``npy``: a
+    float32 ``.npy`` of random values in [1, 2). These are read and
     decoded whole, then refused for their range (422): the body-handling memory without a
     forward. ``npy-scored``: ``max_batch`` float32 images in [0, 1] (``size`` ignored), scored:
     what a forward of the largest batch adds.
@@ -499,6 +502,10 @@ def mem_body(kind: str, size: int, max_batch: int) -> tuple[bytes, int, int]:
         n = min(max_batch, max(1, size // (len(one) + 2)))
         images = [json.dumps((1 + rng.random(SHAPE)).tolist()).encode() for _ in range(n)]
         return b'{"inputs": [' + b", ".join(images) + b"]}", n, 422
+    if kind == "json-short":
+        one = b"[[" + b", ".join([b"[" + b", ".join([b"1.5"] * SHAPE[2]) + b"]"] * SHAPE[1]) + b"]]"
+        n = max(1, size // (len(one) + 2))
+        return b'{"inputs": [' + b", ".join([one] * n) + b"]}", n, 422
     if kind == "npy":
         n = max(1, (size - 128) // (4 * per))
         x = (1 + rng.random((n, *SHAPE), dtype=np.float32)).astype(np.float32)
@@ -528,10 +535,11 @@ def run_mem_kind(
 ) -> dict[str, Any]:
     """``clients`` bodies of one kind sent at once to a fresh server; its peak RSS over idle."""
     max_batch = 4096  # `zoattack serve`'s default
-    # The npy kind at 50 MB holds ~16k images: raise the batch cap so it is decoded, not
-    # refused from its header (it is refused for its range; nothing is scored).
-    n_needed = max_batch if kind != "npy" else max(max_batch, size // (4 * int(np.prod(SHAPE))))
+    # The npy and json-short kinds at 50 MB hold ~13k-16k images: the batch cap is raised so
+    # they are decoded, not refused from their header or brackets (then refused for their
+    # range; nothing is scored).
     body, n, want = mem_body(kind, size, max_batch)
+    n_needed = max(max_batch, n)
     ctype = NPY if kind.startswith("npy") else "application/json"
     max_bytes = max(max_bytes, len(body))
     extra = ("--max-inflight", str(clients), "--max-batch", str(n_needed))
