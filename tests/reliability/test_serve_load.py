@@ -72,6 +72,8 @@ def test_bodies_at_the_cap_are_scored_oversize_refused_and_memory_stays_bounded(
     assert r["rss_peak_mib"] - r["rss_baseline_mib"] < 768, r
 
 
+@pytest.mark.slow  # a server process of its own (~5-10 s); the fast checks are in
+# tests/robustness/test_server_bodies.py (tracemalloc of the decoder)
 def test_json_bodies_in_flight_cost_about_their_size_not_33x(load):
     """Issue 24 item 2 over a real server: two 4 MB JSON bodies of empty lists at once. json.loads
     built ~32x their size (256 MiB here); now they are refused from their brackets."""
