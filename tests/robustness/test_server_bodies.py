@@ -251,3 +251,46 @@ def test_fast_json_decoder_reads_what_json_loads_reads_or_refuses(value, spaces)
             continue
         assert want is not None and got.shape == want.shape and got.shape[1:] == shape
         np.testing.assert_array_equal(got, want)
+
+
+def test_stalled_and_abandoned_bodies_and_unauthenticated_docs(victim, corpus):
+    """Issue 24 items 3 and 7 in the corpus: a body that stops coming gets 408 and a closed
+    connection; one abandoned mid-way leaves the server serving; with a token the schema is
+    401 without it and the docs pages do not exist."""
+    import socket
+    import time
+
+    import httpx
+
+    from zoattack.remote.server import BackgroundServer
+
+    app = create_app(victim, input_shape=SHAPE, num_classes=10, token="t", body_timeout=0.5)
+    head = (
+        b"POST /score HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\nContent-Length: 999\r\n\r\n"
+    )
+    with BackgroundServer(app) as server:
+        stalled = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        stalled.sendall(head + b"\x93NUMPY")
+        abandoned = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        abandoned.sendall(head + b"{")
+        abandoned.close()
+        t0, reply = time.monotonic(), b""
+        while not reply.endswith(b"}") and time.monotonic() - t0 < 5:
+            chunk = stalled.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 408 ") and b"within 0.5 s" in reply, reply
+        assert stalled.recv(1) == b""  # closed by the server
+        stalled.close()
+        for _ in range(2):
+            corpus.add("http")
+        ok = httpx.post(
+            f"{server.url}/score",
+            content=json.dumps({"inputs": np.zeros((1, *SHAPE)).tolist()}),
+            headers={"Authorization": "Bearer t", "Content-Type": "application/json"},
+        )
+        assert ok.status_code == 200
+        for path, status in (("/openapi.json", 401), ("/docs", 404), ("/redoc", 404)):
+            corpus.add("http")
+            assert httpx.get(f"{server.url}{path}").status_code == status, path
