@@ -62,7 +62,8 @@ def test_stalled_bodies_hold_no_slot_and_get_408(victim, app_for, serve):
             )
             took = time.monotonic() - t0
             assert r.status_code == 200 and r.json()["n"] == 2
-            assert took < 1.5, f"a normal request waited {took:.1f} s behind stalled bodies"
+            # Answered before the stalled bodies time out (0.2 s by hand; on main: never).
+            assert took < 2.0, f"a normal request waited {took:.1f} s behind stalled bodies"
             for sock in slow:  # still connected, still unanswered
                 sock.setblocking(False)
                 with pytest.raises(BlockingIOError):
