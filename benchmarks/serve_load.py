@@ -16,6 +16,15 @@ Phases (each against a fresh server process on 127.0.0.1, port chosen by the OS)
   as many images as fit (scored), two that fill the cap but decode to the wrong image shape
   (read and decoded whole, then 422) and one twice the cap (413). The server's peak RSS
   against its idle RSS shows whether memory stays bounded.
+* ``mem`` (only when asked for): ``--mem-clients`` bodies of ``--mem-mb`` MB each sent at once
+  (``--max-inflight`` = that count, the cap just above the body), one fresh server per body
+  kind: ``json-lists`` (``{"inputs": [[], [], ...]}``), ``json-floats`` (json.dumps of floats),
+  ``json-short`` (every number ``1.5``), ``npy`` (float32) -- read and decoded whole, then
+  refused for their range (422) -- and
+  ``npy-scored`` (a batch of 4096 images, scored). The server's peak RSS over its idle RSS,
+  and that growth over the bytes in flight. ``--server-code DIR`` runs another checkout's
+  server (give it twice to compare): issue 24's figures are
+  ``python benchmarks/serve_load.py --phases mem --server-code /work/main --server-code .``
 
 Memory: the server runs as a subprocess (`python -m zoattack serve`; for ``faults`` the same
 command with the fault middleware patched in by this script) and its ``/proc/PID/status`` is
@@ -61,7 +70,7 @@ for _at, _kind in zip(
 ):
     FAULT_SCHEDULE[_at] = _kind
 FAULT_TIMEOUT_S = 4.0  # how long an injected timeout holds the reply
-CLIENT_TIMEOUT_S = {"clean": 60.0, "faults": 2.0, "max": 300.0}
+CLIENT_TIMEOUT_S = {"clean": 60.0, "faults": 2.0, "max": 300.0, "mem": 600.0}
 RETRIES = 8
 
 
@@ -77,20 +86,32 @@ class Server:
         return self.proc.pid
 
 
-def start_server(*, max_bytes: int, faults: bool, threads: int, timeout: float = 120.0) -> Server:
-    """`zoattack serve --port 0` in its own process; returns once /health answers."""
-    serve = ["serve", "--port", "0", "--device", "cpu", "--max-bytes", str(max_bytes)]
+def start_server(
+    *,
+    max_bytes: int,
+    faults: bool,
+    threads: int,
+    timeout: float = 120.0,
+    extra: tuple[str, ...] = (),
+    code: Path = ROOT,
+) -> Server:
+    """`zoattack serve --port 0` in its own process; returns once /health answers. ``code``:
+    the checkout whose zoattack the server runs (another one to measure its figures)."""
+    serve = ["serve", "--port", "0", "--device", "cpu", "--max-bytes", str(max_bytes), *extra]
     if faults:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-with-faults", "--", *serve]
     else:
         cmd = [sys.executable, "-m", "zoattack", *serve]
     # The server runs this checkout's zoattack, whatever is installed.
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    path = os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path}
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log = Path(tempfile.mkstemp(prefix="zoattack-serve-", suffix=".log")[1])
     with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh)
+        # cwd too: `python -m` puts the working directory first on sys.path.
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=code, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh
+        )
     t0 = time.monotonic()
     port = None
     while port is None:
@@ -455,6 +476,148 @@ def run_phase(
     }
 
 
+# ----------------------------------------------------------------------------- memory phase
+MEM_KINDS = ("json-lists", "json-floats", "json-short", "npy", "npy-scored")
+
+
+def mem_body(kind: str, size: int, max_batch: int) -> tuple[bytes, int, int]:
+    """(body, images, expected status) of about ``size`` bytes for one memory-phase kind.
+
+    ``json-lists``: ``{"inputs": [[], [], ...]}``, no number at all (refused: not a batch).
+    ``json-floats``: ``{"inputs": nested lists}`` of random floats in [1, 2) as json.dumps
+    writes them (~20 bytes a number); ``json-short``: the same with every number ``1.5`` (5
+    bytes a number: the most numbers, hence the largest array, per byte of body); ``npy``: a
+    float32 ``.npy`` of random values in [1, 2). These are read and
+    decoded whole, then refused for their range (422): the body-handling memory without a
+    forward. ``npy-scored``: ``max_batch`` float32 images in [0, 1] (``size`` ignored), scored:
+    what a forward of the largest batch adds.
+    """
+    rng = np.random.default_rng(0)
+    per = int(np.prod(SHAPE))
+    if kind == "json-lists":
+        k = (size - len(b'{"inputs": [[]]}')) // 3
+        return b'{"inputs": [' + b"[]," * k + b"[]]}", 0, 422
+    if kind == "json-floats":
+        one = json.dumps((1 + rng.random(SHAPE)).tolist()).encode()
+        n = min(max_batch, max(1, size // (len(one) + 2)))
+        images = [json.dumps((1 + rng.random(SHAPE)).tolist()).encode() for _ in range(n)]
+        return b'{"inputs": [' + b", ".join(images) + b"]}", n, 422
+    if kind == "json-short":
+        one = b"[[" + b", ".join([b"[" + b", ".join([b"1.5"] * SHAPE[2]) + b"]"] * SHAPE[1]) + b"]]"
+        n = max(1, size // (len(one) + 2))
+        return b'{"inputs": [' + b", ".join([one] * n) + b"]}", n, 422
+    if kind == "npy":
+        n = max(1, (size - 128) // (4 * per))
+        x = (1 + rng.random((n, *SHAPE), dtype=np.float32)).astype(np.float32)
+        buf = io.BytesIO()
+        np.save(buf, x, allow_pickle=False)
+        return buf.getvalue(), n, 422
+    if kind == "npy-scored":
+        return npy_body(max_batch, 0), max_batch, 200
+    raise ValueError(f"unknown memory kind {kind!r}; pick from {', '.join(MEM_KINDS)}")
+
+
+def send_once(port: int, body: bytes, ctype: str, timeout: float) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/score", body=body, headers={"Content-Type": ctype})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    except (OSError, http.client.HTTPException) as exc:
+        return -len(type(exc).__name__)  # any negative: the request failed in transport
+    finally:
+        conn.close()
+
+
+def run_mem_kind(
+    kind: str, *, clients: int, size: int, max_bytes: int, threads: int, code: Path
+) -> dict[str, Any]:
+    """``clients`` bodies of one kind sent at once to a fresh server; its peak RSS over idle."""
+    max_batch = 4096  # `zoattack serve`'s default
+    # The npy and json-short kinds at 50 MB hold ~13k-16k images: the batch cap is raised so
+    # they are decoded, not refused from their header or brackets (then refused for their
+    # range; nothing is scored).
+    body, n, want = mem_body(kind, size, max_batch)
+    n_needed = max(max_batch, n)
+    ctype = NPY if kind.startswith("npy") else "application/json"
+    max_bytes = max(max_bytes, len(body))
+    extra = ("--max-inflight", str(clients), "--max-batch", str(n_needed))
+    server = start_server(
+        max_bytes=max_bytes, faults=False, threads=threads, extra=extra, code=code
+    )
+    try:
+        mem = Memory(server.pid)
+        warm = send_once(server.port, npy_body(4, 0), NPY, 60.0)
+        assert warm == 200, f"warm-up got {warm}"
+        time.sleep(0.3)
+        baseline = mem.read()["VmRSS"]
+        mem.reset_peak()
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def one() -> None:
+            status = send_once(server.port, body, ctype, CLIENT_TIMEOUT_S["mem"])
+            with lock:
+                statuses.append(status)
+
+        workers = [threading.Thread(target=one, daemon=True) for _ in range(clients)]
+        with mem:
+            t0 = time.monotonic()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join(CLIENT_TIMEOUT_S["mem"] + 10)
+            wall = time.monotonic() - t0
+            time.sleep(0.1)
+            peak = mem.peak()
+    finally:
+        log = stop_server(server)
+    return {
+        "phase": "mem",
+        "kind": kind,
+        "code": str(code),
+        "clients": clients,
+        "body_bytes": len(body),
+        "images": n,
+        "statuses": sorted(statuses),
+        "as_expected": statuses == [want] * clients,
+        "seconds": round(wall, 1),
+        "rss_baseline_mib": round(baseline, 1),
+        "rss_peak_mib": round(peak, 1),
+        "rss_growth_mib": round(peak - baseline, 1),
+        "growth_per_body": round((peak - baseline) * MiB / (clients * len(body)), 2),
+        "rss_peak_exact": mem.reset_ok,
+        "max_bytes": max_bytes,
+        "server_5xx_in_log": len(re.findall(r"Exception in ASGI application", log)),
+    }
+
+
+def mem_table(results: list[dict[str, Any]]) -> str:
+    cols = ["kind", "code", "clients", "body MB", "statuses", "s", "idle MiB", "peak MiB"]
+    cols += ["growth MiB", "growth / bodies"]
+    rows = [cols]
+    for r in results:
+        rows.append(
+            [
+                r["kind"],
+                r["code"],
+                str(r["clients"]),
+                f"{r['body_bytes'] / 1e6:.1f}",
+                ",".join(str(s) for s in sorted(set(r["statuses"]))),
+                str(r["seconds"]),
+                str(r["rss_baseline_mib"]),
+                str(r["rss_peak_mib"]),
+                str(r["rss_growth_mib"]),
+                f"{r['growth_per_body']}x",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    lines = [" | ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def table(results: list[dict[str, Any]]) -> str:
     cols = [
         ("phase", "phase"),
@@ -508,7 +671,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         default=8 * MiB,
         help="the server's body cap (the max phase sends bodies of this size)",
     )
-    p.add_argument("--phases", default="clean,faults,max")
+    p.add_argument(
+        "--phases", default="clean,faults,max", help="any of clean, faults, max, mem (memory)"
+    )
+    p.add_argument("--mem-clients", type=int, default=4, help="bodies in flight at once (mem)")
+    p.add_argument("--mem-mb", type=float, default=50.0, help="size of each body in MB (mem)")
+    p.add_argument("--mem-kinds", default=",".join(MEM_KINDS), help="body kinds (mem)")
+    p.add_argument(
+        "--server-code",
+        type=Path,
+        default=[],
+        action="append",
+        help="checkout(s) whose zoattack the mem phase's servers run (default: this one); "
+        "give it twice (e.g. /path/to/main and .) to compare before and after in one run",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads in the server")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = p.parse_args(argv)
@@ -518,8 +694,37 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         p.error(f"--phases takes clean, faults and/or max, got {args.phases!r}")
     if not 1 <= args.clients <= 256 or not 0 < args.seconds <= 600:
         p.error("--clients must be in [1, 256] and --seconds in (0, 600]")
+    kinds = [k.strip() for k in args.mem_kinds.split(",") if k.strip()]
+    if "mem" in phases and (
+        not kinds or set(kinds) - set(MEM_KINDS) or not 1 <= args.mem_clients <= 16
+    ):
+        p.error(f"--mem-kinds takes {', '.join(MEM_KINDS)}; --mem-clients is 1 to 16")
     results = []
     for name in phases:
+        if name == "mem":
+            size = int(args.mem_mb * 1e6)
+            cap = max(args.max_bytes, size + 4096)
+            mem_results = []
+            for code in args.server_code or [ROOT]:
+                for kind in kinds:
+                    print(
+                        f"mem: {args.mem_clients} x {kind} of {args.mem_mb:g} MB at once, "
+                        f"server from {code} ...",
+                        file=sys.stderr,
+                    )
+                    mem_results.append(
+                        run_mem_kind(
+                            kind,
+                            clients=args.mem_clients,
+                            size=size,
+                            max_bytes=cap,
+                            threads=args.threads,
+                            code=code.resolve(),
+                        )
+                    )
+            print(mem_table(mem_results))
+            results += mem_results
+            continue
         print(f"{name}: {args.clients} clients x {args.seconds:g} s ...", file=sys.stderr)
         results.append(
             run_phase(
@@ -531,7 +736,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 threads=args.threads,
             )
         )
-    print(table(results))
+    load = [r for r in results if r["phase"] != "mem"]
+    if load:
+        print(table(load))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -70,3 +70,15 @@ def test_bodies_at_the_cap_are_scored_oversize_refused_and_memory_stays_bounded(
     # of ~330 images (~64 MiB) and what per-thread malloc arenas keep of earlier forwards
     # (measured +390..+520 MiB here; +116 MiB with MALLOC_ARENA_MAX=1): bounded, not tiny.
     assert r["rss_peak_mib"] - r["rss_baseline_mib"] < 768, r
+
+
+@pytest.mark.slow  # a server process of its own (~5-10 s); the fast checks are in
+# tests/robustness/test_server_bodies.py (tracemalloc of the decoder)
+def test_json_bodies_in_flight_cost_about_their_size_not_33x(load):
+    """Issue 24 item 2 over a real server: two 4 MB JSON bodies of empty lists at once. json.loads
+    built ~32x their size (256 MiB here); now they are refused from their brackets."""
+    args = ["--phases", "mem", "--mem-kinds", "json-lists", "--mem-mb", "4", "--mem-clients", "2"]
+    (r,) = load.main(args)
+    r_clients, body = r["clients"], r["body_bytes"]
+    assert r["as_expected"] and r["server_5xx_in_log"] == 0, r
+    assert r["rss_growth_mib"] * MiB < 3 * r_clients * body + 16 * MiB, r

@@ -120,6 +120,8 @@ def test_run_against_nothing_is_one_line_exit_2(fast_client):
         (("--output", "softmax"), "--output must be logits, probs or labels"),
         (("--port", "70000"), "--port must be"),
         (("--max-batch", "0"), "--max-batch must be >= 1"),
+        (("--body-timeout", "0"), "--body-timeout must be a positive number"),
+        (("--body-timeout", "inf"), "--body-timeout must be a positive number"),
         (("--model", "remote:http://127.0.0.1:9"), "would only proxy"),
         (("--host", "203.0.113.7"), "cannot listen on 203.0.113.7"),
     ],

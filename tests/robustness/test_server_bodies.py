@@ -167,3 +167,130 @@ def test_malformed_json(client, corpus, value, key):
 )
 def test_pathological_json(client, corpus, body):
     check(post(client, body, "application/json"), corpus, "http")
+
+
+# Issue 24 item 2: a JSON body is checked against the declared shape before any Python object
+# is built per number or list (json.loads took 33x a body of empty lists).
+
+
+def _json_peak(body: bytes, shape=SHAPE, max_batch=4096):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        try:
+            out = decode_batch(body, "application/json", shape, max_batch)
+        except BadRequest as exc:
+            out = exc
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_json_of_empty_lists_is_refused_before_parsing(corpus):
+    corpus.add("http")
+    body = b'{"inputs": [' + b"[]," * 700_000 + b"[]]}"  # 2.1 MB: 700k lists for json.loads
+    out, peak = _json_peak(body)
+    assert isinstance(out, BadRequest) and out.status == 422, out
+    assert "shaped (N, 1, 28, 28)" in out.message
+    assert peak < 256 * 1024, f"{peak:,} bytes traced for a {len(body):,}-byte body"
+
+
+def test_json_past_max_batch_is_refused_from_its_brackets(corpus):
+    corpus.add("http")
+    one = json.dumps(np.zeros(SHAPE).tolist()).encode()
+    body = b'{"inputs": [' + b",".join([one] * 300) + b"]}"  # 300 inputs, max batch 64
+    out, peak = _json_peak(body, max_batch=64)
+    assert isinstance(out, BadRequest) and out.status == 413 and "max batch of 64" in out.message
+    assert peak < 256 * 1024, f"{peak:,} bytes traced for a {len(body):,}-byte body"
+
+
+def test_json_floats_decode_within_the_array_and_a_few_mib():
+    x = np.random.default_rng(1).random((200, *SHAPE))
+    body = json.dumps({"inputs": x.tolist()}).encode()  # ~3 MB of text, 1.25 MB of float64
+    out, peak = _json_peak(body)
+    np.testing.assert_array_equal(out, x)
+    # json.loads + np.asarray traced ~6x the body here; now the array and ~1 MiB slices.
+    assert peak < x.nbytes + 6 * 2**20, f"{peak:,} bytes traced for a {len(body):,}-byte body"
+    assert peak < len(body) * 2
+
+
+def test_big_json_of_another_form_is_refused_unparsed(corpus):
+    corpus.add("http")
+    body = b'{"pixels": [' + b"0," * 200_000 + b"0]}"
+    out, peak = _json_peak(body)
+    assert isinstance(out, BadRequest) and out.status == 413 and '{"inputs"' in out.message
+    assert peak < 256 * 1024
+
+
+@SETTINGS
+@given(
+    value=st.recursive(
+        st.integers(-5, 5) | st.floats(-10, 10, allow_nan=False),
+        lambda inner: st.lists(inner, min_size=0, max_size=3),
+        max_leaves=40,
+    ),
+    spaces=st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")]),
+)
+def test_fast_json_decoder_reads_what_json_loads_reads_or_refuses(value, spaces):
+    """The shape-first decoder either refuses or returns exactly np.asarray(json.loads(...))."""
+    from zoattack.remote.jsonbody import NotABatch, decode_inputs, inputs_span
+
+    body = json.dumps({"inputs": [value]}, separators=spaces).encode()
+    span = inputs_span(body)
+    assert span is not None
+    try:
+        want = np.asarray(json.loads(body)["inputs"], np.float64)
+    except ValueError:
+        want = None
+    for shape in {(1,), (2,), (3,), (1, 1), (2, 2), (3, 1), (1, 3), (2, 3), (2, 2, 2)}:
+        try:
+            got = decode_inputs(body, span, shape, 64)
+        except NotABatch:
+            assert want is None or want.shape[1:] != shape
+            continue
+        assert want is not None and got.shape == want.shape and got.shape[1:] == shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_stalled_and_abandoned_bodies_and_unauthenticated_docs(victim, corpus):
+    """Issue 24 items 3 and 7 in the corpus: a body that stops coming gets 408 and a closed
+    connection; one abandoned mid-way leaves the server serving; with a token the schema is
+    401 without it and the docs pages do not exist."""
+    import socket
+    import time
+
+    import httpx
+
+    from zoattack.remote.server import BackgroundServer
+
+    app = create_app(victim, input_shape=SHAPE, num_classes=10, token="t", body_timeout=0.5)
+    head = (
+        b"POST /score HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\nContent-Length: 999\r\n\r\n"
+    )
+    with BackgroundServer(app) as server:
+        stalled = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        stalled.sendall(head + b"\x93NUMPY")
+        abandoned = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        abandoned.sendall(head + b"{")
+        abandoned.close()
+        t0, reply = time.monotonic(), b""
+        while not reply.endswith(b"}") and time.monotonic() - t0 < 5:
+            chunk = stalled.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 408 ") and b"within 0.5 s" in reply, reply
+        assert stalled.recv(1) == b""  # closed by the server
+        stalled.close()
+        for _ in range(2):
+            corpus.add("http")
+        ok = httpx.post(
+            f"{server.url}/score",
+            content=json.dumps({"inputs": np.zeros((1, *SHAPE)).tolist()}),
+            headers={"Authorization": "Bearer t", "Content-Type": "application/json"},
+        )
+        assert ok.status_code == 200
+        for path, status in (("/openapi.json", 401), ("/docs", 404), ("/redoc", 404)):
+            corpus.add("http")
+            assert httpx.get(f"{server.url}{path}").status_code == status, path

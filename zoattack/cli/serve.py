@@ -77,16 +77,26 @@ def serve_command(
     max_inflight: Annotated[
         int,
         typer.Option(
-            help="Requests read and scored at once; others wait unread, so memory stays near "
-            "this times --max-bytes.",
+            help="Whole bodies decoded and scored at once; bodies held at once stay within "
+            "this times --max-bytes (others wait unread).",
             rich_help_panel=P_HTTP,
         ),
     ] = 4,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a client has to send a whole request body (408 and closed after).",
+            rich_help_panel=P_HTTP,
+        ),
+    ] = 30.0,
     log_level: Annotated[
         str, typer.Option(help="uvicorn log level.", rich_help_panel=P_HTTP)
     ] = "warning",
 ) -> None:
-    """Serve a model over HTTP: POST /score, GET /health, /info, /stats; docs at /docs."""
+    """Serve a model over HTTP: POST /score, GET /health, /info, /stats, docs at /docs.
+
+    With --token, /openapi.json needs the token and /docs, /redoc are off.
+    """
     from zoattack.remote.server import OUTPUTS, bind_socket, model_server_app
 
     if output not in OUTPUTS:
@@ -99,6 +109,8 @@ def serve_command(
         raise ValueError(f"--max-bytes must be >= 1024, got {max_bytes}")
     if max_inflight < 1:
         raise ValueError(f"--max-inflight must be >= 1, got {max_inflight}")
+    if not 0 < body_timeout < float("inf"):
+        raise ValueError(f"--body-timeout must be a positive number of seconds, got {body_timeout}")
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ValueError(
             f"--log-level must be critical, error, warning, info or debug, got {log_level!r}"
@@ -120,6 +132,7 @@ def serve_command(
             max_batch=max_batch,
             max_bytes=max_bytes,
             max_inflight=max_inflight,
+            body_timeout=body_timeout,
         )
     except BaseException:
         sock.close()
@@ -131,8 +144,9 @@ def serve_command(
     shape = "x".join(str(s) for s in info.get("input_shape", []))
     err.print(
         f"serving {model} ({dataset}, {shape} -> {info.get('num_classes')} {output}) on "
-        f"http://{host}:{bound_port} (docs at /docs; "
-        f"{'token required' if token else 'no token'}); Ctrl-C to stop",
+        f"http://{host}:{bound_port} ("
+        f"{'token required; /openapi.json behind it' if token else 'no token; docs at /docs'}"
+        "); Ctrl-C to stop",
         highlight=False,
         soft_wrap=True,
     )

@@ -25,15 +25,17 @@ a client that retries after a lost reply keeps its count equal to the server's.
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import io
 import json
+import logging
 import math
 import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,6 +48,11 @@ NPY = "application/x-npy"
 OUTPUTS = ("logits", "probs", "labels")
 DEFAULT_MAX_BATCH = 4096  # = `zoattack run --max-batch`: same batches, bit-identical scores
 DEFAULT_MAX_BYTES = 64 * 2**20
+# Seconds a client has to send a whole request body once its headers are in (408 after): a
+# client that stops half way must not hold memory or a slot for ever. 64 MiB in 30 s is
+# ~18 Mbit/s; raise it (`zoattack serve --body-timeout`) for larger bodies over slow links.
+DEFAULT_BODY_TIMEOUT = 30.0
+log = logging.getLogger("uvicorn.error")  # uvicorn's own log: same format and --log-level
 # Pixel values may carry float rounding from the attacker's projection onto the box.
 RANGE_TOL = 1e-6
 
@@ -78,7 +85,7 @@ class ServerStats:
 
 
 def decode_batch(
-    body: bytes,
+    body: bytes | bytearray,
     content_type: str,
     input_shape: Sequence[int] | None = None,
     max_batch: int | None = None,
@@ -92,35 +99,68 @@ def decode_batch(
     if ctype in (NPY, "application/octet-stream"):
         return _load_npy(body, "the request body", input_shape, max_batch)
     if ctype in ("application/json", ""):
-        try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            # ValueError also covers bad UTF-8 and integers too long to parse.
-            raise BadRequest(400, f"the body is not valid JSON ({type(exc).__name__})") from None
-        if not isinstance(payload, dict) or not ({"inputs", "npy_b64"} & payload.keys()):
-            raise BadRequest(
-                400,
-                'JSON body must be {"inputs": [[...]]} (nested lists, batch '
-                'first) or {"npy_b64": "<base64 of a .npy file>"}',
-            )
-        if "npy_b64" in payload:
-            try:
-                raw = base64.b64decode(payload["npy_b64"], validate=True)
-            except (binascii.Error, TypeError, ValueError):
-                raise BadRequest(400, "npy_b64 is not valid base64") from None
-            return _load_npy(raw, "npy_b64", input_shape, max_batch)
-        try:
-            arr = np.asarray(payload["inputs"], dtype=np.float64)
-        except (ValueError, TypeError, OverflowError, RecursionError):
-            raise BadRequest(
-                422, "inputs must be a rectangular nested list of numbers (batch, *input_shape)"
-            ) from None
-        return arr
+        return _decode_json(body, input_shape, max_batch)
     raise BadRequest(415, f"unsupported Content-Type {ctype!r}; send application/json or {NPY}")
 
 
+def _decode_json(
+    body: bytes | bytearray, input_shape: Sequence[int] | None, max_batch: int | None
+) -> np.ndarray:
+    """A JSON body as an array, building no Python object per number (see jsonbody.py)."""
+    from zoattack.remote.jsonbody import (
+        FALLBACK_VALUES,
+        SMALL_BODY,
+        NotABatch,
+        decode_inputs,
+        inputs_span,
+        value_count,
+    )
+
+    span = inputs_span(body) if input_shape is not None else None
+    if span is not None:
+        try:
+            return decode_inputs(body, span, input_shape or (), max_batch or 2**62)
+        except NotABatch as exc:
+            if len(body) > SMALL_BODY:
+                raise BadRequest(exc.status, str(exc)) from None
+            # Small: json.loads below says exactly what is wrong, or reads what the fast
+            # decoder does not (true, NaN, ...), as it always has.
+    elif len(body) > SMALL_BODY and value_count(body) > FALLBACK_VALUES:
+        raise BadRequest(
+            413,
+            f"JSON body holds over {FALLBACK_VALUES:,} values and is not "
+            '{"inputs": [...]} alone; send {"inputs": nested lists of numbers} with no other '
+            f"keys, or {NPY}",
+        )
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        # ValueError also covers bad UTF-8 and integers too long to parse.
+        raise BadRequest(400, f"the body is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or not ({"inputs", "npy_b64"} & payload.keys()):
+        raise BadRequest(
+            400,
+            'JSON body must be {"inputs": [[...]]} (nested lists, batch '
+            'first) or {"npy_b64": "<base64 of a .npy file>"}',
+        )
+    if "npy_b64" in payload:
+        try:
+            raw = base64.b64decode(payload["npy_b64"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise BadRequest(400, "npy_b64 is not valid base64") from None
+        del payload
+        return _load_npy(raw, "npy_b64", input_shape, max_batch)
+    try:
+        arr = np.asarray(payload["inputs"], dtype=np.float64)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise BadRequest(
+            422, "inputs must be a rectangular nested list of numbers (batch, *input_shape)"
+        ) from None
+    return arr
+
+
 def _load_npy(
-    raw: bytes,
+    raw: bytes | bytearray,
     what: str,
     input_shape: Sequence[int] | None = None,
     max_batch: int | None = None,
@@ -170,7 +210,10 @@ def _load_npy(
             f"holds {len(raw) - offset:,}; send the whole .npy file",
         )
     flat = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
-    return flat.reshape(dims, order="F" if fortran else "C").copy()
+    arr = flat.reshape(dims, order="F" if fortran else "C")
+    # The server reads bodies into a bytearray: a writable view of it is used in place (no
+    # second copy of the body); read-only bytes are copied so the caller gets its own array.
+    return arr if arr.flags.writeable else arr.copy()
 
 
 def check_batch(arr: np.ndarray, input_shape: Sequence[int], max_batch: int) -> np.ndarray:
@@ -232,6 +275,36 @@ class Scorer:
             return raw.cpu().numpy()
 
 
+class _ByteBudget:
+    """Bytes of request bodies the server holds at once: ``hold(n)`` waits until ``n`` more fit.
+
+    Each request reserves its declared size before its body is read, all of it at once (a
+    reservation in steps could leave every reader holding part and waiting for the rest).
+    Made lazily in the event loop that uses it.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._cond: asyncio.Condition | None = None
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int) -> AsyncIterator[None]:
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        cond = self._cond
+        n = min(n, self.total)
+        async with cond:
+            await cond.wait_for(lambda: self.used + n <= self.total)
+            self.used += n
+        try:
+            yield
+        finally:
+            async with cond:
+                self.used -= n
+                cond.notify_all()
+
+
 def create_app(
     model: nn.Module,
     *,
@@ -247,15 +320,24 @@ def create_app(
     replay_cache: int = 1024,
     replay_bytes: int = 64 * 2**20,
     max_inflight: int = 4,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> Any:
     """A FastAPI app scoring batches with ``model`` (images in [0, 1] → ``(N, classes)``).
 
     ``app.state.stats`` is the server-side ledger (:class:`ServerStats`); ``app.state.info``
     what ``GET /info`` answers. The last ``replay_cache`` replies (at most ``replay_bytes``)
-    are kept for requests retried with the same ``Idempotency-Key``. At most ``max_inflight``
-    request bodies are read and scored at once; the rest wait unread (the transport's flow
-    control holds them back), so memory stays near ``max_inflight * max_bytes`` however many
-    clients send maximum-size bodies.
+    are kept for requests retried with the same ``Idempotency-Key``.
+
+    Memory and slots: a request reserves its declared body size (``max_bytes`` when it
+    sends no Content-Length) from a budget of ``max_inflight * max_bytes`` bytes before its
+    body is read, and waits unread (the transport's flow control holds it back) while the
+    budget is spent. A body must arrive whole within ``body_timeout`` seconds (408
+    otherwise, and the connection is closed). Only a complete body takes one of the
+    ``max_inflight`` decode-and-score slots, so clients that stop sending hold no slot and a
+    few bytes of budget. Decoding builds no Python object per number (``.npy`` is viewed in
+    place; JSON goes through :mod:`zoattack.remote.jsonbody`), so the bodies in hand and
+    their arrays stay within a small multiple of ``max_inflight * max_bytes`` (see
+    docs/notes/serve24.md for the measured bound).
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
@@ -268,6 +350,8 @@ def create_app(
         raise ValueError(f"max_bytes must be >= 1024, got {max_bytes}")
     if max_inflight < 1:
         raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+    if not 0 < body_timeout < math.inf:
+        raise ValueError(f"body_timeout must be a positive number of seconds, got {body_timeout}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     shape = tuple(int(s) for s in input_shape)
@@ -280,9 +364,15 @@ def create_app(
     replies_lock = threading.Lock()
     inflight: dict[str, threading.Lock] = {}
     gate: list[asyncio.Semaphore] = []  # made in the server's event loop, on first use
+    budget = _ByteBudget(max_inflight * max_bytes)
     held = [0]  # bytes in replies
 
+    # With a token, the schema is served behind it and the browser pages are off: /docs and
+    # /redoc fetch /openapi.json without the header, so they could only show an error.
     app = FastAPI(
+        docs_url=None if token else "/docs",
+        redoc_url=None if token else "/redoc",
+        openapi_url=None if token else "/openapi.json",
         title="zoattack score server",
         description="Scores batches of [0, 1] images with a zoattack model. Each "
         "scored input is counted once (see /stats); retried requests "
@@ -335,25 +425,44 @@ def create_app(
     def get_stats(request: Request) -> Any:
         return stats.as_dict() if authorized(request) else unauthorized()
 
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if token:
+
+        @app.get("/openapi.json", include_in_schema=False)
+        def openapi(request: Request) -> Any:
+            return app.openapi() if authorized(request) else unauthorized()
+
+    async def read_body(request: Request, size: int | None) -> bytearray:
+        """The whole body (``size``: its declared length), or BadRequest 413/408."""
+        body = bytearray(size) if size is not None else bytearray()
+        got = 0
+        try:
+            async with asyncio.timeout(body_timeout):
+                async for chunk in request.stream():
+                    if not chunk:
+                        continue
+                    if got + len(chunk) > max_bytes or (
+                        size is not None and got + len(chunk) > size
+                    ):
+                        raise BadRequest(
+                            413,
+                            f"request body exceeds this server's limit of "
+                            f"{max_bytes:,} bytes; send smaller batches",
+                        )
+                    if size is not None:
+                        body[got : got + len(chunk)] = chunk
+                    else:
+                        body += chunk
+                    got += len(chunk)
+        except TimeoutError:
+            of = f" of {size:,}" if size is not None else ""
             raise BadRequest(
-                413,
-                f"request body of {int(declared):,} bytes exceeds this "
-                f"server's limit of {max_bytes:,}; send smaller batches",
-            )
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise BadRequest(
-                    413,
-                    f"request body exceeds this server's limit of "
-                    f"{max_bytes:,} bytes; send smaller batches",
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+                408,
+                f"the request body did not arrive within {body_timeout:g} s (got {got:,}{of} "
+                "bytes); send it whole without pausing",
+            ) from None
+        if size is not None and got != size:
+            raise BadRequest(400, f"the body ended after {got:,} of {size:,} declared bytes")
+        return body
 
     def encode_scores(scores: np.ndarray, want_npy: bool) -> tuple[bytes, str, int]:
         if want_npy:
@@ -379,7 +488,7 @@ def create_app(
         return scores
 
     def handle(
-        body: bytes, content_type: str, want_npy: bool, key: str | None
+        body: bytes | bytearray, content_type: str, want_npy: bool, key: str | None
     ) -> tuple[tuple[bytes, str, int], bool]:
         """(reply, replayed) for one request; runs in a worker thread."""
         if key is None:
@@ -420,6 +529,7 @@ def create_app(
     )
     async def score(request: Request) -> Any:
         from starlette.concurrency import run_in_threadpool
+        from starlette.requests import ClientDisconnect
 
         with stats.lock:
             stats.requests += 1
@@ -427,19 +537,46 @@ def create_app(
             return unauthorized()
         if not gate:
             gate.append(asyncio.Semaphore(max_inflight))
+        declared = request.headers.get("content-length")
+        size = int(declared) if declared is not None and declared.isdigit() else None
+        if size is not None and size > max_bytes:
+            return refuse(
+                413,
+                f"request body of {size:,} bytes exceeds this "
+                f"server's limit of {max_bytes:,}; send smaller batches",
+            )
+        reserved = max_bytes if size is None else size
         try:
-            async with gate[0]:
-                body = await read_body(request)
-                (data, media, n), replayed = await run_in_threadpool(
-                    handle,
-                    body,
-                    request.headers.get("content-type", ""),
-                    NPY in request.headers.get("accept", ""),
-                    request.headers.get("idempotency-key"),
-                )
+            async with budget.hold(reserved):
+                body = await read_body(request, size)
+                # Only a whole body takes a slot: slow senders must not starve the scorer.
+                async with gate[0]:
+                    (data, media, n), replayed = await run_in_threadpool(
+                        handle,
+                        body,
+                        request.headers.get("content-type", ""),
+                        NPY in request.headers.get("accept", ""),
+                        request.headers.get("idempotency-key"),
+                    )
                 del body
         except BadRequest as exc:
+            if exc.status == 408:
+                client = request.client
+                log.warning(
+                    "408 from %s: %s", f"{client.host}:{client.port}" if client else "?", exc
+                )
+                # Close: the rest of the body may still come, and nobody waits for it.
+                return refuse(exc.status, exc.message, {"Connection": "close"})
             return refuse(exc.status, exc.message)
+        except ClientDisconnect:
+            client = request.client
+            log.warning(
+                "client %s disconnected before sending the whole request body",
+                f"{client.host}:{client.port}" if client else "?",
+            )
+            with stats.lock:
+                stats.rejected += 1
+            return Response(status_code=400)  # nobody is there to read it
         headers = {"X-Scored-Inputs": str(n)}
         if replayed:
             with stats.lock:
