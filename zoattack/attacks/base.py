@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -226,6 +228,31 @@ class AttackResult:
     linf: Tensor
     l2: Tensor
     clean_correct: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    # Targets of a targeted attack (None: untargeted).
+    target: Tensor | None = None
+    # Set by `zoattack.attack` (zoattack/jobs/api.py); empty from this loop alone: the
+    # images' positions, the hard-label distance in the attack's norm (inf where nothing was
+    # found) and queries when it first fell to eps, what ran in words, the counting rule
+    # and the resolved settings.
+    index: Tensor | None = None
+    distance: Tensor | None = None
+    queries_to_eps: Tensor | None = None
+    method: str = ""
+    counting_rule: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the adversarial examples to ``path`` (safetensors; read them back with
+        :func:`zoattack.load_adversarial`, check them with `zoattack verify`)."""
+        from zoattack.adversarial import example_tensors, write_examples
+
+        index = self.index if self.index is not None else torch.arange(len(self.label))
+        meta = {
+            "method": self.method or None,
+            "counting_rule": self.counting_rule or None,
+            **{k: self.settings.get(k) for k in ("model", "dataset", "norm", "eps", "budget")},
+        }
+        return write_examples(path, example_tensors(self, index), meta)
 
 
 @dataclass
@@ -649,4 +676,5 @@ def _result(run: _Run, state: _LoopState) -> AttackResult:
         linf=distance(final_x, x0, "linf"),
         l2=distance(final_x, x0, "l2"),
         clean_correct=run.clean_correct,
+        target=obj.target,
     )

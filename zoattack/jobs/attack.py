@@ -202,9 +202,16 @@ class AttackSpec:
         return dataclasses.asdict(self)
 
     def resolved(self) -> AttackSpec:
-        """Validate every field and fill the defaults (eps, rule, subspace, estimator, lr)."""
+        """Validate every field and fill the defaults (eps, rule, subspace, estimator, lr).
+
+        The one resolver of `zoattack run`, plan batches and :func:`zoattack.attack`: a
+        score-based ``attack`` name is folded into ``optimizer`` first, and eps defaults come
+        from :func:`~zoattack.jobs.resolve.default_eps` (norm, data set)."""
+        from zoattack.jobs.resolve import default_eps, fold_attack
+
+        self = fold_attack(self)
         norm = self.norm.lower()
-        eps = DEFAULT_EPS.get(norm, 0.0) if self.eps is None else float(self.eps)
+        eps = default_eps(norm, self.dataset) if self.eps is None else float(self.eps)
         norm = check_norm(norm, eps)
         self._check_common()
         if self.attack is not None:
@@ -813,6 +820,7 @@ def run_job(
     progress: Callable[[int], None] | None = None,
     only_chunks: Collection[int] | None = None,
     on_part: Callable[[dict[str, Any]], None] | None = None,
+    on_examples: Callable[[Any, Tensor, list[dict[str, Any]]], None] | None = None,
 ) -> JobOutcome:
     """Attack every chunk holding an image not in ``done`` (dataset indices already recorded).
 
@@ -822,6 +830,9 @@ def run_job(
     a ledger kept from these records counts every query spent. ``progress`` receives the
     job's scored inputs so far. On a model failure, rows of images finished in the failing
     chunk are handed to ``on_rows`` and :class:`JobInterrupted` is raised.
+    ``on_examples(result, keep, rows)`` receives, just before ``on_rows``, the chunk's result
+    and the mask (over its images) of those whose ``rows`` follow: their adversarial examples
+    reach disk before their rows do.
     """
     done_set = {int(i) for i in done}
     outcome = JobOutcome()
@@ -855,11 +866,10 @@ def run_job(
             rows: list[dict[str, Any]] = []
             partial = getattr(exc, "partial", None)
             if partial is not None:
-                rows = [
-                    r
-                    for r in rows_of(partial.result, start, partial.finished)
-                    if r["index"] not in done_set
-                ]
+                keep = partial.finished & _not_done(start, len(partial.finished), done_set)
+                rows = rows_of(partial.result, start, keep)
+                if rows and on_examples is not None:
+                    on_examples(partial.result, keep, rows)
             if rows and on_rows is not None:
                 on_rows(rows)
             outcome.rows.extend(rows)
@@ -884,6 +894,8 @@ def run_job(
                 }
             )
         new = [r for r in res.rows if r["index"] not in done_set]
+        if on_examples is not None and new:
+            on_examples(res.result, _not_done(start, stop - start, done_set), new)
         if on_rows is not None and new:
             on_rows(new)
         done_set.update(r["index"] for r in new)
@@ -893,6 +905,11 @@ def run_job(
         outcome.scored_inputs += res.scored_inputs
     outcome.seconds = time.perf_counter() - t0
     return outcome
+
+
+def _not_done(start: int, n: int, done: Collection[int]) -> Tensor:
+    """Bool ``(n,)``: which images of a chunk starting at ``start`` are not in ``done``."""
+    return torch.tensor([start + i not in done for i in range(n)], dtype=torch.bool)
 
 
 def merge_results(results: list[Any]) -> Any:
