@@ -303,6 +303,12 @@ class AttackSpec:
 
     def _check_common(self) -> None:
         """Checks every attack (score-based or hard-label) shares."""
+        if not isinstance(self.model, str):
+            raise ValueError(
+                f"AttackSpec.model names a model (e.g. small_cnn), got a "
+                f"{type(self.model).__name__}; to attack a model object call "
+                "zoattack.attack(model, images, labels)"
+            )
         if self.images < 1:
             raise ValueError(f"--images must be >= 1, got {self.images}")
         if self.budget < 2:
