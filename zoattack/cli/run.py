@@ -244,7 +244,9 @@ def run_command(
     out_dir: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="Write per_image.csv and summary.json here.", rich_help_panel=P_OUT
+            "--out",
+            help="Write per_image.csv, summary.json and adversarial.safetensors here.",
+            rich_help_panel=P_OUT,
         ),
     ] = None,
     save_images: Annotated[
@@ -261,10 +263,12 @@ def run_command(
     attack: Annotated[
         str | None,
         typer.Option(
-            help="A hard-label attack instead of a score-based rule: hsja, sign_opt, rays, "
-            "opt (--optimizer/--estimator/--subspace pick its core rule), or auto (sign_opt "
-            "at L2, rays at Linf, as benchmarked). It sees labels "
-            "only: the model must answer labels (serve --output labels) or pass --labels-only.",
+            help="The attack (see `zoattack list attacks`): square, sign, zo (a core rule x "
+            "estimator: --optimizer/--estimator), or hard-label hsja, sign_opt, rays, opt "
+            "(--optimizer/--estimator/--subspace pick its core rule), auto (sign_opt at L2, "
+            "rays at Linf). Hard-label attacks see labels only: the model must answer labels "
+            "(serve --output labels) or pass --labels-only. Default: sign (Linf), square (L2); "
+            "--optimizer RULE alone means --attack zo.",
             rich_help_panel=P_HARD,
             show_default=False,
         ),
@@ -292,8 +296,14 @@ def run_command(
 ) -> None:
     """Attack a model you may only query; report success rate and per-image queries.
 
-    Score-based rules (--optimizer) read logits; hard-label attacks (--attack) read labels
-    only and minimise the distance to the decision boundary."""
+    --attack names the attack: score-based ones (square, sign, zo) read logits; hard-label
+    ones read labels only and minimise the distance to the decision boundary. With --out,
+    adversarial.safetensors holds the adversarial examples (check them: zoattack verify)."""
+    from zoattack.jobs.resolve import optimizer_note
+
+    note = optimizer_note(optimizer, attack)
+    if note is not None:
+        err.print(note, highlight=False, soft_wrap=True)
     spec = AttackSpec(
         model=model,
         dataset=dataset,
