@@ -99,8 +99,7 @@ class _Labels(nn.Module):
             )
         if raw.numel() and (int(raw.min()) < 0 or int(raw.max()) >= width):
             raise InvalidScoresError(
-                f"the model returned label {int(raw.max())}, outside [0, {width - 1}] "
-                "(num_classes)"
+                f"the model returned label {int(raw.max())}, outside [0, {width - 1}] (num_classes)"
             )
         return nn.functional.one_hot(raw.long(), width).to(torch.float32)
 
@@ -268,8 +267,7 @@ def attack(
     _check_options(options)
     if not callable(model):
         raise InvalidInputError(
-            f"model must be an nn.Module or a callable returning scores, got "
-            f"{type(model).__name__}"
+            f"model must be an nn.Module or a callable returning scores, got {type(model).__name__}"
         )
     x = _check_images(images)
     dataset = options.pop("dataset", None)
