@@ -255,6 +255,17 @@ class AttackResult:
         return write_examples(path, example_tensors(self, index), meta)
 
 
+@dataclass(frozen=True)
+class LoopProgress:
+    """What the loop hands its ``callback`` mid-attack (for progress displays): per image
+    ``(N,)``, whether it is finished, whether it fooled the model and whether it was
+    attacked at all (initially correct)."""
+
+    finished: Tensor
+    fooled: Tensor
+    attacked: Tensor
+
+
 @dataclass
 class PartialResult:
     """The state of an attack that stopped early: ``finished`` marks images whose outcome
@@ -310,7 +321,7 @@ class _Run:
     eps: float
     budget: int
     max_steps: int | None
-    callback: Callable[[int, AttackResult | None, Tensor], None] | None
+    callback: Callable[[int, LoopProgress | None, Tensor], None] | None
     x0: Tensor  # (N, C, H, W)
     label: Tensor  # (N,)
     idx: Tensor  # (N,) ids 0..N-1 on the images' device
@@ -365,7 +376,7 @@ def run_attack(
     target: Tensor | str | int | None = None,
     subspace: str = "full",
     max_steps: int | None = None,
-    callback: Callable[[int, AttackResult | None, Tensor], None] | None = None,
+    callback: Callable[[int, LoopProgress | None, Tensor], None] | None = None,
     surrogate: torch.nn.Module | None = None,
 ) -> AttackResult:
     """Attack images ``x0`` ``(N, C, H, W)`` in [0, 1] with labels ``(N,)`` as one batch.
@@ -499,7 +510,12 @@ def _loop(run: _Run, state: _LoopState) -> None:
         _step(run, state)
         state.step += 1
         if run.callback is not None:
-            run.callback(state.step, None, run.spent())
+            live = LoopProgress(
+                finished=~state.active,
+                fooled=run.obj.found & run.clean_correct,
+                attacked=run.clean_correct,
+            )
+            run.callback(state.step, live, run.spent())
 
 
 def start_point(

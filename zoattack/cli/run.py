@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zoattack.cli._common import (
     EXIT_INTERRUPTED,
@@ -38,6 +37,16 @@ from zoattack.seeding import seed_everything
 
 # Defaults live in each rule's registry entry (zoattack list optimizers --defaults).
 __all__ = ["run_command"]
+
+
+def attack_is_decision(spec: AttackSpec) -> bool:
+    """Whether ``spec`` names a hard-label attack (its progress shows distances)."""
+    from zoattack.jobs.resolve import score_attack_names
+
+    return spec.attack is not None and spec.attack.lower().replace("-", "_") not in (
+        score_attack_names()
+    )
+
 
 P_HARD = "Hard-label attacks"
 
@@ -352,15 +361,9 @@ def run_command(
     # How the weights are reached, not what the run does: never part of the recorded settings.
     remote_opts.update(download_options(download, sha256))
     seed_everything(seed)  # third-party code only; zoattack draws from per-chunk generators
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,.0f} queries"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("", total=None, visible=False)
+    from zoattack.cli._progress import RunProgress, interactive
+
+    with RunProgress(err, images=images, enabled=interactive(as_json)) as progress:
         try:
             report = run_attack_job(
                 spec,
@@ -370,10 +373,12 @@ def run_command(
                 universal=universal,
                 save_images=save_images,
                 model_options=remote_opts,
-                on_start=lambda label, total: progress.update(
-                    task, description=label, total=total, visible=True
+                on_start=lambda label, total: progress.start(
+                    label, total, decision_norm=norm.lower() if attack_is_decision(spec) else None
                 ),
-                on_progress=lambda q: progress.update(task, completed=q),
+                on_progress=progress.queries,
+                on_rows=progress.rows,
+                on_live=progress.on_live,
             )
         except JobInterrupted as exc:
             progress.stop()
@@ -406,5 +411,7 @@ def run_command(
     if report.settings.get("method"):  # which estimator and tricks ran (also in run.json)
         out.print(f"method: {escape(str(report.settings['method']))}", soft_wrap=True)
     out.print(f"[dim]counting rule: {report.summary['counting_rule']}[/]")
+    for line in report.notes:
+        err.print(f"note: {escape(line)}", highlight=False, soft_wrap=True)
     if report.folder is not None and report.written:
         out.print(f"wrote {report.folder}/{', '.join(report.written)}")

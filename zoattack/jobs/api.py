@@ -387,7 +387,7 @@ def _as_attack_result(merged: Any, settings: dict[str, Any]) -> AttackResult:
     from zoattack.attacks.hardlabel.oracle import DecisionResult
 
     n = len(merged.label)
-    common = {
+    common: dict[str, Any] = {
         "index": torch.arange(n),
         "method": str(settings.get("method", "")),
         "counting_rule": str(settings.get("counting_rule", "")),

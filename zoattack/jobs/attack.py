@@ -750,11 +750,17 @@ def chunk_inputs(job: PreparedJob, chunk: int) -> tuple[Tensor, Tensor, torch.Ge
 
 
 def run_chunk(
-    job: PreparedJob, chunk: int, *, progress: Callable[[int], None] | None = None
+    job: PreparedJob,
+    chunk: int,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_live: Callable[[int, dict[str, int]], None] | None = None,
 ) -> ChunkOutcome:
     """Attack one chunk from scratch (deterministic given the settings and the chunk index).
 
     Raises :class:`AttackInterrupted` (with the images it finished) when the model fails.
+    ``on_live(chunk, counts)``: the chunk's images ``finished``, ``fooled`` and
+    ``attacked`` (finished and initially correct) so far (score-based attacks, every step).
     """
     if job.spec.attack is not None:
         from zoattack.jobs.hardlabel import run_decision_chunk
@@ -771,10 +777,20 @@ def run_chunk(
         input_shape=tuple(x.shape[1:]),
     )
     cb = None
-    if progress is not None:
+    if progress is not None or on_live is not None:
 
-        def cb(step: int, _: object, queries: Tensor) -> None:
-            progress(int(queries.sum()))
+        def cb(step: int, live: Any, queries: Tensor) -> None:
+            if progress is not None:
+                progress(int(queries.sum()))
+            if on_live is not None and live is not None:
+                on_live(
+                    chunk,
+                    {
+                        "finished": int(live.finished.sum()),
+                        "fooled": int(live.fooled.sum()),
+                        "attacked": int((live.finished & live.attacked).sum()),
+                    },
+                )
 
     t0 = time.perf_counter()
     assert s.eps is not None and s.subspace is not None
@@ -827,6 +843,7 @@ def run_job(
     only_chunks: Collection[int] | None = None,
     on_part: Callable[[dict[str, Any]], None] | None = None,
     on_examples: Callable[[Any, Tensor, list[dict[str, Any]]], None] | None = None,
+    on_live: Callable[[int, dict[str, int]], None] | None = None,
 ) -> JobOutcome:
     """Attack every chunk holding an image not in ``done`` (dataset indices already recorded).
 
@@ -838,7 +855,7 @@ def run_job(
     chunk are handed to ``on_rows`` and :class:`JobInterrupted` is raised.
     ``on_examples(result, keep, rows)`` receives, just before ``on_rows``, the chunk's result
     and the mask (over its images) of those whose ``rows`` follow: their adversarial examples
-    reach disk before their rows do.
+    reach disk before their rows do. ``on_live``: see :func:`run_chunk`.
     """
     done_set = {int(i) for i in done}
     outcome = JobOutcome()
@@ -856,7 +873,7 @@ def run_job(
 
         t_chunk = time.perf_counter()
         try:
-            res = run_chunk(job, k, progress=chunk_progress)
+            res = run_chunk(job, k, progress=chunk_progress, on_live=on_live)
         except (AttackInterrupted, KeyboardInterrupt) as exc:
             spent = int(getattr(exc, "scored_inputs", 0))
             if on_part is not None:

@@ -145,15 +145,17 @@ def run_attack_job(
     on_start: Callable[[str, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+    on_live: Callable[[int, dict[str, int]], None] | None = None,
 ) -> RunReport:
     """Run one attack job (per-image or ``universal``), writing into ``out`` if given.
 
     ``model`` replaces the one ``spec`` names (its weights are then the caller's business).
     ``on_start(label, total_queries)`` is called once the model is loaded, ``on_progress``
     with the queries spent so far, ``on_rows`` with each chunk's new rows (after they are on
-    disk). Raises ValueError for bad settings or a refused folder
-    (nothing is loaded or written then) and :class:`JobInterrupted` when the model fails or
-    the user interrupts (finished images are on disk; ``resume=True`` continues).
+    disk), ``on_live`` with a chunk's counts mid-attack (:func:`run_chunk`). Raises
+    ValueError for bad settings or a refused folder (nothing is loaded or written then) and
+    :class:`JobInterrupted` when the model fails or the user interrupts (finished images are
+    on disk; ``resume=True`` continues).
     """
     check_options(
         out=out, resume=resume, overwrite=overwrite, universal=universal, save_images=save_images
@@ -199,6 +201,8 @@ def run_attack_job(
     todo = sum(1 for i in range(len(job.labels)) if i not in done)
     if on_start is not None:
         on_start(job.label, spec.budget * todo)
+    if on_rows is not None and done_rows:  # a resumed run's finished images count as done
+        on_rows(list(done_rows))
     t0 = time.perf_counter()
     on_examples = None
     if folder is not None:
@@ -219,6 +223,7 @@ def run_attack_job(
             on_part=folder.record_part if folder is not None else None,
             progress=on_progress,
             on_examples=on_examples,
+            on_live=on_live,
         )
     except JobInterrupted as exc:
         if folder is None:
@@ -247,15 +252,15 @@ def run_attack_job(
         summary["resumed_with_images"] = len(done)
     report = RunReport(title=_title(spec), settings=settings, summary=summary, keys=_keys(spec))
     if folder is not None:
-        stored = folder.examples.finish()
+        kept = folder.examples.finish()
         folder.finish(rows, summary, settings)
         report.folder = folder.path
         report.written = ["per_image.csv", "summary.json"]
-        if stored:
+        if kept:
             report.written.append("adversarial.safetensors")
-        if stored < len(rows):  # images a version before adversarial.safetensors finished
+        if kept < len(rows):  # images a version before adversarial.safetensors finished
             report.notes.append(
-                f"adversarial.safetensors holds {stored} of {len(rows)} images: the others "
+                f"adversarial.safetensors holds {kept} of {len(rows)} images: the others "
                 "were finished by an earlier zoattack that did not keep adversarial examples"
             )
         if save_images and outcome.chunks:
