@@ -342,6 +342,11 @@ def attack(
         if isinstance(cause, ZOAttackError | KeyboardInterrupt):
             raise cause from None
         raise
+    except ValueError as exc:  # e.g. no image of a target class to start from
+        if isinstance(exc, ZOAttackError):
+            raise
+        hint = "; pass init_from= (start images)" if "target class" in str(exc) else ""
+        raise InvalidInputError(f"{exc}{hint}") from None
     merged = merge_results([c.result for c in outcome.chunks])
     settings = job.settings()
     return _as_attack_result(merged, settings)
