@@ -170,6 +170,28 @@ def _check_options(options: dict[str, Any]) -> None:
         raise InvalidInputError(f"unknown option {key}= for zoattack.attack; {hint}")
 
 
+# The type each option takes (as `zoattack run` parses it).
+_INT_OPTIONS = ("samples", "restart", "max_batch", "chunk_size")
+_FLOAT_OPTIONS = ("lr", "mu", "momentum", "mu_decay")
+
+
+def _check_types(options: dict[str, Any]) -> None:
+    for key, value in options.items():
+        if value is None or key in ("init_from", *EXTRA):
+            continue
+        if key in _INT_OPTIONS:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            want = "an integer"
+        elif key in _FLOAT_OPTIONS:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            want = "a number"
+        else:
+            ok = isinstance(value, str)
+            want = "a string"
+        if not ok:
+            raise InvalidInputError(f"option {key}= must be {want}, got {value!r}")
+
+
 def _num_classes(dataset: str | None, given: Any) -> int | None:
     if given is not None:
         if isinstance(given, bool) or not isinstance(given, int) or given < 2:
@@ -265,6 +287,7 @@ def attack(
     )
 
     _check_options(options)
+    _check_types(options)
     if not callable(model):
         raise InvalidInputError(
             f"model must be an nn.Module or a callable returning scores, got {type(model).__name__}"
