@@ -184,3 +184,14 @@ def test_progress_is_silent_off_a_terminal_and_with_json(monkeypatch):
     assert not _progress.interactive(as_json=False)
     res = runner.invoke(app, ["run", *RUN, "--json"])
     assert res.exit_code == 0 and "images ·" not in res.stderr and "queries" not in res.stderr
+
+
+def test_a_run_reports_live_counts_and_rows_to_its_progress(tmp_path):
+    live, rows = [], []
+    spec = AttackSpec(optimizer="square", images=4, budget=30, chunk_size=2, device="cpu")
+    run_attack_job(
+        spec, on_live=lambda chunk, counts: live.append((chunk, counts)), on_rows=rows.extend
+    )
+    assert live and {c for c, _ in live} <= {0, 1}
+    assert all(0 <= n["fooled"] <= n["attacked"] <= n["finished"] <= 2 for _, n in live)
+    assert sorted(r["index"] for r in rows) == [0, 1, 2, 3]

@@ -363,7 +363,8 @@ def run_command(
     seed_everything(seed)  # third-party code only; zoattack draws from per-chunk generators
     from zoattack.cli._progress import RunProgress, interactive
 
-    with RunProgress(err, images=images, enabled=interactive(as_json)) as progress:
+    enabled = interactive(as_json)
+    with RunProgress(err, images=images, enabled=enabled) as progress:
         try:
             report = run_attack_job(
                 spec,
@@ -378,7 +379,7 @@ def run_command(
                 ),
                 on_progress=progress.queries,
                 on_rows=progress.rows,
-                on_live=progress.on_live,
+                on_live=progress.on_live if enabled else None,
             )
         except JobInterrupted as exc:
             progress.stop()

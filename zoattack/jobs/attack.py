@@ -43,6 +43,8 @@ from zoattack.results.rows import (  # noqa: F401
 )
 
 DEFAULT_CHUNK = 500
+# Seconds between two live progress counts of a chunk (run_chunk's ``on_live``).
+LIVE_EVERY = 0.2
 # A gradient rule with no tuned lr for a norm steps eps/2 (tuned values: each rule's registry
 # entry, ``norm_defaults``; how they were measured: docs/TUNING.md).
 UNTUNED_LR = 0.5
@@ -778,11 +780,16 @@ def run_chunk(
     )
     cb = None
     if progress is not None or on_live is not None:
+        shown = [0.0]
 
         def cb(step: int, live: Any, queries: Tensor) -> None:
             if progress is not None:
                 progress(int(queries.sum()))
-            if on_live is not None and live is not None:
+            # Counting finished images reads device tensors (a sync on a GPU): a few times
+            # a second is all a display needs.
+            now = time.monotonic()
+            if on_live is not None and live is not None and now - shown[0] >= LIVE_EVERY:
+                shown[0] = now
                 on_live(
                     chunk,
                     {
