@@ -53,6 +53,8 @@ BAD_CALLS = {
     # attack names and options
     "unknown attack": lambda m, x, y: zoattack.attack(m, x, y, attack="sqaure"),
     "rule as attack": lambda m, x, y: zoattack.attack(m, x, y, attack="lizo"),
+    "attack not a string": lambda m, x, y: zoattack.attack(m, x, y, attack=3),
+    "norm not a string": lambda m, x, y: zoattack.attack(m, x, y, norm=2),
     "unknown option": lambda m, x, y: zoattack.attack(m, x, y, estimater="sphere"),
     "CLI-only option": lambda m, x, y: zoattack.attack(m, x, y, weights="w.safetensors"),
     "square takes no estimator": lambda m, x, y: zoattack.attack(

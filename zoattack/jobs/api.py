@@ -287,7 +287,7 @@ def attack(
     )
 
     _check_options(options)
-    _check_types(options)
+    _check_types({"attack": attack, "norm": norm, **options})
     if not callable(model):
         raise InvalidInputError(
             f"model must be an nn.Module or a callable returning scores, got {type(model).__name__}"
