@@ -112,8 +112,8 @@ def run_command(
     optimizer: Annotated[
         str | None,
         typer.Option(
-            help="Update rule (see `zoattack list optimizers --defaults`); "
-            "default sign (Linf) or square (L2).",
+            help="The core update rule of --attack zo or opt (see `zoattack list optimizers "
+            "--defaults`); given alone it means --attack zo.",
             rich_help_panel=P_OPT,
         ),
     ] = None,
@@ -278,7 +278,7 @@ def run_command(
             "rays at Linf). Hard-label attacks see labels only: the model must answer labels "
             "(serve --output labels) or pass --labels-only. Default: sign (Linf), square (L2); "
             "--optimizer RULE alone means --attack zo.",
-            rich_help_panel=P_HARD,
+            rich_help_panel=P_OPT,
             show_default=False,
         ),
     ] = None,
