@@ -28,9 +28,30 @@ from zoattack.seeding import make_generator
 from zoattack import remote as _remote  # noqa: F401  isort: skip
 from zoattack import defense as _defense  # noqa: F401  isort: skip
 
+# The one-call API and the adversarial-examples reader load the jobs layer (data, models):
+# imported on first use, so `import zoattack` stays as cheap as it was.
+_LAZY = {
+    "attack": ("zoattack.jobs.api", "attack"),
+    "load_adversarial": ("zoattack.adversarial", "load_adversarial"),
+    "AdversarialExamples": ("zoattack.adversarial", "AdversarialExamples"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'zoattack' has no attribute {name!r}")
+
+
 __all__ = [
     "ESTIMATORS",
     "OPTIMIZERS",
+    "AdversarialExamples",
     "AttackResult",
     "BlackBox",
     "FunctionObjective",
@@ -41,11 +62,13 @@ __all__ = [
     "UnknownNameError",
     "ZOAttackError",
     "__version__",
+    "attack",
     "create_estimator",
     "create_model",
     "create_optimizer",
     "list_estimators",
     "list_optimizers",
+    "load_adversarial",
     "load_dataset",
     "make_generator",
     "minimize",

@@ -118,5 +118,8 @@ def test_list_attacks_says_what_each_needs():
     lines = {ln.split("|")[1].strip(" `"): ln for ln in res.output.splitlines()[2:] if "|" in ln}
     for name in ("hsja", "sign_opt", "rays", "opt"):
         assert "labels only" in lines[name] and f"--attack {name}" in lines[name]
-    for name in ("sign", "square", "zo_sgd", "lizo"):
-        assert "scores" in lines[name] and f"--optimizer {name}" in lines[name]
+    for name in ("sign", "square", "zo"):
+        assert "scores" in lines[name] and f"--attack {name}" in lines[name]
+    # the core rules run under --attack zo, each named in its row
+    assert all(rule in lines["zo"] for rule in ("zo_sgd", "lizo", "radazo", "zo_adamm"))
+    assert "labels only" in lines["auto"] and "rays" in lines["auto"]

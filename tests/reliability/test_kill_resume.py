@@ -383,6 +383,24 @@ ROW_DERIVED = (
 )
 
 
+def _same_examples(cut: Path, ref: Path) -> None:
+    """The killed-and-resumed run's adversarial.safetensors holds what the reference's does
+    (its shards merged and removed)."""
+    import torch
+
+    from zoattack.adversarial import PARTS, load_adversarial
+
+    assert not (cut / PARTS).exists()
+    got = load_adversarial(cut / "adversarial.safetensors")
+    want = load_adversarial(ref / "adversarial.safetensors")
+    assert got.index.tolist() == list(range(RUN_IMAGES))
+    for key, value in want.tensors().items():
+        if key == "x_adv":
+            torch.testing.assert_close(got.x_adv, value, rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(got.tensors()[key], value), key
+
+
 def check_run(path: Resumable, tmp_path: Path, request: pytest.FixtureRequest, kills: int) -> None:
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     span = reference(path, ref)
@@ -390,6 +408,7 @@ def check_run(path: Resumable, tmp_path: Path, request: pytest.FixtureRequest, k
     _record(request, path, hist)
     assert (cut / "per_image.csv").read_bytes() == (ref / "per_image.csv").read_bytes()
     assert json.loads((cut / "run.json").read_text())["status"] == "finished"
+    _same_examples(cut, ref)
     got, want = _summary(cut), _summary(ref)
     assert {k: got[k] for k in ROW_DERIVED} == {k: want[k] for k in ROW_DERIVED}
     # Every part's scored inputs count (issue 10; the results branch makes scored_inputs the

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -226,6 +228,42 @@ class AttackResult:
     linf: Tensor
     l2: Tensor
     clean_correct: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    # Targets of a targeted attack (None: untargeted).
+    target: Tensor | None = None
+    # Set by `zoattack.attack` (zoattack/jobs/api.py); empty from this loop alone: the
+    # images' positions, the hard-label distance in the attack's norm (inf where nothing was
+    # found) and queries when it first fell to eps, what ran in words, the counting rule
+    # and the resolved settings.
+    index: Tensor | None = None
+    distance: Tensor | None = None
+    queries_to_eps: Tensor | None = None
+    method: str = ""
+    counting_rule: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the adversarial examples to ``path`` (safetensors; read them back with
+        :func:`zoattack.load_adversarial`, check them with `zoattack verify`)."""
+        from zoattack.adversarial import example_tensors, write_examples
+
+        index = self.index if self.index is not None else torch.arange(len(self.label))
+        meta = {
+            "method": self.method or None,
+            "counting_rule": self.counting_rule or None,
+            **{k: self.settings.get(k) for k in ("model", "dataset", "norm", "eps", "budget")},
+        }
+        return write_examples(path, example_tensors(self, index), meta)
+
+
+@dataclass(frozen=True)
+class LoopProgress:
+    """What the loop hands its ``callback`` mid-attack (for progress displays): per image
+    ``(N,)``, whether it is finished, whether it fooled the model and whether it was
+    attacked at all (initially correct)."""
+
+    finished: Tensor
+    fooled: Tensor
+    attacked: Tensor
 
 
 @dataclass
@@ -283,7 +321,7 @@ class _Run:
     eps: float
     budget: int
     max_steps: int | None
-    callback: Callable[[int, AttackResult | None, Tensor], None] | None
+    callback: Callable[[int, LoopProgress | None, Tensor], None] | None
     x0: Tensor  # (N, C, H, W)
     label: Tensor  # (N,)
     idx: Tensor  # (N,) ids 0..N-1 on the images' device
@@ -338,7 +376,7 @@ def run_attack(
     target: Tensor | str | int | None = None,
     subspace: str = "full",
     max_steps: int | None = None,
-    callback: Callable[[int, AttackResult | None, Tensor], None] | None = None,
+    callback: Callable[[int, LoopProgress | None, Tensor], None] | None = None,
     surrogate: torch.nn.Module | None = None,
 ) -> AttackResult:
     """Attack images ``x0`` ``(N, C, H, W)`` in [0, 1] with labels ``(N,)`` as one batch.
@@ -472,7 +510,12 @@ def _loop(run: _Run, state: _LoopState) -> None:
         _step(run, state)
         state.step += 1
         if run.callback is not None:
-            run.callback(state.step, None, run.spent())
+            live = LoopProgress(
+                finished=~state.active,
+                fooled=run.obj.found & run.clean_correct,
+                attacked=run.clean_correct,
+            )
+            run.callback(state.step, live, run.spent())
 
 
 def start_point(
@@ -649,4 +692,5 @@ def _result(run: _Run, state: _LoopState) -> AttackResult:
         linf=distance(final_x, x0, "linf"),
         l2=distance(final_x, x0, "l2"),
         clean_correct=run.clean_correct,
+        target=obj.target,
     )

@@ -32,19 +32,73 @@ def _registries() -> dict[str, Registry[Any]]:
 
 
 def attack_rows() -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """Every attack `zoattack run` can run, and what it needs of the model: score-based
-    rules (--optimizer) read scores; hard-label attacks (--attack) need only labels."""
-    from zoattack.attacks.hardlabel import DECISION_ATTACKS
+    """Every name `--attack` takes (`zoattack run`, plans, ``zoattack.attack``): what it needs
+    of the model (scores or labels only), its norms and its defaults."""
+    from zoattack.attacks.hardlabel import DECISION_ATTACKS, create_decision_attack
+    from zoattack.jobs.hardlabel import DEFAULT_ATTACK
+    from zoattack.jobs.resolve import ZO_DEFAULT_RULE, gradient_rules
     from zoattack.optim import OPTIMIZERS
 
     rows: list[tuple[str, ...]] = []
     for e in OPTIMIZERS:
+        if not e.flags.get("search"):
+            continue
         norms = e.flags.get("norms") or NORMS
-        rows.append((e.name, f"--optimizer {e.name}", "scores", ", ".join(norms), e.description))
+        radius = [
+            f"{n}: radius {e.tuned(n).lr:g} eps"
+            + (" (default attack)" if e.tuned(n).default else "")
+            for n in norms
+            if e.tuned(n).lr is not None
+        ]
+        rows.append(
+            (
+                e.name,
+                f"--attack {e.name}",
+                "scores",
+                ", ".join(norms),
+                "; ".join(radius),
+                e.description,
+            )
+        )
+    rules = gradient_rules()
+    rows.append(
+        (
+            "zo",
+            "--attack zo --optimizer RULE [--estimator EST]",
+            "scores",
+            ", ".join(NORMS),
+            f"rule {ZO_DEFAULT_RULE}; each rule's estimator, lr, mu and subspace per norm: "
+            "`zoattack list optimizers --defaults`",
+            "a core update rule x gradient estimator; rules: "
+            + ", ".join(rules)
+            + " (--optimizer RULE alone means --attack zo)",
+        )
+    )
     for d in DECISION_ATTACKS:
         norms = d.flags.get("norms") or NORMS
-        rows.append((d.name, f"--attack {d.name}", "labels only", ", ".join(norms), d.description))
-    return ("name", "option", "needs", "norms", "description"), rows
+        opts = {
+            k: v
+            for k, v in vars(create_decision_attack(d.name)).items()
+            if not k.startswith("_") and v is not None
+        }
+        shown = "; ".join(
+            f"{k} {v}" if not isinstance(v, dict) else ", ".join(f"{a} {b}" for a, b in v.items())
+            for k, v in opts.items()
+        )
+        rows.append(
+            (d.name, f"--attack {d.name}", "labels only", ", ".join(norms), shown, d.description)
+        )
+    rows.append(
+        (
+            "auto",
+            "--attack auto",
+            "labels only",
+            ", ".join(NORMS),
+            "; ".join(f"{n}: {a}" for n, a in DEFAULT_ATTACK.items()),
+            "the hard-label attack benchmarks/hardlabel.py found best for the norm",
+        )
+    )
+    return ("name", "option", "needs", "norms", "defaults", "description"), rows
 
 
 def _flags(flags: dict[str, Any]) -> str:
@@ -173,8 +227,9 @@ def list_command(
         header, rows = attack_rows()
         title: str = "zoattack attacks: what each needs of the model"
         caption: str | None = (
-            "score-based rules read logits or probs; hard-label attacks need only the "
-            "top-1 label (a labels-only model, or any model with --labels-only)"
+            "score-based attacks read logits or probs; hard-label attacks need only the "
+            "top-1 label (a labels-only model, or any model with --labels-only); with no "
+            "--attack, run uses sign at Linf and square at L2"
         )
     elif defaults:
         header, rows = default_rows(key, reg)

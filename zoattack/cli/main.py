@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from zoattack._version import __version__
-from zoattack.cli import batch, defend, eval, list_cmd, optimize, report, run, serve, train
+from zoattack.cli import batch, defend, eval, list_cmd, optimize, report, run, serve, train, verify
 from zoattack.cli._common import EXIT_OK, out, request_verbose
 
 app = typer.Typer(
@@ -52,6 +52,7 @@ app.add_typer(defend.app, name="defend")
 app.command("serve")(serve.serve_command)
 app.command("batch")(batch.batch_command)
 app.command("report")(report.report_command)
+app.command("verify")(verify.verify_command)
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zoattack.cli._common import (
     EXIT_INTERRUPTED,
@@ -38,6 +37,16 @@ from zoattack.seeding import seed_everything
 
 # Defaults live in each rule's registry entry (zoattack list optimizers --defaults).
 __all__ = ["run_command"]
+
+
+def attack_is_decision(spec: AttackSpec) -> bool:
+    """Whether ``spec`` names a hard-label attack (its progress shows distances)."""
+    from zoattack.jobs.resolve import score_attack_names
+
+    return spec.attack is not None and spec.attack.lower().replace("-", "_") not in (
+        score_attack_names()
+    )
+
 
 P_HARD = "Hard-label attacks"
 
@@ -103,8 +112,8 @@ def run_command(
     optimizer: Annotated[
         str | None,
         typer.Option(
-            help="Update rule (see `zoattack list optimizers --defaults`); "
-            "default sign (Linf) or square (L2).",
+            help="The core update rule of --attack zo or opt (see `zoattack list optimizers "
+            "--defaults`); given alone it means --attack zo.",
             rich_help_panel=P_OPT,
         ),
     ] = None,
@@ -244,7 +253,9 @@ def run_command(
     out_dir: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="Write per_image.csv and summary.json here.", rich_help_panel=P_OUT
+            "--out",
+            help="Write per_image.csv, summary.json and adversarial.safetensors here.",
+            rich_help_panel=P_OUT,
         ),
     ] = None,
     save_images: Annotated[
@@ -261,11 +272,13 @@ def run_command(
     attack: Annotated[
         str | None,
         typer.Option(
-            help="A hard-label attack instead of a score-based rule: hsja, sign_opt, rays, "
-            "opt (--optimizer/--estimator/--subspace pick its core rule), or auto (sign_opt "
-            "at L2, rays at Linf, as benchmarked). It sees labels "
-            "only: the model must answer labels (serve --output labels) or pass --labels-only.",
-            rich_help_panel=P_HARD,
+            help="The attack (see `zoattack list attacks`): square, sign, zo (a core rule x "
+            "estimator: --optimizer/--estimator), or hard-label hsja, sign_opt, rays, opt "
+            "(--optimizer/--estimator/--subspace pick its core rule), auto (sign_opt at L2, "
+            "rays at Linf). Hard-label attacks see labels only: the model must answer labels "
+            "(serve --output labels) or pass --labels-only. Default: sign (Linf), square (L2); "
+            "--optimizer RULE alone means --attack zo.",
+            rich_help_panel=P_OPT,
             show_default=False,
         ),
     ] = None,
@@ -292,8 +305,14 @@ def run_command(
 ) -> None:
     """Attack a model you may only query; report success rate and per-image queries.
 
-    Score-based rules (--optimizer) read logits; hard-label attacks (--attack) read labels
-    only and minimise the distance to the decision boundary."""
+    --attack names the attack: score-based ones (square, sign, zo) read logits; hard-label
+    ones read labels only and minimise the distance to the decision boundary. With --out,
+    adversarial.safetensors holds the adversarial examples (check them: zoattack verify)."""
+    from zoattack.jobs.resolve import optimizer_note
+
+    note = optimizer_note(optimizer, attack)
+    if note is not None:
+        err.print(note, highlight=False, soft_wrap=True)
     spec = AttackSpec(
         model=model,
         dataset=dataset,
@@ -342,15 +361,10 @@ def run_command(
     # How the weights are reached, not what the run does: never part of the recorded settings.
     remote_opts.update(download_options(download, sha256))
     seed_everything(seed)  # third-party code only; zoattack draws from per-chunk generators
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,.0f} queries"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("", total=None, visible=False)
+    from zoattack.cli._progress import RunProgress, interactive
+
+    enabled = interactive(as_json)
+    with RunProgress(err, images=images, enabled=enabled) as progress:
         try:
             report = run_attack_job(
                 spec,
@@ -360,10 +374,12 @@ def run_command(
                 universal=universal,
                 save_images=save_images,
                 model_options=remote_opts,
-                on_start=lambda label, total: progress.update(
-                    task, description=label, total=total, visible=True
+                on_start=lambda label, total: progress.start(
+                    label, total, decision_norm=norm.lower() if attack_is_decision(spec) else None
                 ),
-                on_progress=lambda q: progress.update(task, completed=q),
+                on_progress=progress.queries,
+                on_rows=progress.rows,
+                on_live=progress.on_live if enabled else None,
             )
         except JobInterrupted as exc:
             progress.stop()
@@ -396,5 +412,7 @@ def run_command(
     if report.settings.get("method"):  # which estimator and tricks ran (also in run.json)
         out.print(f"method: {escape(str(report.settings['method']))}", soft_wrap=True)
     out.print(f"[dim]counting rule: {report.summary['counting_rule']}[/]")
+    for line in report.notes:
+        err.print(f"note: {escape(line)}", highlight=False, soft_wrap=True)
     if report.folder is not None and report.written:
         out.print(f"wrote {report.folder}/{', '.join(report.written)}")

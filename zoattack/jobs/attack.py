@@ -43,6 +43,8 @@ from zoattack.results.rows import (  # noqa: F401
 )
 
 DEFAULT_CHUNK = 500
+# Seconds between two live progress counts of a chunk (run_chunk's ``on_live``).
+LIVE_EVERY = 0.2
 # A gradient rule with no tuned lr for a norm steps eps/2 (tuned values: each rule's registry
 # entry, ``norm_defaults``; how they were measured: docs/TUNING.md).
 UNTUNED_LR = 0.5
@@ -202,9 +204,16 @@ class AttackSpec:
         return dataclasses.asdict(self)
 
     def resolved(self) -> AttackSpec:
-        """Validate every field and fill the defaults (eps, rule, subspace, estimator, lr)."""
+        """Validate every field and fill the defaults (eps, rule, subspace, estimator, lr).
+
+        The one resolver of `zoattack run`, plan batches and :func:`zoattack.attack`: a
+        score-based ``attack`` name is folded into ``optimizer`` first, and eps defaults come
+        from :func:`~zoattack.jobs.resolve.default_eps` (norm, data set)."""
+        from zoattack.jobs.resolve import default_eps, fold_attack
+
+        self = fold_attack(self)
         norm = self.norm.lower()
-        eps = DEFAULT_EPS.get(norm, 0.0) if self.eps is None else float(self.eps)
+        eps = default_eps(norm, self.dataset) if self.eps is None else float(self.eps)
         norm = check_norm(norm, eps)
         self._check_common()
         if self.attack is not None:
@@ -296,6 +305,12 @@ class AttackSpec:
 
     def _check_common(self) -> None:
         """Checks every attack (score-based or hard-label) shares."""
+        if not isinstance(self.model, str):
+            raise ValueError(
+                f"AttackSpec.model names a model (e.g. small_cnn), got a "
+                f"{type(self.model).__name__}; to attack a model object call "
+                "zoattack.attack(model, images, labels)"
+            )
         if self.images < 1:
             raise ValueError(f"--images must be >= 1, got {self.images}")
         if self.budget < 2:
@@ -737,11 +752,17 @@ def chunk_inputs(job: PreparedJob, chunk: int) -> tuple[Tensor, Tensor, torch.Ge
 
 
 def run_chunk(
-    job: PreparedJob, chunk: int, *, progress: Callable[[int], None] | None = None
+    job: PreparedJob,
+    chunk: int,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_live: Callable[[int, dict[str, int]], None] | None = None,
 ) -> ChunkOutcome:
     """Attack one chunk from scratch (deterministic given the settings and the chunk index).
 
     Raises :class:`AttackInterrupted` (with the images it finished) when the model fails.
+    ``on_live(chunk, counts)``: the chunk's images ``finished``, ``fooled`` and
+    ``attacked`` (finished and initially correct) so far (score-based attacks, every step).
     """
     if job.spec.attack is not None:
         from zoattack.jobs.hardlabel import run_decision_chunk
@@ -758,10 +779,25 @@ def run_chunk(
         input_shape=tuple(x.shape[1:]),
     )
     cb = None
-    if progress is not None:
+    if progress is not None or on_live is not None:
+        shown = [0.0]
 
-        def cb(step: int, _: object, queries: Tensor) -> None:
-            progress(int(queries.sum()))
+        def cb(step: int, live: Any, queries: Tensor) -> None:
+            if progress is not None:
+                progress(int(queries.sum()))
+            # Counting finished images reads device tensors (a sync on a GPU): a few times
+            # a second is all a display needs.
+            now = time.monotonic()
+            if on_live is not None and live is not None and now - shown[0] >= LIVE_EVERY:
+                shown[0] = now
+                on_live(
+                    chunk,
+                    {
+                        "finished": int(live.finished.sum()),
+                        "fooled": int(live.fooled.sum()),
+                        "attacked": int((live.finished & live.attacked).sum()),
+                    },
+                )
 
     t0 = time.perf_counter()
     assert s.eps is not None and s.subspace is not None
@@ -813,6 +849,8 @@ def run_job(
     progress: Callable[[int], None] | None = None,
     only_chunks: Collection[int] | None = None,
     on_part: Callable[[dict[str, Any]], None] | None = None,
+    on_examples: Callable[[Any, Tensor, list[dict[str, Any]]], None] | None = None,
+    on_live: Callable[[int, dict[str, int]], None] | None = None,
 ) -> JobOutcome:
     """Attack every chunk holding an image not in ``done`` (dataset indices already recorded).
 
@@ -822,6 +860,9 @@ def run_job(
     a ledger kept from these records counts every query spent. ``progress`` receives the
     job's scored inputs so far. On a model failure, rows of images finished in the failing
     chunk are handed to ``on_rows`` and :class:`JobInterrupted` is raised.
+    ``on_examples(result, keep, rows)`` receives, just before ``on_rows``, the chunk's result
+    and the mask (over its images) of those whose ``rows`` follow: their adversarial examples
+    reach disk before their rows do. ``on_live``: see :func:`run_chunk`.
     """
     done_set = {int(i) for i in done}
     outcome = JobOutcome()
@@ -839,7 +880,7 @@ def run_job(
 
         t_chunk = time.perf_counter()
         try:
-            res = run_chunk(job, k, progress=chunk_progress)
+            res = run_chunk(job, k, progress=chunk_progress, on_live=on_live)
         except (AttackInterrupted, KeyboardInterrupt) as exc:
             spent = int(getattr(exc, "scored_inputs", 0))
             if on_part is not None:
@@ -855,11 +896,10 @@ def run_job(
             rows: list[dict[str, Any]] = []
             partial = getattr(exc, "partial", None)
             if partial is not None:
-                rows = [
-                    r
-                    for r in rows_of(partial.result, start, partial.finished)
-                    if r["index"] not in done_set
-                ]
+                keep = partial.finished & _not_done(start, len(partial.finished), done_set)
+                rows = rows_of(partial.result, start, keep)
+                if rows and on_examples is not None:
+                    on_examples(partial.result, keep, rows)
             if rows and on_rows is not None:
                 on_rows(rows)
             outcome.rows.extend(rows)
@@ -884,6 +924,8 @@ def run_job(
                 }
             )
         new = [r for r in res.rows if r["index"] not in done_set]
+        if on_examples is not None and new:
+            on_examples(res.result, _not_done(start, stop - start, done_set), new)
         if on_rows is not None and new:
             on_rows(new)
         done_set.update(r["index"] for r in new)
@@ -893,6 +935,11 @@ def run_job(
         outcome.scored_inputs += res.scored_inputs
     outcome.seconds = time.perf_counter() - t0
     return outcome
+
+
+def _not_done(start: int, n: int, done: Collection[int]) -> Tensor:
+    """Bool ``(n,)``: which images of a chunk starting at ``start`` are not in ``done``."""
+    return torch.tensor([start + i not in done for i in range(n)], dtype=torch.bool)
 
 
 def merge_results(results: list[Any]) -> Any:

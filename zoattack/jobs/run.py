@@ -51,6 +51,7 @@ class RunReport:
     folder: Path | None = None
     written: list[str] = field(default_factory=list)
     already_complete: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
 def _title(spec: AttackSpec) -> str:
@@ -143,14 +144,18 @@ def run_attack_job(
     model: torch.nn.Module | None = None,
     on_start: Callable[[str, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+    on_live: Callable[[int, dict[str, int]], None] | None = None,
 ) -> RunReport:
     """Run one attack job (per-image or ``universal``), writing into ``out`` if given.
 
     ``model`` replaces the one ``spec`` names (its weights are then the caller's business).
     ``on_start(label, total_queries)`` is called once the model is loaded, ``on_progress``
-    with the queries spent so far. Raises ValueError for bad settings or a refused folder
-    (nothing is loaded or written then) and :class:`JobInterrupted` when the model fails or
-    the user interrupts (finished images are on disk; ``resume=True`` continues).
+    with the queries spent so far, ``on_rows`` with each chunk's new rows (after they are on
+    disk), ``on_live`` with a chunk's counts mid-attack (:func:`run_chunk`). Raises
+    ValueError for bad settings or a refused folder (nothing is loaded or written then) and
+    :class:`JobInterrupted` when the model fails or the user interrupts (finished images are
+    on disk; ``resume=True`` continues).
     """
     check_options(
         out=out, resume=resume, overwrite=overwrite, universal=universal, save_images=save_images
@@ -196,14 +201,29 @@ def run_attack_job(
     todo = sum(1 for i in range(len(job.labels)) if i not in done)
     if on_start is not None:
         on_start(job.label, spec.budget * todo)
+    if on_rows is not None and done_rows:  # a resumed run's finished images count as done
+        on_rows(list(done_rows))
     t0 = time.perf_counter()
+    on_examples = None
+    if folder is not None:
+        from zoattack.adversarial import example_tensors
+
+        meta = example_metadata(job.spec, settings)
+        examples = folder.examples
+
+        def on_examples(result: Any, keep: torch.Tensor, rows: list[dict[str, Any]]) -> None:
+            tensors = example_tensors(result, [int(r["index"]) for r in rows], keep)
+            examples.append(tensors, meta)
+
     try:
         outcome = run_job(
             job,
             done=done,
-            on_rows=folder.append if folder is not None else None,
+            on_rows=_tee(folder.append if folder is not None else None, on_rows),
             on_part=folder.record_part if folder is not None else None,
             progress=on_progress,
+            on_examples=on_examples,
+            on_live=on_live,
         )
     except JobInterrupted as exc:
         if folder is None:
@@ -232,9 +252,17 @@ def run_attack_job(
         summary["resumed_with_images"] = len(done)
     report = RunReport(title=_title(spec), settings=settings, summary=summary, keys=_keys(spec))
     if folder is not None:
+        kept = folder.examples.finish()
         folder.finish(rows, summary, settings)
         report.folder = folder.path
         report.written = ["per_image.csv", "summary.json"]
+        if kept:
+            report.written.append("adversarial.safetensors")
+        if kept < len(rows):  # images a version before adversarial.safetensors finished
+            report.notes.append(
+                f"adversarial.safetensors holds {kept} of {len(rows)} images: the others "
+                "were finished by an earlier zoattack that did not keep adversarial examples"
+            )
         if save_images and outcome.chunks:
             from zoattack.results.figures import save_image_grid, save_success_curve
 
@@ -265,6 +293,34 @@ def run_attack_job(
             )
             report.written.append("distance_vs_queries.png")
     return report
+
+
+def example_metadata(spec: AttackSpec, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What adversarial.safetensors says about the run that made it (for `zoattack verify`)."""
+    keys = ("model", "dataset", "data_dir", "weights", "model_dir", "threat_model")
+    return {
+        **{k: settings.get(k) for k in keys},
+        "norm": spec.norm,
+        "eps": spec.eps,
+        "budget": spec.budget,
+        "attack": spec_label(spec),
+        "labels_only": spec.labels_only or None,
+        "method": settings.get("method"),
+        "counting_rule": settings.get("counting_rule"),
+    }
+
+
+def _tee(*fns: Callable[[list[dict[str, Any]]], None] | None) -> Any:
+    """One rows callback calling each of ``fns`` in order (None when there are none)."""
+    live = [f for f in fns if f is not None]
+    if not live:
+        return None
+
+    def call(rows: list[dict[str, Any]]) -> None:
+        for f in live:
+            f(rows)
+
+    return call
 
 
 def _universal(job: Any, settings: dict[str, Any], folder: RunFolder | None) -> RunReport:

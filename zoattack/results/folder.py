@@ -5,7 +5,9 @@ chunk's rows appended (a :class:`~zoattack.results.log.RowLog`: flushed and fsyn
 the chunk ends, and ``parts.jsonl`` the scored inputs every chunk spent, finished or cut short,
 so a crash or a dead model loses at most the chunk in progress and a resumed run still counts
 every part's queries; ``summary.json`` is written at the end, when the CSV is also rewritten in
-index order. A ``--universal`` run writes ``delta.safetensors`` and ``summary.json``.
+index order. The adversarial examples go to ``adversarial.parts/`` shard by shard (each before
+its rows) and are merged into ``adversarial.safetensors`` at the end (zoattack/adversarial.py).
+A ``--universal`` run writes ``delta.safetensors`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from zoattack.adversarial import ExampleLog
 from zoattack.results.log import PartLog, RowLog, write_json
 from zoattack.results.rows import CSV_FIELDS, FIELD_DEFAULTS
 
@@ -28,6 +31,8 @@ RUN_FILES = (
     "success_vs_queries.png",
     "distance_vs_queries.png",
     "delta.safetensors",
+    "adversarial.safetensors",
+    "adversarial.parts",
 )
 
 
@@ -39,6 +44,8 @@ class RunFolder:
         self.csv_path = self.rows.path
         self.meta_path = self.path / "run.json"
         self.summary_path = self.path / "summary.json"
+        # adversarial.safetensors: shards while the run works, merged when it finishes
+        self.examples = ExampleLog(self.path)
 
     def holds_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)
@@ -89,8 +96,10 @@ class RunFolder:
 
     def clear(self) -> None:
         """Remove every file of a previous run (--overwrite)."""
+        self.examples.clear()
         for name in RUN_FILES:
-            (self.path / name).unlink(missing_ok=True)
+            if not (self.path / name).is_dir():
+                (self.path / name).unlink(missing_ok=True)
 
     def start(
         self, spec: Mapping[str, Any], settings: Mapping[str, Any], *, resume: bool

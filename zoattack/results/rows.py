@@ -53,7 +53,9 @@ def rows_of(
     for i in range(len(result.label)):
         if keep is not None and not bool(keep[i]):
             continue
-        if isinstance(result, DecisionResult):
+        if isinstance(result, DecisionResult) or result.queries_to_eps is not None:
+            # (a hard-label result as `zoattack.attack` returns it carries queries_to_eps)
+            assert result.queries_to_eps is not None
             q_eps = int(result.queries_to_eps[i]) if bool(result.success[i]) else -1
         else:
             q_eps = int(result.queries[i]) if bool(result.success[i]) else -1

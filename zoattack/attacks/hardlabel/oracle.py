@@ -202,6 +202,7 @@ class DecisionResult:
     eps: float = 0.0
     clean_correct: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
     final_pred: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    target: Tensor | None = None  # target classes of a targeted attack
 
     def median_distance(self) -> float:
         """Median distance over the initially-correct images (inf counts as a failure)."""
@@ -248,4 +249,5 @@ def build_result(oracle: LabelOracle, clean_pred: Tensor, reasons: list[str]) ->
         eps=oracle.eps,
         clean_correct=clean_correct,
         final_pred=torch.where(found, oracle.best_pred, clean_pred),
+        target=oracle.target,
     )
