@@ -182,6 +182,7 @@ def _train(**kw: Any) -> None:
         train_defense,
     )
     from zoattack.models import create_model
+    from zoattack.models.fit import check_takes_inputs
     from zoattack.results.folder import refuse_replacing
     from zoattack.seeding import make_generator, seed_everything
 
@@ -264,6 +265,8 @@ def _train(**kw: Any) -> None:
         pretrained=weights is None and ":" not in name,
         device=dev,
     )
+    # One probe forward of our own module (never a remote one) before any file is written.
+    check_takes_inputs(net, data.image_shape, dataset=data.name, model_name=name, weights=weights)
     blackbox = BlackBox(
         net, output=kw["output"], max_batch=kw["max_batch"], input_shape=data.image_shape
     )

@@ -63,6 +63,25 @@ def _check_out(path: Path, ckpt: Path, *, resume: bool, overwrite: bool) -> None
         refuse_replacing(path.parent, what, resume=False, overwrite=overwrite, can_resume=False)
 
 
+def _check_training_memory(model: str, spec: Any, recipe: Any) -> None:
+    """Estimate a training step from the architecture's shapes (built on the meta device,
+    nothing allocated) and refuse one past the memory limit before any data is loaded."""
+    if spec.channels is None or spec.size is None:  # imagefolder: shape known from the files
+        return
+    from zoattack.models import create_model
+    from zoattack.models.fit import check_memory, training_bytes
+    from zoattack.models.zoo import skeleton
+
+    shape = (spec.channels, *spec.size)
+    with skeleton():
+        shell = create_model(model, dataset=spec.name, device="meta")
+    check_memory(
+        f"training {model} on {spec.name} with --batch-size {recipe.batch_size}",
+        training_bytes(shell, shape, recipe.batch_size, recipe.optimizer),
+        hint="pass a smaller --batch-size or a smaller view of the data set",
+    )
+
+
 _Opt = typer.Option
 
 
@@ -261,6 +280,7 @@ def _train(
     recipe.validate(numel if spec.size is not None else None)
     ckpt = path.with_name(path.stem + ".ckpt.pt")
     _check_out(path, ckpt, resume=resume, overwrite=overwrite)
+    _check_training_memory(entry.name, spec, recipe)
     if threads is not None:
         torch.set_num_threads(threads)
     seed_everything(seed)  # only for third-party code; ours draws from `gen`

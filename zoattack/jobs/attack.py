@@ -632,6 +632,7 @@ def prepare(
             device=dev,
         )
         surrogate.eval().requires_grad_(False)
+    _check_models_take(spec, data, model, surrogate)
     starts: Tensor | None = None
     pool: tuple[Tensor, Tensor] | None = None
     if spec.attack is None:
@@ -664,6 +665,24 @@ def prepare(
         pool=pool,
         surrogate=surrogate,
     )
+
+
+def _check_models_take(spec: AttackSpec, data: Any, model: Any, surrogate: Any) -> None:
+    """Before a run folder is started: the victim (a local module only, never a remote one)
+    and the surrogate take these images (one probe forward each, outside the ledgers)."""
+    from zoattack.models.fit import check_takes_inputs
+
+    shape = tuple(data.images.shape[1:])
+    check_takes_inputs(model, shape, dataset=data.name, model_name=spec.model, weights=spec.weights)
+    if surrogate is not None:
+        check_takes_inputs(
+            surrogate,
+            shape,
+            dataset=data.name,
+            model_name=str(spec.prior),
+            weights=spec.prior_weights,
+            options=("--prior", "--prior-weights"),
+        )
 
 
 # Ledgers are int64 and "unlimited" is 2**62 there: a budget must stay below both.
