@@ -609,6 +609,7 @@ def prepare(
     assert spec.eps is not None
     check_eps_fits(spec.norm, spec.eps, tuple(data.images.shape[1:]))
     check_target(spec.target, len(data.classes))
+    built = model is None  # a caller's own module (``model=``) is theirs: never probed
     if model is None:
         model = create_model(
             spec.model,
@@ -632,7 +633,7 @@ def prepare(
             device=dev,
         )
         surrogate.eval().requires_grad_(False)
-    _check_models_take(spec, data, model, surrogate)
+    _check_models_take(spec, data, model if built else None, surrogate)
     starts: Tensor | None = None
     pool: tuple[Tensor, Tensor] | None = None
     if spec.attack is None:
@@ -668,12 +669,16 @@ def prepare(
 
 
 def _check_models_take(spec: AttackSpec, data: Any, model: Any, surrogate: Any) -> None:
-    """Before a run folder is started: the victim (a local module only, never a remote one)
-    and the surrogate take these images (one probe forward each, outside the ledgers)."""
+    """Before a run folder is started: the victim we built (a local module only, never a
+    remote one) and the surrogate take these images (one probe forward each, outside the
+    ledgers; ``model`` None: not ours to probe)."""
     from zoattack.models.fit import check_takes_inputs
 
     shape = tuple(data.images.shape[1:])
-    check_takes_inputs(model, shape, dataset=data.name, model_name=spec.model, weights=spec.weights)
+    if model is not None:
+        check_takes_inputs(
+            model, shape, dataset=data.name, model_name=spec.model, weights=spec.weights
+        )
     if surrogate is not None:
         check_takes_inputs(
             surrogate,
