@@ -161,6 +161,9 @@ def train_command(
         "runs/defense"
     ),
     resume: Annotated[bool, _Opt("--resume", help="Continue an interrupted run in --out.")] = False,
+    overwrite: Annotated[
+        bool, _Opt("--overwrite", help="Replace the defense already in --out (else refused).")
+    ] = False,
 ) -> None:
     """Train a defense (denoiser + encoder) for a black box, checkpointing every epoch."""
     _train(**locals())
@@ -170,8 +173,17 @@ def train_command(
 def _train(**kw: Any) -> None:
     from zoattack.blackbox import BlackBox
     from zoattack.defense.bridge import check_scores_blackbox
-    from zoattack.defense.train import CHECKPOINT, DefenseConfig, build_defense, train_defense
+    from zoattack.defense.train import (
+        CARD,
+        CHECKPOINT,
+        WEIGHTS,
+        DefenseConfig,
+        build_defense,
+        train_defense,
+    )
     from zoattack.models import create_model
+    from zoattack.models.fit import check_takes_inputs
+    from zoattack.results.folder import refuse_replacing
     from zoattack.seeding import make_generator, seed_everything
 
     if kw["output"] not in ("logits", "probs", "labels"):
@@ -181,13 +193,6 @@ def _train(**kw: Any) -> None:
             "training needs a black box that returns scores (logits or probs), "
             "--output labels gives top-1 labels only; labels are enough for "
             "`defend certify`, not for training"
-        )
-    ckpt = Path(kw["out_dir"]) / CHECKPOINT
-    if kw["resume"] and not ckpt.is_file():
-        # Checked first: a refused --resume must not leave an empty --out folder behind.
-        raise ValueError(
-            f"nothing to resume in {kw['out_dir']}: no {CHECKPOINT} there; run without "
-            "--resume first (or point --out at the interrupted training)"
         )
     samples = kw["samples"]
     if samples is None and kw["estimator"] not in ("coordinate", "cge", "zoo"):
@@ -223,6 +228,25 @@ def _train(**kw: Any) -> None:
         create_estimator(
             config.estimator, num_samples=config.samples, mu=config.mu, difference=config.difference
         )  # bad names/values fail before loading
+    out_dir = Path(kw["out_dir"])
+    ckpt = out_dir / CHECKPOINT
+    if kw["resume"] and kw["overwrite"]:
+        refuse_replacing(out_dir, "a defense", resume=True, overwrite=True)
+    if kw["resume"] and not ckpt.is_file():
+        # Checked before anything is loaded or created (no empty --out folder left behind).
+        raise ValueError(
+            f"nothing to resume in {kw['out_dir']}: no {CHECKPOINT} there; run without "
+            "--resume first (or point --out at the interrupted training)"
+        )
+    held = [n for n in (CHECKPOINT, WEIGHTS, CARD) if (out_dir / n).exists()]
+    if held and not kw["resume"]:
+        refuse_replacing(
+            out_dir,
+            f"a defense ({', '.join(held)})",
+            resume=False,
+            overwrite=kw["overwrite"],
+            can_resume=ckpt.is_file(),
+        )
     dev = resolve_device(kw["device"])
     if kw["threads"] is not None:
         torch.set_num_threads(kw["threads"])
@@ -241,6 +265,8 @@ def _train(**kw: Any) -> None:
         pretrained=weights is None and ":" not in name,
         device=dev,
     )
+    # One probe forward of our own module (never a remote one) before any file is written.
+    check_takes_inputs(net, data.image_shape, dataset=data.name, model_name=name, weights=weights)
     blackbox = BlackBox(
         net, output=kw["output"], max_batch=kw["max_batch"], input_shape=data.image_shape
     )
@@ -299,6 +325,9 @@ def _train(**kw: Any) -> None:
                     highlight=False,
                 )
 
+        if kw["overwrite"]:  # every check has passed: only now is the old defense removed
+            for n in held:
+                (out_dir / n).unlink(missing_ok=True)
         card = train_defense(
             config,
             blackbox,

@@ -97,6 +97,15 @@ def optimize_command(
         mu=mu if mu is not None or (estimator or tuned.estimator) != tuned.estimator else tuned.mu,
     )
     assert rule.estimator is not None  # gradient rules always estimate (search rules refused)
+    from zoattack.models.fit import check_memory, optimize_bytes
+
+    directions = rule.estimator.num_samples or dim  # None: one per coordinate
+    check_memory(
+        f"optimize on {function} with --dim {dim:,}, --seeds {seeds} and {directions:,} "
+        "directions per step",
+        {"points and directions": optimize_bytes(dim, seeds, directions)},
+        hint="pass a smaller --dim, --seeds or --samples",
+    )
     gen = make_generator(seed, dev)
     x0 = starts(fn, seeds, dim, gen)
     blackbox = BlackBox(fn, output="scores", bounds=None, budget=budget)

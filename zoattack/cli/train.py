@@ -42,6 +42,46 @@ def _out_path(out_opt: Path | None, model: str, dataset: str) -> Path:
     return out_opt
 
 
+def _check_out(path: Path, ckpt: Path, *, resume: bool, overwrite: bool) -> None:
+    """Before anything is loaded: trained weights and an interrupted training's checkpoint are
+    replaced only with --overwrite; the checkpoint is continued with --resume."""
+    from zoattack.models.weights import card_path
+    from zoattack.results.folder import refuse_replacing
+
+    if path.exists() and not path.is_file():
+        raise ValueError(f"--out {path} is a folder; name a .safetensors file or its folder")
+    if ckpt.is_file():
+        what = f"the checkpoint of an interrupted training ({ckpt.name})"
+        refuse_replacing(path.parent, what, resume=resume, overwrite=overwrite)
+    elif resume:
+        if overwrite:
+            refuse_replacing(path.parent, "a training", resume=True, overwrite=True)
+        raise ValueError(f"--resume: no checkpoint at {ckpt}; run without --resume first")
+    done = [p.name for p in (path, card_path(path)) if p.exists()]
+    if done and not ckpt.is_file():
+        what = f"trained weights ({', '.join(done)})"
+        refuse_replacing(path.parent, what, resume=False, overwrite=overwrite, can_resume=False)
+
+
+def _check_training_memory(model: str, spec: Any, recipe: Any) -> None:
+    """Estimate a training step from the architecture's shapes (built on the meta device,
+    nothing allocated) and refuse one past the memory limit before any data is loaded."""
+    if spec.channels is None or spec.size is None:  # imagefolder: shape known from the files
+        return
+    from zoattack.models import create_model
+    from zoattack.models.fit import check_memory, training_bytes
+    from zoattack.models.zoo import skeleton
+
+    shape = (spec.channels, *spec.size)
+    with skeleton():
+        shell = create_model(model, dataset=spec.name, device="meta")
+    check_memory(
+        f"training {model} on {spec.name} with --batch-size {recipe.batch_size}",
+        training_bytes(shell, shape, recipe.batch_size, recipe.optimizer),
+        hint="pass a smaller --batch-size or a smaller view of the data set",
+    )
+
+
 _Opt = typer.Option
 
 
@@ -135,6 +175,14 @@ def train_command(
             help="Continue from the per-epoch checkpoint next to --out (FILE.ckpt.pt).",
         ),
     ] = False,
+    overwrite: Annotated[
+        bool,
+        _Opt(
+            "--overwrite",
+            help="Replace the weights and card already at --out, or an interrupted training's "
+            "checkpoint (otherwise refused).",
+        ),
+    ] = False,
 ) -> None:
     """Train a zoo victim (with a progress bar), then write safetensors weights + a JSON card."""
     _train(**locals())
@@ -169,6 +217,7 @@ def _train(
     robust_eval_images: int = 1000,
     robust_eval_steps: int = 20,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> None:
     from zoattack.data import dataset_spec, load_dataset
     from zoattack.models import MODELS, count_parameters, create_model, save_weights
@@ -229,6 +278,9 @@ def _train(
     for v in (spec.channels or 1, *(spec.size or (1, 1))):
         numel *= v
     recipe.validate(numel if spec.size is not None else None)
+    ckpt = path.with_name(path.stem + ".ckpt.pt")
+    _check_out(path, ckpt, resume=resume, overwrite=overwrite)
+    _check_training_memory(entry.name, spec, recipe)
     if threads is not None:
         torch.set_num_threads(threads)
     seed_everything(seed)  # only for third-party code; ours draws from `gen`
@@ -256,9 +308,8 @@ def _train(
         ),
         highlight=False,
     )
-    ckpt = path.with_name(path.stem + ".ckpt.pt")
-    if resume and not ckpt.is_file():
-        raise ValueError(f"--resume: no checkpoint at {ckpt}; run without --resume first")
+    if overwrite:  # checked above: the user asked to start again
+        ckpt.unlink(missing_ok=True)
 
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),

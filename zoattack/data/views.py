@@ -99,7 +99,15 @@ def view_spec(base: DatasetSpec, shape: tuple[int, int, int]) -> DatasetSpec:
     name = view_name(base.name, shape)
 
     def loader(**kwargs: Any) -> ImageDataset:
+        from zoattack.models.fit import check_memory, view_bytes
+
         ds = base.loader(**kwargs)
+        n, c0 = len(ds), int(ds.images.shape[1])
+        check_memory(
+            f"loading {n:,} {name} images",
+            {"images at the view's size": view_bytes(n, shape, c0)},
+            hint="load fewer images (--images, --limit, --train-images) or a smaller view",
+        )
         return ImageDataset(
             apply_view(ds.images, shape),
             ds.labels,

@@ -213,6 +213,9 @@ class SmoothedDefendedClassifier(nn.Module):
     Shapes: ``(N, C, H, W) -> (N, classes)``; cost per input: ``samples`` base evaluations.
     """
 
+    # Every forward advances the noise generator: a shape probe would change later results.
+    stateful_forward = True
+
     def __init__(
         self,
         classifier: DefendedClassifier,

@@ -624,6 +624,7 @@ def prepare(
     assert spec.eps is not None
     check_eps_fits(spec.norm, spec.eps, tuple(data.images.shape[1:]))
     check_target(spec.target, len(data.classes))
+    built = model is None  # a caller's own module (``model=``) is theirs: never probed
     if model is None:
         model = create_model(
             spec.model,
@@ -647,6 +648,7 @@ def prepare(
             device=dev,
         )
         surrogate.eval().requires_grad_(False)
+    _check_models_take(spec, data, model if built else None, surrogate)
     starts: Tensor | None = None
     pool: tuple[Tensor, Tensor] | None = None
     if spec.attack is None:
@@ -679,6 +681,28 @@ def prepare(
         pool=pool,
         surrogate=surrogate,
     )
+
+
+def _check_models_take(spec: AttackSpec, data: Any, model: Any, surrogate: Any) -> None:
+    """Before a run folder is started: the victim we built (a local module only, never a
+    remote one) and the surrogate take these images (one probe forward each, outside the
+    ledgers; ``model`` None: not ours to probe)."""
+    from zoattack.models.fit import check_takes_inputs
+
+    shape = tuple(data.images.shape[1:])
+    if model is not None:
+        check_takes_inputs(
+            model, shape, dataset=data.name, model_name=spec.model, weights=spec.weights
+        )
+    if surrogate is not None:
+        check_takes_inputs(
+            surrogate,
+            shape,
+            dataset=data.name,
+            model_name=str(spec.prior),
+            weights=spec.prior_weights,
+            options=("--prior", "--prior-weights"),
+        )
 
 
 # Ledgers are int64 and "unlimited" is 2**62 there: a budget must stay below both.

@@ -34,6 +34,7 @@ from zoattack.defense.certify import (
     save_curve,
     summarize,
 )
+from zoattack.results.folder import refuse_replacing
 from zoattack.results.log import RowLog, write_json
 
 CERTIFY_FILES = ("certify.csv", "certify.json", "certified_accuracy.png")
@@ -168,11 +169,9 @@ def check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; name a folder for the certification")
     held = [name for name in CERTIFY_FILES if (out / name).exists()]
-    if held and not (resume or overwrite):
-        raise ValueError(
-            f"{out} already holds a certification ({', '.join(held)}); pass --resume to "
-            "continue it (same settings), --overwrite to replace it, or choose another --out"
-        )
+    if held:
+        what = f"a certification ({', '.join(held)})"
+        refuse_replacing(out, what, resume=resume, overwrite=overwrite)
 
 
 def certify_defense(

@@ -19,6 +19,13 @@ from zoattack.data import ImageDataset, dataset_spec
 from zoattack.data.files import BadFileError, MissingFileError, describe, shown
 from zoattack.errors import UnknownNameError
 from zoattack.models import adapters
+from zoattack.models.fit import (
+    check_memory,
+    describe_mismatch,
+    parameter_bytes,
+    safetensors_shapes,
+    state_shapes,
+)
 from zoattack.models.weights import (
     _ship_hint,
     card_path,
@@ -29,7 +36,7 @@ from zoattack.models.weights import (
     weights_dir,
     weights_filename,
 )
-from zoattack.models.zoo import ResNet20, SmallCNN, ZooModel
+from zoattack.models.zoo import ResNet20, SmallCNN, ZooModel, skeleton
 from zoattack.registry import Entry, Recipe, Registry
 
 MODELS: Registry[nn.Module] = Registry("model")
@@ -259,9 +266,13 @@ def _create_zoo(
     # values the architecture does not take (resnet20 has no input size) are dropped.
     accepted = inspect.signature(cls).parameters
     implied = {k: v for k, v in {**ds_kw, **config}.items() if k in accepted}
+    args = {**implied, **kwargs}
     try:
-        model = cls(**{**implied, **kwargs}, generator=generator)
-    except (TypeError, OverflowError, RuntimeError) as exc:
+        # Shapes first, on the meta device: weights that do not fit, or a model too large for
+        # memory (a card asking for hidden=300000), are refused before anything is allocated.
+        with skeleton():
+            shell = cls(**args, generator=generator)
+    except (TypeError, OverflowError, RuntimeError, ValueError) as exc:
         if not config:
             raise
         # Settings from an untrusted card that the architecture cannot take.
@@ -271,12 +282,27 @@ def _create_zoo(
             f"its architecture settings {config} do not build {name}: {describe(exc)}",
             "delete the card (the weights alone still load) or regenerate it",
         ) from None
+    what = f"{name} {shell.config()}"
+    from_card = f" (architecture from the card {shown(card_path(str(path)))})" if config else ""
+    state = None
     if path is not None:
-        state = read_state_dict(path)
-        if published is not None:
-            state = published[1].convert(state)
-        load_into(model, state, path, f"{name} {model.config()}")
+        found = safetensors_shapes(path) if path.suffix == ".safetensors" else None
+        if found is None or published is not None:
+            state = _read_state(path, published)
+            found = {k: tuple(v.shape) for k, v in state.items()}
+        detail = describe_mismatch(state_shapes(shell), found)
+        if detail:
+            raise ValueError(f"weights in {path} do not fit {what}{from_card}: {detail}")
+    check_memory(f"building {what}{from_card}", {"parameters": parameter_bytes(shell)})
+    model = cls(**args, generator=generator)
+    if path is not None:
+        load_into(model, state if state is not None else _read_state(path, published), path, what)
     return model
+
+
+def _read_state(path: Path, published: Any) -> dict[str, torch.Tensor]:
+    state = read_state_dict(path)
+    return published[1].convert(state) if published is not None else state
 
 
 def create_model(

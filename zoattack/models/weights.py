@@ -64,7 +64,7 @@ def read_card(weights: str | Path) -> dict[str, Any] | None:
             raise BadFileError(p, "a zoattack model card (JSON)", describe(exc), how) from None
         if not isinstance(card, dict):
             raise BadFileError(p, "a zoattack model card", "not a JSON object", how)
-        return card
+        return _check_card(card, p, how)
     if Path(weights).suffix == ".safetensors" and Path(weights).is_file():
         from safetensors import safe_open
 
@@ -76,8 +76,38 @@ def read_card(weights: str | Path) -> dict[str, Any] | None:
             raise BadFileError(
                 weights, "a readable .safetensors file", describe(exc), _REDO
             ) from None
-        return card if isinstance(card, dict) else None
+        return _check_card(card, Path(weights), _REDO) if isinstance(card, dict) else None
     return None
+
+
+# The fields zoattack reads from a card, and the JSON type each must have.
+_CARD_TYPES: dict[str, tuple[type, str]] = {
+    "model": (str, "a model name"),
+    "dataset": (str, "a data set name"),
+    "architecture": (dict, "an object"),
+    "classes": (list, "a list of class names"),
+    "input": (dict, "an object"),
+}
+
+
+def _check_card(card: dict[str, Any], path: Path, how: str) -> dict[str, Any]:
+    """A card whose fields have the wrong JSON types is refused naming the card's file
+    (untrusted input: a number where a name belongs must not surface as a TypeError later)."""
+    for key, (kind, expected) in _CARD_TYPES.items():
+        value = card.get(key)
+        if value is not None and not isinstance(value, kind):
+            shown_value = json.dumps(value)[:40]
+            raise BadFileError(
+                path, "a zoattack model card", f"its {key} is {shown_value}, not {expected}", how
+            )
+    config = card["architecture"].get("config") if "architecture" in card else None
+    if config is not None and not isinstance(config, dict):
+        raise BadFileError(
+            path, "a zoattack model card", "its architecture.config is not an object", how
+        )
+    if any(not isinstance(c, str) for c in card.get("classes") or []):
+        raise BadFileError(path, "a zoattack model card", "its classes are not all names", how)
+    return card
 
 
 def load_card(model: str, dataset: str) -> dict[str, Any]:
@@ -160,22 +190,10 @@ def load_into(
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        ours = module.state_dict()
-        missing = [k for k in ours if k not in state]
-        extra = [k for k in state if k not in ours]
-        wrong = [
-            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-            for k, v in ours.items()
-            if k in state and state[k].shape != v.shape
-        ]
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if extra:
-            parts.append(f"{len(extra)} unexpected keys (e.g. {', '.join(extra[:3])})")
-        if wrong:
-            parts.append(f"shape mismatches: {', '.join(wrong[:3])}")
-        detail = "; ".join(parts) or str(exc).splitlines()[0]
+        from zoattack.models.fit import describe_mismatch, state_shapes
+
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        detail = describe_mismatch(state_shapes(module), found) or str(exc).splitlines()[0]
         raise ValueError(f"weights in {source} do not fit {what}: {detail}") from None
     return module
 

@@ -7,7 +7,9 @@ advances torch's global RNG and the same seed gives the same weights on every ma
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -16,6 +18,20 @@ from torch import Tensor, nn
 
 from zoattack.models.layers import Normalize, init_weights_
 from zoattack.seeding import make_generator
+
+# Inside `skeleton()`, zoo models stay on the meta device: their shapes without their memory.
+_SKELETON: ContextVar[bool] = ContextVar("zoattack_zoo_skeleton", default=False)
+
+
+@contextmanager
+def skeleton() -> Iterator[None]:
+    """Build zoo models with parameters on the meta device (no memory, no initialisation):
+    what :mod:`zoattack.models.fit` measures before the real model is allowed to exist."""
+    token = _SKELETON.set(True)
+    try:
+        yield
+    finally:
+        _SKELETON.reset(token)
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -48,6 +64,8 @@ class ZooModel(nn.Module):
         return dict(self._config)
 
     def _finish(self, generator: torch.Generator | None) -> None:
+        if _SKELETON.get():
+            return
         self.to_empty(device="cpu")
         init_weights_(self, generator if generator is not None else make_generator(None))
 

@@ -36,6 +36,35 @@ RUN_FILES = (
 )
 
 
+def refuse_replacing(
+    where: str | Path,
+    what: str,
+    *,
+    resume: bool,
+    overwrite: bool,
+    can_resume: bool = True,
+    resume_hint: str = "pass --resume to continue it (same settings), ",
+) -> None:
+    """The one rule of every command that writes where earlier work may lie (``run --out``,
+    ``defend certify``, ``train``, ``defend train``): work already there is continued
+    (``--resume``) or replaced (``--overwrite``), never silently rewritten.
+
+    Call it only when ``where`` holds ``what``; raises the one-line ValueError naming the
+    options, unless the user passed one of them. ``can_resume=False``: finished work that
+    cannot be continued (trained weights), so only --overwrite is offered.
+    """
+    if resume and overwrite:
+        raise ValueError(f"--resume continues {what} in {where}, --overwrite replaces it; pick one")
+    if overwrite or (resume and can_resume):
+        return
+    options = (
+        f"{resume_hint}--overwrite to replace it, or choose another --out"
+        if can_resume
+        else "pass --overwrite to replace it, or choose another --out"
+    )
+    raise ValueError(f"{where} already holds {what}; {options}")
+
+
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -57,10 +86,7 @@ class RunFolder:
         if overwrite or not self.holds_run():
             return
         what = "a finished run" if self.status() == "finished" else "a run"
-        raise ValueError(
-            f"{self.path} already holds {what}; pass --resume to continue it (same settings), "
-            "--overwrite to replace it, or choose another --out"
-        )
+        refuse_replacing(self.path, what, resume=False, overwrite=overwrite)
 
     def recorded(self) -> dict[str, Any]:
         """run.json (ValueError when missing or not a run record)."""
