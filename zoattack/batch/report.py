@@ -46,7 +46,7 @@ class Results:
     """Jobs and rows of a store, read once."""
 
     def __init__(self, results: str | Path) -> None:
-        with ResultStore(results, create=False) as store:
+        with ResultStore(results, readonly=True) as store:
             self.path = store.path
             self.jobs = store.jobs()
             rows: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -9,6 +9,12 @@ Tables:
   per_image.csv, ``UNIQUE(job, "index")``.
 * ``batches``: one line per `zoattack batch` invocation (plan text, executor, outcome).
 
+Ownership: a store is marked with SQLite's ``application_id`` (:data:`APPLICATION_ID`) and its
+schema version in ``user_version``; any other SQLite file, or a store of a newer schema, is
+refused before anything is written to it (no tables, no WAL switch). A store written before the
+marks is recognised by its exact tables and columns and marked on its first write. ``report``
+opens stores read-only.
+
 Crash safety: each chunk's rows and the job's counters go in one transaction, in WAL mode with
 ``synchronous=FULL``, so a process killed at any instant leaves either the whole chunk or none
 of it. Rows are inserted with ``ON CONFLICT (job, "index") DO NOTHING``: a chunk delivered
@@ -21,6 +27,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +38,9 @@ from zoattack.results.rows import CSV_FIELDS
 
 DB_NAME = "results.sqlite"
 SCHEMA_VERSION = 1
+# "zoAt": SQLite's application_id, so `file` and our own open tell a store of ours from any
+# other SQLite database. user_version holds SCHEMA_VERSION.
+APPLICATION_ID = 0x7A6F4174
 # Columns copied out of the spec for SQL queries and reports (the JSON keeps everything).
 SPEC_COLUMNS: dict[str, str] = {
     "model": "TEXT",
@@ -103,6 +113,41 @@ _ROW_SQL = (
 )
 
 
+_ORPHAN = "its batch process ended without finishing it (killed?)"
+# The tables and columns of a store written before the marks: how an unmarked store of ours is
+# told from another program's database that happens to use the same table names.
+_LEGACY_COLUMNS: dict[str, set[str]] = {
+    "meta": {"name", "value"},
+    "jobs": {
+        "key",
+        "position",
+        "label",
+        *SPEC_COLUMNS,
+        "spec",
+        "settings",
+        "zoattack_version",
+        "torch_version",
+        "status",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "seconds",
+        "scored_inputs",
+    },
+    "rows": {"job", *ROW_TYPES},
+    "batches": {
+        "id",
+        "plan_path",
+        "plan_text",
+        "executor",
+        "started_at",
+        "finished_at",
+        "status",
+    },
+}
+
+
 def _row_values(row: Mapping[str, Any]) -> tuple[Any, ...]:
     """A row's values in column order; a column added later may be absent (its default)."""
     return tuple(
@@ -122,44 +167,135 @@ def locate(results: str | Path) -> Path:
 
 
 class ResultStore:
-    """Jobs and per-image rows of batches, in ``folder/results.sqlite`` (or a given file)."""
+    """Jobs and per-image rows of batches, in ``folder/results.sqlite`` (or a given file).
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    ``create``: make the store if it does not exist (else it must). ``readonly``: open the file
+    read-only (SQLite ``mode=ro``; implies ``create=False``): nothing is written, not even the
+    reaping of dead batches' jobs, which are shown ``interrupted`` all the same.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False) -> None:
         p = Path(path).expanduser()
-        if not create:
+        self.readonly = readonly
+        if not create or readonly:
             self.path = locate(p)
         else:
             self.path = p if p.suffix in (".sqlite", ".db") or p.is_file() else p / DB_NAME
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode: every transaction is an explicit BEGIN IMMEDIATE ... COMMIT.
-        self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
         try:
-            if create:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed chunk survives power loss too, for one fsync per chunk.
-            self.conn.execute("PRAGMA synchronous=FULL")
-            if create:
-                self.conn.executescript(_SCHEMA)
-                self.conn.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-                )
-            self._add_columns()
-            self._check_schema()
-            self.reap_orphans()
+            if readonly:
+                uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+                self.conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+            else:
+                # Autocommit mode: every transaction is an explicit BEGIN IMMEDIATE ... COMMIT.
+                self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ValueError(f"cannot open {self.path} ({exc})") from None
+        self.conn.row_factory = sqlite3.Row
+        self._orphans = False
+        try:
+            # Everything up to here only reads: a file that is not ours stays untouched.
+            fresh = self._recognise()
+            if not (fresh and create and not readonly):
+                self._check_schema()  # a store is sound before anything is written to it
+            if not readonly:
+                if create or fresh is False:
+                    self._take_over()
+                    self._row_columns = self._columns("rows")
+                # FULL: a committed chunk survives power loss too, for one fsync per chunk.
+                self.conn.execute("PRAGMA synchronous=FULL")
+            if readonly:
+                self._orphans = self._running() and not self.owner_alive()
+            else:
+                self.reap_orphans()
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise ValueError(
                 f"{self.path} is not a zoattack result store ({exc}); point at "
                 "the --out folder of `zoattack batch`"
             ) from None
+        except ValueError:
+            self.conn.close()
+            raise
+
+    def _recognise(self) -> bool | None:
+        """Whether the file is a new (empty) database (True), a store of ours written before the
+        marks (False) or a marked store of ours (None); anything else raises, having written
+        nothing."""
+        app = int(self.conn.execute("PRAGMA application_id").fetchone()[0])
+        version = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+        if app == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise ValueError(
+                    f"{self.path} is a result store of a newer zoattack (schema {version}; "
+                    f"this one reads up to {SCHEMA_VERSION}); upgrade zoattack to use it"
+                )
+            return None
+        tables = {
+            str(r[0]): str(r[1])
+            for r in self.conn.execute("SELECT name, type FROM sqlite_master")
+            if not str(r[0]).startswith("sqlite_autoindex_")
+        }
+        hint = (
+            "give `zoattack batch --out` a new folder, and `zoattack report` a folder that "
+            "`zoattack batch` wrote"
+        )
+        if app != 0:
+            raise ValueError(
+                f"{self.path} is another program's SQLite database (application_id "
+                f"{app:#x}), not a zoattack result store; nothing was written to it; {hint}"
+            )
+        if not tables:
+            return True
+        problem = self._legacy_problem(tables)
+        if problem:
+            raise ValueError(
+                f"{self.path} is an SQLite database that is not a zoattack result store "
+                f"({problem}); nothing was written to it; {hint}"
+            )
+        return False
+
+    def _legacy_problem(self, tables: Mapping[str, str]) -> str:
+        """Why an unmarked database is not a store of ours ('' if it is one): exactly our
+        tables, with exactly our columns (rows may lack the columns added since), and the
+        schema line in meta."""
+        extra = sorted(set(tables) - set(_LEGACY_COLUMNS) - {"sqlite_sequence"})
+        if extra:
+            return f"it holds {', '.join(extra[:5])}"
+        missing = [t for t in ("meta", "jobs", "rows") if t not in tables]
+        if missing:
+            return f"no {'/'.join(missing)} table"
+        for table, want in _LEGACY_COLUMNS.items():
+            if table not in tables:
+                continue
+            have = {str(r[1]) for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            optional = set(ADDED_ROW_COLUMNS) if table == "rows" else set()
+            if not want - optional <= have <= want:
+                odd = sorted((have - want) | (want - optional - have))
+                return f"its {table} table has other columns ({', '.join(odd[:5])})"
+        row = self.conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+        if row is None or not str(row[0]).isdecimal():
+            return "no schema line in its meta table"
+        if int(row[0]) > SCHEMA_VERSION:
+            return f"schema {row[0]}, newer than this zoattack reads ({SCHEMA_VERSION})"
+        return ""
+
+    def _take_over(self) -> None:
+        """Make or bring up to date a store of ours: WAL, tables, columns added since, marks."""
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        with self.transaction() as c:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    c.execute(statement)
+            c.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self._add_columns()
+            c.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _add_columns(self) -> None:
         """Give a store made by an earlier version the row columns added since (with their
         default: an old row's value is unknown, e.g. queries_to_eps -1 reads as its queries)."""
-        have = {r[1] for r in self.conn.execute("PRAGMA table_info(rows)")}
-        if not have:
-            return  # not a store at all: _check_schema says so
+        have = self._columns("rows")
         for name, default in ADDED_ROW_COLUMNS.items():
             if name not in have:
                 self.conn.execute(
@@ -167,12 +303,16 @@ class ResultStore:
                     f"DEFAULT {default}"
                 )
 
+    def _columns(self, table: str) -> set[str]:
+        return {str(r[1]) for r in self.conn.execute(f"PRAGMA table_info({table})")}
+
     def _check_schema(self) -> None:
         names = {
             r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
-        if not {"meta", "jobs", "rows"} <= names:
-            raise sqlite3.DatabaseError("no jobs/rows tables")
+        missing = [t for t in ("meta", "jobs", "rows") if t not in names]
+        if missing:
+            raise sqlite3.DatabaseError(f"no {'/'.join(missing)} table")
         row = self.conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
         version = str(row[0]) if row is not None else ""
         if not version.isdecimal():
@@ -181,6 +321,7 @@ class ResultStore:
             raise sqlite3.DatabaseError(
                 f"schema {version} is newer than this zoattack reads ({SCHEMA_VERSION})"
             )
+        self._row_columns = self._columns("rows")
         self._check_contents()
 
     def _check_contents(self) -> None:
@@ -210,7 +351,7 @@ class ResultStore:
         row_checks = {
             name: f"NOT {(is_num if kind == 'REAL' else is_int).format(chr(34) + name + chr(34))}"
             for name, kind in ROW_TYPES.items()
-            if kind != "TEXT"
+            if kind != "TEXT" and name in self._row_columns
         }
         row_checks["stop_reason"] = "typeof(stop_reason)!='text'"
         for table, key, checks in (("jobs", "key", job_checks), ("rows", "job", row_checks)):
@@ -263,18 +404,14 @@ class ResultStore:
         rerun resumes interrupted jobs from their stored rows like any unfinished job. Returns
         how many jobs were reaped (0 also when the store is read-only).
         """
-        running = self.conn.execute(
-            "SELECT (SELECT COUNT(*) FROM jobs WHERE status='running') + "
-            "(SELECT COUNT(*) FROM batches WHERE status='running')"
-        ).fetchone()[0]
-        if not running or self.owner_alive():
+        if self.readonly or not self._running() or self.owner_alive():
             return 0
         try:
             with self.transaction() as c:
                 reaped = c.execute(
                     "UPDATE jobs SET status='interrupted', error=COALESCE(error, ?) "
                     "WHERE status='running'",
-                    ("its batch process ended without finishing it (killed?)",),
+                    (_ORPHAN,),
                 ).rowcount
                 c.execute(
                     "UPDATE batches SET status='interrupted' WHERE status='running'",
@@ -282,6 +419,24 @@ class ResultStore:
         except sqlite3.OperationalError:  # a read-only store: report it as it is
             return 0
         return int(reaped)
+
+    def _running(self) -> bool:
+        """Whether a job or batch is marked running (by a live batch or a dead one)."""
+        batches = "batches" in {
+            r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        sql = "SELECT COUNT(*) FROM jobs WHERE status='running'"
+        if batches:
+            sql = f"SELECT ({sql}) + (SELECT COUNT(*) FROM batches WHERE status='running')"
+        return bool(self.conn.execute(sql).fetchone()[0])
+
+    def _shown(self, row: sqlite3.Row) -> dict[str, Any]:
+        """A job as stored, or as reaping would leave it (a read-only store of a dead batch)."""
+        job = dict(row)
+        if self._orphans and job.get("status") == "running":
+            job["status"] = "interrupted"
+            job["error"] = job.get("error") or _ORPHAN
+        return job
 
     def __enter__(self) -> ResultStore:
         return self
@@ -386,11 +541,11 @@ class ResultStore:
 
     def job(self, key: str) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT * FROM jobs WHERE key=?", (key,)).fetchone()
-        return dict(row) if row is not None else None
+        return self._shown(row) if row is not None else None
 
     def jobs(self) -> list[dict[str, Any]]:
         return [
-            dict(r)
+            self._shown(r)
             for r in self.conn.execute("SELECT * FROM jobs ORDER BY position, created_at, key")
         ]
 
@@ -411,7 +566,11 @@ class ResultStore:
 
     def rows(self, key: str | None = None) -> list[dict[str, Any]]:
         """Rows in index order (of one job, or of all jobs with a ``job`` field)."""
-        cols = ", ".join(f'"{k}"' for k in CSV_FIELDS)
+        # A read-only store written before a column was added: its default, as ALTER would give.
+        cols = ", ".join(
+            f'"{k}"' if k in self._row_columns else f'{ADDED_ROW_COLUMNS[k]} AS "{k}"'
+            for k in CSV_FIELDS
+        )
         if key is not None:
             cur = self.conn.execute(f'SELECT {cols} FROM rows WHERE job=? ORDER BY "index"', (key,))
             return [dict(r) for r in cur]

@@ -60,7 +60,7 @@ def _job_listing(plan: Any, store_path: Path) -> Table:
     stored: dict[str, int] = {}
     status: dict[str, str] = {}
     if store_path.is_file():
-        with ResultStore(store_path, create=False) as store:
+        with ResultStore(store_path, readonly=True) as store:
             stored = store.row_counts()
             status = {j["key"]: j["status"] for j in store.jobs()}
         plan = adopt_stored_keys(plan, status)  # jobs stored under an earlier key scheme

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -76,9 +76,11 @@ def report_command(
         write_rows_csv,
     )
 
-    if (results / "summary.json").is_file() and not (results / "results.sqlite").exists():
-        _run_folder(results, as_json)
-        return
+    if results.is_dir() and not (results / "results.sqlite").exists():
+        if (results / "summary.json").is_file():
+            _run_folder(results, as_json)
+            return
+        _unfinished_run(results)
     res = Results(results)
     summaries = res.summaries()
     groups = res.groups()
@@ -114,11 +116,18 @@ def _run_folder(folder: Path, as_json: bool) -> None:
     """The summary of one `zoattack run --out` folder (hard-label runs with distances)."""
     from zoattack.results.tables import DECISION_RUN_KEYS, RUN_KEYS, summary_table
 
+    path = folder / "summary.json"
     try:
-        doc = json.loads((folder / "summary.json").read_text())
-        settings, summary = dict(doc["settings"]), dict(doc["summary"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{folder}/summary.json is not a zoattack run summary ({exc})") from None
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a zoattack run summary ({exc})") from None
+    problem = _summary_problem(doc, (*RUN_KEYS, *DECISION_RUN_KEYS))
+    if problem:
+        raise ValueError(
+            f"{path} is not a zoattack run summary ({problem}); rerun the run with "
+            "--overwrite to write it again"
+        )
+    settings, summary = dict(doc["settings"]), dict(doc["summary"])
     if as_json:
         typer.echo(json.dumps({"settings": settings, "summary": summary}, default=str))
         return
@@ -129,3 +138,58 @@ def _run_folder(folder: Path, as_json: bool) -> None:
     if settings.get("method"):
         out.print(f"method: {settings['method']}", soft_wrap=True, markup=False)
     out.print(f"counting rule: {summary.get('counting_rule')}", markup=False)
+
+
+def _summary_problem(doc: Any, shown: tuple[str, ...]) -> str:
+    """What is wrong with a summary.json's types ('' if nothing): the table shows numbers and
+    names only, so a hand-edited or damaged file is one line, not a table of odd values."""
+    if not isinstance(doc, dict):
+        return f"it holds a JSON {type(doc).__name__}, not an object"
+    for part in ("settings", "summary"):
+        if not isinstance(doc.get(part), dict):
+            return f'"{part}" is {_kind(doc.get(part))}, not an object'
+    summary, settings = doc["summary"], doc["settings"]
+    images = summary.get("images")
+    if not isinstance(images, int) or isinstance(images, bool) or images < 0:
+        return f'summary "images" is {_kind(images)}, not a count'
+    for key in shown:
+        v = summary.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            return f'summary "{key}" is {_kind(v)}, not a number'
+    for key in ("counting_rule",):
+        if summary.get(key) is not None and not isinstance(summary[key], str):
+            return f'summary "{key}" is {_kind(summary[key])}, not text'
+    for key in ("attack", "optimizer", "model", "method"):
+        if settings.get(key) is not None and not isinstance(settings[key], str):
+            return f'settings "{key}" is {_kind(settings[key])}, not text'
+    return ""
+
+
+def _kind(v: Any) -> str:
+    return "missing" if v is None else json.dumps(v)[:30]
+
+
+def _unfinished_run(folder: Path) -> None:
+    """A `zoattack run --out` folder without its summary: a run killed or stopped part-way."""
+    from zoattack.results.folder import RunFolder
+
+    run = RunFolder(folder)
+    if not run.meta_path.is_file():
+        return  # not a run folder: the batch store lookup says what is missing
+    try:
+        meta = json.loads(run.meta_path.read_text())
+        settings = meta.get("settings") if isinstance(meta, dict) else None
+        images = settings.get("images") if isinstance(settings, dict) else None
+        stored = len(run.read_rows())
+    except (OSError, ValueError, TypeError, AttributeError):
+        images, stored = None, None
+    done = (
+        f" ({stored} of {images} images stored)"
+        if isinstance(stored, int) and isinstance(images, int) and not isinstance(images, bool)
+        else ""
+    )
+    raise ValueError(
+        f"{folder} holds an unfinished `zoattack run`{done}: it has no summary.json yet; "
+        f"rerun the command that started it with --resume (same settings, --out {folder}) to "
+        "finish it, then report it"
+    )
