@@ -9,6 +9,7 @@ docs/TUNING.md.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -111,10 +112,20 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Name -> :class:`Entry`; refuses duplicate names and aliases."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plugins: tuple[str, ...] = ()) -> None:
+        """``plugins``: modules (named, so no layer imports upward) that add entries when
+        imported; they load the first time the registry is read, not when it is defined, so
+        ``import zoattack`` stays cheap and ``zoattack.models`` alone still sees them."""
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
+        self._plugins = plugins
+
+    def _load_plugins(self) -> None:
+        if self._plugins:
+            pending, self._plugins = self._plugins, ()  # before importing: they read us
+            for module in pending:
+                importlib.import_module(module)
 
     def register(
         self,
@@ -167,6 +178,7 @@ class Registry(Generic[T]):
 
     def default_for(self, norm: str) -> Entry[T]:
         """The entry marked ``default`` under ``norm`` (what a bare `zoattack run` uses)."""
+        self._load_plugins()
         marked = [e for e in self._entries.values() if e.tuned(norm).default]
         if len(marked) != 1:
             names = ", ".join(e.name for e in marked) or "none"
@@ -174,6 +186,7 @@ class Registry(Generic[T]):
         return marked[0]
 
     def get(self, name: str) -> Entry[T]:
+        self._load_plugins()
         key = name.strip().lower().replace("-", "_")
         key = self._aliases.get(key, key)
         try:
@@ -198,6 +211,7 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self, pattern: str | None = None, **flags: Any) -> list[str]:
+        self._load_plugins()
         out = []
         for name, entry in self._entries.items():
             if pattern and not fnmatch.fnmatch(name, pattern):
@@ -217,7 +231,9 @@ class Registry(Generic[T]):
         return True
 
     def __iter__(self) -> Iterator[Entry[T]]:
+        self._load_plugins()
         return iter(self._entries.values())
 
     def __len__(self) -> int:
+        self._load_plugins()
         return len(self._entries)

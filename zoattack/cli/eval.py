@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.table import Table
 
@@ -113,6 +112,8 @@ def eval_command(
 ) -> None:
     """White-box PGD with restarts on a local model: robust accuracy at eps (gradient calls,
     not queries)."""
+    import torch
+
     from zoattack import __version__
     from zoattack.attacks.pgd import PGD, check_threat
     from zoattack.data import load_dataset
@@ -255,6 +256,8 @@ def summarize_white_box(rows: list[dict[str, Any]], *, wall_seconds: float) -> d
     ``robust_accuracy`` is over all images (a misclassified image is not robust);
     ``success_rate`` over the initially-correct ones, as in `run`.
     """
+    import torch
+
     from zoattack.jobs.attack import summarize_rows
 
     s = summarize_rows(rows, wall_seconds=wall_seconds, scored_inputs=0)

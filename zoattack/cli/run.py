@@ -27,14 +27,7 @@ from zoattack.cli._common import (
     guarded,
     out,
 )
-from zoattack.jobs.attack import (
-    DEFAULT_CHUNK,
-    AttackSpec,
-    JobInterrupted,
-)
-from zoattack.jobs.run import run_attack_job
-from zoattack.results.tables import summary_json, summary_table
-from zoattack.seeding import seed_everything
+from zoattack.jobs.defaults import DEFAULT_CHUNK
 
 # Defaults live in each rule's registry entry (zoattack list optimizers --defaults).
 __all__ = ["run_command"]
@@ -257,6 +250,14 @@ def run_command(
             rich_help_panel=P_OUT,
         ),
     ] = False,
+    plot_format: Annotated[
+        str,
+        typer.Option(
+            "--plot-format",
+            help="Figures as png, pdf or svg (pdf, svg: vector, for papers).",
+            rich_help_panel=P_OUT,
+        ),
+    ] = "png",
     # -- hard-label (decision-based) attacks (issue 13) ------------------------------------
     attack: Annotated[
         str | None,
@@ -294,6 +295,12 @@ def run_command(
 
     Score-based rules (--optimizer) read logits; hard-label attacks (--attack) read labels
     only and minimise the distance to the decision boundary."""
+    # Here, not at the top: `--help` must not import torch (zoattack/cli/_common.py).
+    from zoattack.jobs.attack import AttackSpec, JobInterrupted
+    from zoattack.jobs.run import run_attack_job
+    from zoattack.results.tables import summary_json, summary_table
+    from zoattack.seeding import seed_everything
+
     spec = AttackSpec(
         model=model,
         dataset=dataset,
@@ -359,6 +366,7 @@ def run_command(
                 overwrite=overwrite,
                 universal=universal,
                 save_images=save_images,
+                plot_format=plot_format,
                 model_options=remote_opts,
                 on_start=lambda label, total: progress.update(
                     task, description=label, total=total, visible=True

@@ -28,6 +28,7 @@ from zoattack.attacks.base import AttackInterrupted, AttackResult, run_attack
 from zoattack.attacks.hardlabel.oracle import DecisionResult
 from zoattack.blackbox import DECISION_HINT, BlackBox, LabelsOnly, check_output_kind
 from zoattack.errors import ZOAttackError
+from zoattack.jobs.defaults import DEFAULT_CHUNK
 from zoattack.norms import DEFAULT_EPS, check_norm
 from zoattack.optim import OPTIMIZERS, create_optimizer
 from zoattack.optim.base import ZORule
@@ -42,7 +43,6 @@ from zoattack.results.rows import (  # noqa: F401
     summarize_rows,
 )
 
-DEFAULT_CHUNK = 500
 # A gradient rule with no tuned lr for a norm steps eps/2 (tuned values: each rule's registry
 # entry, ``norm_defaults``; how they were measured: docs/TUNING.md).
 UNTUNED_LR = 0.5
