@@ -43,9 +43,10 @@ def _child_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def wall(args: list[str], env: dict[str, str], tree: Path) -> tuple[float, float]:
+def wall(args: list[str], env: dict[str, str], tree: Path) -> tuple[float, float] | int:
     """(wall seconds, CPU seconds) of one run in a fresh interpreter, started in ``tree``
-    (``python -m`` puts the current folder first on sys.path: it must be the timed tree)."""
+    (``python -m`` puts the current folder first on sys.path: it must be the timed tree); the
+    exit code instead when the command fails (an older tree may lack it, e.g. bare `list`)."""
     cpu0, start = _child_cpu(), time.perf_counter()
     done = subprocess.run(
         [sys.executable, *args],
@@ -56,7 +57,7 @@ def wall(args: list[str], env: dict[str, str], tree: Path) -> tuple[float, float
     )
     took, cpu = time.perf_counter() - start, _child_cpu() - cpu0
     if done.returncode != 0:
-        raise SystemExit(f"{args}: exit {done.returncode}: {done.stderr.decode()[-400:]}")
+        return done.returncode
     return took, cpu
 
 
@@ -71,17 +72,24 @@ def main() -> None:
         f"tree {tree}; {a.repeat} runs each; python {sys.version.split()[0]}; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    results = {}
+    results: dict[str, tuple[float, float, float] | int] = {}
     for label, args in CASES:
-        wall(args, env, tree)  # warm the file cache
+        first = wall(args, env, tree)  # also warms the file cache
+        if isinstance(first, int):
+            results[label] = first
+            continue
         runs = [wall(args, env, tree) for _ in range(a.repeat)]
-        walls = [w for w, _ in runs]
-        cpus = [c for _, c in runs]
+        walls = [r[0] for r in runs if not isinstance(r, int)]
+        cpus = [r[1] for r in runs if not isinstance(r, int)]
         results[label] = (statistics.median(walls), min(walls), statistics.median(cpus))
-    base, torch_s = results[CASES[0][0]][0], results[CASES[1][0]][0]
+    base, torch_s = (results[CASES[i][0]][0] for i in (0, 1))  # type: ignore[index]
     print("| command | median s | best s | / python -c pass | / import torch | CPU s |")
     print("|---|---:|---:|---:|---:|---:|")
-    for label, (med, best, cpu) in results.items():
+    for label, res in results.items():
+        if isinstance(res, int):
+            print(f"| `{label}` | fails (exit {res}) | | | | |")
+            continue
+        med, best, cpu = res
         print(
             f"| `{label}` | {med:.2f} | {best:.2f} | {med / base:.1f} | {med / torch_s:.2f} "
             f"| {cpu:.2f} |"

@@ -101,3 +101,11 @@ def test_defend_train_groups_its_options_in_panels():
     text = invoke("defend", "train", "--help").stdout
     for panel in ("Method (ZO estimator)", "Black box and data", "Training", "Architecture", "Run"):
         assert f"─ {panel} ─" in text, panel
+
+
+def test_eval_prints_rates_as_percents():
+    res = invoke("eval", "--model", "small_cnn", "--images", "6", "--device", "cpu", "--steps", "2")
+    assert res.exit_code == 0, res.output
+    for metric in ("success rate", "robust accuracy"):
+        line = next(ln for ln in res.stdout.splitlines() if metric in ln)
+        assert line.rstrip(" │|").endswith("%"), line

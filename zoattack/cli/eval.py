@@ -240,10 +240,11 @@ def eval_command(
         "wall_seconds",
     ):
         val = summary[key]
-        table.add_row(
-            key.replace("_", " "),
-            "-" if val is None else f"{val:,.4g}" if isinstance(val, float) else f"{val:,}",
-        )
+        if val is not None and key in ("success_rate", "robust_accuracy"):
+            text = f"{100 * val:.1f}%"  # rates as percents, as in run, batch and report
+        else:
+            text = "-" if val is None else f"{val:,.4g}" if isinstance(val, float) else f"{val:,}"
+        table.add_row(key.replace("_", " "), text)
     out.print(table)
     out.print(f"[dim]counting rule: {WHITE_BOX_RULE}[/]")
     if out_dir is not None:
