@@ -120,6 +120,22 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
         self._plugins = plugins
+        self._plugin_order = plugins  # kept: listings put each plug-in's entries in this order
+
+    def _listed(self) -> list[Entry[T]]:
+        """Entries in a fixed order whatever imported what first: the registry's own in
+        registration order, then each plug-in's in ``plugins`` order."""
+        self._load_plugins()
+
+        def key(item: tuple[int, Entry[T]]) -> tuple[int, int]:
+            i, entry = item
+            module = getattr(entry.factory, "__module__", "") or ""
+            for rank, plugin in enumerate(self._plugin_order, 1):
+                if module == plugin or module.startswith(plugin + "."):
+                    return rank, i
+            return 0, i
+
+        return [e for _, e in sorted(enumerate(self._entries.values()), key=key)]
 
     def _load_plugins(self) -> None:
         if self._plugins:
@@ -211,9 +227,9 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self, pattern: str | None = None, **flags: Any) -> list[str]:
-        self._load_plugins()
         out = []
-        for name, entry in self._entries.items():
+        for entry in self._listed():
+            name = entry.name
             if pattern and not fnmatch.fnmatch(name, pattern):
                 continue
             if any(entry.flags.get(k) != v for k, v in flags.items()):
@@ -231,8 +247,7 @@ class Registry(Generic[T]):
         return True
 
     def __iter__(self) -> Iterator[Entry[T]]:
-        self._load_plugins()
-        return iter(self._entries.values())
+        return iter(self._listed())
 
     def __len__(self) -> int:
         self._load_plugins()

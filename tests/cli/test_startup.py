@@ -80,3 +80,28 @@ def test_plugin_models_register_without_the_package_init():
         """
     )
     assert loaded["torch"]
+
+
+def test_a_public_name_shadowed_by_its_submodule_stays_the_function():
+    # zoattack.minimize is a module and a function; importing the module must not replace
+    # the package's public function (as an eager `from ... import` in __init__ once ensured).
+    loaded = _loaded_after(
+        """
+        import zoattack.minimize
+        from zoattack import minimize
+        assert callable(minimize) and minimize.__module__ == "zoattack.minimize"
+        """
+    )
+    assert loaded["torch"]
+
+
+def test_plugin_models_list_in_a_fixed_order_whatever_was_imported_first():
+    loaded = _loaded_after(
+        """
+        import zoattack.defense  # registers defended: before remote: is loaded
+        from zoattack.models import MODELS
+        names = [e.name for e in MODELS]
+        assert names[-2:] == ["remote", "defended"], names
+        """
+    )
+    assert loaded["torch"]
