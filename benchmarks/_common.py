@@ -29,6 +29,12 @@ from torch import Tensor, nn
 
 from zoattack import __version__ as ZO_VERSION
 
+# Peers installed apart from the venv (`make peers`: torchattacks, whose declared requirements
+# clash with the venv's); appended, so the venv's own packages win.
+PEERS = Path(__file__).resolve().parents[1] / ".venv" / "peers"
+if PEERS.is_dir() and str(PEERS) not in sys.path:
+    sys.path.append(str(PEERS))
+
 # --------------------------------------------------------------------------- run metadata
 
 

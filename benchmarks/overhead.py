@@ -37,7 +37,7 @@ exit code 2.
 
 Run: ``python benchmarks/overhead.py`` (< 10 min on one CPU thread), ``--quick`` (< 2 min),
 ``--device cuda --quick`` on a GPU machine (< 4 min, unattended-safe). ``--json FILE`` writes
-every measurement. Needs ``torchattacks==3.5.1`` (``pip install -e .[bench]``); without it
+every measurement. Needs ``torchattacks==3.5.1`` (``make peers``); without it
 the Square column is "skipped" and the ratios are blank.
 """
 

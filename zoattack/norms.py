@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads in the functions: the registries (and `zoattack list`) need
+    from torch import Tensor  # only NORMS, without paying for torch
 
 NORMS = ("linf", "l2")
 # The radius an attack uses when none is given (images in [0, 1]; the benchmarks' threat models).
@@ -67,6 +69,8 @@ def to_image(
     elif consume and delta.is_contiguous():
         out = delta
     else:
+        import torch  # a cached module: no cost after the first call
+
         # delta + x0 into a fresh tensor: the same sums as P(delta) + x0 below.
         if g == delta.shape[0]:
             out = torch.add(delta, x0)

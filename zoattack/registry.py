@@ -9,6 +9,7 @@ docs/TUNING.md.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -111,10 +112,36 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Name -> :class:`Entry`; refuses duplicate names and aliases."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plugins: tuple[str, ...] = ()) -> None:
+        """``plugins``: modules (named, so no layer imports upward) that add entries when
+        imported; they load the first time the registry is read, not when it is defined, so
+        ``import zoattack`` stays cheap and ``zoattack.models`` alone still sees them."""
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
+        self._plugins = plugins
+        self._plugin_order = plugins  # kept: listings put each plug-in's entries in this order
+
+    def _listed(self) -> list[Entry[T]]:
+        """Entries in a fixed order whatever imported what first: the registry's own in
+        registration order, then each plug-in's in ``plugins`` order."""
+        self._load_plugins()
+
+        def key(item: tuple[int, Entry[T]]) -> tuple[int, int]:
+            i, entry = item
+            module = getattr(entry.factory, "__module__", "") or ""
+            for rank, plugin in enumerate(self._plugin_order, 1):
+                if module == plugin or module.startswith(plugin + "."):
+                    return rank, i
+            return 0, i
+
+        return [e for _, e in sorted(enumerate(self._entries.values()), key=key)]
+
+    def _load_plugins(self) -> None:
+        if self._plugins:
+            pending, self._plugins = self._plugins, ()  # before importing: they read us
+            for module in pending:
+                importlib.import_module(module)
 
     def register(
         self,
@@ -167,6 +194,7 @@ class Registry(Generic[T]):
 
     def default_for(self, norm: str) -> Entry[T]:
         """The entry marked ``default`` under ``norm`` (what a bare `zoattack run` uses)."""
+        self._load_plugins()
         marked = [e for e in self._entries.values() if e.tuned(norm).default]
         if len(marked) != 1:
             names = ", ".join(e.name for e in marked) or "none"
@@ -174,6 +202,7 @@ class Registry(Generic[T]):
         return marked[0]
 
     def get(self, name: str) -> Entry[T]:
+        self._load_plugins()
         key = name.strip().lower().replace("-", "_")
         key = self._aliases.get(key, key)
         try:
@@ -199,7 +228,8 @@ class Registry(Generic[T]):
 
     def names(self, pattern: str | None = None, **flags: Any) -> list[str]:
         out = []
-        for name, entry in self._entries.items():
+        for entry in self._listed():
+            name = entry.name
             if pattern and not fnmatch.fnmatch(name, pattern):
                 continue
             if any(entry.flags.get(k) != v for k, v in flags.items()):
@@ -217,7 +247,8 @@ class Registry(Generic[T]):
         return True
 
     def __iter__(self) -> Iterator[Entry[T]]:
-        return iter(self._entries.values())
+        return iter(self._listed())
 
     def __len__(self) -> int:
+        self._load_plugins()
         return len(self._entries)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -79,7 +80,8 @@ def test_several_grids_duplicates_and_relative_paths(plan_file, tmp_path):
         data_dir = "data"
     """)
     plan = load_plan(path)
-    assert plan.name == "two grids" and plan.out == tmp_path / "results"
+    # the results folder is relative to the current folder (inputs stay relative to the plan)
+    assert plan.name == "two grids" and plan.out == Path("results")
     # seed 1 appears in both grids, but data_dir differs, so it is a different job
     assert len(plan.jobs) == 4 and plan.duplicates == 0
     assert plan.jobs[-1].spec.data_dir == str(tmp_path / "data")

@@ -52,7 +52,8 @@ def test_a_plan_with_prior_resolves_like_run(plan_file, tmp_path):
     assert plan.jobs[0].key != plan.jobs[1].key
 
 
-def test_a_plan_job_runs_with_the_prior_and_names_the_surrogate(tmp_path):
+def test_a_plan_job_runs_with_the_prior_and_names_the_surrogate(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # [batch] out is relative to the current folder
     plan = tmp_path / "plan.toml"
     plan.write_text(
         '[batch]\nname = "p"\nout = "res"\n'

@@ -34,6 +34,8 @@ def _load(name: str, file: str) -> ModuleType:
 
 
 _common = _load("_common", "_common.py")  # the name the scripts import it by
+_load("_attack_runners", "_attack_runners.py")  # attack.py's parts, by the names it imports
+_load("_attack_report", "_attack_report.py")
 bench_attack = _load("bench_attack", "attack.py")
 
 

@@ -15,9 +15,10 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 def _load() -> ModuleType:
     # robust.py imports `_common` and `attack` as the script would; both are put in
     # sys.modules only while it loads, so benchmarks/attack.py never shadows another `attack`.
-    saved = {k: sys.modules.get(k) for k in ("_common", "attack")}
+    parts = ("_common", "_attack_runners", "_attack_report", "attack")
+    saved = {k: sys.modules.get(k) for k in parts}
     try:
-        for name in ("_common", "attack", "bench_robust"):
+        for name in (*parts, "bench_robust"):
             spec = importlib.util.spec_from_file_location(
                 name, BENCH / {"bench_robust": "robust.py"}.get(name, f"{name}.py")
             )

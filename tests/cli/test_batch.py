@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 
@@ -34,8 +35,15 @@ def _one_thread(one_thread):
     """Tiny batches on a shared 2-core machine: one intra-op thread (tests/conftest.py)."""
 
 
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
+def invoke(*args: str, cwd=None):
+    """Run the CLI; ``cwd``: the current folder (a plan's [batch] out is relative to it)."""
+    here = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        return runner.invoke(app, [str(a) for a in args])
+    finally:
+        os.chdir(here)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +52,7 @@ def done(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     plan = folder / "plan.toml"
     plan.write_text(PLAN)
-    res = invoke("batch", plan)
+    res = invoke("batch", plan, cwd=folder)
     assert res.exit_code == 0, res.output
     return plan, folder / "results", res
 
@@ -52,7 +60,7 @@ def done(tmp_path_factory):
 def test_dry_run_lists_jobs_and_writes_nothing(tmp_path):
     plan = tmp_path / "plan.toml"
     plan.write_text(PLAN)
-    res = invoke("batch", plan, "--dry-run")
+    res = invoke("batch", plan, "--dry-run", cwd=tmp_path)
     assert res.exit_code == 0, res.output
     assert (
         "tiny: 4 jobs" in res.stdout and res.stdout.count(" new ") + res.stdout.count("new\n") >= 1
@@ -69,10 +77,10 @@ def test_batch_writes_the_store_and_a_rerun_skips_everything(done):
     with sqlite3.connect(folder / "results.sqlite") as con:
         assert con.execute("SELECT COUNT(*) FROM rows").fetchone()[0] == 16
         assert {r[0] for r in con.execute("SELECT status FROM jobs")} == {"finished"}
-    again = invoke("batch", plan)
+    again = invoke("batch", plan, cwd=folder.parent)
     assert again.exit_code == 0, again.output
     assert "4 already finished, 0 finished now" in " ".join(again.stdout.split())
-    listing = invoke("batch", plan, "--dry-run")
+    listing = invoke("batch", plan, "--dry-run", cwd=folder.parent)
     assert listing.stdout.count("finished") == 4
 
 
@@ -149,13 +157,13 @@ def test_a_failed_job_exits_3_and_a_rerun_completes_it(tmp_path, monkeypatch):
         return real(spec, model=model)
 
     monkeypatch.setattr(ex, "prepare", broken)
-    res = invoke("batch", plan)
+    res = invoke("batch", plan, cwd=tmp_path)
     assert res.exit_code == 3
     err = " ".join(res.stderr.split())
     assert "failed: could not prepare the job: RuntimeError: model server unreachable" in err
     assert "rerun the same command to retry" in err
     monkeypatch.setattr(ex, "prepare", real)
-    res = invoke("batch", plan)
+    res = invoke("batch", plan, cwd=tmp_path)
     assert res.exit_code == 0, res.output
     assert "3 already finished, 1 finished now" in " ".join(res.stdout.split())
 
@@ -169,6 +177,23 @@ def test_ctrl_c_exits_3_like_run_and_says_how_to_continue(tmp_path, monkeypatch)
     monkeypatch.setattr(runner_mod, "run_batch", interrupted)
     plan = tmp_path / "plan.toml"
     plan.write_text(PLAN)
-    res = invoke("batch", plan)
+    res = invoke("batch", plan, cwd=tmp_path)
     assert res.exit_code == 3  # EXIT_INTERRUPTED, as `zoattack run` (was 130)
     assert "rerun the same command to continue" in " ".join(res.stderr.split())
+
+
+def test_a_finished_batch_leaves_no_lock_file(done):
+    _, folder, _ = done
+    assert (folder / "results.sqlite").is_file()
+    assert not (folder / "results.sqlite.lock").exists()
+
+
+def test_report_figures_as_svg_and_pdf_titled_with_n(done, tmp_path):
+    _, folder, _ = done
+    res = invoke("report", folder, "--plot-format", "svg", "--plots", tmp_path)
+    assert res.exit_code == 0, res.output
+    svg = (tmp_path / "success_vs_queries.svg").read_text()
+    assert "small_cnn / fashion-mnist" in svg and "eps=" in svg and "N=" in svg
+    res = invoke("report", folder, "--plot-format", "pdf", "--plots", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "query_histograms.pdf").read_bytes().startswith(b"%PDF")

@@ -2,7 +2,7 @@
 
 Layout (see ``examples/plan.toml``)::
 
-    [batch]              # optional: name, out (results folder, relative to the plan file)
+    [batch]              # optional: name, out (results folder, relative to the current folder)
     [defaults]           # settings shared by every job
     [grid]               # any key given as a list expands: the jobs are the cartesian product
     [[grid]]             # (several grids: use [[grid]] tables instead of one [grid])
@@ -460,7 +460,9 @@ def load_plan(
     out_path = None
     if out is not None:
         p = Path(out).expanduser()
-        out_path = p if p.is_absolute() else path.parent / p
+        # Relative to the current folder, like every output: an installed plan (or one in a
+        # read-only checkout) must not write its results next to itself.
+        out_path = p
     return Plan(
         path=path,
         text=text,

@@ -600,27 +600,46 @@ class ResultStore:
         """Refuse a second `zoattack batch` writing into the same store at the same time.
 
         An OS file lock: it is released by the kernel when the holder dies, even by SIGKILL.
+        A holder that finishes removes the lock file (still holding the lock), so a finished
+        batch leaves none behind; a process that locked the file just as it was removed sees
+        that it holds an unlinked file and locks afresh.
         """
         fh = open(self.lock_path, "a+")  # noqa: SIM115 (held across the yield)
+        locked = False
         try:
             try:
                 import fcntl
             except ImportError:  # Windows: SQLite's own locking still keeps the rows sound
                 yield
                 return
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "another process"
-                raise ValueError(
-                    f"another `zoattack batch` ({holder}) is writing to "
-                    f"{self.path}; wait for it or use another --out"
-                ) from None
+            while True:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    fh.seek(0)
+                    holder = fh.read().strip() or "another process"
+                    raise ValueError(
+                        f"another `zoattack batch` ({holder}) is writing to "
+                        f"{self.path}; wait for it or use another --out"
+                    ) from None
+                if self._is_lock_file(fh):
+                    break
+                fh.close()  # locked a file its finished holder had just removed
+                fh = open(self.lock_path, "a+")  # noqa: SIM115
+            locked = True
             fh.seek(0)
             fh.truncate()
             fh.write(f"pid {os.getpid()}")
             fh.flush()
             yield
         finally:
+            if locked and self._is_lock_file(fh):
+                self.lock_path.unlink()  # while still held: nobody can be mid-lock on it
             fh.close()
+
+    def _is_lock_file(self, fh: Any) -> bool:
+        """Whether the open file ``fh`` is still the one at :attr:`lock_path`."""
+        try:
+            return os.stat(self.lock_path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            return False

@@ -1,4 +1,12 @@
-"""Shared CLI plumbing: consoles, the error contract, generator/device set-up."""
+"""Shared CLI plumbing: consoles, the error contract, generator/device set-up.
+
+Import cost: ``zoattack --help`` and every ``zoattack COMMAND --help`` import all of
+``zoattack/cli/`` (Typer reads each command's options from its signature), so a module here
+imports at its top only the standard library, typer, rich and torch-free zoattack modules
+(``_common``, ``_version``, ``errors``, ``registry``, ``norms``). Everything else (torch, the
+jobs, models, data) is imported inside the command function that needs it.
+``tests/cli/test_startup.py`` holds every command's ``--help`` to that.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +15,16 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from zoattack.device import resolve_device  # noqa: F401  (re-exported for commands)
 from zoattack.errors import ZOAttackError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class _DiagnosticsConsole(Console):
@@ -101,6 +111,13 @@ def download_options(download: bool, sha256: str | None) -> dict[str, Any]:
 
 
 T = TypeVar("T")
+
+
+def resolve_device(device: str) -> torch.device:
+    """:func:`zoattack.device.resolve_device`, importing torch only when called."""
+    from zoattack.device import resolve_device as resolve
+
+    return resolve(device)
 
 
 # --verbose lives for one invocation: set by the root command, reset when its context closes,

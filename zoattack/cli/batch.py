@@ -104,7 +104,7 @@ def batch_command(
             "--out",
             help=escape(
                 "Results folder (holds results.sqlite); default: the plan's [batch] out, "
-                "else runs/<plan name>."
+                "else runs/<plan name>, both under the current folder."
             ),
             rich_help_panel=P_RUN,
         ),

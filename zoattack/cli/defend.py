@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -30,6 +29,13 @@ app = typer.Typer(
 # 1,000 test images ship): train on the first images, certify on the ones after them.
 BUNDLED_TRAIN = 800
 _Opt = typer.Option
+
+# Help panels of `defend train`, as `run` groups its options.
+P_METHOD = "Method (ZO estimator)"
+P_BOX = "Black box and data"
+P_TRAIN = "Training"
+P_ARCH = "Architecture"
+P_RUN = "Run"
 
 
 def _load_train(dataset: str, data_dir: Path | None, limit: int | None):
@@ -71,33 +77,49 @@ def train_command(
         str,
         _Opt(
             help="zo-ae-ds (the paper), zo-ds (ZO in pixel space), or the "
-            "white-box references fo-ae-ds, fo-ds."
+            "white-box references fo-ae-ds, fo-ds.",
+            rich_help_panel=P_METHOD,
         ),
     ] = "zo-ae-ds",
     model: Annotated[
-        str, _Opt("--model", "-m", help="The black box (anything `zoattack run` accepts).")
+        str,
+        _Opt(
+            "--model",
+            "-m",
+            help="The black box (anything `zoattack run` accepts).",
+            rich_help_panel=P_BOX,
+        ),
     ] = "small_cnn",
     weights: Annotated[
-        Path | None, _Opt(help="Weights file for --model (default: shipped).")
+        Path | None,
+        _Opt(help="Weights file for --model (default: shipped).", rich_help_panel=P_BOX),
     ] = None,
-    dataset: Annotated[str, _Opt("--dataset", "-d", help="Training data set.")] = "fashion-mnist",
-    data_dir: Annotated[Path | None, _Opt(help="Data root.")] = None,
+    dataset: Annotated[
+        str, _Opt("--dataset", "-d", help="Training data set.", rich_help_panel=P_BOX)
+    ] = "fashion-mnist",
+    data_dir: Annotated[Path | None, _Opt(help="Data root.", rich_help_panel=P_BOX)] = None,
     train_images: Annotated[
         int | None,
         _Opt(
             help="Train on the first N images (default: the "
             "whole train split; offline Fashion-MNIST: 800 of "
-            "the bundled test images)."
+            "the bundled test images).",
+            rich_help_panel=P_BOX,
         ),
     ] = None,
     output: Annotated[
-        str, _Opt(help="What the black box returns: logits or probs (training needs scores).")
+        str,
+        _Opt(
+            help="What the black box returns: logits or probs (training needs scores).",
+            rich_help_panel=P_BOX,
+        ),
     ] = "logits",
     estimator: Annotated[
         str,
         _Opt(
             help="ZO estimator over the latent: coordinate (CGE), "
-            "sphere (RGE), gaussian, dap, lizo ..."
+            "sphere (RGE), gaussian, dap, lizo ...",
+            rich_help_panel=P_METHOD,
         ),
     ] = "coordinate",
     samples: Annotated[
@@ -106,63 +128,97 @@ def train_command(
             "--samples",
             "-q",
             help="Directions q per estimate (coordinate: default all d_z; others: 20).",
+            rich_help_panel=P_METHOD,
         ),
     ] = None,
-    mu: Annotated[float, _Opt(help="Finite-difference radius.")] = 0.005,
-    difference: Annotated[str, _Opt(help="forward or central differences.")] = "forward",
-    sigma: Annotated[float, _Opt(help="Training noise standard deviation ([0,1] pixels).")] = 0.25,
-    epochs: Annotated[int, _Opt(help="Stage-2 epochs (denoiser+encoder).")] = 10,
+    mu: Annotated[float, _Opt(help="Finite-difference radius.", rich_help_panel=P_METHOD)] = 0.005,
+    difference: Annotated[
+        str, _Opt(help="forward or central differences.", rich_help_panel=P_METHOD)
+    ] = "forward",
+    sigma: Annotated[
+        float,
+        _Opt(help="Training noise standard deviation ([0,1] pixels).", rich_help_panel=P_TRAIN),
+    ] = 0.25,
+    epochs: Annotated[
+        int, _Opt(help="Stage-2 epochs (denoiser+encoder).", rich_help_panel=P_TRAIN)
+    ] = 10,
     ae_epochs: Annotated[
-        int, _Opt(help="Stage-1 autoencoder pretraining epochs (AE methods).")
+        int,
+        _Opt(help="Stage-1 autoencoder pretraining epochs (AE methods).", rich_help_panel=P_TRAIN),
     ] = 100,
-    batch_size: Annotated[int, _Opt(help="Images per step.")] = 64,
+    batch_size: Annotated[int, _Opt(help="Images per step.", rich_help_panel=P_TRAIN)] = 64,
     lr: Annotated[
         float | None,
         _Opt(
             help="Adam learning rate (default 1e-3; the authors advise 1e-4 for long RGE "
-            "runs, whose estimates are noisier than CGE's)."
+            "runs, whose estimates are noisier than CGE's).",
+            rich_help_panel=P_TRAIN,
         ),
     ] = None,
-    weight_decay: Annotated[float, _Opt(help="Adam weight decay.")] = 1e-5,
+    weight_decay: Annotated[float, _Opt(help="Adam weight decay.", rich_help_panel=P_TRAIN)] = 1e-5,
     lr_step: Annotated[
-        int | None, _Opt(help="Decay lr x0.1 every N epochs (default: constant).")
+        int | None,
+        _Opt(help="Decay lr x0.1 every N epochs (default: constant).", rich_help_panel=P_TRAIN),
     ] = None,
     mse_weight: Annotated[
-        float, _Opt(help="Weight of the MSE denoising term (paper Eq. 2; 0 = the authors' code).")
+        float,
+        _Opt(
+            help="Weight of the MSE denoising term (paper Eq. 2; 0 = the authors' code).",
+            rich_help_panel=P_TRAIN,
+        ),
     ] = 0.0,
     latent: Annotated[
-        int | None, _Opt(help="Latent size d_z (default 128 for 28x28, 192 for 3x32x32).")
+        int | None,
+        _Opt(
+            help="Latent size d_z (default 128 for 28x28, 192 for 3x32x32).", rich_help_panel=P_ARCH
+        ),
     ] = None,
     denoiser_depth: Annotated[
-        int | None, _Opt(help="DnCNN layers (default 5 for 28x28, 17).")
+        int | None, _Opt(help="DnCNN layers (default 5 for 28x28, 17).", rich_help_panel=P_ARCH)
     ] = None,
     denoiser_width: Annotated[
-        int | None, _Opt(help="DnCNN channels (default 16 for 28x28, 64).")
+        int | None, _Opt(help="DnCNN channels (default 16 for 28x28, 64).", rich_help_panel=P_ARCH)
     ] = None,
     val_images: Annotated[
         int,
         _Opt(
             help="Hold out the last N training images; keep the epoch with the best smoothed "
-            "accuracy on them (0: keep the last epoch)."
+            "accuracy on them (0: keep the last epoch).",
+            rich_help_panel=P_BOX,
         ),
     ] = 0,
     augment: Annotated[
         str,
         _Opt(
             help="none, crop, flip or crop+flip (the authors' CIFAR-10 practice; re-queries "
-            "each augmented image's top-1: +1 query per image and step)."
+            "each augmented image's top-1: +1 query per image and step).",
+            rich_help_panel=P_BOX,
         ),
     ] = "none",
-    seed: Annotated[int, _Opt(help="Seeds init, noise, shuffling and estimator directions.")] = 0,
-    device: Annotated[str, _Opt(help="auto, cpu or cuda.")] = "auto",
-    max_batch: Annotated[int, _Opt(help="Largest batch sent to the black box.")] = 4096,
-    threads: Annotated[int | None, _Opt(help="CPU threads.")] = None,
-    out_dir: Annotated[Path, _Opt("--out", help="Folder for checkpoint, weights, card.")] = Path(
-        "runs/defense"
-    ),
-    resume: Annotated[bool, _Opt("--resume", help="Continue an interrupted run in --out.")] = False,
+    seed: Annotated[
+        int,
+        _Opt(
+            help="Seeds init, noise, shuffling and estimator directions.", rich_help_panel=P_TRAIN
+        ),
+    ] = 0,
+    device: Annotated[str, _Opt(help="auto, cpu or cuda.", rich_help_panel=P_RUN)] = "auto",
+    max_batch: Annotated[
+        int, _Opt(help="Largest batch sent to the black box.", rich_help_panel=P_RUN)
+    ] = 4096,
+    threads: Annotated[int | None, _Opt(help="CPU threads.", rich_help_panel=P_RUN)] = None,
+    out_dir: Annotated[
+        Path, _Opt("--out", help="Folder for checkpoint, weights, card.", rich_help_panel=P_RUN)
+    ] = Path("runs/defense"),
+    resume: Annotated[
+        bool, _Opt("--resume", help="Continue an interrupted run in --out.", rich_help_panel=P_RUN)
+    ] = False,
     overwrite: Annotated[
-        bool, _Opt("--overwrite", help="Replace the defense already in --out (else refused).")
+        bool,
+        _Opt(
+            "--overwrite",
+            help="Replace the defense already in --out (else refused).",
+            rich_help_panel=P_RUN,
+        ),
     ] = False,
 ) -> None:
     """Train a defense (denoiser + encoder) for a black box, checkpointing every epoch."""
@@ -171,6 +227,8 @@ def train_command(
 
 @guarded
 def _train(**kw: Any) -> None:
+    import torch
+
     from zoattack.blackbox import BlackBox
     from zoattack.defense.bridge import check_scores_blackbox
     from zoattack.defense.train import (
@@ -421,6 +479,8 @@ def certify_command(
 
 @guarded
 def _certify(**kw: Any) -> None:
+    import torch
+
     from zoattack.jobs.certify import certify_defense, parse_radii
 
     radii = parse_radii(kw["radii"])

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.table import Table
 
@@ -113,6 +112,8 @@ def eval_command(
 ) -> None:
     """White-box PGD with restarts on a local model: robust accuracy at eps (gradient calls,
     not queries)."""
+    import torch
+
     from zoattack import __version__
     from zoattack.attacks.pgd import PGD, check_threat
     from zoattack.data import load_dataset
@@ -239,10 +240,11 @@ def eval_command(
         "wall_seconds",
     ):
         val = summary[key]
-        table.add_row(
-            key.replace("_", " "),
-            "-" if val is None else f"{val:,.4g}" if isinstance(val, float) else f"{val:,}",
-        )
+        if val is not None and key in ("success_rate", "robust_accuracy"):
+            text = f"{100 * val:.1f}%"  # rates as percents, as in run, batch and report
+        else:
+            text = "-" if val is None else f"{val:,.4g}" if isinstance(val, float) else f"{val:,}"
+        table.add_row(key.replace("_", " "), text)
     out.print(table)
     out.print(f"[dim]counting rule: {WHITE_BOX_RULE}[/]")
     if out_dir is not None:
@@ -255,6 +257,8 @@ def summarize_white_box(rows: list[dict[str, Any]], *, wall_seconds: float) -> d
     ``robust_accuracy`` is over all images (a misclassified image is not robust);
     ``success_rate`` over the initially-correct ones, as in `run`.
     """
+    import torch
+
     from zoattack.jobs.attack import summarize_rows
 
     s = summarize_rows(rows, wall_seconds=wall_seconds, scored_inputs=0)

@@ -1,8 +1,18 @@
-"""`zoattack list KIND`: registry contents as a Rich table (or Markdown)."""
+"""`zoattack list KIND`: registry contents as a Rich table (or Markdown).
+
+The registries live in modules that import torch (each entry is a class), so `list` prints from
+``catalog.json``, the same tables computed once from the live registries and shipped in the
+package: `zoattack list` then answers in a fraction of a second. ``tests/cli/test_catalog.py``
+fails when the file no longer matches the registries; rewrite it with
+``python -m zoattack.cli.list_cmd --write``.
+"""
 
 from __future__ import annotations
 
 import itertools
+import json
+import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,6 +21,18 @@ from rich.table import Table
 from zoattack.cli._common import fail, out
 from zoattack.norms import NORMS
 from zoattack.registry import Entry, Registry, Tuned
+
+CATALOG = Path(__file__).with_name("catalog.json")
+
+# What `zoattack list` (no KIND) shows, in this order.
+KINDS = {
+    "attacks": "every attack `zoattack run` can run and what it needs of the model",
+    "estimators": "gradient estimators (--estimator)",
+    "optimizers": "score-based update rules (--optimizer); --defaults: tuned settings",
+    "functions": "synthetic test functions for `zoattack optimize`",
+    "models": "zoo models and adapters (--model); --defaults: training recipes",
+    "datasets": "data sets (--dataset)",
+}
 
 
 def _registries() -> dict[str, Registry[Any]]:
@@ -200,29 +222,10 @@ def _default_estimators(entry: Entry[Any]) -> str:
     return ", ".join(f"{n}: {_estimator_cell(entry, entry.tuned(n).estimator)}" for n in NORMS)
 
 
-def list_command(
-    kind: Annotated[
-        str,
-        typer.Argument(
-            help="What to list: attacks, estimators, optimizers, functions, models, datasets."
-        ),
-    ],
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
-    defaults: Annotated[
-        bool,
-        typer.Option(
-            "--defaults",
-            help="Tuned defaults instead: optimizers per norm (lr, mu in eps) and for "
-            "`zoattack optimize`; models, their training recipe.",
-        ),
-    ] = False,
-) -> None:
-    """List registered names with their descriptions (or, with --defaults, their defaults)."""
-    regs = _registries()
-    key = kind.lower().rstrip("s") + "s"
-    if key not in regs:
-        raise fail(f"cannot list '{kind}'; choose one of: {', '.join(regs)}")
-    reg = regs[key]
+def live_table(key: str, defaults: bool) -> dict[str, Any]:
+    """The table of ``zoattack list KEY [--defaults]`` from the live registries (imports them
+    all, torch included)."""
+    reg = _registries()[key]
     if key == "attacks" and not defaults:
         header, rows = attack_rows()
         title: str = "zoattack attacks: what each needs of the model"
@@ -257,6 +260,69 @@ def list_command(
             rows = [
                 (*r, card_accuracy(e.name, e.flags.get("pretrained"))) for r, e in zip(rows, reg)
             ]
+    return {
+        "title": title,
+        "caption": caption,
+        "header": list(header),
+        "rows": [list(r) for r in rows],
+    }
+
+
+def _table_key(key: str, defaults: bool) -> str:
+    return f"{key} --defaults" if defaults else key
+
+
+def build_catalog() -> dict[str, Any]:
+    """Every table `zoattack list` prints, from the live registries."""
+    tables = {}
+    for key in KINDS:
+        tables[_table_key(key, False)] = live_table(key, False)
+        if key in ("optimizers", "models"):
+            tables[_table_key(key, True)] = live_table(key, True)
+    return {"tables": tables}
+
+
+def _table(key: str, defaults: bool) -> dict[str, Any]:
+    if defaults and key not in ("optimizers", "models"):
+        raise fail(f"--defaults lists optimizers and models, not {key}")
+    try:
+        return json.loads(CATALOG.read_text())["tables"][_table_key(key, defaults)]
+    except (OSError, KeyError, ValueError):  # no catalog (a source tree mid-edit): compute
+        return live_table(key, defaults)
+
+
+def list_command(
+    kind: Annotated[
+        str | None,
+        typer.Argument(
+            help="What to list: attacks, estimators, optimizers, functions, models, datasets "
+            "(none: the kinds).",
+            show_default=False,
+        ),
+    ] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
+    defaults: Annotated[
+        bool,
+        typer.Option(
+            "--defaults",
+            help="Tuned defaults instead: optimizers per norm (lr, mu in eps) and for "
+            "`zoattack optimize`; models, their training recipe.",
+        ),
+    ] = False,
+) -> None:
+    """List registered names with their descriptions (or, with --defaults, their defaults)."""
+    if kind is None:
+        header: tuple[str, ...] | list[str] = ("kind", "what")
+        rows: list[Any] = list(KINDS.items())
+        title: str | None = "zoattack list KIND"
+        caption: str | None = "e.g. `zoattack list attacks`"
+    else:
+        key = kind.lower().rstrip("s") + "s"
+        if key not in KINDS:
+            raise fail(f"cannot list '{kind}'; choose one of: {', '.join(KINDS)}")
+        table = _table(key, defaults)
+        header, rows = table["header"], table["rows"]
+        title, caption = table["title"], table["caption"]
     if markdown:
         out.print(
             "| " + " | ".join(header) + " |\n|" + "---|" * len(header),
@@ -270,10 +336,21 @@ def list_command(
                 soft_wrap=True,
             )
         return
-    table = Table(title=title, caption=caption)
+    rich_table = Table(title=title, caption=caption)
     for i, col in enumerate(header):
         # Names and settings stay whole; descriptions fold.
-        table.add_column(col, overflow="fold", no_wrap=defaults or i == 0)
+        rich_table.add_column(col, overflow="fold", no_wrap=defaults or i == 0)
     for r in rows:
-        table.add_row(*r)
-    out.print(table)
+        rich_table.add_row(*r)
+    out.print(rich_table)
+
+
+def write_catalog(path: Path = CATALOG) -> None:
+    path.write_text(json.dumps(build_catalog(), indent=1, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python -m zoattack.cli.list_cmd --write  (rewrites catalog.json)")
+    write_catalog()
+    print(f"wrote {CATALOG}")

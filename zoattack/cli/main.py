@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperOption
 
 from zoattack._version import __version__
 from zoattack.cli import batch, defend, eval, list_cmd, optimize, report, run, serve, train, verify
 from zoattack.cli._common import EXIT_OK, out, request_verbose
+
+_display_type_rich = TyperOption.display_type_rich
+
+
+def _flag_display_type(self: TyperOption, ctx: Any) -> str | None:
+    # This Typer shows a value type beside flags too ("--json <bool>"), though "--json true"
+    # is refused: a flag takes no value, so its help shows none.
+    return None if self.is_flag else _display_type_rich(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_display_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="zoattack",

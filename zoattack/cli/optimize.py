@@ -6,20 +6,12 @@ import json
 import time
 from typing import Annotated
 
-import torch
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from zoattack._version import __version__
-from zoattack.blackbox import COUNTING_RULE, BlackBox
 from zoattack.cli._common import P_OPT, P_PROBLEM, err, guarded, out, resolve_device
-from zoattack.functions import get_function, starts
-from zoattack.minimize import minimize
-from zoattack.objective import FunctionObjective
-from zoattack.optim import OPTIMIZERS, create_optimizer
-from zoattack.registry import Tuned
-from zoattack.seeding import make_generator
 
 # A rule with no tuned step size for the synthetic functions (tuned ones: each rule's registry
 # entry, ``optimize_defaults``; `zoattack list optimizers --defaults`).
@@ -71,6 +63,17 @@ def optimize_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Minimise a synthetic test function with a zeroth-order rule; report loss and queries."""
+    # Here, not at the top: `--help` must not import torch (zoattack/cli/_common.py).
+    import torch
+
+    from zoattack.blackbox import COUNTING_RULE, BlackBox
+    from zoattack.functions import get_function, starts
+    from zoattack.minimize import minimize
+    from zoattack.objective import FunctionObjective
+    from zoattack.optim import OPTIMIZERS, create_optimizer
+    from zoattack.registry import Tuned
+    from zoattack.seeding import make_generator
+
     if dim < 2:
         raise ValueError(f"--dim must be >= 2, got {dim}")
     if seeds < 1:

@@ -1,4 +1,4 @@
-"""`zoattack report RESULTS`: tables, Markdown/CSV exports and PNG figures of batch results."""
+"""`zoattack report [RESULTS]`: tables, Markdown/CSV exports and figures of batch results."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ def report_command(
         typer.Argument(
             metavar="RESULTS",
             help="A `zoattack batch` results folder, or its results.sqlite (or one "
-            "`zoattack run --out` folder: its summary).",
+            "`zoattack run --out` folder: its summary); a folder of such folders gets one "
+            "line each.",
         ),
-    ],
+    ] = Path("runs"),
     markdown: Annotated[
         Path | None,
         typer.Option(
@@ -53,10 +54,18 @@ def report_command(
         typer.Option(
             "--plots",
             metavar="DIR",
-            help="Folder for the PNG figures (default: RESULTS/plots).",
+            help="Folder for the figures (default: RESULTS/plots).",
             rich_help_panel=P_EXPORT,
         ),
     ] = None,
+    plot_format: Annotated[
+        str,
+        typer.Option(
+            "--plot-format",
+            help="Figures as png, pdf or svg (pdf, svg: vector, for papers).",
+            rich_help_panel=P_EXPORT,
+        ),
+    ] = "png",
     no_plots: Annotated[
         bool, typer.Option("--no-plots", help="Write no figures.", rich_help_panel=P_EXPORT)
     ] = False,
@@ -75,10 +84,14 @@ def report_command(
         write_csv,
         write_rows_csv,
     )
+    from zoattack.results.figures import check_plot_format
 
+    ext = check_plot_format(plot_format)
     if results.is_dir() and not (results / "results.sqlite").exists():
         if (results / "summary.json").is_file():
             _run_folder(results, as_json)
+            return
+        if _index(results, as_json):
             return
         _unfinished_run(results)
     res = Results(results)
@@ -95,8 +108,8 @@ def report_command(
         written.append(write_rows_csv(rows_csv, res))
     if not no_plots:
         folder = plots or res.path.parent / "plots"
-        written.append(save_success_curves(folder / "success_vs_queries.png", res))
-        written.append(save_query_histograms(folder / "query_histograms.png", res))
+        written.append(save_success_curves(folder / f"success_vs_queries.{ext}", res))
+        written.append(save_query_histograms(folder / f"query_histograms.{ext}", res))
     if as_json:
         typer.echo(json.dumps({"jobs": summaries, "groups": groups}, default=str))
         return
@@ -193,3 +206,66 @@ def _unfinished_run(folder: Path) -> None:
         f"rerun the command that started it with --resume (same settings, --out {folder}) to "
         "finish it, then report it"
     )
+
+
+def _index(folder: Path, as_json: bool) -> bool:
+    """One line per result folder inside ``folder`` (bare `zoattack report`: ./runs); False
+    when it holds none (the caller's one-line error then names what was expected)."""
+    from rich.table import Table
+
+    from zoattack.batch.report import Results
+
+    lines: list[dict[str, object]] = []
+    for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if (child / "results.sqlite").is_file():
+            try:
+                jobs = Results(child).summaries()
+            except ValueError:  # an empty store: no jobs to show yet
+                jobs = []
+            rates = [j["success_rate"] for j in jobs if j.get("success_rate") is not None]
+            lines.append(
+                {
+                    "folder": str(child),
+                    "kind": "batch",
+                    "what": f"{len(jobs)} jobs, "
+                    f"{sum(j['status'] == 'finished' for j in jobs)} finished",
+                    "success_rate": (min(rates), max(rates)) if rates else None,
+                }
+            )
+        elif (child / "summary.json").is_file():
+            try:
+                doc = json.loads((child / "summary.json").read_text())
+                settings, summary = dict(doc["settings"]), dict(doc["summary"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a run summary: not ours to list
+            name = settings.get("attack") or settings.get("optimizer")
+            lines.append(
+                {
+                    "folder": str(child),
+                    "kind": "run",
+                    "what": f"{name} vs {settings.get('model')}, {settings.get('norm')} "
+                    f"eps={settings.get('eps')}, {summary.get('initially_correct')} images",
+                    "success_rate": summary.get("success_rate"),
+                }
+            )
+    if not lines:
+        return False
+    if as_json:
+        typer.echo(json.dumps({"results": lines}, default=str))
+        return True
+    table = Table(
+        title=f"{folder}: {len(lines)} results", caption="zoattack report FOLDER: details"
+    )
+    for col in ("folder", "kind", "what", "success"):
+        table.add_column(col, justify="right" if col == "success" else "left")
+    for line in lines:
+        rate = line["success_rate"]
+        if isinstance(rate, tuple):
+            text = f"{100 * rate[0]:.1f}%" + (
+                f"-{100 * rate[1]:.1f}%" if rate[1] != rate[0] else ""
+            )
+        else:
+            text = "-" if rate is None else f"{100 * float(rate):.1f}%"  # type: ignore[arg-type]
+        table.add_row(str(line["folder"]), str(line["kind"]), str(line["what"]), text)
+    out.print(table)
+    return True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -26,14 +26,10 @@ from zoattack.cli._common import (
     guarded,
     out,
 )
-from zoattack.jobs.attack import (
-    DEFAULT_CHUNK,
-    AttackSpec,
-    JobInterrupted,
-)
-from zoattack.jobs.run import run_attack_job
-from zoattack.results.tables import summary_json, summary_table
-from zoattack.seeding import seed_everything
+from zoattack.jobs.defaults import DEFAULT_CHUNK
+
+if TYPE_CHECKING:
+    from zoattack.jobs.attack import AttackSpec
 
 # Defaults live in each rule's registry entry (zoattack list optimizers --defaults).
 __all__ = ["run_command"]
@@ -268,6 +264,14 @@ def run_command(
             rich_help_panel=P_OUT,
         ),
     ] = False,
+    plot_format: Annotated[
+        str,
+        typer.Option(
+            "--plot-format",
+            help="Figures as png, pdf or svg (pdf, svg: vector, for papers).",
+            rich_help_panel=P_OUT,
+        ),
+    ] = "png",
     # -- hard-label (decision-based) attacks (issue 13) ------------------------------------
     attack: Annotated[
         str | None,
@@ -308,7 +312,12 @@ def run_command(
     --attack names the attack: score-based ones (square, sign, zo) read logits; hard-label
     ones read labels only and minimise the distance to the decision boundary. With --out,
     adversarial.safetensors holds the adversarial examples (check them: zoattack verify)."""
+    # Here, not at the top: `--help` must not import torch (zoattack/cli/_common.py).
+    from zoattack.jobs.attack import AttackSpec, JobInterrupted
     from zoattack.jobs.resolve import optimizer_note
+    from zoattack.jobs.run import run_attack_job
+    from zoattack.results.tables import summary_json, summary_table
+    from zoattack.seeding import seed_everything
 
     note = optimizer_note(optimizer, attack)
     if note is not None:
@@ -373,6 +382,7 @@ def run_command(
                 overwrite=overwrite,
                 universal=universal,
                 save_images=save_images,
+                plot_format=plot_format,
                 model_options=remote_opts,
                 on_start=lambda label, total: progress.start(
                     label, total, decision_norm=norm.lower() if attack_is_decision(spec) else None

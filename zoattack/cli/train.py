@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.progress import (
     BarColumn,
@@ -219,6 +218,8 @@ def _train(
     resume: bool = False,
     overwrite: bool = False,
 ) -> None:
+    import torch
+
     from zoattack.data import dataset_spec, load_dataset
     from zoattack.models import MODELS, count_parameters, create_model, save_weights
     from zoattack.models.card import build_model_card, train_command_line

@@ -67,7 +67,7 @@ class PriorEstimator(StatefulEstimator):
        behaviour (and the official code's): S fresh probes every ``norm_every`` calls,
        cached in between. On held-out Fashion-MNIST images the pool cut the median
        |log| error of ``||grad||^2`` from 0.44 to 0.29 (zo_sgd, Linf) and spends fewer
-       queries; see README "Fidelity".
+       queries; see docs/benchmarks/fidelity.md.
     3. ``alpha = D_v / ||grad||`` and ``lambda = min(optimal_lambda(alpha^2, d, q),
        lambda_cap)`` (the paper's closed form; ``lambda_cap=1`` is the paper).
     4. ``u_i = sqrt(lambda) v + sqrt(1 - lambda) w_i``, ``w_i`` uniform on the unit sphere

@@ -28,6 +28,7 @@ from zoattack.attacks.base import AttackInterrupted, AttackResult, run_attack
 from zoattack.attacks.hardlabel.oracle import DecisionResult
 from zoattack.blackbox import DECISION_HINT, BlackBox, LabelsOnly, check_output_kind
 from zoattack.errors import ZOAttackError
+from zoattack.jobs.defaults import DEFAULT_CHUNK
 from zoattack.norms import DEFAULT_EPS, check_norm
 from zoattack.optim import OPTIMIZERS, create_optimizer
 from zoattack.optim.base import ZORule
@@ -42,7 +43,6 @@ from zoattack.results.rows import (  # noqa: F401
     summarize_rows,
 )
 
-DEFAULT_CHUNK = 500
 # Seconds between two live progress counts of a chunk (run_chunk's ``on_live``).
 LIVE_EVERY = 0.2
 # A gradient rule with no tuned lr for a norm steps eps/2 (tuned values: each rule's registry

@@ -57,8 +57,8 @@ ATTACK_OPTIONS: dict[str, dict[str, str]] = {
     "hsja": {"subspace": "subspace"},
     "rays": {},
 }
-# `--attack auto`: the attack benchmarks/hardlabel.py found best per norm (README "Hard-label
-# benchmark": Sign-OPT had the lowest median L2 distance in 3 of 4 settings, RayS the best
+# `--attack auto`: the attack benchmarks/hardlabel.py found best per norm (docs/benchmarks/
+# hardlabel.md: Sign-OPT had the lowest median L2 distance in 3 of 4 settings, RayS the best
 # Linf success at 1,000 queries on both victims).
 DEFAULT_ATTACK = {"l2": "sign_opt", "linf": "rays"}
 # Options of score-based rules that no decision attack takes.

@@ -140,6 +140,7 @@ def run_attack_job(
     overwrite: bool = False,
     universal: bool = False,
     save_images: bool = False,
+    plot_format: str = "png",
     model_options: Mapping[str, Any] | None = None,
     model: torch.nn.Module | None = None,
     on_start: Callable[[str, int], None] | None = None,
@@ -160,6 +161,9 @@ def run_attack_job(
     check_options(
         out=out, resume=resume, overwrite=overwrite, universal=universal, save_images=save_images
     )
+    from zoattack.results.figures import check_plot_format
+
+    ext = check_plot_format(plot_format)  # before any work: a typo costs nothing
     spec = spec.resolved()
     if universal and spec.attack is not None:
         raise ValueError(
@@ -270,28 +274,36 @@ def run_attack_job(
             xs = torch.cat(
                 [job.images[c.start : c.start + len(c.result.label)] for c in outcome.chunks]
             )
-            save_image_grid(folder.path / "examples.png", xs, merged, classes=job.classes)
+            save_image_grid(
+                folder.path / f"examples.{ext}",
+                xs,
+                merged,
+                classes=job.classes,
+                title=_title(spec),
+            )
             save_success_curve(
-                folder.path / "success_vs_queries.png",
+                folder.path / f"success_vs_queries.{ext}",
                 merged,
                 spec.budget,
                 label=spec_label(spec) if spec.attack is not None else str(spec.optimizer),
+                title=_title(spec),
             )
-            report.written += ["examples.png", "success_vs_queries.png"]
+            report.written += [f"examples.{ext}", f"success_vs_queries.{ext}"]
         if spec.attack is not None and outcome.chunks:
             # The distance curve is what a decision attack optimises: written with every --out.
             from zoattack.results.figures import save_distance_curve
 
             assert spec.eps is not None
             save_distance_curve(
-                folder.path / "distance_vs_queries.png",
+                folder.path / f"distance_vs_queries.{ext}",
                 merge_results([c.result for c in outcome.chunks]),
                 spec.budget,
                 norm=spec.norm,
                 eps=spec.eps,
                 label=spec_label(spec),
+                title=_title(spec),
             )
-            report.written.append("distance_vs_queries.png")
+            report.written.append(f"distance_vs_queries.{ext}")
     return report
 
 

@@ -39,7 +39,8 @@ from zoattack.models.weights import (
 from zoattack.models.zoo import ResNet20, SmallCNN, ZooModel, skeleton
 from zoattack.registry import Entry, Recipe, Registry
 
-MODELS: Registry[nn.Module] = Registry("model")
+# remote: and defended: live above this layer and register themselves when imported.
+MODELS: Registry[nn.Module] = Registry("model", plugins=("zoattack.remote", "zoattack.defense"))
 
 
 def _pretrained_flag(name: str) -> str | bool:

@@ -1,4 +1,6 @@
-"""PNG figures of attack results: `zoattack run --save-images` and `zoattack report`.
+"""Figures of attack results (PNG, PDF or SVG): `zoattack run --save-images` and
+`zoattack report`. Every figure is titled with what it shows: model, data set, norm, eps and the
+number N of images attacked (the success rate's denominator).
 
 Both draw success curves from :func:`~zoattack.results.rows.success_curve`, the one definition.
 """
@@ -17,6 +19,33 @@ from torch import Tensor
 from zoattack.attacks.base import AttackResult
 from zoattack.attacks.hardlabel.oracle import DecisionResult
 from zoattack.results.rows import queries_to_success, success_curve
+
+# The --plot-format choices; PDF and SVG are vector (for papers), PNG is drawn at DPI.
+PLOT_FORMATS = ("png", "pdf", "svg")
+DPI = 200
+
+
+def check_plot_format(fmt: str) -> str:
+    """``fmt`` lower-cased, or ValueError naming the choices."""
+    key = fmt.strip().lower().lstrip(".")
+    if key not in PLOT_FORMATS:
+        raise ValueError(f"--plot-format must be one of {', '.join(PLOT_FORMATS)}, got {fmt!r}")
+    return key
+
+
+def _write(fig: Any, path: Path) -> None:
+    """Save in the format of ``path``'s suffix (png, pdf, svg)."""
+    check_plot_format(path.suffix or "?")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import matplotlib
+
+    # SVG text stays text (editable, searchable) instead of glyph outlines.
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(path, dpi=DPI)
+
+
+def _with_n(title: str, n: int) -> str:
+    return f"{title}, N={n:,}" if title else f"N={n:,}"
 
 
 def plt_module():
@@ -45,6 +74,7 @@ def save_image_grid(
     *,
     classes: list[str] | None = None,
     count: int = 8,
+    title: str = "",
 ) -> Path:
     """Rows: original / adversarial / perturbation amplified to the full range, for the
     first ``count`` successful images (or the first images when none succeeded)."""
@@ -71,14 +101,20 @@ def save_image_grid(
     axes[0][0].set_ylabel("original")
     axes[1][0].set_ylabel("adversarial")
     axes[2][0].set_ylabel("perturbation")
+    fig.suptitle(_with_n(title, int(result.clean_correct.sum())), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _write(fig, path)
     plt.close(fig)
     return path
 
 
 def save_success_curve(
-    path: Path, result: AttackResult | DecisionResult, budget: int, label: str = ""
+    path: Path,
+    result: AttackResult | DecisionResult,
+    budget: int,
+    label: str = "",
+    *,
+    title: str = "",
 ) -> Path:
     """Fraction of initially-correct images fooled within q queries, for q up to the budget
     (a decision attack's image counts from the query where its distance first fell to eps)."""
@@ -100,10 +136,11 @@ def save_success_curve(
     ax.set_ylim(0, 1)
     ax.set_xlim(0, budget)
     ax.grid(alpha=0.3)
+    ax.set_title(_with_n(title, int(result.clean_correct.sum())), fontsize=9)
     if label:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _write(fig, path)
     plt.close(fig)
     return path
 
@@ -136,6 +173,7 @@ def save_distance_curve(
     norm: str,
     eps: float,
     label: str = "",
+    title: str = "",
 ) -> Path:
     """Best distance vs queries per image of a decision attack (median, quartile band) over
     initially-correct images, with ``eps`` drawn; the companion of the success curve."""
@@ -156,9 +194,10 @@ def save_distance_curve(
     ax.set_ylabel(f"best {norm} distance (median, 25-75%)")
     ax.set_xlim(0, budget)
     ax.grid(alpha=0.3)
+    ax.set_title(_with_n(title, len(curves)), fontsize=9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _write(fig, path)
     plt.close(fig)
     return path
 
@@ -205,9 +244,14 @@ def _grid(n: int):
     return plt, fig, flat
 
 
-def _title(pk: tuple[Any, ...]) -> str:
+def _title(pk: tuple[Any, ...], curves: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """Model, data set, norm, eps and N: images attacked per curve (seeds pooled)."""
     model, dataset, norm, eps, _ = pk
-    return f"{model} / {dataset}: {norm} eps={eps:g}"
+    counts = sorted(
+        {sum(r["stop_reason"] != "misclassified" for r in rows) for rows in curves.values()}
+    )
+    n = f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,}-{counts[-1]:,}"
+    return f"{model} / {dataset}: {norm} eps={eps:g}, N={n}"
 
 
 def save_success_curves(path: Path, jobs: Jobs, rows_by_job: RowsByJob) -> Path:
@@ -221,7 +265,7 @@ def save_success_curves(path: Path, jobs: Jobs, rows_by_job: RowsByJob) -> Path:
             q = [int(queries_to_success(r)) for r in attacked if int(r["success"])]
             xs, ys = success_curve(q, len(attacked), top)
             ax.step(xs, ys, where="post", label=label)
-        ax.set_title(_title(pk), fontsize=9)
+        ax.set_title(_title(pk, curves), fontsize=9)
         ax.set_xlabel("queries per image")
         ax.set_ylabel("success rate")
         ax.set_ylim(0, 1)
@@ -233,8 +277,7 @@ def save_success_curves(path: Path, jobs: Jobs, rows_by_job: RowsByJob) -> Path:
 
 def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    _write(fig, path)
     plt.close(fig)
     return path
 
@@ -250,7 +293,7 @@ def save_query_histograms(path: Path, jobs: Jobs, rows_by_job: RowsByJob, bins: 
             q = [int(queries_to_success(r)) for r in rows if int(r["success"])]
             if q:
                 ax.hist(q, bins=edges, histtype="step", linewidth=1.4, label=f"{label} ({len(q)})")
-        ax.set_title(_title(pk), fontsize=9)
+        ax.set_title(_title(pk, curves), fontsize=9)
         ax.set_xlabel("queries to success")
         ax.set_ylabel("images")
         ax.grid(alpha=0.3)

@@ -54,12 +54,15 @@ def format_value(val: Any) -> str:
 
 
 def summary_table(title: str, summary: Mapping[str, Any], keys: Sequence[str]) -> Table:
-    """Two columns, metric and value, for ``keys`` of ``summary`` (absent ones shown as -)."""
+    """Two columns, metric and value, for ``keys`` of ``summary`` (absent ones shown as -).
+    Rates show as percents, as in `zoattack batch` and `report` (fractions stay in --json)."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in keys:
-        table.add_row(key.replace("_", " "), format_value(summary.get(key)))
+        value = summary.get(key)
+        text = fmt(value, key) if key == "success_rate" else format_value(value)
+        table.add_row(key.replace("_", " "), text)
     return table
 
 
