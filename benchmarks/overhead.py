@@ -294,23 +294,48 @@ class DispatchCount(TorchDispatchMode):
 
         return Counted().eval()
 
+    def _sync(self, name: str) -> None:
+        self.syncs += 1
+        if self.trace:
+            import traceback
+
+            frames = [
+                f"{f.filename.split('zoattack/')[-1]}:{f.lineno}"
+                for f in traceback.extract_stack()[:-2]
+                if "zoattack/" in f.filename and "overhead.py" not in f.filename
+            ]
+            key = f"{name} @ {' < '.join(reversed(frames[-3:]))}"
+            self.where[key] = self.where.get(key, 0) + 1
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         if not self._inside:
             self.ops += 1
             if _is_sync(func, args, kwargs):
-                self.syncs += 1
-                if self.trace:
-                    import traceback
-
-                    frames = [
-                        f"{f.filename.split('zoattack/')[-1]}:{f.lineno}"
-                        for f in traceback.extract_stack()[:-1]
-                        if "zoattack/" in f.filename and "overhead.py" not in f.filename
-                    ]
-                    key = f"{_op_name(func)} @ {' < '.join(reversed(frames[-3:]))}"
-                    self.where[key] = self.where.get(key, 0) + 1
+                self._sync(_op_name(func))
         return func(*args, **kwargs)
+
+    # Host reads that dispatch nothing on a CPU tensor but wait for a GPU one: ``tolist``,
+    # ``numpy`` and ``cpu`` (the explicit move to the host; ``.to(device)`` is not counted,
+    # since on a CPU run it cannot tell a move to the host from one to the images' device).
+    _HOST_READS = ("tolist", "numpy", "cpu")
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        self._saved = {name: getattr(Tensor, name) for name in self._HOST_READS}
+        for name, fn in self._saved.items():
+
+            def wrapped(t: Tensor, *a: Any, _fn: Any = fn, _name: str = name, **k: Any) -> Any:
+                if not self._inside:
+                    self._sync(_name)
+                return _fn(t, *a, **k)
+
+            setattr(Tensor, name, wrapped)
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        for name, fn in self._saved.items():
+            setattr(Tensor, name, fn)
+        super().__exit__(*exc)
 
 
 class _Centre(nn.Module):
