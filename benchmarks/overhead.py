@@ -273,6 +273,7 @@ class DispatchCount(TorchDispatchMode):
         self.calls = 0
         self.trace = trace
         self.where: dict[str, int] = {}
+        self.op_names: dict[str, int] = {}  # with trace: ops per name
         self._inside = 0
 
     def model(self, net: Callable[[Tensor], Tensor]) -> nn.Module:
@@ -311,6 +312,9 @@ class DispatchCount(TorchDispatchMode):
         kwargs = kwargs or {}
         if not self._inside:
             self.ops += 1
+            if self.trace:
+                name = _op_name(func)
+                self.op_names[name] = self.op_names.get(name, 0) + 1
             if _is_sync(func, args, kwargs):
                 self._sync(_op_name(func))
         return func(*args, **kwargs)
