@@ -294,9 +294,9 @@ class BlackBox:
         hi_after = None if self._hi is None or add_max is None else self._hi + add_max
         if reads:
             values = (torch.cat(reads) if len(reads) > 1 else reads[0]).tolist()
-            if after is not None:
+            if after is not None and self.budget is not None:
                 hi_after = int(values.pop())
-                if hi_after > self.budget:  # type: ignore[operator]  # then find who
+                if hi_after > self.budget:  # then find who (a loaded ledger may be over)
                     add_all = self._pad(add)
                     ids = ((after > self.budget) & (add_all > 0)).nonzero().flatten()
                     if ids.numel():
@@ -380,7 +380,7 @@ class BlackBox:
             except (InvalidInputError, InvalidScoresError) as exc:
                 # As if checked at once: this call raised, so it and the calls after it
                 # (which would never have been made) are not charged.
-                exc.failed_call = i  # type: ignore[attr-defined]
+                setattr(exc, "failed_call", i)  # noqa: B010  (an attribute of this raise only)
                 self._uncharge(pending[i:])
                 raise
         return values[3 * len(pending) :]

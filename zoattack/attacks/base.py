@@ -118,7 +118,7 @@ class AttackObjective:
         kind = memo[2]
         if kind is True:
             return self.x0
-        if kind is not None:
+        if isinstance(kind, Tensor):
             return self.x0.index_select(0, kind)
         # index_select: the same rows as x0[owner] at a fraction of the cost, into a buffer
         # kept between calls (to_image only reads it): at image sizes a fresh (M, d) tensor
