@@ -126,3 +126,59 @@ def test_budget_refusal_stays_before_scoring_when_decided_on_the_host():
     assert info.value.examples == [1]
     bb.query(torch.zeros(1, 3), ids[:1])
     assert bb.queries.tolist() == [1, 5]
+
+
+@pytest.mark.parametrize("fail_at", [4, 7, 12])
+def test_a_nan_score_mid_attack_ends_as_if_checked_at_once(monkeypatch, fail_at):
+    """The loop reads the black box's checks once per step (deferred): a NaN score must
+    still end the attack with the partial result, ledger and successes that checking each
+    call at once gives (the failing call uncharged, its finds undone)."""
+    from contextlib import nullcontext
+
+    from zoattack import make_generator
+    from zoattack.attacks import run_attack
+    from zoattack.attacks.base import AttackInterrupted
+    from zoattack.attacks.square import SquareRule
+
+    net = overhead.small_conv()
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+
+    def run(deferred):
+        calls = [0]
+
+        def model(z):
+            calls[0] += 1
+            with torch.no_grad():
+                out = net(z)
+            if calls[0] == fail_at:
+                out[-1, 0] = float("nan")
+            return out
+
+        bb = BlackBox(model, output="logits", budget=60)
+        if not deferred:
+            monkeypatch.setattr(bb, "deferred_checks", lambda: nullcontext(bb))
+        with pytest.raises(AttackInterrupted) as info:
+            run_attack(
+                bb,
+                x,
+                y,
+                SquareRule(lr=0.05, budget=60),
+                generator=make_generator(0),
+                norm="linf",
+                eps=0.05,
+                budget=60,
+            )
+        part = info.value.partial
+        assert part is not None
+        return (
+            part.result.success.tolist(),
+            part.result.stop_reason,
+            part.finished.tolist(),
+            bb.queries.tolist(),
+        )
+
+    deferred, at_once = run(True), run(False)
+    assert deferred == at_once
+    assert sum(deferred[0]) > 0 or fail_at < 12  # by the last failure some image succeeded
