@@ -17,7 +17,12 @@ import torch
 from torch import Tensor
 
 from zoattack.blackbox import BlackBox
-from zoattack.errors import QueryBudgetExceeded, ZOAttackError
+from zoattack.errors import (
+    InvalidInputError,
+    InvalidScoresError,
+    QueryBudgetExceeded,
+    ZOAttackError,
+)
 from zoattack.losses import attack_loss, is_adversarial
 from zoattack.norms import check_norm, distance, inside, to_image
 from zoattack.objective import feasible_prior
@@ -64,7 +69,11 @@ class AttackObjective:
         self.x_adv = x0.clone()
         self.adv_pred = label.clone()
         self._rows_buf: Tensor | None = None  # scratch rows of x0 (see _clean_rows)
+        self._rows_memo: list[tuple[Tensor, int, Tensor | bool | None]] = []
         self._ids: Tensor | None = None  # 0..N-1 (see _all_ids; run_attack passes its own)
+        # While the black box defers its checks, the images each call of the step found
+        # first, so a call whose check fails leaves no trace (as when checks ran at once).
+        self.checkpoints: list[Tensor] | None = None
         self._recent: tuple[Tensor, Tensor, Tensor] = (
             label[:0],
             x0.new_zeros(0).double(),
@@ -98,13 +107,21 @@ class AttackObjective:
         (every probe grid is: K rows per image), which :func:`to_image` broadcasts instead
         of reading and writing an image-sized copy per row."""
         m = owner.numel()
-        if m == self.x0.shape[0] and (owner is self._ids or torch.equal(owner, self._all_ids(m))):
+        if owner is self._ids:
             return self.x0  # every image once, in order (to_image does not modify it)
-        if m > 1:
-            ids, counts = torch.unique_consecutive(owner, return_counts=True)
-            r = m // ids.numel()
-            if r > 1 and ids.numel() * r == m and bool((counts == r).all()):
-                return self.x0.index_select(0, ids)
+        # What the owner tensor is, remembered for the same tensor unmodified (the loop's ids
+        # and the estimators' probe grids come back step after step): no read after the first.
+        # (A few owners take turns: a step's probe grid, then its iterate check.)
+        memos = self._rows_memo
+        memo = next((e for e in memos if e[0] is owner and e[1] == owner._version), None)
+        if memo is None:
+            memo = (owner, owner._version, self._rows_kind(owner))
+            self._rows_memo = [memo, *memos[:3]]
+        kind = memo[2]
+        if kind is True:
+            return self.x0
+        if isinstance(kind, Tensor):
+            return self.x0.index_select(0, kind)
         # index_select: the same rows as x0[owner] at a fraction of the cost, into a buffer
         # kept between calls (to_image only reads it): at image sizes a fresh (M, d) tensor
         # per call costs page faults as well as the copy.
@@ -114,6 +131,19 @@ class AttackObjective:
             buf = self._rows_buf = torch.empty(shape, dtype=self.x0.dtype, device=self.x0.device)
         out = buf[:m]
         return torch.index_select(self.x0, 0, owner, out=out)
+
+    def _rows_kind(self, owner: Tensor) -> Tensor | bool | None:
+        """True: ``owner`` is 0..N-1; ids: it is runs of equal length of these ids (a probe
+        grid); None: anything else (gathered row by row)."""
+        m = owner.numel()
+        if m == self.x0.shape[0] and torch.equal(owner, self._all_ids(m)):
+            return True
+        if m > 1:
+            ids, counts = torch.unique_consecutive(owner, return_counts=True)
+            r = m // ids.numel()
+            if r > 1 and ids.numel() * r == m and bool((counts == r).all()):
+                return ids
+        return None
 
     def _all_ids(self, n: int) -> Tensor:
         ids = self._ids
@@ -138,19 +168,28 @@ class AttackObjective:
         pred = scores.argmax(dim=1)
         self._recent = (owner, loss, pred)
         adv = is_adversarial(pred, label, target)
-        rows = adv.nonzero().flatten()
-        if rows.numel():
-            rows = rows[~self.found[owner[rows]]]
-        if rows.numel():
-            # Keep the first adversarial row per image (lowest position in this batch).
-            imgs = owner[rows]
-            first = torch.full((len(self.found),), len(owner), dtype=torch.long, device=rows.device)
-            first.scatter_reduce_(0, imgs, rows, reduce="amin")
-            rows = rows[first[imgs] == rows]
-            imgs = owner[rows]
-            self.found[imgs] = True
-            self.x_adv[imgs] = x[rows]
-            self.adv_pred[imgs] = pred[rows]
+        # The first adversarial row per image not found before, by masks (no host read).
+        if owner is self._ids:  # every image once, in order: the row is the image
+            new = adv.gt_(self.found)  # adv and not found, for bools
+            if self.checkpoints is not None:  # the black box defers its checks: see _step
+                self.checkpoints.append(new)
+            self.found.logical_or_(new)
+            torch.where(new.view(-1, *[1] * (x.dim() - 1)), x, self.x_adv, out=self.x_adv)
+            torch.where(new, pred, self.adv_pred, out=self.adv_pred)
+            return loss, pred
+        m = owner.numel()
+        new = adv.gt_(self.found.index_select(0, owner))
+        pos = torch.where(new, torch.arange(m, device=owner.device), m)
+        first = torch.full_like(self.found, m, dtype=torch.long)
+        first.scatter_reduce_(0, owner, pos, reduce="amin")
+        hit = first < m
+        rows = first.clamp_(max=m - 1)
+        if self.checkpoints is not None:
+            self.checkpoints.append(hit)
+        self.found.logical_or_(hit)
+        shape = (-1, *[1] * (x.dim() - 1))
+        torch.where(hit.view(shape), x.index_select(0, rows), self.x_adv, out=self.x_adv)
+        torch.where(hit, pred.index_select(0, rows), self.adv_pred, out=self.adv_pred)
         return loss, pred
 
     def __call__(self, points: Tensor, owner: Tensor) -> Tensor:
@@ -203,9 +242,10 @@ class AttackObjective:
         """Prediction at the point of the latest call whose loss equals ``loss`` (per image
         in ``ids``); ``fallback`` where no such row exists (the point was scored earlier)."""
         owner, losses, preds = self._recent
-        if owner is ids or (owner.shape == ids.shape and torch.equal(owner, ids)):
+        if owner is ids:
             # The latest call scored exactly these images, once each, in this order (ids are
-            # distinct): the match below is diagonal, so compare row by row.
+            # distinct): the match below is diagonal, so compare row by row. (Equal values
+            # in another tensor take the general form, with the same result and no read.)
             return torch.where(losses == loss, preds, fallback)
         match = (owner.unsqueeze(0) == ids.unsqueeze(1)) & (
             losses.unsqueeze(0) == loss.unsqueeze(1)
@@ -489,33 +529,62 @@ def _clean_check(
 
 
 def _loop(run: _Run, state: _LoopState) -> None:
-    """Step every active image until it succeeds, runs out of budget or of steps."""
+    """Step every active image until it succeeds, runs out of budget or of steps.
+
+    Host reads: one per model call in the steady state. The black box's checks are read
+    with the step's own flags (:meth:`BlackBox.deferred_checks`); the budget and the
+    subspace stage are decided from the ledger's known maximum on the host, and read
+    exactly only when that bound cannot decide them (the last steps before a limit)."""
     cost = run.step_cost(state.space)
-    while _any_active(state):
-        spent = run.spent().to(state.v.device)
-        retired = _retire_over_budget(run, state, spent, cost)
-        if run.max_steps is not None and state.step >= run.max_steps:
-            state.stop(state.active, "steps")
-            break
-        if retired and not _any_active(state):
-            break
-        if run.rule.reads_progress:  # budget-relative lr / mu schedules; else a wasted op per step
-            run.rule.set_progress(spent / run.budget)
-        schedule = run.schedule
-        stage = schedule.stage(int(spent[state.active].max())) if len(schedule.spaces) > 1 else 0
-        if schedule.spaces[stage] is not state.space:
-            _refine(run, state, schedule.spaces[stage])
-            cost = run.step_cost(state.space)
-            continue
-        _step(run, state)
-        state.step += 1
-        if run.callback is not None:
-            live = LoopProgress(
-                finished=~state.active,
-                fooled=run.obj.found & run.clean_correct,
-                attacked=run.clean_correct,
-            )
-            run.callback(state.step, live, run.spent())
+    bb, dev = run.blackbox, state.v.device
+    start_min = int(run.start_q.min()) if run.start_q.numel() else 0
+    schedule = run.schedule
+    stage_seen: tuple[Tensor, int] | None = None  # active (and version) at the last exact stage
+    with bb.deferred_checks():
+        while _any_active(state):
+            # No image has spent more than this (None: unknown).
+            hi = bb.count_bound
+            most = None if hi is None else hi - start_min
+            spent: Tensor | None = None
+            retired = False
+            if most is None or most > run.budget - cost:
+                spent = run.spent().to(dev)
+                retired = _retire_over_budget(run, state, spent, cost)
+            if run.max_steps is not None and state.step >= run.max_steps:
+                state.stop(state.active, "steps")
+                break
+            if retired and not _any_active(state):
+                break
+            if run.rule.reads_progress:  # budget-relative schedules; else a wasted op per step
+                spent = run.spent().to(dev) if spent is None else spent
+                run.rule.set_progress(spent / run.budget)
+            stage = 0
+            if len(schedule.spaces) > 1:
+                stage = next(i for i, sp in enumerate(schedule.spaces) if sp is state.space)
+                # While the active set is unchanged the largest spent count among active
+                # images only grows: the stage is the current one while the bound's is.
+                same = (
+                    stage_seen is not None
+                    and stage_seen[0] is state.active
+                    and stage_seen[1] == state.active._version
+                )
+                if not (same and most is not None and schedule.stage(most) == stage):
+                    spent = run.spent().to(dev) if spent is None else spent
+                    stage = schedule.stage(int(spent[state.active].max()))
+                    stage_seen = (state.active, state.active._version)
+            if schedule.spaces[stage] is not state.space:
+                _refine(run, state, schedule.spaces[stage])
+                cost = run.step_cost(state.space)
+                continue
+            _step(run, state, start_min)
+            state.step += 1
+            if run.callback is not None:
+                live = LoopProgress(
+                    finished=~state.active,
+                    fooled=run.obj.found & run.clean_correct,
+                    attacked=run.clean_correct,
+                )
+                run.callback(state.step, live, run.spent())
 
 
 def start_point(
@@ -605,9 +674,25 @@ def _refine(run: _Run, state: _LoopState, new: Subspace) -> None:
     run.obj.subspace = new
 
 
-def _step(run: _Run, state: _LoopState) -> None:
+def _step(run: _Run, state: _LoopState, start_min: int) -> None:
     """One rule step for every active image, then the iterate check where it is needed."""
-    obj, v, fx, last_pred = run.obj, state.v, state.fx, state.last_pred
+    obj = run.obj
+    obj.checkpoints = [] if run.blackbox.deferring else None
+    try:
+        _step_body(run, state, start_min)
+    except (InvalidInputError, InvalidScoresError) as exc:
+        # A deferred check failed: ``found`` as it was before the failing call.
+        i = getattr(exc, "failed_call", None)
+        if obj.checkpoints and i is not None:
+            for new in obj.checkpoints[i:]:
+                obj.found &= ~new
+        raise
+    finally:
+        obj.checkpoints = None
+
+
+def _step_body(run: _Run, state: _LoopState, start_min: int) -> None:
+    obj, v, fx, last_pred, bb = run.obj, state.v, state.fx, state.last_pred, run.blackbox
     ids = _active_ids(run, state)
     # Every image active (ids = 0..N-1; the usual step): the rule reads v itself (rules never
     # write their input), sparing an image-sized gather; a search rule reads fx itself too.
@@ -619,49 +704,67 @@ def _step(run: _Run, state: _LoopState) -> None:
     res = run.rule.step(obj, x_in, generator=run.generator, idx=ids, fx=fx_in)
     # Every image active: none had been found before this step, so found is done.
     done = obj.found if whole else obj.found.index_select(0, ids)
-    # Keep the variable inside the ball (in variable space; expansion preserves Linf).
-    v_next = state.space.project(res.x_next, run.norm, run.eps)
-    if v_next is not v:
-        if whole:
-            v.copy_(v_next)
-        else:
-            v.index_copy_(0, ids, v_next.to(v.dtype))
     # Rules that scored their own next point (greedy search, line search) hand back its
     # loss; projection must have left that point alone for the value to stand.
     # finite > done is "finite and not done" for bools; |f| < inf is isfinite (NaN compares
     # False), each in fewer ops than the spelled-out form.
     known = res.fx_next.abs().lt(math.inf).gt_(done)
-    # (A gradient rule knows no next loss: no image-sized compare for nothing.)
-    if v_next is not res.x_next and bool(known.any()):
-        known &= ~(v_next != res.x_next).flatten(1).any(dim=1)
-    every = bool(known.all())
-    n_known = ids.shape[0] if every else int(known.sum())
-    if whole and every:
-        # Every image's next loss is known (a search rule's usual step): plain copies, and
-        # no iterate check to prepare.
-        fx.copy_(res.fx_next)
-        last_pred.copy_(obj.recent_pred(ids, res.fx_next, last_pred))
-    elif n_known:
-        known_ids, known_fx = ids[known], res.fx_next[known]
-        fx[known_ids] = known_fx
-        last_pred[known_ids] = obj.recent_pred(known_ids, known_fx, last_pred[known_ids])
-    if not every:
-        live = ids[~done & ~known]
-        if live.numel():
-            # An iterate check the budget cannot pay for is skipped: the image stops next round.
-            used = run.blackbox.queries_of(live.cpu()) - run.start_q[live.cpu()]
+    # Keep the variable inside the ball (in variable space; expansion preserves Linf). A
+    # clamp is written straight into v; no host read decides whether it is needed.
+    x_next = res.x_next
+    if run.norm == "linf" and not state.space.spec.startswith("dct:"):
+        if whole:
+            v_next = torch.clamp(x_next.to(v.dtype), -run.eps, run.eps, out=v)
+        else:
+            v_next = x_next.clamp(-run.eps, run.eps)
+            v.index_copy_(0, ids, v_next.to(v.dtype))
+        moved = True
+    else:
+        v_next = state.space.project(x_next, run.norm, run.eps)
+        moved = v_next is not x_next
+        if v_next is not v:
+            if whole:
+                v.copy_(v_next)
+            else:
+                v.index_copy_(0, ids, v_next.to(v.dtype))
+    if moved:
+        known &= (v_next == x_next).flatten(1).all(dim=1)
+    # Next losses where known, the old ones elsewhere (an iterate check fills those in).
+    fx_sel = torch.where(known, res.fx_next, fx_in)
+    pred_old = last_pred if whole else last_pred.index_select(0, ids)
+    pred_sel = torch.where(known, obj.recent_pred(ids, res.fx_next, pred_old), pred_old)
+    if whole:
+        fx.copy_(fx_sel)
+        last_pred.copy_(pred_sel)
+    else:
+        fx.index_copy_(0, ids, fx_sel)
+        last_pred.index_copy_(0, ids, pred_sel)
+    # The step's one host read, with the black box's checks of its calls.
+    settled = known.logical_or_(done)
+    any_settled, all_settled, any_done = bb.settle(
+        torch.stack([settled.any(), settled.all(), done.any()])
+    )
+    if not all_settled:
+        # The iterate check, 1 query per image not done whose next loss is unknown.
+        live = ids if not any_settled else ids[~settled]
+        hi = bb.count_bound
+        if hi is None or hi - start_min >= run.budget:
+            # An iterate check the budget cannot pay for is skipped: the image stops next
+            # round.
+            live_cpu = live.cpu() if live.device.type != "cpu" else live
+            used = bb.queries_of(live_cpu) - run.start_q[live_cpu]
             live = live[(used < run.budget).to(live.device)]
         if live.numel():
-            # The iterate check, 1 query per image. v was projected above (it always is: the
-            # start point and every refinement are too), so scoring need not project it again;
-            # every image live: v itself, no gathered copy.
+            # v was projected above (it always is: the start point and every refinement
+            # are too), so scoring need not project it again; every image live: v itself,
+            # no gathered copy.
             v_live = v if live.numel() == v.shape[0] else v.index_select(0, live)
             f_new, p_new = obj.score(v_live, live, projected=True)
             fx[live] = f_new.double()
             last_pred[live] = p_new
-            done = obj.found[ids]
-    # Every next loss known means no image was done (known excludes them).
-    if not every and bool(done.any()):
+            done = obj.found if whole else obj.found.index_select(0, ids)
+            (any_done,) = bb.settle(done.any())
+    if any_done:
         for i in ids[done].tolist():
             state.reasons[i] = "success"
         # Only images of this step can have been found (ids are the active ones), so active

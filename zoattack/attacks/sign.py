@@ -263,7 +263,8 @@ class SignRule(SearchRule):
         ranks = self._ranks(x, idx, first, generator)
         node, tables = self._schedule(x, idx)
         lo_of, hi_of, next_of = tables
-        m = int(first.sum())
+        lo, hi = self.step_span(steps, idx)
+        m = 0 if lo > 1 else (n if hi == 1 else int(first.sum()))
         shared = self._shared_node(node, idx) if ranks.dim() == 1 else None
         # Kept for _commit, which SearchRule.step calls right after scoring these candidates.
         self._pending = (idx, node, next_of, m, shared)

@@ -175,10 +175,13 @@ def _redraw_serial(
     redraw: Tensor,
     generator: torch.Generator,
     where: Tensor | None = None,
+    rows: list[int] | None = None,
+    codes: list[list[float]] | None = None,
 ) -> None:
     """Square's sign redraws for rows ``redraw`` of ``signs`` ``(m, c, 1, 1)``, in place,
     exactly as the per-try loop makes them, for a CPU generator (``where``: ``redraw``'s
-    nonzero ids, when the caller has them).
+    nonzero ids, when the caller has them; ``rows``: the same as a list; ``codes``: ``code``
+    as lists, when ``code`` holds ``signs``' values, sparing their reads).
 
     The loop draws ``c`` signs for each row still unchanged, try after try, until no row is
     (after ``RESAMPLE_TRIES`` tries the rest are negated). A CPU generator yields the same
@@ -188,7 +191,7 @@ def _redraw_serial(
     28x28 (one channel, half of all 1-pixel windows need a redraw) were most of a step.
     """
     at = redraw.nonzero().flatten() if where is None else where
-    rows = at.tolist()
+    rows = at.tolist() if rows is None else rows
     if not rows:
         return
     c = code.shape[1]
@@ -206,8 +209,8 @@ def _redraw_serial(
     saved = generator.get_state()
     pool = torch.randint(0, 2, (len(rows) * c * RESAMPLE_TRIES,), generator=generator).tolist()
     generator.set_state(saved)
-    codes = code.tolist()
-    current = signs.view(-1, c).tolist()
+    current = signs.view(-1, c).tolist() if codes is None else codes
+    codes = code.tolist() if codes is None else codes
     final: dict[int, list[float]] = {r: current[r] for r in rows}
     used = 0
     active = rows
@@ -416,7 +419,7 @@ class SquareRule(SearchRule):
         idx: Tensor,
         generator: torch.Generator,
     ) -> Tensor:
-        lo, hi = (int(t) for t in torch.aminmax(steps))
+        lo, hi = self.step_span(steps, idx)
         if lo > 1:  # the usual step: every example moves, no gather and scatter needed
             # (the step counts' range also gives the window side: one sync for both)
             return self._move(objective, x, steps, idx, generator, (lo, hi))
@@ -440,7 +443,7 @@ class SquareRule(SearchRule):
     ) -> Tensor:
         if self.norm == "linf":
             return self._move_linf(x, steps, generator, span)
-        return self._move_l2(applied_perturbation(objective, x, idx), steps, generator)
+        return self._move_l2(applied_perturbation(objective, x, idx), steps, generator, span)
 
     # ------------------------------------------------------------------------ Linf
     def _start_linf(self, x: Tensor, generator: torch.Generator) -> Tensor:
@@ -550,17 +553,22 @@ class SquareRule(SearchRule):
         fill = _sign_values(self.lr, delta.dtype, dev).index_select(0, bits).view(m, c, 1, 1)
         flat = delta.reshape(m, c, h * w)
         held = flat.gather(2, at) == fill.view(m, c, 1)  # (m, c, k)
-        rows = held.view(m, c * k).all(dim=1).nonzero().flatten()  # one sync: which redraw
-        if rows.numel():
+        redraw = held.view(m, c * k).all(dim=1)
+        # One read: which windows redraw, and the bits drawn (the replay needs them).
+        vals = torch.cat([redraw.to(bits.dtype), bits]).tolist()
+        rows = [i for i in range(m) if vals[i]]
+        if rows:
+            drawn = vals[m:]
+            where = torch.tensor(rows, device=dev)
             if c == 1:
                 # The redrawn sign is the opposite one (see _redraw_serial): flip those fills.
-                drawn = bits.tolist()
-                _replay_one_channel([drawn[r] for r in rows.tolist()], generator)
+                _replay_one_channel([drawn[r] for r in rows], generator)
                 one = fill.view(m)
-                one.index_copy_(0, rows, one.index_select(0, rows).neg())
+                one.index_copy_(0, where, one.index_select(0, where).neg())
             else:
                 signs = (bits * 2 - 1).to(delta.dtype).view(m, c, 1, 1)  # draw_signs' values
-                _redraw_serial(signs.view(m, c), signs, rows, generator, rows)
+                codes = [[2.0 * b - 1.0 for b in drawn[r * c : r * c + c]] for r in range(m)]
+                _redraw_serial(signs.view(m, c), signs, redraw, generator, where, rows, codes)
                 fill = self.lr * signs
         cand = flat.clone(memory_format=torch.contiguous_format)
         cand.scatter_(2, at, fill.view(m, c, 1).expand(m, c, k))
@@ -597,11 +605,17 @@ class SquareRule(SearchRule):
         delta[warm] = x[warm].double()
         return fit_l2(delta, float(self.lr), x.dtype)
 
-    def _move_l2(self, delta: Tensor, steps: Tensor, generator: torch.Generator) -> Tensor:
+    def _move_l2(
+        self,
+        delta: Tensor,
+        steps: Tensor,
+        generator: torch.Generator,
+        span: tuple[int, int] | None = None,
+    ) -> Tensor:
         m, c, h, w = delta.shape
         dev = delta.device
         d64 = delta.double()
-        side = self._sides(steps, h, w)
+        side, common = self._sides_and_common(steps, h, w, span=span)
         top1 = _uniform_int(h - side + 1, generator, dev)
         left1 = _uniform_int(w - side + 1, generator, dev)
         top2 = _uniform_int(h - side + 1, generator, dev)
@@ -611,10 +625,13 @@ class SquareRule(SearchRule):
         # The new bump placed in window 1 (one group per window side; transposed at random).
         flip = torch.rand(m, generator=generator, device=generator.device) > 0.5
         bump = torch.zeros(m, h, w, dtype=torch.float64, device=dev)
-        lo, hi = (int(t) for t in torch.aminmax(side))
-        groups = [lo] if lo == hi else side.unique().tolist()
+        groups = [common] if common is not None else side.unique().tolist()
         for s in groups:
-            rows = torch.arange(m, device=dev) if lo == hi else (side == s).nonzero().flatten()
+            rows = (
+                torch.arange(m, device=dev)
+                if common is not None
+                else (side == s).nonzero().flatten()
+            )
             base = _cached_bump(int(s), dev)
             tiles = torch.where(flip.to(dev)[rows].view(-1, 1, 1), base.T, base)
             ar = torch.arange(int(s), device=dev)

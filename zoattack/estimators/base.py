@@ -18,7 +18,7 @@ from torch import Tensor
 
 from zoattack._state import PerExampleState
 from zoattack.errors import PrecisionError
-from zoattack.objective import Objective, evaluate_ragged
+from zoattack.objective import Objective, evaluate_grid, evaluate_ragged
 
 DIFFERENCES = ("forward", "central")
 
@@ -237,11 +237,8 @@ def query_points(
     base = torch.isnan(fx)
     if fresh is None and not bool(base.any()):
         # The usual call (f(x) known): the probes alone, with no concatenated copy.
-        vals = evaluate_ragged(
-            objective,
-            pts.view(n, k, *shape),
-            torch.ones(n, k, dtype=torch.bool, device=x.device),
-            idx,
+        vals = evaluate_grid(objective, pts.view(n, k, *shape), idx).to(
+            device=x.device, dtype=torch.float64
         )
         return fx, vals, torch.full((n,), k, dtype=torch.int64, device=x.device)
     cand = torch.cat([x.unsqueeze(1), pts], dim=1)
@@ -264,9 +261,10 @@ def query_pairs(
     )
     torch.add(x.unsqueeze(1), disp, out=cand[:, :k])
     torch.sub(x.unsqueeze(1), disp, out=cand[:, k:])
-    keep = torch.ones(n, 2 * k, dtype=torch.bool, device=x.device)
-    vals = evaluate_ragged(objective, cand.reshape(n, 2 * k, *shape), keep, idx)
-    return vals[:, :k], vals[:, k:], keep.sum(dim=1)
+    vals = evaluate_grid(objective, cand.reshape(n, 2 * k, *shape), idx).to(
+        device=x.device, dtype=torch.float64
+    )
+    return vals[:, :k], vals[:, k:], torch.full((n,), 2 * k, dtype=torch.int64, device=x.device)
 
 
 class RandomDirectionEstimator(GradientEstimator):

@@ -488,9 +488,22 @@ class SearchRule(ZORule):
         self.budget = budget
         self.estimator = None
         self.state = PerExampleState()
+        self.span: tuple[int, int] | None = None
+        self._span_memo: tuple[Tensor, int, Tensor, int, int, int] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr!r}, norm={self.norm!r}, budget={self.budget!r})"
+
+    def step_span(self, steps: Tensor, idx: Tensor) -> tuple[int, int]:
+        """``steps``' (min, max) for this :meth:`step` (its proposal asks): known on the host
+        in the steady state, else read once and followed from then on."""
+        span = self.span
+        if span is None:
+            lo, hi = torch.stack(torch.aminmax(steps)).tolist() if steps.numel() else (1, 1)
+            span = self.span = (int(lo), int(hi))
+        table = self.state.tensors["step"]
+        self._span_memo = (table, table._version, idx, idx._version, *span)
+        return span
 
     def max_queries_per_step(self, dim: int) -> int:
         return 1
@@ -522,6 +535,20 @@ class SearchRule(ZORule):
                 fx_next=empty,
             )
         steps = self.state.get("step", idx, (), dtype=torch.int64, device=x.device) + 1
+        table = self.state.tensors["step"]
+        memo = self._span_memo
+        # The step counts' (min, max), kept on the host: while nothing but this method wrote
+        # the table and idx is the same tensor, both grew by one since the last call.
+        if (
+            memo is not None
+            and memo[0] is table
+            and memo[1] == table._version
+            and memo[2] is idx
+            and memo[3] == idx._version
+        ):
+            self.span = (memo[4] + 1, memo[5] + 1)
+        else:
+            self.span = None
         self.state.set("step", idx, steps)
         first = steps == 1
         shape = (-1,) + (1,) * (x.dim() - 1)

@@ -13,6 +13,7 @@ first improved, so every attack reports exactly the points that were checked by 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -141,27 +142,33 @@ class LabelOracle:
         return adv
 
     def _record(self, points: Tensor, owner: Tensor, adv: Tensor, pred: Tensor) -> None:
-        rows = adv.nonzero().flatten()
-        if not rows.numel():
-            return
-        own = owner[rows]
-        dist = distance(points[rows], self.x0.index_select(0, own), self.norm)
-        best = torch.full((self.n,), float("inf"), dtype=torch.float64, device=dist.device)
-        best.scatter_reduce_(0, own, dist, reduce="amin")
-        better = (best < self.best_dist).nonzero().flatten()
-        if not better.numel():
-            return
-        spent = self.spent(better)
-        for j, i in enumerate(better.tolist()):
-            # the first row of image i reaching its minimum this call
-            hit = rows[(own == i) & (dist == best[i])][0]
-            self.x_best[i] = points[hit]
-            self.best_pred[i] = pred[hit]
-            self.best_dist[i] = best[i]
-            self.found[i] = True
-            q = int(spent[j])
-            self.curve[i].append((q, float(best[i])))
-            if self.queries_to_eps[i] < 0 and float(best[i]) <= self.eps:
+        """Keep each image's closest adversarial point of this call when it improves on the
+        best so far: batched over images by masks, then one host read for the curve."""
+        m, n = owner.numel(), self.n
+        dist = distance(points, self.x0.index_select(0, owner), self.norm)
+        dist = torch.where(adv, dist, math.inf)
+        best = torch.full((n,), math.inf, dtype=torch.float64, device=dist.device)
+        best.scatter_reduce_(0, owner, dist, reduce="amin")
+        better = best < self.best_dist
+        # The first row of each image reaching its minimum this call.
+        at_min = adv & (dist == best.index_select(0, owner))
+        pos = torch.where(at_min, torch.arange(m, device=owner.device), m)
+        first = torch.full((n,), m, dtype=torch.long, device=owner.device)
+        first.scatter_reduce_(0, owner, pos, reduce="amin")
+        hit = first.clamp_(max=m - 1)
+        shape = (-1, *[1] * (points.dim() - 1))
+        cand = points.index_select(0, hit).to(self.x_best.dtype)
+        torch.where(better.view(shape), cand, self.x_best, out=self.x_best)
+        torch.where(better, pred.index_select(0, hit), self.best_pred, out=self.best_pred)
+        torch.where(better, best, self.best_dist, out=self.best_dist)
+        self.found |= better
+        # The one read: which images improved, to what, after how many queries.
+        spent = self.spent().to(device=best.device, dtype=torch.float64)
+        values = torch.stack([better.to(torch.float64), best, spent]).tolist()
+        for i in (i for i, b in enumerate(values[0]) if b):
+            q, d = int(values[2][i]), values[1][i]
+            self.curve[i].append((q, d))
+            if d <= self.eps and self.queries_to_eps[i] < 0:
                 self.queries_to_eps[i] = q
 
 
