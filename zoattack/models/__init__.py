@@ -19,14 +19,26 @@ from zoattack.models.weights import (
     shipped_weights,
     weights_dir,
 )
-from zoattack.models.zoo import ResNet20, SmallCNN, ZooModel
+from zoattack.models.zoo import (
+    CifarResNet,
+    ResNet20,
+    ResNet32,
+    ResNet44,
+    ResNet56,
+    SmallCNN,
+    ZooModel,
+)
 
 __all__ = [
     "MODELS",
+    "CifarResNet",
     "MissingDependencyError",
     "Normalize",
     "NormalizedModel",
     "ResNet20",
+    "ResNet32",
+    "ResNet44",
+    "ResNet56",
     "SmallCNN",
     "TrainRecipe",
     "TrainResult",

@@ -29,7 +29,7 @@ from zoattack.models.weights import (
     weights_dir,
     weights_filename,
 )
-from zoattack.models.zoo import ResNet20, SmallCNN, ZooModel
+from zoattack.models.zoo import ResNet20, ResNet32, ResNet44, ResNet56, SmallCNN, ZooModel
 from zoattack.registry import Entry, Recipe, Registry
 
 MODELS: Registry[nn.Module] = Registry("model")
@@ -46,12 +46,34 @@ MODELS.add(
         ResNet20,
         "CIFAR ResNet-20 (He et al. 2016): 3x3 basic blocks, 16/32/64 channels, option-A "
         "shortcuts, ~0.27M params; any in-channels/classes/size",
-        {"zoo": True, "trainable": True, "pretrained": _pretrained_flag("resnet20")},
+        {
+            "zoo": True,
+            "trainable": True,
+            "pretrained": _pretrained_flag("resnet20"),
+            "published": "cifar10",
+        },
         ("resnet_20",),
         # What the shipped weights were trained with (`zoattack train` defaults).
         recipe=Recipe(epochs=4, lr=0.1, optimizer="sgd", weight_decay=5e-4, augment="none"),
     )
 )
+# The deeper CIFAR ResNets: no shipped weights; on cifar10 they load Idelbayev's published
+# checkpoints (zoattack/models/download.py, pinned by SHA-256) from the torch hub cache.
+for _cls, _params in ((ResNet32, "0.46"), (ResNet44, "0.66"), (ResNet56, "0.85")):
+    MODELS.add(
+        Entry(
+            _cls.arch,
+            _cls,
+            f"CIFAR ResNet-{_cls.arch[6:]} (He et al. 2016): {_cls.blocks} blocks per stage, "
+            f"option-A shortcuts, ~{_params}M params",
+            {
+                "zoo": True,
+                "trainable": True,
+                "pretrained": _pretrained_flag(_cls.arch),
+                "published": "cifar10",
+            },
+        )
+    )
 MODELS.add(
     Entry(
         "small_cnn",
