@@ -80,8 +80,13 @@ def eval_command(
     sha256: Sha256Option = None,
     norm: Annotated[str, typer.Option(help="linf or l2.", rich_help_panel=P_THREAT)] = "linf",
     eps: Annotated[
-        float | None,
-        typer.Option(help="Radius (default 0.1 linf, 1.5 l2).", rich_help_panel=P_THREAT),
+        str | None,
+        typer.Option(
+            help="Radius, a number or a fraction like 8/255 (default: the data set's "
+            "convention, `zoattack list datasets`).",
+            rich_help_panel=P_THREAT,
+            show_default=False,
+        ),
     ] = None,
     loss: Annotated[str, typer.Option(help="margin or ce.", rich_help_panel=P_THREAT)] = "margin",
     steps: Annotated[int, typer.Option(help="PGD steps per restart.", rich_help_panel=P_OPT)] = 50,
@@ -117,7 +122,7 @@ def eval_command(
     from zoattack.attacks.pgd import PGD, check_threat
     from zoattack.data import load_dataset
     from zoattack.device import resolve_device
-    from zoattack.jobs.attack import DEFAULT_EPS
+    from zoattack.jobs.attack import eps_source, resolve_eps
     from zoattack.models import create_model
     from zoattack.seeding import make_generator, seed_everything
 
@@ -132,12 +137,12 @@ def eval_command(
     if seed < 0:
         raise ValueError(f"--seed must be >= 0, got {seed}")
     norm = norm.lower()
-    eps = eps if eps is not None else DEFAULT_EPS.get(norm, 0.1)
-    attack = PGD(norm, eps, steps=steps, restarts=restarts, step_size=step_size, loss=loss)
+    radius = resolve_eps(eps, dataset, norm)
+    attack = PGD(norm, radius, steps=steps, restarts=restarts, step_size=step_size, loss=loss)
     dev = resolve_device(device)
     seed_everything(seed)  # third-party code only; the attack draws from `gen`
     data = load_dataset(dataset, split="test", data_dir=data_dir, limit=images)
-    check_threat(attack.norm, eps, data.images[0].numel())
+    check_threat(attack.norm, radius, data.images[0].numel())
     net = create_model(
         model,
         dataset=data,
@@ -204,7 +209,8 @@ def eval_command(
         "threat_model": threat_model,
         "images": len(rows),
         "norm": attack.norm,
-        "eps": eps,
+        "eps": radius,
+        "eps_source": eps_source(radius, dataset, attack.norm),
         "loss": loss,
         "steps": steps,
         "restarts": restarts,

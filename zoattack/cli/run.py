@@ -85,8 +85,13 @@ def run_command(
     ] = 100,
     norm: Annotated[str, typer.Option(help="linf or l2.", rich_help_panel=P_THREAT)] = "linf",
     eps: Annotated[
-        float | None,
-        typer.Option(help="Radius (default 0.1 linf, 1.5 l2).", rich_help_panel=P_THREAT),
+        str | None,
+        typer.Option(
+            help="Radius, a number or a fraction like 8/255 (default: the data set's "
+            "convention, `zoattack list datasets`).",
+            rich_help_panel=P_THREAT,
+            show_default=False,
+        ),
     ] = None,
     target: Annotated[
         str | None,

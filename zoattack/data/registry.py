@@ -87,6 +87,9 @@ class DatasetSpec:
     std: tuple[float, ...] | None
     classes: tuple[str, ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
+    # The threat model users of this data set attack at by convention: radius per norm
+    # (see :func:`conventional_eps`; empty: the package-wide default).
+    eps: dict[str, float] = field(default_factory=dict)
 
     def __call__(self, **kwargs: Any) -> ImageDataset:
         return self.loader(**kwargs)
@@ -103,7 +106,9 @@ def register_dataset(
         if spec.channels is not None and spec.size is not None
         else "from files"
     )
-    base = {"shape": shape, "classes": spec.num_classes or "from files"}
+    base: dict[str, Any] = {"shape": shape, "classes": spec.num_classes or "from files"}
+    if spec.eps:  # shown by `zoattack list datasets`
+        base["eps"] = " ".join(f"{n}:{eps_text(e)}" for n, e in spec.eps.items())
     DATASETS.add(Entry(spec.name, spec, spec.description, {**base, **(flags or {})}, aliases))
     return spec
 
@@ -120,6 +125,49 @@ def dataset_spec(name: str) -> DatasetSpec:
     factory = DATASETS.get(base).factory
     assert isinstance(factory, DatasetSpec)
     return factory if shape is None else view_spec(factory, shape)
+
+
+# ImageNet-sized inputs (224x224 and up: ImageNet models from torchvision / timm):
+# RobustBench's ImageNet Linf threat model and the common L2 radius at that size (Engstrom et
+# al.'s robustness library, Salman et al. 2020).
+IMAGENET_EPS = {"linf": 4 / 255, "l2": 3.0}
+IMAGENET_SIZE = 224
+
+
+def conventional_eps(dataset: str | None, norm: str) -> tuple[float, str]:
+    """The radius a ``norm`` attack on ``dataset`` uses when no eps is given, and its source.
+
+    The data set's registered convention (CIFAR-10 Linf 8/255 and L2 0.5, MNIST 0.3 and 2.0,
+    ...); inputs of 224x224 and up (an ImageNet-sized view or spec) take the ImageNet
+    convention; otherwise, and for a name that is not registered (reported where the data is
+    loaded), the package default :data:`zoattack.norms.DEFAULT_EPS`.
+    Returns e.g. ``(8/255, "cifar10 convention")``.
+    """
+    from zoattack.errors import UnknownNameError
+    from zoattack.norms import DEFAULT_EPS
+
+    key = norm.lower()
+    fallback = (DEFAULT_EPS.get(key, 0.0), "zoattack default")
+    if dataset is None:
+        return fallback
+    try:
+        spec = dataset_spec(dataset)
+    except (UnknownNameError, ValueError):
+        return fallback
+    if spec.size is not None and min(spec.size) >= IMAGENET_SIZE and key in IMAGENET_EPS:
+        h, w = spec.size
+        return IMAGENET_EPS[key], f"ImageNet-sized input ({h}x{w}) convention"
+    if key in spec.eps:
+        return spec.eps[key], f"{spec.notes.get('base', spec.name)} convention"
+    return fallback
+
+
+def eps_text(eps: float) -> str:
+    """``8/255`` for a radius that is a whole number of 8-bit grey levels, else ``0.5``."""
+    levels = eps * 255
+    if abs(levels - round(levels)) < 1e-9 and 0 < round(levels) < 255 and eps < 1:
+        return f"{round(levels)}/255"
+    return f"{eps:g}"
 
 
 def load_dataset(

@@ -28,7 +28,7 @@ from zoattack.attacks.base import AttackInterrupted, AttackResult, run_attack
 from zoattack.attacks.hardlabel.oracle import DecisionResult
 from zoattack.blackbox import DECISION_HINT, BlackBox, LabelsOnly, check_output_kind
 from zoattack.errors import ZOAttackError
-from zoattack.norms import DEFAULT_EPS, check_norm
+from zoattack.norms import DEFAULT_EPS, check_norm, parse_eps
 from zoattack.optim import OPTIMIZERS, create_optimizer
 from zoattack.optim.base import ZORule
 from zoattack.registry import Tuned
@@ -58,6 +58,27 @@ class JobInterrupted(ZOAttackError):
         super().__init__(message)
         self.rows = rows
         self.scored_inputs = scored_inputs  # by this call of run_job, the cut-short chunk too
+
+
+def resolve_eps(eps: float | str | None, dataset: str | None, norm: str) -> float:
+    """The radius an attack runs at: ``eps`` as given (a number or a fraction like ``8/255``),
+    else the data set's conventional radius for ``norm`` (the data-set registry's
+    :func:`~zoattack.data.registry.conventional_eps`; CIFAR-10 Linf 8/255, ...). The one
+    place eps defaults are resolved (score-based, hard-label and white-box runs)."""
+    if eps is not None:
+        return parse_eps(eps)
+    from zoattack.data.registry import conventional_eps
+
+    return conventional_eps(dataset, norm)[0]
+
+
+def eps_source(eps: float, dataset: str | None, norm: str) -> str:
+    """Where a resolved radius came from: the data set's convention when it equals it (e.g.
+    ``"cifar10 convention"``), else ``"--eps"``."""
+    from zoattack.data.registry import conventional_eps
+
+    conv, origin = conventional_eps(dataset, norm)
+    return origin if math.isclose(eps, conv, rel_tol=1e-9) else "--eps"
 
 
 def default_optimizer(norm: str) -> str:
@@ -141,7 +162,7 @@ class AttackSpec:
     threat_model: str | None = None
     images: int = 100
     norm: str = "linf"
-    eps: float | None = None
+    eps: float | str | None = None  # a number or a fraction ("8/255"); None: see resolve_eps
     target: str | None = None
     loss: str = "margin"
     budget: int = 1000
@@ -204,7 +225,7 @@ class AttackSpec:
     def resolved(self) -> AttackSpec:
         """Validate every field and fill the defaults (eps, rule, subspace, estimator, lr)."""
         norm = self.norm.lower()
-        eps = DEFAULT_EPS.get(norm, 0.0) if self.eps is None else float(self.eps)
+        eps = resolve_eps(self.eps, self.dataset, norm)
         norm = check_norm(norm, eps)
         self._check_common()
         if self.attack is not None:
@@ -440,8 +461,10 @@ class PreparedJob:
         """Every setting (resolved), the seed, versions and the counting rule."""
         from zoattack._version import __version__
 
+        assert self.spec.eps is not None
         return {
             **effective_settings(self.spec),
+            "eps_source": eps_source(float(self.spec.eps), self.spec.dataset, self.spec.norm),
             "method": method_of(self.spec),
             **(
                 {"lr_source": lr_source(self.spec)}

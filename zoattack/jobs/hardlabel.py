@@ -35,7 +35,7 @@ from zoattack.attacks.hardlabel import (
 )
 from zoattack.blackbox import DECISION_HINT, BlackBox, LabelsOnly
 from zoattack.errors import QueryBudgetExceeded, ZOAttackError
-from zoattack.norms import DEFAULT_EPS, check_norm
+from zoattack.norms import check_norm
 from zoattack.optim import OPTIMIZERS
 from zoattack.results.rows import DECISION_COUNTING_RULE, rows_of
 
@@ -72,7 +72,9 @@ def resolve_decision(spec: AttackSpec) -> AttackSpec:
     subspace); options the attack does not take are refused. Builds the attack once, so
     invalid hyperparameters fail here, before any model is built."""
     norm = spec.norm.lower()
-    eps = DEFAULT_EPS.get(norm, 0.0) if spec.eps is None else float(spec.eps)
+    from zoattack.jobs.attack import resolve_eps
+
+    eps = resolve_eps(spec.eps, spec.dataset, norm)
     norm = check_norm(norm, eps)
     attack = str(spec.attack)
     if attack.lower() == "auto":  # check_norm admits l2 and linf only

@@ -26,6 +26,7 @@ from zoattack.jobs.attack import (
     AttackSpec,
     JobInterrupted,
     effective_settings,
+    eps_source,
     merge_results,
     prepare,
     run_job,
@@ -57,8 +58,17 @@ def _title(spec: AttackSpec) -> str:
     kind = " (hard-label)" if spec.attack is not None else ""
     return (
         f"{spec_label(spec)}{kind} vs {spec.model} on {spec.dataset}: {spec.norm} "
-        f"eps={spec.eps:g}, budget {spec.budget:,}"
+        f"eps={_eps_words(spec)}, budget {spec.budget:,}"
     )
+
+
+def _eps_words(spec: AttackSpec) -> str:
+    """``8/255 (cifar10 convention)``: the radius and where it came from."""
+    from zoattack.data.registry import eps_text
+
+    assert spec.eps is not None
+    eps = float(spec.eps)
+    return f"{eps_text(eps)} ({eps_source(eps, spec.dataset, spec.norm)})"
 
 
 def _keys(spec: AttackSpec) -> tuple[str, ...]:
@@ -275,7 +285,7 @@ def _universal(job: Any, settings: dict[str, Any], folder: RunFolder | None) -> 
     report = RunReport(
         title=(
             f"universal {settings['optimizer']} on {settings['model']}: {spec.norm} "
-            f"eps={spec.eps:g}, budget {spec.budget:,} per image"
+            f"eps={_eps_words(spec)}, budget {spec.budget:,} per image"
         ),
         settings=settings,
         summary=outcome.summary,
