@@ -121,6 +121,7 @@ def eval_command(
     from zoattack import __version__
     from zoattack.attacks.pgd import PGD, check_threat
     from zoattack.data import load_dataset
+    from zoattack.data.fetch import load_or_fetch
     from zoattack.device import resolve_device
     from zoattack.jobs.attack import eps_source, resolve_eps
     from zoattack.models import create_model
@@ -141,7 +142,9 @@ def eval_command(
     attack = PGD(norm, radius, steps=steps, restarts=restarts, step_size=step_size, loss=loss)
     dev = resolve_device(device)
     seed_everything(seed)  # third-party code only; the attack draws from `gen`
-    data = load_dataset(dataset, split="test", data_dir=data_dir, limit=images)
+    data = load_or_fetch(
+        load_dataset, dataset, data_dir=data_dir, download=download, split="test", limit=images
+    )
     check_threat(attack.norm, radius, data.images[0].numel())
     net = create_model(
         model,

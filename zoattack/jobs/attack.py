@@ -616,13 +616,23 @@ def prepare(
     ``model_options`` go to the model factory and never into the recorded settings: they
     change how a model is reached (a remote model's token, timeout, retries), not results."""
     from zoattack.data import load_dataset
+    from zoattack.data.fetch import load_or_fetch
     from zoattack.device import resolve_device
     from zoattack.models import create_model
 
     spec = spec.resolved()
     check_budget(spec.budget)
     dev = resolve_device(spec.device)
-    data = load_dataset(spec.dataset, split="test", data_dir=spec.data_dir, limit=spec.images)
+    # --download fetches a missing data set too (torchvision's classes and checks).
+    download = bool((model_options or {}).get("download"))
+    data = load_or_fetch(
+        load_dataset,
+        spec.dataset,
+        data_dir=spec.data_dir,
+        download=download,
+        split="test",
+        limit=spec.images,
+    )
     if len(data) < spec.images:
         raise ValueError(
             f"--images {spec.images:,} asks for more than the {len(data):,} test images of "
