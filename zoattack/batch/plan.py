@@ -53,6 +53,9 @@ KEY_DEFAULTS: dict[str, Any] = {
     # existed, see LEGACY_KEY_SCHEMES
     "prior": None,
     "prior_weights": None,
+    # issue 22: an untrained victim on purpose, and data-set indices instead of the first N
+    "random_init": False,
+    "indices": None,
 }
 # Earlier job-key schemes that a store may hold finished work under, newest first: (what,
 # the KEY_DEFAULTS entries that scheme still keyed at their default). Every scheme not listed

@@ -87,6 +87,25 @@ DownloadOption = Annotated[
         rich_help_panel=P_MODEL,
     ),
 ]
+RandomInitOption = Annotated[
+    bool,
+    typer.Option(
+        "--random-init",
+        help="Attack an untrained, randomly initialised network (seeded by --seed) on "
+        "purpose; otherwise zoo, torchvision: and timm: models load pretrained weights.",
+        rich_help_panel=P_MODEL,
+    ),
+]
+IndicesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--indices",
+        help="Data-set indices of the test images instead of the first --images, e.g. "
+        "0:100,250,300:400 (START:STOP is STOP-exclusive); rows keep these indices.",
+        rich_help_panel=P_MODEL,
+        show_default=False,
+    ),
+]
 Sha256Option = Annotated[
     str | None,
     typer.Option(

@@ -18,7 +18,9 @@ from zoattack.cli._common import (
     DataDirOption,
     DatasetOption,
     DownloadOption,
+    IndicesOption,
     ModelDirOption,
+    RandomInitOption,
     Sha256Option,
     ThreatModelOption,
     WeightsOption,
@@ -83,6 +85,8 @@ def run_command(
     images: Annotated[
         int, typer.Option(help="Attack the first N test images.", rich_help_panel=P_MODEL)
     ] = 100,
+    indices: IndicesOption = None,
+    random_init: RandomInitOption = False,
     norm: Annotated[str, typer.Option(help="linf or l2.", rich_help_panel=P_THREAT)] = "linf",
     eps: Annotated[
         str | None,
@@ -333,6 +337,8 @@ def run_command(
         init_from=init_from,
         prior=prior,
         prior_weights=prior_weights,
+        random_init=random_init,
+        indices=indices,
     )
     remote_opts = {
         k: v

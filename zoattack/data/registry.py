@@ -61,6 +61,13 @@ class ImageDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def take(self, indices: list[int]) -> ImageDataset:
+        """The examples at ``indices`` (data-set positions), in that order."""
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return ImageDataset(
+            self.images[idx], self.labels[idx], self.classes, self.name, self.split, self.source
+        )
+
     def head(self, n: int) -> ImageDataset:
         """The first ``n`` examples (all of them when ``n >= len(self)``)."""
         return ImageDataset(
@@ -204,6 +211,79 @@ def load_dataset(
     if ds.images.dtype != torch.float32 or ds.labels.dtype != torch.int64:  # loader contract
         raise AssertionError(f"loader for {name} returned {ds.images.dtype}/{ds.labels.dtype}")
     return ds
+
+
+MAX_INDICES = 10_000_000
+INDICES_FORM = "e.g. 0:100,250,300:400 (START:STOP excludes STOP)"
+
+
+def parse_indices(text: str, option: str = "--indices") -> list[int]:
+    """Data-set indices from ``"0:100,250,300:400"``: comma-separated indices and
+    ``START:STOP`` ranges (STOP excluded, as in Python), kept in the order given.
+
+    Raises ValueError (one line naming ``option``) for a malformed part, an empty range, a
+    negative index or an index given twice. Whether they exist is checked against the data
+    (:func:`check_indices`).
+    """
+    out: list[int] = []
+    parts = [p.strip() for p in str(text).split(",")]
+    if not any(parts):
+        raise ValueError(f"{option} is empty; give indices, {INDICES_FORM}")
+    for part in parts:
+        try:
+            if ":" in part:
+                a, _, b = part.partition(":")
+                lo, hi = int(a), int(b)
+                if hi - lo > MAX_INDICES:
+                    raise ValueError(
+                        f"{option}: the range {part} holds more indices than any test split "
+                        f"(at most {MAX_INDICES:,})"
+                    )
+                if hi <= lo:
+                    raise ValueError(f"{option}: the range {part} is empty (STOP must be > START)")
+                out.extend(range(lo, hi))
+            else:
+                out.append(int(part))
+        except ValueError as exc:
+            if str(exc).startswith(option):
+                raise
+            raise ValueError(f"{option}: cannot read {part!r}; {INDICES_FORM}") from None
+    if min(out) < 0:
+        raise ValueError(f"{option}: indices are >= 0, got {min(out)}")
+    seen: set[int] = set()
+    for i in out:
+        if i in seen:
+            raise ValueError(f"{option}: index {i} is given twice")
+        seen.add(i)
+    return out
+
+
+def check_indices(indices: list[int], available: int, name: str, option: str = "--indices") -> None:
+    """Refuse indices past the ``available`` test images of data set ``name``."""
+    bad = [i for i in indices if i >= available]
+    if bad:
+        raise ValueError(
+            f"{option}: {name} has {available:,} test images (indices 0-{available - 1}), "
+            f"got {bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}"
+        )
+
+
+def load_test_images(
+    name: str,
+    *,
+    data_dir: str | None,
+    images: int,
+    indices: list[int] | None,
+    load: Callable[..., ImageDataset] | None = None,
+) -> ImageDataset:
+    """The first ``images`` test images of ``name``, or those at ``indices`` (checked to
+    exist). ``load`` replaces :func:`load_dataset` (e.g. one that fetches missing files)."""
+    load = load or load_dataset
+    if indices is None:
+        return load(name, split="test", data_dir=data_dir, limit=images)
+    data = load(name, split="test", data_dir=data_dir, limit=max(indices) + 1)
+    check_indices(indices, len(data), data.name)
+    return data.take(indices)
 
 
 def list_datasets(pattern: str | None = None, **flags: Any) -> list[str]:

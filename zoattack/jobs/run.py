@@ -114,7 +114,9 @@ def _stored_complete(folder: RunFolder, meta: Mapping[str, Any]) -> dict[str, An
     if stored is None or not isinstance(images, int):
         return None
     have = {int(r["index"]) for r in folder.read_rows()}
-    return stored if have >= set(range(images)) else None
+    indices = (meta.get("spec") or {}).get("indices")
+    want = set(AttackSpec(indices=indices).image_indices()) if indices else set(range(images))
+    return stored if have >= want else None
 
 
 def check_options(
@@ -203,7 +205,7 @@ def run_attack_job(
 
     done_rows = folder.start(spec.as_dict(), settings, resume=resume) if folder else []
     done = {int(r["index"]) for r in done_rows}
-    todo = sum(1 for i in range(len(job.labels)) if i not in done)
+    todo = sum(1 for i in spec.image_indices() if i not in done)
     if on_start is not None:
         on_start(job.label, spec.budget * todo)
     t0 = time.perf_counter()

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from zoattack.models.adapters import MissingDependencyError
 from zoattack.models.layers import Normalize, NormalizedModel, count_parameters, init_weights_
-from zoattack.models.registry import MODELS, create_model, list_models
+from zoattack.models.registry import (
+    MODELS,
+    check_random_init,
+    create_model,
+    default_pretrained,
+    list_models,
+)
 from zoattack.models.training import TrainRecipe, TrainResult, evaluate, train_model
 from zoattack.models.weights import (
     load_card,
@@ -43,8 +49,10 @@ __all__ = [
     "TrainRecipe",
     "TrainResult",
     "ZooModel",
+    "check_random_init",
     "count_parameters",
     "create_model",
+    "default_pretrained",
     "evaluate",
     "init_weights_",
     "list_models",

@@ -145,6 +145,32 @@ MODELS.add(
 )
 
 
+# Adapters whose pretrained weights come from their library's cache (or --download).
+PRETRAINED_ADAPTERS = ("torchvision", "timm")
+
+
+def default_pretrained(name: str, weights: object | None, *, random_init: bool = False) -> bool:
+    """Whether a command builds ``name`` with its pretrained weights: always, unless a weights
+    file is given or ``random_init`` (``--random-init``) asks for an untrained network; for zoo
+    models and the torchvision/timm adapters (robustbench always loads its checkpoint; remote
+    and defended models are what they are)."""
+    if weights is not None or random_init:
+        return False
+    prefix, sep, _ = name.partition(":")
+    return not sep or prefix.lower() in PRETRAINED_ADAPTERS
+
+
+def check_random_init(name: str, weights: object | None) -> None:
+    """``--random-init`` builds an untrained zoo / torchvision / timm network, nothing else."""
+    if weights is not None:
+        raise ValueError("--random-init builds an untrained network; drop it or --weights")
+    prefix, sep, _ = name.partition(":")
+    if sep and prefix.lower() not in PRETRAINED_ADAPTERS:
+        raise ValueError(
+            f"--random-init applies to zoo, torchvision: and timm: models, not {prefix}:NAME"
+        )
+
+
 def list_models(pattern: str | None = None, **flags: Any) -> list[str]:
     """Registered names; adapters are listed by prefix (use them as ``prefix:NAME``)."""
     return MODELS.names(pattern, **flags)
