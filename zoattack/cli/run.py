@@ -35,6 +35,7 @@ from zoattack.jobs.attack import (
     JobInterrupted,
 )
 from zoattack.jobs.run import run_attack_job
+from zoattack.norms import parse_eps
 from zoattack.results.tables import summary_json, summary_table
 from zoattack.seeding import seed_everything
 
@@ -312,7 +313,7 @@ def run_command(
         threat_model=threat_model,
         images=images,
         norm=norm,
-        eps=eps,
+        eps=None if eps is None else parse_eps(eps),
         target=target,
         loss=loss,
         budget=budget,

@@ -163,7 +163,7 @@ class AttackSpec:
     threat_model: str | None = None
     images: int = 100
     norm: str = "linf"
-    eps: float | str | None = None  # a number or a fraction ("8/255"); None: see resolve_eps
+    eps: float | None = None  # None: the data set's conventional radius (resolve_eps)
     target: str | None = None
     loss: str = "margin"
     budget: int = 1000
