@@ -120,8 +120,9 @@ MODELS.add(
     Entry(
         "torchvision",
         adapters.torchvision_model,
-        "torchvision:NAME, any torchvision.models classifier (ImageNet stats inside); "
-        "--weights FILE or pretrained from the torch hub cache / --model-dir",
+        "torchvision:NAME, any torchvision.models classifier (ImageNet stats inside); its "
+        "DEFAULT pretrained weights from the torch hub cache / --model-dir (--download "
+        "fetches them), or --weights FILE, or --random-init",
         {"adapter": True},
     )
 )
@@ -130,7 +131,8 @@ MODELS.add(
         "timm",
         adapters.timm_model,
         "timm:NAME, any timm model with its own data config inside; needs `pip install "
-        "timm`; --weights FILE or pretrained from the HF cache / --model-dir",
+        "timm`; pretrained weights from the HF cache / --model-dir (--download fetches "
+        "them), or --weights FILE, or --random-init",
         {"adapter": True, "requires": "timm"},
     )
 )
