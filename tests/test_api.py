@@ -202,19 +202,13 @@ def test_plan_attack_key_equals_the_optimizer_key(tmp_path):
     assert a.jobs[0].key == b.jobs[0].key
 
 
-def test_default_eps_is_one_spot_for_cli_batch_and_api(monkeypatch):
-    """A data-set convention registered in the data layer reaches every entry point."""
-    import zoattack.data as data_mod
+def test_default_eps_is_one_spot_for_cli_batch_and_api():
+    """The data set's conventional threat model reaches every entry point."""
     from zoattack.jobs.resolve import default_eps
 
     assert default_eps("linf") == 0.1 and default_eps("l2", "fashion-mnist") == 1.5
-    monkeypatch.setattr(
-        data_mod,
-        "conventional_eps",
-        lambda ds, norm: 8 / 255 if ds == "cifar10" and norm == "linf" else None,
-        raising=False,
-    )
     assert default_eps("linf", "cifar10") == pytest.approx(8 / 255)
+    assert default_eps("l2", "cifar10") == pytest.approx(0.5)
     assert AttackSpec(dataset="cifar10", optimizer="sign").resolved().eps == pytest.approx(8 / 255)
     assert AttackSpec(dataset="cifar10", attack="rays").resolved().eps == pytest.approx(8 / 255)
     assert AttackSpec(dataset="fashion-mnist").resolved().eps == 0.1

@@ -12,6 +12,23 @@ NORMS = ("linf", "l2")
 DEFAULT_EPS = {"linf": 0.1, "l2": 1.5}
 
 
+def parse_eps(value: str | float, option: str = "--eps") -> float:
+    """A radius given as a number (``0.5``) or a fraction (``8/255``, the usual way to write
+    radii in 8-bit grey levels); ValueError naming ``option`` otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    try:
+        if "/" in text:
+            num, _, den = text.partition("/")
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(
+            f"{option} must be a number or a fraction such as 8/255, got {value!r}"
+        ) from None
+
+
 def check_norm(norm: str, eps: float) -> str:
     key = norm.lower()
     if key not in NORMS:

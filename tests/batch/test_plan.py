@@ -138,8 +138,8 @@ def test_int_for_float_setting_gives_the_same_key(plan_file):
             "did you mean lizo",
         ),
         (
-            '[[job]]\nmodel = "resnet21"\n',
-            r"plan.toml:10: job 1: unknown model 'resnet21'; "
+            '[[job]]\nmodel = "resnt20"\n',
+            r"plan.toml:10: job 1: unknown model 'resnt20'; "
             "did you mean resnet20",
         ),
         ('[[job]]\ndataset = "fashion_mnst"\n', r"plan.toml:10: job 1: unknown dataset"),

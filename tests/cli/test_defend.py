@@ -370,3 +370,22 @@ def test_defend_train_validation_and_augmentation_options(tmp_path):
     assert card["config"]["augment"] == "flip" and card["train_images"] == 20
     res = runner.invoke(app, ["defend", "train", *TINY, "--augment", "rot", "--out", str(d)])
     assert res.exit_code == 2 and "--augment must be one of" in res.output
+
+
+def test_certify_indices(trained, tmp_path):
+    from zoattack.jobs.certify import certify_defense
+
+    _, out = trained
+    report = certify_defense(
+        out, n0=8, n=60, batch=64, device="cpu", out=tmp_path / "c", indices="30,26"
+    )
+    assert sorted(r["index"] for r in report.rows) == [26, 30]
+    assert report.result["settings"]["indices"] == "30,26"
+    with pytest.raises(ValueError, match="drop --start and --skip"):
+        certify_defense(out, n0=8, n=60, device="cpu", out=tmp_path / "d", indices="1", start=0)
+    res = runner.invoke(
+        app,
+        ["defend", "certify", "--defense", str(out), *CERT, "--indices", "3,3"]
+        + ["--out", str(tmp_path / "e")],
+    )
+    assert res.exit_code == 2 and "given twice" in res.output

@@ -82,7 +82,7 @@ def test_l2_targeted_and_universal_modes_run():
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (("--model", "resnet21"), "did you mean resnet20"),
+        (("--model", "resnt20"), "did you mean resnet20"),
         (("--dataset", "fashion_mnst"), "fashion-mnist"),
         (("--optimizer", "lizzo"), "did you mean lizo"),
         (("--norm", "l3"), "norm must be"),

@@ -138,7 +138,7 @@ def test_resnet20_tiny_limit_with_augmentation(tmp_path):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--model", "resnet21"], "did you mean resnet20"),
+        (["--model", "resnt20"], "did you mean resnet20"),
         (["--dataset", "fashion-mnst"], "did you mean fashion-mnist"),
         (["--model", "torchvision:resnet18"], "trains zoo models"),
         (["--lr", "-1"], "--lr"),

@@ -144,15 +144,39 @@ def test_published_resnet20_downloads_and_loads(server, tmp_path, monkeypatch):
         create_model("resnet20", dataset="cifar10", pretrained=True)
 
 
-def test_missing_pin_refuses_to_download(monkeypatch, tmp_path):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    pub = dl.PUBLISHED[("resnet20", "cifar10")]
-    assert pub.url.startswith("https://") and pub.filename.endswith(".th")
-    if pub.sha256 is None:
-        with pytest.raises(dl.DownloadError, match="no SHA-256 is pinned"):
-            create_model("resnet20", dataset="cifar10", pretrained=True, download=True)
-    else:
-        assert len(pub.sha256) == 64
+@pytest.mark.parametrize("name", ["resnet20", "resnet32", "resnet44", "resnet56"])
+def test_idelbayev_resnets_are_pinned(name):
+    pub = dl.PUBLISHED[(name, "cifar10")]
+    assert pub.url == (
+        "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
+        + pub.filename
+    )
+    assert pub.sha256 is not None and len(pub.sha256) == 64
+    # torch hub's convention: the file name ends in the first 8 hex digits of its SHA-256
+    assert pub.filename == f"{name}-{pub.sha256[:8]}.th"
+
+
+@pytest.mark.parametrize("name", ["resnet32", "resnet56"])
+def test_deeper_published_resnets_load_from_a_pinned_cache(name, tmp_path, monkeypatch):
+    from zoattack.models import MODELS
+
+    cls = MODELS.get(name).factory
+    ref = cls(3, 10, generator=torch.Generator().manual_seed(1)).eval()
+    blob = _authors_checkpoint(ref)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    pub = dataclasses.replace(dl.PUBLISHED[(name, "cifar10")], sha256=sha(blob))
+    monkeypatch.setitem(dl.PUBLISHED, (name, "cifar10"), pub)
+    with pytest.raises(MissingFileError, match="--download"):
+        create_model(name, dataset="cifar10", pretrained=True)
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / pub.filename
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(blob)
+    # Cached and matching its pin: the default on cifar10, no --download, no network.
+    model = create_model(name, dataset="cifar10", pretrained=True)
+    for k, v in ref.state_dict().items():
+        if not k.startswith("normalize."):
+            torch.testing.assert_close(model.state_dict()[k], v)
+    assert tuple(model.normalize.mean.flatten().tolist()) == pytest.approx(pub.mean)
 
 
 # ----------------------------------------------------------------------------- the CLI

@@ -45,6 +45,20 @@ def test_resnet20_is_the_paper_architecture():
         ResNet20(3, 10, shortcut="C")
 
 
+@pytest.mark.parametrize(
+    ("name", "blocks", "params"),
+    [("resnet32", 5, 0.46e6), ("resnet44", 7, 0.66e6), ("resnet56", 9, 0.85e6)],
+)
+def test_deeper_cifar_resnets_are_the_papers(name, blocks, params):
+    m = create_model(name, dataset="cifar10", generator=make_generator(0))
+    # He et al. 2016, Table 6: 0.46M, 0.66M, 0.85M
+    assert abs(count_parameters(m) - params) < 0.01e6
+    assert [len(s) for s in (m.layer1, m.layer2, m.layer3)] == [blocks] * 3
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert len(convs) + 1 == 6 * blocks + 2
+    assert m(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_other_class_counts_and_channels():
     assert ResNet20(5, 7, generator=make_generator(0))(torch.rand(2, 5, 20, 20)).shape == (2, 7)
     assert SmallCNN(3, 4, input_size=(16, 12))(torch.rand(2, 3, 16, 12)).shape == (2, 4)
@@ -79,6 +93,9 @@ def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
 def test_registry_listing_and_errors():
     assert list_models() == [
         "resnet20",
+        "resnet32",
+        "resnet44",
+        "resnet56",
         "small_cnn",
         "small_cnn_robust",
         "resnet20_robust",
@@ -88,10 +105,18 @@ def test_registry_listing_and_errors():
         "remote",
         "defended",
     ]
-    assert list_models(zoo=True) == ["resnet20", "small_cnn", "small_cnn_robust", "resnet20_robust"]
+    assert list_models(zoo=True) == [
+        "resnet20",
+        "resnet32",
+        "resnet44",
+        "resnet56",
+        "small_cnn",
+        "small_cnn_robust",
+        "resnet20_robust",
+    ]
     assert MODELS.get("resnet20").description
     with pytest.raises(UnknownNameError, match="did you mean resnet20"):
-        create_model("resnet21")
+        create_model("resnt20")
     with pytest.raises(UnknownNameError, match="torchvision"):
         create_model("torchvison:resnet18")
     with pytest.raises(ValueError, match="torchvision:NAME"):

@@ -43,10 +43,11 @@ class Work:
     def chunks(self) -> list[int]:
         """Chunks with at least one image not stored (by the spec's image count)."""
         s = self.job.spec
+        idx = s.image_indices()  # data-set index of each image (--indices)
         return [
             k
             for k, (a, b) in enumerate(chunk_bounds(s.images, s.chunk_size))
-            if any(i not in self.done for i in range(a, b))
+            if any(idx[i] not in self.done for i in range(a, b))
         ]
 
     @property
@@ -155,13 +156,13 @@ class LocalExecutor:
                 continue
             settings = job.settings()
             yield ChunkResult(key, None, settings=settings)  # marks the job running
-            todo = sum(1 for i in range(len(job.labels)) if i not in work.done)
+            todo = sum(1 for i in range(len(job.labels)) if job.dataset_index(i) not in work.done)
             reporter.job_started(work.job, spec.budget * todo, "queries")
             done = set(work.done)
             spent = 0
             for k in range(len(job.chunks())):
                 a, b = job.chunks()[k]
-                if all(i in done for i in range(a, b)):
+                if all(job.dataset_index(i) in done for i in range(a, b)):
                     continue
 
                 def progress(q: int, base: int = spent, plan_job: PlanJob = work.job) -> None:
@@ -179,7 +180,9 @@ class LocalExecutor:
                         raise KeyboardInterrupt from None
                     break
                 done.update(r["index"] for r in out.rows)
-                spent += spec.budget * sum(1 for i in range(a, b) if i not in work.done)
+                spent += spec.budget * sum(
+                    1 for i in range(a, b) if job.dataset_index(i) not in work.done
+                )
                 reporter.job_progress(work.job, spent)
                 yield ChunkResult(
                     key, k, rows=out.rows, scored_inputs=out.scored_inputs, seconds=out.seconds
@@ -333,9 +336,10 @@ class RayExecutor:
         for w in works:
             s = w.job.spec
             bounds = chunk_bounds(s.images, s.chunk_size)
+            idx = s.image_indices()  # data-set index of each image (--indices)
             for k in w.chunks():
                 a, b = bounds[k]
-                tasks.append((w, k, sorted(i for i in w.done if a <= i < b)))
+                tasks.append((w, k, sorted(idx[i] for i in range(a, b) if idx[i] in w.done)))
         resources = ray.cluster_resources()
         if (
             any(task_options(w.job.spec, 0)["num_gpus"] for w in works)

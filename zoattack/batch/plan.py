@@ -53,6 +53,9 @@ KEY_DEFAULTS: dict[str, Any] = {
     # existed, see LEGACY_KEY_SCHEMES
     "prior": None,
     "prior_weights": None,
+    # issue 22: an untrained victim on purpose, and data-set indices instead of the first N
+    "random_init": False,
+    "indices": None,
 }
 # Earlier job-key schemes that a store may hold finished work under, newest first: (what,
 # the KEY_DEFAULTS entries that scheme still keyed at their default). Every scheme not listed
@@ -264,6 +267,8 @@ def _check_settings(
             )
             raise ValueError(f"{where}: unknown setting '{raw}' in [{tname}]; {hint}")
         names = _type_names(types[key])
+        if key == "eps":  # a radius may be written as a fraction, e.g. "8/255"
+            value = _eps_values(value, where)
         if isinstance(value, list) and lists:
             if not value:
                 raise ValueError(
@@ -273,6 +278,20 @@ def _check_settings(
         else:
             out[key] = _check_value(raw, value, names, where)
     return out
+
+
+def _eps_values(value: Any, where: str) -> Any:
+    """``eps`` strings (``"8/255"``) as numbers, in a list too; other types are checked later."""
+    from zoattack.norms import parse_eps
+
+    try:
+        if isinstance(value, str):
+            return parse_eps(value, "eps")
+        if isinstance(value, list):
+            return [parse_eps(v, "eps") if isinstance(v, str) else v for v in value]
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    return value
 
 
 def _tables(

@@ -66,7 +66,12 @@ P_PROBLEM = "Problem"
 
 # Options every command that builds a victim shares (run, serve).
 DataDirOption = Annotated[
-    str | None, typer.Option(help="Root of the data set files.", rich_help_panel=P_MODEL)
+    str | None,
+    typer.Option(
+        help="Root of the data set files (default $ZOATTACK_DATA_DIR or ./data).",
+        rich_help_panel=P_MODEL,
+        show_default=False,
+    ),
 ]
 WeightsOption = Annotated[
     str | None, typer.Option(help="Checkpoint file for the model.", rich_help_panel=P_MODEL)
@@ -85,9 +90,30 @@ DownloadOption = Annotated[
     bool,
     typer.Option(
         "--download",
-        help="Fetch published pretrained weights that are not cached (pinned URL and "
-        "SHA-256, e.g. resnet20 on cifar10), into the torch hub cache.",
+        help="Fetch what is missing: published zoo weights (pinned URL and SHA-256, e.g. "
+        "resnet20 on cifar10) into the torch hub cache, torchvision/timm pretrained weights "
+        "with their own checks, and CIFAR-10/MNIST/Fashion-MNIST (torchvision, MD5-checked) "
+        "into --data-dir.",
         rich_help_panel=P_MODEL,
+    ),
+]
+RandomInitOption = Annotated[
+    bool,
+    typer.Option(
+        "--random-init",
+        help="Attack an untrained, randomly initialised network (seeded by --seed) on "
+        "purpose; otherwise zoo, torchvision: and timm: models load pretrained weights.",
+        rich_help_panel=P_MODEL,
+    ),
+]
+IndicesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--indices",
+        help="Data-set indices of the test images instead of the first --images, e.g. "
+        "0:100,250,300:400 (START:STOP is STOP-exclusive); rows keep these indices.",
+        rich_help_panel=P_MODEL,
+        show_default=False,
     ),
 ]
 Sha256Option = Annotated[

@@ -17,7 +17,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from zoattack.cli._common import err, guarded, out, resolve_device
+from zoattack.cli._common import IndicesOption, err, guarded, out, resolve_device
 
 app = typer.Typer(
     help="ZO-AE-DS black-box defense: train a denoiser+autoencoder with ZO "
@@ -457,6 +457,7 @@ def certify_command(
         ),
     ] = None,
     skip: Annotated[int, _Opt(help="Certify every k-th image.")] = 1,
+    indices: IndicesOption = None,
     dataset: Annotated[str | None, _Opt(help="Data set (default: the defense's).")] = None,
     data_dir: Annotated[Path | None, _Opt(help="Data root.")] = None,
     radii: Annotated[str, _Opt(help="Radii for the certified-accuracy table.")] = "0,0.25,0.5,0.75",
@@ -513,6 +514,7 @@ def _certify(**kw: Any) -> None:
             images=kw["images"],
             start=kw["start"],
             skip=kw["skip"],
+            indices=kw["indices"],
             dataset=kw["dataset"],
             data_dir=kw["data_dir"],
             radii=radii,

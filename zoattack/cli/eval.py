@@ -9,6 +9,7 @@ black box; it reads the model's gradients, which a black-box attacker cannot.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import time
@@ -26,7 +27,9 @@ from zoattack.cli._common import (
     DataDirOption,
     DatasetOption,
     DownloadOption,
+    IndicesOption,
     ModelDirOption,
+    RandomInitOption,
     Sha256Option,
     ThreatModelOption,
     WeightsOption,
@@ -77,10 +80,17 @@ def eval_command(
     ] = 100,
     download: DownloadOption = False,
     sha256: Sha256Option = None,
+    indices: IndicesOption = None,
+    random_init: RandomInitOption = False,
     norm: Annotated[str, typer.Option(help="linf or l2.", rich_help_panel=P_THREAT)] = "linf",
     eps: Annotated[
-        float | None,
-        typer.Option(help="Radius (default 0.1 linf, 1.5 l2).", rich_help_panel=P_THREAT),
+        str | None,
+        typer.Option(
+            help="Radius, a number or a fraction like 8/255 (default: the data set's "
+            "convention, `zoattack list datasets`).",
+            rich_help_panel=P_THREAT,
+            show_default=False,
+        ),
     ] = None,
     loss: Annotated[str, typer.Option(help="margin or ce.", rich_help_panel=P_THREAT)] = "margin",
     steps: Annotated[int, typer.Option(help="PGD steps per restart.", rich_help_panel=P_OPT)] = 50,
@@ -117,9 +127,11 @@ def eval_command(
     from zoattack import __version__
     from zoattack.attacks.pgd import PGD, check_threat
     from zoattack.data import load_dataset
+    from zoattack.data.fetch import load_or_fetch
+    from zoattack.data.registry import load_test_images, parse_indices
     from zoattack.device import resolve_device
-    from zoattack.jobs.attack import DEFAULT_EPS
-    from zoattack.models import create_model
+    from zoattack.jobs.attack import eps_source, resolve_eps
+    from zoattack.models import check_random_init, create_model, default_pretrained
     from zoattack.seeding import make_generator, seed_everything
 
     if model.partition(":")[0] in _NOT_LOCAL:
@@ -133,22 +145,37 @@ def eval_command(
     if seed < 0:
         raise ValueError(f"--seed must be >= 0, got {seed}")
     norm = norm.lower()
-    eps = eps if eps is not None else DEFAULT_EPS.get(norm, 0.1)
-    attack = PGD(norm, eps, steps=steps, restarts=restarts, step_size=step_size, loss=loss)
+    radius = resolve_eps(eps, dataset, norm)
+    attack = PGD(norm, radius, steps=steps, restarts=restarts, step_size=step_size, loss=loss)
     dev = resolve_device(device)
     seed_everything(seed)  # third-party code only; the attack draws from `gen`
-    data = load_dataset(dataset, split="test", data_dir=data_dir, limit=images)
-    check_threat(attack.norm, eps, data.images[0].numel())
-    net = create_model(
-        model,
-        dataset=data,
-        weights=weights,
-        model_dir=model_dir,
-        pretrained=weights is None and ":" not in model,
-        device=dev,
-        threat_model=threat_model,
-        **download_options(download, sha256),
-    ).eval()
+    picked = None
+    if indices is not None:  # --indices replaces --images
+        picked = parse_indices(indices)
+        images = len(picked)
+    if random_init:
+        check_random_init(model, weights)
+    data = load_test_images(
+        dataset,
+        data_dir=data_dir,
+        images=images,
+        indices=picked,
+        load=functools.partial(load_or_fetch, load_dataset, download=download),
+    )
+    check_threat(attack.norm, radius, data.images[0].numel())
+    with torch.random.fork_rng(devices=[]):  # --random-init: seeded, caller's RNG untouched
+        torch.manual_seed(seed)
+        net = create_model(
+            model,
+            dataset=data,
+            weights=weights,
+            model_dir=model_dir,
+            pretrained=default_pretrained(model, weights, random_init=random_init),
+            device=dev,
+            threat_model=threat_model,
+            generator=make_generator(seed) if random_init and ":" not in model else None,
+            **download_options(download, sha256),
+        ).eval()
     gen = make_generator(seed, dev)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -178,7 +205,7 @@ def eval_command(
             reason = "misclassified" if not ok[i] else "success" if success[i] else "steps"
             rows.append(
                 {
-                    "index": start + i,
+                    "index": start + i if picked is None else picked[start + i],
                     "label": int(y[i]),
                     "initial_prediction": int(clean[i]),
                     "final_prediction": int(final[i]),
@@ -196,7 +223,8 @@ def eval_command(
     settings = {
         "command": "eval",
         "attack": "pgd",
-        "description": attack.describe(),
+        "description": attack.describe()
+        + (f"; {model} randomly initialised, untrained (--random-init)" if random_init else ""),
         "model": model,
         "dataset": dataset,
         "data_dir": data_dir,
@@ -204,8 +232,10 @@ def eval_command(
         "model_dir": model_dir,
         "threat_model": threat_model,
         "images": len(rows),
+        **({"indices": indices} if indices is not None else {}),
         "norm": attack.norm,
-        "eps": eps,
+        "eps": radius,
+        "eps_source": eps_source(radius, dataset, attack.norm),
         "loss": loss,
         "steps": steps,
         "restarts": restarts,

@@ -17,7 +17,9 @@ from zoattack.cli._common import (
     DataDirOption,
     DatasetOption,
     DownloadOption,
+    IndicesOption,
     ModelDirOption,
+    RandomInitOption,
     Sha256Option,
     ThreatModelOption,
     WeightsOption,
@@ -88,10 +90,17 @@ def run_command(
     images: Annotated[
         int, typer.Option(help="Attack the first N test images.", rich_help_panel=P_MODEL)
     ] = 100,
+    indices: IndicesOption = None,
+    random_init: RandomInitOption = False,
     norm: Annotated[str, typer.Option(help="linf or l2.", rich_help_panel=P_THREAT)] = "linf",
     eps: Annotated[
-        float | None,
-        typer.Option(help="Radius (default 0.1 linf, 1.5 l2).", rich_help_panel=P_THREAT),
+        str | None,
+        typer.Option(
+            help="Radius, a number or a fraction like 8/255 (default: the data set's "
+            "convention, `zoattack list datasets`).",
+            rich_help_panel=P_THREAT,
+            show_default=False,
+        ),
     ] = None,
     target: Annotated[
         str | None,
@@ -316,6 +325,7 @@ def run_command(
     from zoattack.jobs.attack import AttackSpec, JobInterrupted
     from zoattack.jobs.resolve import optimizer_note
     from zoattack.jobs.run import run_attack_job
+    from zoattack.norms import parse_eps
     from zoattack.results.tables import summary_json, summary_table
     from zoattack.seeding import seed_everything
 
@@ -331,7 +341,7 @@ def run_command(
         threat_model=threat_model,
         images=images,
         norm=norm,
-        eps=eps,
+        eps=None if eps is None else parse_eps(eps),
         target=target,
         loss=loss,
         budget=budget,
@@ -356,6 +366,8 @@ def run_command(
         init_from=init_from,
         prior=prior,
         prior_weights=prior_weights,
+        random_init=random_init,
+        indices=indices,
     )
     remote_opts = {
         k: v

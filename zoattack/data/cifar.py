@@ -157,6 +157,8 @@ CIFAR10 = register_dataset(
         (0.4914, 0.4822, 0.4465),
         (0.2470, 0.2435, 0.2616),
         CIFAR10_CLASSES,
+        # RobustBench's CIFAR-10 threat models (Croce et al. 2021).
+        eps={"linf": 8 / 255, "l2": 0.5},
     ),
     aliases=("cifar_10",),
 )

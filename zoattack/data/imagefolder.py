@@ -128,6 +128,9 @@ IMAGEFOLDER = register_dataset(
         None,
         None,
         None,
+        # Folders of photos are how ImageNet-style data reaches torchvision/timm models:
+        # the ImageNet convention (RobustBench's Linf 4/255; L2 3.0).
+        eps={"linf": 4 / 255, "l2": 3.0},
     ),
     aliases=("image_folder", "folder"),
 )

@@ -169,6 +169,8 @@ FASHION_MNIST = register_dataset(
         (0.2860,),
         (0.3530,),
         FASHION_CLASSES,
+        # zoattack's own benchmark radii since its first release (no published convention).
+        eps={"linf": 0.1, "l2": 1.5},
     ),
     aliases=("fashion_mnist", "fashionmnist", "fmnist"),
     flags={"bundled": BUNDLED_COUNT},
@@ -185,5 +187,7 @@ MNIST = register_dataset(
         (0.1307,),
         (0.3081,),
         MNIST_CLASSES,
+        # Madry et al. 2018 (Linf 0.3); L2 2.0 as in the MNIST L2 robustness literature.
+        eps={"linf": 0.3, "l2": 2.0},
     )
 )

@@ -61,6 +61,13 @@ class ImageDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def take(self, indices: list[int]) -> ImageDataset:
+        """The examples at ``indices`` (data-set positions), in that order."""
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return ImageDataset(
+            self.images[idx], self.labels[idx], self.classes, self.name, self.split, self.source
+        )
+
     def head(self, n: int) -> ImageDataset:
         """The first ``n`` examples (all of them when ``n >= len(self)``)."""
         return ImageDataset(
@@ -87,6 +94,9 @@ class DatasetSpec:
     std: tuple[float, ...] | None
     classes: tuple[str, ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
+    # The threat model users of this data set attack at by convention: radius per norm
+    # (see :func:`conventional_eps`; empty: the package-wide default).
+    eps: dict[str, float] = field(default_factory=dict)
 
     def __call__(self, **kwargs: Any) -> ImageDataset:
         return self.loader(**kwargs)
@@ -103,7 +113,9 @@ def register_dataset(
         if spec.channels is not None and spec.size is not None
         else "from files"
     )
-    base = {"shape": shape, "classes": spec.num_classes or "from files"}
+    base: dict[str, Any] = {"shape": shape, "classes": spec.num_classes or "from files"}
+    if spec.eps:  # shown by `zoattack list datasets`
+        base["eps"] = " ".join(f"{n}:{eps_text(e)}" for n, e in spec.eps.items())
     DATASETS.add(Entry(spec.name, spec, spec.description, {**base, **(flags or {})}, aliases))
     return spec
 
@@ -120,6 +132,49 @@ def dataset_spec(name: str) -> DatasetSpec:
     factory = DATASETS.get(base).factory
     assert isinstance(factory, DatasetSpec)
     return factory if shape is None else view_spec(factory, shape)
+
+
+# ImageNet-sized inputs (224x224 and up: ImageNet models from torchvision / timm):
+# RobustBench's ImageNet Linf threat model and the common L2 radius at that size (Engstrom et
+# al.'s robustness library, Salman et al. 2020).
+IMAGENET_EPS = {"linf": 4 / 255, "l2": 3.0}
+IMAGENET_SIZE = 224
+
+
+def conventional_eps(dataset: str | None, norm: str) -> tuple[float, str]:
+    """The radius a ``norm`` attack on ``dataset`` uses when no eps is given, and its source.
+
+    The data set's registered convention (CIFAR-10 Linf 8/255 and L2 0.5, MNIST 0.3 and 2.0,
+    ...); inputs of 224x224 and up (an ImageNet-sized view or spec) take the ImageNet
+    convention; otherwise, and for a name that is not registered (reported where the data is
+    loaded), the package default :data:`zoattack.norms.DEFAULT_EPS`.
+    Returns e.g. ``(8/255, "cifar10 convention")``.
+    """
+    from zoattack.errors import UnknownNameError
+    from zoattack.norms import DEFAULT_EPS
+
+    key = norm.lower()
+    fallback = (DEFAULT_EPS.get(key, 0.0), "zoattack default")
+    if dataset is None:
+        return fallback
+    try:
+        spec = dataset_spec(dataset)
+    except (UnknownNameError, ValueError):
+        return fallback
+    if spec.size is not None and min(spec.size) >= IMAGENET_SIZE and key in IMAGENET_EPS:
+        h, w = spec.size
+        return IMAGENET_EPS[key], f"ImageNet-sized input ({h}x{w}) convention"
+    if key in spec.eps:
+        return spec.eps[key], f"{spec.notes.get('base', spec.name)} convention"
+    return fallback
+
+
+def eps_text(eps: float) -> str:
+    """``8/255`` for a radius that is a whole number of 8-bit grey levels, else ``0.5``."""
+    levels = eps * 255
+    if abs(levels - round(levels)) < 1e-9 and 0 < round(levels) < 255 and eps < 1:
+        return f"{round(levels)}/255"
+    return f"{eps:g}"
 
 
 def load_dataset(
@@ -156,6 +211,79 @@ def load_dataset(
     if ds.images.dtype != torch.float32 or ds.labels.dtype != torch.int64:  # loader contract
         raise AssertionError(f"loader for {name} returned {ds.images.dtype}/{ds.labels.dtype}")
     return ds
+
+
+MAX_INDICES = 10_000_000
+INDICES_FORM = "e.g. 0:100,250,300:400 (START:STOP excludes STOP)"
+
+
+def parse_indices(text: str, option: str = "--indices") -> list[int]:
+    """Data-set indices from ``"0:100,250,300:400"``: comma-separated indices and
+    ``START:STOP`` ranges (STOP excluded, as in Python), kept in the order given.
+
+    Raises ValueError (one line naming ``option``) for a malformed part, an empty range, a
+    negative index or an index given twice. Whether they exist is checked against the data
+    (:func:`check_indices`).
+    """
+    out: list[int] = []
+    parts = [p.strip() for p in str(text).split(",")]
+    if not any(parts):
+        raise ValueError(f"{option} is empty; give indices, {INDICES_FORM}")
+    for part in parts:
+        try:
+            if ":" in part:
+                a, _, b = part.partition(":")
+                lo, hi = int(a), int(b)
+                if hi - lo > MAX_INDICES:
+                    raise ValueError(
+                        f"{option}: the range {part} holds more indices than any test split "
+                        f"(at most {MAX_INDICES:,})"
+                    )
+                if hi <= lo:
+                    raise ValueError(f"{option}: the range {part} is empty (STOP must be > START)")
+                out.extend(range(lo, hi))
+            else:
+                out.append(int(part))
+        except ValueError as exc:
+            if str(exc).startswith(option):
+                raise
+            raise ValueError(f"{option}: cannot read {part!r}; {INDICES_FORM}") from None
+    if min(out) < 0:
+        raise ValueError(f"{option}: indices are >= 0, got {min(out)}")
+    seen: set[int] = set()
+    for i in out:
+        if i in seen:
+            raise ValueError(f"{option}: index {i} is given twice")
+        seen.add(i)
+    return out
+
+
+def check_indices(indices: list[int], available: int, name: str, option: str = "--indices") -> None:
+    """Refuse indices past the ``available`` test images of data set ``name``."""
+    bad = [i for i in indices if i >= available]
+    if bad:
+        raise ValueError(
+            f"{option}: {name} has {available:,} test images (indices 0-{available - 1}), "
+            f"got {bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}"
+        )
+
+
+def load_test_images(
+    name: str,
+    *,
+    data_dir: str | None,
+    images: int,
+    indices: list[int] | None,
+    load: Callable[..., ImageDataset] | None = None,
+) -> ImageDataset:
+    """The first ``images`` test images of ``name``, or those at ``indices`` (checked to
+    exist). ``load`` replaces :func:`load_dataset` (e.g. one that fetches missing files)."""
+    load = load or load_dataset
+    if indices is None:
+        return load(name, split="test", data_dir=data_dir, limit=images)
+    data = load(name, split="test", data_dir=data_dir, limit=max(indices) + 1)
+    check_indices(indices, len(data), data.name)
+    return data.take(indices)
 
 
 def list_datasets(pattern: str | None = None, **flags: Any) -> list[str]:

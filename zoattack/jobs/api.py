@@ -252,7 +252,7 @@ def attack(
     *,
     attack: str | None = None,
     norm: str = "linf",
-    eps: float | None = None,
+    eps: float | str | None = None,
     budget: int = 1000,
     target: str | int | None = None,
     labels_only: bool = False,
@@ -285,6 +285,7 @@ def attack(
         merge_results,
         run_job,
     )
+    from zoattack.norms import parse_eps
 
     _check_options(options)
     _check_types({"attack": attack, "norm": norm, **options})
@@ -309,7 +310,7 @@ def attack(
             dataset=dataset or "custom",
             images=int(x.shape[0]),
             norm=str(norm),
-            eps=None if eps is None else float(eps),
+            eps=None if eps is None else parse_eps(eps, "eps"),
             target=None if target is None else str(target),
             budget=int(budget),
             seed=int(seed),

@@ -14,6 +14,7 @@ Chunks are also the unit a distributed executor ships to a worker.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -29,7 +30,7 @@ from zoattack.attacks.hardlabel.oracle import DecisionResult
 from zoattack.blackbox import DECISION_HINT, BlackBox, LabelsOnly, check_output_kind
 from zoattack.errors import ZOAttackError
 from zoattack.jobs.defaults import DEFAULT_CHUNK
-from zoattack.norms import DEFAULT_EPS, check_norm
+from zoattack.norms import DEFAULT_EPS, check_norm, parse_eps
 from zoattack.optim import OPTIMIZERS, create_optimizer
 from zoattack.optim.base import ZORule
 from zoattack.registry import Tuned
@@ -60,6 +61,27 @@ class JobInterrupted(ZOAttackError):
         super().__init__(message)
         self.rows = rows
         self.scored_inputs = scored_inputs  # by this call of run_job, the cut-short chunk too
+
+
+def resolve_eps(eps: float | str | None, dataset: str | None, norm: str) -> float:
+    """The radius an attack runs at: ``eps`` as given (a number or a fraction like ``8/255``),
+    else the data set's conventional radius for ``norm`` (the data-set registry's
+    :func:`~zoattack.data.registry.conventional_eps`; CIFAR-10 Linf 8/255, ...). The one
+    place eps defaults are resolved (score-based, hard-label and white-box runs)."""
+    if eps is not None:
+        return parse_eps(eps)
+    from zoattack.data.registry import conventional_eps
+
+    return conventional_eps(dataset, norm)[0]
+
+
+def eps_source(eps: float, dataset: str | None, norm: str) -> str:
+    """Where a resolved radius came from: the data set's convention when it equals it (e.g.
+    ``"cifar10 convention"``), else ``"--eps"``."""
+    from zoattack.data.registry import conventional_eps
+
+    conv, origin = conventional_eps(dataset, norm)
+    return origin if math.isclose(eps, conv, rel_tol=1e-9) else "--eps"
 
 
 def default_optimizer(norm: str) -> str:
@@ -143,7 +165,7 @@ class AttackSpec:
     threat_model: str | None = None
     images: int = 100
     norm: str = "linf"
-    eps: float | None = None
+    eps: float | None = None  # None: the data set's conventional radius (resolve_eps)
     target: str | None = None
     loss: str = "margin"
     budget: int = 1000
@@ -174,6 +196,10 @@ class AttackSpec:
     # Transfer prior (P-RGF): a local white-box surrogate model and its weights.
     prior: str | None = None
     prior_weights: str | None = None
+    # An untrained victim on purpose (--random-init); by default models load pretrained weights.
+    random_init: bool = False
+    # Data-set indices to attack ("0:100,250,300:400"), instead of the first --images.
+    indices: str | None = None
 
     @classmethod
     def field_types(cls) -> dict[str, Any]:
@@ -203,19 +229,35 @@ class AttackSpec:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def image_indices(self) -> list[int]:
+        """The data-set indices this job attacks: ``--indices``, else the first ``images``."""
+        if self.indices is None:
+            return list(range(self.images))
+        from zoattack.data.registry import parse_indices
+
+        return parse_indices(self.indices)
+
     def resolved(self) -> AttackSpec:
         """Validate every field and fill the defaults (eps, rule, subspace, estimator, lr).
 
         The one resolver of `zoattack run`, plan batches and :func:`zoattack.attack`: a
         score-based ``attack`` name is folded into ``optimizer`` first, and eps defaults come
-        from :func:`~zoattack.jobs.resolve.default_eps` (norm, data set)."""
-        from zoattack.jobs.resolve import default_eps, fold_attack
+        from :func:`resolve_eps` (the norm and the data set's convention)."""
+        from zoattack.jobs.resolve import fold_attack
 
+        if self.indices is not None:  # --indices replaces --images
+            count = len(self.image_indices())
+            if count != self.images:
+                return dataclasses.replace(self, images=count).resolved()
         self = fold_attack(self)
         norm = self.norm.lower()
-        eps = default_eps(norm, self.dataset) if self.eps is None else float(self.eps)
+        eps = resolve_eps(self.eps, self.dataset, norm)
         norm = check_norm(norm, eps)
         self._check_common()
+        if self.random_init:
+            from zoattack.models import check_random_init
+
+            check_random_init(self.model, self.weights)
         if self.attack is not None:
             from zoattack.jobs.hardlabel import resolve_decision
 
@@ -446,6 +488,18 @@ class PreparedJob:
     starts: Tensor | None = None
     pool: tuple[Tensor, Tensor] | None = None
     surrogate: torch.nn.Module | None = None  # the --prior model (white-box, local)
+    # data-set index of each image (--indices); None: image i is data-set index i
+    index_map: list[int] | None = None
+
+    def dataset_index(self, position: int) -> int:
+        """The data-set index of the image at ``position`` (what rows record)."""
+        return position if self.index_map is None else self.index_map[position]
+
+    def with_dataset_indices(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``rows`` (indexed by position in this job) re-indexed by data-set index."""
+        if self.index_map is None:
+            return rows
+        return [{**r, "index": self.index_map[int(r["index"])]} for r in rows]
 
     @property
     def label(self) -> str:
@@ -455,9 +509,16 @@ class PreparedJob:
         """Every setting (resolved), the seed, versions and the counting rule."""
         from zoattack._version import __version__
 
+        assert self.spec.eps is not None
         return {
             **effective_settings(self.spec),
-            "method": method_of(self.spec),
+            "eps_source": eps_source(float(self.spec.eps), self.spec.dataset, self.spec.norm),
+            "method": method_of(self.spec)
+            + (
+                f"; victim {self.spec.model} randomly initialised, untrained (--random-init)"
+                if self.spec.random_init
+                else ""
+            ),
             **(
                 {"lr_source": lr_source(self.spec)}
                 if self.spec.attack is None and self.spec.lr is not None
@@ -489,9 +550,11 @@ def effective_settings(spec: AttackSpec) -> dict[str, Any]:
     est = rule.estimator
     base = spec.as_dict()
     # No transfer prior: the settings keep their earlier shape (older records compare equal).
-    for key in ("prior", "prior_weights", *TRICKS):
+    for key in ("prior", "prior_weights", "indices", *TRICKS):
         if base[key] is None:
             del base[key]
+    if not base["random_init"]:
+        del base["random_init"]
     return {
         **base,
         "estimator": est.name if est is not None else None,
@@ -608,13 +671,23 @@ def prepare(
     ``model_options`` go to the model factory and never into the recorded settings: they
     change how a model is reached (a remote model's token, timeout, retries), not results."""
     from zoattack.data import load_dataset
+    from zoattack.data.fetch import load_or_fetch
+    from zoattack.data.registry import load_test_images
     from zoattack.device import resolve_device
-    from zoattack.models import create_model
+    from zoattack.models import create_model, default_pretrained
 
     spec = spec.resolved()
     check_budget(spec.budget)
     dev = resolve_device(spec.device)
-    data = load_dataset(spec.dataset, split="test", data_dir=spec.data_dir, limit=spec.images)
+    # --download fetches a missing data set too (torchvision's classes and checks).
+    download = bool((model_options or {}).get("download"))
+    data = load_test_images(
+        spec.dataset,
+        data_dir=spec.data_dir,
+        images=spec.images,
+        indices=None if spec.indices is None else spec.image_indices(),
+        load=functools.partial(load_or_fetch, load_dataset, download=download),
+    )
     if len(data) < spec.images:
         raise ValueError(
             f"--images {spec.images:,} asks for more than the {len(data):,} test images of "
@@ -626,16 +699,7 @@ def prepare(
     check_target(spec.target, len(data.classes))
     built = model is None  # a caller's own module (``model=``) is theirs: never probed
     if model is None:
-        model = create_model(
-            spec.model,
-            dataset=data,
-            weights=spec.weights,
-            model_dir=spec.model_dir,
-            pretrained=spec.weights is None and ":" not in spec.model,
-            device=dev,
-            threat_model=spec.threat_model,
-            **(model_options or {}),
-        )
+        model = _build_victim(spec, data, dev, model_options)
     model.eval()
     surrogate = None
     if spec.prior is not None:
@@ -644,7 +708,7 @@ def prepare(
             dataset=data,
             weights=spec.prior_weights,
             model_dir=spec.model_dir,
-            pretrained=spec.prior_weights is None and ":" not in spec.prior,
+            pretrained=default_pretrained(spec.prior, spec.prior_weights),
             device=dev,
         )
         surrogate.eval().requires_grad_(False)
@@ -680,6 +744,7 @@ def prepare(
         starts=starts,
         pool=pool,
         surrogate=surrogate,
+        index_map=None if spec.indices is None else spec.image_indices(),
     )
 
 
@@ -703,6 +768,33 @@ def _check_models_take(spec: AttackSpec, data: Any, model: Any, surrogate: Any) 
             weights=spec.prior_weights,
             options=("--prior", "--prior-weights"),
         )
+
+
+def _build_victim(
+    spec: AttackSpec, data: Any, dev: torch.device, model_options: Mapping[str, Any] | None
+) -> torch.nn.Module:
+    """The model ``spec`` names: pretrained (zoo, torchvision:, timm:) unless --weights FILE;
+    with --random-init an untrained network, initialised from the run's seed (torch's global
+    RNG, used by torchvision/timm initialisers, is forked so the caller's is untouched)."""
+    from zoattack.models import create_model, default_pretrained
+    from zoattack.seeding import make_generator
+
+    kwargs: dict[str, Any] = dict(
+        dataset=data,
+        weights=spec.weights,
+        model_dir=spec.model_dir,
+        pretrained=default_pretrained(spec.model, spec.weights, random_init=spec.random_init),
+        device=dev,
+        threat_model=spec.threat_model,
+        **(model_options or {}),
+    )
+    if not spec.random_init:
+        return create_model(spec.model, **kwargs)
+    if ":" not in spec.model:
+        return create_model(spec.model, generator=make_generator(spec.seed), **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        return create_model(spec.model, **kwargs)
 
 
 # Ledgers are int64 and "unlimited" is 2**62 there: a budget must stay below both.
@@ -894,7 +986,7 @@ def run_job(
     for k, (start, stop) in enumerate(job.chunks()):
         if only_chunks is not None and k not in only_chunks:
             continue
-        if all(i in done_set for i in range(start, stop)):
+        if all(job.dataset_index(i) in done_set for i in range(start, stop)):
             continue
         base = outcome.scored_inputs
 
@@ -921,7 +1013,7 @@ def run_job(
             partial = getattr(exc, "partial", None)
             if partial is not None:
                 keep = partial.finished & _not_done(start, len(partial.finished), done_set)
-                rows = rows_of(partial.result, start, keep)
+                rows = job.with_dataset_indices(rows_of(partial.result, start, keep))
                 if rows and on_examples is not None:
                     on_examples(partial.result, keep, rows)
             if rows and on_rows is not None:
@@ -947,7 +1039,7 @@ def run_job(
                     "complete": True,
                 }
             )
-        new = [r for r in res.rows if r["index"] not in done_set]
+        new = [r for r in job.with_dataset_indices(res.rows) if r["index"] not in done_set]
         if on_examples is not None and new:
             on_examples(res.result, _not_done(start, stop - start, done_set), new)
         if on_rows is not None and new:

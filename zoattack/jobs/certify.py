@@ -194,6 +194,7 @@ def certify_defense(
     resume: bool = False,
     overwrite: bool = False,
     group: int = 1,
+    indices: str | None = None,
     on_note: Callable[[str], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_image: Callable[[dict[str, Any]], None] | None = None,
@@ -225,6 +226,7 @@ def certify_defense(
     if not ds_name:
         raise ValueError(f"{defense} records no data set; pass --dataset")
     on_train_split = data_info.get("split") == "test" and ds_name == data_info.get("dataset")
+    explicit_start = start is not None
     if start is None:
         start = data_info.get("start", 0) + data_info.get("count", 0) if on_train_split else 0
     if start < 0:
@@ -232,16 +234,26 @@ def certify_defense(
     out_dir = Path(out) if out is not None else Path(defense) / f"certify-sigma{sigma:g}"
     check_out(out_dir, resume=resume, overwrite=overwrite)
     root = str(data_dir) if data_dir is not None else None
-    last = start + (images - 1) * skip
+    picked = None
+    if indices is not None:  # data-set indices instead of --images/--start/--skip
+        from zoattack.data.registry import check_indices, parse_indices
+
+        if skip != 1 or explicit_start:
+            raise ValueError("--indices names the images itself; drop --start and --skip")
+        picked = parse_indices(indices)
+        images, start = len(picked), min(picked)
+    last = max(picked) if picked is not None else start + (images - 1) * skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data = load_dataset(ds_name, split="test", data_dir=root, limit=last + 1)
+    if picked is not None:
+        check_indices(picked, len(data), ds_name)
     if len(data) <= start:
         raise ValueError(
             f"--start {start} is past the {len(data)} available {ds_name} test "
             "images; lower --start or --images"
         )
-    idx = list(range(start, len(data), skip))[:images]
+    idx = picked if picked is not None else list(range(start, len(data), skip))[:images]
     shape = tuple(card["architecture"]["image_shape"])
     if data.image_shape != shape:
         raise ValueError(f"the defense takes {shape} images, {ds_name} has {data.image_shape}")
@@ -261,7 +273,7 @@ def certify_defense(
         "alpha": alpha,
         "seed": seed,
         "dataset": ds_name,
-        "indices": [idx[0], idx[-1], skip],
+        "indices": indices if picked is not None else [idx[0], idx[-1], skip],
     }
     summary_path = out_dir / "certify.json"
     if resume and summary_path.is_file():

@@ -71,10 +71,10 @@ def resolve_decision(spec: AttackSpec) -> AttackSpec:
     """Validate a decision-attack spec and fill its defaults (norm, eps, attack name,
     subspace); options the attack does not take are refused. Builds the attack once, so
     invalid hyperparameters fail here, before any model is built."""
-    from zoattack.jobs.resolve import default_eps
+    from zoattack.jobs.attack import resolve_eps
 
     norm = spec.norm.lower()
-    eps = default_eps(norm, spec.dataset) if spec.eps is None else float(spec.eps)
+    eps = resolve_eps(spec.eps, spec.dataset, norm)
     norm = check_norm(norm, eps)
     attack = str(spec.attack)
     if attack.lower() == "auto":  # check_norm admits l2 and linf only

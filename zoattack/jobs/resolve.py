@@ -105,27 +105,10 @@ def optimizer_note(optimizer: str | None, attack: str | None) -> str | None:
 
 
 def default_eps(norm: str, dataset: str | None = None) -> float:
-    """The radius an attack runs at when no eps is given: the one place defaults come from.
+    """The radius an attack runs at when no eps is given: the data set's conventional threat
+    model when it is known (:func:`zoattack.data.registry.conventional_eps`), else the norm's
+    default for images in [0, 1]. :func:`zoattack.jobs.attack.resolve_eps` is built on the
+    same lookup, so the CLI, plan batches and :func:`zoattack.attack` agree."""
+    from zoattack.data.registry import conventional_eps
 
-    Per data set, when it is known: the data set's conventional threat model (its registry
-    entry) plugs in here; until one is registered, the norm's default (images in [0, 1])."""
-    conventional = _conventional_eps(dataset, norm) if dataset is not None else None
-    if conventional is not None:
-        return float(conventional)
-    return DEFAULT_EPS.get(norm, 0.0)
-
-
-def _conventional_eps(dataset: str, norm: str) -> float | None:
-    """The data set's conventional eps under ``norm`` (None: none registered)."""
-    try:
-        from zoattack import data as _data
-    except ImportError:  # pragma: no cover - the data layer always imports
-        return None
-    fn: Any = getattr(_data, "conventional_eps", None)
-    if fn is None:
-        return None
-    try:
-        value = fn(dataset, norm)
-    except (KeyError, ValueError, LookupError):
-        return None
-    return None if value is None else float(value)
+    return conventional_eps(dataset, norm)[0]

@@ -26,6 +26,7 @@ from zoattack.jobs.attack import (
     AttackSpec,
     JobInterrupted,
     effective_settings,
+    eps_source,
     merge_results,
     prepare,
     run_job,
@@ -58,8 +59,17 @@ def _title(spec: AttackSpec) -> str:
     kind = " (hard-label)" if spec.attack is not None else ""
     return (
         f"{spec_label(spec)}{kind} vs {spec.model} on {spec.dataset}: {spec.norm} "
-        f"eps={spec.eps:g}, budget {spec.budget:,}"
+        f"eps={_eps_words(spec)}, budget {spec.budget:,}"
     )
+
+
+def _eps_words(spec: AttackSpec) -> str:
+    """``8/255 (cifar10 convention)``: the radius and where it came from."""
+    from zoattack.data.registry import eps_text
+
+    assert spec.eps is not None
+    eps = float(spec.eps)
+    return f"{eps_text(eps)} ({eps_source(eps, spec.dataset, spec.norm)})"
 
 
 def _keys(spec: AttackSpec) -> tuple[str, ...]:
@@ -105,7 +115,9 @@ def _stored_complete(folder: RunFolder, meta: Mapping[str, Any]) -> dict[str, An
     if stored is None or not isinstance(images, int):
         return None
     have = {int(r["index"]) for r in folder.read_rows()}
-    return stored if have >= set(range(images)) else None
+    indices = (meta.get("spec") or {}).get("indices")
+    want = set(AttackSpec(indices=indices).image_indices()) if indices else set(range(images))
+    return stored if have >= want else None
 
 
 def check_options(
@@ -202,7 +214,7 @@ def run_attack_job(
 
     done_rows = folder.start(spec.as_dict(), settings, resume=resume) if folder else []
     done = {int(r["index"]) for r in done_rows}
-    todo = sum(1 for i in range(len(job.labels)) if i not in done)
+    todo = sum(1 for i in spec.image_indices() if i not in done)
     if on_start is not None:
         on_start(job.label, spec.budget * todo)
     if on_rows is not None and done_rows:  # a resumed run's finished images count as done
@@ -343,7 +355,7 @@ def _universal(job: Any, settings: dict[str, Any], folder: RunFolder | None) -> 
     report = RunReport(
         title=(
             f"universal {settings['optimizer']} on {settings['model']}: {spec.norm} "
-            f"eps={spec.eps:g}, budget {spec.budget:,} per image"
+            f"eps={_eps_words(spec)}, budget {spec.budget:,} per image"
         ),
         settings=settings,
         summary=outcome.summary,

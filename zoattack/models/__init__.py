@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from zoattack.models.adapters import MissingDependencyError
 from zoattack.models.layers import Normalize, NormalizedModel, count_parameters, init_weights_
-from zoattack.models.registry import MODELS, create_model, list_models
+from zoattack.models.registry import (
+    MODELS,
+    check_random_init,
+    create_model,
+    default_pretrained,
+    list_models,
+)
 from zoattack.models.training import TrainRecipe, TrainResult, evaluate, train_model
 from zoattack.models.weights import (
     load_card,
@@ -19,20 +25,34 @@ from zoattack.models.weights import (
     shipped_weights,
     weights_dir,
 )
-from zoattack.models.zoo import ResNet20, SmallCNN, ZooModel
+from zoattack.models.zoo import (
+    CifarResNet,
+    ResNet20,
+    ResNet32,
+    ResNet44,
+    ResNet56,
+    SmallCNN,
+    ZooModel,
+)
 
 __all__ = [
     "MODELS",
+    "CifarResNet",
     "MissingDependencyError",
     "Normalize",
     "NormalizedModel",
     "ResNet20",
+    "ResNet32",
+    "ResNet44",
+    "ResNet56",
     "SmallCNN",
     "TrainRecipe",
     "TrainResult",
     "ZooModel",
+    "check_random_init",
     "count_parameters",
     "create_model",
+    "default_pretrained",
     "evaluate",
     "init_weights_",
     "list_models",

@@ -107,12 +107,16 @@ def torchvision_model(
         if not path.is_file():
             if not download:
                 raise MissingFileError(
-                    f"torchvision weights {wenum}",
+                    f"pretrained weights {wenum} of torchvision:{arch}",
                     shown(path),
-                    f"download {wenum.url} into {shown(folder)} (or pass download=True on a "
-                    "machine with a network)",
+                    f"rerun with --download (torchvision fetches {wenum.url} and checks its "
+                    "hash), put that file there, pass --weights FILE, or --random-init for an "
+                    "untrained network",
                 )
-            torch.hub.load_state_dict_from_url(wenum.url, model_dir=str(folder), progress=False)
+            # torch hub checks the SHA-256 prefix in the file name (torchvision's own check).
+            torch.hub.load_state_dict_from_url(
+                wenum.url, model_dir=str(folder), progress=False, check_hash=True
+            )
         net = builder(weights=None, num_classes=len(wenum.meta["categories"]), **kwargs)
         load_into(net, read_state_dict(path), path, f"torchvision:{arch}")
         tf = wenum.transforms()
@@ -196,10 +200,11 @@ def timm_model(
                 else "the Hugging Face cache ($HF_HOME/hub)"
             )
             raise MissingFileError(
-                f"timm weights for {arch}",
+                f"pretrained timm weights for timm:{arch}",
                 where,
-                f"on a machine with a network run timm.create_model('{arch}', pretrained=True) "
-                "(or pass download=True), or save its state dict to that path",
+                "rerun with --download (timm fetches them from the Hugging Face Hub), "
+                f"pass --weights FILE or --model-dir DIR (DIR/{arch}.safetensors), or "
+                "--random-init for an untrained network",
             )
         if num_classes is not None:
             create_kw["num_classes"] = num_classes

@@ -36,7 +36,15 @@ from zoattack.models.weights import (
     weights_dir,
     weights_filename,
 )
-from zoattack.models.zoo import ResNet20, SmallCNN, ZooModel, skeleton
+from zoattack.models.zoo import (
+    ResNet20,
+    ResNet32,
+    ResNet44,
+    ResNet56,
+    SmallCNN,
+    ZooModel,
+    skeleton,
+)
 from zoattack.registry import Entry, Recipe, Registry
 
 # remote: and defended: live above this layer and register themselves when imported.
@@ -54,12 +62,34 @@ MODELS.add(
         ResNet20,
         "CIFAR ResNet-20 (He et al. 2016): 3x3 basic blocks, 16/32/64 channels, option-A "
         "shortcuts, ~0.27M params; any in-channels/classes/size",
-        {"zoo": True, "trainable": True, "pretrained": _pretrained_flag("resnet20")},
+        {
+            "zoo": True,
+            "trainable": True,
+            "pretrained": _pretrained_flag("resnet20"),
+            "published": "cifar10",
+        },
         ("resnet_20",),
         # What the shipped weights were trained with (`zoattack train` defaults).
         recipe=Recipe(epochs=4, lr=0.1, optimizer="sgd", weight_decay=5e-4, augment="none"),
     )
 )
+# The deeper CIFAR ResNets: no shipped weights; on cifar10 they load Idelbayev's published
+# checkpoints (zoattack/models/download.py, pinned by SHA-256) from the torch hub cache.
+for _cls, _params in ((ResNet32, "0.46"), (ResNet44, "0.66"), (ResNet56, "0.85")):
+    MODELS.add(
+        Entry(
+            _cls.arch,
+            _cls,
+            f"CIFAR ResNet-{_cls.arch[6:]} (He et al. 2016): {_cls.blocks} blocks per stage, "
+            f"option-A shortcuts, ~{_params}M params",
+            {
+                "zoo": True,
+                "trainable": True,
+                "pretrained": _pretrained_flag(_cls.arch),
+                "published": "cifar10",
+            },
+        )
+    )
 MODELS.add(
     Entry(
         "small_cnn",
@@ -106,8 +136,9 @@ MODELS.add(
     Entry(
         "torchvision",
         adapters.torchvision_model,
-        "torchvision:NAME, any torchvision.models classifier (ImageNet stats inside); "
-        "--weights FILE or pretrained from the torch hub cache / --model-dir",
+        "torchvision:NAME, any torchvision.models classifier (ImageNet stats inside); its "
+        "DEFAULT pretrained weights from the torch hub cache / --model-dir (--download "
+        "fetches them), or --weights FILE, or --random-init",
         {"adapter": True},
     )
 )
@@ -116,7 +147,8 @@ MODELS.add(
         "timm",
         adapters.timm_model,
         "timm:NAME, any timm model with its own data config inside; needs `pip install "
-        "timm`; --weights FILE or pretrained from the HF cache / --model-dir",
+        "timm`; pretrained weights from the HF cache / --model-dir (--download fetches "
+        "them), or --weights FILE, or --random-init",
         {"adapter": True, "requires": "timm"},
     )
 )
@@ -129,6 +161,32 @@ MODELS.add(
         {"adapter": True, "requires": "robustbench"},
     )
 )
+
+
+# Adapters whose pretrained weights come from their library's cache (or --download).
+PRETRAINED_ADAPTERS = ("torchvision", "timm")
+
+
+def default_pretrained(name: str, weights: object | None, *, random_init: bool = False) -> bool:
+    """Whether a command builds ``name`` with its pretrained weights: always, unless a weights
+    file is given or ``random_init`` (``--random-init``) asks for an untrained network; for zoo
+    models and the torchvision/timm adapters (robustbench always loads its checkpoint; remote
+    and defended models are what they are)."""
+    if weights is not None or random_init:
+        return False
+    prefix, sep, _ = name.partition(":")
+    return not sep or prefix.lower() in PRETRAINED_ADAPTERS
+
+
+def check_random_init(name: str, weights: object | None) -> None:
+    """``--random-init`` builds an untrained zoo / torchvision / timm network, nothing else."""
+    if weights is not None:
+        raise ValueError("--random-init builds an untrained network; drop it or --weights")
+    prefix, sep, _ = name.partition(":")
+    if sep and prefix.lower() not in PRETRAINED_ADAPTERS:
+        raise ValueError(
+            f"--random-init applies to zoo, torchvision: and timm: models, not {prefix}:NAME"
+        )
 
 
 def list_models(pattern: str | None = None, **flags: Any) -> list[str]:

@@ -108,14 +108,16 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNet20(ZooModel):
-    """CIFAR ResNet-20 (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, §4.2).
+class CifarResNet(ZooModel):
+    """CIFAR ResNet-(6n+2) (He et al., "Deep Residual Learning for Image Recognition", CVPR
+    2016, §4.2), n = ``blocks`` basic blocks per stage.
 
-    A 3x3 stem with 16 channels, then 3 stages of 3 basic blocks with 16, 32 and 64 channels
+    A 3x3 stem with 16 channels, then 3 stages of n basic blocks with 16, 32 and 64 channels
     (stride 2 at the start of stages 2 and 3), global average pooling and a linear classifier:
-    6n+2 = 20 weighted layers, ~0.27 M parameters. ``shortcut="A"`` is the paper's
-    parameter-free option A (subsample + zero-pad channels); ``"B"`` uses 1x1 conv + BN
-    projections. Inputs in [0, 1] are normalized by the first layer.
+    6n+2 weighted layers (n = 3, 5, 7, 9: ResNet-20/32/44/56, ~0.27/0.46/0.66/0.85 M
+    parameters). ``shortcut="A"`` is the paper's parameter-free option A (subsample +
+    zero-pad channels); ``"B"`` uses 1x1 conv + BN projections. Inputs in [0, 1] are
+    normalized by the first layer.
 
     Any input size works (global pooling): 1x28x28 Fashion-MNIST (28 -> 14 -> 7),
     3x32x32 CIFAR-10 (32 -> 16 -> 8), 1x8x8 digits (8 -> 4 -> 2).
@@ -123,7 +125,7 @@ class ResNet20(ZooModel):
     Shapes: ``(N, in_channels, H, W) -> (N, num_classes)`` logits.
     """
 
-    arch = "resnet20"
+    blocks: int = 3
 
     def __init__(
         self,
@@ -159,7 +161,7 @@ class ResNet20(ZooModel):
             stages = []
             for planes, stride in ((16, 1), (32, 2), (64, 2)):
                 blocks = []
-                for i in range(3):
+                for i in range(self.blocks):
                     blocks.append(BasicBlock(planes_in, planes, stride if i == 0 else 1, shortcut))
                     planes_in = planes
                 stages.append(nn.Sequential(*blocks))
@@ -171,6 +173,34 @@ class ResNet20(ZooModel):
         x = F.relu(self.bn1(self.conv1(self.normalize(x))))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class ResNet20(CifarResNet):
+    """CIFAR ResNet-20: 3 blocks per stage, ~0.27 M parameters (see :class:`CifarResNet`)."""
+
+    arch = "resnet20"
+    blocks = 3
+
+
+class ResNet32(CifarResNet):
+    """CIFAR ResNet-32: 5 blocks per stage, ~0.46 M parameters (see :class:`CifarResNet`)."""
+
+    arch = "resnet32"
+    blocks = 5
+
+
+class ResNet44(CifarResNet):
+    """CIFAR ResNet-44: 7 blocks per stage, ~0.66 M parameters (see :class:`CifarResNet`)."""
+
+    arch = "resnet44"
+    blocks = 7
+
+
+class ResNet56(CifarResNet):
+    """CIFAR ResNet-56: 9 blocks per stage, ~0.85 M parameters (see :class:`CifarResNet`)."""
+
+    arch = "resnet56"
+    blocks = 9
 
 
 class SmallCNN(ZooModel):

@@ -601,7 +601,7 @@ def model_server_app(
     """Build the model exactly as `zoattack run` does (same data set statistics, pretrained
     weights when no ``weights`` is given) and wrap it in :func:`create_app`."""
     from zoattack.data import load_dataset
-    from zoattack.models import create_model
+    from zoattack.models import create_model, default_pretrained
 
     if model_name.startswith("remote:"):
         raise ValueError(
@@ -614,7 +614,7 @@ def model_server_app(
         dataset=data,
         weights=weights,
         model_dir=model_dir,
-        pretrained=weights is None and ":" not in model_name,
+        pretrained=default_pretrained(model_name, weights),
         device=device,
     )
     return create_app(
