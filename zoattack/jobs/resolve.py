@@ -12,9 +12,7 @@ checks and batch job keys of older runs and stores are unchanged.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
-
-from zoattack.norms import DEFAULT_EPS
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from zoattack.jobs.attack import AttackSpec
