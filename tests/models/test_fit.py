@@ -205,3 +205,20 @@ def test_oversized_card_is_refused_before_building(tmp_path, monkeypatch):
     monkeypatch.setenv(MEMORY_ENV, "100K")
     with pytest.raises(MemoryLimitError, match="building small_cnn"):
         create_model("small_cnn", dataset="fashion-mnist", weights=w)
+
+
+def test_weights_without_num_batches_tracked_still_fit(tmp_path):
+    """Legacy checkpoints (the published CIFAR-10 ResNets among them) lack BatchNorm's
+    num_batches_tracked; load_state_dict fills it, so the shape check must not refuse them."""
+    import torch
+
+    from zoattack.models import create_model
+
+    model = create_model("resnet20", dataset="cifar10")
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "legacy.pt"
+    torch.save({"state_dict": state}, path)
+    loaded = create_model("resnet20", dataset="cifar10", weights=path)
+    for key, value in state.items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert describe_mismatch({"bn.num_batches_tracked": ()}, {}) is None

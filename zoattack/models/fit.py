@@ -154,7 +154,10 @@ def describe_mismatch(
 ) -> str | None:
     """What keeps weights of shapes ``found`` from loading into a module of ``expected``
     (missing and unexpected keys, shape mismatches as ``key found vs expected``); None: fits."""
-    missing = [k for k in expected if k not in found]
+    # BatchNorm fills a missing num_batches_tracked itself when loading a state dict without
+    # version metadata (legacy checkpoints such as the published CIFAR-10 ResNets lack it), so
+    # its absence never keeps weights from loading.
+    missing = [k for k in expected if k not in found and not k.endswith("num_batches_tracked")]
     extra = [k for k in found if k not in expected]
     wrong = [
         f"{k} {tuple(found[k])} vs {tuple(v)}"
