@@ -33,7 +33,10 @@ def one_error_line(res, *needles: str) -> None:
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (("--attack", "hsja"), ("gives scores", "--labels-only")),
+        (
+            ("--attack", "hsja"),
+            ("gives scores", "--labels-only", "--attack square", "--attack zo --optimizer RULE"),
+        ),
         (("--labels-only",), ("--labels-only hides the scores", "--attack hsja")),
         (("--attack", "hjsa", "--labels-only"), ("unknown attack", "hsja")),
         (("--attack", "rays", "--labels-only", "--norm", "l2"), ("supports --norm linf",)),

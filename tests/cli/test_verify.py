@@ -60,6 +60,15 @@ def test_verify_confirms_on_the_attacked_model_and_writes_nothing(run_dir):
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     res = runner.invoke(app, ["verify", str(run_dir)])
     assert res.exit_code == 0 and "confirmed rate" in res.stdout
+    # rates as percents in the table, as `zoattack run` prints them (fractions stay in --json)
+    assert _table_value(res.stdout, "confirmed rate") == "100.0%"
+    rate = summary["summary"]["success_rate"]
+    assert _table_value(res.stdout, "success rate") == f"{100 * rate:.1f}%"
+
+
+def _table_value(text: str, metric: str) -> str:
+    rows = [[c.strip() for c in ln.split("│")[1:-1]] for ln in text.splitlines() if "│" in ln]
+    return next(value for name, value in rows if name == metric)
 
 
 def test_verify_on_another_model_reports_transfer_and_saves_when_asked(run_dir, tmp_path):

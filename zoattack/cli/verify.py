@@ -111,11 +111,20 @@ def verify_command(
         for k, v in report.items():
             if k in ("path", "counting_rule", "model", "same_model"):
                 continue
-            table.add_row(k.replace("_", " "), "" if v is None else str(v))
+            table.add_row(k.replace("_", " "), _cell(k, v))
         out.print(table)
         out.print(f"[dim]{report['counting_rule']}[/]")
     if report["same_model"] and report.get("confirmed") != report["recorded_successes"]:
         raise typer.Exit(EXIT_NOT_CONFIRMED)
+
+
+def _cell(key: str, value: object) -> str:
+    """Rates as percents, as `zoattack run` shows them (--json and verify.json keep fractions)."""
+    if value is None:
+        return ""
+    if key.endswith("_rate") and isinstance(value, (int, float)):
+        return f"{100 * value:.1f}%"
+    return str(value)
 
 
 def _slug(name: str) -> str:

@@ -185,8 +185,8 @@ def check_model_for_decision(spec: AttackSpec, model: object) -> None:
 def scores_model_message(spec: AttackSpec) -> str:
     return (
         f"--attack {spec.attack} is a hard-label attack but --model {spec.model} gives scores; "
-        "pass --labels-only to attack it through its top-1 labels only, or drop --attack "
-        "for a score-based attack (--optimizer)"
+        "pass --labels-only to attack it through its top-1 labels only, or pick a score-based "
+        "attack: --attack square, --attack sign, or --attack zo --optimizer RULE"
     )
 
 
