@@ -39,6 +39,9 @@ Run: ``python benchmarks/overhead.py`` (< 10 min on one CPU thread), ``--quick``
 ``--device cuda --quick`` on a GPU machine (< 4 min, unattended-safe). ``--json FILE`` writes
 every measurement. Needs ``torchattacks==3.5.1`` (``make peers``); without it
 the Square column is "skipped" and the ratios are blank.
+
+The code is in three files: this one (victims, timed runs, options), ``_overhead_count.py``
+(``--count``: dispatch counting) and ``_overhead_report.py`` (rows, exponents, tables).
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ peak is the phase's own; ``VmRSS`` is also sampled every 20 ms in case the reset
 Run: ``python benchmarks/serve_load.py`` (32 clients x 60 s per phase, ~4 minutes), or
 ``--clients 8 --seconds 3`` for a smoke run; ``--json FILE`` keeps the figures. Client threads
 and the server share the machine's cores, so the figures are for both together.
+
+The code is in three files: this one (clients, phases, options), ``_serve_server.py`` (the
+server process, its memory, the bodies) and ``_serve_mem.py`` (the ``mem`` phase).
 """
 
 from __future__ import annotations
