@@ -34,6 +34,9 @@ peak is the phase's own; ``VmRSS`` is also sampled every 20 ms in case the reset
 Run: ``python benchmarks/serve_load.py`` (32 clients x 60 s per phase, ~4 minutes), or
 ``--clients 8 --seconds 3`` for a smoke run; ``--json FILE`` keeps the figures. Client threads
 and the server share the machine's cores, so the figures are for both together.
+
+The code is in three files: this one (clients, phases, options), ``_serve_server.py`` (the
+server process, its memory, the bodies) and ``_serve_mem.py`` (the ``mem`` phase).
 """
 
 from __future__ import annotations
@@ -42,13 +45,9 @@ import argparse
 import http.client
 import io
 import json
-import os
 import random
 import re
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -57,106 +56,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-SHAPE = (1, 28, 28)  # the bundled small_cnn on Fashion-MNIST
-CLASSES = 10
-NPY = "application/x-npy"
-MiB = 2**20
-# 6 faults in every 100 requests, spread out; "timeout" sleeps past the client's timeout.
-FAULT_SCHEDULE: list[str | None] = [None] * 100
-for _at, _kind in zip(
-    (7, 23, 39, 55, 71, 87), ("503", "500", "malformed", "drop", "slow", "timeout")
-):
-    FAULT_SCHEDULE[_at] = _kind
-FAULT_TIMEOUT_S = 4.0  # how long an injected timeout holds the reply
-CLIENT_TIMEOUT_S = {"clean": 60.0, "faults": 2.0, "max": 300.0, "mem": 600.0}
-RETRIES = 8
-
-
-# ----------------------------------------------------------------------------- server
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
-def start_server(
-    *,
-    max_bytes: int,
-    faults: bool,
-    threads: int,
-    timeout: float = 120.0,
-    extra: tuple[str, ...] = (),
-    code: Path = ROOT,
-) -> Server:
-    """`zoattack serve --port 0` in its own process; returns once /health answers. ``code``:
-    the checkout whose zoattack the server runs (another one to measure its figures)."""
-    serve = ["serve", "--port", "0", "--device", "cpu", "--max-bytes", str(max_bytes), *extra]
-    if faults:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-with-faults", "--", *serve]
-    else:
-        cmd = [sys.executable, "-m", "zoattack", *serve]
-    # The server runs this checkout's zoattack, whatever is installed.
-    path = os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path}
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    log = Path(tempfile.mkstemp(prefix="zoattack-serve-", suffix=".log")[1])
-    with log.open("wb") as fh:
-        # cwd too: `python -m` puts the working directory first on sys.path.
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=code, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh
-        )
-    t0 = time.monotonic()
-    port = None
-    while port is None:
-        m = re.search(r"http://127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))
-        if m:
-            port = int(m.group(1))
-        elif proc.poll() is not None or time.monotonic() - t0 > timeout:
-            stop_server(Server(proc, 0, log))
-            raise RuntimeError(f"the server did not start:\n{log.read_text()[-2000:]}")
-        else:
-            time.sleep(0.05)
-    server = Server(proc, port, log)
-    while True:  # the line is printed just before uvicorn starts accepting
-        try:
-            if get_json(server, "/health").get("status") == "ok":
-                return server
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() - t0 > timeout:
-            stop_server(server)
-            raise RuntimeError(f"the server did not answer:\n{log.read_text()[-2000:]}")
-        time.sleep(0.05)
-
-
-def stop_server(server: Server) -> str:
-    """SIGINT (uvicorn's graceful stop), SIGKILL after 15 s; returns the server's log."""
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGINT)
-        try:
-            server.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
-    text = server.log.read_text(errors="replace")
-    server.log.unlink(missing_ok=True)
-    return text
-
-
-def get_json(server: Server, path: str) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    try:
-        conn.request("GET", path)
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
+from _serve_mem import MEM_KINDS, mem_body, mem_table, run_mem_kind, send_once  # noqa: F401
+from _serve_server import (  # noqa: F401  (re-exported: the names serve_load always had)
+    CLASSES,
+    CLIENT_TIMEOUT_S,
+    FAULT_SCHEDULE,
+    FAULT_TIMEOUT_S,
+    NPY,
+    RETRIES,
+    ROOT,
+    SHAPE,
+    Memory,
+    MiB,
+    Server,
+    get_json,
+    max_images,
+    npy_body,
+    npy_body_header,
+    start_server,
+    stop_server,
+)
 
 
 def serve_with_faults(serve_args: list[str]) -> None:
@@ -180,55 +99,6 @@ def serve_with_faults(serve_args: list[str]) -> None:
     finally:
         for inj in injectors:
             print(f"injected faults: {describe(inj.log)}", file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- memory
-class Memory:
-    """Peak and current RSS of a process from /proc (kB -> MiB)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.sampled_peak = 0.0
-        self.reset_ok = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def read(self) -> dict[str, float]:
-        vals: dict[str, float] = {}
-        with open(f"/proc/{self.pid}/status") as fh:
-            for line in fh:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    vals[key] = int(rest.split()[0]) / 1024
-        return vals
-
-    def reset_peak(self) -> None:
-        try:
-            with open(f"/proc/{self.pid}/clear_refs", "w") as fh:
-                fh.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-            self.reset_ok = True
-        except OSError:
-            self.reset_ok = False
-        self.sampled_peak = self.read()["VmRSS"]
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            try:
-                self.sampled_peak = max(self.sampled_peak, self.read()["VmRSS"])
-            except (OSError, KeyError):
-                return
-
-    def __enter__(self) -> Memory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def peak(self) -> float:
-        now = self.read()
-        return max(now["VmHWM"], self.sampled_peak) if self.reset_ok else self.sampled_peak
 
 
 # ----------------------------------------------------------------------------- clients
@@ -256,30 +126,6 @@ class Tally:
         self.latencies += other.latencies
         for k, v in other.errors.items():
             self.errors[k] = self.errors.get(k, 0) + v
-
-
-def npy_body(n: int, seed: int, shape: tuple[int, ...] = SHAPE) -> bytes:
-    x = np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
-    buf = io.BytesIO()
-    np.save(buf, x, allow_pickle=False)
-    return buf.getvalue()
-
-
-def max_images(max_bytes: int, shape: tuple[int, ...] = SHAPE) -> int:
-    """Most float32 images whose .npy fits in ``max_bytes`` (header: 128 bytes here)."""
-    per = 4 * int(np.prod(shape))
-    n = (max_bytes - 128) // per
-    while n > 0 and len(npy_body_header(n, shape)) + n * per > max_bytes:
-        n -= 1
-    return n
-
-
-def npy_body_header(n: int, shape: tuple[int, ...] = SHAPE) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": "<f4", "fortran_order": False, "shape": (n, *shape)}
-    )
-    return buf.getvalue()
 
 
 class Client(threading.Thread):
@@ -474,148 +320,6 @@ def run_phase(
         "rss_peak_exact": mem.reset_ok,
         "max_bytes": max_bytes,
     }
-
-
-# ----------------------------------------------------------------------------- memory phase
-MEM_KINDS = ("json-lists", "json-floats", "json-short", "npy", "npy-scored")
-
-
-def mem_body(kind: str, size: int, max_batch: int) -> tuple[bytes, int, int]:
-    """(body, images, expected status) of about ``size`` bytes for one memory-phase kind.
-
-    ``json-lists``: ``{"inputs": [[], [], ...]}``, no number at all (refused: not a batch).
-    ``json-floats``: ``{"inputs": nested lists}`` of random floats in [1, 2) as json.dumps
-    writes them (~20 bytes a number); ``json-short``: the same with every number ``1.5`` (5
-    bytes a number: the most numbers, hence the largest array, per byte of body); ``npy``: a
-    float32 ``.npy`` of random values in [1, 2). These are read and
-    decoded whole, then refused for their range (422): the body-handling memory without a
-    forward. ``npy-scored``: ``max_batch`` float32 images in [0, 1] (``size`` ignored), scored:
-    what a forward of the largest batch adds.
-    """
-    rng = np.random.default_rng(0)
-    per = int(np.prod(SHAPE))
-    if kind == "json-lists":
-        k = (size - len(b'{"inputs": [[]]}')) // 3
-        return b'{"inputs": [' + b"[]," * k + b"[]]}", 0, 422
-    if kind == "json-floats":
-        one = json.dumps((1 + rng.random(SHAPE)).tolist()).encode()
-        n = min(max_batch, max(1, size // (len(one) + 2)))
-        images = [json.dumps((1 + rng.random(SHAPE)).tolist()).encode() for _ in range(n)]
-        return b'{"inputs": [' + b", ".join(images) + b"]}", n, 422
-    if kind == "json-short":
-        one = b"[[" + b", ".join([b"[" + b", ".join([b"1.5"] * SHAPE[2]) + b"]"] * SHAPE[1]) + b"]]"
-        n = max(1, size // (len(one) + 2))
-        return b'{"inputs": [' + b", ".join([one] * n) + b"]}", n, 422
-    if kind == "npy":
-        n = max(1, (size - 128) // (4 * per))
-        x = (1 + rng.random((n, *SHAPE), dtype=np.float32)).astype(np.float32)
-        buf = io.BytesIO()
-        np.save(buf, x, allow_pickle=False)
-        return buf.getvalue(), n, 422
-    if kind == "npy-scored":
-        return npy_body(max_batch, 0), max_batch, 200
-    raise ValueError(f"unknown memory kind {kind!r}; pick from {', '.join(MEM_KINDS)}")
-
-
-def send_once(port: int, body: bytes, ctype: str, timeout: float) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", "/score", body=body, headers={"Content-Type": ctype})
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    except (OSError, http.client.HTTPException) as exc:
-        return -len(type(exc).__name__)  # any negative: the request failed in transport
-    finally:
-        conn.close()
-
-
-def run_mem_kind(
-    kind: str, *, clients: int, size: int, max_bytes: int, threads: int, code: Path
-) -> dict[str, Any]:
-    """``clients`` bodies of one kind sent at once to a fresh server; its peak RSS over idle."""
-    max_batch = 4096  # `zoattack serve`'s default
-    # The npy and json-short kinds at 50 MB hold ~13k-16k images: the batch cap is raised so
-    # they are decoded, not refused from their header or brackets (then refused for their
-    # range; nothing is scored).
-    body, n, want = mem_body(kind, size, max_batch)
-    n_needed = max(max_batch, n)
-    ctype = NPY if kind.startswith("npy") else "application/json"
-    max_bytes = max(max_bytes, len(body))
-    extra = ("--max-inflight", str(clients), "--max-batch", str(n_needed))
-    server = start_server(
-        max_bytes=max_bytes, faults=False, threads=threads, extra=extra, code=code
-    )
-    try:
-        mem = Memory(server.pid)
-        warm = send_once(server.port, npy_body(4, 0), NPY, 60.0)
-        assert warm == 200, f"warm-up got {warm}"
-        time.sleep(0.3)
-        baseline = mem.read()["VmRSS"]
-        mem.reset_peak()
-        statuses: list[int] = []
-        lock = threading.Lock()
-
-        def one() -> None:
-            status = send_once(server.port, body, ctype, CLIENT_TIMEOUT_S["mem"])
-            with lock:
-                statuses.append(status)
-
-        workers = [threading.Thread(target=one, daemon=True) for _ in range(clients)]
-        with mem:
-            t0 = time.monotonic()
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join(CLIENT_TIMEOUT_S["mem"] + 10)
-            wall = time.monotonic() - t0
-            time.sleep(0.1)
-            peak = mem.peak()
-    finally:
-        log = stop_server(server)
-    return {
-        "phase": "mem",
-        "kind": kind,
-        "code": str(code),
-        "clients": clients,
-        "body_bytes": len(body),
-        "images": n,
-        "statuses": sorted(statuses),
-        "as_expected": statuses == [want] * clients,
-        "seconds": round(wall, 1),
-        "rss_baseline_mib": round(baseline, 1),
-        "rss_peak_mib": round(peak, 1),
-        "rss_growth_mib": round(peak - baseline, 1),
-        "growth_per_body": round((peak - baseline) * MiB / (clients * len(body)), 2),
-        "rss_peak_exact": mem.reset_ok,
-        "max_bytes": max_bytes,
-        "server_5xx_in_log": len(re.findall(r"Exception in ASGI application", log)),
-    }
-
-
-def mem_table(results: list[dict[str, Any]]) -> str:
-    cols = ["kind", "code", "clients", "body MB", "statuses", "s", "idle MiB", "peak MiB"]
-    cols += ["growth MiB", "growth / bodies"]
-    rows = [cols]
-    for r in results:
-        rows.append(
-            [
-                r["kind"],
-                r["code"],
-                str(r["clients"]),
-                f"{r['body_bytes'] / 1e6:.1f}",
-                ",".join(str(s) for s in sorted(set(r["statuses"]))),
-                str(r["seconds"]),
-                str(r["rss_baseline_mib"]),
-                str(r["rss_peak_mib"]),
-                str(r["rss_growth_mib"]),
-                f"{r['growth_per_body']}x",
-            ]
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
-    lines = [" | ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def table(results: list[dict[str, Any]]) -> str:

@@ -22,12 +22,15 @@ def load_overhead():
     tests/test_loop_cost.py); benchmarks/ on sys.path would shadow other imports."""
     module = sys.modules.get("bench_overhead")
     if module is None:
-        path = Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
-        spec = importlib.util.spec_from_file_location("bench_overhead", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_overhead"] = module
-        spec.loader.exec_module(module)
+        # overhead.py imports its parts by these names, as the script does.
+        for name in ("_overhead_count", "_overhead_report", "bench_overhead"):
+            file = "overhead.py" if name == "bench_overhead" else f"{name}.py"
+            path = Path(__file__).resolve().parents[1] / "benchmarks" / file
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
     return module
 
 

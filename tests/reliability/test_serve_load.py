@@ -15,13 +15,17 @@ MiB = 2**20
 
 @pytest.fixture(scope="module")
 def load():
-    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks/serve_load.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["serve_load"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
+    # serve_load.py imports its parts by these names, as the script does.
+    names = ("_serve_server", "_serve_mem", "serve_load")
+    for name in names:
+        spec = importlib.util.spec_from_file_location(name, ROOT / f"benchmarks/{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve their module by name
+        spec.loader.exec_module(module)
     yield module
-    sys.modules.pop("serve_load", None)
+    for name in names:
+        sys.modules.pop(name, None)
 
 
 @pytest.fixture(scope="module")
