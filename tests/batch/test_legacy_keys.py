@@ -25,6 +25,8 @@ LATER = (
     "lr_decay",
     "prior",
     "prior_weights",
+    "surrogates",
+    "surrogate_weights",
 )
 
 

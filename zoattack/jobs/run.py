@@ -26,6 +26,7 @@ from zoattack.jobs.attack import (
     AttackSpec,
     JobInterrupted,
     effective_settings,
+    is_score_based,
     merge_results,
     prepare,
     run_job,
@@ -55,7 +56,7 @@ class RunReport:
 
 
 def _title(spec: AttackSpec) -> str:
-    kind = " (hard-label)" if spec.attack is not None else ""
+    kind = " (hard-label)" if not is_score_based(spec) else ""
     return (
         f"{spec_label(spec)}{kind} vs {spec.model} on {spec.dataset}: {spec.norm} "
         f"eps={spec.eps:g}, budget {spec.budget:,}"
@@ -63,7 +64,7 @@ def _title(spec: AttackSpec) -> str:
 
 
 def _keys(spec: AttackSpec) -> tuple[str, ...]:
-    return DECISION_RUN_KEYS if spec.attack is not None else RUN_KEYS
+    return DECISION_RUN_KEYS if not is_score_based(spec) else RUN_KEYS
 
 
 def resume_differences(recorded: Mapping[str, Any], spec: AttackSpec) -> list[str]:
@@ -170,7 +171,7 @@ def run_attack_job(
             "--universal runs score-based rules; a hard-label --attack finds one "
             "perturbation per image (drop --universal)"
         )
-    if spec.prior is not None and spec.attack is not None:
+    if spec.prior is not None and not is_score_based(spec):
         raise ValueError(
             "--prior biases gradient estimates of score-based rules; a hard-label --attack "
             "does not use it (drop --prior)"
@@ -243,7 +244,7 @@ def run_attack_job(
         rows,
         wall_seconds=wall,
         scored_inputs=outcome.scored_inputs,
-        decision_norm=spec.norm if spec.attack is not None else None,
+        decision_norm=spec.norm if not is_score_based(spec) else None,
     )
     summary: dict[str, Any] = {}
     for key, value in base.items():  # this session's rate; every part's queries in the total
@@ -254,7 +255,18 @@ def run_attack_job(
             summary[key] = value
     if resume:
         summary["resumed_with_images"] = len(done)
+    if spec.surrogates is not None:
+        summary["counting_rule"] = settings["counting_rule"]
+    for key in job.surrogate_counts():  # local passes, never victim queries: apart
+        summary[key] = (
+            folder.parts.total(key) if folder is not None else outcome.surrogate.get(key, 0)
+        )
     report = RunReport(title=_title(spec), settings=settings, summary=summary, keys=_keys(spec))
+    if getattr(job.surrogate, "white_box", False):
+        report.notes.append(
+            "a surrogate is the victim itself (same name and weights): this is a white-box "
+            "setting, not a black-box attack (the method line says so)"
+        )
     if folder is not None:
         kept = folder.examples.finish()
         folder.finish(rows, summary, settings)
@@ -289,7 +301,7 @@ def run_attack_job(
                 title=_title(spec),
             )
             report.written += [f"examples.{ext}", f"success_vs_queries.{ext}"]
-        if spec.attack is not None and outcome.chunks:
+        if not is_score_based(spec) and outcome.chunks:
             # The distance curve is what a decision attack optimises: written with every --out.
             from zoattack.results.figures import save_distance_curve
 
