@@ -73,6 +73,9 @@ def test_score_job_keys_do_not_change_with_the_new_settings():
             # the transfer prior's fields: unset keeps the pre-prior key (plan.LEGACY_KEY_SCHEMES)
             "prior",
             "prior_weights",
+            # surrogate ensembles (issue 25): unset keeps the key of plans without them
+            "surrogates",
+            "surrogate_weights",
         )
     }
     blob = json.dumps(old, sort_keys=True, separators=(",", ":"))

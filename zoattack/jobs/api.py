@@ -52,6 +52,8 @@ CLI_ONLY = {
     "threat_model": "load the robustbench model yourself and pass it",
     "prior": "the transfer prior is available from `zoattack run --prior`",
     "prior_weights": "the transfer prior is available from `zoattack run --prior`",
+    "surrogate_weights": "load the weights into your surrogate models and pass them in "
+    "surrogates=[...]",
 }
 
 
