@@ -128,6 +128,7 @@ def test_prior_takes_the_ensemble_and_passes_are_not_victim_queries(case) -> Non
     assert "mean of their loss gradients" in res.method
     assert "surrogate_grads" in res.counting_rule
     assert int(res.queries.sum()) == counted.rows  # the ledger is the victim's rows only
+    assert res.settings["surrogate_grads"] > 0  # counted apart
 
 
 def test_the_victim_as_surrogate_is_labelled_white_box(case) -> None:

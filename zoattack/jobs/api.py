@@ -393,7 +393,8 @@ def attack(
         hint = "; pass init_from= (start images)" if "target class" in str(exc) else ""
         raise InvalidInputError(f"{exc}{hint}") from None
     merged = merge_results([c.result for c in outcome.chunks])
-    settings = job.settings()
+    # Surrogate passes (local, never victim queries) beside the settings, as in summary.json.
+    settings = {**job.settings(), **outcome.surrogate}
     return _as_attack_result(merged, settings)
 
 
