@@ -76,6 +76,9 @@ def test_score_job_keys_do_not_change_with_the_new_settings():
             # issue 22: an untrained victim on purpose, --indices; unset keeps the old key
             "random_init",
             "indices",
+            # surrogate ensembles (issue 25): unset keeps the key of plans without them
+            "surrogates",
+            "surrogate_weights",
         )
     }
     blob = json.dumps(old, sort_keys=True, separators=(",", ":"))

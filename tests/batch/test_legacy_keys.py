@@ -27,6 +27,8 @@ LATER = (
     "prior_weights",
     "random_init",
     "indices",
+    "surrogates",
+    "surrogate_weights",
 )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zoattack.attacks.surrogates import surrogate_loss_with_graph
 from zoattack.blackbox import BlackBox
 from zoattack.errors import (
     InvalidInputError,
@@ -223,10 +224,14 @@ class AttackObjective:
             x = to_image(
                 self.x0.index_select(0, owner), self.subspace.expand(var), self.norm, self.eps
             )
-            scores = self.surrogate(x)
             target = self.target.index_select(0, owner) if self.target is not None else None
-            loss = attack_loss(
-                scores, self.label.index_select(0, owner), kind=self.loss, target=target
+            # An ensemble averages its members' losses: the prior is their mean gradient.
+            loss = surrogate_loss_with_graph(
+                self.surrogate,
+                x,
+                self.label.index_select(0, owner),
+                kind=self.loss,
+                target=target,
             )
             (grad,) = torch.autograd.grad(loss.sum(), var)
         return feasible_prior(

@@ -35,6 +35,7 @@ TABLES = ("batch", "defaults", "grid", "job")
 BATCH_KEYS: dict[str, type] = {"name": str, "out": str}
 # Resolved against the plan's folder, so a plan runs the same from any working directory.
 PATH_FIELDS = ("data_dir", "weights", "model_dir", "init_from", "prior_weights")
+# (surrogate_weights holds several paths, comma-separated: resolved where it is loaded.)
 # Settings that change where or how fast a job runs, not its rows (as for `run --resume`):
 # they stay out of the job key, so rerunning a plan on a GPU keeps the CPU's finished work.
 KEY_EXCLUDES = ("device", "max_batch")
@@ -56,6 +57,9 @@ KEY_DEFAULTS: dict[str, Any] = {
     # issue 22: an untrained victim on purpose, and data-set indices instead of the first N
     "random_init": False,
     "indices": None,
+    # surrogate ensembles (issue 25): unset keys as before they existed
+    "surrogates": None,
+    "surrogate_weights": None,
 }
 # Earlier job-key schemes that a store may hold finished work under, newest first: (what,
 # the KEY_DEFAULTS entries that scheme still keyed at their default). Every scheme not listed

@@ -96,6 +96,19 @@ def attack_rows() -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
             + " (--optimizer RULE alone means --attack zo)",
         )
     )
+    from zoattack.attacks.surrogates import SURROGATE_ATTACKS
+
+    for e in SURROGATE_ATTACKS:
+        rows.append(
+            (
+                e.name,
+                f"--attack {e.name} --surrogates M1,M2",
+                "scores + local surrogate models",
+                ", ".join(e.flags.get("norms") or NORMS),
+                str(e.flags.get("defaults", "")),
+                e.description,
+            )
+        )
     for d in DECISION_ATTACKS:
         norms = d.flags.get("norms") or NORMS
         opts = {

@@ -218,6 +218,25 @@ def run_command(
         ),
     ] = None,
     # --- end transfer prior ---
+    surrogates: Annotated[
+        str | None,
+        typer.Option(
+            help="Local surrogate models M1,M2,... on the victim's data set (zoo names as for "
+            "--model): used by --attack gfcs and transfer, and by the prior estimator (the "
+            "mean of their loss gradients). Their passes are counted apart, never as queries.",
+            rich_help_panel=P_OPT,
+            show_default=False,
+        ),
+    ] = None,
+    surrogate_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights files for --surrogates, in order, comma-separated (an empty entry: "
+            "that model's shipped weights).",
+            rich_help_panel=P_OPT,
+            show_default=False,
+        ),
+    ] = None,
     universal: Annotated[
         bool,
         typer.Option(
@@ -368,6 +387,8 @@ def run_command(
         prior_weights=prior_weights,
         random_init=random_init,
         indices=indices,
+        surrogates=surrogates,
+        surrogate_weights=surrogate_weights,
     )
     remote_opts = {
         k: v

@@ -41,7 +41,7 @@ OPTIONS = (
 )
 # Options of this function only: the data set the images come from (its conventional
 # defaults apply) and the number of classes (needed by a random target of a hard-label attack).
-EXTRA = ("dataset", "num_classes")
+EXTRA = ("dataset", "num_classes", "surrogates")
 # Named by the CLI, refused here with a hint.
 CLI_ONLY = {
     "model": "pass the model itself as the first argument",
@@ -52,6 +52,8 @@ CLI_ONLY = {
     "threat_model": "load the robustbench model yourself and pass it",
     "prior": "the transfer prior is available from `zoattack run --prior`",
     "prior_weights": "the transfer prior is available from `zoattack run --prior`",
+    "surrogate_weights": "load the weights into your surrogate models and pass them in "
+    "surrogates=[...]",
 }
 
 
@@ -282,6 +284,7 @@ def attack(
         check_budget,
         check_eps_fits,
         check_target,
+        is_score_based,
         merge_results,
         run_job,
     )
@@ -304,6 +307,9 @@ def attack(
         )
     hard = _hard_label(attack, labels_only)
     name = getattr(model, "name", None) or f"python:{type(model).__name__}"
+    surrogates = options.pop("surrogates", None)
+    if surrogates is not None:
+        options["surrogates"] = _surrogate_names(surrogates, model, str(name))
     try:
         spec = AttackSpec(
             model=str(name),
@@ -334,8 +340,23 @@ def attack(
     except TypeError as exc:  # a wrongly typed option (e.g. samples="ten")
         raise InvalidInputError(f"invalid option value: {exc}") from None
     victim = _as_module(model, dev, hard, classes)
+    ensemble = None
+    if surrogates is not None:
+        from zoattack.jobs.surrogate import ensemble_of
+
+        # Before any victim query: each surrogate takes these images and scores the classes
+        # (given by num_classes=/dataset=, else the first surrogate's).
+        ensemble, _ = ensemble_of(
+            surrogates,
+            dataset=dataset,
+            device=dev,
+            shape=tuple(x.shape[1:]),
+            classes=classes,
+            names=str(spec.surrogates).split(","),
+        )
+        ensemble.white_box = any(s is model for s in _as_list(surrogates))
     pool = None
-    if spec.attack is not None and starts is None and spec.target is not None:
+    if not is_score_based(spec) and starts is None and spec.target is not None:
         if spec.target == "random" and classes is None:
             raise InvalidInputError(
                 "target='random' of a hard-label attack draws among the classes: pass "
@@ -352,8 +373,9 @@ def attack(
         data_source="images passed to zoattack.attack",
         starts=starts,
         pool=pool,
+        surrogate=ensemble,
     )
-    if spec.attack is None:
+    if is_score_based(spec):
         from zoattack.blackbox import check_output_kind
 
         check_output_kind(victim, "logits")
@@ -372,8 +394,29 @@ def attack(
         hint = "; pass init_from= (start images)" if "target class" in str(exc) else ""
         raise InvalidInputError(f"{exc}{hint}") from None
     merged = merge_results([c.result for c in outcome.chunks])
-    settings = job.settings()
+    # Surrogate passes (local, never victim queries) beside the settings, as in summary.json.
+    settings = {**job.settings(), **outcome.surrogate}
     return _as_attack_result(merged, settings)
+
+
+def _as_list(surrogates: Any) -> list[Any]:
+    return [surrogates] if isinstance(surrogates, nn.Module | str) else list(surrogates)
+
+
+def _surrogate_names(surrogates: Any, model: Any, victim: str) -> str:
+    """What the spec records for ``surrogates=``: names as given, a module by its class
+    (the victim object itself by the victim's name: the run is labelled white-box)."""
+    names = []
+    for i, s in enumerate(_as_list(surrogates)):
+        if s is model:
+            names.append(victim)
+        elif isinstance(s, str):
+            names.append(s)
+        else:
+            names.append(f"python:{type(s).__name__}#{i}")
+    if not names:
+        raise InvalidInputError("surrogates= is empty: give at least one model")
+    return ",".join(names)
 
 
 def _hard_label(attack: str | None, labels_only: bool) -> bool:

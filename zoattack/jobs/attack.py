@@ -200,6 +200,10 @@ class AttackSpec:
     random_init: bool = False
     # Data-set indices to attack ("0:100,250,300:400"), instead of the first --images.
     indices: str | None = None
+    # Surrogate ensemble (zoattack/attacks/surrogates.py): model names, comma-separated, and
+    # their weights files in the same order (an empty entry: that model's shipped weights).
+    surrogates: str | None = None
+    surrogate_weights: str | None = None
 
     @classmethod
     def field_types(cls) -> dict[str, Any]:
@@ -258,6 +262,13 @@ class AttackSpec:
             from zoattack.models import check_random_init
 
             check_random_init(self.model, self.weights)
+        from zoattack.jobs.surrogate import check_surrogate_spec
+
+        check_surrogate_spec(self)
+        if self.attack is not None and _is_surrogate_attack(self.attack):
+            from zoattack.jobs.surrogate import resolve_surrogate_attack
+
+            return resolve_surrogate_attack(dataclasses.replace(self, norm=norm, eps=eps))
         if self.attack is not None:
             from zoattack.jobs.hardlabel import resolve_decision
 
@@ -278,7 +289,9 @@ class AttackSpec:
         tuned = Tuned() if search else entry.tuned(norm)
         subspace = self.subspace or tuned.subspace or "full"
         _check_prior(self, rule, search)
-        estimator = self.estimator or ("prior" if self.prior else tuned.estimator)
+        estimator = self.estimator or (
+            "prior" if self.prior or (self.surrogates and not search) else tuned.estimator
+        )
         momentum, mu, difference = self.momentum, self.mu, self.difference
         tricks = {k: getattr(self, k) for k in TRICKS}
         if estimator == tuned.estimator:  # tuned together with that estimator only
@@ -401,6 +414,13 @@ def _check_prior(spec: AttackSpec, rule: str, search: bool) -> None:
     """--prior needs a gradient rule and a model whose gradient can be taken locally;
     --estimator prior needs --prior."""
     est = (spec.estimator or "").lower().replace("-", "_")
+    if spec.surrogates is not None:
+        if search:
+            raise ValueError(
+                f"the {rule} rule uses no surrogate; with --surrogates run --attack gfcs, "
+                "--attack transfer or a gradient rule (P-RGF: --attack zo --estimator prior)"
+            )
+        return
     if spec.prior is None:
         if spec.prior_weights is not None:
             raise ValueError(
@@ -529,19 +549,32 @@ class PreparedJob:
             "zoattack": __version__,
             "torch": torch.__version__,
             "data_source": self.data_source,
-            "counting_rule": ROW_COUNTING_RULE
-            if self.spec.attack is None
-            else DECISION_COUNTING_RULE,
+            "counting_rule": self.counting_rule(),
         }
 
     def chunks(self) -> list[tuple[int, int]]:
         return chunk_bounds(len(self.labels), self.spec.chunk_size)
+
+    def counting_rule(self) -> str:
+        rule = ROW_COUNTING_RULE if is_score_based(self.spec) else DECISION_COUNTING_RULE
+        if self.spec.surrogates is not None:
+            from zoattack.attacks.surrogates import SURROGATE_COUNTING_RULE
+
+            rule += "; " + SURROGATE_COUNTING_RULE
+        return rule
+
+    def surrogate_counts(self) -> dict[str, int]:
+        """Surrogate passes so far (an ensemble's counters; empty without one)."""
+        counts = getattr(self.surrogate, "counts", None)
+        return dict(counts()) if callable(counts) and self.spec.surrogates else {}
 
 
 def effective_settings(spec: AttackSpec) -> dict[str, Any]:
     """A resolved spec's settings with the values its rule really uses (the estimator's own
     defaults for samples, mu and difference filled in): two specs run the same attack exactly
     when these agree (device and max_batch aside). Needs no data or model."""
+    if spec.attack is not None and _is_surrogate_attack(spec.attack):
+        return spec.as_dict()
     if spec.attack is not None:
         from zoattack.jobs.hardlabel import effective_options
 
@@ -550,7 +583,7 @@ def effective_settings(spec: AttackSpec) -> dict[str, Any]:
     est = rule.estimator
     base = spec.as_dict()
     # No transfer prior: the settings keep their earlier shape (older records compare equal).
-    for key in ("prior", "prior_weights", "indices", *TRICKS):
+    for key in ("prior", "prior_weights", "indices", "surrogates", "surrogate_weights", *TRICKS):
         if base[key] is None:
             del base[key]
     if not base["random_init"]:
@@ -571,6 +604,10 @@ def method_of(spec: AttackSpec) -> str:
     E.g. ``"lizo (estimator lizo, the paper's; reuse on, bound 2 lr, cap 50%; subspace
     tile:7>full; lr 0.1; mu 0.01)"``. A swapped estimator is labelled as such, so a tuned
     variant never passes for the paper's method."""
+    if spec.attack is not None and _is_surrogate_attack(spec.attack):
+        from zoattack.jobs.surrogate import surrogate_attack_method
+
+        return surrogate_attack_method(spec)
     if spec.attack is not None:
         from zoattack.jobs.hardlabel import decision_method
 
@@ -597,6 +634,14 @@ def method_of(spec: AttackSpec) -> str:
     parts.append(f"subspace {spec.subspace}")
     parts.append(f"lr {spec.lr:g} ({lr_source(spec)})")
     parts.append(f"mu {est.mu:g}")
+    if spec.surrogates:
+        from zoattack.jobs.surrogate import surrogate_words
+
+        parts.append(
+            f"transfer prior: {surrogate_words(spec)}"
+            if est.name == "prior"
+            else f"surrogates {spec.surrogates} loaded but unused by the {est.name} estimator"
+        )
     if spec.prior:
         weights = f", weights {spec.prior_weights}" if spec.prior_weights else ""
         parts.append(
@@ -645,6 +690,8 @@ def trick_words(rule: ZORule) -> list[str]:
 def spec_label(spec: AttackSpec) -> str:
     """How tables name a resolved spec's attack: the rule, plus its estimator if it has one
     (a hard-label attack: its name, ``opt:RULE+ESTIMATOR`` for OPT)."""
+    if spec.attack is not None and _is_surrogate_attack(spec.attack):
+        return str(spec.attack)
     if spec.attack is not None:
         from zoattack.jobs.hardlabel import decision_label
 
@@ -652,6 +699,17 @@ def spec_label(spec: AttackSpec) -> str:
     if spec.estimator is None or _is_search(spec):
         return str(spec.optimizer)
     return f"{spec.optimizer}+{spec.estimator}"
+
+
+def _is_surrogate_attack(name: str) -> bool:
+    from zoattack.jobs.resolve import surrogate_attack_names
+
+    return name.strip().lower().replace("-", "_") in surrogate_attack_names()
+
+
+def is_score_based(spec: AttackSpec) -> bool:
+    """Whether ``spec`` (resolved) runs on scores: a rule, or a surrogate attack."""
+    return spec.attack is None or _is_surrogate_attack(spec.attack)
 
 
 def _is_search(spec: AttackSpec) -> bool:
@@ -713,9 +771,13 @@ def prepare(
         )
         surrogate.eval().requires_grad_(False)
     _check_models_take(spec, data, model if built else None, surrogate)
+    if spec.surrogates is not None:
+        from zoattack.jobs.surrogate import build_ensemble
+
+        surrogate = build_ensemble(spec, data, dev)
     starts: Tensor | None = None
     pool: tuple[Tensor, Tensor] | None = None
-    if spec.attack is None:
+    if is_score_based(spec):
         # A labels-only model (a `serve --output labels` server) is refused here, before a run
         # folder is started: score attacks would read its one-hot answers as flat scores.
         check_output_kind(model, "logits")
@@ -854,6 +916,8 @@ class ChunkOutcome:
     result: AttackResult | DecisionResult
     scored_inputs: int
     seconds: float
+    # surrogate passes of this chunk (surrogate_forwards, surrogate_grads); empty without
+    surrogate: dict[str, int] = field(default_factory=dict)
 
 
 def chunk_inputs(job: PreparedJob, chunk: int) -> tuple[Tensor, Tensor, torch.Generator]:
@@ -880,6 +944,10 @@ def run_chunk(
     ``on_live(chunk, counts)``: the chunk's images ``finished``, ``fooled`` and
     ``attacked`` (finished and initially correct) so far (score-based attacks, every step).
     """
+    if job.spec.attack is not None and _is_surrogate_attack(job.spec.attack):
+        from zoattack.jobs.surrogate import run_surrogate_chunk
+
+        return run_surrogate_chunk(job, chunk, progress=progress)
     if job.spec.attack is not None:
         from zoattack.jobs.hardlabel import run_decision_chunk
 
@@ -916,6 +984,7 @@ def run_chunk(
                 )
 
     t0 = time.perf_counter()
+    before = job.surrogate_counts()
     assert s.eps is not None and s.subspace is not None
     try:
         result = run_attack(
@@ -944,7 +1013,13 @@ def run_chunk(
         result=result,
         scored_inputs=blackbox.total_queries,
         seconds=time.perf_counter() - t0,
+        surrogate=counts_since(job, before),
     )
+
+
+def counts_since(job: PreparedJob, before: dict[str, int]) -> dict[str, int]:
+    """Surrogate passes since ``before`` (a :meth:`PreparedJob.surrogate_counts`)."""
+    return {k: v - before.get(k, 0) for k, v in job.surrogate_counts().items()}
 
 
 @dataclass
@@ -955,6 +1030,7 @@ class JobOutcome:
     chunks: list[ChunkOutcome] = field(default_factory=list)
     scored_inputs: int = 0
     seconds: float = 0.0
+    surrogate: dict[str, int] = field(default_factory=dict)
 
 
 def run_job(
@@ -1037,6 +1113,7 @@ def run_job(
                     "scored_inputs": res.scored_inputs,
                     "seconds": round(res.seconds, 3),
                     "complete": True,
+                    **res.surrogate,
                 }
             )
         new = [r for r in job.with_dataset_indices(res.rows) if r["index"] not in done_set]
@@ -1049,6 +1126,8 @@ def run_job(
         outcome.rows.extend(new)
         outcome.chunks.append(res)
         outcome.scored_inputs += res.scored_inputs
+        for key, value in res.surrogate.items():
+            outcome.surrogate[key] = outcome.surrogate.get(key, 0) + value
     outcome.seconds = time.perf_counter() - t0
     return outcome
 

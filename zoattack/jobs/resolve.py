@@ -37,8 +37,15 @@ def gradient_rules() -> list[str]:
     return [e.name for e in OPTIMIZERS if not e.flags.get("search")]
 
 
+def surrogate_attack_names() -> list[str]:
+    """Score-based attacks driven by a surrogate ensemble (``--surrogates``): gfcs, transfer."""
+    from zoattack.attacks.surrogates import SURROGATE_ATTACKS
+
+    return [e.name for e in SURROGATE_ATTACKS]
+
+
 def score_attack_names() -> list[str]:
-    return [*search_rules(), ZO]
+    return [*search_rules(), ZO, *surrogate_attack_names()]
 
 
 def attack_names() -> list[str]:
@@ -78,6 +85,8 @@ def fold_attack(spec: AttackSpec) -> AttackSpec:
             f"{name} is a core update rule, not an attack name: pass --attack zo "
             f"--optimizer {name} (or --optimizer {name} alone)"
         )
+    if name in surrogate_attack_names():
+        return dataclasses.replace(spec, attack=name)
     if name == "auto" or name in _decision_names():
         return spec
     from zoattack.errors import UnknownNameError

@@ -27,6 +27,7 @@ from zoattack.jobs.attack import (
     JobInterrupted,
     effective_settings,
     eps_source,
+    is_score_based,
     merge_results,
     prepare,
     run_job,
@@ -56,7 +57,7 @@ class RunReport:
 
 
 def _title(spec: AttackSpec) -> str:
-    kind = " (hard-label)" if spec.attack is not None else ""
+    kind = " (hard-label)" if not is_score_based(spec) else ""
     return (
         f"{spec_label(spec)}{kind} vs {spec.model} on {spec.dataset}: {spec.norm} "
         f"eps={_eps_words(spec)}, budget {spec.budget:,}"
@@ -73,7 +74,7 @@ def _eps_words(spec: AttackSpec) -> str:
 
 
 def _keys(spec: AttackSpec) -> tuple[str, ...]:
-    return DECISION_RUN_KEYS if spec.attack is not None else RUN_KEYS
+    return DECISION_RUN_KEYS if not is_score_based(spec) else RUN_KEYS
 
 
 def resume_differences(recorded: Mapping[str, Any], spec: AttackSpec) -> list[str]:
@@ -182,7 +183,7 @@ def run_attack_job(
             "--universal runs score-based rules; a hard-label --attack finds one "
             "perturbation per image (drop --universal)"
         )
-    if spec.prior is not None and spec.attack is not None:
+    if spec.prior is not None and not is_score_based(spec):
         raise ValueError(
             "--prior biases gradient estimates of score-based rules; a hard-label --attack "
             "does not use it (drop --prior)"
@@ -255,7 +256,7 @@ def run_attack_job(
         rows,
         wall_seconds=wall,
         scored_inputs=outcome.scored_inputs,
-        decision_norm=spec.norm if spec.attack is not None else None,
+        decision_norm=spec.norm if not is_score_based(spec) else None,
     )
     summary: dict[str, Any] = {}
     for key, value in base.items():  # this session's rate; every part's queries in the total
@@ -266,7 +267,18 @@ def run_attack_job(
             summary[key] = value
     if resume:
         summary["resumed_with_images"] = len(done)
+    if spec.surrogates is not None:
+        summary["counting_rule"] = settings["counting_rule"]
+    for key in job.surrogate_counts():  # local passes, never victim queries: apart
+        summary[key] = (
+            folder.parts.total(key) if folder is not None else outcome.surrogate.get(key, 0)
+        )
     report = RunReport(title=_title(spec), settings=settings, summary=summary, keys=_keys(spec))
+    if getattr(job.surrogate, "white_box", False):
+        report.notes.append(
+            "a surrogate is the victim itself (same name and weights): this is a white-box "
+            "setting, not a black-box attack (the method line says so)"
+        )
     if folder is not None:
         kept = folder.examples.finish()
         folder.finish(rows, summary, settings)
@@ -301,7 +313,7 @@ def run_attack_job(
                 title=_title(spec),
             )
             report.written += [f"examples.{ext}", f"success_vs_queries.{ext}"]
-        if spec.attack is not None and outcome.chunks:
+        if not is_score_based(spec) and outcome.chunks:
             # The distance curve is what a decision attack optimises: written with every --out.
             from zoattack.results.figures import save_distance_curve
 

@@ -169,6 +169,10 @@ class RunFolder:
         write_json(self.summary_path, {"settings": dict(settings), "summary": dict(summary)})
         meta = json.loads(self.meta_path.read_text())
         meta["status"] = "finished"
+        # Surrogate passes are local, never victim queries: recorded apart (a run with them).
+        for key in ("surrogate_forwards", "surrogate_grads"):
+            if key in summary:
+                meta[key] = summary[key]
         write_json(self.meta_path, meta)
 
     def write_universal(
