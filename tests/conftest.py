@@ -8,10 +8,13 @@ torch's global RNG.
 
 from __future__ import annotations
 
+import http.server
 import math
 import os
 import re
+import threading
 from collections.abc import Callable
+from typing import ClassVar
 
 import pytest
 import torch
@@ -126,6 +129,42 @@ class Helpers:
     objective_for = staticmethod(objective_for)
     points = staticmethod(points)
     cosine = staticmethod(cosine)
+
+
+class _LoopbackFiles(http.server.BaseHTTPRequestHandler):
+    """Serves ``files`` (path -> bytes) on 127.0.0.1; a path in ``truncate`` sends half its
+    body after promising all of it (a cut transfer); ``hits`` lists the paths asked for."""
+
+    files: ClassVar[dict[str, bytes]] = {}
+    truncate: ClassVar[set[str]] = set()
+    hits: ClassVar[list[str]] = []
+
+    def do_GET(self):
+        self.hits.append(self.path)
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if self.path in self.truncate else body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def loopback_files():
+    """A loopback HTTP file server for download tests: yields (base URL, handler class)."""
+    h = _LoopbackFiles
+    h.files, h.truncate, h.hits = {}, set(), []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), h)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", h
+    httpd.shutdown()
+    httpd.server_close()
 
 
 @pytest.fixture(scope="session")

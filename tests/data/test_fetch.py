@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.server
 import io
 import json
 import pickle
 import struct
 import tarfile
-import threading
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -30,35 +27,9 @@ from zoattack.data.files import MissingFileError
 runner = CliRunner()
 
 
-class _Files(http.server.BaseHTTPRequestHandler):
-    files: ClassVar[dict[str, bytes]] = {}
-    truncate: ClassVar[set[str]] = set()
-    hits: ClassVar[list[str]] = []
-
-    def do_GET(self):
-        self.hits.append(self.path)
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body[: len(body) // 2] if self.path in self.truncate else body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture()
-def server():
-    _Files.files, _Files.truncate, _Files.hits = {}, set(), []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Files
-    httpd.shutdown()
-    httpd.server_close()
+def server(loopback_files):
+    return loopback_files
 
 
 def md5(b: bytes) -> str:
