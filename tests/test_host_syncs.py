@@ -4,10 +4,6 @@ that a regression fails here rather than on a GPU. Counts, not times: determinis
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -17,24 +13,10 @@ from zoattack.errors import InvalidScoresError, QueryBudgetExceeded
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def load_overhead():
-    """benchmarks/overhead.py by path under a fixed name, once per session (also loaded by
-    tests/test_loop_cost.py); benchmarks/ on sys.path would shadow other imports."""
-    module = sys.modules.get("bench_overhead")
-    if module is None:
-        # overhead.py imports its parts by these names, as the script does.
-        for name in ("_overhead_count", "_overhead_report", "bench_overhead"):
-            file = "overhead.py" if name == "bench_overhead" else f"{name}.py"
-            path = Path(__file__).resolve().parents[1] / "benchmarks" / file
-            spec = importlib.util.spec_from_file_location(name, path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def overhead(bench_overhead):
+    return bench_overhead
 
-
-overhead = load_overhead()
 
 # Host syncs per model call over a whole run (clean check included) of 6 images x budget 80
 # on overhead.small_conv, measured with torch 2.14 after issue 26 (before it: 17-64 per call),
@@ -64,7 +46,7 @@ SYNCS = {
 
 
 @pytest.mark.parametrize("method, norm", sorted(SYNCS))
-def test_host_syncs_per_model_call_stay_bounded(method, norm):
+def test_host_syncs_per_model_call_stay_bounded(method, norm, overhead):
     row = overhead.count_attack(method, norm, images=6, budget=80)
     assert row.calls > 0
     assert row.syncs_per_call <= SYNCS[(method, norm)], (
@@ -73,7 +55,7 @@ def test_host_syncs_per_model_call_stay_bounded(method, norm):
     )
 
 
-def test_the_counter_counts_syncs_and_ops_outside_the_model():
+def test_the_counter_counts_syncs_and_ops_outside_the_model(overhead):
     count = overhead.DispatchCount()
     net = count.model(torch.nn.Linear(3, 2))
     t = torch.tensor([1.0, -2.0, 3.0])
@@ -132,7 +114,7 @@ def test_budget_refusal_stays_before_scoring_when_decided_on_the_host():
 
 
 @pytest.mark.parametrize("fail_at", [4, 7, 12])
-def test_a_nan_score_mid_attack_ends_as_if_checked_at_once(monkeypatch, fail_at):
+def test_a_nan_score_mid_attack_ends_as_if_checked_at_once(monkeypatch, fail_at, overhead):
     """The loop reads the black box's checks once per step (deferred): a NaN score must
     still end the attack with the partial result, ledger and successes that checking each
     call at once gives (the failing call uncharged, its finds undone)."""

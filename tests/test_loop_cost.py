@@ -387,27 +387,6 @@ def test_lizo_fresh_directions_keep_their_distribution():
         assert abs(float(probes.std()) / 0.05 - 1) < 0.02
 
 
-def load_overhead():
-    """benchmarks/overhead.py, by path under a fixed name (benchmarks/ on sys.path would
-    shadow other imports)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    module = sys.modules.get("bench_overhead")
-    if module is None:
-        # overhead.py imports its parts by these names, as the script does.
-        for name in ("_overhead_count", "_overhead_report", "bench_overhead"):
-            file = "overhead.py" if name == "bench_overhead" else f"{name}.py"
-            path = Path(__file__).resolve().parents[1] / "benchmarks" / file
-            spec = importlib.util.spec_from_file_location(name, path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-    return module
-
-
 # Torch ops dispatched per 1-query step of the attack loop (a steady-state step on a victim
 # that is never fooled, 1x28x28). Counts, not times: deterministic for a given torch build.
 # Measured 77 (sign) and 108 (square) with torch 2.14; before issue 16's second pass 137 and
@@ -417,11 +396,11 @@ OPS_PER_STEP = {"sign": 85, "square": 100}
 
 
 @pytest.mark.parametrize("method", sorted(OPS_PER_STEP))
-def test_search_step_op_count_stays_low(method):
+def test_search_step_op_count_stays_low(method, bench_overhead):
     from zoattack.attacks import run_attack
     from zoattack.jobs.attack import AttackSpec
 
-    overhead = load_overhead()  # the counting machinery of overhead.py --count
+    overhead = bench_overhead  # the counting machinery of overhead.py --count
 
     lin = torch.nn.Linear(4, 10)
     with torch.no_grad():
